@@ -1,0 +1,1 @@
+//! Switchyard gateway library. See ARCHITECTURE.md for the request path.
