@@ -1,0 +1,203 @@
+//! The `switchyard` command line: `serve` and `check`.
+//!
+//! Every subcommand takes `--config PATH`; without it the config is `$SWITCHYARD_CONFIG`,
+//! then `./switchyard.toml`, then the embedded default (which the first log line says).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, ConfigSource, Runtime};
+use crate::gateway::Gateway;
+use crate::server;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about = "An OpenAI-compatible gateway for moving traffic to your own models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ConfigArg),
+    /// Validate the config (and everything it would load), print what was found.
+    Check(ConfigArg),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Config file [default: $SWITCHYARD_CONFIG, then ./switchyard.toml, then built in]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+/// Run the command line; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => serve(a.config),
+        Command::Check(a) => check(a.config),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match std::env::var("SWITCHYARD_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    init_logging();
+    let source = config::locate(config.as_deref());
+    match &source {
+        ConfigSource::Embedded => tracing::info!(
+            "switchyard {}: no config file (--config, ${}, ./{}): running on the embedded default: {}",
+            env!("CARGO_PKG_VERSION"),
+            config::CONFIG_ENV,
+            config::DEFAULT_CONFIG_FILE,
+            config::describe_default()
+        ),
+        ConfigSource::File(p) => tracing::info!(
+            "switchyard {}: config {}",
+            env!("CARGO_PKG_VERSION"),
+            p.display()
+        ),
+    }
+    let runtime = match config::load(&source) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(runtime))
+}
+
+async fn run(runtime: Runtime) -> ExitCode {
+    let settings = runtime.server.clone();
+    let listener = match server::bind(settings.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: cannot read the listening address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for r in &runtime.routes {
+        let targets: Vec<String> = r
+            .targets
+            .iter()
+            .map(|t| format!("{}:{} w{}", t.backend.name, t.model.as_deref().unwrap_or("<client model>"), t.weight))
+            .collect();
+        tracing::info!(route = %r.name, targets = %targets.join(", "), "route");
+    }
+    let gw = Gateway::new(runtime);
+    gw.set_ready(true);
+    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, "listening");
+    // The ready line scripts wait for, on stdout.
+    println!("switchyard listening on {scheme}://{addr}");
+    server::serve(gw.clone(), listener, settings.tls, settings.shutdown_grace, async {
+        server::shutdown_signal().await;
+        gw.set_ready(false);
+    })
+    .await;
+    ExitCode::SUCCESS
+}
+
+fn check(config: Option<PathBuf>) -> ExitCode {
+    let source = config::locate(config.as_deref());
+    if source == ConfigSource::Embedded {
+        println!("no config file found: checking the embedded default ({})", config::describe_default());
+    }
+    match config::load(&source) {
+        Ok(rt) => {
+            print_summary(&rt);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_summary(rt: &Runtime) {
+    println!("config: {} is valid", rt.source);
+    let tls = if rt.server.tls.is_some() { " (TLS)" } else { "" };
+    println!("listen: {}{tls}", rt.server.listen);
+    println!("backends:");
+    for b in &rt.backends {
+        let urls: Vec<&str> = b.urls.iter().map(|u| u.base.as_str()).collect();
+        let key = if b.auth.is_some() { ", API key set" } else { "" };
+        println!("  {}: {}{key}", b.name, urls.join(", "));
+    }
+    println!("routes:");
+    for r in &rt.routes {
+        println!("  {}:", r.name);
+        for t in &r.targets {
+            let share = 100.0 * f64::from(t.weight) / f64::from(r.total_weight.max(1));
+            println!(
+                "    → {} model {} (weight {}, {share:.1}%)",
+                t.backend.name,
+                t.model.as_deref().unwrap_or("<client's model>"),
+                t.weight
+            );
+        }
+        for (i, f) in r.fallback.iter().enumerate() {
+            println!("    fallback {}: {} model {}", i + 1, f.backend.name, f.model.as_deref().unwrap_or("<client's model>"));
+        }
+        if let Some(s) = &r.shadow {
+            println!("    shadow: {} model {} (sample {})", s.target.backend.name, s.target.model.as_deref().unwrap_or("<client's model>"), s.sample);
+        }
+    }
+    if let Some(d) = &rt.plugins_dir {
+        println!("plugins: {}", d.display());
+    }
+    if let Some(t) = &rt.telemetry {
+        println!(
+            "telemetry: OTLP {} → {} (sample ratio {})",
+            t.otlp_protocol,
+            t.otlp_endpoint.as_deref().unwrap_or("<none>"),
+            t.sample_ratio
+        );
+    }
+    if let Some(s) = &rt.state {
+        println!(
+            "state: {}{}",
+            s.path.display(),
+            s.redis.as_ref().map(|_| " + redis").unwrap_or("")
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The config file as written: strict serde structs, one per TOML table.
+//!
+//! Parsing only checks shape; every unknown key is an error that names it. Meaning (does
+//! that backend exist, is that URL valid, do weights add up) is checked afterwards by
+//! `validate`, which reports every problem at once with its key path.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub plugins: Option<PluginsSection>,
+    #[serde(default)]
+    pub backends: Vec<BackendSection>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    #[serde(default)]
+    pub telemetry: Option<TelemetrySection>,
+    #[serde(default)]
+    pub state: Option<StateSection>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on, `host:port`. Port 0 picks a free port (printed at start).
+    pub listen: Option<String>,
+    /// PEM certificate chain for inbound TLS (needs `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for inbound TLS (needs `tls_cert`).
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: Option<u64>,
+    /// How long a shutdown waits for in-flight requests and streams, in seconds.
+    pub shutdown_grace_secs: Option<f64>,
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// Folder whose `*.wasm` files are loaded.
+    pub dir: Option<PathBuf>,
+}
+
+/// One `[[backends]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    pub name: Option<String>,
+    /// Base URL of an OpenAI-compatible API, ending before `/chat/completions`.
+    pub url: Option<String>,
+    /// Several base URLs serving the same models (one worker per GPU).
+    pub urls: Option<Vec<String>>,
+    /// Name of the environment variable holding this backend's API key.
+    pub api_key_env: Option<String>,
+    /// Time allowed to open a connection, in seconds.
+    pub connect_timeout_secs: Option<f64>,
+    /// Time allowed until the response starts (headers, and for streams the first chunk).
+    pub first_byte_timeout_secs: Option<f64>,
+    /// Time allowed for a whole non-streamed answer, and between two chunks of a stream.
+    pub timeout_secs: Option<f64>,
+    /// Extra PEM CA bundle trusted for this backend, on top of the system and webpki roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// The model name clients send; `"*"` catches every model no other route names.
+    pub model: Option<String>,
+    #[serde(default)]
+    pub targets: Vec<TargetSection>,
+    #[serde(default)]
+    pub fallback: Vec<FallbackSection>,
+    pub shadow: Option<ShadowSection>,
+}
+
+/// A weighted target of a route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    pub backend: Option<String>,
+    /// Model name sent upstream; omitted means the client's own model name.
+    pub model: Option<String>,
+    /// Relative weight; default 1.
+    pub weight: Option<u32>,
+}
+
+/// A fallback target, tried in order.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackSection {
+    pub backend: Option<String>,
+    pub model: Option<String>,
+}
+
+/// A mirrored target whose answers are recorded, never served.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSection {
+    pub backend: Option<String>,
+    pub model: Option<String>,
+    /// Fraction of requests mirrored, 0.0 to 1.0.
+    pub sample: Option<f64>,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub sample_ratio: Option<f64>,
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    pub path: Option<PathBuf>,
+    pub redis: Option<String>,
+}

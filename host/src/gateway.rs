@@ -1,0 +1,49 @@
+//! The live gateway: the current config version and the process-wide state beside it.
+//!
+//! The config is an `ArcSwap<Runtime>`: a request loads the `Arc` once at its start and
+//! finishes on that version, and a reload is one atomic store, never a lock on the request
+//! path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Runtime;
+use crate::metrics::Metrics;
+
+/// Everything a request handler needs, shared by all connections.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+    ready: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime) -> Arc<Self> {
+        Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics: Arc::new(Metrics::default()),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// The config version in force now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Replace the config version; requests in flight keep the one they loaded.
+    pub fn swap_runtime(&self, rt: Runtime) -> Arc<Runtime> {
+        self.runtime.swap(Arc::new(rt))
+    }
+
+    /// `/readyz`: config and plugins are loaded and the listener is up.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}
