@@ -14,7 +14,11 @@ use crate::gateway::Gateway;
 use crate::server;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "An OpenAI-compatible gateway for moving traffic to your own models")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An OpenAI-compatible gateway for moving traffic to your own models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,7 +92,10 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -118,20 +125,37 @@ async fn run(runtime: Runtime) -> ExitCode {
         let targets: Vec<String> = r
             .targets
             .iter()
-            .map(|t| format!("{}:{} w{}", t.backend.name, t.model.as_deref().unwrap_or("<client model>"), t.weight))
+            .map(|t| {
+                format!(
+                    "{}:{} w{}",
+                    t.backend.name,
+                    t.model.as_deref().unwrap_or("<client model>"),
+                    t.weight
+                )
+            })
             .collect();
         tracing::info!(route = %r.name, targets = %targets.join(", "), "route");
     }
     let gw = Gateway::new(runtime);
     gw.set_ready(true);
-    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(%addr, "listening");
     // The ready line scripts wait for, on stdout.
     println!("switchyard listening on {scheme}://{addr}");
-    server::serve(gw.clone(), listener, settings.tls, settings.shutdown_grace, async {
-        server::shutdown_signal().await;
-        gw.set_ready(false);
-    })
+    server::serve(
+        gw.clone(),
+        listener,
+        settings.tls,
+        settings.shutdown_grace,
+        async {
+            server::shutdown_signal().await;
+            gw.set_ready(false);
+        },
+    )
     .await;
     ExitCode::SUCCESS
 }
@@ -139,7 +163,10 @@ async fn run(runtime: Runtime) -> ExitCode {
 fn check(config: Option<PathBuf>) -> ExitCode {
     let source = config::locate(config.as_deref());
     if source == ConfigSource::Embedded {
-        println!("no config file found: checking the embedded default ({})", config::describe_default());
+        println!(
+            "no config file found: checking the embedded default ({})",
+            config::describe_default()
+        );
     }
     match config::load(&source) {
         Ok(rt) => {
@@ -155,12 +182,20 @@ fn check(config: Option<PathBuf>) -> ExitCode {
 
 fn print_summary(rt: &Runtime) {
     println!("config: {} is valid", rt.source);
-    let tls = if rt.server.tls.is_some() { " (TLS)" } else { "" };
+    let tls = if rt.server.tls.is_some() {
+        " (TLS)"
+    } else {
+        ""
+    };
     println!("listen: {}{tls}", rt.server.listen);
     println!("backends:");
     for b in &rt.backends {
         let urls: Vec<&str> = b.urls.iter().map(|u| u.base.as_str()).collect();
-        let key = if b.auth.is_some() { ", API key set" } else { "" };
+        let key = if b.auth.is_some() {
+            ", API key set"
+        } else {
+            ""
+        };
         println!("  {}: {}{key}", b.name, urls.join(", "));
     }
     println!("routes:");
@@ -176,10 +211,20 @@ fn print_summary(rt: &Runtime) {
             );
         }
         for (i, f) in r.fallback.iter().enumerate() {
-            println!("    fallback {}: {} model {}", i + 1, f.backend.name, f.model.as_deref().unwrap_or("<client's model>"));
+            println!(
+                "    fallback {}: {} model {}",
+                i + 1,
+                f.backend.name,
+                f.model.as_deref().unwrap_or("<client's model>")
+            );
         }
         if let Some(s) = &r.shadow {
-            println!("    shadow: {} model {} (sample {})", s.target.backend.name, s.target.model.as_deref().unwrap_or("<client's model>"), s.sample);
+            println!(
+                "    shadow: {} model {} (sample {})",
+                s.target.backend.name,
+                s.target.model.as_deref().unwrap_or("<client's model>"),
+                s.sample
+            );
         }
     }
     if let Some(d) = &rt.plugins_dir {

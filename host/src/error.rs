@@ -87,9 +87,7 @@ impl GatewayError {
             UpstreamConnect { .. }
             | UpstreamBroken { .. }
             | UpstreamStatus { .. }
-            | UpstreamGarbage { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            | UpstreamGarbage { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError { status, .. } => *status,
             ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

@@ -163,8 +163,7 @@ impl RequestBody {
                     }
                     match serde_json::from_str::<Option<StreamOptions>>(text) {
                         Ok(o) => {
-                            client_include_usage =
-                                o.and_then(|o| o.include_usage).unwrap_or(false)
+                            client_include_usage = o.and_then(|o| o.include_usage).unwrap_or(false)
                         }
                         Err(_) => {
                             return Err(GatewayError::InvalidParam {
@@ -442,7 +441,10 @@ mod tests {
         ));
         assert!(matches!(
             parse(r#"{"model":"m","messages":[],"stream":"yes"}"#),
-            Err(GatewayError::InvalidParam { param: "stream", .. })
+            Err(GatewayError::InvalidParam {
+                param: "stream",
+                ..
+            })
         ));
         assert!(matches!(parse(r#"[1,2]"#), Err(GatewayError::NotAnObject)));
     }

@@ -71,14 +71,13 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
     let method = req.method().clone();
     let path = req.uri().path();
     match (path, &method) {
-        ("/v1/chat/completions", &Method::POST) => {
-            proxy(gw, req, Endpoint::ChatCompletions).await
-        }
+        ("/v1/chat/completions", &Method::POST) => proxy(gw, req, Endpoint::ChatCompletions).await,
         ("/v1/completions", &Method::POST) => proxy(gw, req, Endpoint::Completions).await,
         ("/v1/embeddings", &Method::POST) => proxy(gw, req, Endpoint::Embeddings).await,
-        ("/v1/models", &Method::GET) => {
-            json(StatusCode::OK, openai::models_list(gw.runtime().model_names()))
-        }
+        ("/v1/models", &Method::GET) => json(
+            StatusCode::OK,
+            openai::models_list(gw.runtime().model_names()),
+        ),
         ("/healthz", &Method::GET) => text(StatusCode::OK, "ok\n"),
         ("/readyz", &Method::GET) => {
             if gw.is_ready() {
@@ -110,8 +109,13 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             }
         }
         (
-            "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/models"
-            | "/healthz" | "/readyz" | "/metrics",
+            "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/models"
+            | "/healthz"
+            | "/readyz"
+            | "/metrics",
             _,
         ) => GatewayError::MethodNotAllowed {
             method: method.to_string(),
@@ -147,7 +151,11 @@ fn text(status: StatusCode, body: &'static str) -> Response<GatewayBody> {
 }
 
 /// One proxied OpenAI request, start to finish.
-async fn proxy(gw: Arc<Gateway>, req: Request<Incoming>, endpoint: Endpoint) -> Response<GatewayBody> {
+async fn proxy(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+) -> Response<GatewayBody> {
     let _in_flight = gw.metrics.in_flight();
     let mut ctx = RequestCtx {
         endpoint,
@@ -215,9 +223,17 @@ async fn run(
         return Err(upstream_failure(&target, resp).await);
     }
     if request.stream {
-        stream_answer(gw, ctx, &target, &model, resp, request.strip_usage_chunk(true), sent)
-            .await
-            .map(Answer::Streaming)
+        stream_answer(
+            gw,
+            ctx,
+            &target,
+            &model,
+            resp,
+            request.strip_usage_chunk(true),
+            sent,
+        )
+        .await
+        .map(Answer::Streaming)
     } else {
         complete_answer(ctx, &target, &model, resp, sent)
             .await
@@ -226,7 +242,11 @@ async fn run(
 }
 
 /// Read the client's body, refusing more than `limit` bytes (by header before reading).
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -238,7 +258,9 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(GatewayError::BodyTooLarge { limit })
             } else {
                 Err(GatewayError::BodyRead(upstream::error_chain(&*e)))
@@ -414,8 +436,12 @@ fn stamp(headers: &mut HeaderMap, target: &Target, model: Option<&str>) {
 
 fn finish(gw: &Gateway, ctx: &RequestCtx, status: StatusCode) {
     let took = ctx.started.elapsed();
-    gw.metrics
-        .request(&ctx.route_label(), &ctx.backend_label(), status.as_u16(), took);
+    gw.metrics.request(
+        &ctx.route_label(),
+        &ctx.backend_label(),
+        status.as_u16(),
+        took,
+    );
     if ctx.upstream_time > Duration::ZERO {
         gw.metrics.overhead(took.saturating_sub(ctx.upstream_time));
     }
@@ -423,11 +449,7 @@ fn finish(gw: &Gateway, ctx: &RequestCtx, status: StatusCode) {
 
 fn log_failure(ctx: &RequestCtx, e: &GatewayError) {
     let route = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("-");
-    let backend = ctx
-        .target
-        .as_ref()
-        .map(|t| &*t.backend.name)
-        .unwrap_or("-");
+    let backend = ctx.target.as_ref().map(|t| &*t.backend.name).unwrap_or("-");
     let status = e.status().as_u16();
     if e.status().is_server_error() || matches!(e, GatewayError::UpstreamError { .. }) {
         tracing::warn!(route, backend, status, kind = e.kind(), error = %e, "request failed");

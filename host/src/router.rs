@@ -78,6 +78,9 @@ targets = [{ backend = "a", weight = 90 }, { backend = "b", weight = 10 }, { bac
         }
         let share = a as f64 / n as f64;
         assert!((0.88..0.92).contains(&share), "share of a = {share}");
-        assert!(matches!(route(&rt, "x"), Err(GatewayError::UnknownModel(_))));
+        assert!(matches!(
+            route(&rt, "x"),
+            Err(GatewayError::UnknownModel(_))
+        ));
     }
 }

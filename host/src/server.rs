@@ -24,7 +24,9 @@ use crate::proxy;
 /// Bind the listening socket, with a message that says why when it cannot.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!("cannot listen on {addr}: the address is already in use"),
+        std::io::ErrorKind::AddrInUse => {
+            format!("cannot listen on {addr}: the address is already in use")
+        }
         std::io::ErrorKind::PermissionDenied => {
             format!("cannot listen on {addr}: permission denied (ports below 1024 need privileges)")
         }
@@ -88,7 +90,12 @@ pub async fn serve(
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    let stream = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::info!(%peer, error = %e, "TLS handshake failed");
@@ -110,7 +117,11 @@ pub async fn serve(
 
     drop(listener);
     let open = graceful.count();
-    tracing::info!(open_connections = open, grace_secs = grace.as_secs_f64(), "shutting down: no new connections, draining in-flight requests");
+    tracing::info!(
+        open_connections = open,
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: no new connections, draining in-flight requests"
+    );
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("shutdown grace period elapsed; closing remaining connections"),

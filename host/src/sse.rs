@@ -96,7 +96,10 @@ impl SseScanner {
 fn usage_of(data: &[u8]) -> Option<Usage> {
     let finder = memmem::find(data, b"\"usage\"")?;
     let rest = &data[finder + 7..];
-    let rest = rest.trim_ascii_start().strip_prefix(b":")?.trim_ascii_start();
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
     if !rest.starts_with(b"{") {
         return None;
     }
@@ -232,7 +235,10 @@ impl StreamBody {
         }
     }
 
-    fn fail(&mut self, err: GatewayError) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
+    fn fail(
+        &mut self,
+        err: GatewayError,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
         tracing::warn!(backend = %self.backend, error = %err, "stream broke off upstream; ending it with an error event");
         let mut out = BytesMut::new();
         // Whatever was held is an incomplete event: it cannot be parsed by the client, drop it.

@@ -229,7 +229,12 @@ mod tests {
         ] {
             assert!(!forwardable_request_header(h), "{h}");
         }
-        for h in ["openai-organization", "openai-beta", "traceparent", "user-agent"] {
+        for h in [
+            "openai-organization",
+            "openai-beta",
+            "traceparent",
+            "user-agent",
+        ] {
             assert!(forwardable_request_header(h), "{h}");
         }
     }

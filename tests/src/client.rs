@@ -129,7 +129,13 @@ impl Client {
         }
     }
 
-    fn request(&self, method: Method, url: &str, body: Bytes, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    fn request(
+        &self,
+        method: Method,
+        url: &str,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> Request<Full<Bytes>> {
         let mut b = Request::builder().method(method).uri(url);
         let mut has_ct = false;
         for (k, v) in headers {
@@ -174,7 +180,12 @@ impl Client {
     }
 
     /// POST and keep each body frame as it arrived.
-    pub async fn post_stream(&self, url: &str, body: &Value, headers: &[(&str, &str)]) -> StreamResp {
+    pub async fn post_stream(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> StreamResp {
         self.post_stream_limit(url, body, headers, usize::MAX).await
     }
 

@@ -32,7 +32,11 @@ fn target_dir() -> PathBuf {
 /// missing (`cargo test -p switchyard-tests` alone does not build other packages' bins).
 pub fn binary(package: &str, name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let path = target_dir().join(profile).join(name);
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     let mut built = built.lock().expect("lock");
@@ -57,7 +61,10 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p {package} --bin {name} failed");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {name} failed"
+        );
         built.push(name.to_string());
     }
     path

@@ -250,7 +250,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         None => base,
     };
     let fast = !state.record.load(Ordering::Relaxed);
-    if fast && !parts.headers.contains_key("x-mock") && memchr::memmem::find(&body, b"\"stream\":true").is_none() {
+    if fast
+        && !parts.headers.contains_key("x-mock")
+        && memchr::memmem::find(&body, b"\"stream\":true").is_none()
+    {
         // Benchmark mode: a fixed answer, no parsing, so the mock costs as little CPU as
         // it can and the comparison measures the gateway.
         state.served.fetch_add(1, Ordering::Relaxed);
@@ -286,8 +289,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         };
         let mut r = Response::new(MockBody::Left(Full::new(body)));
         *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let ct = if b.html_error { "text/html" } else { "application/json" };
-        r.headers_mut().insert(header::CONTENT_TYPE, ct.parse().expect("ct"));
+        let ct = if b.html_error {
+            "text/html"
+        } else {
+            "application/json"
+        };
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, ct.parse().expect("ct"));
         if let Some(s) = b.retry_after {
             r.headers_mut().insert(header::RETRY_AFTER, s.into());
         }
@@ -297,18 +305,24 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         let mut r = Response::new(MockBody::Left(Full::new(Bytes::from_static(
             b"<<<this is not json>>>",
         ))));
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, "application/json".parse().expect("ct"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            "application/json".parse().expect("ct"),
+        );
         return Ok(r);
     }
     let path = parts.uri.path();
     if parts.method == Method::GET && path.ends_with("/models") {
-        return Ok(json_response(json!({"object":"list","data":[{"id":"mock-model","object":"model","created":0,"owned_by":"mock"}]})));
+        return Ok(json_response(
+            json!({"object":"list","data":[{"id":"mock-model","object":"model","created":0,"owned_by":"mock"}]}),
+        ));
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = req["model"].as_str().unwrap_or("unknown").to_string();
     let stream = req["stream"].as_bool().unwrap_or(false);
-    let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     if path.ends_with("/embeddings") {
         return Ok(json_response(embeddings(&req, &model)));
     }
@@ -316,9 +330,24 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     let tools = chat && req["tools"].as_array().is_some_and(|t| !t.is_empty());
     let prompt_tokens = (body.len() / 4).max(1) as u64;
     if !stream {
-        return Ok(json_response(complete(chat, tools, &req, &model, prompt_tokens, b.chunks)));
+        return Ok(json_response(complete(
+            chat,
+            tools,
+            &req,
+            &model,
+            prompt_tokens,
+            b.chunks,
+        )));
     }
-    let events = stream_events(chat, tools, &req, &model, prompt_tokens, b.chunks, include_usage);
+    let events = stream_events(
+        chat,
+        tools,
+        &req,
+        &model,
+        prompt_tokens,
+        b.chunks,
+        include_usage,
+    );
     let (tx, rx) = mpsc::channel::<Result<Bytes, Reset>>(4);
     let st = state.clone();
     tokio::spawn(async move {
@@ -340,9 +369,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         }
         // Dropping `tx` ends the body once the reader has taken every event.
     });
-    let mut r = Response::new(MockBody::Right(ChannelBody { rx, state: state.clone() }));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, "text/event-stream".parse().expect("ct"));
+    let mut r = Response::new(MockBody::Right(ChannelBody {
+        rx,
+        state: state.clone(),
+    }));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "text/event-stream".parse().expect("ct"),
+    );
     r.headers_mut()
         .insert("x-upstream-extra", "kept".parse().expect("hdr"));
     Ok(r)
@@ -386,8 +420,10 @@ fn json_response(v: Value) -> Response<MockBody> {
 
 fn json_response_bytes(body: Bytes) -> Response<MockBody> {
     let mut r = Response::new(MockBody::Left(Full::new(body)));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, "application/json".parse().expect("ct"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("ct"),
+    );
     r.headers_mut()
         .insert("x-upstream-extra", "kept".parse().expect("hdr"));
     r
@@ -409,7 +445,14 @@ pub fn tool_arguments() -> &'static str {
     r#"{"location": "Paris, France", "unit": "celsius", "days": [1, 2, 3]}"#
 }
 
-fn complete(chat: bool, tools: bool, req: &Value, model: &str, prompt_tokens: u64, n: usize) -> Value {
+fn complete(
+    chat: bool,
+    tools: bool,
+    req: &Value,
+    model: &str,
+    prompt_tokens: u64,
+    n: usize,
+) -> Value {
     let text: String = words(n).concat();
     let completion_tokens = n as u64;
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
@@ -443,7 +486,11 @@ fn stream_events(
     include_usage: bool,
 ) -> Vec<Bytes> {
     let mut out = Vec::new();
-    let usage_field = if include_usage { Some(Value::Null) } else { None };
+    let usage_field = if include_usage {
+        Some(Value::Null)
+    } else {
+        None
+    };
     let chunk = |choices: Value| -> Value {
         let mut c = if chat {
             json!({"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1700000000,"model":model,"system_fingerprint":"fp_mock","choices":choices})
@@ -472,7 +519,9 @@ fn stream_events(
             completion_tokens += 1;
             i = end;
         }
-        out.push(sse(&chunk(json!([{"index":0,"delta":{},"finish_reason":"tool_calls"}]))));
+        out.push(sse(&chunk(
+            json!([{"index":0,"delta":{},"finish_reason":"tool_calls"}]),
+        )));
     } else {
         for w in words(n) {
             let choice = if chat {
@@ -532,8 +581,16 @@ fn b64(data: &[u8]) -> String {
             | u32::from(*c.get(2).unwrap_or(&0));
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }

@@ -110,7 +110,10 @@ pub fn load(source: &ConfigSource) -> Result<Runtime, ConfigError> {
         ConfigSource::Embedded => embedded_default_toml(),
         ConfigSource::File(path) => std::fs::read_to_string(path).map_err(|e| ConfigError {
             source: source.clone(),
-            problems: vec![Problem::new("", format!("cannot read the config file: {e}"))],
+            problems: vec![Problem::new(
+                "",
+                format!("cannot read the config file: {e}"),
+            )],
         })?,
     };
     load_str(&text, source.clone())

@@ -55,10 +55,7 @@ impl Runtime {
 
     /// Route names clients can ask for (the catch-all `*` is not a model name).
     pub fn model_names(&self) -> impl Iterator<Item = &str> {
-        self.routes
-            .iter()
-            .map(|r| &*r.name)
-            .filter(|n| *n != "*")
+        self.routes.iter().map(|r| &*r.name).filter(|n| *n != "*")
     }
 
     pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {
@@ -255,7 +252,10 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         .telemetry
         .as_ref()
         .map(|t| validate_telemetry(t, &mut problems));
-    let state = file.state.as_ref().map(|s| validate_state(s, &mut problems));
+    let state = file
+        .state
+        .as_ref()
+        .map(|s| validate_state(s, &mut problems));
     let plugins_dir = file.plugins.as_ref().and_then(|p| {
         if let Some(d) = &p.dir
             && d.as_os_str().is_empty()
@@ -296,7 +296,10 @@ fn secs(v: f64, path: &str, problems: &mut Vec<Problem>) -> Option<Duration> {
     }
 }
 
-fn validate_server(s: &schema::ServerSection, problems: &mut Vec<Problem>) -> Option<ServerSettings> {
+fn validate_server(
+    s: &schema::ServerSection,
+    problems: &mut Vec<Problem>,
+) -> Option<ServerSettings> {
     let listen_text = s.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = match listen_text.to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(addr)) => Some(addr),
@@ -311,18 +314,27 @@ fn validate_server(s: &schema::ServerSection, problems: &mut Vec<Problem>) -> Op
     let tls = match (&s.tls_cert, &s.tls_key) {
         (None, None) => None,
         (Some(_), None) => {
-            problems.push(Problem::new("server.tls_key", "tls_cert is set, so tls_key is required"));
+            problems.push(Problem::new(
+                "server.tls_key",
+                "tls_cert is set, so tls_key is required",
+            ));
             None
         }
         (None, Some(_)) => {
-            problems.push(Problem::new("server.tls_cert", "tls_key is set, so tls_cert is required"));
+            problems.push(Problem::new(
+                "server.tls_cert",
+                "tls_key is set, so tls_cert is required",
+            ));
             None
         }
         (Some(cert), Some(key)) => server_tls(cert, key, problems),
     };
     let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes == 0 {
-        problems.push(Problem::new("server.max_body_bytes", "must be greater than 0"));
+        problems.push(Problem::new(
+            "server.max_body_bytes",
+            "must be greater than 0",
+        ));
     }
     let grace = s.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
     let shutdown_grace = if grace == 0.0 {
@@ -416,7 +428,10 @@ fn validate_backend(
             .map(|(j, u)| (format!("{path}.urls[{j}]"), u.clone()))
             .collect(),
         (None, Some(_)) => {
-            problems.push(Problem::new(format!("{path}.urls"), "must list at least one URL"));
+            problems.push(Problem::new(
+                format!("{path}.urls"),
+                "must list at least one URL",
+            ));
             vec![]
         }
         (Some(_), Some(_)) => {
@@ -469,7 +484,8 @@ fn validate_backend(
         }
     });
     let connect = secs(
-        b.connect_timeout_secs.unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS),
+        b.connect_timeout_secs
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS),
         &format!("{path}.connect_timeout_secs"),
         problems,
     );
@@ -806,7 +822,10 @@ shadow = { backend = "local", sample = 2.0 }
         assert!(paths.contains(&"routes[0].targets[0].backend"), "{p:#?}");
         assert!(paths.contains(&"routes[0].fallback[0].backend"), "{p:#?}");
         assert!(paths.contains(&"routes[0].shadow.sample"), "{p:#?}");
-        let lcoal = p.iter().find(|p| p.path == "routes[0].targets[0].backend").unwrap();
+        let lcoal = p
+            .iter()
+            .find(|p| p.path == "routes[0].targets[0].backend")
+            .unwrap();
         assert!(lcoal.message.contains("\"lcoal\""));
     }
 

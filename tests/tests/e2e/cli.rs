@@ -25,10 +25,17 @@ fallback = [{ backend = "openai", model = "gpt-4o" }]
 "#,
     )
     .unwrap();
-    let (code, out, err) = run_switchyard(&["check"], dir.path(), &[("SWITCHYARD_TEST_KEY", "sk-secret-value")]);
+    let (code, out, err) = run_switchyard(
+        &["check"],
+        dir.path(),
+        &[("SWITCHYARD_TEST_KEY", "sk-secret-value")],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("is valid"), "{out}");
-    assert!(out.contains("local: http://127.0.0.1:9001/v1, http://127.0.0.1:9002/v1"), "{out}");
+    assert!(
+        out.contains("local: http://127.0.0.1:9001/v1, http://127.0.0.1:9002/v1"),
+        "{out}"
+    );
     assert!(out.contains("llama-3.1-8b (weight 90, 90.0%)"), "{out}");
     assert!(out.contains("fallback 1: openai"), "{out}");
     assert!(!out.contains("sk-secret-value") && !err.contains("sk-secret-value"));
@@ -50,20 +57,35 @@ targets = [{ backend = "lcoal" }]
 "#,
     )
     .unwrap();
-    let (code, _out, err) = run_switchyard(&["check", "--config", cfg.to_str().unwrap()], dir.path(), &[]);
+    let (code, _out, err) = run_switchyard(
+        &["check", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("bad.toml"), "{err}");
     assert!(err.contains("routes[0].targets[0].backend"), "{err}");
     assert!(err.contains("no backend named \"lcoal\""), "{err}");
 
     std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n").unwrap();
-    let (code, _out, err) = run_switchyard(&["check", "--config", cfg.to_str().unwrap()], dir.path(), &[]);
+    let (code, _out, err) = run_switchyard(
+        &["check", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("listne") && err.contains("line 3"), "{err}");
 
-    let (code, _out, err) = run_switchyard(&["check", "--config", "/nonexistent/x.toml"], dir.path(), &[]);
+    let (code, _out, err) = run_switchyard(
+        &["check", "--config", "/nonexistent/x.toml"],
+        dir.path(),
+        &[],
+    );
     assert_ne!(code, 0);
-    assert!(err.contains("/nonexistent/x.toml") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/x.toml") && err.contains("cannot read"),
+        "{err}"
+    );
 }
 
 #[test]

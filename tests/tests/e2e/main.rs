@@ -2,6 +2,9 @@
 //!
 //! One test binary (one link) with a module per area.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod concurrency;
 mod errors;

@@ -116,5 +116,9 @@ targets = [{ backend = "mock" }]
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stdout.contains("OK"), "stdout:\n{stdout}\nstderr:\n{stderr}\ngateway log:\n{}", gw.log());
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}\ngateway log:\n{}",
+        gw.log()
+    );
 }

@@ -25,7 +25,14 @@ async fn chat_request_and_answer_pass_through_unchanged_but_for_the_model() {
     // Fields the gateway does not interpret, including odd number formats and escapes.
     let body = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"h\u00e9llo \"there\""}],"temperature":0.70,"seed":42,"n":1,"user":"u-1","metadata":{"feature":"search"},"response_format":{"type":"json_object"},"logprobs":true,"top_logprobs":2,"x_vendor":{"nested":[1,2e3,null]}}"#;
     let resp = client
-        .post(&gw.url("/v1/chat/completions"), body, &[("authorization", "Bearer sk-client-secret"), ("openai-organization", "org-1")])
+        .post(
+            &gw.url("/v1/chat/completions"),
+            body,
+            &[
+                ("authorization", "Bearer sk-client-secret"),
+                ("openai-organization", "org-1"),
+            ],
+        )
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.header("x-switchyard-backend"), Some("mock"));
@@ -76,7 +83,10 @@ targets = [{{ backend = "keyed" }}]
         .await;
     assert_eq!(resp.status, 200);
     let got = mock.last_request().unwrap();
-    assert_eq!(got.headers.get("authorization").unwrap(), "Bearer sk-backend-123");
+    assert_eq!(
+        got.headers.get("authorization").unwrap(),
+        "Bearer sk-backend-123"
+    );
     // The key is not in the gateway's log.
     assert!(!gw.log().contains("sk-backend-123"));
 }
@@ -87,7 +97,9 @@ async fn tool_calls_pass_through_non_streamed() {
     let gw = Gateway::start(&config_with(&mock.url(), routes()));
     let tools = json!([{"type":"function","function":{"name":"get_weather","description":"d","parameters":{"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}}}]);
     let req = json!({"model":"gpt-4o","messages":[{"role":"user","content":"weather?"}],"tools":tools,"tool_choice":"auto","parallel_tool_calls":false});
-    let resp = Client::new().post_json(&gw.url("/v1/chat/completions"), &req, &[]).await;
+    let resp = Client::new()
+        .post_json(&gw.url("/v1/chat/completions"), &req, &[])
+        .await;
     assert_eq!(resp.status, 200);
     let got = mock.last_request().unwrap().json();
     assert_eq!(got["tools"], tools);
@@ -96,7 +108,10 @@ async fn tool_calls_pass_through_non_streamed() {
     let v = resp.json();
     let call = &v["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather");
-    assert_eq!(call["function"]["arguments"], switchyard_tests::mock::tool_arguments());
+    assert_eq!(
+        call["function"]["arguments"],
+        switchyard_tests::mock::tool_arguments()
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
 }
 
@@ -107,7 +122,11 @@ async fn completions_embeddings_and_models() {
     let c = Client::new();
 
     let r = c
-        .post_json(&gw.url("/v1/completions"), &json!({"model":"gpt-4o","prompt":"Say hi","max_tokens":5,"echo":false}), &[])
+        .post_json(
+            &gw.url("/v1/completions"),
+            &json!({"model":"gpt-4o","prompt":"Say hi","max_tokens":5,"echo":false}),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["object"], "text_completion");
@@ -115,7 +134,11 @@ async fn completions_embeddings_and_models() {
     assert_eq!(mock.last_request().unwrap().json()["model"], "llama-3.1-8b");
 
     let r = c
-        .post_json(&gw.url("/v1/embeddings"), &json!({"model":"text-embedding-3-small","input":["a","b"],"dimensions":8}), &[])
+        .post_json(
+            &gw.url("/v1/embeddings"),
+            &json!({"model":"text-embedding-3-small","input":["a","b"],"dimensions":8}),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
@@ -129,7 +152,12 @@ async fn completions_embeddings_and_models() {
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec!["gpt-4o"]);
     let r = c.get(&gw.url("/v1/models/gpt-4o")).await;
     assert_eq!(r.json()["id"], "gpt-4o");
@@ -162,7 +190,11 @@ targets = [{{ backend = "a", model = "local", weight = 80 }}, {{ backend = "b", 
     let mut to_b = 0;
     for _ in 0..n {
         let r = c
-            .post_json(&gw.url("/v1/chat/completions"), &json!({"model":"gpt-4o","messages":[]}), &[])
+            .post_json(
+                &gw.url("/v1/chat/completions"),
+                &json!({"model":"gpt-4o","messages":[]}),
+                &[],
+            )
             .await;
         assert_eq!(r.status, 200);
         if r.header("x-switchyard-backend") == Some("b") {
@@ -184,11 +216,27 @@ async fn health_ready_and_metrics() {
     assert_eq!(c.get(&gw.url("/healthz")).await.status, 200);
     assert_eq!(c.get(&gw.url("/readyz")).await.status, 200);
     for _ in 0..3 {
-        c.post_json(&gw.url("/v1/chat/completions"), &json!({"model":"gpt-4o","messages":[]}), &[]).await;
+        c.post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"gpt-4o","messages":[]}),
+            &[],
+        )
+        .await;
     }
-    c.post_json(&gw.url("/v1/chat/completions"), &json!({"model":"gpt-4o"}), &[]).await;
+    c.post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model":"gpt-4o"}),
+        &[],
+    )
+    .await;
     let m = c.get(&gw.url("/metrics")).await.text();
-    assert!(m.contains(r#"switchyard_requests_total{route="gpt-4o",backend="mock",status="200"} 3"#), "{m}");
-    assert!(m.contains(r#"switchyard_requests_total{route="none",backend="none",status="400"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"switchyard_requests_total{route="gpt-4o",backend="mock",status="200"} 3"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"switchyard_requests_total{route="none",backend="none",status="400"} 1"#),
+        "{m}"
+    );
     let _: Value = Value::Null;
 }

@@ -17,10 +17,17 @@ targets = [{ backend = "mock", model = "local-model" }]
 async fn stream_is_relayed_chunk_by_chunk_with_usage_chunk_stripped() {
     let mock = MockUpstream::start().await;
     // A pause between chunks makes each one its own frame on the wire.
-    mock.set_behaviour(Behaviour { chunks: 12, chunk_delay: Duration::from_millis(15), ..Default::default() });
+    mock.set_behaviour(Behaviour {
+        chunks: 12,
+        chunk_delay: Duration::from_millis(15),
+        ..Default::default()
+    });
     let gw = Gateway::start(&config_with(&mock.url(), ROUTES));
-    let req = json!({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"count"}]});
-    let r = Client::new().post_stream(&gw.url("/v1/chat/completions"), &req, &[]).await;
+    let req =
+        json!({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"count"}]});
+    let r = Client::new()
+        .post_stream(&gw.url("/v1/chat/completions"), &req, &[])
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     assert_eq!(r.header("x-switchyard-backend"), Some("mock"));
@@ -32,13 +39,25 @@ async fn stream_is_relayed_chunk_by_chunk_with_usage_chunk_stripped() {
     let events = r.events();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let json_events = r.json_events();
-    assert!(json_events.iter().all(|e| e["choices"].as_array().is_some_and(|c| !c.is_empty())), "usage-only chunk leaked: {events:?}");
+    assert!(
+        json_events
+            .iter()
+            .all(|e| e["choices"].as_array().is_some_and(|c| !c.is_empty())),
+        "usage-only chunk leaked: {events:?}"
+    );
     // role chunk + 12 content chunks + finish chunk.
     assert_eq!(json_events.len(), 14);
-    let text: String = json_events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    let text: String = json_events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(text, (0..12).map(|i| format!("w{i} ")).collect::<String>());
     // Not coalesced: one event per frame, as the upstream sent them.
-    assert_eq!(r.frames.len(), events.len(), "frames were coalesced or split");
+    assert_eq!(
+        r.frames.len(),
+        events.len(),
+        "frames were coalesced or split"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +65,9 @@ async fn usage_chunk_is_kept_when_the_client_asked_for_it() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&config_with(&mock.url(), ROUTES));
     let req = json!({"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]});
-    let r = Client::new().post_stream(&gw.url("/v1/chat/completions"), &req, &[]).await;
+    let r = Client::new()
+        .post_stream(&gw.url("/v1/chat/completions"), &req, &[])
+        .await;
     let ev = r.json_events();
     let last = ev.last().unwrap();
     assert_eq!(last["choices"], json!([]));
@@ -57,11 +78,16 @@ async fn usage_chunk_is_kept_when_the_client_asked_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_tool_call_deltas_are_intact() {
     let mock = MockUpstream::start().await;
-    mock.set_behaviour(Behaviour { chunks: 9, ..Default::default() });
+    mock.set_behaviour(Behaviour {
+        chunks: 9,
+        ..Default::default()
+    });
     let gw = Gateway::start(&config_with(&mock.url(), ROUTES));
     let req = json!({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"weather"}],
         "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]});
-    let r = Client::new().post_stream(&gw.url("/v1/chat/completions"), &req, &[]).await;
+    let r = Client::new()
+        .post_stream(&gw.url("/v1/chat/completions"), &req, &[])
+        .await;
     let ev = r.json_events();
     let mut args = String::new();
     let mut name = None;
@@ -77,7 +103,10 @@ async fn streamed_tool_call_deltas_are_intact() {
     }
     assert_eq!(name.as_deref(), Some("get_weather"));
     assert_eq!(args, tool_arguments());
-    assert_eq!(ev.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        ev.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,8 +114,14 @@ async fn streamed_completions_work() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&config_with(&mock.url(), ROUTES));
     let req = json!({"model":"gpt-4o","stream":true,"prompt":"once upon"});
-    let r = Client::new().post_stream(&gw.url("/v1/completions"), &req, &[]).await;
-    let text: String = r.json_events().iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+    let r = Client::new()
+        .post_stream(&gw.url("/v1/completions"), &req, &[])
+        .await;
+    let text: String = r
+        .json_events()
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
     assert_eq!(text, "w0 w1 w2 w3 w4 ");
 }
 
@@ -94,10 +129,20 @@ async fn streamed_completions_work() {
 async fn first_byte_is_not_delayed_by_the_gateway() {
     let mock = MockUpstream::start().await;
     // Later chunks arrive 300 ms apart: a buffering proxy would hold the first one back.
-    mock.set_behaviour(Behaviour { chunks: 3, chunk_delay: Duration::from_millis(300), ..Default::default() });
+    mock.set_behaviour(Behaviour {
+        chunks: 3,
+        chunk_delay: Duration::from_millis(300),
+        ..Default::default()
+    });
     let gw = Gateway::start(&config_with(&mock.url(), ROUTES));
     let req = json!({"model":"gpt-4o","stream":true,"messages":[]});
-    let r = Client::new().post_stream(&gw.url("/v1/chat/completions"), &req, &[]).await;
-    assert!(r.first_frame.unwrap() < Duration::from_millis(250), "first frame after {:?}", r.first_frame);
+    let r = Client::new()
+        .post_stream(&gw.url("/v1/chat/completions"), &req, &[])
+        .await;
+    assert!(
+        r.first_frame.unwrap() < Duration::from_millis(250),
+        "first frame after {:?}",
+        r.first_frame
+    );
     assert_eq!(r.events().last().map(String::as_str), Some("[DONE]"));
 }

@@ -17,7 +17,9 @@ struct TestCert {
 }
 
 fn cert() -> TestCert {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
     TestCert {
         pem: ck.cert.pem(),
         key_pem: ck.signing_key.serialize_pem(),
@@ -27,12 +29,17 @@ fn cert() -> TestCert {
 }
 
 fn server_config(c: &TestCert) -> Arc<rustls::ServerConfig> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![c.der.clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key_der.clone())))
-        .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![c.der.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key_der.clone())),
+    )
+    .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(cfg)
 }
@@ -63,8 +70,12 @@ targets = [{{ backend = "mock" }}]
     );
     let gw = Gateway::start(&cfg);
     assert_eq!(gw.scheme, "https");
-    let r = Client::with_roots(&[c.der.clone()])
-        .post_json(&gw.url("/v1/chat/completions"), &json!({"model":"m","messages":[]}), &[])
+    let r = Client::with_roots(std::slice::from_ref(&c.der))
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"m","messages":[]}),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 200);
 }
@@ -99,14 +110,26 @@ targets = [{{ backend = "untrusted" }}]
     let gw = Gateway::start(&cfg);
     let client = Client::new();
     let r = client
-        .post_json(&gw.url("/v1/chat/completions"), &json!({"model":"good","messages":[]}), &[])
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"good","messages":[]}),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // HTTP/2 was negotiated with the TLS upstream.
     assert_eq!(mock.last_request().unwrap().version, http::Version::HTTP_2);
     let r = client
-        .post_json(&gw.url("/v1/chat/completions"), &json!({"model":"bad","messages":[]}), &[])
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"bad","messages":[]}),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 502);
-    assert!(r.text().to_lowercase().contains("certificate"), "{}", r.text());
+    assert!(
+        r.text().to_lowercase().contains("certificate"),
+        "{}",
+        r.text()
+    );
 }
