@@ -122,12 +122,15 @@ async fn breaker_opens_stops_sending_to_the_dead_target_and_closes_after_recover
     let primary = MockUpstream::start().await;
     let fallback = MockUpstream::start().await;
     let gw = Gateway::start_with_env(
-        &two_backend_config(
-            &primary.url(),
-            &fallback.url(),
-            "breaker = { error_rate = 0.02, window_secs = 60, min_requests = 5, cooldown_secs = 1 }",
-            "",
-        ) + "\n[admin]\ntoken_env = \"SY_ADMIN\"\n",
+        &format!(
+            "{}\n[admin]\ntoken_env = \"SY_ADMIN\"\n",
+            two_backend_config(
+                &primary.url(),
+                &fallback.url(),
+                "breaker = { error_rate = 0.02, window_secs = 60, min_requests = 5, cooldown_secs = 1 }",
+                "",
+            )
+        ),
         &[("SY_ADMIN", TOKEN)],
     );
     let c = Client::new();
