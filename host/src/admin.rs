@@ -65,23 +65,28 @@ impl std::fmt::Debug for AdminSettings {
 impl AdminSettings {
     pub fn from_section(s: Option<&AdminSection>, problems: &mut Vec<Problem>) -> Option<Self> {
         let s = s?;
-        let token = s.token_env.as_deref().and_then(|var| match std::env::var(var) {
-            Ok(v) if v.trim().len() >= 16 => Some(v.trim().to_string()),
-            Ok(_) => {
-                problems.push(Problem::new(
-                    "admin.token_env",
-                    format!("environment variable {var} must hold a token of at least 16 characters"),
-                ));
-                None
-            }
-            Err(_) => {
-                problems.push(Problem::new(
-                    "admin.token_env",
-                    format!("environment variable {var} is not set"),
-                ));
-                None
-            }
-        });
+        let token = s
+            .token_env
+            .as_deref()
+            .and_then(|var| match std::env::var(var) {
+                Ok(v) if v.trim().len() >= 16 => Some(v.trim().to_string()),
+                Ok(_) => {
+                    problems.push(Problem::new(
+                        "admin.token_env",
+                        format!(
+                            "environment variable {var} must hold a token of at least 16 characters"
+                        ),
+                    ));
+                    None
+                }
+                Err(_) => {
+                    problems.push(Problem::new(
+                        "admin.token_env",
+                        format!("environment variable {var} is not set"),
+                    ));
+                    None
+                }
+            });
         let keep_versions = s
             .keep_versions
             .unwrap_or(crate::reload::DEFAULT_KEEP_VERSIONS);
@@ -158,7 +163,10 @@ fn control_error(e: &ControlError) -> Response<GatewayBody> {
 }
 
 /// Answer one `/admin/...` request.
-pub async fn handle(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Response<GatewayBody> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<GatewayBody> {
     if let Err(e) = authorize(&gw, &req) {
         return e.to_response();
     }
@@ -249,7 +257,9 @@ pub fn cli(action: &str, config_path: Option<PathBuf>, url: Option<String>) -> E
                 .then(|| format!("{}://{listen}", if tls { "https" } else { "http" }))
         });
     let Some(base) = base else {
-        eprintln!("error: the config listens on port 0; pass --url http://HOST:PORT (or set {ADMIN_URL_ENV})");
+        eprintln!(
+            "error: the config listens on port 0; pass --url http://HOST:PORT (or set {ADMIN_URL_ENV})"
+        );
         return ExitCode::FAILURE;
     };
     let token_env = file
@@ -257,7 +267,9 @@ pub fn cli(action: &str, config_path: Option<PathBuf>, url: Option<String>) -> E
         .and_then(|f| f.admin.as_ref())
         .and_then(|a| a.token_env.clone());
     let Some(token_env) = token_env else {
-        eprintln!("error: {source}: [admin] token_env is not set, so the gateway's admin API is off");
+        eprintln!(
+            "error: {source}: [admin] token_env is not set, so the gateway's admin API is off"
+        );
         return ExitCode::FAILURE;
     };
     let Ok(token) = std::env::var(&token_env) else {

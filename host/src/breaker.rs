@@ -299,11 +299,7 @@ impl Breaker {
         let slot = self.slot(now, s);
         let g = self.lock();
         let (requests, failures) = window_counts(&g.buckets, slot);
-        let state = if !s.enabled {
-            State::Closed
-        } else {
-            g.state
-        };
+        let state = if !s.enabled { State::Closed } else { g.state };
         Snapshot {
             state,
             requests,

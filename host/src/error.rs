@@ -66,17 +66,23 @@ pub enum GatewayError {
     UpstreamBroken { backend: String, detail: String },
     #[error("backend `{backend}` sent an invalid response: {detail}")]
     UpstreamGarbage { backend: String, detail: String },
-    #[error("every URL of backend `{backend}` is at its limit of {max} requests in flight with {queue} waiting; try again shortly")]
+    #[error(
+        "every URL of backend `{backend}` is at its limit of {max} requests in flight with {queue} waiting; try again shortly"
+    )]
     Saturated {
         backend: String,
         max: usize,
         queue: usize,
     },
-    #[error("backend `{backend}` is failing and its circuit breaker is open; no fallback could answer")]
+    #[error(
+        "backend `{backend}` is failing and its circuit breaker is open; no fallback could answer"
+    )]
     CircuitOpen { backend: String },
     #[error("the answer from backend `{backend}` was rejected by validation: {reason}")]
     AnswerRejected { backend: String, reason: String },
-    #[error("this caller may not pin a target on route `{route}` (x-switchyard-target needs a team listed in the route's pin_teams)")]
+    #[error(
+        "this caller may not pin a target on route `{route}` (x-switchyard-target needs a team listed in the route's pin_teams)"
+    )]
     PinNotAllowed { route: String },
     #[error("x-switchyard-target names no backend \"{0}\"")]
     PinUnknownBackend(String),

@@ -307,7 +307,10 @@ overrides = [
         let t = choose(r, &Caller::from_headers(&h), &h, &rt.backends).unwrap();
         assert_eq!(&*t.backend.name, "new");
         assert_eq!(t.model.as_deref(), Some("qwen"));
-        let h = headers(&[("x-switchyard-target", "nope"), ("x-switchyard-team", "sre")]);
+        let h = headers(&[
+            ("x-switchyard-target", "nope"),
+            ("x-switchyard-team", "sre"),
+        ]);
         assert!(matches!(
             choose(r, &Caller::from_headers(&h), &h, &rt.backends),
             Err(GatewayError::PinUnknownBackend(_))

@@ -394,7 +394,8 @@ pub fn spawn_health_checks(gw: Arc<Gateway>) {
                 for (i, u) in b.pool.urls.iter().enumerate() {
                     let due = {
                         let mut last = u.last_check.lock().unwrap_or_else(|p| p.into_inner());
-                        let due = last.is_none_or(|t| now.duration_since(t) >= b.pool.health_interval);
+                        let due =
+                            last.is_none_or(|t| now.duration_since(t) >= b.pool.health_interval);
                         if due {
                             *last = Some(now);
                         }

@@ -26,9 +26,9 @@ use crate::gateway::Gateway;
 use crate::metrics;
 use crate::openai::{self, RequestBody, ResponseProbe};
 use crate::router;
-use crate::{attempt, flags, pool, shadow};
 use crate::sse::{StreamBody, StreamOutcome, StreamSummary};
 use crate::upstream;
+use crate::{attempt, flags, pool, shadow};
 
 /// Response header naming the backend that served the answer.
 pub const HEADER_BACKEND: &str = "x-switchyard-backend";

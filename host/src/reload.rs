@@ -70,11 +70,15 @@ pub enum ControlError {
 impl std::fmt::Display for ControlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ControlError::Invalid(e) => write!(f, "config rejected, the running version stays: {e}"),
+            ControlError::Invalid(e) => {
+                write!(f, "config rejected, the running version stays: {e}")
+            }
             ControlError::NoFile => f.write_str(
                 "the gateway runs on the embedded default config: there is no file to reload",
             ),
-            ControlError::NoPrevious => f.write_str("there is no previous config version to roll back to"),
+            ControlError::NoPrevious => {
+                f.write_str("there is no previous config version to roll back to")
+            }
         }
     }
 }
@@ -261,8 +265,8 @@ pub fn spawn_background(gw: &Arc<Gateway>) {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP received: reloading the config");
                 let gw3 = gw2.clone();
-                let _ = tokio::task::spawn_blocking(move || gw3.control.reload(&gw3, "SIGHUP"))
-                    .await;
+                let _ =
+                    tokio::task::spawn_blocking(move || gw3.control.reload(&gw3, "SIGHUP")).await;
             }
         });
     }

@@ -235,15 +235,15 @@ async fn serve(
             let svc = service_fn(move |req| handle(state.clone(), req));
             let conn = async move {
                 match acceptor {
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                }
-                Some(acc) => {
-                    if let Ok(s) = acc.accept(stream).await {
-                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(acc) => {
+                        if let Ok(s) = acc.accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                        }
                     }
                 }
-            }
             };
             tokio::select! {
                 () = conn => {}

@@ -56,7 +56,9 @@ pub fn extract(body: &[u8]) -> Option<Extracted> {
                         .as_str()
                         .and_then(|a| serde_json::from_str(a).ok())
                         .unwrap_or_else(|| f["arguments"].clone());
-                    parts.push(serde_json::json!({"name": f["name"], "arguments": args}).to_string());
+                    parts.push(
+                        serde_json::json!({"name": f["name"], "arguments": args}).to_string(),
+                    );
                 }
             }
         }
@@ -181,7 +183,10 @@ mod tests {
     fn exact_json_and_similar() {
         let c = compare(&text("Paris."), &text(" Paris. "));
         assert!(c.exact && c.agree);
-        let c = compare(&text(r#"{"a":1,"b":[1,2]}"#), &text(r#"{ "b": [1,2], "a": 1 }"#));
+        let c = compare(
+            &text(r#"{"a":1,"b":[1,2]}"#),
+            &text(r#"{ "b": [1,2], "a": 1 }"#),
+        );
         assert!(!c.exact);
         assert_eq!(c.json_equal, Some(true));
         assert!(c.agree);

@@ -50,7 +50,8 @@ pub fn parse_since(s: &str, now: SystemTime) -> Result<i64, String> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let bad = || format!("--since \"{s}\": expected 30m, 2h, 7d, unix seconds or YYYY-MM-DD[THH:MM:SSZ]");
+    let bad =
+        || format!("--since \"{s}\": expected 30m, 2h, 7d, unix seconds or YYYY-MM-DD[THH:MM:SSZ]");
     if let Some(unit) = s.chars().last().filter(|c| "smhd".contains(*c)) {
         let n: f64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
         let secs = n * match unit {
@@ -229,7 +230,10 @@ pub fn print(path: &std::path::Path, since: Option<&str>, reports: &[RouteReport
         return;
     }
     for r in reports {
-        println!("\nroute {}: served by {} → shadow {}", r.route, r.primary, r.shadow);
+        println!(
+            "\nroute {}: served by {} → shadow {}",
+            r.route, r.primary, r.shadow
+        );
         println!(
             "  pairs {} (compared {}, shadow errors {}, streamed not compared {})",
             r.pairs, r.compared, r.shadow_errors, r.not_compared_streams
@@ -273,7 +277,9 @@ pub fn print(path: &std::path::Path, since: Option<&str>, reports: &[RouteReport
                 "  cost ${a:.4} → ${b:.4} ({:+.1}%)",
                 if a > 0.0 { 100.0 * (b - a) / a } else { 0.0 }
             ),
-            _ => println!("  cost: pass --price MODEL=IN,OUT (USD per million tokens) for both models"),
+            _ => println!(
+                "  cost: pass --price MODEL=IN,OUT (USD per million tokens) for both models"
+            ),
         }
     }
 }
@@ -321,14 +327,19 @@ pub fn cli(
     for p in &prices {
         let parsed = p.split_once('=').and_then(|(m, v)| {
             let (i, o) = v.split_once(',')?;
-            Some((m.to_string(), (i.trim().parse().ok()?, o.trim().parse().ok()?)))
+            Some((
+                m.to_string(),
+                (i.trim().parse().ok()?, o.trim().parse().ok()?),
+            ))
         });
         match parsed {
             Some((m, v)) => {
                 price_map.insert(m, v);
             }
             None => {
-                eprintln!("error: --price \"{p}\": expected MODEL=INPUT,OUTPUT (USD per million tokens)");
+                eprintln!(
+                    "error: --price \"{p}\": expected MODEL=INPUT,OUTPUT (USD per million tokens)"
+                );
                 return ExitCode::FAILURE;
             }
         }
@@ -448,12 +459,19 @@ mod tests {
         let r = compute(&conn, None, 0, &prices).unwrap();
         assert_eq!(r.len(), 1);
         let r = &r[0];
-        assert_eq!((r.pairs, r.compared, r.agreed, r.shadow_errors), (4, 3, 2, 1));
+        assert_eq!(
+            (r.pairs, r.compared, r.agreed, r.shadow_errors),
+            (4, 3, 2, 1)
+        );
         assert!((r.agreement_rate.unwrap() - 2.0 / 3.0).abs() < 1e-9);
         assert!((r.mean_similarity.unwrap() - 2.5 / 3.0).abs() < 1e-9);
         assert_eq!(r.primary_latency_p50_ms, Some(200.0));
         assert!(r.primary_cost_usd.unwrap() > r.shadow_cost_usd.unwrap());
         assert!(compute(&conn, None, 6_000, &prices).unwrap().is_empty());
-        assert!(compute(&conn, Some("other"), 0, &prices).unwrap().is_empty());
+        assert!(
+            compute(&conn, Some("other"), 0, &prices)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -16,7 +16,12 @@ fn chat(stream: bool) -> Value {
     json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
 }
 
-fn two_backend_config(primary: &str, fallback: &str, primary_extra: &str, route_extra: &str) -> String {
+fn two_backend_config(
+    primary: &str,
+    fallback: &str,
+    primary_extra: &str,
+    route_extra: &str,
+) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -47,7 +52,11 @@ fn text_of_stream(body: &str) -> String {
     body.split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -65,13 +74,64 @@ async fn fallback_answers_every_fault_of_the_primary() {
     let c = Client::new();
     let url = gw.url("/v1/chat/completions");
     let faults: &[(&str, Behaviour, &str)] = &[
-        ("500s", Behaviour { status: Some(500), ..Default::default() }, "http_500"),
-        ("html 502", Behaviour { status: Some(502), html_error: true, ..Default::default() }, "http_502"),
-        ("429", Behaviour { status: Some(429), retry_after: Some(1), ..Default::default() }, "http_429"),
-        ("reset", Behaviour { reset: true, ..Default::default() }, "broken"),
-        ("hang", Behaviour { hang: true, ..Default::default() }, "timeout"),
-        ("slow first byte", Behaviour { first_byte_delay: Duration::from_millis(1500), ..Default::default() }, "timeout"),
-        ("garbage", Behaviour { garbage: true, ..Default::default() }, "invalid_answer"),
+        (
+            "500s",
+            Behaviour {
+                status: Some(500),
+                ..Default::default()
+            },
+            "http_500",
+        ),
+        (
+            "html 502",
+            Behaviour {
+                status: Some(502),
+                html_error: true,
+                ..Default::default()
+            },
+            "http_502",
+        ),
+        (
+            "429",
+            Behaviour {
+                status: Some(429),
+                retry_after: Some(1),
+                ..Default::default()
+            },
+            "http_429",
+        ),
+        (
+            "reset",
+            Behaviour {
+                reset: true,
+                ..Default::default()
+            },
+            "broken",
+        ),
+        (
+            "hang",
+            Behaviour {
+                hang: true,
+                ..Default::default()
+            },
+            "timeout",
+        ),
+        (
+            "slow first byte",
+            Behaviour {
+                first_byte_delay: Duration::from_millis(1500),
+                ..Default::default()
+            },
+            "timeout",
+        ),
+        (
+            "garbage",
+            Behaviour {
+                garbage: true,
+                ..Default::default()
+            },
+            "invalid_answer",
+        ),
     ];
     for (name, b, outcome) in faults {
         primary.set_behaviour(b.clone());
@@ -79,8 +139,14 @@ async fn fallback_answers_every_fault_of_the_primary() {
             let r = c.post_json(&url, &chat(false), &[]).await;
             assert_eq!(r.status, 200, "{name} #{i}: {}", r.text());
             assert_eq!(r.header("x-switchyard-backend"), Some("fallback"), "{name}");
-            assert_eq!(r.json()["choices"][0]["message"]["content"], "w0 w1 w2 w3 w4 ");
-            let attempts = r.header("x-switchyard-attempts").unwrap_or_default().to_string();
+            assert_eq!(
+                r.json()["choices"][0]["message"]["content"],
+                "w0 w1 w2 w3 w4 "
+            );
+            let attempts = r
+                .header("x-switchyard-attempts")
+                .unwrap_or_default()
+                .to_string();
             assert!(
                 attempts.starts_with(&format!("primary@{} {outcome}", primary.addr)),
                 "{name}: {attempts}"
@@ -100,7 +166,10 @@ async fn fallback_answers_every_fault_of_the_primary() {
         }
     }
     // A stream that breaks before its first chunk also moves on.
-    primary.set_behaviour(Behaviour { break_after: Some(0), ..Default::default() });
+    primary.set_behaviour(Behaviour {
+        break_after: Some(0),
+        ..Default::default()
+    });
     for _ in 0..3 {
         let s = c.post_stream(&url, &chat(true), &[]).await;
         assert_eq!(s.status, 200);
@@ -110,7 +179,10 @@ async fn fallback_answers_every_fault_of_the_primary() {
     }
     assert!(gw.wait_for_log("fallback: more than one attempt", Duration::from_secs(2)));
     // A client mistake is not retried elsewhere: the primary's 400 is the answer.
-    primary.set_behaviour(Behaviour { status: Some(400), ..Default::default() });
+    primary.set_behaviour(Behaviour {
+        status: Some(400),
+        ..Default::default()
+    });
     let before = fallback.served();
     let r = c.post_json(&url, &chat(false), &[]).await;
     assert_eq!(r.status, 400);
@@ -155,7 +227,10 @@ async fn breaker_opens_stops_sending_to_the_dead_target_and_closes_after_recover
         }
     };
     assert_eq!(breakers().await, "closed");
-    primary.set_behaviour(Behaviour { status: Some(500), ..Default::default() });
+    primary.set_behaviour(Behaviour {
+        status: Some(500),
+        ..Default::default()
+    });
     for _ in 0..40 {
         let r = c.post_json(&url, &chat(false), &[]).await;
         assert_eq!(r.status, 200, "{}", r.text());
@@ -164,11 +239,11 @@ async fn breaker_opens_stops_sending_to_the_dead_target_and_closes_after_recover
     // Opened after min_requests failures; the rest never reached the dead primary.
     assert_eq!(primary.served(), 5, "primary kept receiving traffic");
     assert_eq!(breakers().await, "open");
-    let r = c
-        .post_json(&url, &chat(false), &[])
-        .await;
+    let r = c.post_json(&url, &chat(false), &[]).await;
     assert!(
-        r.header("x-switchyard-attempts").unwrap().starts_with("primary skipped_breaker_open"),
+        r.header("x-switchyard-attempts")
+            .unwrap()
+            .starts_with("primary skipped_breaker_open"),
         "{:?}",
         r.header("x-switchyard-attempts")
     );
@@ -228,7 +303,9 @@ targets = [{{ backend = "pool" }}]
         let (c, url) = (c.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..20 {
-                let r = c.post_json(&url, &chat(false), &[("x-mock", "first_byte_ms=3")]).await;
+                let r = c
+                    .post_json(&url, &chat(false), &[("x-mock", "first_byte_ms=3")])
+                    .await;
                 assert_eq!(r.status, 200);
             }
         }));
@@ -250,11 +327,18 @@ targets = [{{ backend = "pool" }}]
     // replayed elsewhere without duplicating what the client has read; it ends with an
     // error event (tested in streaming.rs).
     for _ in 0..8 {
-        let (c, url, stop, failures, total) =
-            (c.clone(), url.clone(), stop.clone(), failures.clone(), total.clone());
+        let (c, url, stop, failures, total) = (
+            c.clone(),
+            url.clone(),
+            stop.clone(),
+            failures.clone(),
+            total.clone(),
+        );
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let r = c.post_json(&url, &chat(false), &[("x-mock", "first_byte_ms=2")]).await;
+                let r = c
+                    .post_json(&url, &chat(false), &[("x-mock", "first_byte_ms=2")])
+                    .await;
                 let ok = r.status == 200;
                 total.fetch_add(1, Ordering::Relaxed);
                 if !ok {
@@ -273,8 +357,15 @@ targets = [{{ backend = "pool" }}]
     for t in load {
         t.await.unwrap();
     }
-    assert_eq!(a.served(), a_after, "traffic still reached the killed worker a second later");
-    assert!(b.served() > b_before + 20, "the surviving worker took the traffic");
+    assert_eq!(
+        a.served(),
+        a_after,
+        "traffic still reached the killed worker a second later"
+    );
+    assert!(
+        b.served() > b_before + 20,
+        "the surviving worker took the traffic"
+    );
     assert_eq!(
         failures.load(Ordering::Relaxed),
         0,
@@ -321,13 +412,20 @@ targets = [{{ backend = "{backend}" }}]
     let total = Arc::new(AtomicU64::new(0));
     let mut load = Vec::new();
     for i in 0..8 {
-        let (c, url, stop, failures, total) =
-            (c.clone(), url.clone(), stop.clone(), failures.clone(), total.clone());
+        let (c, url, stop, failures, total) = (
+            c.clone(),
+            url.clone(),
+            stop.clone(),
+            failures.clone(),
+            total.clone(),
+        );
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let ok = if i % 2 == 0 {
                     // Streams long enough to span a swap.
-                    let s = c.post_stream(&url, &chat(true), &[("x-mock", "chunks=20,delay_ms=10")]).await;
+                    let s = c
+                        .post_stream(&url, &chat(true), &[("x-mock", "chunks=20,delay_ms=10")])
+                        .await;
                     s.status == 200 && !s.broken && s.body().ends_with("data: [DONE]\n\n")
                 } else {
                     c.post_json(&url, &chat(false), &[]).await.status == 200
@@ -367,7 +465,9 @@ targets = [{{ backend = "{backend}" }}]
 
     // 2. Rollback through the admin API: the previous version is back at once.
     let t = Instant::now();
-    let r = c.post(&gw.url("/admin/rollback"), "", &[("authorization", &auth)]).await;
+    let r = c
+        .post(&gw.url("/admin/rollback"), "", &[("authorization", &auth)])
+        .await;
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(served_by(c.clone(), url.clone()).await, "a");
@@ -376,14 +476,22 @@ targets = [{{ backend = "{backend}" }}]
     // 3. An invalid config is refused with every problem; the running one stays.
     std::fs::write(
         &gw.config_path,
-        cfg("b").replace("targets = [{ backend = \"b\" }]", "targets = [{ backend = \"nope\" }]"),
+        cfg("b").replace(
+            "targets = [{ backend = \"b\" }]",
+            "targets = [{ backend = \"nope\" }]",
+        ),
     )
     .unwrap();
-    let r = c.post(&gw.url("/admin/reload"), "", &[("authorization", &auth)]).await;
+    let r = c
+        .post(&gw.url("/admin/reload"), "", &[("authorization", &auth)])
+        .await;
     assert_eq!(r.status, 422, "{}", r.text());
     let v = r.json();
     assert_eq!(v["error"]["code"], "invalid_config");
-    assert_eq!(v["error"]["problems"][0]["path"], "routes[0].targets[0].backend");
+    assert_eq!(
+        v["error"]["problems"][0]["path"],
+        "routes[0].targets[0].backend"
+    );
     assert!(gw.wait_for_log("config reload rejected", Duration::from_secs(2)));
     assert_eq!(served_by(c.clone(), url.clone()).await, "a");
 
@@ -397,7 +505,13 @@ targets = [{{ backend = "{backend}" }}]
 
     // 5. `switchyard rollback` talks to the running gateway.
     let (code, out, err) = run_switchyard(
-        &["rollback", "--config", gw.config_path.to_str().unwrap(), "--url", &gw.url("")],
+        &[
+            "rollback",
+            "--config",
+            gw.config_path.to_str().unwrap(),
+            "--url",
+            &gw.url(""),
+        ],
         gw.dir.path(),
         &[("SY_ADMIN", TOKEN)],
     );
@@ -412,7 +526,11 @@ targets = [{{ backend = "{backend}" }}]
     }
     let n = total.load(Ordering::Relaxed);
     assert!(n > 40, "load generator too slow: {n}");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "failed requests out of {n}");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed requests out of {n}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,7 +538,10 @@ async fn shadow_pairs_are_recorded_and_the_report_matches_them() {
     let primary = MockUpstream::start().await;
     let shadow = MockUpstream::start().await;
     // The shadow answers shorter unless told otherwise: half the pairs will disagree.
-    shadow.set_behaviour(Behaviour { chunks: 2, ..Default::default() });
+    shadow.set_behaviour(Behaviour {
+        chunks: 2,
+        ..Default::default()
+    });
     let cfg = format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -448,12 +569,20 @@ shadow = {{ backend = "local", model = "small", sample = 1.0 }}
     let c = Client::new();
     let url = gw.url("/v1/chat/completions");
     for i in 0..10 {
-        let h: &[(&str, &str)] = if i % 2 == 0 { &[("x-mock", "chunks=2")] } else { &[] };
+        let h: &[(&str, &str)] = if i % 2 == 0 {
+            &[("x-mock", "chunks=2")]
+        } else {
+            &[]
+        };
         let r = c.post_json(&url, &chat(false), h).await;
         assert_eq!(r.status, 200);
         // The served answer is the primary's, untouched.
         assert_eq!(r.header("x-switchyard-backend"), Some("primary"));
-        let want = if i % 2 == 0 { "w0 w1 " } else { "w0 w1 w2 w3 w4 " };
+        let want = if i % 2 == 0 {
+            "w0 w1 "
+        } else {
+            "w0 w1 w2 w3 w4 "
+        };
         assert_eq!(r.json()["choices"][0]["message"]["content"], want);
     }
     for _ in 0..2 {
@@ -464,7 +593,11 @@ shadow = {{ backend = "local", model = "small", sample = 1.0 }}
     let start = Instant::now();
     let rows = loop {
         let n = rusqlite::Connection::open(&db)
-            .and_then(|c| c.query_row("SELECT COUNT(*) FROM shadow_pairs", [], |r| r.get::<_, i64>(0)))
+            .and_then(|c| {
+                c.query_row("SELECT COUNT(*) FROM shadow_pairs", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
             .unwrap_or(0);
         if n >= 12 || start.elapsed() > Duration::from_secs(10) {
             break n;
@@ -487,7 +620,13 @@ shadow = {{ backend = "local", model = "small", sample = 1.0 }}
     assert_eq!(shadow.last_request().unwrap().json()["model"], "small");
 
     let (code, out, err) = run_switchyard(
-        &["shadow", "report", "--config", gw.config_path.to_str().unwrap(), "--json"],
+        &[
+            "shadow",
+            "report",
+            "--config",
+            gw.config_path.to_str().unwrap(),
+            "--json",
+        ],
         gw.dir.path(),
         &[],
     );
@@ -501,14 +640,26 @@ shadow = {{ backend = "local", model = "small", sample = 1.0 }}
     assert_eq!(r["agreement_rate"], 0.5);
     assert_eq!(r["not_compared_streams"], 2);
     let (code, out, _) = run_switchyard(
-        &["shadow", "report", "--config", gw.config_path.to_str().unwrap(), "--route", "m", "--since", "1h"],
+        &[
+            "shadow",
+            "report",
+            "--config",
+            gw.config_path.to_str().unwrap(),
+            "--route",
+            "m",
+            "--since",
+            "1h",
+        ],
         gw.dir.path(),
         &[],
     );
     assert_eq!(code, 0);
     assert!(out.contains("agreement 50.0% (5 of 10)"), "{out}");
     let metrics = c.get(&gw.url("/metrics")).await.text();
-    assert!(metrics.contains("switchyard_shadow_recorded_total 12"), "{metrics}");
+    assert!(
+        metrics.contains("switchyard_shadow_recorded_total 12"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,18 +692,35 @@ overrides = [{{ team = "beta", targets = [{{ backend = "new", model = "llama" }}
     let url = gw.url("/v1/chat/completions");
     let r = c.post_json(&url, &chat(false), &[]).await;
     assert_eq!(r.header("x-switchyard-backend"), Some("old"));
-    let r = c.post_json(&url, &chat(false), &[("x-switchyard-team", "beta")]).await;
+    let r = c
+        .post_json(&url, &chat(false), &[("x-switchyard-team", "beta")])
+        .await;
     assert_eq!(r.header("x-switchyard-backend"), Some("new"));
     assert_eq!(r.header("x-switchyard-model"), Some("llama"));
-    let r = c.post_json(&url, &chat(false), &[("x-switchyard-target", "new")]).await;
+    let r = c
+        .post_json(&url, &chat(false), &[("x-switchyard-target", "new")])
+        .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "pin_not_allowed");
     let r = c
-        .post_json(&url, &chat(false), &[("x-switchyard-target", "new:qwen"), ("x-switchyard-team", "sre")])
+        .post_json(
+            &url,
+            &chat(false),
+            &[
+                ("x-switchyard-target", "new:qwen"),
+                ("x-switchyard-team", "sre"),
+            ],
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-switchyard-backend"), Some("new"));
     assert_eq!(new.last_request().unwrap().json()["model"], "qwen");
     // Control headers never travel upstream.
-    assert!(new.last_request().unwrap().headers.get("x-switchyard-team").is_none());
+    assert!(
+        new.last_request()
+            .unwrap()
+            .headers
+            .get("x-switchyard-team")
+            .is_none()
+    );
 }
