@@ -724,3 +724,85 @@ overrides = [{{ team = "beta", targets = [{{ backend = "new", model = "llama" }}
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_pool_answers_a_clear_503_and_total_failure_lists_every_attempt() {
+    let slow = MockUpstream::start().await;
+    let cfg = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[[backends]]
+name = "gpu"
+url = "{}"
+pool = {{ max_in_flight = 2, queue = 1, queue_timeout_secs = 0.2 }}
+
+[[routes]]
+model = "m"
+targets = [{{ backend = "gpu" }}]
+"#,
+        slow.url()
+    );
+    let gw = Gateway::start(&cfg);
+    let c = Client::new();
+    let url = gw.url("/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (c, url) = (c.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            c.post_json(&url, &chat(false), &[("x-mock", "first_byte_ms=600")])
+                .await
+        }));
+    }
+    let mut ok = 0;
+    let mut saturated = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(
+                    r.json()["error"]["code"],
+                    "backend_saturated",
+                    "{}",
+                    r.text()
+                );
+                assert!(
+                    r.header("x-switchyard-attempts")
+                        .unwrap()
+                        .ends_with("saturated")
+                );
+                saturated += 1;
+            }
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    // Two in flight; the one queued times out after 0.2 s (the slots are held 0.6 s).
+    assert_eq!((ok, saturated), (2, 4));
+    assert!(slow.served() <= 2);
+
+    // Every target failing: the last error, and the header lists each attempt.
+    let primary = MockUpstream::start().await;
+    let fallback = MockUpstream::start().await;
+    primary.set_behaviour(Behaviour {
+        status: Some(500),
+        ..Default::default()
+    });
+    fallback.set_behaviour(Behaviour {
+        status: Some(503),
+        ..Default::default()
+    });
+    let gw = Gateway::start(&two_backend_config(&primary.url(), &fallback.url(), "", ""));
+    let r = c
+        .post_json(&gw.url("/v1/chat/completions"), &chat(false), &[])
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.header("x-switchyard-attempts").unwrap(),
+        format!(
+            "primary@{} http_500, fallback@{} http_503",
+            primary.addr, fallback.addr
+        )
+    );
+    assert_eq!(r.header("x-switchyard-backend"), Some("fallback"));
+}
