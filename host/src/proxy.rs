@@ -227,6 +227,14 @@ async fn run(
     // Fallback: the attempt loop decides who gets the request; `exchange` is one try.
     let last_tried: std::sync::Mutex<Option<(Target, Arc<str>)>> = std::sync::Mutex::new(None);
     let (endpoint, started) = (ctx.endpoint, ctx.started);
+    // Shadow sampling is decided up front: a mirrored stream keeps a copy for comparison.
+    let mirror = route.shadow.as_ref().filter(|s| shadow::sampled(s));
+    let (capture, served_stream) = if mirror.is_some() && request.stream {
+        let (slot, rx) = shadow::capture_channel();
+        (Some(slot), Some(rx))
+    } else {
+        (None, None)
+    };
     let validator = gw.validator.load_full();
     let (result, trail) = attempt::run(
         &candidates,
@@ -249,6 +257,7 @@ async fn run(
                 model,
                 url,
                 slot,
+                capture.clone(),
             )
         },
     )
@@ -270,8 +279,12 @@ async fn run(
             .headers_mut()
             .insert(attempt::HEADER_ATTEMPTS, h);
     }
-    if let Some(sh) = &route.shadow {
+    if let Some(sh) = mirror {
         // Fire and forget: a bounded queue, never a wait.
+        let served = match served_stream {
+            Some(rx) => shadow::Served::Stream(rx),
+            None => shadow::Served::Complete(exchanged.body.clone()),
+        };
         shadow::mirror(
             &route,
             sh,
@@ -279,7 +292,7 @@ async fn run(
             &request,
             &parts.headers,
             &exchanged.target,
-            exchanged.body.as_ref(),
+            served,
             exchanged.upstream_time,
             gw.validator.load_full(),
         );
@@ -324,6 +337,7 @@ async fn exchange(
     model: Arc<str>,
     url: usize,
     slot: pool::Slot,
+    capture: Option<shadow::CaptureSlot>,
 ) -> Result<Exchanged, GatewayError> {
     let url = &target.backend.urls[url];
     let body = request.upstream_body(&model, true);
@@ -346,6 +360,7 @@ async fn exchange(
             request.strip_usage_chunk(true),
             sent,
             slot,
+            capture,
         )
         .await?;
         Ok(Exchanged {
@@ -475,6 +490,7 @@ async fn stream_answer(
     strip_usage: bool,
     sent: Instant,
     slot: pool::Slot,
+    capture: Option<shadow::CaptureSlot>,
 ) -> Result<(Response<GatewayBody>, Duration), GatewayError> {
     let (parts, mut body) = resp.into_parts();
     let backend = &target.backend;
@@ -512,9 +528,21 @@ async fn stream_answer(
 
     let metrics = gw.metrics.clone();
     let backend_label = target.backend.name.clone();
+    let capturing = capture.is_some();
     let on_end = Box::new(move |s: StreamSummary| {
         // The URL's in-flight slot is held until the stream ends.
         drop(slot);
+        if let Some(tx) = capture.and_then(|c| c.lock().ok().and_then(|mut g| g.take())) {
+            let sse = if s.outcome == StreamOutcome::Completed {
+                s.captured.clone()
+            } else {
+                None
+            };
+            let _ = tx.send(shadow::StreamServed {
+                sse,
+                took: started.elapsed(),
+            });
+        }
         if s.outcome == StreamOutcome::ClientGone {
             metrics.client_disconnect();
             tracing::info!(route = %route, backend = %backend_label, bytes = s.bytes, "client disconnected mid-stream; upstream request cancelled");
@@ -525,7 +553,7 @@ async fn stream_answer(
         }
         metrics.request(&route, &backend_label, 200, started.elapsed());
     });
-    let stream = StreamBody::new(
+    let mut stream = StreamBody::new(
         body,
         first,
         strip_usage,
@@ -534,6 +562,9 @@ async fn stream_answer(
         started,
         on_end,
     );
+    if capturing {
+        stream.capture();
+    }
     let mut out = Response::new(GatewayBody::Stream(Box::new(stream)));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());

@@ -11,9 +11,10 @@
 //! The served answer is never delayed or altered: the request path does one random draw
 //! and one non-blocking channel send, after the answer is known. Everything else (the
 //! shadow request, parsing, comparison, SQLite) runs on background tasks and a dedicated
-//! writer thread. Streamed requests are mirrored too; their served text is not captured
-//! (it goes to the client as it arrives), so those pairs record the shadow's answer,
-//! latency and tokens and leave the comparison empty.
+//! writer thread. For a sampled streamed request the served stream keeps a copy of its
+//! frames (only that request, only while it streams) and hands it to the shadow job when
+//! it ends, so streamed answers are compared too; a stream that did not complete is
+//! recorded without a comparison.
 
 pub mod compare;
 pub mod report;
@@ -67,13 +68,45 @@ struct Job {
     stream: bool,
     primary_backend: Arc<str>,
     primary_model: String,
-    primary: Option<Bytes>,
+    served: Served,
     primary_latency: Duration,
     at: SystemTime,
     validator: Option<Validator>,
 }
 
 type Validator = Arc<Box<dyn crate::attempt::Validate>>;
+
+/// The served answer, as the shadow job gets it.
+pub enum Served {
+    /// A complete answer's body.
+    Complete(Option<Bytes>),
+    /// A stream: its frames arrive when it ends.
+    Stream(tokio::sync::oneshot::Receiver<StreamServed>),
+}
+
+/// A served stream, once it ended.
+#[derive(Debug)]
+pub struct StreamServed {
+    /// The whole event stream, when it completed.
+    pub sse: Option<Bytes>,
+    /// From the request's start to the stream's end.
+    pub took: Duration,
+}
+
+/// Where a served stream delivers its copy; shared by the attempts of one request (only
+/// the one that gets served uses it).
+pub type CaptureSlot = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<StreamServed>>>>;
+
+/// A capture slot and the receiving end for the shadow job.
+pub fn capture_channel() -> (CaptureSlot, tokio::sync::oneshot::Receiver<StreamServed>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    (Arc::new(std::sync::Mutex::new(Some(tx))), rx)
+}
+
+/// Is this request mirrored? One draw; `false` when the shadow engine is not running.
+pub fn sampled(shadow: &Shadow) -> bool {
+    ENGINE.get().is_some() && (shadow.sample >= 1.0 || fastrand::f64() < shadow.sample)
+}
 
 /// Start the mirror queue and the store writer (once per process). Pairs go to
 /// `[state] path` (default `switchyard.db`) as it is at start.
@@ -93,7 +126,7 @@ pub fn start(rt: &Runtime) {
     let _ = ENGINE.set(Engine { tx, stats });
 }
 
-/// Mirror this request to the route's shadow, if it is sampled. Never waits.
+/// Mirror this (sampled) request to the route's shadow. Never waits.
 #[allow(clippy::too_many_arguments)]
 pub fn mirror(
     route: &Route,
@@ -102,13 +135,10 @@ pub fn mirror(
     request: &RequestBody,
     headers: &HeaderMap,
     served_by: &Target,
-    primary: Option<&Bytes>,
+    served: Served,
     primary_latency: Duration,
     validator: Option<Validator>,
 ) {
-    if shadow.sample < 1.0 && fastrand::f64() >= shadow.sample {
-        return;
-    }
     let Some(engine) = ENGINE.get() else { return };
     let model: Arc<str> = Arc::from(router::upstream_model(&shadow.target, &request.model));
     let job = Job {
@@ -121,7 +151,7 @@ pub fn mirror(
         stream: request.stream,
         primary_backend: served_by.backend.name.clone(),
         primary_model: router::upstream_model(served_by, &request.model).to_string(),
-        primary: primary.cloned(),
+        served,
         primary_latency,
         at: SystemTime::now(),
         validator,
@@ -165,7 +195,34 @@ async fn dispatch(
 }
 
 /// Send one shadow request and compare its answer with the served one.
-async fn run(job: Job) -> store::Pair {
+async fn run(mut job: Job) -> store::Pair {
+    let served = std::mem::replace(&mut job.served, Served::Complete(None));
+    let mut pair = ask_shadow(job).await;
+    // The served side, once it is complete (a stream may still be running).
+    let primary = match served {
+        Served::Complete(b) => b.as_deref().and_then(compare::extract),
+        Served::Stream(rx) => match tokio::time::timeout(Duration::from_secs(3600), rx).await {
+            Ok(Ok(s)) => {
+                pair.primary_latency_ms = s.took.as_secs_f64() * 1000.0;
+                s.sse.as_deref().map(compare::extract_stream)
+            }
+            _ => None,
+        },
+    };
+    if let Some(p) = &primary {
+        pair.primary_answer = Some(p.text.clone());
+        pair.primary_prompt_tokens = p.prompt_tokens;
+        pair.primary_completion_tokens = p.completion_tokens;
+        if let Some(s) = &pair.shadow_extracted {
+            pair.comparison = Some(compare::compare(p, s));
+        }
+    }
+    pair.shadow_extracted = None;
+    pair
+}
+
+/// Send the shadow request and read its answer.
+async fn ask_shadow(job: Job) -> store::Pair {
     let backend = &job.target.backend;
     let mut pair = store::Pair {
         ts_ms: job
@@ -183,12 +240,6 @@ async fn run(job: Job) -> store::Pair {
         primary_latency_ms: job.primary_latency.as_secs_f64() * 1000.0,
         ..store::Pair::default()
     };
-    let primary = job.primary.as_deref().and_then(compare::extract);
-    if let Some(p) = &primary {
-        pair.primary_answer = Some(p.text.clone());
-        pair.primary_prompt_tokens = p.prompt_tokens;
-        pair.primary_completion_tokens = p.completion_tokens;
-    }
     let idx = backend.pool.pick(&[], Instant::now()).unwrap_or(0);
     let Some(url) = backend.urls.get(idx) else {
         pair.shadow_error = Some("backend has no URL".into());
@@ -259,9 +310,7 @@ async fn run(job: Job) -> store::Pair {
     pair.shadow_answer = Some(shadow.text.clone());
     pair.shadow_prompt_tokens = shadow.prompt_tokens;
     pair.shadow_completion_tokens = shadow.completion_tokens;
-    if let Some(p) = &primary {
-        pair.comparison = Some(compare::compare(p, &shadow));
-    }
+    pair.shadow_extracted = Some(shadow);
     pair
 }
 

@@ -46,6 +46,8 @@ pub struct Pair {
     pub comparison: Option<Comparison>,
     pub validate_verdict: Option<String>,
     pub shadow_error: Option<String>,
+    /// The shadow's answer as compared (not stored).
+    pub shadow_extracted: Option<super::compare::Extracted>,
 }
 
 /// The table, created if missing.

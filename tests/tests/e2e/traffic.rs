@@ -585,9 +585,11 @@ shadow = {{ backend = "local", model = "small", sample = 1.0 }}
         };
         assert_eq!(r.json()["choices"][0]["message"]["content"], want);
     }
-    for _ in 0..2 {
-        let s = c.post_stream(&url, &chat(true), &[]).await;
+    // Streams are compared too: one agreeing, one not.
+    for h in [&[("x-mock", "chunks=2")][..], &[]] {
+        let s = c.post_stream(&url, &chat(true), h).await;
         assert_eq!(s.status, 200);
+        assert!(s.body().ends_with("data: [DONE]\n\n"));
     }
     let db = gw.dir.path().join("state.db");
     let start = Instant::now();
@@ -613,7 +615,7 @@ shadow = {{ backend = "local", model = "small", sample = 1.0 }}
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    assert_eq!((agreed, compared), (5, 10));
+    assert_eq!((agreed, compared), (6, 12));
     assert_eq!(models, "big>small");
     // The shadow really received the mirrored requests with its own model name.
     assert_eq!(shadow.requests().len(), 12);
@@ -635,10 +637,10 @@ shadow = {{ backend = "local", model = "small", sample = 1.0 }}
     let r = &v["routes"][0];
     assert_eq!(r["route"], "m");
     assert_eq!(r["pairs"], 12);
-    assert_eq!(r["compared"], 10);
-    assert_eq!(r["agreed"], 5);
+    assert_eq!(r["compared"], 12);
+    assert_eq!(r["agreed"], 6);
     assert_eq!(r["agreement_rate"], 0.5);
-    assert_eq!(r["not_compared_streams"], 2);
+    assert_eq!(r["not_compared_streams"], 0);
     let (code, out, _) = run_switchyard(
         &[
             "shadow",
@@ -654,7 +656,7 @@ shadow = {{ backend = "local", model = "small", sample = 1.0 }}
         &[],
     );
     assert_eq!(code, 0);
-    assert!(out.contains("agreement 50.0% (5 of 10)"), "{out}");
+    assert!(out.contains("agreement 50.0% (6 of 12)"), "{out}");
     let metrics = c.get(&gw.url("/metrics")).await.text();
     assert!(
         metrics.contains("switchyard_shadow_recorded_total 12"),
