@@ -395,6 +395,181 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ConfigSource, load_str};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A route `m` with targets on backends `{p}a` (two URLs) and `{p}b`, fallback `{p}b`.
+    fn candidates(p: &str) -> Vec<Target> {
+        let rt = load_str(
+            &format!(
+                r#"
+[[backends]]
+name = "{p}a"
+urls = ["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"]
+pool = {{ health_checks = false }}
+[[backends]]
+name = "{p}b"
+url = "http://127.0.0.1:3/v1"
+[[routes]]
+model = "m"
+targets = [{{ backend = "{p}a" }}]
+fallback = [{{ backend = "{p}b" }}]
+"#
+            ),
+            ConfigSource::Embedded,
+        )
+        .unwrap();
+        let r = rt.route_for("m").unwrap();
+        let mut c = vec![r.targets[0].clone()];
+        c.extend(r.fallback.iter().cloned());
+        c
+    }
+
+    struct Ok200;
+    impl Answer for Ok200 {
+        fn complete_body(&self) -> Option<&Bytes> {
+            None
+        }
+    }
+
+    struct Body(Bytes);
+    impl Answer for Body {
+        fn complete_body(&self) -> Option<&Bytes> {
+            Some(&self.0)
+        }
+    }
+
+    fn refused(t: &Target) -> GatewayError {
+        GatewayError::UpstreamConnect {
+            backend: t.backend.name.to_string(),
+            detail: "refused".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn other_url_then_fallback_then_served() {
+        let c = candidates("loop1");
+        let calls = AtomicUsize::new(0);
+        let (r, trail) = run(&c, 0, &TrafficSettings::default(), None, |t, _, _slot| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let fail = t.backend.name.ends_with('a');
+            async move { if fail { Err(refused(&t)) } else { Ok(Ok200) } }
+        })
+        .await;
+        assert!(r.is_ok());
+        // Both URLs of the pool, then the fallback.
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+        assert_eq!(trail.answered_by, Some(1));
+        let h = trail.header_value();
+        assert!(h.starts_with("loop1a@127.0.0.1:"), "{h}");
+        assert!(h.contains("connect_failed"), "{h}");
+        assert!(h.ends_with("loop1b@127.0.0.1:3 ok"), "{h}");
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_not_retried() {
+        let c = candidates("loop2");
+        let calls = AtomicUsize::new(0);
+        let (r, trail) = run(&c, 3, &TrafficSettings::default(), None, |t, _, _slot| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                Err::<Ok200, _>(GatewayError::UpstreamError {
+                    backend: t.backend.name.to_string(),
+                    status: http::StatusCode::BAD_REQUEST,
+                    body: Bytes::from_static(b"{}"),
+                    retry_after: None,
+                })
+            }
+        })
+        .await;
+        assert_eq!(r.err().map(|e| e.status().as_u16()), Some(400));
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert_eq!(trail.steps.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn retries_repeat_a_target_with_backoff_before_the_fallback() {
+        let c = candidates("loop3");
+        let on_a = AtomicUsize::new(0);
+        let settings = TrafficSettings {
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(2),
+            ..TrafficSettings::default()
+        };
+        let (r, _) = run(&c, 2, &settings, None, |t, _, _slot| {
+            let a = t.backend.name.ends_with('a');
+            if a {
+                on_a.fetch_add(1, Ordering::Relaxed);
+            }
+            async move {
+                if a {
+                    Err(GatewayError::UpstreamTimeout {
+                        backend: t.backend.name.to_string(),
+                        phase: "test",
+                        secs: 1.0,
+                    })
+                } else {
+                    Ok(Ok200)
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok());
+        // 2 URLs × (1 + 2 repeats).
+        assert_eq!(on_a.load(Ordering::Relaxed), 6);
+    }
+
+    struct RejectShort;
+    impl Validate for RejectShort {
+        fn validate(&self, _t: &Target, body: &Bytes) -> Verdict {
+            if body.len() < 5 {
+                Verdict::Reject("too short".into())
+            } else {
+                Verdict::Accept
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_validate_rejection_moves_to_the_fallback() {
+        let c = candidates("loop4");
+        let (r, trail) = run(
+            &c,
+            0,
+            &TrafficSettings::default(),
+            Some(&RejectShort),
+            |t, _, _slot| {
+                let body = if t.backend.name.ends_with('a') {
+                    Bytes::from_static(b"no")
+                } else {
+                    Bytes::from_static(b"a long enough answer")
+                };
+                async move { Ok(Body(body)) }
+            },
+        )
+        .await;
+        assert_eq!(
+            r.ok().map(|b| b.0),
+            Some(Bytes::from_static(b"a long enough answer"))
+        );
+        assert!(
+            trail.header_value().contains("rejected_by_validate"),
+            "{}",
+            trail.header_value()
+        );
+        // Rejected everywhere: a 502 that says why.
+        let (r, _) = run(
+            &c,
+            0,
+            &TrafficSettings::default(),
+            Some(&RejectShort),
+            |_, _, _slot| async move { Ok(Body(Bytes::from_static(b"no"))) },
+        )
+        .await;
+        let e = r.err().unwrap();
+        assert_eq!(e.status().as_u16(), 502);
+        assert!(e.to_string().contains("too short"));
+    }
 
     #[test]
     fn budget_limits_retries_to_a_share_of_requests() {
