@@ -340,41 +340,47 @@ impl Pool {
     /// remaining URL has its breaker open.
     pub fn pick(&self, exclude: &[usize], now: Instant) -> Option<usize> {
         let n = self.urls.len();
-        let open = |i: usize| self.urls[i].breaker.is_open(&self.breaker, now);
-        let mut ok: [usize; 16] = [0; 16];
+        let candidate =
+            |i: usize| !exclude.contains(&i) && !self.urls[i].breaker.is_open(&self.breaker, now);
+        let admissible = |i: usize| {
+            let u = &self.urls[i];
+            u.is_healthy() && !u.is_ejected(now)
+        };
+        if n == 1 {
+            // One URL: health and ejection cannot send the request elsewhere.
+            return candidate(0).then_some(0);
+        }
+        // Two passes instead of a collected list: no allocation on the request path.
         let mut k = 0;
-        let mut fallback: Option<usize> = None;
+        let mut panic_pick: Option<usize> = None;
         for i in 0..n {
-            if exclude.contains(&i) || open(i) {
+            if !candidate(i) {
                 continue;
             }
-            let u = &self.urls[i];
-            if u.is_healthy() && !u.is_ejected(now) {
-                if k < ok.len() {
-                    ok[k] = i;
-                    k += 1;
-                }
-            } else if fallback.is_none_or(|f| self.urls[f].score() > u.score()) {
-                fallback = Some(i);
+            if admissible(i) {
+                k += 1;
+            } else if panic_pick.is_none_or(|f| self.urls[f].score() > self.urls[i].score()) {
+                panic_pick = Some(i);
             }
         }
-        match k {
-            0 => fallback,
-            1 => Some(ok[0]),
-            _ => {
-                let a = fastrand::usize(0..k);
-                let mut b = fastrand::usize(0..k - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (a, b) = (ok[a], ok[b]);
-                Some(if self.urls[a].score() <= self.urls[b].score() {
-                    a
-                } else {
-                    b
-                })
-            }
+        if k == 0 {
+            return panic_pick;
         }
+        let nth = |rank: usize| (0..n).filter(|&i| candidate(i) && admissible(i)).nth(rank);
+        if k == 1 {
+            return nth(0);
+        }
+        let a = fastrand::usize(0..k);
+        let mut b = fastrand::usize(0..k - 1);
+        if b >= a {
+            b += 1;
+        }
+        let (a, b) = (nth(a)?, nth(b)?);
+        Some(if self.urls[a].score() <= self.urls[b].score() {
+            a
+        } else {
+            b
+        })
     }
 }
 
