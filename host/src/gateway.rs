@@ -17,6 +17,11 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
+    /// Config history: reload and rollback.
+    pub control: crate::reload::Control,
+    /// The answer check run before a complete answer is served (`validate` plugins); a
+    /// rejection moves the request to the next fallback.
+    pub validator: arc_swap::ArcSwapOption<Box<dyn crate::attempt::Validate>>,
 }
 
 impl Gateway {
@@ -25,6 +30,8 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Arc::new(Metrics::default()),
             ready: AtomicBool::new(false),
+            control: crate::reload::Control::default(),
+            validator: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -36,6 +43,11 @@ impl Gateway {
     /// Replace the config version; requests in flight keep the one they loaded.
     pub fn swap_runtime(&self, rt: Runtime) -> Arc<Runtime> {
         self.runtime.swap(Arc::new(rt))
+    }
+
+    /// Put an already validated version in force (reload, rollback).
+    pub fn store_runtime(&self, rt: Arc<Runtime>) {
+        self.runtime.store(rt);
     }
 
     /// `/readyz`: config and plugins are loaded and the listener is up.

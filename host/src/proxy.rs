@@ -1,7 +1,8 @@
 //! The request lifecycle: the one place that knows the order of the phases.
 //!
 //! ```text
-//! read body ─► parse ─► route ─► upstream attempt ─► respond (complete or streamed)
+//! read body ─► parse ─► route ─► flags (override, pin) ─► attempt loop (fallback, breaker,
+//! pool; `attempt`) ─► respond (complete or streamed) ─► mirror to shadow (`shadow`)
 //! ```
 //!
 //! Each phase is a function over the per-request [`RequestCtx`] returning
@@ -27,6 +28,7 @@ use crate::openai::{self, RequestBody, ResponseProbe};
 use crate::router;
 use crate::sse::{StreamBody, StreamOutcome, StreamSummary};
 use crate::upstream;
+use crate::{attempt, flags, pool, shadow};
 
 /// Response header naming the backend that served the answer.
 pub const HEADER_BACKEND: &str = "x-switchyard-backend";
@@ -48,6 +50,8 @@ pub struct RequestCtx {
     pub upstream_model: Option<Arc<str>>,
     /// Time spent waiting on the upstream (for the gateway-overhead metric).
     pub upstream_time: Duration,
+    /// The `x-switchyard-attempts` value, once the attempt loop ran.
+    pub attempts: Option<HeaderValue>,
 }
 
 impl RequestCtx {
@@ -79,6 +83,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             openai::models_list(gw.runtime().model_names()),
         ),
         ("/healthz", &Method::GET) => text(StatusCode::OK, "ok\n"),
+        (p, _) if p.starts_with("/admin/") => crate::admin::handle(gw, req).await,
         ("/readyz", &Method::GET) => {
             if gw.is_ready() {
                 text(StatusCode::OK, "ready\n")
@@ -87,7 +92,10 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             }
         }
         ("/metrics", &Method::GET) => {
-            let mut r = Response::new(GatewayBody::from(gw.metrics.render()));
+            let mut text = gw.metrics.render();
+            pool::render_metrics(&gw.runtime(), &mut text);
+            shadow::render_metrics(&mut text);
+            let mut r = Response::new(GatewayBody::from(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -165,6 +173,7 @@ async fn proxy(
         target: None,
         upstream_model: None,
         upstream_time: Duration::ZERO,
+        attempts: None,
     };
     match run(&gw, &mut ctx, req).await {
         Ok(Answer::Complete(resp)) => {
@@ -183,6 +192,9 @@ async fn proxy(
             let mut resp = e.to_response::<GatewayBody>();
             if let Some(t) = &ctx.target {
                 stamp(resp.headers_mut(), t, ctx.upstream_model.as_deref());
+            }
+            if let Some(h) = ctx.attempts.take() {
+                resp.headers_mut().insert(attempt::HEADER_ATTEMPTS, h);
             }
             resp
         }
@@ -205,39 +217,167 @@ async fn run(
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
 
     let route = router::route(&ctx.runtime, &request.model)?.clone();
-    let target = router::choose_target(&route).clone();
-    let model: Arc<str> = Arc::from(router::upstream_model(&target, &request.model));
-    ctx.route = Some(route);
-    ctx.target = Some(target.clone());
-    ctx.upstream_model = Some(model.clone());
+    ctx.route = Some(route.clone());
+    let caller = flags::Caller::from_headers(&parts.headers);
+    let chosen = flags::choose(&route, &caller, &parts.headers, &ctx.runtime.backends)?;
+    let mut candidates = Vec::with_capacity(1 + route.fallback.len());
+    candidates.push(chosen);
+    candidates.extend(route.fallback.iter().cloned());
 
-    let url = router::pick_url(&target);
+    // Fallback: the attempt loop decides who gets the request; `exchange` is one try.
+    let last_tried: std::sync::Mutex<Option<(Target, Arc<str>)>> = std::sync::Mutex::new(None);
+    let (endpoint, started) = (ctx.endpoint, ctx.started);
+    // Shadow sampling is decided up front: a mirrored stream keeps a copy for comparison.
+    let mirror = route.shadow.as_ref().filter(|s| shadow::sampled(s));
+    let (capture, served_stream) = if mirror.is_some() && request.stream {
+        let (slot, rx) = shadow::capture_channel();
+        (Some(slot), Some(rx))
+    } else {
+        (None, None)
+    };
+    let validator = gw.validator.load_full();
+    let (result, trail) = attempt::run(
+        &candidates,
+        route.flags.retries,
+        &ctx.runtime.traffic,
+        validator.as_ref().map(|v| &***v),
+        |target, url, slot| {
+            let model: Arc<str> = Arc::from(router::upstream_model(&target, &request.model));
+            if let Ok(mut l) = last_tried.lock() {
+                *l = Some((target.clone(), model.clone()));
+            }
+            exchange(
+                gw,
+                endpoint,
+                started,
+                route.name.clone(),
+                &request,
+                &parts.headers,
+                target,
+                model,
+                url,
+                slot,
+                capture.clone(),
+            )
+        },
+    )
+    .await;
+    if let Ok(Some((t, m))) = last_tried.into_inner() {
+        ctx.target = Some(t);
+        ctx.upstream_model = Some(m);
+    }
+    let header = HeaderValue::from_str(&trail.header_value()).ok();
+    if trail.eventful() {
+        tracing::info!(route = %route.name, attempts = %trail.header_value(), answered = result.is_ok(), "fallback: more than one attempt");
+    }
+    ctx.attempts = header;
+    let mut exchanged = result?;
+    ctx.upstream_time = exchanged.upstream_time;
+    if let Some(h) = ctx.attempts.take() {
+        exchanged
+            .answer
+            .headers_mut()
+            .insert(attempt::HEADER_ATTEMPTS, h);
+    }
+    if let Some(sh) = mirror {
+        // Fire and forget: a bounded queue, never a wait.
+        let served = match served_stream {
+            Some(rx) => shadow::Served::Stream(rx),
+            None => shadow::Served::Complete(exchanged.body.clone()),
+        };
+        shadow::mirror(
+            &route,
+            sh,
+            ctx.endpoint,
+            &request,
+            &parts.headers,
+            &exchanged.target,
+            served,
+            exchanged.upstream_time,
+            gw.validator.load_full(),
+        );
+    }
+    Ok(exchanged.answer)
+}
+
+/// One answered exchange, as the attempt loop sees it.
+struct Exchanged {
+    answer: Answer,
+    target: Target,
+    upstream_time: Duration,
+    /// The complete answer's body (not for streams), for validation and shadow comparison.
+    body: Option<Bytes>,
+}
+
+impl attempt::Answer for Exchanged {
+    fn complete_body(&self) -> Option<&Bytes> {
+        self.body.as_ref()
+    }
+}
+
+impl Answer {
+    fn headers_mut(&mut self) -> &mut HeaderMap {
+        match self {
+            Answer::Complete(r) | Answer::Streaming(r) => r.headers_mut(),
+        }
+    }
+}
+
+/// One exchange with one URL of one target: send, then read the answer (complete) or its
+/// first chunk (stream). The in-flight slot is held until the answer is fully relayed.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    gw: &Arc<Gateway>,
+    endpoint: Endpoint,
+    started: Instant,
+    route: Arc<str>,
+    request: &RequestBody,
+    client_headers: &HeaderMap,
+    target: Target,
+    model: Arc<str>,
+    url: usize,
+    slot: pool::Slot,
+    capture: Option<shadow::CaptureSlot>,
+) -> Result<Exchanged, GatewayError> {
+    let url = &target.backend.urls[url];
     let body = request.upstream_body(&model, true);
     let upstream_req =
-        upstream::build_request(&target.backend, url.uri(ctx.endpoint), body, &parts.headers)?;
+        upstream::build_request(&target.backend, url.uri(endpoint), body, client_headers)?;
     let sent = Instant::now();
     let resp = upstream::send(&target.backend, url, upstream_req).await?;
-    ctx.upstream_time = sent.elapsed();
 
     if !resp.status().is_success() {
         return Err(upstream_failure(&target, resp).await);
     }
     if request.stream {
-        stream_answer(
+        let (answer, upstream_time) = stream_answer(
             gw,
-            ctx,
+            started,
+            route,
             &target,
             &model,
             resp,
             request.strip_usage_chunk(true),
             sent,
+            slot,
+            capture,
         )
-        .await
-        .map(Answer::Streaming)
+        .await?;
+        Ok(Exchanged {
+            answer: Answer::Streaming(answer),
+            target,
+            upstream_time,
+            body: None,
+        })
     } else {
-        complete_answer(ctx, &target, &model, resp, sent)
-            .await
-            .map(Answer::Complete)
+        let (answer, body, upstream_time) = complete_answer(&target, &model, resp, sent).await?;
+        drop(slot);
+        Ok(Exchanged {
+            answer: Answer::Complete(answer),
+            target,
+            upstream_time,
+            body: Some(body),
+        })
     }
 }
 
@@ -316,39 +456,42 @@ async fn upstream_failure(target: &Target, resp: Response<Incoming>) -> GatewayE
 
 /// A complete (non-streamed) answer: read it, check it is JSON, relay it byte for byte.
 async fn complete_answer(
-    ctx: &mut RequestCtx,
     target: &Target,
     model: &str,
     resp: Response<Incoming>,
     sent: Instant,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<(Response<GatewayBody>, Bytes, Duration), GatewayError> {
     let (parts, body) = resp.into_parts();
     let bytes = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
-    ctx.upstream_time = sent.elapsed();
+    let upstream_time = sent.elapsed();
     if ResponseProbe::read(&bytes).is_none() {
         return Err(GatewayError::UpstreamGarbage {
             backend: target.backend.name.to_string(),
             detail: format!("expected a JSON object, got: {}", snippet(&bytes, 120)),
         });
     }
-    let mut out = Response::new(GatewayBody::from(bytes));
+    let mut out = Response::new(GatewayBody::from(bytes.clone()));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     stamp(out.headers_mut(), target, Some(model));
-    Ok(out)
+    Ok((out, bytes, upstream_time))
 }
 
 /// A streamed answer: wait for the first chunk (so a failure before any byte can still be
 /// answered with a proper error), then relay frames as they come.
+#[allow(clippy::too_many_arguments)]
 async fn stream_answer(
     gw: &Arc<Gateway>,
-    ctx: &mut RequestCtx,
+    started: Instant,
+    route: Arc<str>,
     target: &Target,
     model: &str,
     resp: Response<Incoming>,
     strip_usage: bool,
     sent: Instant,
-) -> Result<Response<GatewayBody>, GatewayError> {
+    slot: pool::Slot,
+    capture: Option<shadow::CaptureSlot>,
+) -> Result<(Response<GatewayBody>, Duration), GatewayError> {
     let (parts, mut body) = resp.into_parts();
     let backend = &target.backend;
     let first = loop {
@@ -379,15 +522,27 @@ async fn stream_answer(
             },
         }
     };
-    ctx.upstream_time = sent.elapsed();
+    let upstream_time = sent.elapsed();
     gw.metrics
-        .overhead(ctx.started.elapsed().saturating_sub(ctx.upstream_time));
+        .overhead(started.elapsed().saturating_sub(upstream_time));
 
     let metrics = gw.metrics.clone();
-    let route = ctx.route_label();
-    let backend_label = ctx.backend_label();
-    let started = ctx.started;
+    let backend_label = target.backend.name.clone();
+    let capturing = capture.is_some();
     let on_end = Box::new(move |s: StreamSummary| {
+        // The URL's in-flight slot is held until the stream ends.
+        drop(slot);
+        if let Some(tx) = capture.and_then(|c| c.lock().ok().and_then(|mut g| g.take())) {
+            let sse = if s.outcome == StreamOutcome::Completed {
+                s.captured.clone()
+            } else {
+                None
+            };
+            let _ = tx.send(shadow::StreamServed {
+                sse,
+                took: started.elapsed(),
+            });
+        }
         if s.outcome == StreamOutcome::ClientGone {
             metrics.client_disconnect();
             tracing::info!(route = %route, backend = %backend_label, bytes = s.bytes, "client disconnected mid-stream; upstream request cancelled");
@@ -398,20 +553,23 @@ async fn stream_answer(
         }
         metrics.request(&route, &backend_label, 200, started.elapsed());
     });
-    let stream = StreamBody::new(
+    let mut stream = StreamBody::new(
         body,
         first,
         strip_usage,
         backend.timeout,
         backend.name.to_string(),
-        ctx.started,
+        started,
         on_end,
     );
+    if capturing {
+        stream.capture();
+    }
     let mut out = Response::new(GatewayBody::Stream(Box::new(stream)));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     stamp(out.headers_mut(), target, Some(model));
-    Ok(out)
+    Ok((out, upstream_time))
 }
 
 fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {

@@ -179,6 +179,19 @@ impl Client {
         }
     }
 
+    /// GET with extra headers.
+    pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        let req = self.request(Method::GET, url, Bytes::new(), headers);
+        let resp = self.inner.request(req).await.expect("request failed");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("read body").to_bytes();
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
     /// POST and keep each body frame as it arrived.
     pub async fn post_stream(
         &self,

@@ -13,3 +13,4 @@ mod openai_sdk;
 mod proxy;
 mod streaming;
 mod tls;
+mod traffic;
