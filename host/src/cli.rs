@@ -30,6 +30,11 @@ enum Command {
     Serve(ConfigArg),
     /// Validate the config (and everything it would load), print what was found.
     Check(ConfigArg),
+    /// Manage virtual API keys (on the store file).
+    #[command(subcommand)]
+    Keys(crate::governance::cli::KeysCmd),
+    /// Cost, tokens, requests and savings from the ledger.
+    Spend(crate::governance::cli::SpendArgs),
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +50,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(a) => serve(a.config),
         Command::Check(a) => check(a.config),
+        Command::Keys(k) => crate::governance::cli::keys(k),
+        Command::Spend(a) => crate::governance::cli::spend(a),
     }
 }
 
@@ -136,7 +143,14 @@ async fn run(runtime: Runtime) -> ExitCode {
             .collect();
         tracing::info!(route = %r.name, targets = %targets.join(", "), "route");
     }
-    let gw = Gateway::new(runtime);
+    let governance = match crate::governance::Governance::start(&runtime).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let gw = Gateway::with_governance(runtime, Some(governance.clone()));
     gw.set_ready(true);
     let scheme = if settings.tls.is_some() {
         "https"
@@ -157,6 +171,8 @@ async fn run(runtime: Runtime) -> ExitCode {
         },
     )
     .await;
+    // Everything queued for the store (ledger rows) is written before the process exits.
+    governance.close();
     ExitCode::SUCCESS
 }
 

@@ -17,14 +17,24 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
+    /// Keys, limits, budgets and the ledger; `None` only in tests that build a bare gateway.
+    pub governance: Option<Arc<crate::governance::Governance>>,
 }
 
 impl Gateway {
     pub fn new(runtime: Runtime) -> Arc<Self> {
+        Self::with_governance(runtime, None)
+    }
+
+    pub fn with_governance(
+        runtime: Runtime,
+        governance: Option<Arc<crate::governance::Governance>>,
+    ) -> Arc<Self> {
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Arc::new(Metrics::default()),
             ready: AtomicBool::new(false),
+            governance,
         })
     }
 

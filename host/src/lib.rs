@@ -1,15 +1,20 @@
 //! Switchyard: an OpenAI-compatible gateway that decides, per request, which backend and
 //! model answer. See ARCHITECTURE.md for the request path; each phase is one module.
 
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod governance;
+pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod sse;
+pub mod store;
 pub mod upstream;

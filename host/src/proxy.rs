@@ -48,6 +48,8 @@ pub struct RequestCtx {
     pub upstream_model: Option<Arc<str>>,
     /// Time spent waiting on the upstream (for the gateway-overhead metric).
     pub upstream_time: Duration,
+    /// Caller, tags and reservations (phase `auth`/`admit`), settled into the ledger.
+    pub account: crate::governance::Account,
 }
 
 impl RequestCtx {
@@ -87,13 +89,18 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             }
         }
         ("/metrics", &Method::GET) => {
-            let mut r = Response::new(GatewayBody::from(gw.metrics.render()));
+            let mut text = gw.metrics.render();
+            if let Some(g) = &gw.governance {
+                g.render_metrics(&mut text);
+            }
+            let mut r = Response::new(GatewayBody::from(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             r
         }
+        (p, _) if p.starts_with("/admin/") => crate::governance::admin::handle(gw, req).await,
         (p, &Method::GET) if p.starts_with("/v1/models/") => {
             let id = &p["/v1/models/".len()..];
             let rt = gw.runtime();
@@ -165,10 +172,12 @@ async fn proxy(
         target: None,
         upstream_model: None,
         upstream_time: Duration::ZERO,
+        account: Default::default(),
     };
     match run(&gw, &mut ctx, req).await {
         Ok(Answer::Complete(resp)) => {
             finish(&gw, &ctx, resp.status());
+            crate::governance::settle(&gw, &mut ctx, resp.status().as_u16(), None);
             resp
         }
         // Streams are counted when they end (see `stream_answer`).
@@ -180,6 +189,7 @@ async fn proxy(
                 gw.metrics.upstream_error(&ctx.backend_label(), e.kind());
             }
             finish(&gw, &ctx, status);
+            crate::governance::settle(&gw, &mut ctx, status.as_u16(), Some(&e));
             let mut resp = e.to_response::<GatewayBody>();
             if let Some(t) = &ctx.target {
                 stamp(resp.headers_mut(), t, ctx.upstream_model.as_deref());
@@ -201,6 +211,7 @@ async fn run(
     req: Request<Incoming>,
 ) -> Result<Answer, GatewayError> {
     let (parts, body) = req.into_parts();
+    crate::governance::authenticate(gw, ctx, &parts.headers)?;
     let bytes = read_body(body, &parts.headers, ctx.runtime.server.max_body_bytes).await?;
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
 
@@ -213,6 +224,7 @@ async fn run(
 
     let url = router::pick_url(&target);
     let body = request.upstream_body(&model, true);
+    crate::governance::admit(gw, ctx, &parts.headers, &request, body.len()).await?;
     let upstream_req =
         upstream::build_request(&target.backend, url.uri(ctx.endpoint), body, &parts.headers)?;
     let sent = Instant::now();
@@ -325,11 +337,15 @@ async fn complete_answer(
     let (parts, body) = resp.into_parts();
     let bytes = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
     ctx.upstream_time = sent.elapsed();
-    if ResponseProbe::read(&bytes).is_none() {
+    let Some(probe) = ResponseProbe::read(&bytes) else {
         return Err(GatewayError::UpstreamGarbage {
             backend: target.backend.name.to_string(),
             detail: format!("expected a JSON object, got: {}", snippet(&bytes, 120)),
         });
+    };
+    ctx.account.usage = probe.usage;
+    if probe.usage.is_none() {
+        ctx.account.completion_estimate = Some(crate::governance::estimate_completion(&bytes));
     }
     let mut out = Response::new(GatewayBody::from(bytes));
     *out.status_mut() = parts.status;
@@ -387,7 +403,11 @@ async fn stream_answer(
     let route = ctx.route_label();
     let backend_label = ctx.backend_label();
     let started = ctx.started;
+    let settler = crate::governance::settler(gw, ctx);
     let on_end = Box::new(move |s: StreamSummary| {
+        if let Some(settler) = settler {
+            crate::governance::settle_stream(settler, &s);
+        }
         if s.outcome == StreamOutcome::ClientGone {
             metrics.client_disconnect();
             tracing::info!(route = %route, backend = %backend_label, bytes = s.bytes, "client disconnected mid-stream; upstream request cancelled");

@@ -24,6 +24,15 @@ pub struct ConfigFile {
     pub telemetry: Option<TelemetrySection>,
     #[serde(default)]
     pub state: Option<StateSection>,
+    // Governance (keys, limits, budgets, prices): types and docs in `governance::config`.
+    #[serde(default)]
+    pub auth: Option<crate::governance::config::AuthSection>,
+    #[serde(default)]
+    pub admin: Option<crate::governance::config::AdminSection>,
+    #[serde(default)]
+    pub teams: Vec<crate::governance::config::TeamSection>,
+    #[serde(default)]
+    pub prices: Vec<crate::governance::config::PriceSection>,
 }
 
 /// `[server]`
@@ -82,6 +91,8 @@ pub struct RouteSection {
     #[serde(default)]
     pub fallback: Vec<FallbackSection>,
     pub shadow: Option<ShadowSection>,
+    /// The premium price this route's traffic is compared against (`switchyard spend`).
+    pub baseline: Option<crate::governance::config::BaselineSection>,
 }
 
 /// A weighted target of a route.

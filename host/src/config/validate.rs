@@ -42,6 +42,7 @@ pub struct Runtime {
     pub plugins_dir: Option<PathBuf>,
     pub telemetry: Option<TelemetrySettings>,
     pub state: Option<StateSettings>,
+    pub governance: crate::governance::config::GovConfig,
 }
 
 impl Runtime {
@@ -265,6 +266,8 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         p.dir.clone()
     });
 
+    let governance = crate::governance::config::validate(&file, &mut problems);
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -281,6 +284,7 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         plugins_dir,
         telemetry,
         state,
+        governance,
     })
 }
 
