@@ -179,6 +179,25 @@ impl Client {
         }
     }
 
+    /// Any method, with headers, reading the whole answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let req = self.request(method, url, body.into(), headers);
+        let resp = self.inner.request(req).await.expect("request failed");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("read body").to_bytes();
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
     /// POST and keep each body frame as it arrived.
     pub async fn post_stream(
         &self,
