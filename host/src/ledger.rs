@@ -271,12 +271,15 @@ pub fn spend(
     rows.collect()
 }
 
+/// `(key id, team, spend in micro-dollars)`.
+pub type KeyTeamSpend = (Option<String>, Option<String>, i64);
+
 /// Spend per (key, team) since `since_ms`, in micro-dollars: seeds the in-memory budget
 /// counters at start so a restart does not reset a budget.
 pub fn spend_by_key_and_team(
     conn: &Connection,
     since_ms: i64,
-) -> rusqlite::Result<Vec<(Option<String>, Option<String>, i64)>> {
+) -> rusqlite::Result<Vec<KeyTeamSpend>> {
     let mut stmt = conn.prepare(
         "SELECT key_id, team, TOTAL(cost_usd) FROM ledger WHERE ts_ms >= ?1 GROUP BY 1, 2",
     )?;

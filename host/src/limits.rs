@@ -304,7 +304,10 @@ impl Limiter {
     }
 
     /// Check every counter and charge them all, or none.
-    pub async fn admit(&self, checks: &[Check]) -> Result<Result<Vec<Held>, Refusal>, Unavailable> {
+    pub async fn admit(
+        &self,
+        checks: &[Check],
+    ) -> Result<Result<Vec<Held>, Box<Refusal>>, Unavailable> {
         if checks.is_empty() {
             return Ok(Ok(Vec::new()));
         }
@@ -347,7 +350,10 @@ impl Limiter {
     }
 }
 
-fn admit_memory(map: &DashMap<String, Counter>, checks: &[Check]) -> Result<Vec<Held>, Refusal> {
+fn admit_memory(
+    map: &DashMap<String, Counter>,
+    checks: &[Check],
+) -> Result<Vec<Held>, Box<Refusal>> {
     let mut held: Vec<Held> = Vec::with_capacity(checks.len());
     for c in checks {
         let verdict = {
@@ -358,11 +364,11 @@ fn admit_memory(map: &DashMap<String, Counter>, checks: &[Check]) -> Result<Vec<
                 e.cur += c.cost;
                 Ok(())
             } else {
-                Err(Refusal {
+                Err(Box::new(Refusal {
                     check: c.clone(),
                     count: prev * c.prev_weight + cur,
                     retry_after_secs: retry_after(c, prev, cur),
-                })
+                }))
             }
         };
         match verdict {
@@ -392,7 +398,10 @@ impl RedisLimiter {
         format!("{}{name}:{bucket}", self.prefix)
     }
 
-    async fn admit(&self, checks: &[Check]) -> Result<Result<Vec<Held>, Refusal>, Unavailable> {
+    async fn admit(
+        &self,
+        checks: &[Check],
+    ) -> Result<Result<Vec<Held>, Box<Refusal>>, Unavailable> {
         let mut inv = self.admit.prepare_invoke();
         for c in checks {
             inv.key(self.key(&c.name, c.bucket));
@@ -426,11 +435,11 @@ impl RedisLimiter {
             })?;
         let prev: f64 = prev.parse().unwrap_or(0.0);
         let cur: f64 = cur.parse().unwrap_or(0.0);
-        Ok(Err(Refusal {
+        Ok(Err(Box::new(Refusal {
             check: c.clone(),
             count: prev * c.prev_weight + cur,
             retry_after_secs: retry_after(c, prev, cur),
-        }))
+        })))
     }
 
     async fn adjust(&self, corrections: &[(Held, i64)]) {

@@ -36,12 +36,15 @@ pub struct Migration {
 /// Every module's migrations, applied in this order, each once.
 pub const MIGRATIONS: &[&[Migration]] = &[crate::auth::MIGRATIONS, crate::ledger::MIGRATIONS];
 
+/// A write run inside the writer's current transaction.
+pub type WriteFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+
 /// One write for the writer thread.
 pub enum Write {
     /// A ledger row (the common case, no boxing of a closure).
     Ledger(Box<crate::ledger::Row>),
     /// Any other write, run inside the current batch's transaction.
-    Other(Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>),
+    Other(WriteFn),
     /// Reply once everything queued before this is committed.
     Flush(std::sync::mpsc::Sender<()>),
 }
