@@ -299,3 +299,55 @@ pub fn validate(file: &ConfigFile, problems: &mut Vec<Problem>) -> GovConfig {
         baselines,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigSource, load_str};
+
+    #[test]
+    fn the_governance_example_validates() {
+        let text = include_str!("../../../examples/configs/governance.toml");
+        let rt = load_str(text, ConfigSource::Embedded).unwrap();
+        let g = &rt.governance;
+        assert!(g.auth_required);
+        assert_eq!(g.teams["search"].rpm, Some(600));
+        let p = g.price("local", "llama-3.1-8b").unwrap();
+        assert!((p.cost(1_000_000, 1_000_000) - 0.25).abs() < 1e-12);
+        assert!(g.baseline("gpt-4o").is_some());
+    }
+
+    #[test]
+    fn governance_problems_are_reported_with_their_paths() {
+        let text = r#"
+[[backends]]
+name = "b"
+url = "http://127.0.0.1:1/v1"
+
+[[routes]]
+model = "m"
+targets = [{ backend = "b" }]
+baseline = {}
+
+[admin]
+token_env = "SWITCHYARD_TEST_SURELY_UNSET_VAR"
+
+[[teams]]
+rpm = 5
+
+[[prices]]
+backend = "nope"
+model = "*"
+input_per_1m = 1.0
+"#;
+        let err = load_str(text, ConfigSource::Embedded).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "admin.token_env",
+            "teams[0].name",
+            "prices[0].backend",
+            "routes[0].baseline",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+    }
+}
