@@ -37,6 +37,11 @@ enum Command {
     /// Mirrored traffic: `shadow report`.
     #[command(subcommand)]
     Shadow(ShadowCommand),
+    /// Manage virtual API keys (on the store file).
+    #[command(subcommand)]
+    Keys(crate::governance::cli::KeysCmd),
+    /// Cost, tokens, requests and savings from the ledger.
+    Spend(crate::governance::cli::SpendArgs),
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +96,8 @@ pub fn main() -> ExitCode {
             price,
             json,
         }) => crate::shadow::report::cli(config.config, route, since, price, json),
+        Command::Keys(k) => crate::governance::cli::keys(k),
+        Command::Spend(a) => crate::governance::cli::spend(a),
     }
 }
 
@@ -182,7 +189,14 @@ async fn run(runtime: Runtime) -> ExitCode {
             .collect();
         tracing::info!(route = %r.name, targets = %targets.join(", "), "route");
     }
-    let gw = Gateway::new(runtime);
+    let governance = match crate::governance::Governance::start(&runtime).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let gw = Gateway::with_governance(runtime, Some(governance.clone()));
     // Live reload, health checks, shadow writer.
     crate::reload::spawn_background(&gw);
     gw.set_ready(true);
@@ -205,6 +219,8 @@ async fn run(runtime: Runtime) -> ExitCode {
         },
     )
     .await;
+    // Everything queued for the store (ledger rows) is written before the process exits.
+    governance.close();
     ExitCode::SUCCESS
 }
 

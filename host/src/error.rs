@@ -92,6 +92,43 @@ pub enum GatewayError {
     Forbidden(String),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error(
+        "You didn't provide an API key. Send your Switchyard key as 'Authorization: Bearer sk-sy-...'"
+    )]
+    AuthMissing,
+    #[error(
+        "The Authorization header is malformed: expected 'Bearer sk-sy-' followed by 48 hex digits"
+    )]
+    AuthMalformed,
+    #[error("Incorrect API key provided: this key is not known to this gateway")]
+    AuthUnknown,
+    #[error("The API key {key_id} has been revoked")]
+    AuthRevoked { key_id: String },
+    #[error("the admin API is disabled: set [admin] token_env and that environment variable")]
+    AdminDisabled,
+    #[error("Incorrect admin token")]
+    AdminUnauthorized,
+    #[error(
+        "Rate limit reached for {scope}: {limit} {what} per minute, this request needs {requested}. Retry after {retry_after_secs}s"
+    )]
+    RateLimited {
+        scope: String,
+        what: &'static str,
+        limit: u64,
+        requested: u64,
+        retry_after_secs: u64,
+    },
+    #[error(
+        "Budget exceeded for {scope}: the {period} budget of ${budget_usd:.2} is spent (or this request would exceed it)"
+    )]
+    BudgetExceeded {
+        scope: String,
+        period: &'static str,
+        budget_usd: f64,
+        retry_after_secs: u64,
+    },
+    #[error("{0}")]
+    LimitsUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -119,7 +156,12 @@ impl GatewayError {
             PinNotAllowed { .. } | Forbidden(_) => StatusCode::FORBIDDEN,
             PinUnknownBackend(_) => StatusCode::BAD_REQUEST,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ShuttingDown | LimitsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AuthMissing | AuthMalformed | AuthUnknown | AuthRevoked { .. } | AdminUnauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            AdminDisabled => StatusCode::FORBIDDEN,
+            RateLimited { .. } | BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,7 +190,15 @@ impl GatewayError {
             | UpstreamStatus { .. }
             | UpstreamGarbage { .. }
             | UpstreamError { .. } => "upstream_error",
-            ShuttingDown | Internal(_) => "server_error",
+            ShuttingDown | Internal(_) | LimitsUnavailable(_) => "server_error",
+            AuthMissing
+            | AuthMalformed
+            | AuthUnknown
+            | AuthRevoked { .. }
+            | AdminDisabled
+            | AdminUnauthorized => "invalid_request_error",
+            RateLimited { what, .. } => what,
+            BudgetExceeded { .. } => "insufficient_quota",
         }
     }
 
@@ -174,6 +224,14 @@ impl GatewayError {
             PinUnknownBackend(_) => "unknown_backend",
             Unauthorized(_) => "invalid_admin_token",
             ShuttingDown => "shutting_down",
+            AuthMissing => "missing_api_key",
+            AuthMalformed | AuthUnknown => "invalid_api_key",
+            AuthRevoked { .. } => "revoked_api_key",
+            AdminDisabled => "admin_disabled",
+            AdminUnauthorized => "invalid_admin_token",
+            RateLimited { .. } => "rate_limit_exceeded",
+            BudgetExceeded { .. } => "budget_exceeded",
+            LimitsUnavailable(_) => "limits_unavailable",
             _ => return None,
         })
     }
@@ -210,6 +268,11 @@ impl GatewayError {
             Unauthorized(_) | Forbidden(_) => "admin_denied",
             ShuttingDown => "shutting_down",
             Internal(_) => "internal",
+            AuthMissing | AuthMalformed | AuthUnknown | AuthRevoked { .. } => "unauthorized",
+            AdminDisabled | AdminUnauthorized => "admin_unauthorized",
+            RateLimited { .. } => "rate_limited",
+            BudgetExceeded { .. } => "budget_exceeded",
+            LimitsUnavailable(_) => "limits_unavailable",
         }
     }
 
@@ -263,6 +326,16 @@ impl GatewayError {
         } = self
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v.clone());
+        }
+        if let GatewayError::RateLimited {
+            retry_after_secs, ..
+        }
+        | GatewayError::BudgetExceeded {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         resp
     }

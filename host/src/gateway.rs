@@ -22,16 +22,26 @@ pub struct Gateway {
     /// The answer check run before a complete answer is served (`validate` plugins); a
     /// rejection moves the request to the next fallback.
     pub validator: arc_swap::ArcSwapOption<Box<dyn crate::attempt::Validate>>,
+    /// Keys, limits, budgets and the ledger; `None` only in tests that build a bare gateway.
+    pub governance: Option<Arc<crate::governance::Governance>>,
 }
 
 impl Gateway {
     pub fn new(runtime: Runtime) -> Arc<Self> {
+        Self::with_governance(runtime, None)
+    }
+
+    pub fn with_governance(
+        runtime: Runtime,
+        governance: Option<Arc<crate::governance::Governance>>,
+    ) -> Arc<Self> {
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Arc::new(Metrics::default()),
             ready: AtomicBool::new(false),
             control: crate::reload::Control::default(),
             validator: arc_swap::ArcSwapOption::empty(),
+            governance,
         })
     }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod attempt;
+pub mod auth;
 pub mod body;
 pub mod breaker;
 pub mod cli;
@@ -10,6 +11,9 @@ pub mod config;
 pub mod error;
 pub mod flags;
 pub mod gateway;
+pub mod governance;
+pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod pool;
@@ -19,4 +23,5 @@ pub mod router;
 pub mod server;
 pub mod shadow;
 pub mod sse;
+pub mod store;
 pub mod upstream;

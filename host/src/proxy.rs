@@ -52,6 +52,8 @@ pub struct RequestCtx {
     pub upstream_time: Duration,
     /// The `x-switchyard-attempts` value, once the attempt loop ran.
     pub attempts: Option<HeaderValue>,
+    /// Caller, tags and reservations (phase `auth`/`admit`), settled into the ledger.
+    pub account: crate::governance::Account,
 }
 
 impl RequestCtx {
@@ -83,6 +85,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             openai::models_list(gw.runtime().model_names()),
         ),
         ("/healthz", &Method::GET) => text(StatusCode::OK, "ok\n"),
+        (p, _) if p.starts_with("/admin/keys") || p.starts_with("/admin/spend") => {
+            crate::governance::admin::handle(gw, req).await
+        }
         (p, _) if p.starts_with("/admin/") => crate::admin::handle(gw, req).await,
         ("/readyz", &Method::GET) => {
             if gw.is_ready() {
@@ -95,6 +100,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             let mut text = gw.metrics.render();
             pool::render_metrics(&gw.runtime(), &mut text);
             shadow::render_metrics(&mut text);
+            if let Some(g) = &gw.governance {
+                g.render_metrics(&mut text);
+            }
             let mut r = Response::new(GatewayBody::from(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -174,10 +182,12 @@ async fn proxy(
         upstream_model: None,
         upstream_time: Duration::ZERO,
         attempts: None,
+        account: Default::default(),
     };
     match run(&gw, &mut ctx, req).await {
         Ok(Answer::Complete(resp)) => {
             finish(&gw, &ctx, resp.status());
+            crate::governance::settle(&gw, &mut ctx, resp.status().as_u16(), None);
             resp
         }
         // Streams are counted when they end (see `stream_answer`).
@@ -189,6 +199,7 @@ async fn proxy(
                 gw.metrics.upstream_error(&ctx.backend_label(), e.kind());
             }
             finish(&gw, &ctx, status);
+            crate::governance::settle(&gw, &mut ctx, status.as_u16(), Some(&e));
             let mut resp = e.to_response::<GatewayBody>();
             if let Some(t) = &ctx.target {
                 stamp(resp.headers_mut(), t, ctx.upstream_model.as_deref());
@@ -213,6 +224,7 @@ async fn run(
     req: Request<Incoming>,
 ) -> Result<Answer, GatewayError> {
     let (parts, body) = req.into_parts();
+    crate::governance::authenticate(gw, ctx, &parts.headers)?;
     let bytes = read_body(body, &parts.headers, ctx.runtime.server.max_body_bytes).await?;
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
 
@@ -220,6 +232,10 @@ async fn run(
     ctx.route = Some(route.clone());
     let caller = flags::Caller::from_headers(&parts.headers);
     let chosen = flags::choose(&route, &caller, &parts.headers, &ctx.runtime.backends)?;
+    // Admission (limits, budget) prices the request at the chosen target.
+    ctx.upstream_model = Some(Arc::from(router::upstream_model(&chosen, &request.model)));
+    ctx.target = Some(chosen.clone());
+    crate::governance::admit(gw, ctx, &parts.headers, &request, request.bytes().len()).await?;
     let mut candidates = Vec::with_capacity(1 + route.fallback.len());
     candidates.push(chosen);
     candidates.extend(route.fallback.iter().cloned());
@@ -235,6 +251,9 @@ async fn run(
     } else {
         (None, None)
     };
+    // A stream is settled into the ledger when it ends; the settler is put here once the
+    // attempt loop knows which target answered (the body is not polled before that).
+    let settle_slot: SettleSlot = Arc::default();
     let validator = gw.validator.load_full();
     let (result, trail) = attempt::run(
         &candidates,
@@ -258,6 +277,7 @@ async fn run(
                 url,
                 slot,
                 capture.clone(),
+                settle_slot.clone(),
             )
         },
     )
@@ -273,6 +293,20 @@ async fn run(
     ctx.attempts = header;
     let mut exchanged = result?;
     ctx.upstream_time = exchanged.upstream_time;
+    match &exchanged.body {
+        Some(body) => {
+            ctx.account.usage = ResponseProbe::read(body).and_then(|p| p.usage);
+            if ctx.account.usage.is_none() {
+                ctx.account.completion_estimate =
+                    Some(crate::governance::estimate_completion(body));
+            }
+        }
+        None => {
+            if let Ok(mut slot) = settle_slot.lock() {
+                *slot = crate::governance::settler(gw, ctx);
+            }
+        }
+    }
     if let Some(h) = ctx.attempts.take() {
         exchanged
             .answer
@@ -299,6 +333,9 @@ async fn run(
     }
     Ok(exchanged.answer)
 }
+
+/// Where a streamed answer's ledger settlement waits for the stream's end.
+type SettleSlot = Arc<std::sync::Mutex<Option<crate::governance::Settler>>>;
 
 /// One answered exchange, as the attempt loop sees it.
 struct Exchanged {
@@ -338,6 +375,7 @@ async fn exchange(
     url: usize,
     slot: pool::Slot,
     capture: Option<shadow::CaptureSlot>,
+    settle_slot: SettleSlot,
 ) -> Result<Exchanged, GatewayError> {
     let url = &target.backend.urls[url];
     let body = request.upstream_body(&model, true);
@@ -361,6 +399,7 @@ async fn exchange(
             sent,
             slot,
             capture,
+            settle_slot,
         )
         .await?;
         Ok(Exchanged {
@@ -491,6 +530,7 @@ async fn stream_answer(
     sent: Instant,
     slot: pool::Slot,
     capture: Option<shadow::CaptureSlot>,
+    settle_slot: SettleSlot,
 ) -> Result<(Response<GatewayBody>, Duration), GatewayError> {
     let (parts, mut body) = resp.into_parts();
     let backend = &target.backend;
@@ -532,6 +572,9 @@ async fn stream_answer(
     let on_end = Box::new(move |s: StreamSummary| {
         // The URL's in-flight slot is held until the stream ends.
         drop(slot);
+        if let Some(settler) = settle_slot.lock().ok().and_then(|mut g| g.take()) {
+            crate::governance::settle_stream(settler, &s);
+        }
         if let Some(tx) = capture.and_then(|c| c.lock().ok().and_then(|mut g| g.take())) {
             let sse = if s.outcome == StreamOutcome::Completed {
                 s.captured.clone()

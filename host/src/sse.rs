@@ -28,6 +28,9 @@ pub struct StreamSummary {
     pub usage: Option<Usage>,
     pub saw_done: bool,
     pub events: u64,
+    /// Events that carried generated content (text, delta content, tool-call arguments):
+    /// the ledger's token estimate when a stream ends without a usage report.
+    pub content_events: u64,
     pub bytes: u64,
     /// Time from the start of the request to the first byte relayed.
     pub first_byte: Option<Duration>,
@@ -55,6 +58,7 @@ pub struct SseScanner {
     pub usage: Option<Usage>,
     pub saw_done: bool,
     pub events: u64,
+    pub content_events: u64,
 }
 
 impl SseScanner {
@@ -90,6 +94,9 @@ impl SseScanner {
         if let Some(u) = usage_of(data) {
             self.usage = Some(u);
         }
+        if carries_content(data) {
+            self.content_events += 1;
+        }
     }
 }
 
@@ -110,6 +117,16 @@ fn usage_of(data: &[u8]) -> Option<Usage> {
         usage: Option<Usage>,
     }
     serde_json::from_slice::<U>(data).ok().and_then(|u| u.usage)
+}
+
+/// True when an event carries generated text: a non-empty `content`, `text` or tool-call
+/// `arguments` string (OpenAI streams about one token per such event).
+fn carries_content(data: &[u8]) -> bool {
+    [&b"\"content\":\""[..], b"\"text\":\"", b"\"arguments\":\""]
+        .iter()
+        .any(|needle| {
+            memmem::find_iter(data, needle).any(|i| data.get(i + needle.len()) != Some(&b'"'))
+        })
 }
 
 /// True for the usage-only chunk OpenAI sends when `include_usage` is set: empty `choices`
@@ -244,6 +261,7 @@ impl StreamBody {
         self.summary.saw_done = self.scanner.saw_done;
         self.summary.events = self.scanner.events;
         self.summary.captured = self.capture.take().map(BytesMut::freeze);
+        self.summary.content_events = self.scanner.content_events;
         if let Some(f) = self.on_end.take() {
             f(std::mem::take(&mut self.summary));
         }
@@ -359,6 +377,7 @@ mod tests {
             s.feed(&stream[split..]);
             assert!(s.saw_done, "split {split}");
             assert_eq!(s.events, 3);
+            assert_eq!(s.content_events, 1);
             assert_eq!(
                 s.usage,
                 Some(Usage {

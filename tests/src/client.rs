@@ -181,7 +181,18 @@ impl Client {
 
     /// GET with extra headers.
     pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
-        let req = self.request(Method::GET, url, Bytes::new(), headers);
+        self.send(Method::GET, url, Bytes::new(), headers).await
+    }
+
+    /// Any method, with headers, reading the whole answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let req = self.request(method, url, body.into(), headers);
         let resp = self.inner.request(req).await.expect("request failed");
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("read body").to_bytes();

@@ -30,6 +30,13 @@ pub struct ConfigFile {
     /// `[traffic]`: retry budget and backoff.
     #[serde(default)]
     pub traffic: Option<crate::attempt::TrafficSection>,
+    // Governance (keys, limits, budgets, prices): types and docs in `governance::config`.
+    #[serde(default)]
+    pub auth: Option<crate::governance::config::AuthSection>,
+    #[serde(default)]
+    pub teams: Vec<crate::governance::config::TeamSection>,
+    #[serde(default)]
+    pub prices: Vec<crate::governance::config::PriceSection>,
 }
 
 /// `[server]`
@@ -100,6 +107,8 @@ pub struct RouteSection {
     /// Teams whose callers may pin a target with the `x-switchyard-target` header.
     #[serde(default)]
     pub pin_teams: Vec<String>,
+    /// The premium price this route's traffic is compared against (`switchyard spend`).
+    pub baseline: Option<crate::governance::config::BaselineSection>,
 }
 
 /// A weighted target of a route.

@@ -46,6 +46,7 @@ pub struct Runtime {
     pub admin: Option<crate::admin::AdminSettings>,
     /// `[traffic]`: retry budget and backoff.
     pub traffic: crate::attempt::TrafficSettings,
+    pub governance: crate::governance::config::GovConfig,
 }
 
 impl Runtime {
@@ -276,6 +277,8 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         p.dir.clone()
     });
 
+    let governance = crate::governance::config::validate(&file, &mut problems);
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -294,6 +297,7 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         state,
         admin,
         traffic,
+        governance,
     })
 }
 

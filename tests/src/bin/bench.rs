@@ -47,6 +47,10 @@ struct Args {
     /// Worker threads for the mock upstream.
     #[arg(long, default_value_t = 1)]
     mock_threads: usize,
+    /// Enable governance: a real virtual key with per-key and per-team rate limits and
+    /// budgets, prices, and the ledger (every request written to SQLite).
+    #[arg(long)]
+    governance: bool,
     /// Skip the direct (no gateway) runs.
     #[arg(long)]
     gateway_only: bool,
@@ -112,11 +116,17 @@ async fn connect(addr: &str) -> SendRequest<Full<Bytes>> {
     send
 }
 
+/// The `Authorization` header sent (a real key with `--governance`).
+static AUTH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn request(addr: &str, extra: Option<(&str, &str)>, body: &'static str) -> Request<Full<Bytes>> {
     let mut b = Request::post("/v1/chat/completions")
         .header("host", addr)
         .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-bench");
+        .header(
+            "authorization",
+            AUTH.get().map_or("Bearer sk-bench", String::as_str),
+        );
     if let Some((k, v)) = extra {
         b = b.header(k, v);
     }
@@ -362,12 +372,33 @@ fn main() {
         cfg.push('\n');
         cfg.push_str(&std::fs::read_to_string(extra).expect("read --config-extra"));
     }
+    if args.governance {
+        cfg.push_str(
+            "\n[[prices]]\nbackend = \"mock\"\nmodel = \"*\"\ninput_per_1m = 0.15\noutput_per_1m = 0.60\n\n[[teams]]\nname = \"bench\"\nrpm = 1000000000\ntpm = 1000000000000\nbudget_daily = 1000000000.0\nbudget_monthly = 1000000000.0\n",
+        );
+    }
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, cfg).expect("write config");
+    if args.governance {
+        let out = Command::new(&gw_bin)
+            .args(["keys", "create", "--team", "bench", "--rpm", "1000000000"])
+            .args(["--tpm", "1000000000000", "--budget-daily", "1000000000"])
+            .args(["--budget-monthly", "1000000000", "--config"])
+            .arg(&cfg_path)
+            .current_dir(dir.path())
+            .output()
+            .expect("switchyard keys create");
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(key.starts_with("sk-sy-"), "keys create failed");
+        let _ = AUTH.set(format!("Bearer {key}"));
+        println!("governance: on (key + team limits, budgets, prices, ledger)");
+    }
     let mut gw_cmd = Command::new(gw_bin);
     gw_cmd
         .args(["serve", "--config"])
         .arg(&cfg_path)
+        // The store (ledger) lives with the config, not in the caller's folder.
+        .current_dir(dir.path())
         .env("SWITCHYARD_LOG", "warn");
     let gw = spawn_ready(gw_cmd, "switchyard listening on ");
     let gw_pid = gw.child.id();

@@ -8,6 +8,7 @@
 mod cli;
 mod concurrency;
 mod errors;
+mod governance;
 mod lifecycle;
 mod openai_sdk;
 mod proxy;
