@@ -22,7 +22,10 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 fn main() -> Result<(), String> {
-    let threads = arg("--threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = arg(
+        "--threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
     let n_prompt = arg("--prompt-tokens", 128);
     let n_gen = arg("--gen", 64);
     let batch = arg("--batch", 1);
@@ -41,14 +44,22 @@ fn main() -> Result<(), String> {
     for _ in 0..3 {
         let mut cache = KvCache::new(&model.cfg);
         let t = Instant::now();
-        model.forward(&mut [SeqInput { cache: &mut cache, tokens: &ids, all_logits: false }]);
+        model.forward(&mut [SeqInput {
+            cache: &mut cache,
+            tokens: &ids,
+            all_logits: false,
+        }]);
         best_prefill = best_prefill.max(ids.len() as f64 / t.elapsed().as_secs_f64());
     }
     // Decode: `batch` sequences stepping together (1 = single stream).
     let mut caches: Vec<KvCache> = (0..batch).map(|_| KvCache::new(&model.cfg)).collect();
     let mut last: Vec<u32> = Vec::new();
     for c in caches.iter_mut() {
-        let l = model.forward(&mut [SeqInput { cache: c, tokens: &ids, all_logits: false }]);
+        let l = model.forward(&mut [SeqInput {
+            cache: c,
+            tokens: &ids,
+            all_logits: false,
+        }]);
         last.push(argmax(&l[0]));
     }
     let t = Instant::now();
@@ -57,7 +68,11 @@ fn main() -> Result<(), String> {
         let mut inp: Vec<SeqInput<'_>> = caches
             .iter_mut()
             .zip(&toks)
-            .map(|(c, t)| SeqInput { cache: c, tokens: t, all_logits: false })
+            .map(|(c, t)| SeqInput {
+                cache: c,
+                tokens: t,
+                all_logits: false,
+            })
             .collect();
         let out = model.forward(&mut inp);
         last = out.iter().map(|l| argmax(l)).collect();
@@ -70,13 +85,25 @@ fn main() -> Result<(), String> {
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/reference.py");
     match std::process::Command::new("python3")
-        .args([script, "bench", "--threads", &threads.to_string(), "--prompt-tokens", &n_prompt.to_string(), "--gen", &n_gen.to_string()])
+        .args([
+            script,
+            "bench",
+            "--threads",
+            &threads.to_string(),
+            "--prompt-tokens",
+            &n_prompt.to_string(),
+            "--gen",
+            &n_gen.to_string(),
+        ])
         .output()
     {
         Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
         Ok(o) => eprintln!(
             "llama.cpp reference not run (pip install llama-cpp-python): {}",
-            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         ),
         Err(e) => eprintln!("llama.cpp reference not run: {e}"),
     }

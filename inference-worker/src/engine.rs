@@ -110,7 +110,12 @@ struct Seq {
 
 impl Engine {
     /// Starts the scheduler thread over `model`.
-    pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, n_ctx: usize, max_batch: usize) -> Engine {
+    pub fn start(
+        model: Arc<Model>,
+        tokenizer: Arc<Tokenizer>,
+        n_ctx: usize,
+        max_batch: usize,
+    ) -> Engine {
         let (tx, rx) = mpsc::channel::<GenRequest>();
         let metrics = Arc::new(Metrics::default());
         let m = metrics.clone();
@@ -135,7 +140,13 @@ impl Engine {
     }
 }
 
-fn scheduler(model: Arc<Model>, tok: Arc<Tokenizer>, rx: mpsc::Receiver<GenRequest>, m: Arc<Metrics>, max_batch: usize) {
+fn scheduler(
+    model: Arc<Model>,
+    tok: Arc<Tokenizer>,
+    rx: mpsc::Receiver<GenRequest>,
+    m: Arc<Metrics>,
+    max_batch: usize,
+) {
     let mut active: Vec<Seq> = Vec::new();
     let mut waiting: std::collections::VecDeque<GenRequest> = Default::default();
     loop {
@@ -150,9 +161,12 @@ fn scheduler(model: Arc<Model>, tok: Arc<Tokenizer>, rx: mpsc::Receiver<GenReque
             waiting.push_back(r);
         }
         while active.len() < max_batch {
-            let Some(req) = waiting.pop_front() else { break };
+            let Some(req) = waiting.pop_front() else {
+                break;
+            };
             m.queued.fetch_sub(1, Ordering::Relaxed);
-            m.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+            m.prompt_tokens
+                .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
             let rng = Rng::new(req.params.seed);
             active.push(Seq {
                 history: req.prompt.clone(),
@@ -235,7 +249,10 @@ fn step_sequence(s: &mut Seq, id: TokenId, logits: &[f32], tok: &Tokenizer) {
     if tok.is_eog(id) {
         let rest = std::mem::take(&mut s.held) + &s.decoder.finish();
         if !rest.is_empty() {
-            let _ = s.req.events.send(Event::Token { text: rest, logprob: None });
+            let _ = s.req.events.send(Event::Token {
+                text: rest,
+                logprob: None,
+            });
         }
         // The end token counts as generated, as in OpenAI's usage.
         s.generated.push(id);
@@ -284,21 +301,31 @@ fn step_sequence(s: &mut Seq, id: TokenId, logits: &[f32], tok: &Tokenizer) {
         .map(|st| {
             (1..st.len().min(s.held.len() + 1))
                 .rev()
-                .find(|&k| s.held.is_char_boundary(s.held.len() - k) && st.starts_with(&s.held[s.held.len() - k..]))
+                .find(|&k| {
+                    s.held.is_char_boundary(s.held.len() - k)
+                        && st.starts_with(&s.held[s.held.len() - k..])
+                })
                 .unwrap_or(0)
         })
         .max()
         .unwrap_or(0);
     let cut = s.held.len() - keep;
     let text: String = s.held.drain(..cut).collect();
-    if s.req.events.send(Event::Token { text, logprob: lp }).is_err() {
+    if s.req
+        .events
+        .send(Event::Token { text, logprob: lp })
+        .is_err()
+    {
         s.done = true;
         return;
     }
     if s.generated.len() >= s.req.max_tokens || s.cache.len() + 1 >= s.cache_limit() {
         let rest = std::mem::take(&mut s.held) + &s.decoder.finish();
         if !rest.is_empty() {
-            let _ = s.req.events.send(Event::Token { text: rest, logprob: None });
+            let _ = s.req.events.send(Event::Token {
+                text: rest,
+                logprob: None,
+            });
         }
         finish(s, Finish::Length);
     }

@@ -26,7 +26,9 @@ pub enum GgufError {
     Truncated(String),
     #[error("bad GGUF metadata: {0}")]
     Bad(String),
-    #[error("tensor `{name}` has unsupported type {ty} (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)")]
+    #[error(
+        "tensor `{name}` has unsupported type {ty} (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)"
+    )]
     UnsupportedTensorType { name: String, ty: String },
     #[error("missing metadata key `{0}`")]
     MissingKey(String),
@@ -278,7 +280,9 @@ impl Gguf {
             let name = c.string("tensor name")?;
             let nd = c.u32(&name)?;
             if nd == 0 || nd > 4 {
-                return Err(GgufError::Bad(format!("tensor `{name}` has {nd} dimensions")));
+                return Err(GgufError::Bad(format!(
+                    "tensor `{name}` has {nd} dimensions"
+                )));
             }
             let mut dims = Vec::with_capacity(nd as usize);
             for _ in 0..nd {
@@ -435,7 +439,8 @@ pub mod writer {
             self
         }
         pub fn tensor(mut self, name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> Self {
-            self.tensors.push((name.to_string(), dims.to_vec(), ty, data));
+            self.tensors
+                .push((name.to_string(), dims.to_vec(), ty, data));
             self
         }
         pub fn finish(self) -> Vec<u8> {
@@ -461,12 +466,12 @@ pub mod writer {
                 offs.push(off);
                 off += (data.len() as u64).div_ceil(32) * 32;
             }
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
             for (_, _, _, data) in &self.tensors {
                 out.extend_from_slice(data);
-                while out.len() % 32 != 0 {
+                while !out.len().is_multiple_of(32) {
                     out.push(0);
                 }
             }
@@ -521,7 +526,10 @@ mod tests {
     fn truncation_anywhere_is_an_error_not_a_panic() {
         let b = sample();
         for cut in [3, 10, 30, 60, b.len() - 40, b.len() - 1] {
-            let e = Gguf::from_bytes(b[..cut].to_vec()).err().unwrap().to_string();
+            let e = Gguf::from_bytes(b[..cut].to_vec())
+                .err()
+                .unwrap()
+                .to_string();
             assert!(e.contains("truncated"), "cut {cut}: {e}");
         }
     }
@@ -535,7 +543,10 @@ mod tests {
         let pos = 24 + 8 + "blk.0.attn_q.weight".len() + 4 + 8;
         b[pos..pos + 4].copy_from_slice(&10u32.to_le_bytes());
         let e = Gguf::from_bytes(b).err().unwrap().to_string();
-        assert!(e.contains("blk.0.attn_q.weight") && e.contains("Q2_K"), "{e}");
+        assert!(
+            e.contains("blk.0.attn_q.weight") && e.contains("Q2_K"),
+            "{e}"
+        );
     }
 
     #[test]

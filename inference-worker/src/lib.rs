@@ -36,16 +36,13 @@ pub fn load(path: &Path, mut progress: impl FnMut(&str)) -> Result<Loaded, Strin
         g.tensors.len(),
         g.bytes().len() as f64 / (1 << 20) as f64
     ));
-    let tok = tokenizer::Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", path.display()))?;
+    let tok =
+        tokenizer::Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", path.display()))?;
     let tpl_src = g
         .get_str("tokenizer.chat_template")
         .unwrap_or(chat::CHATML)
         .to_string();
-    let tok_text = |id: Option<u32>| {
-        id.and_then(|i| tok.token_text(i))
-            .unwrap_or("")
-            .to_string()
-    };
+    let tok_text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
     let template = chat::ChatTemplate::new(&tpl_src, &tok_text(tok.bos), &tok_text(tok.eos))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let g = Arc::new(g);

@@ -10,7 +10,11 @@ use switchyard_worker::engine::Engine;
 use switchyard_worker::server::{AppState, bind, serve};
 
 #[derive(Parser, Debug)]
-#[command(name = "switchyard-worker", version, about = "Serves one GGUF model over the OpenAI API")]
+#[command(
+    name = "switchyard-worker",
+    version,
+    about = "Serves one GGUF model over the OpenAI API"
+)]
 struct Args {
     /// The GGUF model file.
     #[arg(long)]
@@ -50,7 +54,10 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<(), String> {
     if args.device != "cpu" {
         return Err(if args.device.starts_with("cuda") {
-            format!("--device {}: this build has no CUDA backend (use --device cpu)", args.device)
+            format!(
+                "--device {}: this build has no CUDA backend (use --device cpu)",
+                args.device
+            )
         } else {
             format!("--device {}: expected `cpu` or `cuda:N`", args.device)
         });
@@ -68,7 +75,8 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("starting runtime: {e}"))?;
     // Bind first: a busy port should fail fast, before loading a large model.
     let listener = rt.block_on(bind(SocketAddr::new(args.host, args.port)))?;
-    let loaded = switchyard_worker::load(&args.model, |line| eprintln!("switchyard-worker: {line}"))?;
+    let loaded =
+        switchyard_worker::load(&args.model, |line| eprintln!("switchyard-worker: {line}"))?;
     let n_ctx = args
         .ctx_size
         .unwrap_or(loaded.model.cfg.n_ctx_train.min(8192))
@@ -92,5 +100,6 @@ fn run(args: Args) -> Result<(), String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
-    rt.block_on(serve(listener, state)).map_err(|e| e.to_string())
+    rt.block_on(serve(listener, state))
+        .map_err(|e| e.to_string())
 }

@@ -191,7 +191,9 @@ impl Model {
             head_dim,
             n_ff,
             n_vocab,
-            n_ctx_train: g.get_u64(&key("context_length")).map_or(2048, |v| v as usize),
+            n_ctx_train: g
+                .get_u64(&key("context_length"))
+                .map_or(2048, |v| v as usize),
             rms_eps: g
                 .get_f32(&key("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5),
@@ -226,9 +228,15 @@ impl Model {
                 w_down: weight(&g, &n("ffn_down"), n_ff, Some(n_embd))?,
             });
         }
-        for w in layers.iter().flat_map(|l| [l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down]) {
+        for w in layers
+            .iter()
+            .flat_map(|l| [l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down])
+        {
             if w.cols % 32 != 0 {
-                return Err(GgufError::Bad(format!("row length {} is not a multiple of 32", w.cols)));
+                return Err(GgufError::Bad(format!(
+                    "row length {} is not a multiple of 32",
+                    w.cols
+                )));
             }
         }
         let output_norm = vector(&g, "output_norm.weight", n_embd)?;
@@ -243,7 +251,11 @@ impl Model {
         let inv_freq = (0..n_rot / 2)
             .map(|i| {
                 let f = cfg.rope_base.powf(-(2.0 * i as f32) / n_rot as f32);
-                f / factors.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(1.0)
+                f / factors
+                    .as_ref()
+                    .and_then(|v| v.get(i))
+                    .copied()
+                    .unwrap_or(1.0)
             })
             .collect();
         Ok(Model {
@@ -412,7 +424,13 @@ impl Model {
         let mut fin = vec![0f32; want.len() * d];
         let mut fin_acts = vec![Q8Act::default(); want.len()];
         for (j, &t) in want.iter().enumerate() {
-            rms_norm(&x[t * d..(t + 1) * d], &self.output_norm, c.rms_eps, &mut fin[j * d..(j + 1) * d], d);
+            rms_norm(
+                &x[t * d..(t + 1) * d],
+                &self.output_norm,
+                c.rms_eps,
+                &mut fin[j * d..(j + 1) * d],
+                d,
+            );
         }
         quantize_all(&fin, d, &mut fin_acts);
         let mut logits = vec![0f32; want.len() * c.n_vocab];
@@ -421,7 +439,13 @@ impl Model {
         let mut j = 0;
         for s in seqs.iter() {
             let m = s.tokens.len();
-            let rows = if m == 0 { 0 } else if s.all_logits { m } else { 1 };
+            let rows = if m == 0 {
+                0
+            } else if s.all_logits {
+                m
+            } else {
+                1
+            };
             out.push(logits[j * c.n_vocab..(j + rows) * c.n_vocab].to_vec());
             j += rows;
         }
@@ -462,15 +486,17 @@ impl Model {
             return;
         }
         let mut tr = vec![0f32; w.rows * n];
-        tr.par_chunks_mut(block * n).enumerate().for_each(|(bi, o)| {
-            for (j, row_out) in o.chunks_mut(n).enumerate() {
-                let r = bi * block + j;
-                let row = &data[r * rb..(r + 1) * rb];
-                for (t, y) in row_out.iter_mut().enumerate() {
-                    *y = vec_dot(w.ty, row, &acts[t]);
+        tr.par_chunks_mut(block * n)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                for (j, row_out) in o.chunks_mut(n).enumerate() {
+                    let r = bi * block + j;
+                    let row = &data[r * rb..(r + 1) * rb];
+                    for (t, y) in row_out.iter_mut().enumerate() {
+                        *y = vec_dot(w.ty, row, &acts[t]);
+                    }
                 }
-            }
-        });
+            });
         for r in 0..w.rows {
             for t in 0..n {
                 out[t * w.rows + r] = tr[r * n + t];

@@ -36,9 +36,10 @@ pub fn ggml_type_name(id: u32) -> String {
         "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
         "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
     ];
-    NAMES
-        .get(id as usize)
-        .map_or_else(|| format!("unknown type id {id}"), |n| format!("{n} (id {id})"))
+    NAMES.get(id as usize).map_or_else(
+        || format!("unknown type id {id}"),
+        |n| format!("{n} (id {id})"),
+    )
 }
 
 impl GgmlType {
@@ -143,7 +144,10 @@ pub fn dequantize_row(ty: GgmlType, b: &[u8], out: &mut [f32]) {
         }
         GgmlType::Q4_K | GgmlType::Q5_K => {
             let five = ty == GgmlType::Q5_K;
-            for (y, x) in out.chunks_exact_mut(QK_K).zip(b.chunks_exact(ty.block_bytes())) {
+            for (y, x) in out
+                .chunks_exact_mut(QK_K)
+                .zip(b.chunks_exact(ty.block_bytes()))
+            {
                 let d = h(x, 0);
                 let dmin = h(x, 2);
                 let scales = &x[4..16];
@@ -249,10 +253,8 @@ pub fn simd_available() -> bool {
 #[inline]
 pub fn vec_dot(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if simd::available() {
-        if let Some(v) = simd::vec_dot(ty, row, a) {
-            return v;
-        }
+    if let Some(v) = simd::vec_dot(ty, row, a) {
+        return v;
     }
     vec_dot_scalar(ty, row, a)
 }
@@ -356,7 +358,8 @@ pub fn vec_dot_scalar(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
                         }
                         acc += d
                             * a.d[b]
-                            * ((sc[2 * k] as i8) as i32 * s[0] + (sc[2 * k + 1] as i8) as i32 * s[1])
+                            * ((sc[2 * k] as i8) as i32 * s[0]
+                                + (sc[2 * k + 1] as i8) as i32 * s[1])
                                 as f32;
                     }
                 }
@@ -486,7 +489,8 @@ pub mod simd {
             let d = h(x, 0) * a.d[b];
             if !one {
                 // (q - 8)·y = q·y - 8·Σy, exact in integers.
-                sumi = _mm256_sub_epi32(sumi, _mm256_setr_epi32(8 * a.isum[b], 0, 0, 0, 0, 0, 0, 0));
+                sumi =
+                    _mm256_sub_epi32(sumi, _mm256_setr_epi32(8 * a.isum[b], 0, 0, 0, 0, 0, 0, 0));
             } else {
                 acc_m += h(x, 2) * a.s[b];
             }
@@ -543,7 +547,8 @@ pub mod simd {
                 let s1 = hsum_i32(dot_u8i8(hi, y1));
                 let (sc0, m0) = super::scale_min_k4(2 * p, scales);
                 let (sc1, m1) = super::scale_min_k4(2 * p + 1, scales);
-                acc += d * (sc0 as f32 * a.d[b0] * s0 as f32 + sc1 as f32 * a.d[b0 + 1] * s1 as f32)
+                acc += d
+                    * (sc0 as f32 * a.d[b0] * s0 as f32 + sc1 as f32 * a.d[b0 + 1] * s1 as f32)
                     - dmin
                         * (m0 as f32 * a.d[b0] * a.isum[b0] as f32
                             + m1 as f32 * a.d[b0 + 1] * a.isum[b0 + 1] as f32);
@@ -642,7 +647,9 @@ pub mod simd {
             // SAFETY: i+8 <= n elements in both.
             let (w, x) = unsafe {
                 (
-                    _mm256_cvtph_ps(_mm_loadu_si128(row[i * 2..i * 2 + 16].as_ptr() as *const __m128i)),
+                    _mm256_cvtph_ps(_mm_loadu_si128(
+                        row[i * 2..i * 2 + 16].as_ptr() as *const __m128i
+                    )),
                     _mm256_loadu_ps(a.f[i..i + 8].as_ptr()),
                 )
             };
@@ -691,8 +698,14 @@ mod tests {
                 let vals: Vec<f32> = (0..n).map(|_| rng.f()).collect();
                 b = match ty {
                     GgmlType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    GgmlType::F16 => vals.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
-                    _ => vals.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+                    GgmlType::F16 => vals
+                        .iter()
+                        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                    _ => vals
+                        .iter()
+                        .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                        .collect(),
                 };
             }
             _ => {
@@ -752,7 +765,10 @@ mod tests {
                 let got = vec_dot_scalar(ty, &row, &a) as f64;
                 assert!((got - want).abs() <= tol, "{ty:?} scalar {got} vs {want}");
                 let fast = vec_dot(ty, &row, &a) as f64;
-                assert!((fast - got).abs() <= 1e-3 * (1.0 + got.abs()), "{ty:?} simd {fast} vs scalar {got}");
+                assert!(
+                    (fast - got).abs() <= 1e-3 * (1.0 + got.abs()),
+                    "{ty:?} simd {fast} vs scalar {got}"
+                );
             }
         }
     }
@@ -774,8 +790,8 @@ mod tests {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut a = Q8Act::default();
         a.quantize(&x);
-        for i in 0..64 {
-            assert!((a.qs[i] as f32 * a.d[i / 32] - x[i]).abs() < 0.01);
+        for (i, v) in x.iter().enumerate() {
+            assert!((a.qs[i] as f32 * a.d[i / 32] - v).abs() < 0.01);
         }
     }
 }

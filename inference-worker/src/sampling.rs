@@ -70,15 +70,22 @@ impl Rng {
 pub fn logprobs(logits: &[f32], chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
-    let chosen_lp = logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |l| l - lse);
+    let chosen_lp = logits
+        .get(chosen as usize)
+        .map_or(f32::NEG_INFINITY, |l| l - lse);
     let mut top = Vec::new();
     if n > 0 {
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
         let n = n.min(idx.len());
-        idx.select_nth_unstable_by(n - 1, |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+        idx.select_nth_unstable_by(n - 1, |a, b| {
+            logits[*b as usize].total_cmp(&logits[*a as usize])
+        });
         idx.truncate(n);
         idx.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
-        top = idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect();
+        top = idx
+            .into_iter()
+            .map(|i| (i, logits[i as usize] - lse))
+            .collect();
     }
     (chosen_lp, top)
 }
@@ -92,9 +99,15 @@ pub fn sample(logits: &[f32], p: &SamplingParams, history: &[u32], rng: &mut Rng
             *counts.entry(t).or_default() += 1;
         }
         for (&t, &c) in &counts {
-            let Some(v) = l.get_mut(t as usize) else { continue };
+            let Some(v) = l.get_mut(t as usize) else {
+                continue;
+            };
             if p.repetition_penalty != 1.0 {
-                *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+                *v = if *v > 0.0 {
+                    *v / p.repetition_penalty
+                } else {
+                    *v * p.repetition_penalty
+                };
             }
             *v -= c as f32 * p.frequency_penalty + p.presence_penalty;
         }
@@ -104,7 +117,11 @@ pub fn sample(logits: &[f32], p: &SamplingParams, history: &[u32], rng: &mut Rng
     }
     // Candidates sorted by logit, then truncated.
     let mut cand: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, v)| (i as u32, *v)).collect();
-    let k = if p.top_k > 0 { p.top_k.min(cand.len()) } else { cand.len() };
+    let k = if p.top_k > 0 {
+        p.top_k.min(cand.len())
+    } else {
+        cand.len()
+    };
     if k < cand.len() {
         cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
         cand.truncate(k);
@@ -170,27 +187,51 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_max() {
-        let p = SamplingParams { temperature: 0.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
         assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(1))), 1);
     }
 
     #[test]
     fn penalties_change_the_choice() {
-        let p = SamplingParams { temperature: 0.0, presence_penalty: 0.5, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            presence_penalty: 0.5,
+            ..Default::default()
+        };
         assert_eq!(sample(&logits(), &p, &[1], &mut Rng::new(Some(1))), 4);
-        let p = SamplingParams { temperature: 0.0, repetition_penalty: 2.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
         assert_eq!(sample(&logits(), &p, &[1, 4], &mut Rng::new(Some(1))), 2);
     }
 
     #[test]
     fn top_k_one_is_greedy_and_seed_reproduces() {
-        let p = SamplingParams { top_k: 1, ..Default::default() };
+        let p = SamplingParams {
+            top_k: 1,
+            ..Default::default()
+        };
         for s in 0..20 {
             assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
         }
         let p = SamplingParams::default();
-        let a: Vec<u32> = { let mut r = Rng::new(Some(7)); (0..50).map(|_| sample(&logits(), &p, &[], &mut r)).collect() };
-        let b: Vec<u32> = { let mut r = Rng::new(Some(7)); (0..50).map(|_| sample(&logits(), &p, &[], &mut r)).collect() };
+        let a: Vec<u32> = {
+            let mut r = Rng::new(Some(7));
+            (0..50)
+                .map(|_| sample(&logits(), &p, &[], &mut r))
+                .collect()
+        };
+        let b: Vec<u32> = {
+            let mut r = Rng::new(Some(7));
+            (0..50)
+                .map(|_| sample(&logits(), &p, &[], &mut r))
+                .collect()
+        };
         assert_eq!(a, b);
         assert!(a.iter().any(|&x| x != a[0]), "temperature 1 should vary");
     }
@@ -198,12 +239,18 @@ mod tests {
     #[test]
     fn top_p_and_min_p_truncate() {
         // With top_p tiny only the best token survives.
-        let p = SamplingParams { top_p: 0.01, ..Default::default() };
+        let p = SamplingParams {
+            top_p: 0.01,
+            ..Default::default()
+        };
         for s in 0..20 {
             assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
         }
         // min_p 0.95 keeps tokens within 5% of the best: 1 and 4 (3.0 vs 2.9 -> 0.905 < 0.95).
-        let p = SamplingParams { min_p: 0.95, ..Default::default() };
+        let p = SamplingParams {
+            min_p: 0.95,
+            ..Default::default()
+        };
         for s in 0..20 {
             assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
         }

@@ -70,12 +70,17 @@ fn full(b: impl Into<Bytes>) -> Body {
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn request_id(prefix: &str) -> String {
@@ -114,7 +119,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("cannot listen on {addr}: address already in use (another server on that port?)")
+            format!(
+                "cannot listen on {addr}: address already in use (another server on that port?)"
+            )
         } else {
             format!("cannot listen on {addr}: {e}")
         }
@@ -137,7 +144,9 @@ async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
             let chat = path.ends_with("chat/completions");
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return ApiError::bad("body", format!("cannot read body: {e}")).response(),
+                Err(e) => {
+                    return ApiError::bad("body", format!("cannot read body: {e}")).response();
+                }
             };
             match completion(&body, chat, &st).await {
                 Ok(r) => r,
@@ -190,7 +199,10 @@ fn num(v: &Value, name: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError>
                 .as_f64()
                 .ok_or_else(|| ApiError::bad(name, format!("`{name}` must be a number")))?;
             if !(lo..=hi).contains(&f) {
-                return Err(ApiError::bad(name, format!("`{name}` must be between {lo} and {hi}, got {f}")));
+                return Err(ApiError::bad(
+                    name,
+                    format!("`{name}` must be between {lo} and {hi}, got {f}"),
+                ));
             }
             Ok(Some(f))
         }
@@ -205,7 +217,10 @@ fn int(v: &Value, name: &str, lo: i64, hi: i64) -> Result<Option<i64>, ApiError>
                 .as_i64()
                 .ok_or_else(|| ApiError::bad(name, format!("`{name}` must be an integer")))?;
             if !(lo..=hi).contains(&i) {
-                return Err(ApiError::bad(name, format!("`{name}` must be between {lo} and {hi}, got {i}")));
+                return Err(ApiError::bad(
+                    name,
+                    format!("`{name}` must be between {lo} and {hi}, got {i}"),
+                ));
             }
             Ok(Some(i))
         }
@@ -228,7 +243,10 @@ fn content_text(c: &Value, i: usize) -> Result<String, ApiError> {
         Value::Array(parts) => {
             let mut s = String::new();
             for p in parts {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
                     (Some("text"), Some(t)) => s.push_str(t),
                     _ => {
                         return Err(ApiError::bad(
@@ -240,7 +258,10 @@ fn content_text(c: &Value, i: usize) -> Result<String, ApiError> {
             }
             Ok(s)
         }
-        _ => Err(ApiError::bad(&format!("messages[{i}].content"), "content must be a string or an array of parts")),
+        _ => Err(ApiError::bad(
+            &format!("messages[{i}].content"),
+            "content must be a string or an array of parts",
+        )),
     }
 }
 
@@ -260,41 +281,45 @@ fn parse(body: &[u8], chat: bool, st: &AppState) -> Result<Parsed, ApiError> {
     if !v.is_object() {
         return Err(ApiError::bad("body", "request body must be a JSON object"));
     }
-    if let Some(m) = v.get("model") {
-        if !m.is_string() {
-            return Err(ApiError::bad("model", "`model` must be a string"));
-        }
+    if let Some(m) = v.get("model")
+        && !m.is_string()
+    {
+        return Err(ApiError::bad("model", "`model` must be a string"));
     }
-    if let Some(n) = int(&v, "n", 1, 128)? {
-        if n != 1 {
-            return Err(ApiError::bad("n", "only n=1 is supported"));
-        }
+    if let Some(n) = int(&v, "n", 1, 128)?
+        && n != 1
+    {
+        return Err(ApiError::bad("n", "only n=1 is supported"));
     }
     let tok = &st.engine.tokenizer;
     let prompt = if chat {
-        let msgs = v
-            .get("messages")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ApiError::bad("messages", "`messages` is required and must be an array"))?;
+        let msgs = v.get("messages").and_then(Value::as_array).ok_or_else(|| {
+            ApiError::bad("messages", "`messages` is required and must be an array")
+        })?;
         if msgs.is_empty() {
             return Err(ApiError::bad("messages", "`messages` must not be empty"));
         }
         let mut norm = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.iter().enumerate() {
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad(&format!("messages[{i}].role"), "each message needs a string `role`"))?;
+            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::bad(
+                    &format!("messages[{i}].role"),
+                    "each message needs a string `role`",
+                )
+            })?;
             let mut o = m.as_object().cloned().unwrap_or_default();
             o.insert("role".into(), Value::String(role.to_string()));
-            o.insert("content".into(), Value::String(content_text(m.get("content").unwrap_or(&Value::Null), i)?));
+            o.insert(
+                "content".into(),
+                Value::String(content_text(m.get("content").unwrap_or(&Value::Null), i)?),
+            );
             norm.push(Value::Object(o));
         }
         let tools = v.get("tools").filter(|t| !t.is_null());
-        if let Some(t) = tools {
-            if !t.is_array() {
-                return Err(ApiError::bad("tools", "`tools` must be an array"));
-            }
+        if let Some(t) = tools
+            && !t.is_array()
+        {
+            return Err(ApiError::bad("tools", "`tools` must be an array"));
         }
         let text = st
             .template
@@ -308,16 +333,28 @@ fn parse(body: &[u8], chat: bool, st: &AppState) -> Result<Parsed, ApiError> {
                 tok.encode(a[0].as_str().unwrap_or(""), true, true)
             }
             Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|x| x.is_u64()) => {
-                let ids: Vec<u32> = a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect();
+                let ids: Vec<u32> = a
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as u32)
+                    .collect();
                 if ids.iter().any(|&i| i as usize >= tok.vocab_size()) {
                     return Err(ApiError::bad("prompt", "token id out of range"));
                 }
                 ids
             }
             Some(Value::Array(_)) => {
-                return Err(ApiError::bad("prompt", "only a single prompt (string, [string] or [token ids]) is supported"));
+                return Err(ApiError::bad(
+                    "prompt",
+                    "only a single prompt (string, [string] or [token ids]) is supported",
+                ));
             }
-            _ => return Err(ApiError::bad("prompt", "`prompt` is required and must be a string")),
+            _ => {
+                return Err(ApiError::bad(
+                    "prompt",
+                    "`prompt` is required and must be a string",
+                ));
+            }
         }
     };
     let max_tokens = match int(&v, "max_completion_tokens", 1, i64::MAX)? {
@@ -328,10 +365,17 @@ fn parse(body: &[u8], chat: bool, st: &AppState) -> Result<Parsed, ApiError> {
     let stop = match v.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => {
-            a.iter().filter_map(Value::as_str).map(str::to_string).collect()
+        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stop",
+                "`stop` must be a string or an array of up to 4 strings",
+            ));
         }
-        Some(_) => return Err(ApiError::bad("stop", "`stop` must be a string or an array of up to 4 strings")),
     }
     .into_iter()
     .filter(|s| !s.is_empty())
@@ -361,15 +405,26 @@ fn parse(body: &[u8], chat: bool, st: &AppState) -> Result<Parsed, ApiError> {
     let include_usage = match v.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(o) if o.is_object() => boolean(o, "include_usage").map_err(|_| {
-            ApiError::bad("stream_options.include_usage", "`include_usage` must be a boolean")
+            ApiError::bad(
+                "stream_options.include_usage",
+                "`include_usage` must be a boolean",
+            )
         })?,
-        Some(_) => return Err(ApiError::bad("stream_options", "`stream_options` must be an object")),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stream_options",
+                "`stream_options` must be an object",
+            ));
+        }
     };
     let logprobs = if chat {
         let on = boolean(&v, "logprobs")?;
         let top = int(&v, "top_logprobs", 0, 20)?;
         if top.is_some() && !on {
-            return Err(ApiError::bad("top_logprobs", "`top_logprobs` requires `logprobs: true`"));
+            return Err(ApiError::bad(
+                "top_logprobs",
+                "`top_logprobs` requires `logprobs: true`",
+            ));
         }
         on.then_some(top.unwrap_or(0) as usize)
     } else {
@@ -386,7 +441,11 @@ fn parse(body: &[u8], chat: bool, st: &AppState) -> Result<Parsed, ApiError> {
     })
 }
 
-async fn completion(body: &[u8], chat: bool, st: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+async fn completion(
+    body: &[u8],
+    chat: bool,
+    st: &Arc<AppState>,
+) -> Result<Response<Body>, ApiError> {
     let p = parse(body, chat, st)?;
     let n_ctx = st.engine.n_ctx;
     let n_prompt = p.prompt.len();
@@ -489,7 +548,11 @@ async fn collect_response(mut rx: UnboundedReceiver<Event>, c: RespCtx) -> Respo
                 text.push_str(&t);
                 lps.extend(logprob);
             }
-            Event::Done { finish: f, prompt_tokens, completion_tokens } => {
+            Event::Done {
+                finish: f,
+                prompt_tokens,
+                completion_tokens,
+            } => {
                 finish = f.as_str();
                 pt = prompt_tokens;
                 ct = completion_tokens;
@@ -530,7 +593,13 @@ fn sse(v: &Value) -> Bytes {
 }
 
 fn stream_response(rx: UnboundedReceiver<Event>, c: RespCtx) -> Response<Body> {
-    let st = StreamState { rx, c, started: false, finished: false, text_len: 0 };
+    let st = StreamState {
+        rx,
+        c,
+        started: false,
+        finished: false,
+        text_len: 0,
+    };
     let s = futures_util::stream::unfold(st, |mut st| async move {
         if st.finished {
             return None;
@@ -564,10 +633,18 @@ fn stream_response(rx: UnboundedReceiver<Event>, c: RespCtx) -> Response<Body> {
                     out.extend_from_slice(&sse(&v));
                 }
             }
-            Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
+            Some(Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
                 st.finished = true;
                 let u = usage(prompt_tokens, completion_tokens);
-                let obj = if st.c.chat { "chat.completion.chunk" } else { "text_completion" };
+                let obj = if st.c.chat {
+                    "chat.completion.chunk"
+                } else {
+                    "text_completion"
+                };
                 let choice = if st.c.chat {
                     json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish.as_str()})
                 } else {
@@ -594,7 +671,13 @@ fn stream_response(rx: UnboundedReceiver<Event>, c: RespCtx) -> Response<Body> {
         Some((Ok::<_, Infallible>(Frame::data(Bytes::from(out))), st))
     });
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
     r
 }

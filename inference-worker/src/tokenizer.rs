@@ -50,7 +50,8 @@ fn gpt2_byte_table() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap_or('?')
         } else {
@@ -71,7 +72,11 @@ fn pre_regexes(pre: &str) -> Result<(Vec<&'static str>, bool), String> {
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => (vec![LLAMA3], true),
         "smollm" | "codeshell" | "exaone" | "minerva" => (vec![r"\p{N}", GPT2], false),
         "gpt-2" | "gpt2" | "default" | "" => (vec![GPT2], false),
-        other => return Err(format!("unsupported pre-tokenizer `{other}` (supported: llama-bpe/llama3, smollm, gpt-2)")),
+        other => {
+            return Err(format!(
+                "unsupported pre-tokenizer `{other}` (supported: llama-bpe/llama3, smollm, gpt-2)"
+            ));
+        }
     })
 }
 
@@ -162,11 +167,21 @@ impl Tokenizer {
         let mut eog: Vec<TokenId> = eos.into_iter().collect();
         eog.extend(id("tokenizer.ggml.eot_token_id"));
         eog.extend(id("tokenizer.ggml.eom_token_id"));
-        for name in ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "</s>"] {
-            if let Some(&i) = by_text.get(name) {
-                if types.get(i as usize).is_some_and(|t| *t == TT_CONTROL || *t == TT_USER_DEFINED) {
-                    eog.push(i);
-                }
+        for name in [
+            "<|eot_id|>",
+            "<|im_end|>",
+            "<|end|>",
+            "<end_of_turn>",
+            "<|endoftext|>",
+            "<|eom_id|>",
+            "</s>",
+        ] {
+            if let Some(&i) = by_text.get(name)
+                && types
+                    .get(i as usize)
+                    .is_some_and(|t| *t == TT_CONTROL || *t == TT_USER_DEFINED)
+            {
+                eog.push(i);
             }
         }
         eog.sort_unstable();
@@ -298,11 +313,22 @@ impl Tokenizer {
         }
         let n = start.len();
         let mut prev: Vec<isize> = (0..n as isize).map(|i| i - 1).collect();
-        let mut next: Vec<isize> = (1..=n as isize).map(|i| if i == n as isize { -1 } else { i }).collect();
+        let mut next: Vec<isize> = (1..=n as isize)
+            .map(|i| if i == n as isize { -1 } else { i })
+            .collect();
         let mut heap = BinaryHeap::new();
         let mut rev: HashMap<&str, (usize, usize)> = HashMap::new();
         for i in 1..n {
-            try_add(self, text, i as isize - 1, i as isize, &start, &len, &mut heap, &mut rev);
+            try_add(
+                self,
+                text,
+                i as isize - 1,
+                i as isize,
+                &start,
+                &len,
+                &mut heap,
+                &mut rev,
+            );
         }
         while let Some(b) = heap.pop() {
             if len[b.left] == 0 || len[b.right] == 0 || len[b.left] + len[b.right] != b.size {
@@ -314,24 +340,50 @@ impl Tokenizer {
             if next[b.right] >= 0 {
                 prev[next[b.right] as usize] = b.left as isize;
             }
-            try_add(self, text, prev[b.left], b.left as isize, &start, &len, &mut heap, &mut rev);
-            try_add(self, text, b.left as isize, next[b.left], &start, &len, &mut heap, &mut rev);
+            try_add(
+                self,
+                text,
+                prev[b.left],
+                b.left as isize,
+                &start,
+                &len,
+                &mut heap,
+                &mut rev,
+            );
+            try_add(
+                self,
+                text,
+                b.left as isize,
+                next[b.left],
+                &start,
+                &len,
+                &mut heap,
+                &mut rev,
+            );
         }
         // Resegment: a symbol that is not a token splits back along the merge that made it
         // (recorded in `rev`), down to byte tokens.
-        fn reseg(t: &Tokenizer, text: &str, s: &str, rev: &HashMap<&str, (usize, usize)>, start: &[usize], out: &mut Vec<TokenId>, depth: u32) {
+        fn reseg(
+            t: &Tokenizer,
+            text: &str,
+            s: &str,
+            rev: &HashMap<&str, (usize, usize)>,
+            start: &[usize],
+            out: &mut Vec<TokenId>,
+            depth: u32,
+        ) {
             if let Some(&id) = t.by_text.get(s) {
                 out.push(id);
                 return;
             }
-            if depth < 64 {
-                if let Some(&(l, r)) = rev.get(s) {
-                    let ls = &text[start[l]..start[r]];
-                    let rs = &text[start[r]..start[l] + s.len()];
-                    reseg(t, text, ls, rev, start, out, depth + 1);
-                    reseg(t, text, rs, rev, start, out, depth + 1);
-                    return;
-                }
+            if depth < 64
+                && let Some(&(l, r)) = rev.get(s)
+            {
+                let ls = &text[start[l]..start[r]];
+                let rs = &text[start[r]..start[l] + s.len()];
+                reseg(t, text, ls, rev, start, out, depth + 1);
+                reseg(t, text, rs, rev, start, out, depth + 1);
+                return;
             }
             for b in s.bytes() {
                 out.extend(t.byte_token(b));
@@ -374,12 +426,15 @@ impl Tokenizer {
     /// Byte-level BPE: pre-split, byte-encode, merge by rank (ties: leftmost first).
     fn bpe(&self, text: &str, out: &mut Vec<TokenId>) {
         for word in self.pre_split(text) {
-            let enc: String = word.bytes().map(|b| self.byte_to_char[b as usize]).collect();
-            if self.ignore_merges {
-                if let Some(&id) = self.by_text.get(&enc) {
-                    out.push(id);
-                    continue;
-                }
+            let enc: String = word
+                .bytes()
+                .map(|b| self.byte_to_char[b as usize])
+                .collect();
+            if self.ignore_merges
+                && let Some(&id) = self.by_text.get(&enc)
+            {
+                out.push(id);
+                continue;
             }
             let mut syms: Vec<String> = enc.chars().map(String::from).collect();
             // Small words dominate; a quadratic "find the best pair" loop beats a heap here and
@@ -388,10 +443,10 @@ impl Tokenizer {
                 let mut best: Option<(u32, usize)> = None;
                 for i in 0..syms.len().saturating_sub(1) {
                     let key = format!("{} {}", syms[i], syms[i + 1]);
-                    if let Some(&r) = self.ranks.get(&key) {
-                        if best.is_none_or(|(br, _)| r < br) {
-                            best = Some((r, i));
-                        }
+                    if let Some(&r) = self.ranks.get(&key)
+                        && best.is_none_or(|(br, _)| r < br)
+                    {
+                        best = Some((r, i));
                     }
                 }
                 let Some((_, i)) = best else { break };
@@ -449,7 +504,10 @@ impl Tokenizer {
 
     /// Decodes ids to text (lossy for invalid UTF-8), without special tokens.
     pub fn decode(&self, ids: &[TokenId]) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i, false)).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| self.token_bytes(i, false))
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

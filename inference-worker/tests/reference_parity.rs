@@ -6,6 +6,9 @@
 //! rounding may flip); over those steps every top-20 logit agrees within `LOGIT_TOL`.
 //! The model is fed llama.cpp's own greedy ids, so each step compares the same context.
 
+// Test code: a failed unwrap is a test failure with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -24,9 +27,9 @@ fn fixtures() -> Vec<PathBuf> {
         .map(|r| r.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     v.retain(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("smollm2_") && n.ends_with(".json") && !n.contains("template"))
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.starts_with("smollm2_") && n.ends_with(".json") && !n.contains("template")
+        })
     });
     v.sort();
     v
@@ -34,9 +37,14 @@ fn fixtures() -> Vec<PathBuf> {
 
 #[test]
 fn greedy_and_logits_match_llama_cpp() {
-    let Some(path) = test_model(SMOLLM2) else { return };
+    let Some(path) = test_model(SMOLLM2) else {
+        return;
+    };
     let fx = fixtures();
-    assert!(fx.len() >= 5, "expected 5 fixtures in tests/fixtures (run scripts/reference.py fixtures)");
+    assert!(
+        fx.len() >= 5,
+        "expected 5 fixtures in tests/fixtures (run scripts/reference.py fixtures)"
+    );
     let loaded = switchyard_worker::load(&path, |_| {}).unwrap();
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let mut worst = 0f32;
@@ -44,27 +52,49 @@ fn greedy_and_logits_match_llama_cpp() {
     for f in fx {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
         let prompt = v["prompt"].as_str().unwrap();
-        let want_ids: Vec<u32> = v["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want_ids: Vec<u32> = v["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         let ids = tok.encode(prompt, true, true);
         assert_eq!(ids, want_ids, "{}: prompt tokens differ", f.display());
         let mut cache = KvCache::new(&model.cfg);
         let mut input = ids.clone();
         for (step, s) in v["steps"].as_array().unwrap().iter().enumerate() {
-            let top: Vec<(u32, f32)> = s["top"].as_array().unwrap().iter()
+            let top: Vec<(u32, f32)> = s["top"]
+                .as_array()
+                .unwrap()
+                .iter()
                 .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32))
                 .collect();
             if top[0].1 - top[1].1 < NEAR_TIE {
-                eprintln!("{}: near-tie at step {step}, stopping comparison", f.display());
+                eprintln!(
+                    "{}: near-tie at step {step}, stopping comparison",
+                    f.display()
+                );
                 break;
             }
-            let logits = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &input, all_logits: false }]).remove(0);
+            let logits = model
+                .forward(&mut [SeqInput {
+                    cache: &mut cache,
+                    tokens: &input,
+                    all_logits: false,
+                }])
+                .remove(0);
             let ours = switchyard_worker::sampling::argmax(&logits);
             let want = s["id"].as_u64().unwrap() as u32;
             assert_eq!(ours, want, "{}: greedy differs at step {step}", f.display());
             for (id, l) in &top {
                 let d = (logits[*id as usize] - l).abs();
                 worst = worst.max(d);
-                assert!(d <= LOGIT_TOL, "{}: step {step} token {id}: ours {} vs llama.cpp {l}", f.display(), logits[*id as usize]);
+                assert!(
+                    d <= LOGIT_TOL,
+                    "{}: step {step} token {id}: ours {} vs llama.cpp {l}",
+                    f.display(),
+                    logits[*id as usize]
+                );
             }
             compared += 1;
             input = vec![want];
@@ -76,11 +106,19 @@ fn greedy_and_logits_match_llama_cpp() {
 
 #[test]
 fn chat_template_renders_like_jinja2() {
-    let Some(path) = test_model(SMOLLM2) else { return };
-    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_chat_template.json");
+    let Some(path) = test_model(SMOLLM2) else {
+        return;
+    };
+    let f =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_chat_template.json");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
     let loaded = switchyard_worker::load(&path, |_| {}).unwrap();
-    for (conv, want) in v["conversations"].as_array().unwrap().iter().zip(v["rendered"].as_array().unwrap()) {
+    for (conv, want) in v["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(v["rendered"].as_array().unwrap())
+    {
         let got = loaded.template.render(conv, None, true).unwrap();
         assert_eq!(got, want.as_str().unwrap());
     }

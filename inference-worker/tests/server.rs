@@ -1,5 +1,8 @@
 //! End-to-end: the real `switchyard-worker` binary on SmolLM2, spoken to over HTTP.
 
+// Test code: a failed unwrap is a test failure with its message.
+#![allow(clippy::unwrap_used, clippy::zombie_processes)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -34,8 +37,14 @@ fn start(extra: &[&str]) -> Option<Worker> {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "worker exited before listening");
-        if let Some(a) = line.trim().strip_prefix("switchyard-worker listening on http://") {
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "worker exited before listening"
+        );
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("switchyard-worker listening on http://")
+        {
             let addr = a.to_string();
             std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
             return Some(Worker { child, addr });
@@ -53,7 +62,10 @@ fn http(w: &Worker, method: &str, path: &str, body: Option<&Value>) -> (u16, Str
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap();
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut r = rest;
         loop {
@@ -74,7 +86,10 @@ fn http(w: &Worker, method: &str, path: &str, body: Option<&Value>) -> (u16, Str
 
 fn post(w: &Worker, path: &str, body: Value) -> (u16, Value) {
     let (s, b) = http(w, "POST", path, Some(&body));
-    (s, serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}")))
+    (
+        s,
+        serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}")),
+    )
 }
 
 /// SSE events of a streaming response (without `[DONE]`), and whether `[DONE]` came.
@@ -103,23 +118,40 @@ fn chat(content: &str) -> Value {
 fn chat_and_completions_stream_and_not_with_usage() {
     let Some(w) = start(&[]) else { return };
     // Non-streaming chat, greedy.
-    let (s, v) = post(&w, "/v1/chat/completions", json!({"model": "smol", "messages": chat("What is the capital of France?"), "max_tokens": 24, "temperature": 0}));
+    let (s, v) = post(
+        &w,
+        "/v1/chat/completions",
+        json!({"model": "smol", "messages": chat("What is the capital of France?"), "max_tokens": 24, "temperature": 0}),
+    );
     assert_eq!(s, 200, "{v}");
-    let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!text.is_empty());
     assert_eq!(v["object"], "chat.completion");
     let u = &v["usage"];
-    let (p, c) = (u["prompt_tokens"].as_u64().unwrap(), u["completion_tokens"].as_u64().unwrap());
-    assert!(p > 10 && c >= 1 && c <= 24, "{u}");
+    let (p, c) = (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(p > 10 && (1..=24).contains(&c), "{u}");
     assert_eq!(u["total_tokens"].as_u64().unwrap(), p + c);
     let fr = v["choices"][0]["finish_reason"].as_str().unwrap();
     assert!(fr == "stop" || (fr == "length" && c == 24), "{fr} {c}");
 
     // Streaming chat gives the same greedy text, and usage in the include_usage chunk.
-    let (evs, done) = stream(&w, "/v1/chat/completions", json!({"messages": chat("What is the capital of France?"), "max_tokens": 24, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}));
+    let (evs, done) = stream(
+        &w,
+        "/v1/chat/completions",
+        json!({"messages": chat("What is the capital of France?"), "max_tokens": 24, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
+    );
     assert!(done);
     assert_eq!(evs[0]["choices"][0]["delta"]["role"], "assistant");
-    let streamed: String = evs.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    let streamed: String = evs
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(streamed, text);
     let last = evs.last().unwrap();
     assert_eq!(last["choices"].as_array().unwrap().len(), 0);
@@ -127,20 +159,35 @@ fn chat_and_completions_stream_and_not_with_usage() {
     assert_eq!(last["usage"]["prompt_tokens"].as_u64().unwrap(), p);
 
     // Completions, both ways.
-    let (s, v) = post(&w, "/v1/completions", json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}));
+    let (s, v) = post(
+        &w,
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}),
+    );
     assert_eq!(s, 200, "{v}");
     let ctext = v["choices"][0]["text"].as_str().unwrap().to_string();
     assert_eq!(v["usage"]["completion_tokens"], 12);
     assert_eq!(v["choices"][0]["finish_reason"], "length");
-    let (evs, done) = stream(&w, "/v1/completions", json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "stream": true}));
+    let (evs, done) = stream(
+        &w,
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "stream": true}),
+    );
     assert!(done);
-    let st: String = evs.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+    let st: String = evs
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
     assert_eq!(st, ctext);
     // Usage is reported on the final chunk even without include_usage.
     assert_eq!(evs.last().unwrap()["usage"]["completion_tokens"], 12);
 
     // Logprobs.
-    let (_, v) = post(&w, "/v1/chat/completions", json!({"messages": chat("Hi"), "max_tokens": 3, "temperature": 0, "logprobs": true, "top_logprobs": 2}));
+    let (_, v) = post(
+        &w,
+        "/v1/chat/completions",
+        json!({"messages": chat("Hi"), "max_tokens": 3, "temperature": 0, "logprobs": true, "top_logprobs": 2}),
+    );
     let lp = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
     assert!(!lp.is_empty());
     assert_eq!(lp[0]["top_logprobs"].as_array().unwrap().len(), 2);
@@ -157,10 +204,17 @@ fn seed_reproduces_and_stop_strings_cut() {
     let texts: std::collections::HashSet<String> = (0..4)
         .map(|i| post(&w, "/v1/completions", json!({"prompt": "The best thing about summer is", "max_tokens": 20, "temperature": 1.0, "seed": i})).1["choices"][0]["text"].as_str().unwrap().to_string())
         .collect();
-    assert!(texts.len() > 1, "different seeds should give different samples");
+    assert!(
+        texts.len() > 1,
+        "different seeds should give different samples"
+    );
 
     // Greedy text, then stop on a word from its middle.
-    let (_, g) = post(&w, "/v1/completions", json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0}));
+    let (_, g) = post(
+        &w,
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0}),
+    );
     let full = g["choices"][0]["text"].as_str().unwrap().to_string();
     let words: Vec<&str> = full.split_whitespace().collect();
     assert!(words.len() > 4, "{full}");
@@ -170,11 +224,28 @@ fn seed_reproduces_and_stop_strings_cut() {
         let req = json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "stop": [stop], "stream": streamed});
         let (text, finish) = if streamed {
             let (evs, _) = stream(&w, "/v1/completions", req);
-            (evs.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect::<String>(),
-             evs.iter().rev().find_map(|e| e["choices"][0]["finish_reason"].as_str().map(str::to_string)).unwrap())
+            (
+                evs.iter()
+                    .filter_map(|e| e["choices"][0]["text"].as_str())
+                    .collect::<String>(),
+                evs.iter()
+                    .rev()
+                    .find_map(|e| {
+                        e["choices"][0]["finish_reason"]
+                            .as_str()
+                            .map(str::to_string)
+                    })
+                    .unwrap(),
+            )
         } else {
             let (_, v) = post(&w, "/v1/completions", req);
-            (v["choices"][0]["text"].as_str().unwrap().to_string(), v["choices"][0]["finish_reason"].as_str().unwrap().to_string())
+            (
+                v["choices"][0]["text"].as_str().unwrap().to_string(),
+                v["choices"][0]["finish_reason"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
         };
         assert_eq!(text, full[..at], "stream={streamed}");
         assert_eq!(finish, "stop");
@@ -183,16 +254,35 @@ fn seed_reproduces_and_stop_strings_cut() {
 
 #[test]
 fn errors_are_openai_shaped() {
-    let Some(w) = start(&["--ctx-size", "64"]) else { return };
+    let Some(w) = start(&["--ctx-size", "64"]) else {
+        return;
+    };
     let long = "word ".repeat(200);
-    let (s, v) = post(&w, "/v1/completions", json!({"prompt": long, "max_tokens": 5}));
+    let (s, v) = post(
+        &w,
+        "/v1/completions",
+        json!({"prompt": long, "max_tokens": 5}),
+    );
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["error"]["code"], "context_length_exceeded");
-    assert!(v["error"]["message"].as_str().unwrap().contains("maximum context length is 64"));
-    let (s, v) = post(&w, "/v1/chat/completions", json!({"messages": chat("hi"), "max_tokens": 1000}));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length is 64")
+    );
+    let (s, v) = post(
+        &w,
+        "/v1/chat/completions",
+        json!({"messages": chat("hi"), "max_tokens": 1000}),
+    );
     assert_eq!(s, 400);
     assert_eq!(v["error"]["code"], "context_length_exceeded");
-    let (s, v) = post(&w, "/v1/chat/completions", json!({"messages": chat("hi"), "temperature": 5}));
+    let (s, v) = post(
+        &w,
+        "/v1/chat/completions",
+        json!({"messages": chat("hi"), "temperature": 5}),
+    );
     assert_eq!(s, 400);
     assert_eq!(v["error"]["param"], "temperature");
     assert_eq!(v["error"]["type"], "invalid_request_error");
@@ -211,18 +301,28 @@ fn errors_are_openai_shaped() {
 
 #[test]
 fn busy_port_and_bad_model_fail_clearly() {
-    let Some(model) = test_model(SMOLLM2) else { return };
+    let Some(model) = test_model(SMOLLM2) else {
+        return;
+    };
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard-worker"))
-        .arg("--model").arg(&model).args(["--port", &port]).output().unwrap();
+        .arg("--model")
+        .arg(&model)
+        .args(["--port", &port])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.gguf");
     std::fs::write(&bad, b"not a model at all").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard-worker"))
-        .arg("--model").arg(&bad).args(["--port", "0"]).output().unwrap();
+        .arg("--model")
+        .arg(&bad)
+        .args(["--port", "0"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
 }

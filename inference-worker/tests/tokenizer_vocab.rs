@@ -1,12 +1,17 @@
 //! The tokenizers reproduce llama.cpp's expected ids for every line of its vocab test files
 //! (`ggml-vocab-llama-{spm,bpe}.gguf.inp/.out`, from the llama-cpp-python source package).
 
+// Test code: a failed unwrap is a test failure with its message.
+#![allow(clippy::unwrap_used)]
+
 use switchyard_worker::gguf::Gguf;
 use switchyard_worker::models_dir::{models_dir, test_model};
 use switchyard_worker::tokenizer::Tokenizer;
 
 fn check(vocab: &str) {
-    let Some(path) = test_model(vocab) else { return };
+    let Some(path) = test_model(vocab) else {
+        return;
+    };
     let g = Gguf::open(&path).unwrap();
     let tok = Tokenizer::from_gguf(&g).unwrap();
     let inp = std::fs::read_to_string(models_dir().join(format!("{vocab}.inp"))).unwrap();
@@ -31,12 +36,22 @@ fn check(vocab: &str) {
         }
         // Decoding gives the text back (SPM adds a leading space).
         let back = tok.decode(&got);
-        let back = if tok.add_space_prefix { back.strip_prefix(' ').unwrap_or(&back).to_string() } else { back };
+        let back = if tok.add_space_prefix {
+            back.strip_prefix(' ').unwrap_or(&back).to_string()
+        } else {
+            back
+        };
         if back != text && !text.contains('\u{FFFD}') {
             failures.push(format!("roundtrip {text:?} -> {back:?}"));
         }
     }
-    assert!(failures.is_empty(), "{vocab}: {} of {} failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{vocab}: {} of {} failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

