@@ -106,6 +106,7 @@ struct Seq {
     held: String,
     last: Option<TokenId>,
     done: bool,
+    cancelled: bool,
 }
 
 impl Engine {
@@ -178,10 +179,10 @@ fn scheduler(
                 held: String::new(),
                 last: None,
                 done: false,
+                cancelled: false,
                 req,
             });
         }
-        m.active.store(active.len() as u64, Ordering::Relaxed);
         // Drop sequences whose client went away.
         active.retain(|s| {
             let gone = s.req.events.is_closed();
@@ -190,6 +191,7 @@ fn scheduler(
             }
             !gone
         });
+        m.active.store(active.len() as u64, Ordering::Relaxed);
         if active.is_empty() {
             continue;
         }
@@ -231,7 +233,10 @@ fn scheduler(
             m.generated_tokens.fetch_add(1, Ordering::Relaxed);
             step_sequence(s, id, &lg, &tok);
         }
+        let n_cancelled = active.iter().filter(|s| s.cancelled).count();
+        m.cancelled.fetch_add(n_cancelled as u64, Ordering::Relaxed);
         active.retain(|s| !s.done);
+        m.active.store(active.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -316,7 +321,9 @@ fn step_sequence(s: &mut Seq, id: TokenId, logits: &[f32], tok: &Tokenizer) {
         .send(Event::Token { text, logprob: lp })
         .is_err()
     {
+        // The receiver is gone: the client disconnected.
         s.done = true;
+        s.cancelled = true;
         return;
     }
     if s.generated.len() >= s.req.max_tokens || s.cache.len() + 1 >= s.cache_limit() {

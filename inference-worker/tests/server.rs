@@ -326,3 +326,36 @@ fn busy_port_and_bad_model_fail_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
 }
+
+#[test]
+fn client_disconnect_cancels_generation() {
+    let Some(w) = start(&[]) else { return };
+    let mut s = TcpStream::connect(&w.addr).unwrap();
+    let b = json!({"prompt": "Count from one to a thousand:", "max_tokens": 4000, "temperature": 0, "stream": true}).to_string();
+    write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).unwrap();
+    // Wait until tokens flow, then hang up.
+    let mut buf = [0u8; 4096];
+    let mut got = 0;
+    while got < 600 {
+        got += s.read(&mut buf).unwrap();
+    }
+    drop(s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, m) = http(&w, "GET", "/metrics", None);
+        let cancelled = m
+            .lines()
+            .any(|l| l == "switchyard_worker_cancelled_total 1");
+        let idle = m
+            .lines()
+            .any(|l| l == "switchyard_worker_active_sequences 0");
+        if cancelled && idle {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "generation was not cancelled:\n{m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
