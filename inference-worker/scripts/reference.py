@@ -49,6 +49,14 @@ def load(threads, logits_all=False):
                  n_threads_batch=threads, n_batch=512, logits_all=logits_all, verbose=False)
 
 
+def last_logits(llm):
+    """Logits of the last evaluated token, read from llama.cpp's context directly."""
+    import numpy as np
+    import llama_cpp
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32).copy()
+
+
 def fixtures(args):
     import numpy as np
     import llama_cpp
@@ -61,7 +69,7 @@ def fixtures(args):
         llm.eval(ids)
         steps = []
         for _ in range(args.steps):
-            logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            logits = last_logits(llm)
             top = np.argsort(-logits)[:20]
             gid = int(top[0])
             steps.append({"id": gid, "top": [[int(t), float(logits[t])] for t in top]})
@@ -101,7 +109,7 @@ def bench(args):
     import numpy as np
     t = time.perf_counter()
     for _ in range(args.gen):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last_logits(llm)))
         llm.eval([tok])
     dec = args.gen / (time.perf_counter() - t)
     print(json.dumps({"engine": "llama.cpp (llama-cpp-python)", "threads": args.threads,

@@ -347,8 +347,11 @@ impl Model {
             }
             for t in 0..n {
                 let cache = &mut *seqs[owner[t]].cache;
-                cache.k[li].extend_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
-                cache.v[li].extend_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+                // Stored at f16 precision, as llama.cpp's default KV cache does, so that long
+                // generations track llama.cpp's numerics.
+                let r = |x: &f32| half::f16::from_f32(*x).to_f32();
+                cache.k[li].extend(k[t * kv_dim..(t + 1) * kv_dim].iter().map(r));
+                cache.v[li].extend(v[t * kv_dim..(t + 1) * kv_dim].iter().map(r));
             }
             {
                 let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
