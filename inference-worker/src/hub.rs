@@ -65,18 +65,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HubError + '_ {
     }
 }
 
-/// The model cache: `$SWITCHYARD_MODELS`, else `$XDG_CACHE_HOME/switchyard/models`, else
-/// `~/.cache/switchyard/models`.
+/// The model cache (see [`crate::models_dir`]).
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SWITCHYARD_MODELS").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("switchyard").join("models")
+    crate::models_dir::models_dir()
 }
 
 /// The known model called `name`, if any.

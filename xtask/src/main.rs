@@ -3,6 +3,9 @@
 //! - `test [ARGS...]`: the test command the README and CI run. Builds the binaries the
 //!   end-to-end tests start, prepares what the tests need, then runs
 //!   `cargo test --workspace ARGS...`.
+//! - `fetch-models`: downloads the worker's test models into the model cache (see `models`).
+
+mod models;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -15,9 +18,10 @@ fn main() -> ExitCode {
     };
     let result = match cmd {
         "test" => test(rest),
+        "fetch-models" => models::fetch_models(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, then cargo test --workspace ARGS..."
+                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)"
             );
             Ok(())
         }

@@ -1,0 +1,566 @@
+//! The `llama` architecture family (Llama 2/3/3.1, Mistral, SmolLM2) and its CPU forward pass.
+//!
+//! Hyper-parameters come from GGUF metadata; weights stay memory-mapped in their file format
+//! and are multiplied with `quant::vec_dot`. One `forward` call runs a *batch* of sequences
+//! (each with its own `KvCache` and any number of new tokens), so prefill and the decode steps
+//! of many concurrent requests share every weight pass: that is what the engine's continuous
+//! batching relies on. Work is spread over all cores with rayon (matmul rows, attention heads).
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::gguf::{Gguf, GgufError};
+use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot};
+
+/// Model hyper-parameters.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub arch: String,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    pub n_rot: usize,
+    /// Divides positions (linear RoPE scaling).
+    pub rope_linear: f32,
+}
+
+/// A weight matrix: `rows` rows of `cols` elements, row-major, in its file format.
+#[derive(Debug, Clone, Copy)]
+pub struct Weight {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    offset: usize,
+    row_bytes: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    wo: Weight,
+    ffn_norm: Vec<f32>,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
+}
+
+pub struct Model {
+    pub cfg: Config,
+    gguf: Arc<Gguf>,
+    tok_embd: Weight,
+    output_norm: Vec<f32>,
+    output: Weight,
+    layers: Vec<Layer>,
+    /// Per rotary pair: the inverse frequency, including llama3-style per-frequency factors.
+    inv_freq: Vec<f32>,
+}
+
+/// Keys and values of one sequence, per layer, `n_head_kv * head_dim` floats per position.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    width: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &Config) -> KvCache {
+        KvCache {
+            k: vec![Vec::new(); cfg.n_layer],
+            v: vec![Vec::new(); cfg.n_layer],
+            len: 0,
+            width: cfg.n_head_kv * cfg.head_dim,
+        }
+    }
+    /// Positions already stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Drops positions from `n` on (used to reuse a common prompt prefix).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len {
+            for l in 0..self.k.len() {
+                self.k[l].truncate(n * self.width);
+                self.v[l].truncate(n * self.width);
+            }
+            self.len = n;
+        }
+    }
+}
+
+/// One sequence's part of a forward batch.
+pub struct SeqInput<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    /// Logits for every new token (tests, prompt logprobs) instead of only the last.
+    pub all_logits: bool,
+}
+
+fn weight(g: &Gguf, name: &str, cols: usize, rows: Option<usize>) -> Result<Weight, GgufError> {
+    let (info, _) = g.tensor(name)?;
+    let c = info.dims[0] as usize;
+    let r = info.dims.get(1).copied().unwrap_or(1) as usize;
+    if c != cols || rows.is_some_and(|rr| rr != r) {
+        return Err(GgufError::Bad(format!(
+            "tensor `{name}` has shape {:?}, expected [{cols}, {}]",
+            info.dims,
+            rows.map_or("?".to_string(), |r| r.to_string())
+        )));
+    }
+    Ok(Weight {
+        ty: info.ty,
+        rows: r,
+        cols: c,
+        offset: info.offset,
+        row_bytes: info.ty.row_bytes(c),
+    })
+}
+
+fn vector(g: &Gguf, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
+    let (info, bytes) = g.tensor(name)?;
+    if info.n_elements() as usize != n {
+        return Err(GgufError::Bad(format!(
+            "tensor `{name}` has {} elements, expected {n}",
+            info.n_elements()
+        )));
+    }
+    let mut out = vec![0f32; n];
+    dequantize_row(info.ty, bytes, &mut out);
+    Ok(out)
+}
+
+impl Model {
+    /// Builds the model from an opened GGUF file.
+    pub fn load(g: Arc<Gguf>) -> Result<Model, GgufError> {
+        let arch = g
+            .get_str("general.architecture")
+            .ok_or_else(|| GgufError::MissingKey("general.architecture".into()))?
+            .to_string();
+        // Mistral 7B and SmolLM2 are stored as `llama` in GGUF.
+        if !matches!(arch.as_str(), "llama" | "mistral") {
+            return Err(GgufError::Bad(format!(
+                "unsupported architecture `{arch}` (supported: llama family: Llama 2/3/3.1, Mistral, SmolLM2)"
+            )));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let req_u = |k: &str| -> Result<usize, GgufError> {
+            g.get_u64(&key(k))
+                .map(|v| v as usize)
+                .ok_or_else(|| GgufError::MissingKey(key(k)))
+        };
+        let n_embd = req_u("embedding_length")?;
+        let n_layer = req_u("block_count")?;
+        let n_head = req_u("attention.head_count")?;
+        let n_head_kv = g
+            .get_u64(&key("attention.head_count_kv"))
+            .map_or(n_head, |v| v as usize);
+        let n_ff = req_u("feed_forward_length")?;
+        if n_head == 0 || n_head_kv == 0 || n_embd % n_head != 0 || n_head % n_head_kv != 0 {
+            return Err(GgufError::Bad(format!(
+                "inconsistent heads: embedding {n_embd}, heads {n_head}, kv heads {n_head_kv}"
+            )));
+        }
+        let head_dim = g
+            .get_u64(&key("attention.key_length"))
+            .map_or(n_embd / n_head, |v| v as usize);
+        let n_rot = g
+            .get_u64(&key("rope.dimension_count"))
+            .map_or(head_dim, |v| v as usize)
+            .min(head_dim);
+        let (te_info, _) = g.tensor("token_embd.weight")?;
+        let n_vocab = te_info.dims.get(1).copied().unwrap_or(0) as usize;
+        let cfg = Config {
+            n_embd,
+            n_layer,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff,
+            n_vocab,
+            n_ctx_train: g
+                .get_u64(&key("context_length"))
+                .map_or(2048, |v| v as usize),
+            rms_eps: g
+                .get_f32(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5),
+            rope_base: g.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
+            n_rot,
+            rope_linear: match g.get_str(&key("rope.scaling.type")) {
+                Some("linear") => g.get_f32(&key("rope.scaling.factor")).unwrap_or(1.0),
+                _ => 1.0,
+            },
+            arch: arch.clone(),
+        };
+        let tok_embd = weight(&g, "token_embd.weight", n_embd, Some(n_vocab))?;
+        let output = if g.tensor_info("output.weight").is_some() {
+            weight(&g, "output.weight", n_embd, Some(n_vocab))?
+        } else {
+            tok_embd // tied embeddings
+        };
+        let q_dim = n_head * head_dim;
+        let kv_dim = n_head_kv * head_dim;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vector(&g, &n("attn_norm"), n_embd)?,
+                wq: weight(&g, &n("attn_q"), n_embd, Some(q_dim))?,
+                wk: weight(&g, &n("attn_k"), n_embd, Some(kv_dim))?,
+                wv: weight(&g, &n("attn_v"), n_embd, Some(kv_dim))?,
+                wo: weight(&g, &n("attn_output"), q_dim, Some(n_embd))?,
+                ffn_norm: vector(&g, &n("ffn_norm"), n_embd)?,
+                w_gate: weight(&g, &n("ffn_gate"), n_embd, Some(n_ff))?,
+                w_up: weight(&g, &n("ffn_up"), n_embd, Some(n_ff))?,
+                w_down: weight(&g, &n("ffn_down"), n_ff, Some(n_embd))?,
+            });
+        }
+        for w in layers
+            .iter()
+            .flat_map(|l| [l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down])
+        {
+            if w.cols % 32 != 0 {
+                return Err(GgufError::Bad(format!(
+                    "row length {} is not a multiple of 32",
+                    w.cols
+                )));
+            }
+        }
+        let output_norm = vector(&g, "output_norm.weight", n_embd)?;
+        // RoPE frequencies; Llama 3.1 GGUFs carry the llama3 scaling as per-pair factors.
+        let factors = if g.tensor_info("rope_freqs.weight").is_some() {
+            Some(vector(&g, "rope_freqs.weight", n_rot / 2)?)
+        } else if g.get_str(&key("rope.scaling.type")) == Some("llama3") {
+            Some(llama3_factors(&g, &arch, &cfg))
+        } else {
+            None
+        };
+        let inv_freq = (0..n_rot / 2)
+            .map(|i| {
+                let f = cfg.rope_base.powf(-(2.0 * i as f32) / n_rot as f32);
+                f / factors
+                    .as_ref()
+                    .and_then(|v| v.get(i))
+                    .copied()
+                    .unwrap_or(1.0)
+            })
+            .collect();
+        Ok(Model {
+            cfg,
+            gguf: g,
+            tok_embd,
+            output_norm,
+            output,
+            layers,
+            inv_freq,
+        })
+    }
+
+    fn rows(&self, w: &Weight) -> &[u8] {
+        &self.gguf.bytes()[w.offset..w.offset + w.rows * w.row_bytes]
+    }
+
+    /// Touches every weight page once so the first request does not pay for disk reads,
+    /// calling `progress(done, total)` as it goes.
+    pub fn warm_up(&self, mut progress: impl FnMut(usize, usize)) {
+        let bytes = self.gguf.bytes();
+        let total = bytes.len();
+        let step = (total / 20).max(1);
+        let mut acc = 0u8;
+        let mut next = step;
+        let mut i = 0;
+        while i < total {
+            acc = acc.wrapping_add(bytes[i]);
+            if i >= next {
+                progress(i, total);
+                next += step;
+            }
+            i += 4096;
+        }
+        std::hint::black_box(acc);
+        progress(total, total);
+    }
+
+    /// Runs the new tokens of every sequence through the model, appends their keys/values to
+    /// the caches, and returns per sequence the logits of its last token (or of every new
+    /// token, `n_vocab` each, when `all_logits`).
+    pub fn forward(&self, seqs: &mut [SeqInput<'_>]) -> Vec<Vec<f32>> {
+        let c = &self.cfg;
+        let d = c.n_embd;
+        let hd = c.head_dim;
+        let q_dim = c.n_head * hd;
+        let kv_dim = c.n_head_kv * hd;
+        // Flatten: token t belongs to sequence owner[t] at position pos[t].
+        let mut owner = Vec::new();
+        let mut pos = Vec::new();
+        let mut ids = Vec::new();
+        for (s, inp) in seqs.iter().enumerate() {
+            for (i, &t) in inp.tokens.iter().enumerate() {
+                owner.push(s);
+                pos.push(inp.cache.len + i);
+                ids.push(t);
+            }
+        }
+        let n = ids.len();
+        if n == 0 {
+            return vec![Vec::new(); seqs.len()];
+        }
+        let mut x = vec![0f32; n * d];
+        let emb = self.rows(&self.tok_embd);
+        for (t, &id) in ids.iter().enumerate() {
+            let id = (id as usize).min(c.n_vocab - 1);
+            let r = &emb[id * self.tok_embd.row_bytes..(id + 1) * self.tok_embd.row_bytes];
+            dequantize_row(self.tok_embd.ty, r, &mut x[t * d..(t + 1) * d]);
+        }
+        let mut acts: Vec<Q8Act> = vec![Q8Act::default(); n];
+        let mut xn = vec![0f32; n * d];
+        let mut q = vec![0f32; n * q_dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        let mut att = vec![0f32; n * q_dim];
+        let mut tmp = vec![0f32; n * d];
+        let mut gate = vec![0f32; n * c.n_ff];
+        let mut up = vec![0f32; n * c.n_ff];
+        let mut ff_acts: Vec<Q8Act> = vec![Q8Act::default(); n];
+        for (li, l) in self.layers.iter().enumerate() {
+            rms_norm(&x, &l.attn_norm, c.rms_eps, &mut xn, d);
+            quantize_all(&xn, d, &mut acts);
+            self.matmul(&l.wq, &acts, &mut q);
+            self.matmul(&l.wk, &acts, &mut k);
+            self.matmul(&l.wv, &acts, &mut v);
+            for t in 0..n {
+                self.rope(&mut q[t * q_dim..(t + 1) * q_dim], pos[t]);
+                self.rope(&mut k[t * kv_dim..(t + 1) * kv_dim], pos[t]);
+            }
+            for t in 0..n {
+                let cache = &mut *seqs[owner[t]].cache;
+                // Stored at f16 precision, as llama.cpp's default KV cache does, so that long
+                // generations track llama.cpp's numerics.
+                let r = |x: &f32| half::f16::from_f32(*x).to_f32();
+                cache.k[li].extend(k[t * kv_dim..(t + 1) * kv_dim].iter().map(r));
+                cache.v[li].extend(v[t * kv_dim..(t + 1) * kv_dim].iter().map(r));
+            }
+            {
+                let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
+                let group = c.n_head / c.n_head_kv;
+                let scale = 1.0 / (hd as f32).sqrt();
+                let q = &q;
+                att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+                    let t = i / c.n_head;
+                    let h = i % c.n_head;
+                    let kvh = h / group;
+                    let cache = caches[owner[t]];
+                    let (kc, vc) = (&cache.k[li], &cache.v[li]);
+                    let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    let len = pos[t] + 1;
+                    let mut scores = Vec::with_capacity(len);
+                    let mut max = f32::NEG_INFINITY;
+                    for p in 0..len {
+                        let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        let s = dot(qh, kr) * scale;
+                        max = max.max(s);
+                        scores.push(s);
+                    }
+                    let mut sum = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    out.fill(0.0);
+                    for (p, s) in scores.iter().enumerate() {
+                        let w = s / sum;
+                        let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        for (o, vv) in out.iter_mut().zip(vr) {
+                            *o += w * vv;
+                        }
+                    }
+                });
+            }
+            quantize_all(&att, q_dim, &mut acts);
+            self.matmul(&l.wo, &acts, &mut tmp);
+            for (a, b) in x.iter_mut().zip(&tmp) {
+                *a += b;
+            }
+            rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut xn, d);
+            quantize_all(&xn, d, &mut acts);
+            self.matmul(&l.w_gate, &acts, &mut gate);
+            self.matmul(&l.w_up, &acts, &mut up);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            quantize_all(&gate, c.n_ff, &mut ff_acts);
+            self.matmul(&l.w_down, &ff_acts, &mut tmp);
+            for (a, b) in x.iter_mut().zip(&tmp) {
+                *a += b;
+            }
+        }
+        for s in seqs.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
+        // Logits only for the rows asked for.
+        let mut want: Vec<usize> = Vec::new();
+        let mut t0 = 0;
+        for s in seqs.iter() {
+            let m = s.tokens.len();
+            if m > 0 {
+                if s.all_logits {
+                    want.extend(t0..t0 + m);
+                } else {
+                    want.push(t0 + m - 1);
+                }
+            }
+            t0 += m;
+        }
+        let mut fin = vec![0f32; want.len() * d];
+        let mut fin_acts = vec![Q8Act::default(); want.len()];
+        for (j, &t) in want.iter().enumerate() {
+            rms_norm(
+                &x[t * d..(t + 1) * d],
+                &self.output_norm,
+                c.rms_eps,
+                &mut fin[j * d..(j + 1) * d],
+                d,
+            );
+        }
+        quantize_all(&fin, d, &mut fin_acts);
+        let mut logits = vec![0f32; want.len() * c.n_vocab];
+        self.matmul(&self.output, &fin_acts, &mut logits);
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut j = 0;
+        for s in seqs.iter() {
+            let m = s.tokens.len();
+            let rows = if m == 0 {
+                0
+            } else if s.all_logits {
+                m
+            } else {
+                1
+            };
+            out.push(logits[j * c.n_vocab..(j + rows) * c.n_vocab].to_vec());
+            j += rows;
+        }
+        out
+    }
+
+    /// Rotates adjacent pairs (GGUF llama tensors are permuted for this "normal" RoPE).
+    fn rope(&self, v: &mut [f32], pos: usize) {
+        let hd = self.cfg.head_dim;
+        let p = pos as f32 / self.cfg.rope_linear;
+        for head in v.chunks_exact_mut(hd) {
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                let (s, c) = (p * f).sin_cos();
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * c - b * s;
+                head[2 * i + 1] = a * s + b * c;
+            }
+        }
+    }
+
+    /// `out[t][r] = W[r] · act[t]` for every token `t`, rows spread over the thread pool.
+    fn matmul(&self, w: &Weight, acts: &[Q8Act], out: &mut [f32]) {
+        let data = self.rows(w);
+        let n = acts.len();
+        let rb = w.row_bytes;
+        // Blocks of rows so that a block's weights stay in cache while every token uses them.
+        let block = 16usize;
+        if n == 1 {
+            out[..w.rows]
+                .par_chunks_mut(block)
+                .enumerate()
+                .for_each(|(bi, o)| {
+                    for (j, y) in o.iter_mut().enumerate() {
+                        let r = bi * block + j;
+                        *y = vec_dot(w.ty, &data[r * rb..(r + 1) * rb], &acts[0]);
+                    }
+                });
+            return;
+        }
+        let mut tr = vec![0f32; w.rows * n];
+        tr.par_chunks_mut(block * n)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                for (j, row_out) in o.chunks_mut(n).enumerate() {
+                    let r = bi * block + j;
+                    let row = &data[r * rb..(r + 1) * rb];
+                    for (t, y) in row_out.iter_mut().enumerate() {
+                        *y = vec_dot(w.ty, row, &acts[t]);
+                    }
+                }
+            });
+        for r in 0..w.rows {
+            for t in 0..n {
+                out[t * w.rows + r] = tr[r * n + t];
+            }
+        }
+    }
+}
+
+/// llama3-style RoPE factors from metadata when the file has no `rope_freqs` tensor.
+fn llama3_factors(g: &Gguf, arch: &str, cfg: &Config) -> Vec<f32> {
+    let k = |s: &str| format!("{arch}.rope.scaling.{s}");
+    let factor = g.get_f32(&k("factor")).unwrap_or(8.0);
+    let low = g.get_f32(&k("low_freq_factor")).unwrap_or(1.0);
+    let high = g.get_f32(&k("high_freq_factor")).unwrap_or(4.0);
+    let orig = g.get_f32(&k("original_context_length")).unwrap_or(8192.0);
+    let low_wl = orig / low;
+    let high_wl = orig / high;
+    (0..cfg.n_rot / 2)
+        .map(|i| {
+            let freq = cfg.rope_base.powf(-(2.0 * i as f32) / cfg.n_rot as f32);
+            let wl = 2.0 * std::f32::consts::PI / freq;
+            if wl < high_wl {
+                1.0
+            } else if wl > low_wl {
+                factor
+            } else {
+                let smooth = (orig / wl - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums let the compiler vectorise without reassociating one accumulator.
+    let mut acc = [0f32; 8];
+    let ch = a.len() / 8 * 8;
+    for i in (0..ch).step_by(8) {
+        for j in 0..8 {
+            acc[j] += a[i + j] * b[i + j];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in ch..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], d: usize) {
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * s * g;
+        }
+    }
+}
+
+fn quantize_all(x: &[f32], d: usize, acts: &mut [Q8Act]) {
+    acts.par_iter_mut()
+        .zip(x.par_chunks(d))
+        .for_each(|(a, r)| a.quantize(r));
+}
