@@ -62,6 +62,9 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
+    // The worker's tests run real models; fetching is idempotent (a cache hit is instant).
+    models::fetch_models()?;
+
     // The end-to-end tests start these binaries; build them up front (the test harness
     // would otherwise build them from inside the test run).
     let mut build = cargo();
