@@ -137,6 +137,12 @@ async fn run(runtime: Runtime) -> ExitCode {
         tracing::info!(route = %r.name, targets = %targets.join(", "), "route");
     }
     let gw = Gateway::new(runtime);
+    // `/readyz` turns ready only once the plugins are loaded.
+    let plugins_gw = gw.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::plugins::start(&plugins_gw.plugins, &plugins_gw.runtime())
+    })
+    .await;
     gw.set_ready(true);
     let scheme = if settings.tls.is_some() {
         "https"
@@ -171,6 +177,10 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     match config::load(&source) {
         Ok(rt) => {
             print_summary(&rt);
+            if let Err(e) = crate::plugins::check(&rt) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -66,6 +66,16 @@ pub enum GatewayError {
     UpstreamBroken { backend: String, detail: String },
     #[error("backend `{backend}` sent an invalid response: {detail}")]
     UpstreamGarbage { backend: String, detail: String },
+    /// A plugin call failed and `[plugins] on_error = "reject"`.
+    #[error("plugin `{plugin}` failed at stage {stage} ({detail})")]
+    PluginFailed {
+        plugin: String,
+        stage: &'static str,
+        detail: String,
+    },
+    /// A `validate` plugin rejected the answer and no fallback served one.
+    #[error("plugin `{plugin}` rejected the answer: {reason}")]
+    PluginRejected { plugin: String, reason: String },
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -91,6 +101,8 @@ impl GatewayError {
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError { status, .. } => *status,
             ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            PluginFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            PluginRejected { .. } => StatusCode::BAD_GATEWAY,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,8 +125,9 @@ impl GatewayError {
             | UpstreamTimeout { .. }
             | UpstreamStatus { .. }
             | UpstreamGarbage { .. }
-            | UpstreamError { .. } => "upstream_error",
-            ShuttingDown | Internal(_) => "server_error",
+            | UpstreamError { .. }
+            | PluginRejected { .. } => "upstream_error",
+            ShuttingDown | Internal(_) | PluginFailed { .. } => "server_error",
         }
     }
 
@@ -134,6 +147,8 @@ impl GatewayError {
             UpstreamStatus { .. } => "upstream_http_error",
             UpstreamGarbage { .. } => "upstream_invalid_response",
             ShuttingDown => "shutting_down",
+            PluginFailed { .. } => "plugin_failed",
+            PluginRejected { .. } => "answer_rejected",
             _ => return None,
         })
     }
@@ -164,6 +179,8 @@ impl GatewayError {
             UpstreamStatus { .. } | UpstreamError { .. } => "upstream_status",
             UpstreamGarbage { .. } => "upstream_garbage",
             ShuttingDown => "shutting_down",
+            PluginFailed { .. } => "plugin_failed",
+            PluginRejected { .. } => "answer_rejected",
             Internal(_) => "internal",
         }
     }

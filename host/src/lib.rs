@@ -8,6 +8,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod openai;
+pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The request lifecycle: the one place that knows the order of the phases.
 //!
 //! ```text
-//! read body ─► parse ─► route ─► upstream attempt ─► respond (complete or streamed)
+//! read body ─► parse ─► classify ─► route ─► adapt ─► upstream attempt ─► validate ─► respond
 //! ```
 //!
 //! Each phase is a function over the per-request [`RequestCtx`] returning
@@ -24,6 +24,7 @@ use crate::error::{GatewayError, snippet};
 use crate::gateway::Gateway;
 use crate::metrics;
 use crate::openai::{self, RequestBody, ResponseProbe};
+use crate::plugins::{self, Pass, ValidateOutcome};
 use crate::router;
 use crate::sse::{StreamBody, StreamOutcome, StreamSummary};
 use crate::upstream;
@@ -87,7 +88,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             }
         }
         ("/metrics", &Method::GET) => {
-            let mut r = Response::new(GatewayBody::from(gw.metrics.render()));
+            let mut text = gw.metrics.render();
+            gw.plugins.metrics.render(&mut text);
+            let mut r = Response::new(GatewayBody::from(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -202,14 +205,32 @@ async fn run(
 ) -> Result<Answer, GatewayError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, &parts.headers, ctx.runtime.server.max_body_bytes).await?;
-    let request = RequestBody::parse(bytes, ctx.endpoint)?;
+    let mut request = RequestBody::parse(bytes, ctx.endpoint)?;
+    let mut pass = Pass::new(
+        &gw.plugins,
+        &request,
+        ctx.endpoint,
+        &parts.headers,
+        plugins::CallerInfo::default(),
+    );
 
-    let route = router::route(&ctx.runtime, &request.model)?.clone();
-    let target = router::choose_target(&route).clone();
+    let decision = pass.classify(&ctx.runtime, &gw.plugins.stats)?;
+    let route = match decision.route {
+        Some(r) => r,
+        None => router::route(&ctx.runtime, &request.model)?.clone(),
+    };
+    let target = match decision.target {
+        Some(t) => t,
+        None => router::choose_target(&route).clone(),
+    };
     let model: Arc<str> = Arc::from(router::upstream_model(&target, &request.model));
     ctx.route = Some(route);
     ctx.target = Some(target.clone());
     ctx.upstream_model = Some(model.clone());
+    if let Some(adapted) = pass.adapt(&target, &model)? {
+        request = adapted;
+    }
+    let _in_flight = gw.plugins.stats.start(&target.backend.name);
 
     let url = router::pick_url(&target);
     let body = request.upstream_body(&model, true);
@@ -235,7 +256,7 @@ async fn run(
         .await
         .map(Answer::Streaming)
     } else {
-        complete_answer(ctx, &target, &model, resp, sent)
+        complete_answer(ctx, &pass, &target, &model, resp, sent)
             .await
             .map(Answer::Complete)
     }
@@ -317,19 +338,32 @@ async fn upstream_failure(target: &Target, resp: Response<Incoming>) -> GatewayE
 /// A complete (non-streamed) answer: read it, check it is JSON, relay it byte for byte.
 async fn complete_answer(
     ctx: &mut RequestCtx,
+    pass: &Pass,
     target: &Target,
     model: &str,
     resp: Response<Incoming>,
     sent: Instant,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let (parts, body) = resp.into_parts();
-    let bytes = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
+    let mut bytes = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
     ctx.upstream_time = sent.elapsed();
     if ResponseProbe::read(&bytes).is_none() {
         return Err(GatewayError::UpstreamGarbage {
             backend: target.backend.name.to_string(),
             detail: format!("expected a JSON object, got: {}", snippet(&bytes, 120)),
         });
+    }
+    match pass.validate(&bytes, &target.backend.name, model)? {
+        ValidateOutcome::Accept => {}
+        ValidateOutcome::Replace { body, .. } => bytes = body,
+        // The fallback path (when configured) acts on this outcome; without one the
+        // client gets the rejection.
+        ValidateOutcome::Reject { plugin, reason } => {
+            return Err(GatewayError::PluginRejected {
+                plugin: plugin.to_string(),
+                reason,
+            });
+        }
     }
     let mut out = Response::new(GatewayBody::from(bytes));
     *out.status_mut() = parts.status;
@@ -444,6 +478,14 @@ fn finish(gw: &Gateway, ctx: &RequestCtx, status: StatusCode) {
     );
     if ctx.upstream_time > Duration::ZERO {
         gw.metrics.overhead(took.saturating_sub(ctx.upstream_time));
+    }
+    if let Some(t) = &ctx.target {
+        // What `classify` plugins see as the backend's health and latency.
+        gw.plugins.stats.record(
+            &t.backend.name,
+            status.is_success(),
+            ctx.upstream_time.as_secs_f64() * 1e3,
+        );
     }
 }
 

@@ -1,11 +1,15 @@
 //! Repository automation: `cargo xtask <command>`.
 //!
 //! - `test [ARGS...]`: the test command the README and CI run. Builds the binaries the
-//!   end-to-end tests start, prepares what the tests need, then runs
+//!   end-to-end tests start, prepares what the tests need (the plugins), then runs
 //!   `cargo test --workspace ARGS...`.
+//! - `plugins`: builds the first-party plugins into `plugins/*.wasm`, the test fixtures into
+//!   `target/plugin-fixtures/`, and the example policies beside their sources.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod plugins;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,9 +19,10 @@ fn main() -> ExitCode {
     };
     let result = match cmd {
         "test" => test(rest),
+        "plugins" => plugins::build(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, then cargo test --workspace ARGS..."
+                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, then cargo test --workspace ARGS...\n  plugins          build plugins/*.wasm, test fixtures and example policies"
             );
             Ok(())
         }
@@ -58,6 +63,7 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
+    plugins::build()?;
     // The end-to-end tests start these binaries; build them up front (the test harness
     // would otherwise build them from inside the test run).
     let mut build = cargo();

@@ -48,6 +48,23 @@ pub struct ServerSection {
 pub struct PluginsSection {
     /// Folder whose `*.wasm` files are loaded.
     pub dir: Option<PathBuf>,
+    /// Plugin names (file stems) in the order their stages run; unlisted ones run after,
+    /// by name.
+    pub order: Option<Vec<String>>,
+    /// Time one plugin call may take, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Memory one plugin instance may use, in MiB.
+    pub memory_mb: Option<u64>,
+    /// What a failing plugin call does to the request: `continue` or `reject`.
+    pub on_error: Option<String>,
+    /// Where compiled plugins are cached; `""` turns the cache off.
+    pub cache_dir: Option<PathBuf>,
+    /// Request headers plugins may see (case-insensitive names).
+    pub headers: Option<Vec<String>>,
+    /// Watch `dir` and reload changed plugins live (default true).
+    pub watch: Option<bool>,
+    /// Per-plugin config values: `[plugins.config.<name>]`, read with `config-get`.
+    pub config: Option<std::collections::BTreeMap<String, toml::Table>>,
 }
 
 /// One `[[backends]]` entry.

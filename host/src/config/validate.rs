@@ -40,6 +40,8 @@ pub struct Runtime {
     route_index: HashMap<String, usize>,
     catch_all: Option<usize>,
     pub plugins_dir: Option<PathBuf>,
+    /// `[plugins]`, checked; `None` when the file has no `[plugins] dir`.
+    pub plugins: Option<Arc<crate::plugins::Settings>>,
     pub telemetry: Option<TelemetrySettings>,
     pub state: Option<StateSettings>,
 }
@@ -264,6 +266,11 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         }
         p.dir.clone()
     });
+    let plugins = file
+        .plugins
+        .as_ref()
+        .and_then(|p| crate::plugins::Settings::validate(p, &mut problems))
+        .map(Arc::new);
 
     if !problems.is_empty() {
         return Err(problems);
@@ -279,6 +286,7 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         route_index,
         catch_all,
         plugins_dir,
+        plugins,
         telemetry,
         state,
     })

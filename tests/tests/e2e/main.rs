@@ -10,6 +10,7 @@ mod concurrency;
 mod errors;
 mod lifecycle;
 mod openai_sdk;
+mod plugins;
 mod proxy;
 mod streaming;
 mod tls;
