@@ -69,22 +69,6 @@ pub mod bindings {
             },
         });
     }
-    pub mod policy {
-        wit_bindgen::generate!({
-            path: "../wit",
-            world: "policy",
-            pub_export_macro: true,
-            export_macro_name: "export_all",
-            default_bindings_module: "switchyard_sdk::bindings::policy",
-            with: {
-                "switchyard:plugin/types@0.1.0": crate::bindings::classifier::switchyard::plugin::types,
-                "switchyard:plugin/host@0.1.0": crate::bindings::classifier::switchyard::plugin::host,
-                "switchyard:plugin/classify@0.1.0": crate::bindings::classifier::exports::switchyard::plugin::classify,
-                "switchyard:plugin/adapt@0.1.0": crate::bindings::adapter::exports::switchyard::plugin::adapt,
-                "switchyard:plugin/validate@0.1.0": crate::bindings::validator::exports::switchyard::plugin::validate,
-            },
-        });
-    }
 }
 
 pub mod helpers;
@@ -169,7 +153,9 @@ impl Message {
 /// Export a [`Classify`] implementation as this component's `classify` stage.
 #[macro_export]
 macro_rules! export_classify {
-    ($t:ty) => {
+    ($t:ident) => {
+        // Native builds (unit tests with `testing`) have no component to export from.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::classifier::export_classifier!($t with_types_in $crate::bindings::classifier);
     };
 }
@@ -177,7 +163,9 @@ macro_rules! export_classify {
 /// Export an [`Adapt`] implementation as this component's `adapt` stage.
 #[macro_export]
 macro_rules! export_adapt {
-    ($t:ty) => {
+    ($t:ident) => {
+        // Native builds (unit tests with `testing`) have no component to export from.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::adapter::export_adapter!($t with_types_in $crate::bindings::adapter);
     };
 }
@@ -185,7 +173,9 @@ macro_rules! export_adapt {
 /// Export a [`Validate`] implementation as this component's `validate` stage.
 #[macro_export]
 macro_rules! export_validate {
-    ($t:ty) => {
+    ($t:ident) => {
+        // Native builds (unit tests with `testing`) have no component to export from.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::validator::export_validator!($t with_types_in $crate::bindings::validator);
     };
 }
@@ -193,7 +183,9 @@ macro_rules! export_validate {
 /// Export one type implementing all three stages.
 #[macro_export]
 macro_rules! export_policy {
-    ($t:ty) => {
-        $crate::bindings::policy::export_all!($t with_types_in $crate::bindings::policy);
+    ($t:ident) => {
+        $crate::export_classify!($t);
+        $crate::export_adapt!($t);
+        $crate::export_validate!($t);
     };
 }
