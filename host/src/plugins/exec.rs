@@ -8,7 +8,6 @@
 //! millisecond to instantiate) are kept warm: an instance serves up to `MAX_USES` calls
 //! and is dropped instead of reused after any trap or timeout.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -182,7 +181,6 @@ struct Warm {
 
 /// One loaded version of one plugin.
 pub struct Loaded {
-    pub name: Arc<str>,
     pub stages: Stages,
     pub size: usize,
     pub warm_pool: bool,
@@ -198,7 +196,6 @@ impl Loaded {
     /// Link `component`, find its stages, and instantiate it once to prove it works.
     pub fn new(
         engine: Arc<PluginEngine>,
-        name: Arc<str>,
         component: &Component,
         size: usize,
         host: Arc<PluginHost>,
@@ -227,7 +224,6 @@ impl Loaded {
             ));
         }
         let loaded = Loaded {
-            name,
             stages,
             size,
             warm_pool: size >= WARM_POOL_MIN_BYTES,
@@ -396,6 +392,3 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
         0
     }
 }
-
-/// Per-plugin metrics the host imports feed, keyed by metric name.
-pub type Counters = HashMap<String, u64>;

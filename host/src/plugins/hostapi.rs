@@ -76,7 +76,7 @@ impl PluginHost {
 
     pub fn kv_set(&self, key: String, value: Vec<u8>) {
         if value.len() > KV_MAX_VALUE {
-            tracing::warn!(plugin = &*self.name, key, len = value.len(), "kv-set ignored: value larger than 64 KiB");
+            tracing::warn!(plugin = &*self.name, key = %key, len = value.len(), "kv-set ignored: value larger than 64 KiB");
             return;
         }
         if let Ok(mut kv) = self.kv.lock() {

@@ -205,7 +205,7 @@ impl Plugins {
             self.kv_for(&name),
             self.metrics.clone(),
         ));
-        let loaded = Loaded::new(engine.clone(), name.clone(), &component, bytes.len(), host)
+        let loaded = Loaded::new(engine.clone(), &component, bytes.len(), host)
             .map_err(|e| exec::describe(&e))?;
         let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
         let version = digest[..4].iter().map(|b| format!("{b:02x}")).collect();

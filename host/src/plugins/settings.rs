@@ -135,3 +135,56 @@ fn value_text(v: &toml::Value) -> String {
         other => serde_json::to_string(other).unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigSource, load_str};
+
+    #[test]
+    fn every_plugins_problem_is_reported_with_its_key() {
+        let text = r#"
+[plugins]
+dir = "p"
+timeout_ms = 0
+memory_mb = 100000
+on_error = "explode"
+order = ["a", "a"]
+headers = ["bad header"]
+"#;
+        let problems = load_str(text, ConfigSource::Embedded).unwrap_err().problems;
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "plugins.timeout_ms",
+            "plugins.memory_mb",
+            "plugins.on_error",
+            "plugins.order[1]",
+            "plugins.headers[0]",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {problems:?}");
+        }
+    }
+
+    #[test]
+    fn config_tables_become_text_values() {
+        let text = r#"
+[plugins]
+dir = "p"
+[plugins.config.router]
+name = "local"
+max = 400
+ratio = 0.5
+on = true
+list = ["a", "b"]
+"#;
+        let rt = load_str(text, ConfigSource::Embedded).unwrap();
+        let s = rt.plugins.as_ref().unwrap();
+        let c = s.config_for("router");
+        assert_eq!(c["name"], "local");
+        assert_eq!(c["max"], "400");
+        assert_eq!(c["ratio"], "0.5");
+        assert_eq!(c["on"], "true");
+        assert_eq!(c["list"], r#"["a","b"]"#);
+        assert!(s.config_for("other").is_empty());
+        assert_eq!(s.timeout.as_millis(), 20);
+    }
+}
