@@ -26,6 +26,9 @@ pub const WARM_POOL_MIN_BYTES: usize = 1024 * 1024;
 pub const MAX_USES: u32 = 1000;
 /// Idle warm instances kept per plugin.
 pub const MAX_IDLE: usize = 16;
+/// Deadline of the instantiation that proves a plugin loads (epoch ticks): generous, since
+/// loading happens off the request path, often while other plugins compile beside it.
+const LOAD_DEADLINE_TICKS: u64 = 10_000;
 
 /// What a store carries: WASI (empty), limits, and the plugin's host-side state.
 pub struct State {
@@ -237,7 +240,7 @@ impl Loaded {
         // Instantiate once now: a component that cannot start (missing imports, traps in
         // its start function, wrong export types) fails here, at load, not on a request.
         let warm = loaded
-            .instantiate()
+            .instantiate(LOAD_DEADLINE_TICKS)
             .map_err(|e| wasmtime::format_err!("{}", e.detail))?;
         if loaded.warm_pool {
             loaded.give_back(warm);
@@ -245,7 +248,7 @@ impl Loaded {
         Ok(loaded)
     }
 
-    fn new_store(&self) -> Store<State> {
+    fn new_store(&self, deadline_ticks: u64) -> Store<State> {
         let mut wasi = WasiCtx::builder();
         // No clock: a policy that depends on wall time is not reproducible, and timing
         // side channels are none of its business.
@@ -261,13 +264,13 @@ impl Loaded {
         };
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.engine.deadline_ticks);
+        store.set_epoch_deadline(deadline_ticks);
         store.epoch_deadline_trap();
         store
     }
 
-    fn instantiate(&self) -> Result<Warm, CallError> {
-        let mut store = self.new_store();
+    fn instantiate(&self, deadline_ticks: u64) -> Result<Warm, CallError> {
+        let mut store = self.new_store(deadline_ticks);
         let instance: Instance = self
             .pre
             .instantiate(&mut store)
@@ -304,7 +307,7 @@ impl Loaded {
         {
             return Ok(w);
         }
-        self.instantiate()
+        self.instantiate(self.engine.deadline_ticks)
     }
 
     fn give_back(&self, mut w: Warm) {
