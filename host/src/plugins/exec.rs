@@ -330,13 +330,22 @@ impl Loaded {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut w = self.take()?;
         w.store.set_epoch_deadline(self.engine.deadline_ticks);
-        match f(&mut w) {
-            Ok(r) => {
+        // A host function may panic under a guest's call: the WASI blocking stream calls
+        // (a guest writing to stdout/stderr, e.g. a Rust panic message) block on the tokio
+        // runtime the request runs in. wasmtime unwinds the guest's frames and resumes the
+        // panic here; it fails this call only, like a trap.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut w)));
+        match outcome {
+            Ok(Ok(r)) => {
                 self.give_back(w);
                 Ok(r)
             }
             // Trapped or interrupted: its state is unknown, never reuse it.
-            Err(e) => Err(CallError::from_wasm(&e, FailureKind::Trap)),
+            Ok(Err(e)) => Err(CallError::from_wasm(&e, FailureKind::Trap)),
+            Err(_) => Err(CallError {
+                kind: FailureKind::Trap,
+                detail: "the plugin made a blocking WASI call (stdout/stderr or poll), which the sandbox does not offer during a request".into(),
+            }),
         }
     }
 

@@ -11,7 +11,7 @@ use crate::config::schema::PluginsSection;
 
 /// Default `[plugins] timeout_ms`: generous for a policy that runs in microseconds, short
 /// enough that a runaway plugin costs a request little.
-pub const DEFAULT_TIMEOUT_MS: u64 = 20;
+pub const DEFAULT_TIMEOUT_MS: u64 = 50;
 /// Default `[plugins] memory_mb`: Python and JavaScript components need tens of MiB.
 pub const DEFAULT_MEMORY_MB: u64 = 128;
 /// Default `[plugins] cache_dir` (relative to the working directory).
@@ -185,6 +185,6 @@ list = ["a", "b"]
         assert_eq!(c["on"], "true");
         assert_eq!(c["list"], r#"["a","b"]"#);
         assert!(s.config_for("other").is_empty());
-        assert_eq!(s.timeout.as_millis(), 20);
+        assert_eq!(s.timeout.as_millis(), 50);
     }
 }

@@ -523,7 +523,9 @@ async fn python_and_javascript_examples_decide_like_the_rust_router() {
         let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
         let dir = tempfile::tempdir().unwrap();
         plugins::install(&file, dir.path(), "complexity-router");
-        let gw = Gateway::start(&config(&local, &premium, dir.path(), ROUTER_CONFIG));
+        // Generous deadline: this test is about decisions, on a loaded CI machine.
+        let extra = format!("timeout_ms = 2000\n{ROUTER_CONFIG}");
+        let gw = Gateway::start(&config(&local, &premium, dir.path(), &extra));
         let mut got = Vec::new();
         for (body, _) in routing_cases() {
             let r = chat(&gw, body).await;
