@@ -199,6 +199,16 @@ async fn run(runtime: Runtime) -> ExitCode {
     let gw = Gateway::with_governance(runtime, Some(governance.clone()));
     // Live reload, health checks, shadow writer.
     crate::reload::spawn_background(&gw);
+    // `/readyz` turns ready only once the plugins are loaded.
+    let plugins_gw = gw.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::plugins::start(&plugins_gw.plugins, &plugins_gw.runtime())
+    })
+    .await;
+    if let Some(local) = gw.runtime().local_worker.clone() {
+        // Fetching and loading happen on the worker's own thread; the gateway serves now.
+        crate::local_worker::start(local);
+    }
     gw.set_ready(true);
     let scheme = if settings.tls.is_some() {
         "https"
@@ -235,6 +245,10 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     match config::load(&source) {
         Ok(rt) => {
             print_summary(&rt);
+            if let Err(e) = crate::plugins::check(&rt) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

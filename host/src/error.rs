@@ -90,6 +90,16 @@ pub enum GatewayError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A plugin call failed and `[plugins] on_error = "reject"`.
+    #[error("plugin `{plugin}` failed at stage {stage} ({detail})")]
+    PluginFailed {
+        plugin: String,
+        stage: &'static str,
+        detail: String,
+    },
+    /// A `validate` plugin rejected the answer and no fallback served one.
+    #[error("plugin `{plugin}` rejected the answer: {reason}")]
+    PluginRejected { plugin: String, reason: String },
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error(
@@ -162,6 +172,8 @@ impl GatewayError {
             }
             AdminDisabled => StatusCode::FORBIDDEN,
             RateLimited { .. } | BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            PluginFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            PluginRejected { .. } => StatusCode::BAD_GATEWAY,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -199,6 +211,8 @@ impl GatewayError {
             | AdminUnauthorized => "invalid_request_error",
             RateLimited { what, .. } => what,
             BudgetExceeded { .. } => "insufficient_quota",
+            PluginRejected { .. } => "upstream_error",
+            PluginFailed { .. } => "server_error",
         }
     }
 
@@ -232,6 +246,8 @@ impl GatewayError {
             RateLimited { .. } => "rate_limit_exceeded",
             BudgetExceeded { .. } => "budget_exceeded",
             LimitsUnavailable(_) => "limits_unavailable",
+            PluginFailed { .. } => "plugin_failed",
+            PluginRejected { .. } => "answer_rejected",
             _ => return None,
         })
     }
@@ -267,6 +283,8 @@ impl GatewayError {
             PinNotAllowed { .. } | PinUnknownBackend(_) => "bad_pin",
             Unauthorized(_) | Forbidden(_) => "admin_denied",
             ShuttingDown => "shutting_down",
+            PluginFailed { .. } => "plugin_failed",
+            PluginRejected { .. } => "answer_rejected",
             Internal(_) => "internal",
             AuthMissing | AuthMalformed | AuthUnknown | AuthRevoked { .. } => "unauthorized",
             AdminDisabled | AdminUnauthorized => "admin_unauthorized",

@@ -11,11 +11,14 @@ use arc_swap::ArcSwap;
 
 use crate::config::Runtime;
 use crate::metrics::Metrics;
+use crate::plugins::Plugins;
 
 /// Everything a request handler needs, shared by all connections.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
+    /// The plugin runtime (empty until `[plugins]` are loaded).
+    pub plugins: Arc<Plugins>,
     ready: AtomicBool,
     /// Config history: reload and rollback.
     pub control: crate::reload::Control,
@@ -38,6 +41,7 @@ impl Gateway {
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Arc::new(Metrics::default()),
+            plugins: Arc::new(Plugins::default()),
             ready: AtomicBool::new(false),
             control: crate::reload::Control::default(),
             validator: arc_swap::ArcSwapOption::empty(),

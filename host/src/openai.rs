@@ -232,6 +232,14 @@ impl RequestBody {
             .and_then(|f| std::str::from_utf8(&self.bytes[f.value.clone()]).ok())
     }
 
+    /// Every top-level member as (key, raw JSON value), in the client's order.
+    pub fn members(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|f| {
+            let v = std::str::from_utf8(&self.bytes[f.value.clone()]).unwrap_or("null");
+            (self.key_text(&f.key), v)
+        })
+    }
+
     /// A top-level member decoded as `T`, if present and of that type.
     pub fn get<'a, T: Deserialize<'a>>(&'a self, key: &str) -> Option<T> {
         self.raw(key).and_then(|r| serde_json::from_str(r).ok())

@@ -25,6 +25,7 @@ use crate::error::{GatewayError, snippet};
 use crate::gateway::Gateway;
 use crate::metrics;
 use crate::openai::{self, RequestBody, ResponseProbe};
+use crate::plugins::{self, Pass, ValidateOutcome};
 use crate::router;
 use crate::sse::{StreamBody, StreamOutcome, StreamSummary};
 use crate::upstream;
@@ -100,6 +101,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             let mut text = gw.metrics.render();
             pool::render_metrics(&gw.runtime(), &mut text);
             shadow::render_metrics(&mut text);
+            gw.plugins.metrics.render(&mut text);
             if let Some(g) = &gw.governance {
                 g.render_metrics(&mut text);
             }
@@ -227,15 +229,50 @@ async fn run(
     crate::governance::authenticate(gw, ctx, &parts.headers)?;
     let bytes = read_body(body, &parts.headers, ctx.runtime.server.max_body_bytes).await?;
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
+    let caller_info = plugins::CallerInfo {
+        key_id: ctx.account.key.as_ref().map(|k| k.id.clone()),
+        team: ctx.account.key.as_ref().map(|k| k.team.clone()),
+        tags: ctx
+            .account
+            .key
+            .as_ref()
+            .map(|k| k.tags.clone())
+            .unwrap_or_default(),
+    };
+    let mut pass = Pass::new(
+        &gw.plugins,
+        &request,
+        ctx.endpoint,
+        &parts.headers,
+        caller_info.clone(),
+    );
 
-    let route = router::route(&ctx.runtime, &request.model)?.clone();
+    // Phase classify: a policy may pick the route and the target.
+    let decision = pass.classify(&ctx.runtime, &gw.plugins.stats)?;
+    let route = match decision.route {
+        Some(r) => r,
+        None => router::route(&ctx.runtime, &request.model)?.clone(),
+    };
     ctx.route = Some(route.clone());
-    let caller = flags::Caller::from_headers(&parts.headers);
-    let chosen = flags::choose(&route, &caller, &parts.headers, &ctx.runtime.backends)?;
+    // With virtual keys the caller is the authenticated key, and identity headers are
+    // ignored (any client could set them); without keys the gateway trusts its network and
+    // takes the team from `x-switchyard-team`.
+    let caller = match &ctx.account.key {
+        Some(k) => flags::Caller {
+            key_id: Some(k.id.clone()),
+            team: Some(k.team.clone()),
+        },
+        None => flags::Caller::from_headers(&parts.headers),
+    };
+    let chosen = match decision.target {
+        Some(t) => t,
+        None => flags::choose(&route, &caller, &parts.headers, &ctx.runtime.backends)?,
+    };
     // Admission (limits, budget) prices the request at the chosen target.
     ctx.upstream_model = Some(Arc::from(router::upstream_model(&chosen, &request.model)));
     ctx.target = Some(chosen.clone());
     crate::governance::admit(gw, ctx, &parts.headers, &request, request.bytes().len()).await?;
+    let _in_flight = gw.plugins.stats.start(&chosen.backend.name);
     let mut candidates = Vec::with_capacity(1 + route.fallback.len());
     candidates.push(chosen);
     candidates.extend(route.fallback.iter().cloned());
@@ -254,22 +291,42 @@ async fn run(
     // A stream is settled into the ledger when it ends; the settler is put here once the
     // attempt loop knows which target answered (the body is not polled before that).
     let settle_slot: SettleSlot = Arc::default();
-    let validator = gw.validator.load_full();
+    // Phase validate runs inside the attempt loop, so a rejected answer moves on to the
+    // next fallback; `validate` plugins win over any other configured check.
+    let plugin_validator = pass
+        .validates()
+        .then(|| PluginValidator::new(pass, &request));
+    let other_validator = gw.validator.load_full();
+    let validator: Option<&dyn attempt::Validate> = match &plugin_validator {
+        Some(v) => Some(v),
+        None => other_validator.as_ref().map(|v| &***v),
+    };
     let (result, trail) = attempt::run(
         &candidates,
         route.flags.retries,
         &ctx.runtime.traffic,
-        validator.as_ref().map(|v| &***v),
+        validator,
         |target, url, slot| {
             let model: Arc<str> = Arc::from(router::upstream_model(&target, &request.model));
             if let Ok(mut l) = last_tried.lock() {
                 *l = Some((target.clone(), model.clone()));
             }
+            // Phase adapt, per attempt: a fallback to another model family gets its own
+            // rewrite of the client's original request.
+            let adapted = Pass::new(
+                &gw.plugins,
+                &request,
+                endpoint,
+                &parts.headers,
+                caller_info.clone(),
+            )
+            .adapt(&target, &model);
             exchange(
                 gw,
                 endpoint,
                 started,
                 route.name.clone(),
+                adapted,
                 &request,
                 &parts.headers,
                 target,
@@ -293,6 +350,14 @@ async fn run(
     ctx.attempts = header;
     let mut exchanged = result?;
     ctx.upstream_time = exchanged.upstream_time;
+    if let Some(new) = plugin_validator.and_then(|v| v.replacement())
+        && let Answer::Complete(resp) = &mut exchanged.answer
+    {
+        // A `validate` plugin replaced the answer: serve (and account) the replacement.
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+        *resp.body_mut() = GatewayBody::from(new.clone());
+        exchanged.body = Some(new);
+    }
     match &exchanged.body {
         Some(body) => {
             ctx.account.usage = ResponseProbe::read(body).and_then(|p| p.usage);
@@ -368,6 +433,7 @@ async fn exchange(
     endpoint: Endpoint,
     started: Instant,
     route: Arc<str>,
+    adapted: Result<Option<RequestBody>, GatewayError>,
     request: &RequestBody,
     client_headers: &HeaderMap,
     target: Target,
@@ -378,6 +444,8 @@ async fn exchange(
     settle_slot: SettleSlot,
 ) -> Result<Exchanged, GatewayError> {
     let url = &target.backend.urls[url];
+    let adapted = adapted?;
+    let request = adapted.as_ref().unwrap_or(request);
     let body = request.upstream_body(&model, true);
     let upstream_req =
         upstream::build_request(&target.backend, url.uri(endpoint), body, client_headers)?;
@@ -646,6 +714,14 @@ fn finish(gw: &Gateway, ctx: &RequestCtx, status: StatusCode) {
     if ctx.upstream_time > Duration::ZERO {
         gw.metrics.overhead(took.saturating_sub(ctx.upstream_time));
     }
+    if let Some(t) = &ctx.target {
+        // What `classify` plugins see as the backend's health and latency.
+        gw.plugins.stats.record(
+            &t.backend.name,
+            status.is_success(),
+            ctx.upstream_time.as_secs_f64() * 1e3,
+        );
+    }
 }
 
 fn log_failure(ctx: &RequestCtx, e: &GatewayError) {
@@ -656,5 +732,47 @@ fn log_failure(ctx: &RequestCtx, e: &GatewayError) {
         tracing::warn!(route, backend, status, kind = e.kind(), error = %e, "request failed");
     } else {
         tracing::info!(route, backend, status, kind = e.kind(), error = %e, "request rejected");
+    }
+}
+
+/// `validate` plugins as the attempt loop's answer check: a rejection moves the request to
+/// the next fallback; a replacement is kept and served once the loop has its answer.
+struct PluginValidator {
+    pass: Pass,
+    client_model: String,
+    replaced: std::sync::Mutex<Option<Bytes>>,
+}
+
+impl PluginValidator {
+    fn new(pass: Pass, request: &RequestBody) -> PluginValidator {
+        PluginValidator {
+            pass,
+            client_model: request.model.to_string(),
+            replaced: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn replacement(self) -> Option<Bytes> {
+        self.replaced.into_inner().ok().flatten()
+    }
+}
+
+impl attempt::Validate for PluginValidator {
+    fn validate(&self, target: &Target, body: &Bytes) -> attempt::Verdict {
+        let model = router::upstream_model(target, &self.client_model);
+        match self.pass.validate(body, &target.backend.name, model) {
+            Ok(ValidateOutcome::Accept) => attempt::Verdict::Accept,
+            Ok(ValidateOutcome::Replace { body, .. }) => {
+                if let Ok(mut r) = self.replaced.lock() {
+                    *r = Some(body);
+                }
+                attempt::Verdict::Accept
+            }
+            Ok(ValidateOutcome::Reject { plugin, reason }) => {
+                attempt::Verdict::Reject(format!("plugin `{plugin}`: {reason}"))
+            }
+            // `on_error = "reject"`: a failing validator does not let the answer through.
+            Err(e) => attempt::Verdict::Reject(e.to_string()),
+        }
     }
 }

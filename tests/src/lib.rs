@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod mock;
+pub mod plugins;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

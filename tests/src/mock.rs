@@ -480,7 +480,11 @@ fn complete(
     prompt_tokens: u64,
     n: usize,
 ) -> Value {
-    let text: String = words(n).concat();
+    // `mock_content` in the request scripts the answer's text (plugin tests need JSON).
+    let text: String = match req["mock_content"].as_str() {
+        Some(c) => c.to_string(),
+        None => words(n).concat(),
+    };
     let completion_tokens = n as u64;
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     if !chat {

@@ -1,14 +1,18 @@
 //! Repository automation: `cargo xtask <command>`.
 //!
 //! - `test [ARGS...]`: the test command the README and CI run. Builds the binaries the
-//!   end-to-end tests start, prepares what the tests need, then runs
+//!   end-to-end tests start, prepares what the tests need (the plugins), then runs
 //!   `cargo test --workspace ARGS...`.
 //! - `fetch-models`: downloads the worker's test models into the model cache (see `models`).
+//! - `plugins`: builds the first-party plugins into `plugins/*.wasm`, the test fixtures into
+//!   `target/plugin-fixtures/`, and the example policies beside their sources.
 
 mod models;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod plugins;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,9 +23,10 @@ fn main() -> ExitCode {
     let result = match cmd {
         "test" => test(rest),
         "fetch-models" => models::fetch_models(),
+        "plugins" => plugins::build(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)"
+                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)\n  plugins          build plugins/*.wasm, test fixtures and example policies"
             );
             Ok(())
         }
@@ -65,6 +70,7 @@ fn test(extra: &[String]) -> Result<(), String> {
     // The worker's tests run real models; fetching is idempotent (a cache hit is instant).
     models::fetch_models()?;
 
+    plugins::build()?;
     // The end-to-end tests start these binaries; build them up front (the test harness
     // would otherwise build them from inside the test run).
     let mut build = cargo();

@@ -16,6 +16,11 @@ pub fn embedded_default_toml() -> String {
 [server]
 listen = "127.0.0.1:8080"
 
+# A local worker inside the gateway: SmolLM2-135M-Instruct, fetched on first use.
+[local_worker]
+model = "smollm2"
+listen = "127.0.0.1:9001"
+
 [[backends]]
 name = "local"
 url = "http://127.0.0.1:9001/v1"
@@ -32,7 +37,7 @@ api_key_env = "OPENAI_API_KEY"
 # `local` reaches the worker; every other model goes to OpenAI under its own name.
 [[routes]]
 model = "local"
-targets = [{ backend = "local" }]
+targets = [{ backend = "local", model = "smollm2-135m-instruct" }]
 
 [[routes]]
 model = "*"
@@ -45,7 +50,7 @@ targets = [{ backend = "openai" }]
 # OPENAI_API_KEY is not set: every model goes to the local worker.
 [[routes]]
 model = "*"
-targets = [{ backend = "local" }]
+targets = [{ backend = "local", model = "smollm2-135m-instruct" }]
 "#,
         );
     }
@@ -55,9 +60,9 @@ targets = [{ backend = "local" }]
 /// One line describing the default, for the first log line.
 pub fn describe() -> &'static str {
     if std::env::var(OPENAI_KEY_ENV).is_ok_and(|v| !v.trim().is_empty()) {
-        "OPENAI_API_KEY is set: all models route to OpenAI, model `local` to the worker at 127.0.0.1:9001"
+        "OPENAI_API_KEY is set: all models route to OpenAI, model `local` to a local SmolLM2 worker at 127.0.0.1:9001 (fetched on first use)"
     } else {
-        "OPENAI_API_KEY is not set: all models route to the local worker at 127.0.0.1:9001"
+        "OPENAI_API_KEY is not set: all models route to a local SmolLM2 worker at 127.0.0.1:9001 (fetched on first use)"
     }
 }
 

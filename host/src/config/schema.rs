@@ -30,6 +30,9 @@ pub struct ConfigFile {
     /// `[traffic]`: retry budget and backoff.
     #[serde(default)]
     pub traffic: Option<crate::attempt::TrafficSection>,
+    /// `[local_worker]`: an inference worker run inside the gateway process.
+    #[serde(default)]
+    pub local_worker: Option<crate::local_worker::LocalWorkerSection>,
     // Governance (keys, limits, budgets, prices): types and docs in `governance::config`.
     #[serde(default)]
     pub auth: Option<crate::governance::config::AuthSection>,
@@ -61,6 +64,23 @@ pub struct ServerSection {
 pub struct PluginsSection {
     /// Folder whose `*.wasm` files are loaded.
     pub dir: Option<PathBuf>,
+    /// Plugin names (file stems) in the order their stages run; unlisted ones run after,
+    /// by name.
+    pub order: Option<Vec<String>>,
+    /// Time one plugin call may take, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Memory one plugin instance may use, in MiB.
+    pub memory_mb: Option<u64>,
+    /// What a failing plugin call does to the request: `continue` or `reject`.
+    pub on_error: Option<String>,
+    /// Where compiled plugins are cached; `""` turns the cache off.
+    pub cache_dir: Option<PathBuf>,
+    /// Request headers plugins may see (case-insensitive names).
+    pub headers: Option<Vec<String>>,
+    /// Watch `dir` and reload changed plugins live (default true).
+    pub watch: Option<bool>,
+    /// Per-plugin config values: `[plugins.config.<name>]`, read with `config-get`.
+    pub config: Option<std::collections::BTreeMap<String, toml::Table>>,
 }
 
 /// One `[[backends]]` entry.

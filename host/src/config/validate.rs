@@ -40,12 +40,16 @@ pub struct Runtime {
     route_index: HashMap<String, usize>,
     catch_all: Option<usize>,
     pub plugins_dir: Option<PathBuf>,
+    /// `[plugins]`, checked; `None` when the file has no `[plugins] dir`.
+    pub plugins: Option<Arc<crate::plugins::Settings>>,
     pub telemetry: Option<TelemetrySettings>,
     pub state: Option<StateSettings>,
     /// `[admin]`: the admin API's token, when enabled.
     pub admin: Option<crate::admin::AdminSettings>,
     /// `[traffic]`: retry budget and backoff.
     pub traffic: crate::attempt::TrafficSettings,
+    /// `[local_worker]`: started once at `serve` (a reload does not restart it).
+    pub local_worker: Option<crate::local_worker::LocalWorkerSettings>,
     pub governance: crate::governance::config::GovConfig,
 }
 
@@ -260,6 +264,10 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
     let admin = crate::admin::AdminSettings::from_section(file.admin.as_ref(), &mut problems);
     let traffic =
         crate::attempt::TrafficSettings::from_section(file.traffic.as_ref(), &mut problems);
+    let local_worker = crate::local_worker::LocalWorkerSettings::from_section(
+        file.local_worker.as_ref(),
+        &mut problems,
+    );
     let telemetry = file
         .telemetry
         .as_ref()
@@ -276,6 +284,11 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         }
         p.dir.clone()
     });
+    let plugins = file
+        .plugins
+        .as_ref()
+        .and_then(|p| crate::plugins::Settings::validate(p, &mut problems))
+        .map(Arc::new);
 
     let governance = crate::governance::config::validate(&file, &mut problems);
 
@@ -293,10 +306,12 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         route_index,
         catch_all,
         plugins_dir,
+        plugins,
         telemetry,
         state,
         admin,
         traffic,
+        local_worker,
         governance,
     })
 }

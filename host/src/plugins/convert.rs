@@ -1,0 +1,509 @@
+//! Between the wire and the WIT types: a client request becomes a typed
+//! [`types::Request`] (what policies read), an adapted request becomes JSON again, and an
+//! upstream answer becomes a [`types::Response`].
+//!
+//! Nothing the WIT does not type is lost: every other top-level member, every other member
+//! of a message or tool, and every unknown content part travels as raw JSON and is written
+//! back verbatim. What is typed is re-encoded (a float may be spelled differently); that only
+//! happens when a plugin actually rewrote the request.
+
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::bindings::types::{
+    ContentPart, Endpoint as WEndpoint, JsonSchema, Message, Request, Response, ResponseFormat,
+    Role, Sampling, Tool, ToolCall,
+};
+use super::exec::CallError;
+use crate::config::Endpoint;
+use crate::openai::RequestBody;
+
+/// Top-level members the WIT types; everything else goes to `extra`.
+const TYPED: &[&str] = &[
+    "model",
+    "stream",
+    "messages",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "response_format",
+];
+
+fn payload_key(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions => "messages",
+        Endpoint::Completions => "prompt",
+        Endpoint::Embeddings => "input",
+    }
+}
+
+/// The typed view of a client request.
+pub fn request(body: &RequestBody, endpoint: Endpoint) -> Request {
+    let prompt_key = payload_key(endpoint);
+    let mut extra = String::from("{");
+    let mut prompt = None;
+    for (k, raw) in body.members() {
+        let typed = TYPED.contains(&k);
+        if k == prompt_key && endpoint != Endpoint::ChatCompletions {
+            // A single string is typed; lists (of strings or tokens) stay raw.
+            if let Ok(s) = serde_json::from_str::<String>(raw) {
+                prompt = Some(s);
+                continue;
+            }
+        } else if typed {
+            continue;
+        }
+        if extra.len() > 1 {
+            extra.push(',');
+        }
+        extra.push_str(&json_string(k));
+        extra.push(':');
+        extra.push_str(raw);
+    }
+    extra.push('}');
+    let get = |k: &str| {
+        body.raw(k)
+            .and_then(|r| serde_json::from_str::<Value>(r).ok())
+    };
+    let f = |k: &str| get(k).and_then(|v| v.as_f64());
+    let u = |k: &str| {
+        get(k)
+            .and_then(|v| v.as_u64())
+            .map(|n| n.min(u32::MAX as u64) as u32)
+    };
+    let messages = match get("messages") {
+        Some(Value::Array(ms)) => ms.iter().map(message).collect(),
+        _ => Vec::new(),
+    };
+    let tools = match get("tools") {
+        Some(Value::Array(ts)) => ts.iter().filter_map(tool).collect(),
+        _ => Vec::new(),
+    };
+    let stop = match get("stop") {
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Request {
+        endpoint: match endpoint {
+            Endpoint::ChatCompletions => WEndpoint::ChatCompletions,
+            Endpoint::Completions => WEndpoint::Completions,
+            Endpoint::Embeddings => WEndpoint::Embeddings,
+        },
+        model: body.model.clone(),
+        stream: body.stream,
+        messages,
+        prompt,
+        tools,
+        tool_choice: body.raw("tool_choice").map(str::to_string),
+        sampling: Sampling {
+            temperature: f("temperature"),
+            top_p: f("top_p"),
+            max_tokens: u("max_completion_tokens").or_else(|| u("max_tokens")),
+            stop,
+            seed: get("seed").and_then(|v| v.as_i64()),
+            presence_penalty: f("presence_penalty"),
+            frequency_penalty: f("frequency_penalty"),
+            n: u("n"),
+        },
+        response_format: get("response_format").as_ref().and_then(response_format),
+        extra,
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn role(s: &str) -> Role {
+    match s {
+        "system" => Role::System,
+        "developer" => Role::Developer,
+        "assistant" => Role::Assistant,
+        "tool" | "function" => Role::Tool,
+        _ => Role::User,
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::System => "system",
+        Role::Developer => "developer",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+const MESSAGE_TYPED: &[&str] = &["role", "content", "name", "tool_calls", "tool_call_id"];
+
+fn message(v: &Value) -> Message {
+    let empty = Map::new();
+    let o = v.as_object().unwrap_or(&empty);
+    let content = match o.get("content") {
+        Some(Value::String(s)) => vec![ContentPart::Text(s.clone())],
+        Some(Value::Array(parts)) => parts.iter().map(part).collect(),
+        _ => Vec::new(),
+    };
+    let tool_calls = match o.get("tool_calls") {
+        Some(Value::Array(calls)) => calls.iter().map(tool_call).collect(),
+        _ => Vec::new(),
+    };
+    let extra: Map<String, Value> = o
+        .iter()
+        .filter(|(k, _)| !MESSAGE_TYPED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Message {
+        role: role(o.get("role").and_then(Value::as_str).unwrap_or("user")),
+        content,
+        name: o.get("name").and_then(Value::as_str).map(str::to_string),
+        tool_calls,
+        tool_call_id: o
+            .get("tool_call_id")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        extra: Value::Object(extra).to_string(),
+    }
+}
+
+fn part(v: &Value) -> ContentPart {
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => match v.get("text").and_then(Value::as_str) {
+            Some(t) if v.as_object().is_some_and(|o| o.len() == 2) => {
+                ContentPart::Text(t.to_string())
+            }
+            _ => ContentPart::Other(v.to_string()),
+        },
+        Some("image_url") => {
+            let iu = &v["image_url"];
+            match iu.get("url").and_then(Value::as_str) {
+                Some(url) if iu.as_object().is_some_and(|o| o.len() == 1) => {
+                    ContentPart::ImageUrl(url.to_string())
+                }
+                _ => ContentPart::Other(v.to_string()),
+            }
+        }
+        _ => ContentPart::Other(v.to_string()),
+    }
+}
+
+fn tool_call(v: &Value) -> ToolCall {
+    ToolCall {
+        id: v["id"].as_str().unwrap_or_default().to_string(),
+        name: v["function"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        arguments: match &v["function"]["arguments"] {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        },
+    }
+}
+
+fn tool(v: &Value) -> Option<Tool> {
+    let func = v.get("function")?.as_object()?;
+    let extra: Map<String, Value> = func
+        .iter()
+        .filter(|(k, _)| !["name", "description", "parameters"].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(Tool {
+        name: func.get("name")?.as_str()?.to_string(),
+        description: func
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        parameters: func.get("parameters").map(Value::to_string),
+        extra: Value::Object(extra).to_string(),
+    })
+}
+
+fn response_format(v: &Value) -> Option<ResponseFormat> {
+    match v.get("type")?.as_str()? {
+        "text" => Some(ResponseFormat::Text),
+        "json_object" => Some(ResponseFormat::JsonObject),
+        "json_schema" => {
+            let js = &v["json_schema"];
+            Some(ResponseFormat::JsonSchema(JsonSchema {
+                name: js["name"].as_str().unwrap_or_default().to_string(),
+                schema: if js["schema"].is_null() {
+                    "{}".to_string()
+                } else {
+                    js["schema"].to_string()
+                },
+                strict: js["strict"].as_bool().unwrap_or(false),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// A JSON object from a plugin, as ordered raw members; an error when it is not one.
+fn raw_object(what: &str, text: &str) -> Result<BTreeMap<String, Box<RawValue>>, CallError> {
+    serde_json::from_str(text).map_err(|e| {
+        CallError::bad_return(format!("{what} is not a JSON object ({e}): {}", clip(text)))
+    })
+}
+
+fn raw_value(what: &str, text: &str) -> Result<Value, CallError> {
+    serde_json::from_str(text).map_err(|e| {
+        CallError::bad_return(format!("{what} is not valid JSON ({e}): {}", clip(text)))
+    })
+}
+
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(80);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The JSON body of a request a plugin returned from `adapt`.
+pub fn request_json(req: &Request, endpoint: Endpoint) -> Result<Vec<u8>, CallError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut put = |k: &str, v: String| out.push((k.to_string(), v));
+    put("model", json_string(&req.model));
+    if endpoint == Endpoint::ChatCompletions {
+        let mut ms = Vec::with_capacity(req.messages.len());
+        for (i, m) in req.messages.iter().enumerate() {
+            ms.push(message_json(m, i)?);
+        }
+        put("messages", format!("[{}]", ms.join(",")));
+    } else if let Some(p) = &req.prompt {
+        put(payload_key(endpoint), json_string(p));
+    }
+    if req.stream {
+        put("stream", "true".into());
+    }
+    if !req.tools.is_empty() {
+        let mut ts = Vec::new();
+        for (i, t) in req.tools.iter().enumerate() {
+            let mut func = raw_object(&format!("tools[{i}].extra"), &t.extra)?;
+            func.insert("name".into(), raw(&json_string(&t.name)));
+            if let Some(d) = &t.description {
+                func.insert("description".into(), raw(&json_string(d)));
+            }
+            if let Some(p) = &t.parameters {
+                raw_value(&format!("tools[{i}].parameters"), p)?;
+                func.insert("parameters".into(), raw(p));
+            }
+            ts.push(format!(
+                "{{\"type\":\"function\",\"function\":{}}}",
+                object_text(&func)
+            ));
+        }
+        put("tools", format!("[{}]", ts.join(",")));
+    }
+    if let Some(tc) = &req.tool_choice {
+        raw_value("tool_choice", tc)?;
+        put("tool_choice", tc.clone());
+    }
+    let s = &req.sampling;
+    let num = |v: f64| serde_json::Number::from_f64(v).map(|n| n.to_string());
+    for (k, v) in [
+        ("temperature", s.temperature),
+        ("top_p", s.top_p),
+        ("presence_penalty", s.presence_penalty),
+        ("frequency_penalty", s.frequency_penalty),
+    ] {
+        if let Some(n) = v.and_then(num) {
+            put(k, n);
+        }
+    }
+    if let Some(m) = s.max_tokens {
+        put("max_tokens", m.to_string());
+    }
+    if !s.stop.is_empty() {
+        put(
+            "stop",
+            serde_json::to_string(&s.stop).unwrap_or_else(|_| "[]".into()),
+        );
+    }
+    if let Some(seed) = s.seed {
+        put("seed", seed.to_string());
+    }
+    if let Some(n) = s.n {
+        put("n", n.to_string());
+    }
+    match &req.response_format {
+        None => {}
+        Some(ResponseFormat::Text) => put("response_format", r#"{"type":"text"}"#.into()),
+        Some(ResponseFormat::JsonObject) => {
+            put("response_format", r#"{"type":"json_object"}"#.into())
+        }
+        Some(ResponseFormat::JsonSchema(js)) => {
+            let schema = raw_value("response_format.json_schema.schema", &js.schema)?;
+            let v = serde_json::json!({"type": "json_schema", "json_schema": {
+                "name": js.name, "schema": schema, "strict": js.strict}});
+            put("response_format", v.to_string());
+        }
+    }
+    let extra = raw_object("request.extra", &req.extra)?;
+    let mut body = String::from("{");
+    for (i, (k, v)) in out.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&json_string(k));
+        body.push(':');
+        body.push_str(v);
+    }
+    for (k, v) in &extra {
+        // A typed member wins over a stray copy in `extra`.
+        if out.iter().any(|(o, _)| o == k) {
+            continue;
+        }
+        body.push(',');
+        body.push_str(&json_string(k));
+        body.push(':');
+        body.push_str(v.get());
+    }
+    body.push('}');
+    Ok(body.into_bytes())
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_string()).unwrap_or_default()
+}
+
+fn object_text(m: &BTreeMap<String, Box<RawValue>>) -> String {
+    let mut s = String::from("{");
+    for (i, (k, v)) in m.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&json_string(k));
+        s.push(':');
+        s.push_str(v.get());
+    }
+    s.push('}');
+    s
+}
+
+fn message_json(m: &Message, i: usize) -> Result<String, CallError> {
+    let mut o = raw_object(&format!("messages[{i}].extra"), &m.extra)?;
+    o.insert("role".into(), raw(&json_string(role_name(m.role))));
+    let content = match m.content.as_slice() {
+        [] => "null".to_string(),
+        [ContentPart::Text(t)] => json_string(t),
+        parts => {
+            let mut ps = Vec::new();
+            for p in parts {
+                ps.push(match p {
+                    ContentPart::Text(t) => {
+                        serde_json::json!({"type": "text", "text": t}).to_string()
+                    }
+                    ContentPart::ImageUrl(u) => {
+                        serde_json::json!({"type": "image_url", "image_url": {"url": u}})
+                            .to_string()
+                    }
+                    ContentPart::Other(raw_part) => {
+                        raw_value(&format!("messages[{i}].content part"), raw_part)?;
+                        raw_part.clone()
+                    }
+                });
+            }
+            format!("[{}]", ps.join(","))
+        }
+    };
+    o.insert("content".into(), raw(&content));
+    if let Some(n) = &m.name {
+        o.insert("name".into(), raw(&json_string(n)));
+    }
+    if !m.tool_calls.is_empty() {
+        let calls: Vec<Value> = m
+            .tool_calls
+            .iter()
+            .map(|c| serde_json::json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
+        o.insert("tool_calls".into(), raw(&Value::Array(calls).to_string()));
+    }
+    if let Some(id) = &m.tool_call_id {
+        o.insert("tool_call_id".into(), raw(&json_string(id)));
+    }
+    Ok(object_text(&o))
+}
+
+/// The typed view of a complete upstream answer.
+pub fn response(body: &[u8], backend: &str, model: &str) -> Response {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let choice = &v["choices"][0];
+    let content = choice["message"]["content"]
+        .as_str()
+        .or_else(|| choice["text"].as_str())
+        .map(str::to_string);
+    let tool_calls = match &choice["message"]["tool_calls"] {
+        Value::Array(calls) => calls.iter().map(tool_call).collect(),
+        _ => Vec::new(),
+    };
+    Response {
+        backend: backend.to_string(),
+        model: model.to_string(),
+        content,
+        finish_reason: choice["finish_reason"].as_str().map(str::to_string),
+        tool_calls,
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn typed_and_raw_members_round_trip() {
+        let text = r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:x"}}],"x_msg":1}],"temperature":0.5,"response_format":{"type":"json_object"},"user":"u1","metadata":{"a":[1,2.50]}}"#;
+        let body = RequestBody::parse(Bytes::from(text), Endpoint::ChatCompletions).unwrap();
+        let req = request(&body, Endpoint::ChatCompletions);
+        assert_eq!(req.messages.len(), 2);
+        assert!(matches!(req.messages[0].role, Role::System));
+        assert!(matches!(&req.messages[1].content[1], ContentPart::ImageUrl(u) if u == "data:x"));
+        assert_eq!(req.sampling.temperature, Some(0.5));
+        assert!(matches!(
+            req.response_format,
+            Some(ResponseFormat::JsonObject)
+        ));
+        assert_eq!(req.extra, r#"{"user":"u1","metadata":{"a":[1,2.50]}}"#);
+        let back = request_json(&req, Endpoint::ChatCompletions).unwrap();
+        let v: Value = serde_json::from_slice(&back).unwrap();
+        let orig: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v, orig);
+        // Raw members are copied byte for byte.
+        assert!(
+            String::from_utf8(back)
+                .unwrap()
+                .contains(r#""metadata":{"a":[1,2.50]}"#)
+        );
+    }
+
+    #[test]
+    fn garbage_from_a_plugin_is_a_bad_return() {
+        let body = RequestBody::parse(
+            Bytes::from(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#),
+            Endpoint::ChatCompletions,
+        )
+        .unwrap();
+        let mut req = request(&body, Endpoint::ChatCompletions);
+        req.extra = "{not json".into();
+        let e = request_json(&req, Endpoint::ChatCompletions).unwrap_err();
+        assert!(e.detail.contains("request.extra"), "{e:?}");
+    }
+}

@@ -1,0 +1,156 @@
+//! The wasmtime engine plugins run on: compiled once per process, with the pooling
+//! allocator (instances are carved from pre-reserved slots, so a fresh instance per request
+//! costs microseconds), epoch interruption driven by one ticker thread, and a disk cache of
+//! compiled code so a restart does not recompile (a Python component takes seconds to
+//! compile and milliseconds to load from the cache).
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::Policy;
+use super::exec::State;
+use super::settings::Settings;
+
+/// How often the epoch advances; a call's deadline is counted in these ticks.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// The engine, the linker with the host imports, and the ticker that enforces deadlines.
+pub struct PluginEngine {
+    pub engine: Engine,
+    pub linker: Linker<State>,
+    /// Deadline of one call, in epoch ticks.
+    pub deadline_ticks: u64,
+    pub memory_bytes: usize,
+    cache_dir: Option<PathBuf>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginEngine {
+    pub fn new(settings: &Settings) -> wasmtime::Result<Arc<PluginEngine>> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Plugin memories are bounded by `memory_mb`: reserve only that much address space
+        // per memory slot (plus guard pages) instead of the 4 GiB default.
+        let mut pool = PoolingAllocationConfig::default();
+        pool.max_memory_size(settings.memory_bytes);
+        // Python and JavaScript components hold several core instances, memories and large
+        // tables; these limits fit them with room to spare.
+        pool.total_component_instances(1000);
+        pool.total_core_instances(2000);
+        pool.total_memories(1000);
+        pool.total_tables(2000);
+        pool.max_memories_per_component(16);
+        pool.max_tables_per_component(32);
+        pool.max_core_instances_per_component(64);
+        pool.table_elements(100_000);
+        pool.max_core_instance_size(16 * 1024 * 1024);
+        pool.max_component_instance_size(16 * 1024 * 1024);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.memory_reservation(settings.memory_bytes as u64);
+        config.memory_guard_size(64 * 1024);
+        let engine = Engine::new(&config)?;
+
+        let mut linker: Linker<State> = Linker::new(&engine);
+        // WASI only so that components built by Python/JS/Rust toolchains link: the context
+        // each store gets has no preopened files, no sockets and frozen clocks.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match ticker_engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+        let ticks = settings.timeout.as_micros().div_ceil(TICK.as_micros()) as u64;
+        Ok(Arc::new(PluginEngine {
+            engine,
+            linker,
+            // One more tick than the timeout: the first tick may come at once.
+            deadline_ticks: ticks + 1,
+            memory_bytes: settings.memory_bytes,
+            cache_dir: settings.cache_dir.clone(),
+            stop,
+        }))
+    }
+
+    /// Compile `bytes` (a component, binary or text), through the disk cache.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<(Component, CacheUse)> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::new(&self.engine, bytes)?, CacheUse::Off));
+        };
+        let path = self.cache_path(dir, bytes);
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this same engine
+            // build (the engine's compatibility hash is in the name) into a directory the
+            // operator gave the gateway; wasmtime checks the header and version again.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(c) => return Ok((c, CacheUse::Hit)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unusable plugin cache entry; recompiling");
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        let stored = component
+            .serialize()
+            .and_then(|code| Ok(write_atomically(&path, &code)?));
+        if let Err(e) = stored {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the plugin cache");
+        }
+        Ok((component, CacheUse::Miss))
+    }
+
+    fn cache_path(&self, dir: &Path, bytes: &[u8]) -> PathBuf {
+        let content = Sha256::digest(bytes);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        env!("CARGO_PKG_VERSION").hash(&mut h);
+        let mut name = String::with_capacity(90);
+        for b in &content[..16] {
+            name.push_str(&format!("{b:02x}"));
+        }
+        name.push_str(&format!("-{:016x}.cwasm", h.finish()));
+        dir.join(name)
+    }
+}
+
+/// Whether a compile came from the disk cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    Hit,
+    Miss,
+    Off,
+}
+
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! `[plugins]`, checked: where plugins live, how long and how much memory a call may
+//! take, what a failing call does to its request, and each plugin's config values.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Problem;
+use crate::config::schema::PluginsSection;
+
+/// Default `[plugins] timeout_ms`: generous for a policy that runs in microseconds, short
+/// enough that a runaway plugin costs a request little.
+pub const DEFAULT_TIMEOUT_MS: u64 = 50;
+/// Default `[plugins] memory_mb`: Python and JavaScript components need tens of MiB.
+pub const DEFAULT_MEMORY_MB: u64 = 128;
+/// Default `[plugins] cache_dir` (relative to the working directory).
+pub const DEFAULT_CACHE_DIR: &str = ".cache/switchyard/plugins";
+
+/// What happens to a request when a plugin call fails (trap, timeout, memory, bad return).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Carry on as if the plugin were not there (logged and counted).
+    Continue,
+    /// Fail the request with a `plugin_failed` error.
+    Reject,
+}
+
+/// `[plugins]`, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub order: Vec<String>,
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    pub on_error: OnError,
+    pub cache_dir: Option<PathBuf>,
+    /// Lower-case header names plugins may see.
+    pub headers: Vec<String>,
+    pub watch: bool,
+    /// `[plugins.config.<name>]`, values rendered as text for `config-get`.
+    pub config: HashMap<String, Arc<HashMap<String, String>>>,
+}
+
+impl Settings {
+    /// Check `[plugins]`; `None` when there is no `dir` (plugins off).
+    pub fn validate(s: &PluginsSection, problems: &mut Vec<Problem>) -> Option<Settings> {
+        let dir = s.dir.clone()?;
+        let timeout_ms = s.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=60_000).contains(&timeout_ms) {
+            problems.push(Problem::new(
+                "plugins.timeout_ms",
+                format!("must be between 1 and 60000 milliseconds, got {timeout_ms}"),
+            ));
+        }
+        let memory_mb = s.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+        if !(1..=4096).contains(&memory_mb) {
+            problems.push(Problem::new(
+                "plugins.memory_mb",
+                format!("must be between 1 and 4096 MiB, got {memory_mb}"),
+            ));
+        }
+        let on_error = match s.on_error.as_deref() {
+            None | Some("continue") => OnError::Continue,
+            Some("reject") => OnError::Reject,
+            Some(other) => {
+                problems.push(Problem::new(
+                    "plugins.on_error",
+                    format!("must be \"continue\" or \"reject\", got {other:?}"),
+                ));
+                OnError::Continue
+            }
+        };
+        let order = s.order.clone().unwrap_or_default();
+        for (i, name) in order.iter().enumerate() {
+            if name.is_empty() || order[..i].contains(name) {
+                problems.push(Problem::new(
+                    format!("plugins.order[{i}]"),
+                    format!("{name:?} is empty or listed twice"),
+                ));
+            }
+        }
+        let cache_dir = match &s.cache_dir {
+            Some(d) if d.as_os_str().is_empty() => None,
+            Some(d) => Some(d.clone()),
+            None => Some(PathBuf::from(DEFAULT_CACHE_DIR)),
+        };
+        let mut headers = Vec::new();
+        for (i, h) in s.headers.iter().flatten().enumerate() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                problems.push(Problem::new(
+                    format!("plugins.headers[{i}]"),
+                    format!("{h:?} is not a valid header name"),
+                ));
+            }
+            headers.push(h.to_ascii_lowercase());
+        }
+        let mut config = HashMap::new();
+        for (name, table) in s.config.iter().flatten() {
+            let values = table
+                .iter()
+                .map(|(k, v)| (k.clone(), value_text(v)))
+                .collect();
+            config.insert(name.clone(), Arc::new(values));
+        }
+        Some(Settings {
+            dir,
+            order,
+            timeout: Duration::from_millis(timeout_ms),
+            memory_bytes: usize::try_from(memory_mb.min(4096) * 1024 * 1024).unwrap_or(usize::MAX),
+            on_error,
+            cache_dir,
+            headers,
+            watch: s.watch.unwrap_or(true),
+            config,
+        })
+    }
+
+    /// The config values of plugin `name` (empty when it has none).
+    pub fn config_for(&self, name: &str) -> Arc<HashMap<String, String>> {
+        self.config.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// A TOML value as the text `config-get` returns: strings bare, scalars in TOML spelling,
+/// arrays and tables as JSON (which policies can parse with any JSON library).
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigSource, load_str};
+
+    #[test]
+    fn every_plugins_problem_is_reported_with_its_key() {
+        let text = r#"
+[plugins]
+dir = "p"
+timeout_ms = 0
+memory_mb = 100000
+on_error = "explode"
+order = ["a", "a"]
+headers = ["bad header"]
+"#;
+        let problems = load_str(text, ConfigSource::Embedded).unwrap_err().problems;
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "plugins.timeout_ms",
+            "plugins.memory_mb",
+            "plugins.on_error",
+            "plugins.order[1]",
+            "plugins.headers[0]",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {problems:?}");
+        }
+    }
+
+    #[test]
+    fn config_tables_become_text_values() {
+        let text = r#"
+[plugins]
+dir = "p"
+[plugins.config.router]
+name = "local"
+max = 400
+ratio = 0.5
+on = true
+list = ["a", "b"]
+"#;
+        let rt = load_str(text, ConfigSource::Embedded).unwrap();
+        let s = rt.plugins.as_ref().unwrap();
+        let c = s.config_for("router");
+        assert_eq!(c["name"], "local");
+        assert_eq!(c["max"], "400");
+        assert_eq!(c["ratio"], "0.5");
+        assert_eq!(c["on"], "true");
+        assert_eq!(c["list"], r#"["a","b"]"#);
+        assert!(s.config_for("other").is_empty());
+        assert_eq!(s.timeout.as_millis(), 50);
+    }
+}

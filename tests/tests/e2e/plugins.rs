@@ -1,0 +1,612 @@
+//! Plugins end to end: each first-party plugin's documented effect, hostile plugins
+//! contained, hot reload, `switchyard check`, and the Python/JavaScript examples deciding
+//! like the Rust policy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_tests::client::{Client, Resp};
+use switchyard_tests::mock::{Behaviour, MockUpstream};
+use switchyard_tests::{Gateway, plugins, run_switchyard, skip_unless, workspace_root};
+
+/// Compiled plugins are cached here across tests (the gateway's disk cache).
+fn cache_dir() -> PathBuf {
+    workspace_root().join("target").join("plugin-cache")
+}
+
+/// Two backends (`local`, `openai`), route `gpt-4o` → openai, `[plugins]` in `dir` plus
+/// `extra` (more `[plugins]` keys and `[plugins.config.*]` tables).
+fn config(local: &MockUpstream, premium: &MockUpstream, dir: &Path, extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[plugins]
+dir = "{dir}"
+cache_dir = "{cache}"
+{extra}
+
+[[backends]]
+name = "local"
+url = "{local}"
+first_byte_timeout_secs = 5
+timeout_secs = 10
+
+[[backends]]
+name = "openai"
+url = "{premium}"
+first_byte_timeout_secs = 5
+timeout_secs = 10
+
+[[routes]]
+model = "gpt-4o"
+targets = [{{ backend = "openai" }}]
+
+[[routes]]
+model = "*"
+targets = [{{ backend = "openai" }}]
+"#,
+        dir = dir.display(),
+        cache = cache_dir().display(),
+        local = local.url(),
+        premium = premium.url(),
+    )
+}
+
+const ROUTER_CONFIG: &str = r#"
+[plugins.config.complexity-router]
+local_model = "llama-3.1-8b"
+premium_model = "gpt-4o"
+max_tokens = 200
+"#;
+
+async fn chat(gw: &Gateway, body: Value) -> Resp {
+    Client::new()
+        .post(&gw.url("/v1/chat/completions"), body.to_string(), &[])
+        .await
+}
+
+fn user(text: &str) -> Value {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]})
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    Client::new().get(&gw.url("/metrics")).await.text()
+}
+
+/// The requests the routing policy is compared on (also by the examples test).
+fn routing_cases() -> Vec<(Value, &'static str)> {
+    let turns: Vec<Value> = (0..6)
+        .flat_map(|i| {
+            [
+                json!({"role": "user", "content": format!("question {i}")}),
+                json!({"role": "assistant", "content": "answer"}),
+            ]
+        })
+        .collect();
+    vec![
+        (user("What is the capital of France?"), "local"),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]}),
+            "local",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "weather in Paris?"}],
+                "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}),
+            "openai",
+        ),
+        (
+            user("Why does this fail?\n```rust\nfn main() { let x: u8 = 256; }\n```"),
+            "openai",
+        ),
+        (user(&"Summarise this text. ".repeat(100)), "openai"),
+        (json!({"model": "gpt-4o", "messages": turns}), "openai"),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}),
+            "openai",
+        ),
+        (user("héllo, ça va? 日本語で答えて"), "local"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complexity_router_sends_simple_requests_local_and_the_rest_premium() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(
+        &plugins::first_party("complexity-router"),
+        dir.path(),
+        "complexity-router",
+    );
+    let gw = Gateway::start(&config(&local, &premium, dir.path(), ROUTER_CONFIG));
+    for (i, (body, want)) in routing_cases().into_iter().enumerate() {
+        let r = chat(&gw, body).await;
+        assert_eq!(r.status, 200, "case {i}: {}", r.text());
+        assert_eq!(r.header("x-switchyard-backend"), Some(want), "case {i}");
+        let model = if want == "local" {
+            "llama-3.1-8b"
+        } else {
+            "gpt-4o"
+        };
+        assert_eq!(r.header("x-switchyard-model"), Some(model), "case {i}");
+    }
+    assert_eq!(local.served(), 3);
+    assert_eq!(
+        local.last_request().unwrap().json()["model"],
+        "llama-3.1-8b"
+    );
+    let m = metrics(&gw).await;
+    assert!(
+        m.contains(
+            r#"switchyard_plugin_counter_total{plugin="complexity-router",name="simple"} 3"#
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complexity_router_falls_to_premium_while_local_is_unhealthy() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(
+        &plugins::first_party("complexity-router"),
+        dir.path(),
+        "complexity-router",
+    );
+    let gw = Gateway::start(&config(&local, &premium, dir.path(), ROUTER_CONFIG));
+    local.set_behaviour(Behaviour {
+        status: Some(500),
+        ..Behaviour::default()
+    });
+    // The first simple requests go local and fail; the gateway learns the backend is down.
+    for _ in 0..3 {
+        let r = chat(&gw, user("hi")).await;
+        assert_eq!(r.header("x-switchyard-backend"), Some("local"));
+        assert_eq!(r.status, 500);
+    }
+    let r = chat(&gw, user("hi")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-backend"), Some("openai"));
+    assert_eq!(r.header("x-switchyard-model"), Some("gpt-4o"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_adapter_rewrites_for_the_target_and_leaves_others_byte_identical() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(
+        &plugins::first_party("prompt-adapter"),
+        dir.path(),
+        "prompt-adapter",
+    );
+    let extra = r#"
+[plugins.config.prompt-adapter]
+trim = ["You are a helpful assistant."]
+"#;
+    let text = config(&local, &premium, dir.path(), extra).replace(
+        r#"[[routes]]
+model = "gpt-4o""#,
+        r#"[[routes]]
+model = "gemma"
+targets = [{ backend = "local", model = "gemma-2-9b" }]
+
+[[routes]]
+model = "small-json"
+targets = [{ backend = "local", model = "llama-3.1-8b" }]
+
+[[routes]]
+model = "gpt-4o""#,
+    );
+    let gw = Gateway::start(&text);
+
+    // A template without a system role: the system prompt moves into the first user turn.
+    let r = chat(&gw, json!({"model": "gemma", "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello"}], "user": "u1"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = local.last_request().unwrap().json();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "Answer in French.\n\nHello"}])
+    );
+    assert_eq!(sent["model"], "gemma-2-9b");
+    assert_eq!(sent["user"], "u1", "untyped fields survive the rewrite");
+
+    // JSON asked of a local model: an explicit instruction is added.
+    let r = chat(&gw, json!({"model": "small-json", "messages": [{"role": "user", "content": "Three colours"}], "response_format": {"type": "json_object"}})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = local.last_request().unwrap().json();
+    let last = &sent["messages"][0]["content"];
+    assert!(
+        last.to_string().contains("valid JSON object"),
+        "instruction added: {last}"
+    );
+    assert_eq!(sent["response_format"], json!({"type": "json_object"}));
+
+    // Boilerplate trimmed, for any target.
+    let r = chat(&gw, json!({"model": "gpt-4o", "messages": [{"role": "system", "content": "You are a helpful assistant. Be brief."}, {"role": "user", "content": "Hi"}]})).await;
+    assert_eq!(r.status, 200);
+    let sent = premium.last_request().unwrap().json();
+    assert_eq!(sent["messages"][0]["content"], "Be brief.");
+
+    // Nothing applies: the body goes upstream byte for byte.
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}],"temperature":0.70,"x_vendor":{"n":[1,2e3]}}"#;
+    let r = Client::new()
+        .post(&gw.url("/v1/chat/completions"), body, &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&premium.last_request().unwrap().body),
+        body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_validator_rejects_answers_that_are_not_the_json_asked_for() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(
+        &plugins::first_party("json-validator"),
+        dir.path(),
+        "json-validator",
+    );
+    let gw = Gateway::start(&config(&local, &premium, dir.path(), ""));
+    let schema = json!({"type": "object", "required": ["name", "age"], "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}});
+    let ask = |content: &str, format: Value| {
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "who?"}],
+            "response_format": format, "mock_content": content})
+    };
+    let object = json!({"type": "json_object"});
+    let with_schema =
+        json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}});
+
+    let r = chat(&gw, ask(r#"{"name":"Ada","age":36}"#, with_schema.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        r#"{"name":"Ada","age":36}"#
+    );
+
+    let r = chat(
+        &gw,
+        ask("Sure! Here is the JSON you asked for.", object.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "answer_rejected");
+    assert!(r.text().contains("not valid JSON"), "{}", r.text());
+
+    let r = chat(
+        &gw,
+        ask(r#"{"name":"Ada","age":"36"}"#, with_schema.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("$.age"), "{}", r.text());
+
+    let r = chat(&gw, ask(r#"{"name":"Ada"}"#, with_schema)).await;
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("age"), "{}", r.text());
+
+    // No JSON asked: prose is fine.
+    let r = chat(&gw, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "mock_content": "hello there"})).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_three_plugins_together() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["complexity-router", "prompt-adapter", "json-validator"] {
+        plugins::install(&plugins::first_party(name), dir.path(), name);
+    }
+    let gw = Gateway::start(&config(&local, &premium, dir.path(), ROUTER_CONFIG));
+    // Simple + JSON: routed local, instruction added, answer validated.
+    let r = chat(
+        &gw,
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "a colour"}],
+        "response_format": {"type": "json_object"}, "mock_content": "{\"colour\":\"red\"}"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-backend"), Some("local"));
+    let sent = local.last_request().unwrap().json();
+    assert!(
+        sent["messages"][0]["content"]
+            .to_string()
+            .contains("valid JSON object")
+    );
+    let r = chat(
+        &gw,
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "a colour"}],
+        "response_format": {"type": "json_object"}, "mock_content": "red"}),
+    )
+    .await;
+    assert_eq!(r.status, 502);
+}
+
+/// A gateway with the hostile plugin misbehaving at `stage`; the unrelated traffic sent while
+/// it misbehaves must all succeed.
+async fn hostile_gateway(
+    stage: &str,
+    on_error: &str,
+) -> (MockUpstream, MockUpstream, Gateway, tempfile::TempDir) {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(&plugins::fixture("hostile"), dir.path(), "hostile");
+    let extra = format!(
+        "timeout_ms = 50\nmemory_mb = 32\non_error = \"{on_error}\"\n\n[plugins.config.hostile]\nstage = \"{stage}\"\n"
+    );
+    let gw = Gateway::start(&config(&local, &premium, dir.path(), &extra));
+    (local, premium, gw, dir)
+}
+
+fn hostile(mode: &str) -> Value {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "x_hostile": mode})
+}
+
+/// Background requests that do not trigger the plugin; returns (sent, failed) when stopped.
+fn bystanders(gw: &Gateway) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(u64, u64)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = gw.url("/v1/chat/completions");
+    let s = stop.clone();
+    let h = tokio::spawn(async move {
+        let client = Client::new();
+        let (mut sent, mut failed) = (0, 0);
+        while !s.load(Ordering::Relaxed) {
+            let r = client.post(&url, user("hello").to_string(), &[]).await;
+            sent += 1;
+            if r.status != 200 {
+                failed += 1;
+            }
+        }
+        (sent, failed)
+    });
+    (stop, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_contained_and_other_requests_are_unaffected() {
+    for (stage, modes) in [
+        (
+            "classify",
+            &[
+                "loop",
+                "memory",
+                "trap",
+                "panic",
+                "unknown-backend",
+                "unknown-route",
+            ][..],
+        ),
+        ("adapt", &["garbage", "trap"][..]),
+        ("validate", &["garbage", "loop"][..]),
+    ] {
+        let (_l, _p, gw, _dir) = hostile_gateway(stage, "continue").await;
+        let (stop, load) = bystanders(&gw);
+        for mode in modes {
+            let started = Instant::now();
+            let r = chat(&gw, hostile(mode)).await;
+            // on_error = continue: the request is served as if the plugin were absent.
+            assert_eq!(r.status, 200, "{stage}/{mode}: {}", r.text());
+            assert_eq!(r.header("x-switchyard-backend"), Some("openai"));
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{stage}/{mode} took {:?}",
+                started.elapsed()
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (sent, failed) = load.await.unwrap();
+        assert!(sent > 0);
+        assert_eq!(failed, 0, "{stage}: unrelated requests failed");
+        let m = metrics(&gw).await;
+        let want: &[&str] = match stage {
+            "classify" => &["timeout", "memory", "trap", "bad_return"],
+            "adapt" => &["bad_return", "trap"],
+            _ => &["bad_return", "timeout"],
+        };
+        for kind in want {
+            assert!(
+                m.contains(&format!(
+                    "switchyard_plugin_errors_total{{plugin=\"hostile\",stage=\"{stage}\",kind=\"{kind}\"}}"
+                )),
+                "{stage}: no {kind} counted:\n{m}"
+            );
+        }
+        assert!(gw.log().contains("plugin call failed"));
+        assert!(gw.log().contains("hostile"));
+        let h = Client::new().get(&gw.url("/healthz")).await;
+        assert_eq!(h.status, 200, "the process stays up");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_reject_fails_only_the_request_that_tripped_the_plugin() {
+    let (_l, _p, gw, _dir) = hostile_gateway("classify", "reject").await;
+    for mode in ["loop", "trap", "unknown-backend"] {
+        let r = chat(&gw, hostile(mode)).await;
+        assert_eq!(r.status, 500, "{mode}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "plugin_failed");
+        assert!(r.text().contains("hostile"), "{}", r.text());
+        let ok = chat(&gw, user("hello")).await;
+        assert_eq!(ok.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_loses_no_request() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(&local, &premium, dir.path(), ROUTER_CONFIG));
+    let ready = Client::new().get(&gw.url("/readyz")).await;
+    assert_eq!(ready.status, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, stop, sent) = (gw.url("/v1/chat/completions"), stop.clone(), sent.clone());
+        load.push(tokio::spawn(async move {
+            let client = Client::new();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = client.post(&url, user("hi").to_string(), &[]).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if r.status != 200 {
+                    failures.push(format!("{} {}", r.status, r.text()));
+                }
+            }
+            failures
+        }));
+    }
+    let wait_for = |want: &'static str| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let r = Client::new().post(&url, user("hi").to_string(), &[]).await;
+                if r.header("x-switchyard-backend") == Some(want) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "never routed to {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for("openai").await;
+    // Add the router: simple requests move to the local backend.
+    plugins::install(
+        &plugins::first_party("complexity-router"),
+        dir.path(),
+        "complexity-router",
+    );
+    wait_for("local").await;
+    // Replace it with a file that is not a component: reported, the old version stays.
+    std::fs::write(dir.path().join(".bad.tmp"), b"\0asm garbage").unwrap();
+    std::fs::rename(
+        dir.path().join(".bad.tmp"),
+        dir.path().join("complexity-router.wasm"),
+    )
+    .unwrap();
+    assert!(gw.wait_for_log("failed to load", Duration::from_secs(10)));
+    for _ in 0..5 {
+        let r = chat(&gw, user("hi")).await;
+        assert_eq!(r.header("x-switchyard-backend"), Some("local"));
+    }
+    // Replace it with a working version again, add two more plugins, then remove them all.
+    plugins::install(
+        &plugins::first_party("complexity-router"),
+        dir.path(),
+        "complexity-router",
+    );
+    for name in ["prompt-adapter", "json-validator"] {
+        plugins::install(&plugins::first_party(name), dir.path(), name);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for name in ["complexity-router", "prompt-adapter", "json-validator"] {
+        std::fs::remove_file(dir.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    wait_for("openai").await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for h in load {
+        failures.extend(h.await.unwrap());
+    }
+    assert!(sent.load(Ordering::Relaxed) > 20, "the load generator ran");
+    assert!(
+        failures.is_empty(),
+        "requests failed during reloads: {failures:?}"
+    );
+    let m = metrics(&gw).await;
+    assert!(m.contains("switchyard_plugin_reloads_total"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_plugins_with_their_stages_and_names_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["complexity-router", "prompt-adapter", "json-validator"] {
+        plugins::install(&plugins::first_party(name), dir.path(), name);
+    }
+    let cfg = dir.path().join("switchyard.toml");
+    let text = format!(
+        "[plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n\n[[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:9/v1\"\n\n[[routes]]\nmodel = \"*\"\ntargets = [{{ backend = \"b\" }}]\n",
+        dir.path().display(),
+        cache_dir().display()
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let (code, out, err) = run_switchyard(
+        &["check", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("complexity-router"), "{out}");
+    assert!(out.contains("stages classify"), "{out}");
+    assert!(out.contains("stages adapt"), "{out}");
+    assert!(out.contains("stages validate"), "{out}");
+
+    std::fs::write(dir.path().join("broken.wasm"), b"not wasm").unwrap();
+    let (code, out, err) = run_switchyard(
+        &["check", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("broken.wasm"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_examples_decide_like_the_rust_router() {
+    let py = plugins::example("python-router");
+    let js = plugins::example("js-router");
+    if skip_unless(
+        py.is_some(),
+        "the Python example (componentize-py; cargo xtask plugins)",
+    ) | skip_unless(
+        js.is_some(),
+        "the JavaScript example (npm install in examples/js-router; cargo xtask plugins)",
+    ) {
+        return;
+    }
+    let rust = plugins::first_party("complexity-router");
+    let mut decisions: Vec<(String, Vec<String>)> = Vec::new();
+    for (label, file) in [("rust", rust), ("python", py.unwrap()), ("js", js.unwrap())] {
+        let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+        let dir = tempfile::tempdir().unwrap();
+        plugins::install(&file, dir.path(), "complexity-router");
+        // Generous deadline: this test is about decisions, on a loaded CI machine.
+        let extra = format!("timeout_ms = 2000\n{ROUTER_CONFIG}");
+        let gw = Gateway::start(&config(&local, &premium, dir.path(), &extra));
+        let mut got = Vec::new();
+        for (body, _) in routing_cases() {
+            let r = chat(&gw, body).await;
+            assert_eq!(r.status, 200, "{label}: {}", r.text());
+            got.push(format!(
+                "{}/{}",
+                r.header("x-switchyard-backend").unwrap_or("-"),
+                r.header("x-switchyard-model").unwrap_or("-")
+            ));
+        }
+        let m = metrics(&gw).await;
+        assert!(
+            m.contains(r#"switchyard_plugin_errors_total{plugin="complexity-router""#) == false,
+            "{label} had plugin errors:\n{m}"
+        );
+        decisions.push((label.to_string(), got));
+    }
+    let want: Vec<String> = routing_cases()
+        .iter()
+        .map(|(_, b)| {
+            if *b == "local" {
+                "local/llama-3.1-8b".to_string()
+            } else {
+                "openai/gpt-4o".to_string()
+            }
+        })
+        .collect();
+    for (label, got) in &decisions {
+        assert_eq!(got, &want, "{label} decided differently");
+    }
+}

@@ -1,0 +1,127 @@
+//! `cargo xtask plugins`: build every Wasm component the repository ships or tests with.
+//!
+//! - `plugins/*` (Rust, wasm32-wasip2) → `plugins/<name>.wasm`
+//! - `tests/fixtures/plugins/*` (hostile test plugins) → `target/plugin-fixtures/<name>.wasm`
+//! - `examples/python-router` (componentize-py) and `examples/js-router` (componentize-js,
+//!   installed with jco by npm) → a `router.wasm`
+//!   beside their sources, when those toolchains are installed (skipped with a message
+//!   otherwise; `SWITCHYARD_CI=1` makes a missing toolchain an error).
+//!
+//! The Rust plugins share one target directory (`target/wasm`) so the SDK and wit-bindgen
+//! are compiled once for all of them.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::{cargo, root, run};
+
+/// First-party plugins: crate name, output file stem.
+const PLUGINS: &[&str] = &["complexity-router", "prompt-adapter", "json-validator"];
+const FIXTURES: &[&str] = &["hostile"];
+
+pub fn build() -> Result<(), String> {
+    let root = root();
+    let target_dir = root.join("target").join("wasm");
+    build_workspace(&root.join("plugins").join("Cargo.toml"), &target_dir)?;
+    for name in PLUGINS {
+        copy(
+            &target_dir,
+            name,
+            &root.join("plugins").join(format!("{name}.wasm")),
+        )?;
+    }
+    build_workspace(&root.join("tests/fixtures/plugins/Cargo.toml"), &target_dir)?;
+    let fixtures = root.join("target").join("plugin-fixtures");
+    std::fs::create_dir_all(&fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))?;
+    for name in FIXTURES {
+        copy(&target_dir, name, &fixtures.join(format!("{name}.wasm")))?;
+    }
+    examples(&root)?;
+    println!("plugins built: {}", PLUGINS.join(", "));
+    Ok(())
+}
+
+fn build_workspace(manifest: &Path, target_dir: &Path) -> Result<(), String> {
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+    ])
+    .arg(manifest)
+    .arg("--target-dir")
+    .arg(target_dir);
+    run(c, &format!("cargo build {}", manifest.display()))
+}
+
+fn copy(target_dir: &Path, name: &str, to: &Path) -> Result<(), String> {
+    let from = target_dir
+        .join("wasm32-wasip2")
+        .join("release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    // Write then rename, so a running gateway watching plugins/ never sees half a file.
+    let tmp = to.with_extension("wasm.tmp");
+    std::fs::copy(&from, &tmp).map_err(|e| format!("copy {}: {e}", from.display()))?;
+    std::fs::rename(&tmp, to).map_err(|e| format!("rename to {}: {e}", to.display()))
+}
+
+fn have(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ci() -> bool {
+    std::env::var("SWITCHYARD_CI").is_ok_and(|v| v == "1")
+}
+
+fn missing(what: &str) -> Result<(), String> {
+    if ci() {
+        Err(format!("SWITCHYARD_CI=1 but {what} is not installed"))
+    } else {
+        println!("skipping: {what} is not installed");
+        Ok(())
+    }
+}
+
+/// The example policies in Python and JavaScript.
+fn examples(root: &Path) -> Result<(), String> {
+    let wit = root.join("wit");
+    let py = root.join("examples").join("python-router");
+    if py.exists() {
+        if have("componentize-py", "--version") {
+            let mut c = Command::new("componentize-py");
+            c.current_dir(&py).arg("-d").arg(&wit).args([
+                "-w",
+                "classifier",
+                "componentize",
+                "app",
+                "-o",
+                "router.wasm",
+            ]);
+            run(c, "componentize-py (examples/python-router)")?;
+        } else {
+            missing("componentize-py (pip install componentize-py)")?;
+        }
+    }
+    let js = root.join("examples").join("js-router");
+    if js.exists() {
+        let cjs = js.join("node_modules").join(".bin").join("componentize-js");
+        if cjs.exists() {
+            let mut c = Command::new(&cjs);
+            c.current_dir(&js)
+                .args(["router.js", "--wit"])
+                .arg(&wit)
+                .args(["--world-name", "classifier", "--disable"])
+                .args(["stdio", "random", "clocks", "http", "fetch-event"])
+                .args(["-o", "router.wasm"]);
+            run(c, "componentize-js (examples/js-router)")?;
+        } else {
+            missing("jco/componentize-js (cd examples/js-router && npm install)")?;
+        }
+    }
+    Ok(())
+}
