@@ -94,6 +94,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
         ("/metrics", &Method::GET) => {
             let mut text = gw.metrics.render();
             pool::render_metrics(&gw.runtime(), &mut text);
+            attempt::render_metrics(&mut text);
             shadow::render_metrics(&mut text);
             let mut r = Response::new(GatewayBody::from(text));
             r.headers_mut().insert(

@@ -178,6 +178,11 @@ async fn fallback_answers_every_fault_of_the_primary() {
         assert_eq!(text_of_stream(&s.body()), "w0 w1 w2 w3 w4 ");
     }
     assert!(gw.wait_for_log("fallback: more than one attempt", Duration::from_secs(2)));
+    let metrics = c.get(&gw.url("/metrics")).await.text();
+    assert!(
+        metrics.contains("switchyard_attempts_total{backend=\"primary\",outcome=\"http_500\"} 8"),
+        "{metrics}"
+    );
     // A client mistake is not retried elsewhere: the primary's 400 is the answer.
     primary.set_behaviour(Behaviour {
         status: Some(400),
