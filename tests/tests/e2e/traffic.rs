@@ -813,3 +813,67 @@ targets = [{{ backend = "gpu" }}]
     );
     assert_eq!(r.header("x-switchyard-backend"), Some("fallback"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_checks_take_a_url_out_and_passing_ones_bring_it_back() {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    let cfg = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[[backends]]
+name = "pool"
+urls = ["{}", "{}"]
+pool = {{ health_path = "/healthz", health_interval_secs = 0.2 }}
+
+[[routes]]
+model = "m"
+targets = [{{ backend = "pool" }}]
+"#,
+        a.url(),
+        b.url()
+    );
+    let gw = Gateway::start(&cfg);
+    let c = Client::new();
+    let url = gw.url("/v1/chat/completions");
+    let send = |n: usize| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            for _ in 0..n {
+                let r = c.post_json(&url, &chat(false), &[]).await;
+                assert_eq!(r.status, 200);
+            }
+        }
+    };
+    send(30).await;
+    assert!(a.completions() > 0 && b.completions() > 0);
+    // The checks really run, on the configured path.
+    assert!(a.requests().iter().any(|r| r.path == "/healthz"));
+
+    a.set_healthy(false);
+    assert!(gw.wait_for_log("health check failed", Duration::from_secs(3)));
+    let before = a.completions();
+    send(30).await;
+    assert_eq!(
+        a.completions(),
+        before,
+        "an unhealthy URL still got traffic"
+    );
+    let metrics = c.get(&gw.url("/metrics")).await.text();
+    assert!(
+        metrics.contains(&format!(
+            "switchyard_upstream_healthy{{backend=\"pool\",url=\"{}\"}} 0",
+            a.url()
+        )),
+        "{metrics}"
+    );
+
+    a.set_healthy(true);
+    assert!(gw.wait_for_log("health check passed", Duration::from_secs(3)));
+    send(30).await;
+    assert!(
+        a.completions() > before,
+        "a recovered URL got no traffic back"
+    );
+}
