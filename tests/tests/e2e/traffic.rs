@@ -476,6 +476,7 @@ targets = [{{ backend = "{backend}" }}]
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(served_by(c.clone(), url.clone()).await, "a");
+    eprintln!("rollback through the admin API answered in {took:?}");
     assert!(took < Duration::from_secs(1), "rollback took {took:?}");
 
     // 3. An invalid config is refused with every problem; the running one stays.
