@@ -758,7 +758,7 @@ targets = [{{ backend = "gpu" }}]
     for _ in 0..6 {
         let (c, url) = (c.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            c.post_json(&url, &chat(false), &[("x-mock", "first_byte_ms=600")])
+            c.post_json(&url, &chat(false), &[("x-mock", "first_byte_ms=2000")])
                 .await
         }));
     }
@@ -785,7 +785,7 @@ targets = [{{ backend = "gpu" }}]
             s => panic!("unexpected {s}: {}", r.text()),
         }
     }
-    // Two in flight; the one queued times out after 0.2 s (the slots are held 0.6 s).
+    // Two in flight; the one queued times out after 0.2 s (the slots are held 2 s).
     assert_eq!((ok, saturated), (2, 4));
     assert!(slow.served() <= 2);
 
