@@ -24,7 +24,8 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -169,6 +170,45 @@ impl Default for RetryBudget {
     }
 }
 
+/// Attempts by backend and outcome, for `/metrics`.
+fn attempt_counts() -> &'static dashmap::DashMap<(Arc<str>, String), AtomicU64> {
+    static C: OnceLock<dashmap::DashMap<(Arc<str>, String), AtomicU64>> = OnceLock::new();
+    C.get_or_init(dashmap::DashMap::new)
+}
+
+fn count(backend: &Arc<str>, outcome: &str) {
+    if let Some(c) = attempt_counts().get(&(backend.clone(), outcome.to_string())) {
+        c.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    attempt_counts()
+        .entry((backend.clone(), outcome.to_string()))
+        .or_insert_with(|| AtomicU64::new(0))
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+/// Prometheus lines: every attempt the loop made or skipped, by backend and outcome.
+pub fn render_metrics(out: &mut String) {
+    out.push_str("# HELP switchyard_attempts_total Upstream attempts by backend and outcome (ok, http_500, timeout, skipped_breaker_open, ...); more than one per request means retries or fallback.\n# TYPE switchyard_attempts_total counter\n");
+    let mut rows: Vec<(String, String, u64)> = attempt_counts()
+        .iter()
+        .map(|e| {
+            (
+                e.key().0.to_string(),
+                e.key().1.clone(),
+                e.value().load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    rows.sort();
+    for (b, o, n) in rows {
+        let _ = writeln!(
+            out,
+            "switchyard_attempts_total{{backend=\"{b}\",outcome=\"{o}\"}} {n}"
+        );
+    }
+}
+
 fn budget() -> &'static RetryBudget {
     static B: OnceLock<RetryBudget> = OnceLock::new();
     B.get_or_init(RetryBudget::new)
@@ -212,10 +252,12 @@ pub struct Trail {
 
 impl Trail {
     fn push(&mut self, target: &Target, url: Option<usize>, outcome: impl Into<String>) {
+        let outcome = outcome.into();
+        count(&target.backend.name, &outcome);
         self.steps.push(Step {
             backend: target.backend.name.clone(),
             url: url.and_then(|i| target.backend.urls.get(i).map(|u| u.authority.clone())),
-            outcome: outcome.into(),
+            outcome,
         });
     }
 

@@ -74,6 +74,8 @@ pub struct UrlState {
     freed: Notify,
     /// Latency EWMA in microseconds (f64 bits); 0 until the first answer.
     ewma_us: AtomicU64,
+    /// When the EWMA last learnt something (ms since the process epoch).
+    ewma_at_ms: AtomicU64,
     pub breaker: Breaker,
     healthy: AtomicBool,
     ejected_until_ms: AtomicU64,
@@ -110,6 +112,7 @@ pub fn url_state(backend: &str, base: &str) -> Arc<UrlState> {
                 waiting: AtomicUsize::new(0),
                 freed: Notify::new(),
                 ewma_us: AtomicU64::new(0),
+                ewma_at_ms: AtomicU64::new(0),
                 breaker: Breaker::default(),
                 healthy: AtomicBool::new(true),
                 ejected_until_ms: AtomicU64::new(0),
@@ -122,6 +125,10 @@ pub fn url_state(backend: &str, base: &str) -> Arc<UrlState> {
 }
 
 const EWMA_ALPHA: f64 = 0.3;
+/// How fast an unrefreshed latency estimate fades (seconds, e-folding): a URL that was slow
+/// once and then got no traffic must not be shunned forever, so its cost decays until it
+/// is picked again and measured afresh (as in Finagle's peak EWMA).
+const EWMA_DECAY_SECS: f64 = 5.0;
 
 impl UrlState {
     pub fn in_flight(&self) -> usize {
@@ -140,9 +147,12 @@ impl UrlState {
         self.ejected_until_ms.load(Ordering::Relaxed) > millis(now)
     }
 
-    fn score(&self) -> f64 {
-        let ewma = f64::from_bits(self.ewma_us.load(Ordering::Relaxed)).max(1.0);
-        (self.in_flight() as f64 + 1.0) * ewma
+    fn score(&self, now: Instant) -> f64 {
+        let ewma = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
+        let age_s =
+            millis(now).saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed)) as f64 / 1000.0;
+        let cost = (ewma * (-age_s / EWMA_DECAY_SECS).exp()).max(1.0);
+        (self.in_flight() as f64 + 1.0) * cost
     }
 
     /// A success: feed the latency EWMA, clear the failure streak.
@@ -159,6 +169,8 @@ impl UrlState {
                 };
                 Some(new.to_bits())
             });
+        self.ewma_at_ms
+            .store(millis(Instant::now()), Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
     }
@@ -180,6 +192,10 @@ impl UrlState {
         if ok {
             // A passing check ends an ejection early: the worker is back.
             self.ejected_until_ms.store(0, Ordering::Relaxed);
+            if !was {
+                // Its latency history is from before it went away: start afresh.
+                self.ewma_us.store(0, Ordering::Relaxed);
+            }
         }
         if was != ok {
             if ok {
@@ -359,7 +375,7 @@ impl Pool {
             }
             if admissible(i) {
                 k += 1;
-            } else if panic_pick.is_none_or(|f| self.urls[f].score() > self.urls[i].score()) {
+            } else if panic_pick.is_none_or(|f| self.urls[f].score(now) > self.urls[i].score(now)) {
                 panic_pick = Some(i);
             }
         }
@@ -376,7 +392,7 @@ impl Pool {
             b += 1;
         }
         let (a, b) = (nth(a)?, nth(b)?);
-        Some(if self.urls[a].score() <= self.urls[b].score() {
+        Some(if self.urls[a].score(now) <= self.urls[b].score(now) {
             a
         } else {
             b
@@ -553,6 +569,19 @@ mod tests {
         assert_eq!(p.pick(&[], now), Some(0));
         assert_eq!(p.pick(&[0], now), Some(1));
         assert_eq!(p.pick(&[0, 1], now), None);
+    }
+
+    #[test]
+    fn a_stale_slow_estimate_fades_so_the_url_is_tried_again() {
+        let p = pool("decay", 2, None, 0);
+        p.urls[0].success(Duration::from_millis(20));
+        p.urls[1].success(Duration::from_millis(10));
+        let now = Instant::now();
+        assert_eq!(p.pick(&[], now), Some(1));
+        // A minute later URL 1 has just been measured again; URL 0's 20 ms is a minute old.
+        let later = now + Duration::from_secs(60);
+        p.urls[1].ewma_at_ms.store(millis(later), Ordering::Relaxed);
+        assert_eq!(p.pick(&[], later), Some(0));
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
         ("/metrics", &Method::GET) => {
             let mut text = gw.metrics.render();
             pool::render_metrics(&gw.runtime(), &mut text);
+            attempt::render_metrics(&mut text);
             shadow::render_metrics(&mut text);
             gw.plugins.metrics.render(&mut text);
             if let Some(g) = &gw.governance {

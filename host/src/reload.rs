@@ -160,6 +160,12 @@ impl Control {
         }
         let rt = Arc::new(rt);
         let mut h = lock(self);
+        // Another reload (watcher, SIGHUP, admin) may have applied the same file meanwhile.
+        if h.versions[h.current].hash == hash {
+            return Ok(Reloaded::Unchanged {
+                version: h.versions[h.current].id,
+            });
+        }
         let previous = h.versions[h.current].id;
         let id = h.next_id;
         h.next_id += 1;

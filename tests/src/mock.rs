@@ -124,6 +124,8 @@ struct State {
     /// Set by `kill`: the listener and every open connection close.
     killed: std::sync::atomic::AtomicBool,
     kill: tokio::sync::Notify,
+    /// `GET /healthz` answers 503 (completions still work): a failing health check.
+    unhealthy: std::sync::atomic::AtomicBool,
 }
 
 /// A running mock upstream. Stops when dropped.
@@ -184,6 +186,19 @@ impl MockUpstream {
 
     pub fn streams_completed(&self) -> u64 {
         self.state.streams_completed.load(Ordering::Relaxed)
+    }
+
+    /// Make `GET /healthz` answer 503 (or 200 again) while everything else keeps working.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.unhealthy.store(!healthy, Ordering::Relaxed);
+    }
+
+    /// Completion requests received (health checks and model lists not counted).
+    pub fn completions(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.method == Method::POST)
+            .count()
     }
 
     /// Kill the mock as a crashed worker dies: the listening socket closes (new connections
@@ -339,6 +354,18 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         return Ok(r);
     }
     let path = parts.uri.path();
+    if parts.method == Method::GET && path == "/healthz" {
+        let ok = !state.unhealthy.load(Ordering::Relaxed);
+        let mut r = Response::new(MockBody::Left(Full::new(Bytes::from_static(if ok {
+            b"ok\n"
+        } else {
+            b"unhealthy\n"
+        }))));
+        if !ok {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return Ok(r);
+    }
     if parts.method == Method::GET && path.ends_with("/models") {
         return Ok(json_response(
             json!({"object":"list","data":[{"id":"mock-model","object":"model","created":0,"owned_by":"mock"}]}),

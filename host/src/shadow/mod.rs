@@ -4,14 +4,16 @@
 //! ```text
 //! request path:  served answer ─► sample? ─► try_send(job) onto a bounded queue ─► done
 //!                                             (full: job dropped, counted)
-//! background:    queue ─► shadow request (≤ 64 at once) ─► compare ─► store channel
-//!                store thread ─► SQLite `shadow_pairs`, one transaction per batch
+//! background:    queue ─► shadow request (≤ 64 at once, I/O only) ─► store channel
+//!                store thread ─► parse, compare, validate ─► SQLite `shadow_pairs`,
+//!                one transaction per batch
 //! ```
 //!
 //! The served answer is never delayed or altered: the request path does one random draw
-//! and one non-blocking channel send, after the answer is known. Everything else (the
-//! shadow request, parsing, comparison, SQLite) runs on background tasks and a dedicated
-//! writer thread. For a sampled streamed request the served stream keeps a copy of its
+//! and one non-blocking channel send, after the answer is known. The shadow request is
+//! I/O on background tasks; everything that costs CPU (JSON parsing, the quadratic
+//! similarity, the validate verdict, SQLite) runs on the store's own thread, never on the
+//! runtime threads that serve requests. For a sampled streamed request the served stream keeps a copy of its
 //! frames (only that request, only while it streams) and hands it to the shadow job when
 //! it ends, so streamed answers are compared too; a stream that did not complete is
 //! recorded without a comparison.
@@ -171,7 +173,7 @@ pub fn mirror(
 
 async fn dispatch(
     mut rx: tokio::sync::mpsc::Receiver<Job>,
-    store: std::sync::mpsc::SyncSender<store::Pair>,
+    store: std::sync::mpsc::SyncSender<Finished>,
     stats: Arc<Stats>,
 ) {
     let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
@@ -182,11 +184,8 @@ async fn dispatch(
         let store = store.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
-            let pair = run(job).await;
-            if pair.shadow_error.is_some() {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            if store.try_send(pair).is_err() {
+            let finished = run(job).await;
+            if store.try_send(finished).is_err() {
                 stats.dropped_store_full.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);
@@ -194,35 +193,98 @@ async fn dispatch(
     }
 }
 
-/// Send one shadow request and compare its answer with the served one.
-async fn run(mut job: Job) -> store::Pair {
+/// A mirrored exchange whose answers are in, to be compared and stored (on the store
+/// thread: parsing and comparing cost CPU the serving threads should not give up).
+pub struct Finished {
+    pair: store::Pair,
+    served: Option<Bytes>,
+    shadow: Option<Bytes>,
+    validator: Option<Validator>,
+    target: Target,
+}
+
+/// Send one shadow request and wait for the served answer to be complete.
+async fn run(mut job: Job) -> Finished {
     let served = std::mem::replace(&mut job.served, Served::Complete(None));
-    let mut pair = ask_shadow(job).await;
+    let validator = job.validator.take();
+    let target = job.target.clone();
+    let (mut pair, shadow) = ask_shadow(job).await;
     // The served side, once it is complete (a stream may still be running).
-    let primary = match served {
-        Served::Complete(b) => b.as_deref().and_then(compare::extract),
+    let served = match served {
+        Served::Complete(b) => b,
         Served::Stream(rx) => match tokio::time::timeout(Duration::from_secs(3600), rx).await {
             Ok(Ok(s)) => {
                 pair.primary_latency_ms = s.took.as_secs_f64() * 1000.0;
-                s.sse.as_deref().map(compare::extract_stream)
+                s.sse
             }
             _ => None,
         },
     };
+    Finished {
+        pair,
+        served,
+        shadow,
+        validator,
+        target,
+    }
+}
+
+/// Parse both answers, compare them, ask the validator: the row to store.
+pub fn finish(f: Finished, stats: &Stats) -> store::Pair {
+    let Finished {
+        mut pair,
+        served,
+        shadow,
+        validator,
+        target,
+    } = f;
+    let extract = |b: &[u8]| {
+        if pair.stream {
+            Some(compare::extract_stream(b))
+        } else {
+            compare::extract(b)
+        }
+    };
+    let primary = served.as_deref().and_then(extract);
+    let shadow_x = shadow.as_deref().and_then(extract);
+    if let Some(bytes) = &shadow {
+        match &shadow_x {
+            None => {
+                pair.shadow_error = Some(format!(
+                    "not a JSON answer: {}",
+                    crate::error::snippet(bytes, 120)
+                ));
+            }
+            Some(sx) => {
+                if let Some(v) = &validator {
+                    // The validate plugins' verdict on the shadow answer: would it have been served?
+                    pair.validate_verdict = Some(match v.validate(&target, bytes) {
+                        crate::attempt::Verdict::Accept => "accept".to_string(),
+                        crate::attempt::Verdict::Reject(why) => format!("reject: {why}"),
+                    });
+                }
+                pair.shadow_answer = Some(sx.text.clone());
+                pair.shadow_prompt_tokens = sx.prompt_tokens;
+                pair.shadow_completion_tokens = sx.completion_tokens;
+            }
+        }
+    }
     if let Some(p) = &primary {
         pair.primary_answer = Some(p.text.clone());
         pair.primary_prompt_tokens = p.prompt_tokens;
         pair.primary_completion_tokens = p.completion_tokens;
-        if let Some(s) = &pair.shadow_extracted {
+        if let Some(s) = &shadow_x {
             pair.comparison = Some(compare::compare(p, s));
         }
     }
-    pair.shadow_extracted = None;
+    if pair.shadow_error.is_some() {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+    }
     pair
 }
 
 /// Send the shadow request and read its answer.
-async fn ask_shadow(job: Job) -> store::Pair {
+async fn ask_shadow(job: Job) -> (store::Pair, Option<Bytes>) {
     let backend = &job.target.backend;
     let mut pair = store::Pair {
         ts_ms: job
@@ -243,14 +305,14 @@ async fn ask_shadow(job: Job) -> store::Pair {
     let idx = backend.pool.pick(&[], Instant::now()).unwrap_or(0);
     let Some(url) = backend.urls.get(idx) else {
         pair.shadow_error = Some("backend has no URL".into());
-        return pair;
+        return (pair, None);
     };
     let req = match upstream::build_request(backend, url.uri(job.endpoint), job.body, &job.headers)
     {
         Ok(r) => r,
         Err(e) => {
             pair.shadow_error = Some(e.to_string());
-            return pair;
+            return (pair, None);
         }
     };
     let sent = Instant::now();
@@ -258,7 +320,7 @@ async fn ask_shadow(job: Job) -> store::Pair {
         Ok(r) => r,
         Err(e) => {
             pair.shadow_error = Some(e.to_string());
-            return pair;
+            return (pair, None);
         }
     };
     let status = resp.status();
@@ -272,11 +334,11 @@ async fn ask_shadow(job: Job) -> store::Pair {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) => {
             pair.shadow_error = Some(format!("reading the answer: {e}"));
-            return pair;
+            return (pair, None);
         }
         Err(_) => {
             pair.shadow_error = Some("timed out reading the answer".into());
-            return pair;
+            return (pair, None);
         }
     };
     pair.shadow_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
@@ -286,32 +348,9 @@ async fn ask_shadow(job: Job) -> store::Pair {
             status.as_u16(),
             crate::error::snippet(&bytes, 200)
         ));
-        return pair;
+        return (pair, None);
     }
-    let shadow = if job.stream {
-        Some(compare::extract_stream(&bytes))
-    } else {
-        compare::extract(&bytes)
-    };
-    let Some(shadow) = shadow else {
-        pair.shadow_error = Some(format!(
-            "not a JSON answer: {}",
-            crate::error::snippet(&bytes, 120)
-        ));
-        return pair;
-    };
-    if let Some(v) = &job.validator {
-        // The validate plugins' verdict on the shadow answer: would it have been served?
-        pair.validate_verdict = Some(match v.validate(&job.target, &bytes) {
-            crate::attempt::Verdict::Accept => "accept".to_string(),
-            crate::attempt::Verdict::Reject(why) => format!("reject: {why}"),
-        });
-    }
-    pair.shadow_answer = Some(shadow.text.clone());
-    pair.shadow_prompt_tokens = shadow.prompt_tokens;
-    pair.shadow_completion_tokens = shadow.completion_tokens;
-    pair.shadow_extracted = Some(shadow);
-    pair
+    (pair, Some(bytes))
 }
 
 /// Prometheus lines for the shadow counters.

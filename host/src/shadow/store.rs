@@ -1,5 +1,6 @@
 //! The `shadow_pairs` table: one row per mirrored request, written in batches by one
-//! thread.
+//! thread, which also parses and compares each pair (`shadow::finish`) so that CPU work
+//! stays off the serving threads.
 //!
 //! The writer owns its SQLite connection (WAL, so `switchyard shadow report` and the
 //! governance ledger can read and write the same file meanwhile). It blocks for the first
@@ -46,8 +47,6 @@ pub struct Pair {
     pub comparison: Option<Comparison>,
     pub validate_verdict: Option<String>,
     pub shadow_error: Option<String>,
-    /// The shadow's answer as compared (not stored).
-    pub shadow_extracted: Option<super::compare::Extracted>,
 }
 
 /// The table, created if missing.
@@ -92,8 +91,11 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// Start the writer thread; pairs sent on the returned channel are stored.
-pub fn spawn_writer(path: PathBuf, stats: Arc<Stats>) -> std::sync::mpsc::SyncSender<Pair> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Pair>(CHANNEL);
+pub fn spawn_writer(
+    path: PathBuf,
+    stats: Arc<Stats>,
+) -> std::sync::mpsc::SyncSender<super::Finished> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<super::Finished>(CHANNEL);
     let spawned = std::thread::Builder::new()
         .name("shadow-store".into())
         .spawn(move || writer(path, rx, stats));
@@ -103,17 +105,17 @@ pub fn spawn_writer(path: PathBuf, stats: Arc<Stats>) -> std::sync::mpsc::SyncSe
     tx
 }
 
-fn writer(path: PathBuf, rx: std::sync::mpsc::Receiver<Pair>, stats: Arc<Stats>) {
+fn writer(path: PathBuf, rx: std::sync::mpsc::Receiver<super::Finished>, stats: Arc<Stats>) {
     // Opened on the first pair: a gateway without shadow traffic never creates the file.
     let mut conn: Option<Connection> = None;
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while let Ok(first) = rx.recv() {
-        batch.push(first);
+        batch.push(super::finish(first, &stats));
         let deadline = Instant::now() + BATCH_WINDOW;
         while batch.len() < BATCH_MAX {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(p) => batch.push(p),
+                Ok(f) => batch.push(super::finish(f, &stats)),
                 Err(_) => break,
             }
         }

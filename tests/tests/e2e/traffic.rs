@@ -178,6 +178,11 @@ async fn fallback_answers_every_fault_of_the_primary() {
         assert_eq!(text_of_stream(&s.body()), "w0 w1 w2 w3 w4 ");
     }
     assert!(gw.wait_for_log("fallback: more than one attempt", Duration::from_secs(2)));
+    let metrics = c.get(&gw.url("/metrics")).await.text();
+    assert!(
+        metrics.contains("switchyard_attempts_total{backend=\"primary\",outcome=\"http_500\"} 8"),
+        "{metrics}"
+    );
     // A client mistake is not retried elsewhere: the primary's 400 is the answer.
     primary.set_behaviour(Behaviour {
         status: Some(400),
@@ -471,6 +476,7 @@ targets = [{{ backend = "{backend}" }}]
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(served_by(c.clone(), url.clone()).await, "a");
+    eprintln!("rollback through the admin API answered in {took:?}");
     assert!(took < Duration::from_secs(1), "rollback took {took:?}");
 
     // 3. An invalid config is refused with every problem; the running one stays.
@@ -752,7 +758,7 @@ targets = [{{ backend = "gpu" }}]
     for _ in 0..6 {
         let (c, url) = (c.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            c.post_json(&url, &chat(false), &[("x-mock", "first_byte_ms=600")])
+            c.post_json(&url, &chat(false), &[("x-mock", "first_byte_ms=2000")])
                 .await
         }));
     }
@@ -779,7 +785,7 @@ targets = [{{ backend = "gpu" }}]
             s => panic!("unexpected {s}: {}", r.text()),
         }
     }
-    // Two in flight; the one queued times out after 0.2 s (the slots are held 0.6 s).
+    // Two in flight; the one queued times out after 0.2 s (the slots are held 2 s).
     assert_eq!((ok, saturated), (2, 4));
     assert!(slow.served() <= 2);
 
@@ -807,4 +813,68 @@ targets = [{{ backend = "gpu" }}]
         )
     );
     assert_eq!(r.header("x-switchyard-backend"), Some("fallback"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_checks_take_a_url_out_and_passing_ones_bring_it_back() {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    let cfg = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[[backends]]
+name = "pool"
+urls = ["{}", "{}"]
+pool = {{ health_path = "/healthz", health_interval_secs = 0.2 }}
+
+[[routes]]
+model = "m"
+targets = [{{ backend = "pool" }}]
+"#,
+        a.url(),
+        b.url()
+    );
+    let gw = Gateway::start(&cfg);
+    let c = Client::new();
+    let url = gw.url("/v1/chat/completions");
+    let send = |n: usize| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            for _ in 0..n {
+                let r = c.post_json(&url, &chat(false), &[]).await;
+                assert_eq!(r.status, 200);
+            }
+        }
+    };
+    send(30).await;
+    assert!(a.completions() > 0 && b.completions() > 0);
+    // The checks really run, on the configured path.
+    assert!(a.requests().iter().any(|r| r.path == "/healthz"));
+
+    a.set_healthy(false);
+    assert!(gw.wait_for_log("health check failed", Duration::from_secs(3)));
+    let before = a.completions();
+    send(30).await;
+    assert_eq!(
+        a.completions(),
+        before,
+        "an unhealthy URL still got traffic"
+    );
+    let metrics = c.get(&gw.url("/metrics")).await.text();
+    assert!(
+        metrics.contains(&format!(
+            "switchyard_upstream_healthy{{backend=\"pool\",url=\"{}\"}} 0",
+            a.url()
+        )),
+        "{metrics}"
+    );
+
+    a.set_healthy(true);
+    assert!(gw.wait_for_log("health check passed", Duration::from_secs(3)));
+    send(30).await;
+    assert!(
+        a.completions() > before,
+        "a recovered URL got no traffic back"
+    );
 }
