@@ -345,7 +345,8 @@ async fn complete_answer(
     };
     ctx.account.usage = probe.usage;
     if probe.usage.is_none() {
-        ctx.account.completion_estimate = Some(crate::governance::estimate_completion(&bytes));
+        ctx.account.completion_estimate =
+            Some(crate::governance::estimate_completion(model, &bytes));
     }
     let mut out = Response::new(GatewayBody::from(bytes));
     *out.status_mut() = parts.status;

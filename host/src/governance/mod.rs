@@ -8,14 +8,17 @@
 //!    end of stream, client gone): the ledger row with the real usage (or an estimate, marked
 //!    as such) and the correction of the reservations to the real tokens and cost.
 //!
-//! Token estimates where an upstream reports no usage are byte based: `ceil(bytes / 4)` of
-//! the request body sent upstream for the prompt, and for completions the number of
-//! content-bearing stream events (OpenAI streams one token per event) or `ceil(bytes / 4)`
-//! of the generated text of a complete answer. Rows with estimates have `estimated = 1`.
+//! Token estimates where an upstream reports no usage: the prompt counted with the model's
+//! tokenizer for OpenAI models, else `ceil(bytes / 4)` of the body sent upstream (see
+//! [`tokens`]); for completions the number of content-bearing stream events (OpenAI streams
+//! one token per event), or the generated text of a complete answer counted the same way as
+//! a prompt. Rows with estimates have `estimated = 1`. Reservations at admission always use
+//! the byte estimate of the whole body, which is cheap and errs high.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod tokens;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -60,6 +63,9 @@ pub struct Account {
     pub stream: bool,
     /// Prompt tokens estimated from the body sent upstream.
     pub prompt_estimate: u64,
+    /// The client's body (a reference-counted handle), tokenized only if usage is missing.
+    body: Option<bytes::Bytes>,
+    endpoint: Option<crate::config::Endpoint>,
     /// Token and budget reservations to correct at the end.
     held_tokens: Vec<(Held, i64)>,
     held_budget: Vec<(Held, i64)>,
@@ -103,6 +109,7 @@ impl Governance {
             seed_budgets(&store, &limiter);
         }
         ledger::install(store.clone());
+        tokens::warm(rt);
         tracing::info!(
             store = %path.display(),
             limits = if limiter.is_shared() { "redis" } else { "memory" },
@@ -269,6 +276,8 @@ pub async fn admit(
     acct.stream = request.stream;
     acct.tags = collect_tags(acct.key.as_deref(), headers, request);
     acct.prompt_estimate = estimate_tokens(upstream_body_len);
+    acct.body = Some(request.bytes().clone());
+    acct.endpoint = Some(ctx.endpoint);
     let Some(key) = acct.key.clone() else {
         return Ok(());
     };
@@ -437,7 +446,13 @@ impl Settler {
             (None, false) => (0, 0, false),
             (None, true) => match end.completion_estimate {
                 // Something was generated (or the upstream answered): bill the prompt too.
-                Some(out) => (a.prompt_estimate, out, true),
+                Some(out) => {
+                    let counted = match (&self.model, a.endpoint, &a.body) {
+                        (Some(m), Some(ep), Some(b)) => tokens::count_prompt(m, ep, b),
+                        _ => None,
+                    };
+                    (counted.unwrap_or(a.prompt_estimate), out, true)
+                }
                 // Failed before answering: nothing to bill.
                 None => (0, 0, false),
             },
@@ -544,19 +559,25 @@ pub fn settle_stream(s: Settler, summary: &StreamSummary) {
     });
 }
 
-/// Completion tokens of a complete answer that carries no usage: `ceil(bytes / 4)` of the
-/// generated text (message content, tool-call arguments, completion text).
-pub fn estimate_completion(body: &[u8]) -> u64 {
+/// Completion tokens of a complete answer that carries no usage: the generated text
+/// (message content, tool-call arguments, completion text) counted for `model`.
+pub fn estimate_completion(model: &str, body: &[u8]) -> u64 {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return 0;
     };
-    let mut bytes = 0usize;
+    let mut n = 0;
     for c in v["choices"].as_array().into_iter().flatten() {
-        bytes += c["text"].as_str().map_or(0, str::len);
-        bytes += c["message"]["content"].as_str().map_or(0, str::len);
+        let texts = [c["text"].as_str(), c["message"]["content"].as_str()];
+        n += texts
+            .into_iter()
+            .flatten()
+            .map(|t| tokens::count_text(model, t))
+            .sum::<u64>();
         for t in c["message"]["tool_calls"].as_array().into_iter().flatten() {
-            bytes += t["function"]["arguments"].as_str().map_or(0, str::len);
+            n += t["function"]["arguments"]
+                .as_str()
+                .map_or(0, |a| tokens::count_text(model, a));
         }
     }
-    estimate_tokens(bytes)
+    n
 }
