@@ -457,16 +457,6 @@ impl Settler {
                 None => (0, 0, false),
             },
         };
-        let cfg = &self.runtime.governance;
-        let cost = match (&self.backend, &self.model) {
-            (Some(b), Some(m)) => cfg.price(b, m).map(|p| p.cost(tokens_in, tokens_out)),
-            _ => None,
-        }
-        .unwrap_or(0.0);
-        let baseline = cfg
-            .baseline(&self.route)
-            .map(|p| p.cost(tokens_in, tokens_out))
-            .unwrap_or(cost);
         let mut row = Row::new(&self.route, end.status);
         row.ts_ms = self.ts_ms;
         row.key_id = a.key.as_ref().map(|k| k.id.clone());
@@ -477,8 +467,8 @@ impl Settler {
         row.stream = a.stream;
         row.tokens_in = tokens_in;
         row.tokens_out = tokens_out;
-        row.cost_usd = cost;
-        row.baseline_usd = baseline;
+        price_row(&self.runtime, &mut row);
+        let cost = row.cost_usd;
         row.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         row.ttft_ms = end.ttft_ms;
         row.outcome = end.outcome;
@@ -557,6 +547,24 @@ pub fn settle_stream(s: Settler, summary: &StreamSummary) {
         ttft_ms: summary.first_byte.map(|d| d.as_secs_f64() * 1000.0),
         reached_upstream: true,
     });
+}
+
+/// Fill `row.cost_usd` and `row.baseline_usd` from the config's prices, for rows other
+/// modules write with [`ledger::record`] (fallback and retry attempts, shadow calls): set
+/// `route`, `backend`, `model` and the token counts first.
+pub fn price_row(rt: &Runtime, row: &mut Row) {
+    let cfg = &rt.governance;
+    row.cost_usd = match (&row.backend, &row.model) {
+        (Some(b), Some(m)) => cfg
+            .price(b, m)
+            .map(|p| p.cost(row.tokens_in, row.tokens_out)),
+        _ => None,
+    }
+    .unwrap_or(0.0);
+    row.baseline_usd = cfg
+        .baseline(&row.route)
+        .map(|p| p.cost(row.tokens_in, row.tokens_out))
+        .unwrap_or(row.cost_usd);
 }
 
 /// Completion tokens of a complete answer that carries no usage: the generated text
