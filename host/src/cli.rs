@@ -30,11 +30,48 @@ enum Command {
     Serve(ConfigArg),
     /// Validate the config (and everything it would load), print what was found.
     Check(ConfigArg),
+    /// Restore the previous config version on the running gateway (admin API).
+    Rollback(AdminArgs),
+    /// Make the running gateway reload its config file now (admin API).
+    Reload(AdminArgs),
+    /// Mirrored traffic: `shadow report`.
+    #[command(subcommand)]
+    Shadow(ShadowCommand),
     /// Manage virtual API keys (on the store file).
     #[command(subcommand)]
     Keys(crate::governance::cli::KeysCmd),
     /// Cost, tokens, requests and savings from the ledger.
     Spend(crate::governance::cli::SpendArgs),
+}
+
+#[derive(Debug, Args)]
+struct AdminArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The gateway's address [default: $SWITCHYARD_ADMIN_URL, then the config's listen]
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ShadowCommand {
+    /// Agreement, latency and cost deltas of mirrored traffic, per route.
+    Report {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this route (the model name clients send).
+        #[arg(long, value_name = "R")]
+        route: Option<String>,
+        /// Only pairs since T: 30m, 2h, 7d, unix seconds, or YYYY-MM-DD[THH:MM:SSZ].
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Model price for cost deltas, USD per million tokens (repeatable).
+        #[arg(long, value_name = "MODEL=IN,OUT")]
+        price: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +87,15 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(a) => serve(a.config),
         Command::Check(a) => check(a.config),
+        Command::Rollback(a) => crate::admin::cli("rollback", a.config.config, a.url),
+        Command::Reload(a) => crate::admin::cli("reload", a.config.config, a.url),
+        Command::Shadow(ShadowCommand::Report {
+            config,
+            route,
+            since,
+            price,
+            json,
+        }) => crate::shadow::report::cli(config.config, route, since, price, json),
         Command::Keys(k) => crate::governance::cli::keys(k),
         Command::Spend(a) => crate::governance::cli::spend(a),
     }
@@ -151,6 +197,8 @@ async fn run(runtime: Runtime) -> ExitCode {
         }
     };
     let gw = Gateway::with_governance(runtime, Some(governance.clone()));
+    // Live reload, health checks, shadow writer.
+    crate::reload::spawn_background(&gw);
     gw.set_ready(true);
     let scheme = if settings.tls.is_some() {
         "https"

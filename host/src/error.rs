@@ -66,6 +66,30 @@ pub enum GatewayError {
     UpstreamBroken { backend: String, detail: String },
     #[error("backend `{backend}` sent an invalid response: {detail}")]
     UpstreamGarbage { backend: String, detail: String },
+    #[error(
+        "every URL of backend `{backend}` is at its limit of {max} requests in flight with {queue} waiting; try again shortly"
+    )]
+    Saturated {
+        backend: String,
+        max: usize,
+        queue: usize,
+    },
+    #[error(
+        "backend `{backend}` is failing and its circuit breaker is open; no fallback could answer"
+    )]
+    CircuitOpen { backend: String },
+    #[error("the answer from backend `{backend}` was rejected by validation: {reason}")]
+    AnswerRejected { backend: String, reason: String },
+    #[error(
+        "this caller may not pin a target on route `{route}` (x-switchyard-target needs a team listed in the route's pin_teams)"
+    )]
+    PinNotAllowed { route: String },
+    #[error("x-switchyard-target names no backend \"{0}\"")]
+    PinUnknownBackend(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error(
@@ -127,6 +151,11 @@ impl GatewayError {
             | UpstreamGarbage { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError { status, .. } => *status,
+            Saturated { .. } | CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AnswerRejected { .. } => StatusCode::BAD_GATEWAY,
+            PinNotAllowed { .. } | Forbidden(_) => StatusCode::FORBIDDEN,
+            PinUnknownBackend(_) => StatusCode::BAD_REQUEST,
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ShuttingDown | LimitsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AuthMissing | AuthMalformed | AuthUnknown | AuthRevoked { .. } | AdminUnauthorized => {
                 StatusCode::UNAUTHORIZED
@@ -149,7 +178,12 @@ impl GatewayError {
             | BodyRead(_)
             | UnknownModel(_)
             | NotFound { .. }
-            | MethodNotAllowed { .. } => "invalid_request_error",
+            | MethodNotAllowed { .. }
+            | PinUnknownBackend(_) => "invalid_request_error",
+            PinNotAllowed { .. } | Forbidden(_) => "permission_error",
+            Unauthorized(_) => "authentication_error",
+            AnswerRejected { .. } => "upstream_error",
+            Saturated { .. } | CircuitOpen { .. } => "server_error",
             UpstreamConnect { .. }
             | UpstreamBroken { .. }
             | UpstreamTimeout { .. }
@@ -183,6 +217,12 @@ impl GatewayError {
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamStatus { .. } => "upstream_http_error",
             UpstreamGarbage { .. } => "upstream_invalid_response",
+            Saturated { .. } => "backend_saturated",
+            CircuitOpen { .. } => "circuit_open",
+            AnswerRejected { .. } => "answer_rejected",
+            PinNotAllowed { .. } => "pin_not_allowed",
+            PinUnknownBackend(_) => "unknown_backend",
+            Unauthorized(_) => "invalid_admin_token",
             ShuttingDown => "shutting_down",
             AuthMissing => "missing_api_key",
             AuthMalformed | AuthUnknown => "invalid_api_key",
@@ -221,6 +261,11 @@ impl GatewayError {
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamStatus { .. } | UpstreamError { .. } => "upstream_status",
             UpstreamGarbage { .. } => "upstream_garbage",
+            Saturated { .. } => "saturated",
+            CircuitOpen { .. } => "circuit_open",
+            AnswerRejected { .. } => "answer_rejected",
+            PinNotAllowed { .. } | PinUnknownBackend(_) => "bad_pin",
+            Unauthorized(_) | Forbidden(_) => "admin_denied",
             ShuttingDown => "shutting_down",
             Internal(_) => "internal",
             AuthMissing | AuthMalformed | AuthUnknown | AuthRevoked { .. } => "unauthorized",
@@ -239,7 +284,8 @@ impl GatewayError {
             | UpstreamBroken { .. }
             | UpstreamTimeout { .. }
             | UpstreamStatus { .. }
-            | UpstreamGarbage { .. } => true,
+            | UpstreamGarbage { .. }
+            | AnswerRejected { .. } => true,
             UpstreamError { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }

@@ -17,6 +17,11 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
+    /// Config history: reload and rollback.
+    pub control: crate::reload::Control,
+    /// The answer check run before a complete answer is served (`validate` plugins); a
+    /// rejection moves the request to the next fallback.
+    pub validator: arc_swap::ArcSwapOption<Box<dyn crate::attempt::Validate>>,
     /// Keys, limits, budgets and the ledger; `None` only in tests that build a bare gateway.
     pub governance: Option<Arc<crate::governance::Governance>>,
 }
@@ -34,6 +39,8 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Arc::new(Metrics::default()),
             ready: AtomicBool::new(false),
+            control: crate::reload::Control::default(),
+            validator: arc_swap::ArcSwapOption::empty(),
             governance,
         })
     }
@@ -46,6 +53,11 @@ impl Gateway {
     /// Replace the config version; requests in flight keep the one they loaded.
     pub fn swap_runtime(&self, rt: Runtime) -> Arc<Runtime> {
         self.runtime.swap(Arc::new(rt))
+    }
+
+    /// Put an already validated version in force (reload, rollback).
+    pub fn store_runtime(&self, rt: Arc<Runtime>) {
+        self.runtime.store(rt);
     }
 
     /// `/readyz`: config and plugins are loaded and the listener is up.

@@ -1,7 +1,8 @@
 //! The request lifecycle: the one place that knows the order of the phases.
 //!
 //! ```text
-//! read body ─► parse ─► route ─► upstream attempt ─► respond (complete or streamed)
+//! read body ─► parse ─► route ─► flags (override, pin) ─► attempt loop (fallback, breaker,
+//! pool; `attempt`) ─► respond (complete or streamed) ─► mirror to shadow (`shadow`)
 //! ```
 //!
 //! Each phase is a function over the per-request [`RequestCtx`] returning
@@ -27,6 +28,7 @@ use crate::openai::{self, RequestBody, ResponseProbe};
 use crate::router;
 use crate::sse::{StreamBody, StreamOutcome, StreamSummary};
 use crate::upstream;
+use crate::{attempt, flags, pool, shadow};
 
 /// Response header naming the backend that served the answer.
 pub const HEADER_BACKEND: &str = "x-switchyard-backend";
@@ -48,6 +50,8 @@ pub struct RequestCtx {
     pub upstream_model: Option<Arc<str>>,
     /// Time spent waiting on the upstream (for the gateway-overhead metric).
     pub upstream_time: Duration,
+    /// The `x-switchyard-attempts` value, once the attempt loop ran.
+    pub attempts: Option<HeaderValue>,
     /// Caller, tags and reservations (phase `auth`/`admit`), settled into the ledger.
     pub account: crate::governance::Account,
 }
@@ -81,6 +85,10 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             openai::models_list(gw.runtime().model_names()),
         ),
         ("/healthz", &Method::GET) => text(StatusCode::OK, "ok\n"),
+        (p, _) if p.starts_with("/admin/keys") || p.starts_with("/admin/spend") => {
+            crate::governance::admin::handle(gw, req).await
+        }
+        (p, _) if p.starts_with("/admin/") => crate::admin::handle(gw, req).await,
         ("/readyz", &Method::GET) => {
             if gw.is_ready() {
                 text(StatusCode::OK, "ready\n")
@@ -90,6 +98,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
         }
         ("/metrics", &Method::GET) => {
             let mut text = gw.metrics.render();
+            pool::render_metrics(&gw.runtime(), &mut text);
+            shadow::render_metrics(&mut text);
             if let Some(g) = &gw.governance {
                 g.render_metrics(&mut text);
             }
@@ -100,7 +110,6 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             );
             r
         }
-        (p, _) if p.starts_with("/admin/") => crate::governance::admin::handle(gw, req).await,
         (p, &Method::GET) if p.starts_with("/v1/models/") => {
             let id = &p["/v1/models/".len()..];
             let rt = gw.runtime();
@@ -172,6 +181,7 @@ async fn proxy(
         target: None,
         upstream_model: None,
         upstream_time: Duration::ZERO,
+        attempts: None,
         account: Default::default(),
     };
     match run(&gw, &mut ctx, req).await {
@@ -193,6 +203,9 @@ async fn proxy(
             let mut resp = e.to_response::<GatewayBody>();
             if let Some(t) = &ctx.target {
                 stamp(resp.headers_mut(), t, ctx.upstream_model.as_deref());
+            }
+            if let Some(h) = ctx.attempts.take() {
+                resp.headers_mut().insert(attempt::HEADER_ATTEMPTS, h);
             }
             resp
         }
@@ -216,40 +229,195 @@ async fn run(
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
 
     let route = router::route(&ctx.runtime, &request.model)?.clone();
-    let target = router::choose_target(&route).clone();
-    let model: Arc<str> = Arc::from(router::upstream_model(&target, &request.model));
-    ctx.route = Some(route);
-    ctx.target = Some(target.clone());
-    ctx.upstream_model = Some(model.clone());
+    ctx.route = Some(route.clone());
+    let caller = flags::Caller::from_headers(&parts.headers);
+    let chosen = flags::choose(&route, &caller, &parts.headers, &ctx.runtime.backends)?;
+    // Admission (limits, budget) prices the request at the chosen target.
+    ctx.upstream_model = Some(Arc::from(router::upstream_model(&chosen, &request.model)));
+    ctx.target = Some(chosen.clone());
+    crate::governance::admit(gw, ctx, &parts.headers, &request, request.bytes().len()).await?;
+    let mut candidates = Vec::with_capacity(1 + route.fallback.len());
+    candidates.push(chosen);
+    candidates.extend(route.fallback.iter().cloned());
 
-    let url = router::pick_url(&target);
+    // Fallback: the attempt loop decides who gets the request; `exchange` is one try.
+    let last_tried: std::sync::Mutex<Option<(Target, Arc<str>)>> = std::sync::Mutex::new(None);
+    let (endpoint, started) = (ctx.endpoint, ctx.started);
+    // Shadow sampling is decided up front: a mirrored stream keeps a copy for comparison.
+    let mirror = route.shadow.as_ref().filter(|s| shadow::sampled(s));
+    let (capture, served_stream) = if mirror.is_some() && request.stream {
+        let (slot, rx) = shadow::capture_channel();
+        (Some(slot), Some(rx))
+    } else {
+        (None, None)
+    };
+    // A stream is settled into the ledger when it ends; the settler is put here once the
+    // attempt loop knows which target answered (the body is not polled before that).
+    let settle_slot: SettleSlot = Arc::default();
+    let validator = gw.validator.load_full();
+    let (result, trail) = attempt::run(
+        &candidates,
+        route.flags.retries,
+        &ctx.runtime.traffic,
+        validator.as_ref().map(|v| &***v),
+        |target, url, slot| {
+            let model: Arc<str> = Arc::from(router::upstream_model(&target, &request.model));
+            if let Ok(mut l) = last_tried.lock() {
+                *l = Some((target.clone(), model.clone()));
+            }
+            exchange(
+                gw,
+                endpoint,
+                started,
+                route.name.clone(),
+                &request,
+                &parts.headers,
+                target,
+                model,
+                url,
+                slot,
+                capture.clone(),
+                settle_slot.clone(),
+            )
+        },
+    )
+    .await;
+    if let Ok(Some((t, m))) = last_tried.into_inner() {
+        ctx.target = Some(t);
+        ctx.upstream_model = Some(m);
+    }
+    let header = HeaderValue::from_str(&trail.header_value()).ok();
+    if trail.eventful() {
+        tracing::info!(route = %route.name, attempts = %trail.header_value(), answered = result.is_ok(), "fallback: more than one attempt");
+    }
+    ctx.attempts = header;
+    let mut exchanged = result?;
+    ctx.upstream_time = exchanged.upstream_time;
+    match &exchanged.body {
+        Some(body) => {
+            ctx.account.usage = ResponseProbe::read(body).and_then(|p| p.usage);
+            if ctx.account.usage.is_none() {
+                let model = ctx.upstream_model.as_deref().unwrap_or("");
+                ctx.account.completion_estimate =
+                    Some(crate::governance::estimate_completion(model, body));
+            }
+        }
+        None => {
+            if let Ok(mut slot) = settle_slot.lock() {
+                *slot = crate::governance::settler(gw, ctx);
+            }
+        }
+    }
+    if let Some(h) = ctx.attempts.take() {
+        exchanged
+            .answer
+            .headers_mut()
+            .insert(attempt::HEADER_ATTEMPTS, h);
+    }
+    if let Some(sh) = mirror {
+        // Fire and forget: a bounded queue, never a wait.
+        let served = match served_stream {
+            Some(rx) => shadow::Served::Stream(rx),
+            None => shadow::Served::Complete(exchanged.body.clone()),
+        };
+        shadow::mirror(
+            &route,
+            sh,
+            ctx.endpoint,
+            &request,
+            &parts.headers,
+            &exchanged.target,
+            served,
+            exchanged.upstream_time,
+            gw.validator.load_full(),
+        );
+    }
+    Ok(exchanged.answer)
+}
+
+/// Where a streamed answer's ledger settlement waits for the stream's end.
+type SettleSlot = Arc<std::sync::Mutex<Option<crate::governance::Settler>>>;
+
+/// One answered exchange, as the attempt loop sees it.
+struct Exchanged {
+    answer: Answer,
+    target: Target,
+    upstream_time: Duration,
+    /// The complete answer's body (not for streams), for validation and shadow comparison.
+    body: Option<Bytes>,
+}
+
+impl attempt::Answer for Exchanged {
+    fn complete_body(&self) -> Option<&Bytes> {
+        self.body.as_ref()
+    }
+}
+
+impl Answer {
+    fn headers_mut(&mut self) -> &mut HeaderMap {
+        match self {
+            Answer::Complete(r) | Answer::Streaming(r) => r.headers_mut(),
+        }
+    }
+}
+
+/// One exchange with one URL of one target: send, then read the answer (complete) or its
+/// first chunk (stream). The in-flight slot is held until the answer is fully relayed.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    gw: &Arc<Gateway>,
+    endpoint: Endpoint,
+    started: Instant,
+    route: Arc<str>,
+    request: &RequestBody,
+    client_headers: &HeaderMap,
+    target: Target,
+    model: Arc<str>,
+    url: usize,
+    slot: pool::Slot,
+    capture: Option<shadow::CaptureSlot>,
+    settle_slot: SettleSlot,
+) -> Result<Exchanged, GatewayError> {
+    let url = &target.backend.urls[url];
     let body = request.upstream_body(&model, true);
-    crate::governance::admit(gw, ctx, &parts.headers, &request, body.len()).await?;
     let upstream_req =
-        upstream::build_request(&target.backend, url.uri(ctx.endpoint), body, &parts.headers)?;
+        upstream::build_request(&target.backend, url.uri(endpoint), body, client_headers)?;
     let sent = Instant::now();
     let resp = upstream::send(&target.backend, url, upstream_req).await?;
-    ctx.upstream_time = sent.elapsed();
 
     if !resp.status().is_success() {
         return Err(upstream_failure(&target, resp).await);
     }
     if request.stream {
-        stream_answer(
+        let (answer, upstream_time) = stream_answer(
             gw,
-            ctx,
+            started,
+            route,
             &target,
             &model,
             resp,
             request.strip_usage_chunk(true),
             sent,
+            slot,
+            capture,
+            settle_slot,
         )
-        .await
-        .map(Answer::Streaming)
+        .await?;
+        Ok(Exchanged {
+            answer: Answer::Streaming(answer),
+            target,
+            upstream_time,
+            body: None,
+        })
     } else {
-        complete_answer(ctx, &target, &model, resp, sent)
-            .await
-            .map(Answer::Complete)
+        let (answer, body, upstream_time) = complete_answer(&target, &model, resp, sent).await?;
+        drop(slot);
+        Ok(Exchanged {
+            answer: Answer::Complete(answer),
+            target,
+            upstream_time,
+            body: Some(body),
+        })
     }
 }
 
@@ -328,44 +496,43 @@ async fn upstream_failure(target: &Target, resp: Response<Incoming>) -> GatewayE
 
 /// A complete (non-streamed) answer: read it, check it is JSON, relay it byte for byte.
 async fn complete_answer(
-    ctx: &mut RequestCtx,
     target: &Target,
     model: &str,
     resp: Response<Incoming>,
     sent: Instant,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<(Response<GatewayBody>, Bytes, Duration), GatewayError> {
     let (parts, body) = resp.into_parts();
     let bytes = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
-    ctx.upstream_time = sent.elapsed();
-    let Some(probe) = ResponseProbe::read(&bytes) else {
+    let upstream_time = sent.elapsed();
+    if ResponseProbe::read(&bytes).is_none() {
         return Err(GatewayError::UpstreamGarbage {
             backend: target.backend.name.to_string(),
             detail: format!("expected a JSON object, got: {}", snippet(&bytes, 120)),
         });
-    };
-    ctx.account.usage = probe.usage;
-    if probe.usage.is_none() {
-        ctx.account.completion_estimate =
-            Some(crate::governance::estimate_completion(model, &bytes));
     }
-    let mut out = Response::new(GatewayBody::from(bytes));
+    let mut out = Response::new(GatewayBody::from(bytes.clone()));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     stamp(out.headers_mut(), target, Some(model));
-    Ok(out)
+    Ok((out, bytes, upstream_time))
 }
 
 /// A streamed answer: wait for the first chunk (so a failure before any byte can still be
 /// answered with a proper error), then relay frames as they come.
+#[allow(clippy::too_many_arguments)]
 async fn stream_answer(
     gw: &Arc<Gateway>,
-    ctx: &mut RequestCtx,
+    started: Instant,
+    route: Arc<str>,
     target: &Target,
     model: &str,
     resp: Response<Incoming>,
     strip_usage: bool,
     sent: Instant,
-) -> Result<Response<GatewayBody>, GatewayError> {
+    slot: pool::Slot,
+    capture: Option<shadow::CaptureSlot>,
+    settle_slot: SettleSlot,
+) -> Result<(Response<GatewayBody>, Duration), GatewayError> {
     let (parts, mut body) = resp.into_parts();
     let backend = &target.backend;
     let first = loop {
@@ -396,18 +563,29 @@ async fn stream_answer(
             },
         }
     };
-    ctx.upstream_time = sent.elapsed();
+    let upstream_time = sent.elapsed();
     gw.metrics
-        .overhead(ctx.started.elapsed().saturating_sub(ctx.upstream_time));
+        .overhead(started.elapsed().saturating_sub(upstream_time));
 
     let metrics = gw.metrics.clone();
-    let route = ctx.route_label();
-    let backend_label = ctx.backend_label();
-    let started = ctx.started;
-    let settler = crate::governance::settler(gw, ctx);
+    let backend_label = target.backend.name.clone();
+    let capturing = capture.is_some();
     let on_end = Box::new(move |s: StreamSummary| {
-        if let Some(settler) = settler {
+        // The URL's in-flight slot is held until the stream ends.
+        drop(slot);
+        if let Some(settler) = settle_slot.lock().ok().and_then(|mut g| g.take()) {
             crate::governance::settle_stream(settler, &s);
+        }
+        if let Some(tx) = capture.and_then(|c| c.lock().ok().and_then(|mut g| g.take())) {
+            let sse = if s.outcome == StreamOutcome::Completed {
+                s.captured.clone()
+            } else {
+                None
+            };
+            let _ = tx.send(shadow::StreamServed {
+                sse,
+                took: started.elapsed(),
+            });
         }
         if s.outcome == StreamOutcome::ClientGone {
             metrics.client_disconnect();
@@ -419,20 +597,23 @@ async fn stream_answer(
         }
         metrics.request(&route, &backend_label, 200, started.elapsed());
     });
-    let stream = StreamBody::new(
+    let mut stream = StreamBody::new(
         body,
         first,
         strip_usage,
         backend.timeout,
         backend.name.to_string(),
-        ctx.started,
+        started,
         on_end,
     );
+    if capturing {
+        stream.capture();
+    }
     let mut out = Response::new(GatewayBody::Stream(Box::new(stream)));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     stamp(out.headers_mut(), target, Some(model));
-    Ok(out)
+    Ok((out, upstream_time))
 }
 
 fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {

@@ -35,6 +35,8 @@ pub struct StreamSummary {
     /// Time from the start of the request to the first byte relayed.
     pub first_byte: Option<Duration>,
     pub outcome: StreamOutcome,
+    /// The whole stream as upstream sent it, when capture was asked for (shadow comparison).
+    pub captured: Option<Bytes>,
 }
 
 /// How a stream ended.
@@ -178,6 +180,8 @@ pub struct StreamBody {
     backend: String,
     started: Instant,
     summary: StreamSummary,
+    /// A copy of every upstream frame, kept only for streams whose shadow compares them.
+    capture: Option<BytesMut>,
     on_end: Option<OnStreamEnd>,
     done: bool,
 }
@@ -203,14 +207,23 @@ impl StreamBody {
             backend,
             started,
             summary: StreamSummary::default(),
+            capture: None,
             on_end: Some(on_end),
             done: false,
         }
     }
 
+    /// Keep a copy of the whole stream for the end-of-stream summary.
+    pub fn capture(&mut self) {
+        self.capture = Some(BytesMut::new());
+    }
+
     /// Scan a frame and decide what of it goes to the client.
     fn relay(&mut self, frame: Bytes) -> Option<Bytes> {
         self.scanner.feed(&frame);
+        if let Some(c) = &mut self.capture {
+            c.extend_from_slice(&frame);
+        }
         self.summary.bytes += frame.len() as u64;
         if !self.strip_usage {
             return Some(frame);
@@ -247,6 +260,7 @@ impl StreamBody {
         self.summary.usage = self.scanner.usage;
         self.summary.saw_done = self.scanner.saw_done;
         self.summary.events = self.scanner.events;
+        self.summary.captured = self.capture.take().map(BytesMut::freeze);
         self.summary.content_events = self.scanner.content_events;
         if let Some(f) = self.on_end.take() {
             f(std::mem::take(&mut self.summary));

@@ -179,6 +179,11 @@ impl Client {
         }
     }
 
+    /// GET with extra headers.
+    pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send(Method::GET, url, Bytes::new(), headers).await
+    }
+
     /// Any method, with headers, reading the whole answer.
     pub async fn send(
         &self,

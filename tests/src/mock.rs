@@ -121,6 +121,9 @@ struct State {
     served: AtomicU64,
     disconnects: AtomicU64,
     streams_completed: AtomicU64,
+    /// Set by `kill`: the listener and every open connection close.
+    killed: std::sync::atomic::AtomicBool,
+    kill: tokio::sync::Notify,
 }
 
 /// A running mock upstream. Stops when dropped.
@@ -182,6 +185,13 @@ impl MockUpstream {
     pub fn streams_completed(&self) -> u64 {
         self.state.streams_completed.load(Ordering::Relaxed)
     }
+
+    /// Kill the mock as a crashed worker dies: the listening socket closes (new connections
+    /// are refused) and every open connection is dropped, mid-request or idle.
+    pub fn kill(&self) {
+        self.state.killed.store(true, Ordering::SeqCst);
+        self.state.kill.notify_waiters();
+    }
 }
 
 /// Run a mock server on `listener` until `stop` fires (also used by the standalone binary,
@@ -205,22 +215,39 @@ async fn serve(
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
             _ = &mut stop => return,
+            _ = state.kill.notified() => return,
         };
+        if state.killed.load(Ordering::SeqCst) {
+            return;
+        }
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let st = state.clone();
+            let killed = st.kill.notified();
+            tokio::pin!(killed);
+            killed.as_mut().enable();
+            if st.killed.load(Ordering::SeqCst) {
+                return;
+            }
             let svc = service_fn(move |req| handle(state.clone(), req));
-            match acceptor {
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                }
-                Some(acc) => {
-                    if let Ok(s) = acc.accept(stream).await {
-                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+            let conn = async move {
+                match acceptor {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(acc) => {
+                        if let Ok(s) = acc.accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                        }
                     }
                 }
+            };
+            tokio::select! {
+                () = conn => {}
+                () = killed => {}
             }
         });
     }

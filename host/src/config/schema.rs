@@ -24,11 +24,15 @@ pub struct ConfigFile {
     pub telemetry: Option<TelemetrySection>,
     #[serde(default)]
     pub state: Option<StateSection>,
+    /// `[admin]`: the authenticated admin API (reload, rollback, breakers).
+    #[serde(default)]
+    pub admin: Option<crate::admin::AdminSection>,
+    /// `[traffic]`: retry budget and backoff.
+    #[serde(default)]
+    pub traffic: Option<crate::attempt::TrafficSection>,
     // Governance (keys, limits, budgets, prices): types and docs in `governance::config`.
     #[serde(default)]
     pub auth: Option<crate::governance::config::AuthSection>,
-    #[serde(default)]
-    pub admin: Option<crate::governance::config::AdminSection>,
     #[serde(default)]
     pub teams: Vec<crate::governance::config::TeamSection>,
     #[serde(default)]
@@ -78,6 +82,10 @@ pub struct BackendSection {
     pub timeout_secs: Option<f64>,
     /// Extra PEM CA bundle trusted for this backend, on top of the system and webpki roots.
     pub ca_file: Option<PathBuf>,
+    /// Circuit breaker settings for each of this backend's URLs.
+    pub breaker: Option<crate::breaker::BreakerSection>,
+    /// Pool settings: in-flight limits, queueing, health checks, ejection.
+    pub pool: Option<crate::pool::PoolSection>,
 }
 
 /// One `[[routes]]` entry.
@@ -91,6 +99,14 @@ pub struct RouteSection {
     #[serde(default)]
     pub fallback: Vec<FallbackSection>,
     pub shadow: Option<ShadowSection>,
+    /// Repeats of a failed target (after trying its other URLs) before the fallback.
+    pub retries: Option<u32>,
+    /// Caller-based rules that replace `targets` for matching requests.
+    #[serde(default)]
+    pub overrides: Vec<crate::flags::OverrideSection>,
+    /// Teams whose callers may pin a target with the `x-switchyard-target` header.
+    #[serde(default)]
+    pub pin_teams: Vec<String>,
     /// The premium price this route's traffic is compared against (`switchyard spend`).
     pub baseline: Option<crate::governance::config::BaselineSection>,
 }

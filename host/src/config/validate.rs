@@ -42,6 +42,10 @@ pub struct Runtime {
     pub plugins_dir: Option<PathBuf>,
     pub telemetry: Option<TelemetrySettings>,
     pub state: Option<StateSettings>,
+    /// `[admin]`: the admin API's token, when enabled.
+    pub admin: Option<crate::admin::AdminSettings>,
+    /// `[traffic]`: retry budget and backoff.
+    pub traffic: crate::attempt::TrafficSettings,
     pub governance: crate::governance::config::GovConfig,
 }
 
@@ -148,6 +152,8 @@ pub struct Backend {
     pub first_byte_timeout: Duration,
     pub timeout: Duration,
     pub client: HttpClient,
+    /// Per-URL live state (breakers, in-flight, health) and the pool's settings.
+    pub pool: crate::pool::Pool,
 }
 
 impl std::fmt::Debug for Backend {
@@ -189,6 +195,8 @@ pub struct Route {
     pub total_weight: u32,
     pub fallback: Vec<Target>,
     pub shadow: Option<Shadow>,
+    /// Overrides, pinning and retries.
+    pub flags: crate::flags::RouteFlags,
 }
 
 /// Check everything; on success the runtime, else every problem found.
@@ -249,6 +257,9 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         routes.push(Arc::new(route));
     }
 
+    let admin = crate::admin::AdminSettings::from_section(file.admin.as_ref(), &mut problems);
+    let traffic =
+        crate::attempt::TrafficSettings::from_section(file.traffic.as_ref(), &mut problems);
     let telemetry = file
         .telemetry
         .as_ref()
@@ -284,6 +295,8 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         plugins_dir,
         telemetry,
         state,
+        admin,
+        traffic,
         governance,
     })
 }
@@ -526,6 +539,14 @@ fn validate_backend(
             }
         },
     };
+    let pool = crate::pool::Pool::build(
+        &name,
+        &urls,
+        b.breaker.as_ref(),
+        b.pool.as_ref(),
+        path,
+        problems,
+    );
     if problems.len() > before {
         return None;
     }
@@ -544,6 +565,7 @@ fn validate_backend(
         first_byte_timeout: first_byte?,
         timeout: timeout?,
         client,
+        pool,
     })
 }
 
@@ -721,6 +743,17 @@ fn validate_route(
         )
         .map(|target| Shadow { target, sample })
     });
+    let flags = crate::flags::RouteFlags::build(r, path, problems, |t, tp, problems| {
+        resolve_target(
+            t.backend.as_deref(),
+            t.model.as_deref(),
+            t.weight.unwrap_or(1),
+            tp,
+            backends,
+            declared,
+            problems,
+        )
+    });
     if problems.len() > before {
         return None;
     }
@@ -730,6 +763,7 @@ fn validate_route(
         total_weight,
         fallback,
         shadow,
+        flags,
     })
 }
 

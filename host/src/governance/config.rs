@@ -50,13 +50,9 @@ pub struct AuthSection {
     pub reserve_tokens: Option<u64>,
 }
 
-/// `[admin]`
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSection {
-    /// Name of the environment variable holding the admin token.
-    pub token_env: Option<String>,
-}
+/// `[admin]` is shared with the traffic admin API (reload, rollback, breakers); its
+/// schema and its validation problems live in `crate::admin`.
+pub use crate::admin::AdminSection;
 
 /// One `[[teams]]` entry: limits shared by every key of the team.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -179,30 +175,13 @@ pub fn validate(file: &ConfigFile, problems: &mut Vec<Problem>) -> GovConfig {
     let reserve_tokens = auth.reserve_tokens.unwrap_or(DEFAULT_RESERVE_TOKENS);
     let mut admin_token_sha256 = None;
     let mut admin_token_env = None;
-    if let Some(admin) = &file.admin {
-        match admin.token_env.as_deref() {
-            None | Some("") => problems.push(Problem::new(
-                "admin.token_env",
-                "is required: the name of the environment variable holding the admin token",
-            )),
-            Some(var) => {
-                admin_token_env = Some(var.to_string());
-                match std::env::var(var) {
-                    Ok(v) if v.trim().len() >= 16 => {
-                        admin_token_sha256 = Some(crate::auth::sha256(v.trim().as_bytes()));
-                    }
-                    Ok(v) if !v.trim().is_empty() => problems.push(Problem::new(
-                        "admin.token_env",
-                        format!(
-                            "the admin token in ${var} is too short: use at least 16 characters"
-                        ),
-                    )),
-                    _ => problems.push(Problem::new(
-                        "admin.token_env",
-                        format!("environment variable ${var} is not set"),
-                    )),
-                }
-            }
+    // `crate::admin` reports a missing or short token; here only its hash is kept.
+    if let Some(var) = file.admin.as_ref().and_then(|a| a.token_env.as_deref()) {
+        admin_token_env = Some(var.to_string());
+        if let Ok(v) = std::env::var(var)
+            && v.trim().len() >= 16
+        {
+            admin_token_sha256 = Some(crate::auth::sha256(v.trim().as_bytes()));
         }
     }
 

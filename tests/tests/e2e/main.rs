@@ -14,3 +14,4 @@ mod openai_sdk;
 mod proxy;
 mod streaming;
 mod tls;
+mod traffic;
