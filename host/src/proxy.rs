@@ -286,6 +286,7 @@ async fn run(
         ctx.target = Some(t);
         ctx.upstream_model = Some(m);
     }
+    crate::governance::record_attempts(gw, ctx, &trail);
     let header = HeaderValue::from_str(&trail.header_value()).ok();
     if trail.eventful() {
         tracing::info!(route = %route.name, attempts = %trail.header_value(), answered = result.is_ok(), "fallback: more than one attempt");

@@ -73,6 +73,8 @@ pub struct Account {
     pub usage: Option<Usage>,
     /// Completion tokens estimated from a complete answer without usage.
     pub completion_estimate: Option<u64>,
+    /// Which attempt answered (or failed last): primary, retry or fallback.
+    pub kind: ledger::Kind,
     settled: bool,
 }
 
@@ -465,6 +467,7 @@ impl Settler {
         row.backend = self.backend.clone();
         row.model = self.model.clone();
         row.stream = a.stream;
+        row.kind = a.kind;
         row.tokens_in = tokens_in;
         row.tokens_out = tokens_out;
         price_row(&self.runtime, &mut row);
@@ -547,6 +550,64 @@ pub fn settle_stream(s: Settler, summary: &StreamSummary) {
         ttft_ms: summary.first_byte.map(|d| d.as_secs_f64() * 1000.0),
         reached_upstream: true,
     });
+}
+
+/// Attempts that spent nothing upstream: not ledger rows.
+fn skipped(outcome: &str) -> bool {
+    matches!(
+        outcome,
+        "skipped_breaker_open" | "retry_budget_exhausted" | "saturated"
+    )
+}
+
+/// After the attempt loop: one row for every attempt before the last (failed tries and the
+/// fallbacks that followed them; an upstream that failed bills no tokens), and the kind
+/// (primary, retry, fallback) of the last attempt, whose row [`settle`] writes.
+pub fn record_attempts(gw: &Gateway, ctx: &mut RequestCtx, trail: &crate::attempt::Trail) {
+    if gw.governance.is_none() {
+        return;
+    }
+    let real: Vec<&crate::attempt::Step> = trail
+        .steps
+        .iter()
+        .filter(|s| !skipped(&s.outcome))
+        .collect();
+    let Some(first) = real.first() else { return };
+    let kind_of = |i: usize, s: &crate::attempt::Step| {
+        if i == 0 {
+            ledger::Kind::Primary
+        } else if s.backend == first.backend {
+            ledger::Kind::Retry
+        } else {
+            ledger::Kind::Fallback
+        }
+    };
+    let route = ctx
+        .route
+        .as_ref()
+        .map(|r| r.name.to_string())
+        .unwrap_or_else(|| "-".into());
+    let a = &ctx.account;
+    for (i, s) in real.iter().enumerate().take(real.len() - 1) {
+        let status = match s.outcome.strip_prefix("http_").map(str::parse::<u16>) {
+            Some(Ok(code)) => code,
+            _ if s.outcome == "timeout" => 504,
+            _ if s.outcome == "rejected_by_validate" => 200,
+            _ => 502,
+        };
+        let mut row = Row::new(&route, status);
+        row.key_id = a.key.as_ref().map(|k| k.id.clone());
+        row.team = a.key.as_ref().map(|k| k.team.clone());
+        row.tags = a.tags.clone();
+        row.backend = Some(s.backend.to_string());
+        row.kind = kind_of(i, s);
+        row.stream = a.stream;
+        row.outcome = s.outcome.clone();
+        ledger::record(row);
+    }
+    if let Some(last) = real.last() {
+        ctx.account.kind = kind_of(real.len() - 1, last);
+    }
 }
 
 /// Fill `row.cost_usd` and `row.baseline_usd` from the config's prices, for rows other

@@ -865,3 +865,108 @@ targets = [{{ backend = "mock" }}]
     );
     assert!(spent <= 0.01 + 1e-9, "overspent: ${spent}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_and_the_fallback_that_answered_are_each_a_ledger_row() {
+    let primary = MockUpstream::start().await;
+    let fallback = MockUpstream::start().await;
+    primary.set_behaviour(switchyard_tests::mock::Behaviour {
+        status: Some(503),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fb.db");
+    let text = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[[backends]]
+name = "primary"
+url = "{}"
+breaker = {{ enabled = false }}
+
+[[backends]]
+name = "fallback"
+url = "{}"
+
+[[prices]]
+backend = "fallback"
+model = "*"
+input_per_1m = 1.0
+output_per_1m = 2.0
+
+[[routes]]
+model = "m"
+targets = [{{ backend = "primary" }}]
+fallback = [{{ backend = "fallback" }}]
+
+[state]
+path = "{}"
+"#,
+        primary.url(),
+        fallback.url(),
+        db.display()
+    );
+    let gw = Gateway::start(&text);
+    let body =
+        json!({"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":{"req":"r1"}});
+    let r = Client::new()
+        .post_json(&gw.url("/v1/chat/completions"), &body, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-backend"), Some("fallback"));
+    let usage = r.json()["usage"].clone();
+    let s = json!({"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}],"metadata":{"req":"r2"}});
+    let st = Client::new()
+        .post_stream(&gw.url("/v1/chat/completions"), &s, &[])
+        .await;
+    assert_eq!(st.status, 200);
+    stop(gw);
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(String, String, i64, i64, i64, String)> = conn
+        .prepare(
+            "SELECT backend, kind, status, tokens_in, tokens_out, tags FROM ledger ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for req in ["req:r1", "req:r2"] {
+        let mine: Vec<_> = rows.iter().filter(|r| r.5.contains(req)).collect();
+        // The primary's failure(s), free; then the fallback's answer, billed.
+        let (last, before) = mine.split_last().unwrap();
+        assert!(
+            !before.is_empty(),
+            "{req}: no row for the failed primary: {mine:?}"
+        );
+        for f in before {
+            assert_eq!(
+                (f.0.as_str(), f.2, f.3, f.4),
+                ("primary", 503, 0, 0),
+                "{f:?}"
+            );
+            assert!(f.1 == "primary" || f.1 == "retry");
+        }
+        assert_eq!(
+            (last.0.as_str(), last.1.as_str(), last.2),
+            ("fallback", "fallback", 200)
+        );
+        assert!(last.3 > 0 && last.4 > 0);
+    }
+    let first_answer = rows
+        .iter()
+        .find(|r| r.5.contains("req:r1") && r.2 == 200)
+        .unwrap();
+    assert_eq!(first_answer.3, usage["prompt_tokens"].as_i64().unwrap());
+}
