@@ -197,6 +197,7 @@ async fn run(runtime: Runtime) -> ExitCode {
         }
     };
     let gw = Gateway::with_governance(runtime, Some(governance.clone()));
+    crate::governance::install_gateway(&gw);
     // Live reload, health checks, shadow writer.
     crate::reload::spawn_background(&gw);
     gw.set_ready(true);

@@ -552,6 +552,38 @@ pub fn settle_stream(s: Settler, summary: &StreamSummary) {
     });
 }
 
+static GATEWAY: std::sync::OnceLock<std::sync::Weak<Gateway>> = std::sync::OnceLock::new();
+
+/// Remember the serving gateway, so rows made away from a request (shadow calls) are
+/// priced with the config in force when they are written.
+pub fn install_gateway(gw: &Arc<Gateway>) {
+    let _ = GATEWAY.set(Arc::downgrade(gw));
+}
+
+/// The ledger row of one shadow call: what mirroring cost, at the shadow target's price.
+pub fn record_shadow(pair: &crate::shadow::store::Pair) {
+    let Some(gw) = GATEWAY.get().and_then(std::sync::Weak::upgrade) else {
+        return;
+    };
+    let status = pair.shadow_status.unwrap_or(502);
+    let mut row = Row::new(&pair.route, status);
+    row.ts_ms = pair.ts_ms;
+    row.backend = Some(pair.shadow_backend.clone());
+    row.model = Some(pair.shadow_model.clone());
+    row.kind = ledger::Kind::Shadow;
+    row.stream = pair.stream;
+    row.tokens_in = pair.shadow_prompt_tokens.unwrap_or(0);
+    row.tokens_out = pair.shadow_completion_tokens.unwrap_or(0);
+    row.latency_ms = pair.shadow_latency_ms.unwrap_or(0.0);
+    row.outcome = if pair.shadow_error.is_some() {
+        "shadow_failed".into()
+    } else {
+        "ok".into()
+    };
+    price_row(&gw.runtime(), &mut row);
+    ledger::record(row);
+}
+
 /// Attempts that spent nothing upstream: not ledger rows.
 fn skipped(outcome: &str) -> bool {
     matches!(

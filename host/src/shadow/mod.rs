@@ -183,6 +183,7 @@ async fn dispatch(
         let stats = stats.clone();
         tokio::spawn(async move {
             let pair = run(job).await;
+            crate::governance::record_shadow(&pair);
             if pair.shadow_error.is_some() {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
             }

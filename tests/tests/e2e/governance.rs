@@ -970,3 +970,75 @@ path = "{}"
         .unwrap();
     assert_eq!(first_answer.3, usage["prompt_tokens"].as_i64().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_calls_are_ledger_rows_priced_at_the_shadow_target() {
+    let primary = MockUpstream::start().await;
+    let mirror = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sh.db");
+    let text = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[[backends]]
+name = "primary"
+url = "{}"
+
+[[backends]]
+name = "mirror"
+url = "{}"
+
+[[prices]]
+backend = "mirror"
+model = "*"
+input_per_1m = 1.0
+output_per_1m = 1.0
+
+[[routes]]
+model = "m"
+targets = [{{ backend = "primary" }}]
+shadow = {{ backend = "mirror", model = "cand", sample = 1.0 }}
+
+[state]
+path = "{}"
+"#,
+        primary.url(),
+        mirror.url(),
+        db.display()
+    );
+    let gw = Gateway::start(&text);
+    let r = Client::new()
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"m","messages":[{"role":"user","content":"hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let start = Instant::now();
+    while mirror.served() == 0 && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(gw);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (backend, model, tin, tout, cost): (String, String, i64, i64, f64) = conn
+        .query_row(
+            "SELECT backend, model, tokens_in, tokens_out, cost_usd FROM ledger WHERE kind = 'shadow'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!((backend.as_str(), model.as_str()), ("mirror", "cand"));
+    assert!(tin > 0 && tout > 0);
+    assert!((cost - (tin + tout) as f64 / 1e6).abs() < 1e-12);
+    let primaries: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM ledger WHERE kind = 'primary'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(primaries, 1);
+}
