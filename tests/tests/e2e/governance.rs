@@ -264,6 +264,17 @@ targets = [{{ backend = "mock" }}]
         .map(|r| r["cost_usd"].as_f64().unwrap())
         .sum();
     assert!(spent > 0.0 && spent <= 0.00006, "spent {spent}");
+
+    // A restart does not hand out a fresh budget: the day's spend is read back from the ledger.
+    let gw = Gateway::start(&text);
+    let r = c
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &chat(7),
+            &[("authorization", &bearer(&poor))],
+        )
+        .await;
+    assert_openai_error(&r, 429, "budget_exceeded");
 }
 
 #[test]
