@@ -303,6 +303,7 @@ fn print_summary(rt: &Runtime) {
             t.sample_ratio
         );
     }
+    println!("governance: {}", rt.governance.summary());
     if let Some(s) = &rt.state {
         println!(
             "state: {}{}",
