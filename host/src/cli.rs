@@ -197,6 +197,7 @@ async fn run(runtime: Runtime) -> ExitCode {
         }
     };
     let gw = Gateway::with_governance(runtime, Some(governance.clone()));
+    crate::governance::install_gateway(&gw);
     // Live reload, health checks, shadow writer.
     crate::reload::spawn_background(&gw);
     // `/readyz` turns ready only once the plugins are loaded.
@@ -316,6 +317,7 @@ fn print_summary(rt: &Runtime) {
             t.sample_ratio
         );
     }
+    println!("governance: {}", rt.governance.summary());
     if let Some(s) = &rt.state {
         println!(
             "state: {}{}",

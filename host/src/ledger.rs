@@ -47,8 +47,9 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// Which attempt of a request a row describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
+    #[default]
     Primary,
     Fallback,
     Retry,

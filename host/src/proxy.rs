@@ -344,6 +344,7 @@ async fn run(
         ctx.target = Some(t);
         ctx.upstream_model = Some(m);
     }
+    crate::governance::record_attempts(gw, ctx, &trail);
     let header = HeaderValue::from_str(&trail.header_value()).ok();
     if trail.eventful() {
         tracing::info!(route = %route.name, attempts = %trail.header_value(), answered = result.is_ok(), "fallback: more than one attempt");
@@ -363,8 +364,9 @@ async fn run(
         Some(body) => {
             ctx.account.usage = ResponseProbe::read(body).and_then(|p| p.usage);
             if ctx.account.usage.is_none() {
+                let model = ctx.upstream_model.as_deref().unwrap_or("");
                 ctx.account.completion_estimate =
-                    Some(crate::governance::estimate_completion(body));
+                    Some(crate::governance::estimate_completion(model, body));
             }
         }
         None => {

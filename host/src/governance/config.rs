@@ -129,6 +129,26 @@ impl GovConfig {
             .copied()
     }
 
+    /// One line for `switchyard check`.
+    pub fn summary(&self) -> String {
+        format!(
+            "client auth {}, {} team(s) with limits, {} price(s), {} route baseline(s), admin API {}",
+            if self.auth_required {
+                "required"
+            } else {
+                "on once a key exists"
+            },
+            self.teams.len(),
+            self.prices.len(),
+            self.baselines.len(),
+            if self.admin_token_sha256.is_some() {
+                "on"
+            } else {
+                "off"
+            }
+        )
+    }
+
     /// The route's baseline (premium) price, if configured.
     pub fn baseline(&self, route: &str) -> Option<Price> {
         self.baselines.get(route).copied()

@@ -8,14 +8,17 @@
 //!    end of stream, client gone): the ledger row with the real usage (or an estimate, marked
 //!    as such) and the correction of the reservations to the real tokens and cost.
 //!
-//! Token estimates where an upstream reports no usage are byte based: `ceil(bytes / 4)` of
-//! the request body sent upstream for the prompt, and for completions the number of
-//! content-bearing stream events (OpenAI streams one token per event) or `ceil(bytes / 4)`
-//! of the generated text of a complete answer. Rows with estimates have `estimated = 1`.
+//! Token estimates where an upstream reports no usage: the prompt counted with the model's
+//! tokenizer for OpenAI models, else `ceil(bytes / 4)` of the body sent upstream (see
+//! [`tokens`]); for completions the number of content-bearing stream events (OpenAI streams
+//! one token per event), or the generated text of a complete answer counted the same way as
+//! a prompt. Rows with estimates have `estimated = 1`. Reservations at admission always use
+//! the byte estimate of the whole body, which is cheap and errs high.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod tokens;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -60,6 +63,9 @@ pub struct Account {
     pub stream: bool,
     /// Prompt tokens estimated from the body sent upstream.
     pub prompt_estimate: u64,
+    /// The client's body (a reference-counted handle), tokenized only if usage is missing.
+    body: Option<bytes::Bytes>,
+    endpoint: Option<crate::config::Endpoint>,
     /// Token and budget reservations to correct at the end.
     held_tokens: Vec<(Held, i64)>,
     held_budget: Vec<(Held, i64)>,
@@ -67,6 +73,8 @@ pub struct Account {
     pub usage: Option<Usage>,
     /// Completion tokens estimated from a complete answer without usage.
     pub completion_estimate: Option<u64>,
+    /// Which attempt answered (or failed last): primary, retry or fallback.
+    pub kind: ledger::Kind,
     settled: bool,
 }
 
@@ -103,6 +111,7 @@ impl Governance {
             seed_budgets(&store, &limiter);
         }
         ledger::install(store.clone());
+        tokens::warm(rt);
         tracing::info!(
             store = %path.display(),
             limits = if limiter.is_shared() { "redis" } else { "memory" },
@@ -269,6 +278,8 @@ pub async fn admit(
     acct.stream = request.stream;
     acct.tags = collect_tags(acct.key.as_deref(), headers, request);
     acct.prompt_estimate = estimate_tokens(upstream_body_len);
+    acct.body = Some(request.bytes().clone());
+    acct.endpoint = Some(ctx.endpoint);
     let Some(key) = acct.key.clone() else {
         return Ok(());
     };
@@ -437,21 +448,17 @@ impl Settler {
             (None, false) => (0, 0, false),
             (None, true) => match end.completion_estimate {
                 // Something was generated (or the upstream answered): bill the prompt too.
-                Some(out) => (a.prompt_estimate, out, true),
+                Some(out) => {
+                    let counted = match (&self.model, a.endpoint, &a.body) {
+                        (Some(m), Some(ep), Some(b)) => tokens::count_prompt(m, ep, b),
+                        _ => None,
+                    };
+                    (counted.unwrap_or(a.prompt_estimate), out, true)
+                }
                 // Failed before answering: nothing to bill.
                 None => (0, 0, false),
             },
         };
-        let cfg = &self.runtime.governance;
-        let cost = match (&self.backend, &self.model) {
-            (Some(b), Some(m)) => cfg.price(b, m).map(|p| p.cost(tokens_in, tokens_out)),
-            _ => None,
-        }
-        .unwrap_or(0.0);
-        let baseline = cfg
-            .baseline(&self.route)
-            .map(|p| p.cost(tokens_in, tokens_out))
-            .unwrap_or(cost);
         let mut row = Row::new(&self.route, end.status);
         row.ts_ms = self.ts_ms;
         row.key_id = a.key.as_ref().map(|k| k.id.clone());
@@ -460,10 +467,11 @@ impl Settler {
         row.backend = self.backend.clone();
         row.model = self.model.clone();
         row.stream = a.stream;
+        row.kind = a.kind;
         row.tokens_in = tokens_in;
         row.tokens_out = tokens_out;
-        row.cost_usd = cost;
-        row.baseline_usd = baseline;
+        price_row(&self.runtime, &mut row);
+        let cost = row.cost_usd;
         row.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         row.ttft_ms = end.ttft_ms;
         row.outcome = end.outcome;
@@ -544,19 +552,133 @@ pub fn settle_stream(s: Settler, summary: &StreamSummary) {
     });
 }
 
-/// Completion tokens of a complete answer that carries no usage: `ceil(bytes / 4)` of the
-/// generated text (message content, tool-call arguments, completion text).
-pub fn estimate_completion(body: &[u8]) -> u64 {
+static GATEWAY: std::sync::OnceLock<std::sync::Weak<Gateway>> = std::sync::OnceLock::new();
+
+/// Remember the serving gateway, so rows made away from a request (shadow calls) are
+/// priced with the config in force when they are written.
+pub fn install_gateway(gw: &Arc<Gateway>) {
+    let _ = GATEWAY.set(Arc::downgrade(gw));
+}
+
+/// The ledger row of one shadow call: what mirroring cost, at the shadow target's price.
+pub fn record_shadow(pair: &crate::shadow::store::Pair) {
+    let Some(gw) = GATEWAY.get().and_then(std::sync::Weak::upgrade) else {
+        return;
+    };
+    let status = pair.shadow_status.unwrap_or(502);
+    let mut row = Row::new(&pair.route, status);
+    row.ts_ms = pair.ts_ms;
+    row.backend = Some(pair.shadow_backend.clone());
+    row.model = Some(pair.shadow_model.clone());
+    row.kind = ledger::Kind::Shadow;
+    row.stream = pair.stream;
+    row.tokens_in = pair.shadow_prompt_tokens.unwrap_or(0);
+    row.tokens_out = pair.shadow_completion_tokens.unwrap_or(0);
+    row.latency_ms = pair.shadow_latency_ms.unwrap_or(0.0);
+    row.outcome = if pair.shadow_error.is_some() {
+        "shadow_failed".into()
+    } else {
+        "ok".into()
+    };
+    price_row(&gw.runtime(), &mut row);
+    ledger::record(row);
+}
+
+/// Attempts that spent nothing upstream: not ledger rows.
+fn skipped(outcome: &str) -> bool {
+    matches!(
+        outcome,
+        "skipped_breaker_open" | "retry_budget_exhausted" | "saturated"
+    )
+}
+
+/// After the attempt loop: one row for every attempt before the last (failed tries and the
+/// fallbacks that followed them; an upstream that failed bills no tokens), and the kind
+/// (primary, retry, fallback) of the last attempt, whose row [`settle`] writes.
+pub fn record_attempts(gw: &Gateway, ctx: &mut RequestCtx, trail: &crate::attempt::Trail) {
+    if gw.governance.is_none() {
+        return;
+    }
+    let real: Vec<&crate::attempt::Step> = trail
+        .steps
+        .iter()
+        .filter(|s| !skipped(&s.outcome))
+        .collect();
+    let Some(first) = real.first() else { return };
+    let kind_of = |i: usize, s: &crate::attempt::Step| {
+        if i == 0 {
+            ledger::Kind::Primary
+        } else if s.backend == first.backend {
+            ledger::Kind::Retry
+        } else {
+            ledger::Kind::Fallback
+        }
+    };
+    let route = ctx
+        .route
+        .as_ref()
+        .map(|r| r.name.to_string())
+        .unwrap_or_else(|| "-".into());
+    let a = &ctx.account;
+    for (i, s) in real.iter().enumerate().take(real.len() - 1) {
+        let status = match s.outcome.strip_prefix("http_").map(str::parse::<u16>) {
+            Some(Ok(code)) => code,
+            _ if s.outcome == "timeout" => 504,
+            _ if s.outcome == "rejected_by_validate" => 200,
+            _ => 502,
+        };
+        let mut row = Row::new(&route, status);
+        row.key_id = a.key.as_ref().map(|k| k.id.clone());
+        row.team = a.key.as_ref().map(|k| k.team.clone());
+        row.tags = a.tags.clone();
+        row.backend = Some(s.backend.to_string());
+        row.kind = kind_of(i, s);
+        row.stream = a.stream;
+        row.outcome = s.outcome.clone();
+        ledger::record(row);
+    }
+    if let Some(last) = real.last() {
+        ctx.account.kind = kind_of(real.len() - 1, last);
+    }
+}
+
+/// Fill `row.cost_usd` and `row.baseline_usd` from the config's prices, for rows other
+/// modules write with [`ledger::record`] (fallback and retry attempts, shadow calls): set
+/// `route`, `backend`, `model` and the token counts first.
+pub fn price_row(rt: &Runtime, row: &mut Row) {
+    let cfg = &rt.governance;
+    row.cost_usd = match (&row.backend, &row.model) {
+        (Some(b), Some(m)) => cfg
+            .price(b, m)
+            .map(|p| p.cost(row.tokens_in, row.tokens_out)),
+        _ => None,
+    }
+    .unwrap_or(0.0);
+    row.baseline_usd = cfg
+        .baseline(&row.route)
+        .map(|p| p.cost(row.tokens_in, row.tokens_out))
+        .unwrap_or(row.cost_usd);
+}
+
+/// Completion tokens of a complete answer that carries no usage: the generated text
+/// (message content, tool-call arguments, completion text) counted for `model`.
+pub fn estimate_completion(model: &str, body: &[u8]) -> u64 {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return 0;
     };
-    let mut bytes = 0usize;
+    let mut n = 0;
     for c in v["choices"].as_array().into_iter().flatten() {
-        bytes += c["text"].as_str().map_or(0, str::len);
-        bytes += c["message"]["content"].as_str().map_or(0, str::len);
+        let texts = [c["text"].as_str(), c["message"]["content"].as_str()];
+        n += texts
+            .into_iter()
+            .flatten()
+            .map(|t| tokens::count_text(model, t))
+            .sum::<u64>();
         for t in c["message"]["tool_calls"].as_array().into_iter().flatten() {
-            bytes += t["function"]["arguments"].as_str().map_or(0, str::len);
+            n += t["function"]["arguments"]
+                .as_str()
+                .map_or(0, |a| tokens::count_text(model, a));
         }
     }
-    estimate_tokens(bytes)
+    n
 }

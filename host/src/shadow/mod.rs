@@ -185,6 +185,7 @@ async fn dispatch(
         let stats = stats.clone();
         tokio::spawn(async move {
             let finished = run(job).await;
+            crate::governance::record_shadow(&finished.pair);
             if store.try_send(finished).is_err() {
                 stats.dropped_store_full.fetch_add(1, Ordering::Relaxed);
             }

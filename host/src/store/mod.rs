@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -69,7 +69,8 @@ pub struct StoreStats {
 /// The store: the file's path and the queue to its writer thread.
 pub struct Store {
     path: PathBuf,
-    tx: Mutex<Option<SyncSender<Write>>>,
+    /// Read-locked by every submit (uncontended); write-locked once, by `close`.
+    tx: RwLock<Option<SyncSender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     pub stats: Arc<StoreStats>,
 }
@@ -155,7 +156,7 @@ impl Store {
             })?;
         Ok(Arc::new(Store {
             path: path.to_path_buf(),
-            tx: Mutex::new(Some(tx)),
+            tx: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             stats,
         }))
@@ -172,11 +173,8 @@ impl Store {
 
     /// Queue a write; never blocks. False (and counted) when the queue is full or closed.
     pub fn submit(&self, w: Write) -> bool {
-        let tx = match self.tx.lock() {
-            Ok(g) => g.clone(),
-            Err(_) => None,
-        };
-        let Some(tx) = tx else {
+        let guard = self.tx.read();
+        let Some(tx) = guard.as_ref().ok().and_then(|g| g.as_ref()) else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         };
@@ -191,10 +189,7 @@ impl Store {
 
     /// Wait until everything queued so far is committed (or `timeout` passes).
     pub fn flush(&self, timeout: Duration) -> bool {
-        let tx = match self.tx.lock() {
-            Ok(g) => g.clone(),
-            Err(_) => None,
-        };
+        let tx = self.tx.read().ok().and_then(|g| g.clone());
         let Some(tx) = tx else { return true };
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         // A blocking send: a flush waits its turn behind a full queue.
@@ -206,7 +201,7 @@ impl Store {
 
     /// Stop accepting writes, commit everything queued, stop the writer. Idempotent.
     pub fn close(&self) {
-        let tx = self.tx.lock().ok().and_then(|mut g| g.take());
+        let tx = self.tx.write().ok().and_then(|mut g| g.take());
         drop(tx);
         let handle = self.writer.lock().ok().and_then(|mut g| g.take());
         if let Some(h) = handle {

@@ -264,6 +264,17 @@ targets = [{{ backend = "mock" }}]
         .map(|r| r["cost_usd"].as_f64().unwrap())
         .sum();
     assert!(spent > 0.0 && spent <= 0.00006, "spent {spent}");
+
+    // A restart does not hand out a fresh budget: the day's spend is read back from the ledger.
+    let gw = Gateway::start(&text);
+    let r = c
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &chat(7),
+            &[("authorization", &bearer(&poor))],
+        )
+        .await;
+    assert_openai_error(&r, 429, "budget_exceeded");
 }
 
 #[test]
@@ -864,4 +875,181 @@ targets = [{{ backend = "mock" }}]
         "budget $0.01 tripped at ${spent} (one request is ${per_request})"
     );
     assert!(spent <= 0.01 + 1e-9, "overspent: ${spent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_and_the_fallback_that_answered_are_each_a_ledger_row() {
+    let primary = MockUpstream::start().await;
+    let fallback = MockUpstream::start().await;
+    primary.set_behaviour(switchyard_tests::mock::Behaviour {
+        status: Some(503),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fb.db");
+    let text = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[[backends]]
+name = "primary"
+url = "{}"
+breaker = {{ enabled = false }}
+
+[[backends]]
+name = "fallback"
+url = "{}"
+
+[[prices]]
+backend = "fallback"
+model = "*"
+input_per_1m = 1.0
+output_per_1m = 2.0
+
+[[routes]]
+model = "m"
+targets = [{{ backend = "primary" }}]
+fallback = [{{ backend = "fallback" }}]
+
+[state]
+path = "{}"
+"#,
+        primary.url(),
+        fallback.url(),
+        db.display()
+    );
+    let gw = Gateway::start(&text);
+    let body =
+        json!({"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":{"req":"r1"}});
+    let r = Client::new()
+        .post_json(&gw.url("/v1/chat/completions"), &body, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-backend"), Some("fallback"));
+    let usage = r.json()["usage"].clone();
+    let s = json!({"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}],"metadata":{"req":"r2"}});
+    let st = Client::new()
+        .post_stream(&gw.url("/v1/chat/completions"), &s, &[])
+        .await;
+    assert_eq!(st.status, 200);
+    stop(gw);
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(String, String, i64, i64, i64, String)> = conn
+        .prepare(
+            "SELECT backend, kind, status, tokens_in, tokens_out, tags FROM ledger ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for req in ["req:r1", "req:r2"] {
+        let mine: Vec<_> = rows.iter().filter(|r| r.5.contains(req)).collect();
+        // The primary's failure(s), free; then the fallback's answer, billed.
+        let (last, before) = mine.split_last().unwrap();
+        assert!(
+            !before.is_empty(),
+            "{req}: no row for the failed primary: {mine:?}"
+        );
+        for f in before {
+            assert_eq!(
+                (f.0.as_str(), f.2, f.3, f.4),
+                ("primary", 503, 0, 0),
+                "{f:?}"
+            );
+            assert!(f.1 == "primary" || f.1 == "retry");
+        }
+        assert_eq!(
+            (last.0.as_str(), last.1.as_str(), last.2),
+            ("fallback", "fallback", 200)
+        );
+        assert!(last.3 > 0 && last.4 > 0);
+    }
+    let first_answer = rows
+        .iter()
+        .find(|r| r.5.contains("req:r1") && r.2 == 200)
+        .unwrap();
+    assert_eq!(first_answer.3, usage["prompt_tokens"].as_i64().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_calls_are_ledger_rows_priced_at_the_shadow_target() {
+    let primary = MockUpstream::start().await;
+    let mirror = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sh.db");
+    let text = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[[backends]]
+name = "primary"
+url = "{}"
+
+[[backends]]
+name = "mirror"
+url = "{}"
+
+[[prices]]
+backend = "mirror"
+model = "*"
+input_per_1m = 1.0
+output_per_1m = 1.0
+
+[[routes]]
+model = "m"
+targets = [{{ backend = "primary" }}]
+shadow = {{ backend = "mirror", model = "cand", sample = 1.0 }}
+
+[state]
+path = "{}"
+"#,
+        primary.url(),
+        mirror.url(),
+        db.display()
+    );
+    let gw = Gateway::start(&text);
+    let r = Client::new()
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"m","messages":[{"role":"user","content":"hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let start = Instant::now();
+    while mirror.served() == 0 && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(gw);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (backend, model, tin, tout, cost): (String, String, i64, i64, f64) = conn
+        .query_row(
+            "SELECT backend, model, tokens_in, tokens_out, cost_usd FROM ledger WHERE kind = 'shadow'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!((backend.as_str(), model.as_str()), ("mirror", "cand"));
+    assert!(tin > 0 && tout > 0);
+    assert!((cost - (tin + tout) as f64 / 1e6).abs() < 1e-12);
+    let primaries: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM ledger WHERE kind = 'primary'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(primaries, 1);
 }
