@@ -475,7 +475,8 @@ impl Model {
         let n = acts.len();
         let rb = w.row_bytes;
         // Blocks of rows so that a block's weights stay in cache while every token uses them.
-        let block = 16usize;
+        // A few blocks per thread keep the pool balanced without paying task overhead per row.
+        let block = (w.rows / (rayon::current_num_threads() * 4)).clamp(16, 512);
         if n == 1 {
             out[..w.rows]
                 .par_chunks_mut(block)

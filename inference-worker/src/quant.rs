@@ -226,7 +226,9 @@ impl Q8Act {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in self.qs[b * QK..b * QK + QK].iter_mut().zip(xb) {
-                let r = (v * id).round() as i32;
+                // |v * id| <= 127: adding 1.5 * 2^23 rounds to the nearest integer, ties to
+                // even, like ggml's AVX2 quantizer, without a libm call.
+                let r = ((v * id + 12_582_912.0) - 12_582_912.0) as i32;
                 *q = r as i8;
                 sum += r;
             }
@@ -390,7 +392,7 @@ fn q6(ql: &[u8], qh: &[u8], k: usize, l: usize) -> i32 {
 /// converted to pointers with at least the loaded width remaining.
 #[cfg(target_arch = "x86_64")]
 pub mod simd {
-    use super::{GgmlType, Q8Act, QK, h};
+    use super::{GgmlType, Q8Act, QK};
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
@@ -403,6 +405,15 @@ pub mod simd {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
         })
+    }
+
+    /// An f16 field of a block, converted by the F16C instruction (the `half` crate's
+    /// portable conversion costs more than the block's whole dot product).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hf(b: &[u8], at: usize) -> f32 {
+        let v = u16::from_le_bytes([b[at], b[at + 1]]) as i32;
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v)))
     }
 
     /// `None` for formats without a SIMD path (the caller uses the scalar one).
@@ -426,7 +437,7 @@ pub mod simd {
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps::<1>(v);
@@ -437,7 +448,7 @@ pub mod simd {
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn hsum_i32(v: __m256i) -> i32 {
         let lo = _mm256_castsi256_si128(v);
         let hi = _mm256_extracti128_si256::<1>(v);
@@ -449,7 +460,7 @@ pub mod simd {
 
     /// 32 unsigned nibbles: low nibbles of 16 bytes then their high nibbles (ggml order).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn nibbles(p: &[u8]) -> __m256i {
         debug_assert!(p.len() >= 16);
         // SAFETY: p has at least 16 bytes.
@@ -459,7 +470,7 @@ pub mod simd {
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load32(p: &[i8]) -> __m256i {
         debug_assert!(p.len() >= 32);
         // SAFETY: p has at least 32 bytes.
@@ -468,13 +479,13 @@ pub mod simd {
 
     /// Sum of unsigned(u8) × signed(i8) products in i32 lanes.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_u8i8(u: __m256i, s: __m256i) -> __m256i {
         let p16 = _mm256_maddubs_epi16(u, s);
         _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q4(row: &[u8], a: &Q8Act, one: bool) -> f32 {
         let bb = if one { 20 } else { 18 };
         let nb = row.len() / bb;
@@ -486,20 +497,20 @@ pub mod simd {
             // SAFETY: qs has 16 bytes, the activation block 32.
             let (w, y) = unsafe { (nibbles(qs), load32(&a.qs[b * QK..b * QK + QK])) };
             let mut sumi = dot_u8i8(w, y);
-            let d = h(x, 0) * a.d[b];
+            let d = hf(x, 0) * a.d[b];
             if !one {
                 // (q - 8)·y = q·y - 8·Σy, exact in integers.
                 sumi =
                     _mm256_sub_epi32(sumi, _mm256_setr_epi32(8 * a.isum[b], 0, 0, 0, 0, 0, 0, 0));
             } else {
-                acc_m += h(x, 2) * a.s[b];
+                acc_m += hf(x, 2) * a.s[b];
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum(acc) + acc_m
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q8_0(row: &[u8], a: &Q8Act) -> f32 {
         let nb = row.len() / 34;
         let mut acc = _mm256_setzero_ps();
@@ -516,18 +527,18 @@ pub mod simd {
             let aw = _mm256_sign_epi8(w, w);
             let sy = _mm256_sign_epi8(y, w);
             let sumi = dot_u8i8(aw, sy);
-            let d = h(x, 0) * a.d[b];
+            let d = hf(x, 0) * a.d[b];
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum(acc)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q4_k(row: &[u8], a: &Q8Act) -> f32 {
         let mut acc = 0f32;
         for (sb, x) in row.chunks_exact(144).enumerate() {
-            let d = h(x, 0);
-            let dmin = h(x, 2);
+            let d = hf(x, 0);
+            let dmin = hf(x, 2);
             let scales = &x[4..16];
             let qs = &x[16..144];
             for p in 0..4 {
@@ -557,13 +568,13 @@ pub mod simd {
         acc
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q6_k(row: &[u8], a: &Q8Act) -> f32 {
         let mut acc = 0f32;
         let m4 = _mm256_set1_epi8(0xF);
         let m2 = _mm256_set1_epi8(3);
         for (sb, x) in row.chunks_exact(210).enumerate() {
-            let d = h(x, 208);
+            let d = hf(x, 208);
             for n in 0..2 {
                 let ql = &x[64 * n..64 * n + 64];
                 let qh = &x[128 + 32 * n..128 + 32 * n + 32];
@@ -614,7 +625,7 @@ pub mod simd {
         acc
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_f32(row: &[u8], a: &Q8Act) -> f32 {
         let n = a.f.len().min(row.len() / 4);
         let mut acc = _mm256_setzero_ps();
@@ -658,7 +669,7 @@ pub mod simd {
         }
         let mut s = hsum(acc);
         for j in i..n {
-            s += h(row, j * 2) * a.f[j];
+            s += hf(row, j * 2) * a.f[j];
         }
         s
     }
