@@ -70,7 +70,11 @@ fn bench_stage(label: &str, file: &Path, stage: &str, iterations: usize, cache: 
         Ok(d) => d,
         Err(e) => panic!("tempdir: {e}"),
     };
-    let name = if stage == "classify" { "complexity-router" } else { label };
+    let name = if stage == "classify" {
+        "complexity-router"
+    } else {
+        label
+    };
     if let Err(e) = std::fs::copy(file, dir.path().join(format!("{name}.wasm"))) {
         println!("{label:<22} skipped: {e}");
         return;
@@ -85,7 +89,10 @@ fn bench_stage(label: &str, file: &Path, stage: &str, iterations: usize, cache: 
         Ok(r) => panic!("{label}: {:?}", r.failed),
         Err(e) => panic!("{label}: {e}"),
     }
-    let body = match RequestBody::parse(Bytes::from_static(REQUEST.as_bytes()), Endpoint::ChatCompletions) {
+    let body = match RequestBody::parse(
+        Bytes::from_static(REQUEST.as_bytes()),
+        Endpoint::ChatCompletions,
+    ) {
         Ok(b) => b,
         Err(e) => panic!("{e}"),
     };
@@ -94,7 +101,13 @@ fn bench_stage(label: &str, file: &Path, stage: &str, iterations: usize, cache: 
     let mut times = Vec::with_capacity(iterations);
     let run = |times: &mut Vec<Duration>| {
         let t = Instant::now();
-        let mut pass = Pass::new(&plugins, &body, Endpoint::ChatCompletions, &headers, CallerInfo::default());
+        let mut pass = Pass::new(
+            &plugins,
+            &body,
+            Endpoint::ChatCompletions,
+            &headers,
+            CallerInfo::default(),
+        );
         let ok = match stage {
             "classify" => pass.classify(&rt, &plugins.stats).is_ok(),
             "adapt" => pass.adapt(&target, "llama-3.1-8b").is_ok(),
@@ -125,8 +138,13 @@ fn startup(cache: &Path) {
     };
     let sources = ["complexity-router", "prompt-adapter", "json-validator"];
     for i in 0..10 {
-        let src = root().join("plugins").join(format!("{}.wasm", sources[i % 3]));
-        if let Err(e) = std::fs::copy(&src, dir.path().join(format!("p{i:02}-{}.wasm", sources[i % 3]))) {
+        let src = root()
+            .join("plugins")
+            .join(format!("{}.wasm", sources[i % 3]));
+        if let Err(e) = std::fs::copy(
+            &src,
+            dir.path().join(format!("p{i:02}-{}.wasm", sources[i % 3])),
+        ) {
             println!("startup skipped: {}: {e}", src.display());
             return;
         }
@@ -169,10 +187,34 @@ fn main() {
     let cache = root().join("target").join("plugin-cache");
     let p = |n: &str| root().join("plugins").join(format!("{n}.wasm"));
     let e = |d: &str| root().join("examples").join(d).join("router.wasm");
-    bench_stage("complexity-router", &p("complexity-router"), "classify", iterations, &cache);
-    bench_stage("prompt-adapter", &p("prompt-adapter"), "adapt", iterations, &cache);
-    bench_stage("json-validator", &p("json-validator"), "validate", iterations, &cache);
-    bench_stage("python-router", &e("python-router"), "classify", iterations, &cache);
+    bench_stage(
+        "complexity-router",
+        &p("complexity-router"),
+        "classify",
+        iterations,
+        &cache,
+    );
+    bench_stage(
+        "prompt-adapter",
+        &p("prompt-adapter"),
+        "adapt",
+        iterations,
+        &cache,
+    );
+    bench_stage(
+        "json-validator",
+        &p("json-validator"),
+        "validate",
+        iterations,
+        &cache,
+    );
+    bench_stage(
+        "python-router",
+        &e("python-router"),
+        "classify",
+        iterations,
+        &cache,
+    );
     bench_stage("js-router", &e("js-router"), "classify", iterations, &cache);
     startup(&cache);
 }

@@ -67,8 +67,18 @@ pub fn looks_like_code(text: &str) -> bool {
         return true;
     }
     const MARKERS: [&str; 12] = [
-        "fn ", "def ", "class ", "import ", "#include", "function ", "=> {", "};", "return ",
-        "SELECT ", "public static", "console.log",
+        "fn ",
+        "def ",
+        "class ",
+        "import ",
+        "#include",
+        "function ",
+        "=> {",
+        "};",
+        "return ",
+        "SELECT ",
+        "public static",
+        "console.log",
     ];
     let hits = MARKERS.iter().filter(|m| text.contains(*m)).count();
     let braces = text.matches('{').count() + text.matches(';').count();

@@ -80,10 +80,10 @@ pub use bindings::classifier::switchyard::plugin::types::{
     Request, Response, ResponseFormat, Role, Sampling, Target, Tool, ToolCall, Verdict,
 };
 
-/// Stage `classify`: decide route, target and tags before routing.
-pub use bindings::classifier::exports::switchyard::plugin::classify::Guest as Classify;
 /// Stage `adapt`: rewrite the request for the chosen target.
 pub use bindings::adapter::exports::switchyard::plugin::adapt::Guest as Adapt;
+/// Stage `classify`: decide route, target and tags before routing.
+pub use bindings::classifier::exports::switchyard::plugin::classify::Guest as Classify;
 /// Stage `validate`: accept, reject or replace a complete answer.
 pub use bindings::validator::exports::switchyard::plugin::validate::Guest as Validate;
 

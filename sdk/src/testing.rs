@@ -65,10 +65,7 @@ pub fn chat(messages: &[(Role, &str)]) -> Request {
         endpoint: Endpoint::ChatCompletions,
         model: "gpt-4o".to_string(),
         stream: false,
-        messages: messages
-            .iter()
-            .map(|(r, t)| Message::text(*r, t))
-            .collect(),
+        messages: messages.iter().map(|(r, t)| Message::text(*r, t)).collect(),
         prompt: None,
         tools: Vec::new(),
         tool_choice: None,
@@ -137,7 +134,11 @@ pub fn backend(name: &str, health: Health) -> BackendStatus {
         name: name.to_string(),
         health,
         latency_ms: 100.0,
-        error_rate: if health == Health::Unhealthy { 1.0 } else { 0.0 },
+        error_rate: if health == Health::Unhealthy {
+            1.0
+        } else {
+            0.0
+        },
         in_flight: 0,
         price: None,
     }

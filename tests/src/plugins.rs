@@ -33,7 +33,9 @@ fn ensure_built(path: &Path) {
 
 /// A first-party plugin, e.g. `complexity-router`.
 pub fn first_party(name: &str) -> PathBuf {
-    let p = workspace_root().join("plugins").join(format!("{name}.wasm"));
+    let p = workspace_root()
+        .join("plugins")
+        .join(format!("{name}.wasm"));
     ensure_built(&p);
     p
 }

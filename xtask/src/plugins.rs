@@ -24,12 +24,13 @@ pub fn build() -> Result<(), String> {
     let target_dir = root.join("target").join("wasm");
     build_workspace(&root.join("plugins").join("Cargo.toml"), &target_dir)?;
     for name in PLUGINS {
-        copy(&target_dir, name, &root.join("plugins").join(format!("{name}.wasm")))?;
+        copy(
+            &target_dir,
+            name,
+            &root.join("plugins").join(format!("{name}.wasm")),
+        )?;
     }
-    build_workspace(
-        &root.join("tests/fixtures/plugins/Cargo.toml"),
-        &target_dir,
-    )?;
+    build_workspace(&root.join("tests/fixtures/plugins/Cargo.toml"), &target_dir)?;
     let fixtures = root.join("target").join("plugin-fixtures");
     std::fs::create_dir_all(&fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))?;
     for name in FIXTURES {
@@ -42,10 +43,16 @@ pub fn build() -> Result<(), String> {
 
 fn build_workspace(manifest: &Path, target_dir: &Path) -> Result<(), String> {
     let mut c = cargo();
-    c.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(manifest)
-        .arg("--target-dir")
-        .arg(target_dir);
+    c.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+    ])
+    .arg(manifest)
+    .arg("--target-dir")
+    .arg(target_dir);
     run(c, &format!("cargo build {}", manifest.display()))
 }
 
@@ -87,10 +94,14 @@ fn examples(root: &Path) -> Result<(), String> {
     if py.exists() {
         if have("componentize-py", "--version") {
             let mut c = Command::new("componentize-py");
-            c.current_dir(&py)
-                .arg("-d")
-                .arg(&wit)
-                .args(["-w", "classifier", "componentize", "app", "-o", "router.wasm"]);
+            c.current_dir(&py).arg("-d").arg(&wit).args([
+                "-w",
+                "classifier",
+                "componentize",
+                "app",
+                "-o",
+                "router.wasm",
+            ]);
             run(c, "componentize-py (examples/python-router)")?;
         } else {
             missing("componentize-py (pip install componentize-py)")?;
@@ -98,10 +109,7 @@ fn examples(root: &Path) -> Result<(), String> {
     }
     let js = root.join("examples").join("js-router");
     if js.exists() {
-        let cjs = js
-            .join("node_modules")
-            .join(".bin")
-            .join("componentize-js");
+        let cjs = js.join("node_modules").join(".bin").join("componentize-js");
         if cjs.exists() {
             let mut c = Command::new(&cjs);
             c.current_dir(&js)

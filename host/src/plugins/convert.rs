@@ -71,7 +71,10 @@ pub fn request(body: &RequestBody, endpoint: Endpoint) -> Request {
         extra.push_str(raw);
     }
     extra.push('}');
-    let get = |k: &str| body.raw(k).and_then(|r| serde_json::from_str::<Value>(r).ok());
+    let get = |k: &str| {
+        body.raw(k)
+            .and_then(|r| serde_json::from_str::<Value>(r).ok())
+    };
     let f = |k: &str| get(k).and_then(|v| v.as_f64());
     let u = |k: &str| {
         get(k)
@@ -259,8 +262,9 @@ fn raw_object(what: &str, text: &str) -> Result<BTreeMap<String, Box<RawValue>>,
 }
 
 fn raw_value(what: &str, text: &str) -> Result<Value, CallError> {
-    serde_json::from_str(text)
-        .map_err(|e| CallError::bad_return(format!("{what} is not valid JSON ({e}): {}", clip(text))))
+    serde_json::from_str(text).map_err(|e| {
+        CallError::bad_return(format!("{what} is not valid JSON ({e}): {}", clip(text)))
+    })
 }
 
 fn clip(s: &str) -> &str {
@@ -403,9 +407,12 @@ fn message_json(m: &Message, i: usize) -> Result<String, CallError> {
             let mut ps = Vec::new();
             for p in parts {
                 ps.push(match p {
-                    ContentPart::Text(t) => serde_json::json!({"type": "text", "text": t}).to_string(),
+                    ContentPart::Text(t) => {
+                        serde_json::json!({"type": "text", "text": t}).to_string()
+                    }
                     ContentPart::ImageUrl(u) => {
-                        serde_json::json!({"type": "image_url", "image_url": {"url": u}}).to_string()
+                        serde_json::json!({"type": "image_url", "image_url": {"url": u}})
+                            .to_string()
                     }
                     ContentPart::Other(raw_part) => {
                         raw_value(&format!("messages[{i}].content part"), raw_part)?;
@@ -470,14 +477,21 @@ mod tests {
         assert!(matches!(req.messages[0].role, Role::System));
         assert!(matches!(&req.messages[1].content[1], ContentPart::ImageUrl(u) if u == "data:x"));
         assert_eq!(req.sampling.temperature, Some(0.5));
-        assert!(matches!(req.response_format, Some(ResponseFormat::JsonObject)));
+        assert!(matches!(
+            req.response_format,
+            Some(ResponseFormat::JsonObject)
+        ));
         assert_eq!(req.extra, r#"{"user":"u1","metadata":{"a":[1,2.50]}}"#);
         let back = request_json(&req, Endpoint::ChatCompletions).unwrap();
         let v: Value = serde_json::from_slice(&back).unwrap();
         let orig: Value = serde_json::from_str(text).unwrap();
         assert_eq!(v, orig);
         // Raw members are copied byte for byte.
-        assert!(String::from_utf8(back).unwrap().contains(r#""metadata":{"a":[1,2.50]}"#));
+        assert!(
+            String::from_utf8(back)
+                .unwrap()
+                .contains(r#""metadata":{"a":[1,2.50]}"#)
+        );
     }
 
     #[test]

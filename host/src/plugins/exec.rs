@@ -323,10 +323,7 @@ impl Loaded {
     }
 
     /// Run `f` on an instance under a fresh deadline; a failed call's instance is dropped.
-    fn call<R>(
-        &self,
-        f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
+    fn call<R>(&self, f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>) -> Result<R, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut w = self.take()?;
         w.store.set_epoch_deadline(self.engine.deadline_ticks);

@@ -158,10 +158,7 @@ impl Plugins {
                     s.spawn(move || (path.clone(), self.load_file(&engine, settings, path)))
                 })
                 .collect();
-            handles
-                .into_iter()
-                .filter_map(|h| h.join().ok())
-                .collect()
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
         let mut set = PluginSet {
             settings: Some(settings.clone()),
@@ -488,7 +485,11 @@ impl Pass {
 
     /// Stage `classify`: each plugin in order may override route and target (later ones
     /// win) and add tags (seen by the plugins after it).
-    pub fn classify(&mut self, rt: &Runtime, stats: &BackendStats) -> Result<Decision, GatewayError> {
+    pub fn classify(
+        &mut self,
+        rt: &Runtime,
+        stats: &BackendStats,
+    ) -> Result<Decision, GatewayError> {
         let mut decision = Decision::default();
         let Some(req) = &self.request else {
             return Ok(decision);
@@ -554,9 +555,10 @@ impl Pass {
                 None => Ok(None),
                 Some(new) => {
                     let json = convert::request_json(&new, self.endpoint)?;
-                    let body = RequestBody::parse(Bytes::from(json), self.endpoint).map_err(
-                        |e| CallError::bad_return(format!("the adapted request is invalid: {e}")),
-                    )?;
+                    let body =
+                        RequestBody::parse(Bytes::from(json), self.endpoint).map_err(|e| {
+                            CallError::bad_return(format!("the adapted request is invalid: {e}"))
+                        })?;
                     Ok(Some((new, body)))
                 }
             });
@@ -637,10 +639,7 @@ fn resolve(
         None => None,
         Some(t) => {
             let backend = rt.backend(&t.backend).cloned().ok_or_else(|| {
-                CallError::bad_return(format!(
-                    "decision names an unknown backend {:?}",
-                    t.backend
-                ))
+                CallError::bad_return(format!("decision names an unknown backend {:?}", t.backend))
             })?;
             if t.model.is_empty() {
                 return Err(CallError::bad_return("decision names an empty model"));

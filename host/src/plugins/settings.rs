@@ -107,8 +107,7 @@ impl Settings {
             dir,
             order,
             timeout: Duration::from_millis(timeout_ms),
-            memory_bytes: usize::try_from(memory_mb.min(4096) * 1024 * 1024)
-                .unwrap_or(usize::MAX),
+            memory_bytes: usize::try_from(memory_mb.min(4096) * 1024 * 1024).unwrap_or(usize::MAX),
             on_error,
             cache_dir,
             headers,

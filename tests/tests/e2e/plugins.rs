@@ -126,14 +126,23 @@ async fn complexity_router_sends_simple_requests_local_and_the_rest_premium() {
         let r = chat(&gw, body).await;
         assert_eq!(r.status, 200, "case {i}: {}", r.text());
         assert_eq!(r.header("x-switchyard-backend"), Some(want), "case {i}");
-        let model = if want == "local" { "llama-3.1-8b" } else { "gpt-4o" };
+        let model = if want == "local" {
+            "llama-3.1-8b"
+        } else {
+            "gpt-4o"
+        };
         assert_eq!(r.header("x-switchyard-model"), Some(model), "case {i}");
     }
     assert_eq!(local.served(), 3);
-    assert_eq!(local.last_request().unwrap().json()["model"], "llama-3.1-8b");
+    assert_eq!(
+        local.last_request().unwrap().json()["model"],
+        "llama-3.1-8b"
+    );
     let m = metrics(&gw).await;
     assert!(
-        m.contains(r#"switchyard_plugin_counter_total{plugin="complexity-router",name="simple"} 3"#),
+        m.contains(
+            r#"switchyard_plugin_counter_total{plugin="complexity-router",name="simple"} 3"#
+        ),
         "{m}"
     );
 }
@@ -249,7 +258,8 @@ async fn json_validator_rejects_answers_that_are_not_the_json_asked_for() {
             "response_format": format, "mock_content": content})
     };
     let object = json!({"type": "json_object"});
-    let with_schema = json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}});
+    let with_schema =
+        json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}});
 
     let r = chat(&gw, ask(r#"{"name":"Ada","age":36}"#, with_schema.clone())).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -258,12 +268,20 @@ async fn json_validator_rejects_answers_that_are_not_the_json_asked_for() {
         r#"{"name":"Ada","age":36}"#
     );
 
-    let r = chat(&gw, ask("Sure! Here is the JSON you asked for.", object.clone())).await;
+    let r = chat(
+        &gw,
+        ask("Sure! Here is the JSON you asked for.", object.clone()),
+    )
+    .await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "answer_rejected");
     assert!(r.text().contains("not valid JSON"), "{}", r.text());
 
-    let r = chat(&gw, ask(r#"{"name":"Ada","age":"36"}"#, with_schema.clone())).await;
+    let r = chat(
+        &gw,
+        ask(r#"{"name":"Ada","age":"36"}"#, with_schema.clone()),
+    )
+    .await;
     assert_eq!(r.status, 502);
     assert!(r.text().contains("$.age"), "{}", r.text());
 
@@ -285,22 +303,35 @@ async fn all_three_plugins_together() {
     }
     let gw = Gateway::start(&config(&local, &premium, dir.path(), ROUTER_CONFIG));
     // Simple + JSON: routed local, instruction added, answer validated.
-    let r = chat(&gw, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "a colour"}],
-        "response_format": {"type": "json_object"}, "mock_content": "{\"colour\":\"red\"}"}))
+    let r = chat(
+        &gw,
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "a colour"}],
+        "response_format": {"type": "json_object"}, "mock_content": "{\"colour\":\"red\"}"}),
+    )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-switchyard-backend"), Some("local"));
     let sent = local.last_request().unwrap().json();
-    assert!(sent["messages"][0]["content"].to_string().contains("valid JSON object"));
-    let r = chat(&gw, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "a colour"}],
-        "response_format": {"type": "json_object"}, "mock_content": "red"}))
+    assert!(
+        sent["messages"][0]["content"]
+            .to_string()
+            .contains("valid JSON object")
+    );
+    let r = chat(
+        &gw,
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "a colour"}],
+        "response_format": {"type": "json_object"}, "mock_content": "red"}),
+    )
     .await;
     assert_eq!(r.status, 502);
 }
 
 /// A gateway with the hostile plugin misbehaving at `stage`; the unrelated traffic sent while
 /// it misbehaves must all succeed.
-async fn hostile_gateway(stage: &str, on_error: &str) -> (MockUpstream, MockUpstream, Gateway, tempfile::TempDir) {
+async fn hostile_gateway(
+    stage: &str,
+    on_error: &str,
+) -> (MockUpstream, MockUpstream, Gateway, tempfile::TempDir) {
     let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
     let dir = tempfile::tempdir().unwrap();
     plugins::install(&plugins::fixture("hostile"), dir.path(), "hostile");
@@ -340,7 +371,14 @@ async fn hostile_plugins_are_contained_and_other_requests_are_unaffected() {
     for (stage, modes) in [
         (
             "classify",
-            &["loop", "memory", "trap", "panic", "unknown-backend", "unknown-route"][..],
+            &[
+                "loop",
+                "memory",
+                "trap",
+                "panic",
+                "unknown-backend",
+                "unknown-route",
+            ][..],
         ),
         ("adapt", &["garbage", "trap"][..]),
         ("validate", &["garbage", "loop"][..]),
@@ -477,7 +515,10 @@ async fn hot_reload_under_load_loses_no_request() {
         failures.extend(h.await.unwrap());
     }
     assert!(sent.load(Ordering::Relaxed) > 20, "the load generator ran");
-    assert!(failures.is_empty(), "requests failed during reloads: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "requests failed during reloads: {failures:?}"
+    );
     let m = metrics(&gw).await;
     assert!(m.contains("switchyard_plugin_reloads_total"), "{m}");
 }
@@ -495,7 +536,11 @@ async fn check_lists_plugins_with_their_stages_and_names_a_broken_one() {
         cache_dir().display()
     );
     std::fs::write(&cfg, &text).unwrap();
-    let (code, out, err) = run_switchyard(&["check", "--config", cfg.to_str().unwrap()], dir.path(), &[]);
+    let (code, out, err) = run_switchyard(
+        &["check", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("complexity-router"), "{out}");
     assert!(out.contains("stages classify"), "{out}");
@@ -503,7 +548,11 @@ async fn check_lists_plugins_with_their_stages_and_names_a_broken_one() {
     assert!(out.contains("stages validate"), "{out}");
 
     std::fs::write(dir.path().join("broken.wasm"), b"not wasm").unwrap();
-    let (code, out, err) = run_switchyard(&["check", "--config", cfg.to_str().unwrap()], dir.path(), &[]);
+    let (code, out, err) = run_switchyard(
+        &["check", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("broken.wasm"), "{err}");
 }
@@ -512,9 +561,13 @@ async fn check_lists_plugins_with_their_stages_and_names_a_broken_one() {
 async fn python_and_javascript_examples_decide_like_the_rust_router() {
     let py = plugins::example("python-router");
     let js = plugins::example("js-router");
-    if skip_unless(py.is_some(), "the Python example (componentize-py; cargo xtask plugins)")
-        | skip_unless(js.is_some(), "the JavaScript example (npm install in examples/js-router; cargo xtask plugins)")
-    {
+    if skip_unless(
+        py.is_some(),
+        "the Python example (componentize-py; cargo xtask plugins)",
+    ) | skip_unless(
+        js.is_some(),
+        "the JavaScript example (npm install in examples/js-router; cargo xtask plugins)",
+    ) {
         return;
     }
     let rust = plugins::first_party("complexity-router");
