@@ -174,6 +174,14 @@ max = 400
 ratio = 0.5
 on = true
 list = ["a", "b"]
+
+[[backends]]
+name = "b"
+url = "http://127.0.0.1:9/v1"
+
+[[routes]]
+model = "*"
+targets = [{ backend = "b" }]
 "#;
         let rt = load_str(text, ConfigSource::Embedded).unwrap();
         let s = rt.plugins.as_ref().unwrap();
