@@ -195,3 +195,17 @@ targets = [{ backend = "b" }]
         assert_eq!(s.timeout.as_millis(), 50);
     }
 }
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn the_plugins_example_config_parses() {
+        let text = include_str!("../../../examples/configs/plugins.toml");
+        let file = crate::config::parse(text).unwrap();
+        let mut problems = Vec::new();
+        let s = super::Settings::validate(file.plugins.as_ref().unwrap(), &mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.order.len(), 3);
+        assert_eq!(s.config_for("complexity-router")["max_tokens"], "400");
+    }
+}
