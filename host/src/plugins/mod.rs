@@ -115,8 +115,14 @@ pub struct Plugins {
     engine: OnceLock<Arc<PluginEngine>>,
     pub metrics: Arc<PluginMetrics>,
     pub stats: BackendStats,
-    kv: Mutex<HashMap<Arc<str>, Arc<Mutex<HashMap<String, Vec<u8>>>>>>,
+    kv: Mutex<HashMap<Arc<str>, KvStore>>,
 }
+
+/// One plugin's key-value store (kept across reloads of that plugin).
+type KvStore = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+/// A decision checked against the config: route, target, and the plugin's own record.
+type Resolved = (Option<Arc<Route>>, Option<Target>, types::Decision);
 
 /// What loading a plugin folder found.
 pub struct LoadReport {
@@ -140,7 +146,7 @@ impl Plugins {
         Ok(self.engine.get_or_init(|| e).clone())
     }
 
-    fn kv_for(&self, name: &Arc<str>) -> Arc<Mutex<HashMap<String, Vec<u8>>>> {
+    fn kv_for(&self, name: &Arc<str>) -> KvStore {
         let mut kv = self.kv.lock().unwrap_or_else(|p| p.into_inner());
         kv.entry(name.clone()).or_default().clone()
     }
@@ -226,10 +232,8 @@ impl Plugins {
         let Ok(engine) = self.engine_for(&settings) else {
             return false;
         };
-        let files = match wasm_files(&settings.dir) {
-            Ok(f) => f,
-            Err(_) => Vec::new(),
-        };
+        // A folder that disappeared means every plugin was removed.
+        let files = wasm_files(&settings.dir).unwrap_or_default();
         let mut changed = false;
         let mut plugins: Vec<Arc<Plugin>> = Vec::new();
         let mut failed = HashMap::new();
@@ -625,10 +629,7 @@ impl Pass {
 }
 
 /// Check a plugin's decision against the config: routes and backends must exist.
-fn resolve(
-    rt: &Runtime,
-    d: types::Decision,
-) -> Result<(Option<Arc<Route>>, Option<Target>, types::Decision), CallError> {
+fn resolve(rt: &Runtime, d: types::Decision) -> Result<Resolved, CallError> {
     let route = match &d.route {
         None => None,
         Some(name) => Some(rt.route_for(name).cloned().ok_or_else(|| {

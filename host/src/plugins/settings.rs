@@ -174,6 +174,14 @@ max = 400
 ratio = 0.5
 on = true
 list = ["a", "b"]
+
+[[backends]]
+name = "b"
+url = "http://127.0.0.1:9/v1"
+
+[[routes]]
+model = "*"
+targets = [{ backend = "b" }]
 "#;
         let rt = load_str(text, ConfigSource::Embedded).unwrap();
         let s = rt.plugins.as_ref().unwrap();
@@ -185,5 +193,19 @@ list = ["a", "b"]
         assert_eq!(c["list"], r#"["a","b"]"#);
         assert!(s.config_for("other").is_empty());
         assert_eq!(s.timeout.as_millis(), 50);
+    }
+}
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn the_plugins_example_config_parses() {
+        let text = include_str!("../../../examples/configs/plugins.toml");
+        let file = crate::config::parse(text).unwrap();
+        let mut problems = Vec::new();
+        let s = super::Settings::validate(file.plugins.as_ref().unwrap(), &mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.order.len(), 3);
+        assert_eq!(s.config_for("complexity-router")["max_tokens"], "400");
     }
 }

@@ -101,7 +101,10 @@ mod tests {
 
     #[test]
     fn short_question_goes_local() {
-        let d = decide(chat(&[(Role::User, "What is the capital of France?")]), Health::Healthy);
+        let d = decide(
+            chat(&[(Role::User, "What is the capital of France?")]),
+            Health::Healthy,
+        );
         assert_eq!(target(&d), ("local".into(), "llama-3.1-8b".into()));
         assert_eq!(d.tags, vec!["complexity:simple"]);
         assert_eq!(counter("simple"), 1);

@@ -25,7 +25,11 @@ pub fn mismatch(v: &Value, schema: &Value, path: &str) -> Option<String> {
         _ => Vec::new(),
     };
     if !types.is_empty() && !types.iter().any(|t| is_type(v, t)) {
-        return Some(format!("{path}: expected {}, got {}", types.join(" or "), kind(v)));
+        return Some(format!(
+            "{path}: expected {}, got {}",
+            types.join(" or "),
+            kind(v)
+        ));
     }
     if let Value::Object(obj) = v {
         for r in schema
@@ -93,14 +97,20 @@ pub fn check(format: &ResponseFormat, content: &str) -> Result<(), String> {
             if v.is_object() {
                 Ok(())
             } else {
-                Err(format!("the answer is JSON but not an object (got {})", kind(&v)))
+                Err(format!(
+                    "the answer is JSON but not an object (got {})",
+                    kind(&v)
+                ))
             }
         }
         ResponseFormat::JsonSchema(s) => {
             let schema: Value = serde_json::from_str(&s.schema).unwrap_or(Value::Null);
             match mismatch(&v, &schema, "$") {
                 None => Ok(()),
-                Some(m) => Err(format!("the answer does not match schema \"{}\": {m}", s.name)),
+                Some(m) => Err(format!(
+                    "the answer does not match schema \"{}\": {m}",
+                    s.name
+                )),
             }
         }
     }
@@ -155,17 +165,32 @@ mod tests {
     #[test]
     fn json_object_must_parse_as_an_object() {
         let req = chat(&[(Role::User, "hi")]).with_json();
-        assert!(matches!(verdict(req.clone(), r#"{"a":1}"#), Verdict::Accept));
-        assert!(matches!(verdict(req.clone(), "Sure! {\"a\":1}"), Verdict::Reject(_)));
+        assert!(matches!(
+            verdict(req.clone(), r#"{"a":1}"#),
+            Verdict::Accept
+        ));
+        assert!(matches!(
+            verdict(req.clone(), "Sure! {\"a\":1}"),
+            Verdict::Reject(_)
+        ));
         assert!(matches!(verdict(req, "[1,2]"), Verdict::Reject(r) if r.contains("not an object")));
     }
 
     #[test]
     fn schema_required_fields_and_types() {
         let req = chat(&[(Role::User, "hi")]).with_schema(SCHEMA);
-        assert!(matches!(verdict(req.clone(), r#"{"name":"Ada","age":36,"tags":["x"]}"#), Verdict::Accept));
-        assert!(matches!(verdict(req.clone(), r#"{"name":"Ada"}"#), Verdict::Reject(r) if r.contains("\"age\"")));
-        assert!(matches!(verdict(req.clone(), r#"{"name":"Ada","age":"36"}"#), Verdict::Reject(r) if r.contains("$.age")));
-        assert!(matches!(verdict(req, r#"{"name":"Ada","age":3,"tags":[1]}"#), Verdict::Reject(r) if r.contains("$.tags[0]")));
+        assert!(matches!(
+            verdict(req.clone(), r#"{"name":"Ada","age":36,"tags":["x"]}"#),
+            Verdict::Accept
+        ));
+        assert!(
+            matches!(verdict(req.clone(), r#"{"name":"Ada"}"#), Verdict::Reject(r) if r.contains("\"age\""))
+        );
+        assert!(
+            matches!(verdict(req.clone(), r#"{"name":"Ada","age":"36"}"#), Verdict::Reject(r) if r.contains("$.age"))
+        );
+        assert!(
+            matches!(verdict(req, r#"{"name":"Ada","age":3,"tags":[1]}"#), Verdict::Reject(r) if r.contains("$.tags[0]"))
+        );
     }
 }

@@ -13,9 +13,7 @@
 //! A request none of these apply to is left untouched (the stage returns `none`).
 
 use switchyard_sdk::host::{config, config_list};
-use switchyard_sdk::{
-    Adapt, ContentPart, Message, Request, ResponseFormat, Role, Target, helpers,
-};
+use switchyard_sdk::{Adapt, ContentPart, Message, Request, ResponseFormat, Role, Target, helpers};
 
 pub struct PromptAdapter;
 
@@ -81,7 +79,10 @@ fn add_json_instruction(req: &mut Request) {
     let mut instruction =
         config("json_instruction").unwrap_or_else(|| DEFAULT_JSON_INSTRUCTION.to_string());
     if let Some(ResponseFormat::JsonSchema(s)) = &req.response_format {
-        instruction.push_str(&format!(" The object must match this JSON schema: {}", s.schema));
+        instruction.push_str(&format!(
+            " The object must match this JSON schema: {}",
+            s.schema
+        ));
     }
     match req.messages.iter_mut().rev().find(|m| m.role == Role::User) {
         Some(user) => user.content.push(ContentPart::Text(instruction)),
@@ -99,7 +100,8 @@ impl Adapt for PromptAdapter {
         {
             changed |= fold_system(&mut req);
         }
-        if helpers::wants_json(&req) && list_or("local_backends", &["local"]).contains(&target.backend)
+        if helpers::wants_json(&req)
+            && list_or("local_backends", &["local"]).contains(&target.backend)
         {
             add_json_instruction(&mut req);
             changed = true;
@@ -146,7 +148,13 @@ mod tests {
     fn trims_configured_boilerplate() {
         reset();
         set_config("trim", r#"["You are a helpful assistant."]"#);
-        let req = chat(&[(Role::System, "You are a helpful assistant. Answer in French."), (Role::User, "Hi")]);
+        let req = chat(&[
+            (
+                Role::System,
+                "You are a helpful assistant. Answer in French.",
+            ),
+            (Role::User, "Hi"),
+        ]);
         let out = PromptAdapter::adapt(req, target("openai", "gpt-4o")).unwrap();
         assert_eq!(out.messages[0].text_content(), "Answer in French.");
     }

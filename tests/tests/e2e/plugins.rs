@@ -591,7 +591,7 @@ async fn python_and_javascript_examples_decide_like_the_rust_router() {
         }
         let m = metrics(&gw).await;
         assert!(
-            m.contains(r#"switchyard_plugin_errors_total{plugin="complexity-router""#) == false,
+            !m.contains(r#"switchyard_plugin_errors_total{plugin="complexity-router""#),
             "{label} had plugin errors:\n{m}"
         );
         decisions.push((label.to_string(), got));
