@@ -7,8 +7,10 @@
 //! Each phase is a function over the per-request [`RequestCtx`] returning
 //! `Result<_, GatewayError>`; the first error becomes the client's answer through
 //! `GatewayError::to_response`, and every outcome is counted and logged once, here.
-//! Later stages (authentication, plugins, fallback, shadow, ledger, tracing) slot in as
-//! further phases of this same sequence.
+//! Later stages (authentication, plugins, fallback, shadow, ledger) slot in as further
+//! phases of this same sequence. Telemetry (`ctx.telemetry`, `ctx.attempt`) follows the
+//! request: a server span from start to finish, a CLIENT span per upstream attempt, and one
+//! access-log line at the end (for streams, when the stream ends).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use crate::metrics;
 use crate::openai::{self, RequestBody, ResponseProbe};
 use crate::router;
 use crate::sse::{StreamBody, StreamOutcome, StreamSummary};
+use crate::telemetry::{self, AnswerFacts, Attempt, RequestTelemetry};
 use crate::upstream;
 
 /// Response header naming the backend that served the answer.
@@ -48,6 +51,10 @@ pub struct RequestCtx {
     pub upstream_model: Option<Arc<str>>,
     /// Time spent waiting on the upstream (for the gateway-overhead metric).
     pub upstream_time: Duration,
+    /// The request's server span and access-log record.
+    pub telemetry: RequestTelemetry,
+    /// The upstream attempt in progress (its span ends with it).
+    pub attempt: Option<Attempt>,
 }
 
 impl RequestCtx {
@@ -157,18 +164,22 @@ async fn proxy(
     endpoint: Endpoint,
 ) -> Response<GatewayBody> {
     let _in_flight = gw.metrics.in_flight();
+    let started = Instant::now();
+    let telemetry = RequestTelemetry::start(req.method(), endpoint_path(endpoint), req.headers());
     let mut ctx = RequestCtx {
         endpoint,
-        started: Instant::now(),
+        started,
         runtime: gw.runtime(),
         route: None,
         target: None,
         upstream_model: None,
         upstream_time: Duration::ZERO,
+        telemetry,
+        attempt: None,
     };
     match run(&gw, &mut ctx, req).await {
         Ok(Answer::Complete(resp)) => {
-            finish(&gw, &ctx, resp.status());
+            finish(&gw, &mut ctx, resp.status(), None);
             resp
         }
         // Streams are counted when they end (see `stream_answer`).
@@ -179,7 +190,15 @@ async fn proxy(
             if e.is_upstream_failure() || matches!(e, GatewayError::UpstreamError { .. }) {
                 gw.metrics.upstream_error(&ctx.backend_label(), e.kind());
             }
-            finish(&gw, &ctx, status);
+            if let Some(a) = ctx.attempt.take() {
+                let upstream_status = match &e {
+                    GatewayError::UpstreamError { status, .. } => Some(status.as_u16()),
+                    GatewayError::UpstreamStatus { status, .. } => Some(*status),
+                    _ => None,
+                };
+                a.failed(&gw.metrics, e.kind(), upstream_status);
+            }
+            finish(&gw, &mut ctx, status, Some(e.kind()));
             let mut resp = e.to_response::<GatewayBody>();
             if let Some(t) = &ctx.target {
                 stamp(resp.headers_mut(), t, ctx.upstream_model.as_deref());
@@ -203,18 +222,39 @@ async fn run(
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, &parts.headers, ctx.runtime.server.max_body_bytes).await?;
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
+    ctx.telemetry.request_model = Some(request.model.clone());
+    ctx.telemetry.stream = request.stream;
 
+    let routing_started = std::time::SystemTime::now();
     let route = router::route(&ctx.runtime, &request.model)?.clone();
     let target = router::choose_target(&route).clone();
     let model: Arc<str> = Arc::from(router::upstream_model(&target, &request.model));
+    telemetry::routing_span(
+        &ctx.telemetry,
+        &route.name,
+        &target.backend.name,
+        &model,
+        routing_started,
+    )
+    .end();
     ctx.route = Some(route);
     ctx.target = Some(target.clone());
     ctx.upstream_model = Some(model.clone());
 
     let url = router::pick_url(&target);
     let body = request.upstream_body(&model, true);
-    let upstream_req =
+    let mut upstream_req =
         upstream::build_request(&target.backend, url.uri(ctx.endpoint), body, &parts.headers)?;
+    let attempt = Attempt::start(
+        &ctx.telemetry,
+        ctx.endpoint,
+        &target.backend.name,
+        &url.base,
+        &model,
+        telemetry::request_params(&ctx.telemetry, &request, ctx.endpoint),
+    );
+    attempt.inject(upstream_req.headers_mut());
+    ctx.attempt = Some(attempt);
     let sent = Instant::now();
     let resp = upstream::send(&target.backend, url, upstream_req).await?;
     ctx.upstream_time = sent.elapsed();
@@ -235,9 +275,12 @@ async fn run(
         .await
         .map(Answer::Streaming)
     } else {
-        complete_answer(ctx, &target, &model, resp, sent)
-            .await
-            .map(Answer::Complete)
+        let (resp, facts) = complete_answer(ctx, &target, &model, resp, sent).await?;
+        ctx.telemetry.usage = facts.usage;
+        if let Some(a) = ctx.attempt.take() {
+            a.succeeded(&gw.metrics, &facts);
+        }
+        Ok(Answer::Complete(resp))
     }
 }
 
@@ -321,21 +364,22 @@ async fn complete_answer(
     model: &str,
     resp: Response<Incoming>,
     sent: Instant,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<(Response<GatewayBody>, AnswerFacts), GatewayError> {
     let (parts, body) = resp.into_parts();
     let bytes = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
     ctx.upstream_time = sent.elapsed();
-    if ResponseProbe::read(&bytes).is_none() {
+    let Some(probe) = ResponseProbe::read(&bytes) else {
         return Err(GatewayError::UpstreamGarbage {
             backend: target.backend.name.to_string(),
             detail: format!("expected a JSON object, got: {}", snippet(&bytes, 120)),
         });
-    }
+    };
+    let facts = telemetry::answer_facts(&ctx.telemetry, probe, &bytes);
     let mut out = Response::new(GatewayBody::from(bytes));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     stamp(out.headers_mut(), target, Some(model));
-    Ok(out)
+    Ok((out, facts))
 }
 
 /// A streamed answer: wait for the first chunk (so a failure before any byte can still be
@@ -382,21 +426,63 @@ async fn stream_answer(
     ctx.upstream_time = sent.elapsed();
     gw.metrics
         .overhead(ctx.started.elapsed().saturating_sub(ctx.upstream_time));
+    gw.metrics.upstream(&target.backend.name, ctx.upstream_time);
+    ctx.telemetry.ttft = Some(ctx.started.elapsed());
 
     let metrics = gw.metrics.clone();
     let route = ctx.route_label();
     let backend_label = ctx.backend_label();
     let started = ctx.started;
+    let mut tel = std::mem::take(&mut ctx.telemetry);
+    let attempt = ctx.attempt.take();
+    let first_token = ctx.upstream_time;
+    let upstream_model = model.to_string();
+    let endpoint = ctx.endpoint;
     let on_end = Box::new(move |s: StreamSummary| {
+        let mut error = None;
         if s.outcome == StreamOutcome::ClientGone {
             metrics.client_disconnect();
+            error = Some("client_disconnected");
             tracing::info!(route = %route, backend = %backend_label, bytes = s.bytes, "client disconnected mid-stream; upstream request cancelled");
         }
         if let StreamOutcome::UpstreamFailed(why) = &s.outcome {
             metrics.upstream_error(&backend_label, "stream_broken");
+            error = Some("stream_broken");
             tracing::warn!(route = %route, backend = %backend_label, error = %why, "stream ended early");
         }
-        metrics.request(&route, &backend_label, 200, started.elapsed());
+        let took = started.elapsed();
+        metrics.request(&route, &backend_label, 200, took);
+        tel.usage = s.usage;
+        if let Some(a) = attempt {
+            match error {
+                None => a.succeeded(
+                    &metrics,
+                    &AnswerFacts {
+                        response_model: s.model,
+                        finish_reasons: s.finish_reasons,
+                        usage: s.usage,
+                        first_token: Some(first_token),
+                        ..AnswerFacts::default()
+                    },
+                ),
+                Some(kind) => a.failed(&metrics, kind, None),
+            }
+        }
+        tel.finish_span(200, &route, &backend_label, error);
+        telemetry::access_log(
+            &tel,
+            &telemetry::AccessRecord {
+                method: "POST",
+                path: endpoint_path(endpoint),
+                route: &route,
+                backend: &backend_label,
+                upstream_model: &upstream_model,
+                status: 200,
+                latency: took,
+                upstream: Some(first_token),
+                error,
+            },
+        );
     });
     let stream = StreamBody::new(
         body,
@@ -434,17 +520,42 @@ fn stamp(headers: &mut HeaderMap, target: &Target, model: Option<&str>) {
     }
 }
 
-fn finish(gw: &Gateway, ctx: &RequestCtx, status: StatusCode) {
-    let took = ctx.started.elapsed();
-    gw.metrics.request(
-        &ctx.route_label(),
-        &ctx.backend_label(),
-        status.as_u16(),
-        took,
-    );
-    if ctx.upstream_time > Duration::ZERO {
-        gw.metrics.overhead(took.saturating_sub(ctx.upstream_time));
+/// The path of an endpoint (the server span's route and the access log's path).
+fn endpoint_path(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions => "/v1/chat/completions",
+        Endpoint::Completions => "/v1/completions",
+        Endpoint::Embeddings => "/v1/embeddings",
     }
+}
+
+/// Count, trace and log a request answered in one piece (streams: see `stream_answer`).
+fn finish(gw: &Gateway, ctx: &mut RequestCtx, status: StatusCode, error: Option<&str>) {
+    let took = ctx.started.elapsed();
+    let route = ctx.route_label();
+    let backend = ctx.backend_label();
+    gw.metrics.request(&route, &backend, status.as_u16(), took);
+    let upstream = (ctx.upstream_time > Duration::ZERO).then_some(ctx.upstream_time);
+    if let Some(u) = upstream {
+        gw.metrics.overhead(took.saturating_sub(u));
+        gw.metrics.upstream(&backend, u);
+    }
+    ctx.telemetry
+        .finish_span(status.as_u16(), &route, &backend, error);
+    telemetry::access_log(
+        &ctx.telemetry,
+        &telemetry::AccessRecord {
+            method: "POST",
+            path: endpoint_path(ctx.endpoint),
+            route: &route,
+            backend: &backend,
+            upstream_model: ctx.upstream_model.as_deref().unwrap_or("-"),
+            status: status.as_u16(),
+            latency: took,
+            upstream,
+            error,
+        },
+    );
 }
 
 fn log_failure(ctx: &RequestCtx, e: &GatewayError) {

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod mock;
+pub mod otlp;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

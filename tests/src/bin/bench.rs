@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p switchyard-tests --bin bench -- [--duration 5] [--concurrency 8,64]
 //!     [--rates 2000,5000] [--stream-concurrency 8] [--config-extra FILE]
+//!     [--otlp-sink grpc|http] [--gateway-log warn]
 //! ```
 //!
 //! It starts `mock-openai` and `switchyard` (release builds) as separate processes, and
@@ -25,6 +26,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use switchyard_tests::otlp::{OtlpReceiver, Protocol};
 use tokio::net::TcpStream;
 
 #[derive(Parser, Debug)]
@@ -50,6 +52,13 @@ struct Args {
     /// Skip the direct (no gateway) runs.
     #[arg(long)]
     gateway_only: bool,
+    /// Start an in-process OTLP receiver (gRPC or HTTP) that counts and discards spans, and
+    /// trace every request to it (`[telemetry]` with sample_ratio 1.0).
+    #[arg(long, value_name = "grpc|http")]
+    otlp_sink: Option<String>,
+    /// The gateway's log filter (`SWITCHYARD_LOG`); `info` includes the access log.
+    #[arg(long, default_value = "warn")]
+    gateway_log: String,
 }
 
 const BODY: &str = r#"{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"temperature":0.2,"max_tokens":16}"#;
@@ -362,13 +371,30 @@ fn main() {
         cfg.push('\n');
         cfg.push_str(&std::fs::read_to_string(extra).expect("read --config-extra"));
     }
+    // The sink runs on its own runtime thread, like a collector on the same machine would.
+    let sink_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sink = args.otlp_sink.as_deref().map(|p| {
+        let protocol = match p {
+            "grpc" => Protocol::Grpc,
+            "http" => Protocol::Http,
+            other => panic!("--otlp-sink: expected grpc or http, got {other}"),
+        };
+        let sink = sink_rt.block_on(OtlpReceiver::start_counting(protocol));
+        cfg.push('\n');
+        cfg.push_str(&sink.config(1.0, ""));
+        sink
+    });
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, cfg).expect("write config");
     let mut gw_cmd = Command::new(gw_bin);
     gw_cmd
         .args(["serve", "--config"])
         .arg(&cfg_path)
-        .env("SWITCHYARD_LOG", "warn");
+        .env("SWITCHYARD_LOG", &args.gateway_log);
     let gw = spawn_ready(gw_cmd, "switchyard listening on ");
     let gw_pid = gw.child.id();
 
@@ -483,6 +509,16 @@ fn main() {
             );
         }
     });
+    if let Some(sink) = &sink {
+        // Let the last batch arrive before reading the count.
+        std::thread::sleep(Duration::from_millis(1500));
+        println!(
+            "OTLP sink ({:?}): {} spans received in {} export calls",
+            sink.protocol,
+            sink.span_count(),
+            sink.export_requests()
+        );
+    }
     let (rss, hwm) = rss_kib(gw_pid);
     println!(
         "gateway memory: RSS {:.1} MiB, peak {:.1} MiB",

@@ -12,4 +12,5 @@ mod lifecycle;
 mod openai_sdk;
 mod proxy;
 mod streaming;
+mod telemetry;
 mod tls;
