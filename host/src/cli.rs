@@ -252,7 +252,11 @@ fn print_summary(rt: &Runtime) {
             t.otlp_protocol,
             t.otlp_endpoint.as_deref().unwrap_or("<none>"),
             t.sample_ratio,
-            if t.capture_content { "captured" } else { "not captured" }
+            if t.capture_content {
+                "captured"
+            } else {
+                "not captured"
+            }
         );
     }
     if let Some(s) = &rt.state {

@@ -26,8 +26,8 @@ pub const OVERHEAD_BUCKETS: &[f64] = &[
 
 /// Upper bounds (tokens) for `gen_ai.client.token.usage`, as the GenAI conventions recommend.
 pub const TOKEN_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
-    4194304.0, 16777216.0, 67108864.0,
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
 ];
 
 /// Upper bounds (seconds) for time to first token, as the GenAI conventions recommend.
@@ -273,10 +273,16 @@ impl Metrics {
         error_type: Option<&'static str>,
         took: Duration,
     ) {
-        let key = ((op, model.clone(), backend.clone()), error_type.unwrap_or(""));
-        hist(&self.genai.operation, key, || Histogram::new(DURATION_BUCKETS), |h| {
-            h.observe(took)
-        });
+        let key = (
+            (op, model.clone(), backend.clone()),
+            error_type.unwrap_or(""),
+        );
+        hist(
+            &self.genai.operation,
+            key,
+            || Histogram::new(DURATION_BUCKETS),
+            |h| h.observe(took),
+        );
     }
 
     /// Tokens an answer reported (input and output).
@@ -300,9 +306,12 @@ impl Metrics {
         d: Duration,
     ) {
         let k = (op, model.clone(), backend.clone());
-        hist(&self.genai.first_token, k, || Histogram::new(TTFT_BUCKETS), |h| {
-            h.observe(d)
-        });
+        hist(
+            &self.genai.first_token,
+            k,
+            || Histogram::new(TTFT_BUCKETS),
+            |h| h.observe(d),
+        );
     }
 
     /// A stream's average time per output token after the first.
@@ -314,16 +323,22 @@ impl Metrics {
         d: Duration,
     ) {
         let k = (op, model.clone(), backend.clone());
-        hist(&self.genai.per_output_token, k, || Histogram::new(TPOT_BUCKETS), |h| {
-            h.observe(d)
-        });
+        hist(
+            &self.genai.per_output_token,
+            k,
+            || Histogram::new(TPOT_BUCKETS),
+            |h| h.observe(d),
+        );
     }
 
     /// Time spent waiting on a backend for one request (answer complete, or first chunk).
     pub fn upstream(&self, backend: &Arc<str>, d: Duration) {
-        hist(&self.genai.upstream, backend.clone(), || Histogram::new(DURATION_BUCKETS), |h| {
-            h.observe(d)
-        });
+        hist(
+            &self.genai.upstream,
+            backend.clone(),
+            || Histogram::new(DURATION_BUCKETS),
+            |h| h.observe(d),
+        );
     }
 
     /// Cost of a request (fed by the ledger), per backend and upstream model.
@@ -332,7 +347,11 @@ impl Metrics {
             return;
         }
         let nano = (usd * 1e9).round() as u64;
-        bump(&self.ext.cost_nano_usd, (backend.clone(), model.clone()), nano);
+        bump(
+            &self.ext.cost_nano_usd,
+            (backend.clone(), model.clone()),
+            nano,
+        );
     }
 
     /// One plugin call: its duration, and a failure of kind `failure` (e.g. `trap`,
@@ -384,7 +403,11 @@ impl Metrics {
     /// One shadow comparison on `route` against the shadow `backend`: `result` is `agree`,
     /// `disagree` or `error`.
     pub fn shadow_result(&self, route: &Arc<str>, backend: &Arc<str>, result: &'static str) {
-        bump(&self.ext.shadow, (route.clone(), backend.clone(), result), 1);
+        bump(
+            &self.ext.shadow,
+            (route.clone(), backend.clone(), result),
+            1,
+        );
     }
 
     pub fn spans_exported(&self, n: u64) {
@@ -396,7 +419,9 @@ impl Metrics {
     }
 
     pub fn span_export_failed(&self, n: u64) {
-        self.ext.span_export_failures.fetch_add(n, Ordering::Relaxed);
+        self.ext
+            .span_export_failures
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn client_disconnect(&self) {
@@ -477,96 +502,194 @@ impl Metrics {
                 escape(backend)
             )
         };
-        header(out, "gen_ai_client_operation_duration_seconds", "histogram",
-            "GenAI operation duration: one upstream attempt, to the end of its answer or stream.");
+        header(
+            out,
+            "gen_ai_client_operation_duration_seconds",
+            "histogram",
+            "GenAI operation duration: one upstream attempt, to the end of its answer or stream.",
+        );
         for e in g.operation.iter() {
             let (k, error) = e.key();
             let mut l = genai_labels(k);
             if !error.is_empty() {
                 let _ = write!(l, ",error_type=\"{error}\"");
             }
-            e.value().render(out, "gen_ai_client_operation_duration_seconds", &l);
+            e.value()
+                .render(out, "gen_ai_client_operation_duration_seconds", &l);
         }
-        header(out, "gen_ai_client_token_usage", "histogram",
-            "Tokens used per GenAI operation, by token type (input, output).");
+        header(
+            out,
+            "gen_ai_client_token_usage",
+            "histogram",
+            "Tokens used per GenAI operation, by token type (input, output).",
+        );
         for e in g.tokens.iter() {
             let (k, ty) = e.key();
             let l = format!("{},gen_ai_token_type=\"{ty}\"", genai_labels(k));
             e.value().render(out, "gen_ai_client_token_usage", &l);
         }
-        header(out, "gen_ai_server_time_to_first_token_seconds", "histogram",
-            "Time from the upstream request to the first chunk of a streamed answer.");
+        header(
+            out,
+            "gen_ai_server_time_to_first_token_seconds",
+            "histogram",
+            "Time from the upstream request to the first chunk of a streamed answer.",
+        );
         for e in g.first_token.iter() {
-            e.value().render(out, "gen_ai_server_time_to_first_token_seconds", &genai_labels(e.key()));
+            e.value().render(
+                out,
+                "gen_ai_server_time_to_first_token_seconds",
+                &genai_labels(e.key()),
+            );
         }
-        header(out, "gen_ai_server_time_per_output_token_seconds", "histogram",
-            "Average time per output token after the first, for streamed answers.");
+        header(
+            out,
+            "gen_ai_server_time_per_output_token_seconds",
+            "histogram",
+            "Average time per output token after the first, for streamed answers.",
+        );
         for e in g.per_output_token.iter() {
-            e.value().render(out, "gen_ai_server_time_per_output_token_seconds", &genai_labels(e.key()));
+            e.value().render(
+                out,
+                "gen_ai_server_time_per_output_token_seconds",
+                &genai_labels(e.key()),
+            );
         }
-        header(out, "switchyard_upstream_duration_seconds", "histogram",
-            "Time waiting on the backend: until the answer was complete, or until the first chunk of a stream.");
+        header(
+            out,
+            "switchyard_upstream_duration_seconds",
+            "histogram",
+            "Time waiting on the backend: until the answer was complete, or until the first chunk of a stream.",
+        );
         for e in g.upstream.iter() {
             let l = format!("backend=\"{}\"", escape(e.key()));
-            e.value().render(out, "switchyard_upstream_duration_seconds", &l);
+            e.value()
+                .render(out, "switchyard_upstream_duration_seconds", &l);
         }
     }
 
     fn render_extensions(&self, out: &mut String) {
         let x = &self.ext;
-        header(out, "switchyard_cost_usd_total", "counter",
-            "Cost of answered requests in US dollars, by backend and upstream model.");
+        header(
+            out,
+            "switchyard_cost_usd_total",
+            "counter",
+            "Cost of answered requests in US dollars, by backend and upstream model.",
+        );
         for e in x.cost_nano_usd.iter() {
             let (backend, model) = e.key();
-            let _ = writeln!(out, "switchyard_cost_usd_total{{backend=\"{}\",model=\"{}\"}} {}",
-                escape(backend), escape(model), e.value().load(Ordering::Relaxed) as f64 / 1e9);
+            let _ = writeln!(
+                out,
+                "switchyard_cost_usd_total{{backend=\"{}\",model=\"{}\"}} {}",
+                escape(backend),
+                escape(model),
+                e.value().load(Ordering::Relaxed) as f64 / 1e9
+            );
         }
-        header(out, "switchyard_plugin_duration_seconds", "histogram",
-            "Duration of plugin calls, by plugin and stage.");
+        header(
+            out,
+            "switchyard_plugin_duration_seconds",
+            "histogram",
+            "Duration of plugin calls, by plugin and stage.",
+        );
         for e in x.plugin_duration.iter() {
             let (plugin, stage) = e.key();
             let l = format!("plugin=\"{}\",stage=\"{stage}\"", escape(plugin));
-            e.value().render(out, "switchyard_plugin_duration_seconds", &l);
+            e.value()
+                .render(out, "switchyard_plugin_duration_seconds", &l);
         }
-        header(out, "switchyard_plugin_failures_total", "counter",
-            "Failed plugin calls, by plugin, stage and kind of failure.");
+        header(
+            out,
+            "switchyard_plugin_failures_total",
+            "counter",
+            "Failed plugin calls, by plugin, stage and kind of failure.",
+        );
         for e in x.plugin_failures.iter() {
             let (plugin, stage, kind) = e.key();
-            let _ = writeln!(out, "switchyard_plugin_failures_total{{plugin=\"{}\",stage=\"{stage}\",kind=\"{kind}\"}} {}",
-                escape(plugin), e.value().load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "switchyard_plugin_failures_total{{plugin=\"{}\",stage=\"{stage}\",kind=\"{kind}\"}} {}",
+                escape(plugin),
+                e.value().load(Ordering::Relaxed)
+            );
         }
-        header(out, "switchyard_breaker_state", "gauge",
-            "Circuit breaker state per backend URL: 0 closed, 1 half-open, 2 open.");
+        header(
+            out,
+            "switchyard_breaker_state",
+            "gauge",
+            "Circuit breaker state per backend URL: 0 closed, 1 half-open, 2 open.",
+        );
         for e in x.breaker_state.iter() {
             let (backend, url) = e.key();
-            let _ = writeln!(out, "switchyard_breaker_state{{backend=\"{}\",url=\"{}\"}} {}",
-                escape(backend), escape(url), e.value().load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "switchyard_breaker_state{{backend=\"{}\",url=\"{}\"}} {}",
+                escape(backend),
+                escape(url),
+                e.value().load(Ordering::Relaxed)
+            );
         }
-        header(out, "switchyard_upstream_in_flight", "gauge",
-            "Requests in flight to each backend URL.");
+        header(
+            out,
+            "switchyard_upstream_in_flight",
+            "gauge",
+            "Requests in flight to each backend URL.",
+        );
         for e in x.pool_in_flight.iter() {
             let (backend, url) = e.key();
-            let _ = writeln!(out, "switchyard_upstream_in_flight{{backend=\"{}\",url=\"{}\"}} {}",
-                escape(backend), escape(url), e.value().load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "switchyard_upstream_in_flight{{backend=\"{}\",url=\"{}\"}} {}",
+                escape(backend),
+                escape(url),
+                e.value().load(Ordering::Relaxed)
+            );
         }
-        header(out, "switchyard_limit_refusals_total", "counter",
-            "Requests refused by a rate limit or budget, by kind and scope.");
+        header(
+            out,
+            "switchyard_limit_refusals_total",
+            "counter",
+            "Requests refused by a rate limit or budget, by kind and scope.",
+        );
         for e in x.limit_refusals.iter() {
             let (kind, scope) = e.key();
-            let _ = writeln!(out, "switchyard_limit_refusals_total{{kind=\"{kind}\",scope=\"{scope}\"}} {}",
-                e.value().load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "switchyard_limit_refusals_total{{kind=\"{kind}\",scope=\"{scope}\"}} {}",
+                e.value().load(Ordering::Relaxed)
+            );
         }
-        header(out, "switchyard_shadow_comparisons_total", "counter",
-            "Shadow answers compared with the served answer, by route, shadow backend and result (agree, disagree, error).");
+        header(
+            out,
+            "switchyard_shadow_comparisons_total",
+            "counter",
+            "Shadow answers compared with the served answer, by route, shadow backend and result (agree, disagree, error).",
+        );
         for e in x.shadow.iter() {
             let (route, backend, result) = e.key();
-            let _ = writeln!(out, "switchyard_shadow_comparisons_total{{route=\"{}\",backend=\"{}\",result=\"{result}\"}} {}",
-                escape(route), escape(backend), e.value().load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "switchyard_shadow_comparisons_total{{route=\"{}\",backend=\"{}\",result=\"{result}\"}} {}",
+                escape(route),
+                escape(backend),
+                e.value().load(Ordering::Relaxed)
+            );
         }
         for (name, help, v) in [
-            ("switchyard_telemetry_spans_exported_total", "Spans sent to the OTLP collector.", &x.spans_exported),
-            ("switchyard_telemetry_spans_dropped_total", "Spans dropped because the export queue was full.", &x.spans_dropped),
-            ("switchyard_telemetry_span_export_failures_total", "Spans lost because an OTLP export failed.", &x.span_export_failures),
+            (
+                "switchyard_telemetry_spans_exported_total",
+                "Spans sent to the OTLP collector.",
+                &x.spans_exported,
+            ),
+            (
+                "switchyard_telemetry_spans_dropped_total",
+                "Spans dropped because the export queue was full.",
+                &x.spans_dropped,
+            ),
+            (
+                "switchyard_telemetry_span_export_failures_total",
+                "Spans lost because an OTLP export failed.",
+                &x.span_export_failures,
+            ),
         ] {
             header(out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
@@ -632,7 +755,13 @@ mod tests {
             total_tokens: 310,
         };
         m.genai_tokens("chat", &model, &b, u);
-        m.genai_operation("chat", &model, &b, Some("upstream_timeout"), Duration::from_secs(3));
+        m.genai_operation(
+            "chat",
+            &model,
+            &b,
+            Some("upstream_timeout"),
+            Duration::from_secs(3),
+        );
         m.cost(&b, &model, 0.25);
         m.cost(&b, &model, 0.5);
         m.breaker_state(&b, &Arc::from("http://x:1/v1"), BreakerState::Open);
@@ -651,12 +780,10 @@ mod tests {
         assert!(text.contains(&format!(
             "gen_ai_client_operation_duration_seconds_count{{{l},error_type=\"upstream_timeout\"}} 1"
         )));
-        assert!(text.contains(
-            "switchyard_cost_usd_total{backend=\"local\",model=\"llama\"} 0.75"
-        ));
-        assert!(text.contains(
-            "switchyard_breaker_state{backend=\"local\",url=\"http://x:1/v1\"} 2"
-        ));
+        assert!(text.contains("switchyard_cost_usd_total{backend=\"local\",model=\"llama\"} 0.75"));
+        assert!(
+            text.contains("switchyard_breaker_state{backend=\"local\",url=\"http://x:1/v1\"} 2")
+        );
         assert!(text.contains(
             "switchyard_shadow_comparisons_total{route=\"r\",backend=\"local\",result=\"agree\"} 1"
         ));

@@ -226,7 +226,10 @@ pub fn capture_content() -> bool {
     tracing_on().is_some_and(|t| t.capture_content)
 }
 
-fn build_exporter(endpoint: &str, protocol: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
+fn build_exporter(
+    endpoint: &str,
+    protocol: &str,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
     let built = if protocol == "http" {
         // OTLP/HTTP posts to `<base>/v1/traces`; accept the base URL users usually give.
@@ -475,11 +478,11 @@ impl RequestTelemetry {
         self.cost_usd = Some(usd);
     }
 
+    /// A child of the server span. An unsampled trace still gets (non-recording) children
+    /// so that the upstream receives a `traceparent` carrying the "not sampled" decision.
     fn child(&self, builder: SpanBuilder) -> Span {
         match (&self.cx, tracing_on()) {
-            (Some(cx), Some(t)) if cx.span().is_recording() => {
-                Span(Some(builder.start_with_context(&t.tracer, cx)))
-            }
+            (Some(cx), Some(t)) => Span(Some(builder.start_with_context(&t.tracer, cx))),
             _ => Span(None),
         }
     }
@@ -515,7 +518,7 @@ pub fn child_span(t: &RequestTelemetry, name: &'static str) -> Span {
 /// attributes. Record the outcome with `span.set("switchyard.plugin.outcome", "...")` and
 /// `span.fail(kind)` on failure; feed `Metrics::plugin_call` with the duration.
 pub fn plugin_span(t: &RequestTelemetry, plugin: &str, stage: &'static str) -> Span {
-    if t.cx.is_none() {
+    if !t.is_tracing() {
         return Span(None);
     }
     t.child(
@@ -553,7 +556,7 @@ pub fn routing_span(
     upstream_model: &str,
     started: SystemTime,
 ) -> Span {
-    if t.cx.is_none() {
+    if !t.is_tracing() {
         return Span(None);
     }
     t.child(
@@ -688,7 +691,7 @@ impl Attempt {
         params: RequestParams<'_>,
     ) -> Attempt {
         let operation = endpoint.operation();
-        let span = if t.cx.is_some() {
+        let span = if t.is_tracing() {
             let (host, port) = host_port(backend_url);
             let mut attrs = Vec::with_capacity(10);
             attrs.push(KeyValue::new("gen_ai.operation.name", operation));
@@ -722,7 +725,8 @@ impl Attempt {
                     .with_attributes(attrs),
             )
         } else {
-            Span(None)
+            // Unsampled (or no tracer): a bare span only so the upstream learns the decision.
+            t.child(SpanBuilder::from_name(operation).with_kind(SpanKind::Client))
         };
         Attempt {
             span,
@@ -736,7 +740,9 @@ impl Attempt {
     /// Write this attempt's `traceparent` on the upstream request, replacing the client's,
     /// so the upstream's spans become children of this one.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let Some(sc) = self.span.context() else { return };
+        let Some(sc) = self.span.context() else {
+            return;
+        };
         if !sc.is_valid() {
             return;
         }
@@ -770,7 +776,12 @@ impl Attempt {
             {
                 let after_first = u32::try_from(u.completion_tokens - 1).unwrap_or(u32::MAX);
                 let per = took.saturating_sub(ft) / after_first;
-                metrics.genai_time_per_output_token(self.operation, &self.model, &self.backend, per);
+                metrics.genai_time_per_output_token(
+                    self.operation,
+                    &self.model,
+                    &self.backend,
+                    per,
+                );
             }
         }
         if self.span.is_recording() {
@@ -833,7 +844,10 @@ impl Attempt {
 fn host_port(url: &str) -> (&str, Option<u16>) {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or(rest);
-    let authority = authority.rsplit_once('@').map(|(_, a)| a).unwrap_or(authority);
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, a)| a)
+        .unwrap_or(authority);
     if let Some(v6) = authority.strip_prefix('[') {
         let (h, p) = v6.split_once(']').unwrap_or((v6, ""));
         return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
@@ -917,8 +931,14 @@ mod tests {
 
     #[test]
     fn host_and_port_of_backend_urls() {
-        assert_eq!(host_port("http://127.0.0.1:9001/v1"), ("127.0.0.1", Some(9001)));
-        assert_eq!(host_port("https://api.openai.com/v1"), ("api.openai.com", None));
+        assert_eq!(
+            host_port("http://127.0.0.1:9001/v1"),
+            ("127.0.0.1", Some(9001))
+        );
+        assert_eq!(
+            host_port("https://api.openai.com/v1"),
+            ("api.openai.com", None)
+        );
         assert_eq!(host_port("http://[::1]:8080/v1"), ("::1", Some(8080)));
     }
 
@@ -941,7 +961,11 @@ mod tests {
 
     #[test]
     fn spans_are_inert_without_an_exporter() {
-        let t = RequestTelemetry::start(&http::Method::POST, "/v1/chat/completions", &HeaderMap::new());
+        let t = RequestTelemetry::start(
+            &http::Method::POST,
+            "/v1/chat/completions",
+            &HeaderMap::new(),
+        );
         let mut s = plugin_span(&t, "pii", "adapt");
         assert!(!s.is_recording());
         s.set("x", 1);
@@ -967,6 +991,9 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         let t = RequestTelemetry::start(&http::Method::POST, "/v1/chat/completions", &h);
-        assert_eq!(t.trace_id().as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            t.trace_id().as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 }

@@ -111,14 +111,13 @@ async fn a_request_is_one_trace_from_the_client_through_the_gateway_to_the_upstr
     // Content is not recorded unless the config opts in.
     for s in &spans {
         assert!(
-            !s.attributes.values().any(|v| v.to_string().contains("secret prompt")),
+            !s.attributes
+                .values()
+                .any(|v| v.to_string().contains("secret prompt")),
             "{s:?}"
         );
     }
-    assert_eq!(
-        route.attr("switchyard.route"),
-        Some(&Value::from("gpt-4o"))
-    );
+    assert_eq!(route.attr("switchyard.route"), Some(&Value::from("gpt-4o")));
     assert_eq!(
         server.attr("http.response.status_code"),
         Some(&Value::from(200))
@@ -320,11 +319,18 @@ async fn scrape(gw: &Gateway) -> Vec<(String, HashMap<String, String>, f64)> {
     out
 }
 
-fn value(samples: &[(String, HashMap<String, String>, f64)], name: &str, want: &[(&str, &str)]) -> f64 {
+fn value(
+    samples: &[(String, HashMap<String, String>, f64)],
+    name: &str,
+    want: &[(&str, &str)],
+) -> f64 {
     samples
         .iter()
         .filter(|(n, l, _)| {
-            n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
         })
         .map(|(_, _, v)| v)
         .sum()
@@ -368,7 +374,11 @@ async fn metrics_parse_and_count_the_requests_sent() {
     }
     for _ in 0..failed {
         let r = client
-            .post_json(&gw.url("/v1/chat/completions"), &chat, &[("x-mock", "status=500")])
+            .post_json(
+                &gw.url("/v1/chat/completions"),
+                &chat,
+                &[("x-mock", "status=500")],
+            )
             .await;
         assert_eq!(r.status, 500);
     }
@@ -419,45 +429,79 @@ async fn metrics_parse_and_count_the_requests_sent() {
         v
     };
     assert_eq!(
-        value(&m, "gen_ai_client_token_usage_count", &g(&[("gen_ai_token_type", "input")])),
+        value(
+            &m,
+            "gen_ai_client_token_usage_count",
+            &g(&[("gen_ai_token_type", "input")])
+        ),
         f64::from(ok + streamed)
     );
     assert_eq!(
-        value(&m, "gen_ai_client_token_usage_sum", &g(&[("gen_ai_token_type", "input")])),
+        value(
+            &m,
+            "gen_ai_client_token_usage_sum",
+            &g(&[("gen_ai_token_type", "input")])
+        ),
         input_tokens as f64
     );
     assert_eq!(
-        value(&m, "gen_ai_client_token_usage_sum", &g(&[("gen_ai_token_type", "output")])),
+        value(
+            &m,
+            "gen_ai_client_token_usage_sum",
+            &g(&[("gen_ai_token_type", "output")])
+        ),
         output_tokens as f64
     );
     assert_eq!(
-        value(&m, "gen_ai_server_time_to_first_token_seconds_count", &g(&[])),
+        value(
+            &m,
+            "gen_ai_server_time_to_first_token_seconds_count",
+            &g(&[])
+        ),
         f64::from(streamed)
     );
     assert_eq!(
-        value(&m, "gen_ai_server_time_per_output_token_seconds_count", &g(&[])),
+        value(
+            &m,
+            "gen_ai_server_time_per_output_token_seconds_count",
+            &g(&[])
+        ),
         f64::from(streamed)
     );
     // Every attempt has a duration; failed ones carry their error type.
     assert_eq!(
-        value(&m, "gen_ai_client_operation_duration_seconds_count", &g(&[])),
+        value(
+            &m,
+            "gen_ai_client_operation_duration_seconds_count",
+            &g(&[])
+        ),
         f64::from(ok + streamed + failed)
     );
     assert_eq!(
         value(
             &m,
             "gen_ai_client_operation_duration_seconds_count",
-            &g(&[("error_type", "upstream_error")])
+            &g(&[("error_type", "upstream_status")])
         ),
         f64::from(failed)
     );
     assert_eq!(
-        value(&m, "switchyard_upstream_duration_seconds_count", &[("backend", "mock")]),
+        value(
+            &m,
+            "switchyard_upstream_duration_seconds_count",
+            &[("backend", "mock")]
+        ),
         f64::from(ok + streamed + failed)
     );
     // Telemetry is off: no spans were exported or dropped.
-    assert_eq!(value(&m, "switchyard_telemetry_spans_exported_total", &[]), 0.0);
-    assert_eq!(value(&m, "switchyard_telemetry_spans_dropped_total", &[]), 0.0);
+    assert_eq!(
+        value(&m, "switchyard_telemetry_spans_exported_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "switchyard_telemetry_spans_dropped_total", &[]),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,7 +531,11 @@ async fn the_access_log_is_one_json_line_per_request_with_the_trace_id() {
         )
         .await;
     assert_eq!(r.status, 200);
-    assert!(gw.wait_for_log("\"stream\":true", Duration::from_secs(5)), "{}", gw.log());
+    assert!(
+        gw.wait_for_log("\"stream\":true", Duration::from_secs(5)),
+        "{}",
+        gw.log()
+    );
 
     let access: Vec<Value> = gw
         .log()
