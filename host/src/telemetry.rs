@@ -110,7 +110,8 @@ impl LogFormat {
 struct Tracing {
     tracer: SdkTracer,
     capture_content: bool,
-    flush: mpsc::Sender<Msg>,
+    /// The export queue (absent with a caller's own processor).
+    flush: Option<mpsc::Sender<Msg>>,
     // Kept so the provider (and its processor) live as long as the process.
     _provider: SdkTracerProvider,
 }
@@ -166,9 +167,11 @@ pub struct Telemetry {
 impl Telemetry {
     /// Export every queued span (bounded wait), at shutdown.
     pub async fn shutdown(self) {
-        let Some(t) = tracing_on() else { return };
+        let Some(queue) = tracing_on().and_then(|t| t.flush.as_ref()) else {
+            return;
+        };
         let (tx, rx) = oneshot::channel();
-        if t.flush.send(Msg::Flush(tx)).await.is_ok() {
+        if queue.send(Msg::Flush(tx)).await.is_ok() {
             let _ = tokio::time::timeout(EXPORT_TIMEOUT, rx).await;
         }
     }
@@ -193,25 +196,16 @@ pub fn init(
     let mut exporter = exporter;
     exporter.set_resource(&resource);
     tokio::spawn(export_loop(exporter, rx, metrics.clone()));
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(QueueProcessor {
+    install(
+        QueueProcessor {
             tx: tx.clone(),
             metrics,
-        })
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            s.sample_ratio,
-        ))))
-        .with_resource(resource)
-        .build();
-    let tracer = provider.tracer("switchyard");
-    TRACING
-        .set(Tracing {
-            tracer,
-            capture_content: s.capture_content,
-            flush: tx,
-            _provider: provider,
-        })
-        .map_err(|_| "telemetry was already started".to_string())?;
+        },
+        resource,
+        s.sample_ratio,
+        s.capture_content,
+        Some(tx),
+    )?;
     tracing::info!(
         endpoint,
         protocol = %s.otlp_protocol,
@@ -219,6 +213,43 @@ pub fn init(
         "exporting traces over OTLP"
     );
     Ok(Some(Telemetry { _private: () }))
+}
+
+/// Trace with a span processor of the caller's choosing instead of the OTLP exporter: for
+/// embedding Switchyard in a process that has its own pipeline, and for tests that read
+/// spans in memory. Once per process, instead of [`init`].
+pub fn init_with_processor(
+    processor: impl SpanProcessor + 'static,
+    sample_ratio: f64,
+    capture_content: bool,
+) -> Result<(), String> {
+    let resource = Resource::builder().with_service_name("switchyard").build();
+    install(processor, resource, sample_ratio, capture_content, None)
+}
+
+fn install(
+    processor: impl SpanProcessor + 'static,
+    resource: Resource,
+    sample_ratio: f64,
+    capture_content: bool,
+    flush: Option<mpsc::Sender<Msg>>,
+) -> Result<(), String> {
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            sample_ratio,
+        ))))
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("switchyard");
+    TRACING
+        .set(Tracing {
+            tracer,
+            capture_content,
+            flush,
+            _provider: provider,
+        })
+        .map_err(|_| "telemetry was already started".to_string())
 }
 
 /// Whether `[telemetry] capture_content` allows recording prompts and answers.
