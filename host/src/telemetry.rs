@@ -187,6 +187,14 @@ pub fn init(
     let Some(endpoint) = s.otlp_endpoint.as_deref() else {
         return Ok(None);
     };
+    // The exporter is built without TLS: collectors usually run beside the gateway (an
+    // agent or sidecar), and a silent failure on every export would be worse than saying so.
+    if endpoint.starts_with("https://") {
+        return Err(format!(
+            "telemetry.otlp_endpoint: \"{endpoint}\": OTLP over TLS is not supported yet; \
+             send to a local collector over http://"
+        ));
+    }
     let exporter = build_exporter(endpoint, &s.otlp_protocol)?;
     let resource = Resource::builder()
         .with_service_name("switchyard")
@@ -982,6 +990,25 @@ mod tests {
             Value::from("azure.ai.openai")
         );
         assert_eq!(provider_name("10.0.0.7", &b), Value::from("local"));
+    }
+
+    #[test]
+    fn telemetry_keys_are_validated_with_their_paths() {
+        let text = "[telemetry]\notlp_protocol = \"udp\"\nsample_ratio = 2.0\nlog_format = \"xml\"\ncapture_content = true\n";
+        let err = crate::config::load_str(text, crate::config::ConfigSource::Embedded)
+            .expect_err("three problems");
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"telemetry.otlp_protocol"), "{err}");
+        assert!(paths.contains(&"telemetry.sample_ratio"), "{err}");
+        assert!(paths.contains(&"telemetry.log_format"), "{err}");
+        let ok = crate::config::load_str(
+            "[[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:1/v1\"\n[[routes]]\nmodel = \"m\"\ntargets = [{ backend = \"b\" }]\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\notlp_protocol = \"http\"\ncapture_content = true\nlog_format = \"json\"\n",
+            crate::config::ConfigSource::Embedded,
+        )
+        .expect("valid");
+        let t = ok.telemetry.expect("telemetry");
+        assert!(t.capture_content);
+        assert_eq!(t.log_format, LogFormat::Json);
     }
 
     #[test]
