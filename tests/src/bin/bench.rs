@@ -138,6 +138,19 @@ struct Stats {
     latencies_us: Vec<u32>,
     errors: u64,
     elapsed: Duration,
+    /// CPU time (user + system) the measured process used during the measured window.
+    cpu: Option<Duration>,
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`, which may contain spaces: utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 impl Stats {
@@ -154,7 +167,13 @@ impl Stats {
 }
 
 /// Closed loop: `conc` clients each send the next request as soon as the last answered.
-async fn closed_loop(addr: &str, conc: usize, warmup: Duration, dur: Duration) -> Stats {
+async fn closed_loop(
+    addr: &str,
+    conc: usize,
+    warmup: Duration,
+    dur: Duration,
+    cpu_of: Option<u32>,
+) -> Stats {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -190,13 +209,16 @@ async fn closed_loop(addr: &str, conc: usize, warmup: Duration, dur: Duration) -
     }
     tokio::time::sleep(warmup).await;
     measuring.store(true, Ordering::Relaxed);
+    let cpu_before = cpu_of.and_then(cpu_time);
     let start = Instant::now();
     tokio::time::sleep(dur).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed();
+    let cpu_after = cpu_of.and_then(cpu_time);
     stop.store(true, Ordering::Relaxed);
     let mut stats = Stats {
         elapsed,
+        cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
         ..Default::default()
     };
     for t in tasks {
@@ -419,9 +441,9 @@ fn main() {
             let direct = if args.gateway_only {
                 None
             } else {
-                Some(closed_loop(&mock.addr, c, warmup, dur).await)
+                Some(closed_loop(&mock.addr, c, warmup, dur, None).await)
             };
-            let via = closed_loop(&gw.addr, c, warmup, dur).await;
+            let via = closed_loop(&gw.addr, c, warmup, dur, Some(gw_pid)).await;
             if let Some(d) = &direct {
                 println!(
                     "{:<22} {:>10.0} {:>10.3} {:>10.3} {:>8}",
@@ -440,6 +462,15 @@ fn main() {
                 via.pct(0.99),
                 via.errors
             );
+            if let Some(cpu) = via.cpu
+                && !via.latencies_us.is_empty()
+            {
+                println!(
+                    "{:<22} {:>10.1} µs/request",
+                    format!("gateway CPU c={c}"),
+                    cpu.as_secs_f64() * 1e6 / via.latencies_us.len() as f64
+                );
+            }
             if let Some(d) = &direct {
                 println!(
                     "{:<22} {:>10} {:>10.3} {:>10.3}",
