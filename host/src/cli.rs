@@ -3,7 +3,6 @@
 //! Every subcommand takes `--config PATH`; without it the config is `$SWITCHYARD_CONFIG`,
 //! then `./switchyard.toml`, then the embedded default (which the first log line says).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, ConfigSource, Runtime};
 use crate::gateway::Gateway;
 use crate::server;
+use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -101,16 +101,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs go to stderr: JSON or text per `[telemetry] log_format` (`$SWITCHYARD_LOG_FORMAT`
+/// overrides it); one `access` line per request (see `telemetry::access_log`).
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SWITCHYARD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match std::env::var("SWITCHYARD_LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("text") => false,
-        _ => !std::io::stderr().is_terminal(),
-    };
+    let json = format.json();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -122,8 +120,23 @@ fn init_logging() {
 }
 
 fn serve(config: Option<PathBuf>) -> ExitCode {
-    init_logging();
     let source = config::locate(config.as_deref());
+    // The config is read before logging starts because it chooses the log format; a config
+    // that cannot be read is reported on stderr either way.
+    let runtime = match config::load(&source) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(
+        runtime
+            .telemetry
+            .as_ref()
+            .map(|t| t.log_format)
+            .unwrap_or_default(),
+    );
     match &source {
         ConfigSource::Embedded => tracing::info!(
             "switchyard {}: no config file (--config, ${}, ./{}): running on the embedded default: {}",
@@ -138,13 +151,6 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             p.display()
         ),
     }
-    let runtime = match config::load(&source) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -210,6 +216,13 @@ async fn run(runtime: Runtime) -> ExitCode {
         // Fetching and loading happen on the worker's own thread; the gateway serves now.
         crate::local_worker::start(local);
     }
+    let telemetry = match telemetry::init(gw.runtime().telemetry.as_ref(), gw.metrics.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     gw.set_ready(true);
     let scheme = if settings.tls.is_some() {
         "https"
@@ -232,6 +245,9 @@ async fn run(runtime: Runtime) -> ExitCode {
     .await;
     // Everything queued for the store (ledger rows) is written before the process exits.
     governance.close();
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
     ExitCode::SUCCESS
 }
 
@@ -311,10 +327,15 @@ fn print_summary(rt: &Runtime) {
     }
     if let Some(t) = &rt.telemetry {
         println!(
-            "telemetry: OTLP {} → {} (sample ratio {})",
+            "telemetry: OTLP {} → {} (sample ratio {}, content {})",
             t.otlp_protocol,
             t.otlp_endpoint.as_deref().unwrap_or("<none>"),
-            t.sample_ratio
+            t.sample_ratio,
+            if t.capture_content {
+                "captured"
+            } else {
+                "not captured"
+            }
         );
     }
     println!("governance: {}", rt.governance.summary());

@@ -26,4 +26,5 @@ pub mod server;
 pub mod shadow;
 pub mod sse;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::openai::Usage;
+
 /// Upper bounds (seconds) for request-duration histograms: the GenAI semantic
 /// conventions' recommended buckets for `gen_ai.client.operation.duration`.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -22,34 +24,71 @@ pub const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
 
+/// Upper bounds (tokens) for `gen_ai.client.token.usage`, as the GenAI conventions recommend.
+pub const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+
+/// Upper bounds (seconds) for time to first token, as the GenAI conventions recommend.
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Upper bounds (seconds) for time per output token, as the GenAI conventions recommend.
+pub const TPOT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+
 /// A histogram with fixed buckets, updated with relaxed atomics.
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
     buckets: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
+    /// Sum of observations in `unit`s (nanoseconds for durations, 1 for counts): an integer
+    /// so that adding is one atomic instruction.
+    sum: AtomicU64,
+    unit: f64,
     count: AtomicU64,
 }
 
 impl Histogram {
+    /// A histogram of durations (observed with [`Histogram::observe`]).
     pub fn new(bounds: &'static [f64]) -> Self {
+        Self::with_unit(bounds, 1e-9)
+    }
+
+    /// A histogram of whole numbers such as token counts ([`Histogram::observe_count`]).
+    pub fn counts(bounds: &'static [f64]) -> Self {
+        Self::with_unit(bounds, 1.0)
+    }
+
+    fn with_unit(bounds: &'static [f64], unit: f64) -> Self {
         Histogram {
             bounds,
             buckets: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            unit,
             count: AtomicU64::new(0),
         }
     }
 
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
+        self.record(
+            d.as_secs_f64(),
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        );
+    }
+
+    pub fn observe_count(&self, n: u64) {
+        self.record(n as f64, n);
+    }
+
+    fn record(&self, value: f64, units: u64) {
+        if let Some(i) = self.bounds.iter().position(|&b| value <= b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_nanos.fetch_add(
-            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.sum.fetch_add(units, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -62,7 +101,7 @@ impl Histogram {
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = self.sum.load(Ordering::Relaxed) as f64 * self.unit;
         if labels.is_empty() {
             let _ = writeln!(out, "{name}_sum {sum}");
             let _ = writeln!(out, "{name}_count {count}");
@@ -84,6 +123,89 @@ pub struct Metrics {
     upstream_errors: DashMap<(Arc<str>, &'static str), AtomicU64>,
     in_flight: AtomicI64,
     client_disconnects: AtomicU64,
+    genai: GenAiMetrics,
+    ext: Extensions,
+}
+
+/// Label set of the GenAI metrics: operation, model sent upstream, backend.
+type GenAiKey = (&'static str, Arc<str>, Arc<str>);
+
+/// The OpenTelemetry GenAI client metrics, per operation, model and backend.
+#[derive(Debug, Default)]
+struct GenAiMetrics {
+    /// `gen_ai.client.operation.duration`, with `error.type` ("" when it succeeded).
+    operation: DashMap<(GenAiKey, &'static str), Histogram>,
+    /// `gen_ai.client.token.usage`, with the token type (`input`, `output`).
+    tokens: DashMap<(GenAiKey, &'static str), Histogram>,
+    first_token: DashMap<GenAiKey, Histogram>,
+    per_output_token: DashMap<GenAiKey, Histogram>,
+    upstream: DashMap<Arc<str>, Histogram>,
+}
+
+/// Metrics fed by the other subsystems (plugins, traffic control, governance, shadow,
+/// telemetry export) through the registration helpers on [`Metrics`].
+#[derive(Debug, Default)]
+struct Extensions {
+    /// Nano-dollars, so that adding is one atomic instruction.
+    cost_nano_usd: DashMap<(Arc<str>, Arc<str>), AtomicU64>,
+    plugin_duration: DashMap<(Arc<str>, &'static str), Histogram>,
+    plugin_failures: DashMap<(Arc<str>, &'static str, &'static str), AtomicU64>,
+    breaker_state: DashMap<(Arc<str>, Arc<str>), AtomicI64>,
+    pool_in_flight: DashMap<(Arc<str>, Arc<str>), AtomicI64>,
+    limit_refusals: DashMap<(&'static str, &'static str), AtomicU64>,
+    shadow: DashMap<(Arc<str>, Arc<str>, &'static str), AtomicU64>,
+    spans_exported: AtomicU64,
+    spans_dropped: AtomicU64,
+    span_export_failures: AtomicU64,
+}
+
+/// A circuit breaker's state, as the `switchyard_breaker_state` gauge reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed = 0,
+    HalfOpen = 1,
+    Open = 2,
+}
+
+/// Add `n` to the counter at `key`, creating it on first use (the hot path is a read lock
+/// on one shard and an atomic add).
+fn bump<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, key: K, n: u64) {
+    if let Some(c) = map.get(&key) {
+        c.fetch_add(n, Ordering::Relaxed);
+        return;
+    }
+    map.entry(key)
+        .or_insert_with(|| AtomicU64::new(0))
+        .fetch_add(n, Ordering::Relaxed);
+}
+
+/// The histogram at `key`, created with `make` on first use.
+fn hist<K: std::hash::Hash + Eq>(
+    map: &DashMap<K, Histogram>,
+    key: K,
+    make: fn() -> Histogram,
+    f: impl FnOnce(&Histogram),
+) {
+    if let Some(h) = map.get(&key) {
+        f(&h);
+        return;
+    }
+    f(&map.entry(key).or_insert_with(make));
+}
+
+fn set_gauge<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicI64>, key: K, v: i64, add: bool) {
+    let apply = |g: &AtomicI64| {
+        if add {
+            g.fetch_add(v, Ordering::Relaxed);
+        } else {
+            g.store(v, Ordering::Relaxed);
+        }
+    };
+    if let Some(g) = map.get(&key) {
+        apply(&g);
+        return;
+    }
+    apply(&map.entry(key).or_insert_with(|| AtomicI64::new(0)));
 }
 
 impl Default for Metrics {
@@ -95,6 +217,8 @@ impl Default for Metrics {
             upstream_errors: DashMap::new(),
             in_flight: AtomicI64::new(0),
             client_disconnects: AtomicU64::new(0),
+            genai: GenAiMetrics::default(),
+            ext: Extensions::default(),
         }
     }
 }
@@ -138,6 +262,166 @@ impl Metrics {
             .entry((backend.clone(), kind))
             .or_insert_with(|| AtomicU64::new(0))
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One upstream GenAI operation (an attempt) ended; `error_type` when it failed.
+    pub fn genai_operation(
+        &self,
+        op: &'static str,
+        model: &Arc<str>,
+        backend: &Arc<str>,
+        error_type: Option<&'static str>,
+        took: Duration,
+    ) {
+        let key = (
+            (op, model.clone(), backend.clone()),
+            error_type.unwrap_or(""),
+        );
+        hist(
+            &self.genai.operation,
+            key,
+            || Histogram::new(DURATION_BUCKETS),
+            |h| h.observe(took),
+        );
+    }
+
+    /// Tokens an answer reported (input and output).
+    pub fn genai_tokens(&self, op: &'static str, model: &Arc<str>, backend: &Arc<str>, u: Usage) {
+        let k = (op, model.clone(), backend.clone());
+        let make = || Histogram::counts(TOKEN_BUCKETS);
+        hist(&self.genai.tokens, (k.clone(), "input"), make, |h| {
+            h.observe_count(u.prompt_tokens)
+        });
+        hist(&self.genai.tokens, (k, "output"), make, |h| {
+            h.observe_count(u.completion_tokens)
+        });
+    }
+
+    /// A stream's time to first token (from the attempt's start).
+    pub fn genai_first_token(
+        &self,
+        op: &'static str,
+        model: &Arc<str>,
+        backend: &Arc<str>,
+        d: Duration,
+    ) {
+        let k = (op, model.clone(), backend.clone());
+        hist(
+            &self.genai.first_token,
+            k,
+            || Histogram::new(TTFT_BUCKETS),
+            |h| h.observe(d),
+        );
+    }
+
+    /// A stream's average time per output token after the first.
+    pub fn genai_time_per_output_token(
+        &self,
+        op: &'static str,
+        model: &Arc<str>,
+        backend: &Arc<str>,
+        d: Duration,
+    ) {
+        let k = (op, model.clone(), backend.clone());
+        hist(
+            &self.genai.per_output_token,
+            k,
+            || Histogram::new(TPOT_BUCKETS),
+            |h| h.observe(d),
+        );
+    }
+
+    /// Time spent waiting on a backend for one request (answer complete, or first chunk).
+    pub fn upstream(&self, backend: &Arc<str>, d: Duration) {
+        hist(
+            &self.genai.upstream,
+            backend.clone(),
+            || Histogram::new(DURATION_BUCKETS),
+            |h| h.observe(d),
+        );
+    }
+
+    /// Cost of a request (fed by the ledger), per backend and upstream model.
+    pub fn cost(&self, backend: &Arc<str>, model: &Arc<str>, usd: f64) {
+        if !(usd.is_finite() && usd > 0.0) {
+            return;
+        }
+        let nano = (usd * 1e9).round() as u64;
+        bump(
+            &self.ext.cost_nano_usd,
+            (backend.clone(), model.clone()),
+            nano,
+        );
+    }
+
+    /// One plugin call: its duration, and a failure of kind `failure` (e.g. `trap`,
+    /// `timeout`, `rejected`) when it failed.
+    pub fn plugin_call(
+        &self,
+        plugin: &Arc<str>,
+        stage: &'static str,
+        took: Duration,
+        failure: Option<&'static str>,
+    ) {
+        hist(
+            &self.ext.plugin_duration,
+            (plugin.clone(), stage),
+            || Histogram::new(OVERHEAD_BUCKETS),
+            |h| h.observe(took),
+        );
+        if let Some(kind) = failure {
+            bump(&self.ext.plugin_failures, (plugin.clone(), stage, kind), 1);
+        }
+    }
+
+    /// A circuit breaker changed state (`url` is the backend URL it guards).
+    pub fn breaker_state(&self, backend: &Arc<str>, url: &Arc<str>, state: BreakerState) {
+        set_gauge(
+            &self.ext.breaker_state,
+            (backend.clone(), url.clone()),
+            state as i64,
+            false,
+        );
+    }
+
+    /// Requests in flight to one backend URL: `delta` is +1 when one starts, -1 when it ends.
+    pub fn pool_in_flight(&self, backend: &Arc<str>, url: &Arc<str>, delta: i64) {
+        set_gauge(
+            &self.ext.pool_in_flight,
+            (backend.clone(), url.clone()),
+            delta,
+            true,
+        );
+    }
+
+    /// A request refused by a limit: `kind` is e.g. `rate`, `tokens`, `budget`,
+    /// `concurrency`; `scope` is `key`, `team` or `global`.
+    pub fn limit_refusal(&self, kind: &'static str, scope: &'static str) {
+        bump(&self.ext.limit_refusals, (kind, scope), 1);
+    }
+
+    /// One shadow comparison on `route` against the shadow `backend`: `result` is `agree`,
+    /// `disagree` or `error`.
+    pub fn shadow_result(&self, route: &Arc<str>, backend: &Arc<str>, result: &'static str) {
+        bump(
+            &self.ext.shadow,
+            (route.clone(), backend.clone(), result),
+            1,
+        );
+    }
+
+    pub fn spans_exported(&self, n: u64) {
+        self.ext.spans_exported.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn spans_dropped(&self, n: u64) {
+        self.ext.spans_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn span_export_failed(&self, n: u64) {
+        self.ext
+            .span_export_failures
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn client_disconnect(&self) {
@@ -204,8 +488,217 @@ impl Metrics {
             "# HELP switchyard_client_disconnects_total Streams the client abandoned before the end.\n# TYPE switchyard_client_disconnects_total counter\nswitchyard_client_disconnects_total {}",
             self.client_disconnects.load(Ordering::Relaxed)
         );
+        self.render_genai(&mut out);
+        self.render_extensions(&mut out);
         out
     }
+
+    fn render_genai(&self, out: &mut String) {
+        let g = &self.genai;
+        let genai_labels = |(op, model, backend): &GenAiKey| {
+            format!(
+                "gen_ai_operation_name=\"{op}\",gen_ai_request_model=\"{}\",backend=\"{}\"",
+                escape(model),
+                escape(backend)
+            )
+        };
+        header(
+            out,
+            "gen_ai_client_operation_duration_seconds",
+            "histogram",
+            "GenAI operation duration: one upstream attempt, to the end of its answer or stream.",
+        );
+        for e in g.operation.iter() {
+            let (k, error) = e.key();
+            let mut l = genai_labels(k);
+            if !error.is_empty() {
+                let _ = write!(l, ",error_type=\"{error}\"");
+            }
+            e.value()
+                .render(out, "gen_ai_client_operation_duration_seconds", &l);
+        }
+        header(
+            out,
+            "gen_ai_client_token_usage",
+            "histogram",
+            "Tokens used per GenAI operation, by token type (input, output).",
+        );
+        for e in g.tokens.iter() {
+            let (k, ty) = e.key();
+            let l = format!("{},gen_ai_token_type=\"{ty}\"", genai_labels(k));
+            e.value().render(out, "gen_ai_client_token_usage", &l);
+        }
+        header(
+            out,
+            "gen_ai_server_time_to_first_token_seconds",
+            "histogram",
+            "Time from the upstream request to the first chunk of a streamed answer.",
+        );
+        for e in g.first_token.iter() {
+            e.value().render(
+                out,
+                "gen_ai_server_time_to_first_token_seconds",
+                &genai_labels(e.key()),
+            );
+        }
+        header(
+            out,
+            "gen_ai_server_time_per_output_token_seconds",
+            "histogram",
+            "Average time per output token after the first, for streamed answers.",
+        );
+        for e in g.per_output_token.iter() {
+            e.value().render(
+                out,
+                "gen_ai_server_time_per_output_token_seconds",
+                &genai_labels(e.key()),
+            );
+        }
+        header(
+            out,
+            "switchyard_upstream_duration_seconds",
+            "histogram",
+            "Time waiting on the backend: until the answer was complete, or until the first chunk of a stream.",
+        );
+        for e in g.upstream.iter() {
+            let l = format!("backend=\"{}\"", escape(e.key()));
+            e.value()
+                .render(out, "switchyard_upstream_duration_seconds", &l);
+        }
+    }
+
+    fn render_extensions(&self, out: &mut String) {
+        let x = &self.ext;
+        header(
+            out,
+            "switchyard_cost_usd_total",
+            "counter",
+            "Cost of answered requests in US dollars, by backend and upstream model.",
+        );
+        for e in x.cost_nano_usd.iter() {
+            let (backend, model) = e.key();
+            let _ = writeln!(
+                out,
+                "switchyard_cost_usd_total{{backend=\"{}\",model=\"{}\"}} {}",
+                escape(backend),
+                escape(model),
+                e.value().load(Ordering::Relaxed) as f64 / 1e9
+            );
+        }
+        header(
+            out,
+            "switchyard_plugin_duration_seconds",
+            "histogram",
+            "Duration of plugin calls, by plugin and stage.",
+        );
+        for e in x.plugin_duration.iter() {
+            let (plugin, stage) = e.key();
+            let l = format!("plugin=\"{}\",stage=\"{stage}\"", escape(plugin));
+            e.value()
+                .render(out, "switchyard_plugin_duration_seconds", &l);
+        }
+        header(
+            out,
+            "switchyard_plugin_failures_total",
+            "counter",
+            "Failed plugin calls, by plugin, stage and kind of failure.",
+        );
+        for e in x.plugin_failures.iter() {
+            let (plugin, stage, kind) = e.key();
+            let _ = writeln!(
+                out,
+                "switchyard_plugin_failures_total{{plugin=\"{}\",stage=\"{stage}\",kind=\"{kind}\"}} {}",
+                escape(plugin),
+                e.value().load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "switchyard_breaker_state",
+            "gauge",
+            "Circuit breaker state per backend URL: 0 closed, 1 half-open, 2 open.",
+        );
+        for e in x.breaker_state.iter() {
+            let (backend, url) = e.key();
+            let _ = writeln!(
+                out,
+                "switchyard_breaker_state{{backend=\"{}\",url=\"{}\"}} {}",
+                escape(backend),
+                escape(url),
+                e.value().load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "switchyard_upstream_in_flight",
+            "gauge",
+            "Requests in flight to each backend URL.",
+        );
+        for e in x.pool_in_flight.iter() {
+            let (backend, url) = e.key();
+            let _ = writeln!(
+                out,
+                "switchyard_upstream_in_flight{{backend=\"{}\",url=\"{}\"}} {}",
+                escape(backend),
+                escape(url),
+                e.value().load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "switchyard_limit_refusals_total",
+            "counter",
+            "Requests refused by a rate limit or budget, by kind and scope.",
+        );
+        for e in x.limit_refusals.iter() {
+            let (kind, scope) = e.key();
+            let _ = writeln!(
+                out,
+                "switchyard_limit_refusals_total{{kind=\"{kind}\",scope=\"{scope}\"}} {}",
+                e.value().load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "switchyard_shadow_comparisons_total",
+            "counter",
+            "Shadow answers compared with the served answer, by route, shadow backend and result (agree, disagree, error).",
+        );
+        for e in x.shadow.iter() {
+            let (route, backend, result) = e.key();
+            let _ = writeln!(
+                out,
+                "switchyard_shadow_comparisons_total{{route=\"{}\",backend=\"{}\",result=\"{result}\"}} {}",
+                escape(route),
+                escape(backend),
+                e.value().load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "switchyard_telemetry_spans_exported_total",
+                "Spans sent to the OTLP collector.",
+                &x.spans_exported,
+            ),
+            (
+                "switchyard_telemetry_spans_dropped_total",
+                "Spans dropped because the export queue was full.",
+                &x.spans_dropped,
+            ),
+            (
+                "switchyard_telemetry_span_export_failures_total",
+                "Spans lost because an OTLP export failed.",
+                &x.span_export_failures,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// Decrements the in-flight gauge when dropped.
@@ -248,6 +741,51 @@ mod tests {
         ));
         assert!(text.contains(
             "switchyard_request_duration_seconds_count{route=\"gpt-4o\",backend=\"local\"} 2"
+        ));
+    }
+
+    #[test]
+    fn genai_and_extension_metrics_render() {
+        let m = Metrics::default();
+        let model: Arc<str> = Arc::from("llama");
+        let b: Arc<str> = Arc::from("local");
+        let u = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 300,
+            total_tokens: 310,
+        };
+        m.genai_tokens("chat", &model, &b, u);
+        m.genai_operation(
+            "chat",
+            &model,
+            &b,
+            Some("upstream_timeout"),
+            Duration::from_secs(3),
+        );
+        m.cost(&b, &model, 0.25);
+        m.cost(&b, &model, 0.5);
+        m.breaker_state(&b, &Arc::from("http://x:1/v1"), BreakerState::Open);
+        m.shadow_result(&Arc::from("r"), &b, "agree");
+        let text = m.render();
+        let l = "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"llama\",backend=\"local\"";
+        assert!(text.contains(&format!(
+            "gen_ai_client_token_usage_bucket{{{l},gen_ai_token_type=\"output\",le=\"1024\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "gen_ai_client_token_usage_bucket{{{l},gen_ai_token_type=\"output\",le=\"256\"}} 0"
+        )));
+        assert!(text.contains(&format!(
+            "gen_ai_client_token_usage_sum{{{l},gen_ai_token_type=\"input\"}} 10"
+        )));
+        assert!(text.contains(&format!(
+            "gen_ai_client_operation_duration_seconds_count{{{l},error_type=\"upstream_timeout\"}} 1"
+        )));
+        assert!(text.contains("switchyard_cost_usd_total{backend=\"local\",model=\"llama\"} 0.75"));
+        assert!(
+            text.contains("switchyard_breaker_state{backend=\"local\",url=\"http://x:1/v1\"} 2")
+        );
+        assert!(text.contains(
+            "switchyard_shadow_comparisons_total{route=\"r\",backend=\"local\",result=\"agree\"} 1"
         ));
     }
 

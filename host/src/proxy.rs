@@ -28,6 +28,7 @@ use crate::openai::{self, RequestBody, ResponseProbe};
 use crate::plugins::{self, Pass, ValidateOutcome};
 use crate::router;
 use crate::sse::{StreamBody, StreamOutcome, StreamSummary};
+use crate::telemetry::{self, AnswerFacts, Attempt, RequestTelemetry};
 use crate::upstream;
 use crate::{attempt, flags, pool, shadow};
 
@@ -55,6 +56,8 @@ pub struct RequestCtx {
     pub attempts: Option<HeaderValue>,
     /// Caller, tags and reservations (phase `auth`/`admit`), settled into the ledger.
     pub account: crate::governance::Account,
+    /// The request's server span and access-log record.
+    pub telemetry: RequestTelemetry,
 }
 
 impl RequestCtx {
@@ -176,6 +179,7 @@ async fn proxy(
     endpoint: Endpoint,
 ) -> Response<GatewayBody> {
     let _in_flight = gw.metrics.in_flight();
+    let telemetry = RequestTelemetry::start(req.method(), endpoint_path(endpoint), req.headers());
     let mut ctx = RequestCtx {
         endpoint,
         started: Instant::now(),
@@ -186,10 +190,11 @@ async fn proxy(
         upstream_time: Duration::ZERO,
         attempts: None,
         account: Default::default(),
+        telemetry,
     };
     match run(&gw, &mut ctx, req).await {
         Ok(Answer::Complete(resp)) => {
-            finish(&gw, &ctx, resp.status());
+            finish(&gw, &mut ctx, resp.status(), None);
             crate::governance::settle(&gw, &mut ctx, resp.status().as_u16(), None);
             resp
         }
@@ -201,7 +206,7 @@ async fn proxy(
             if e.is_upstream_failure() || matches!(e, GatewayError::UpstreamError { .. }) {
                 gw.metrics.upstream_error(&ctx.backend_label(), e.kind());
             }
-            finish(&gw, &ctx, status);
+            finish(&gw, &mut ctx, status, Some(e.kind()));
             crate::governance::settle(&gw, &mut ctx, status.as_u16(), Some(&e));
             let mut resp = e.to_response::<GatewayBody>();
             if let Some(t) = &ctx.target {
@@ -230,6 +235,9 @@ async fn run(
     crate::governance::authenticate(gw, ctx, &parts.headers)?;
     let bytes = read_body(body, &parts.headers, ctx.runtime.server.max_body_bytes).await?;
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
+    ctx.telemetry.request_model = Some(request.model.clone());
+    ctx.telemetry.stream = request.stream;
+    let routing_started = std::time::SystemTime::now();
     let caller_info = plugins::CallerInfo {
         key_id: ctx.account.key.as_ref().map(|k| k.id.clone()),
         team: ctx.account.key.as_ref().map(|k| k.team.clone()),
@@ -274,6 +282,14 @@ async fn run(
     ctx.target = Some(chosen.clone());
     crate::governance::admit(gw, ctx, &parts.headers, &request, request.bytes().len()).await?;
     let _in_flight = gw.plugins.stats.start(&chosen.backend.name);
+    telemetry::routing_span(
+        &ctx.telemetry,
+        &route.name,
+        &chosen.backend.name,
+        ctx.upstream_model.as_deref().unwrap_or(""),
+        routing_started,
+    )
+    .end();
     let mut candidates = Vec::with_capacity(1 + route.fallback.len());
     candidates.push(chosen);
     candidates.extend(route.fallback.iter().cloned());
@@ -292,6 +308,9 @@ async fn run(
     // A stream is settled into the ledger when it ends; the settler is put here once the
     // attempt loop knows which target answered (the body is not polled before that).
     let settle_slot: SettleSlot = Arc::default();
+    // Likewise the server span and access line of a stream end with the stream.
+    let tel_slot: TelSlot = Arc::default();
+    let tel = &ctx.telemetry;
     // Phase validate runs inside the attempt loop, so a rejected answer moves on to the
     // next fallback; `validate` plugins win over any other configured check.
     let plugin_validator = pass
@@ -336,6 +355,8 @@ async fn run(
                 slot,
                 capture.clone(),
                 settle_slot.clone(),
+                tel,
+                tel_slot.clone(),
             )
         },
     )
@@ -363,6 +384,7 @@ async fn run(
     match &exchanged.body {
         Some(body) => {
             ctx.account.usage = ResponseProbe::read(body).and_then(|p| p.usage);
+            ctx.telemetry.usage = ctx.account.usage;
             if ctx.account.usage.is_none() {
                 let model = ctx.upstream_model.as_deref().unwrap_or("");
                 ctx.account.completion_estimate =
@@ -372,6 +394,10 @@ async fn run(
         None => {
             if let Ok(mut slot) = settle_slot.lock() {
                 *slot = crate::governance::settler(gw, ctx);
+            }
+            ctx.telemetry.ttft = Some(ctx.started.elapsed());
+            if let Ok(mut slot) = tel_slot.lock() {
+                *slot = Some(std::mem::take(&mut ctx.telemetry));
             }
         }
     }
@@ -401,6 +427,9 @@ async fn run(
     }
     Ok(exchanged.answer)
 }
+
+/// Where a streamed answer's server span and access record wait for the stream's end.
+type TelSlot = Arc<std::sync::Mutex<Option<RequestTelemetry>>>;
 
 /// Where a streamed answer's ledger settlement waits for the stream's end.
 type SettleSlot = Arc<std::sync::Mutex<Option<crate::governance::Settler>>>;
@@ -445,18 +474,43 @@ async fn exchange(
     slot: pool::Slot,
     capture: Option<shadow::CaptureSlot>,
     settle_slot: SettleSlot,
+    tel: &RequestTelemetry,
+    tel_slot: TelSlot,
 ) -> Result<Exchanged, GatewayError> {
     let url = &target.backend.urls[url];
     let adapted = adapted?;
     let request = adapted.as_ref().unwrap_or(request);
     let body = request.upstream_body(&model, true);
-    let upstream_req =
+    let mut upstream_req =
         upstream::build_request(&target.backend, url.uri(endpoint), body, client_headers)?;
+    // One CLIENT span per attempt; its context travels upstream in `traceparent`.
+    let attempt = Attempt::start(
+        tel,
+        endpoint,
+        &target.backend.name,
+        &url.base,
+        &model,
+        telemetry::request_params(tel, request, endpoint),
+    );
+    attempt.inject(upstream_req.headers_mut());
+    let failed = |a: Attempt, e: GatewayError| {
+        let status = match &e {
+            GatewayError::UpstreamError { status, .. } => Some(status.as_u16()),
+            GatewayError::UpstreamStatus { status, .. } => Some(*status),
+            _ => None,
+        };
+        a.failed(&gw.metrics, e.kind(), status);
+        e
+    };
     let sent = Instant::now();
-    let resp = upstream::send(&target.backend, url, upstream_req).await?;
+    let resp = match upstream::send(&target.backend, url, upstream_req).await {
+        Ok(r) => r,
+        Err(e) => return Err(failed(attempt, e)),
+    };
 
     if !resp.status().is_success() {
-        return Err(upstream_failure(&target, resp).await);
+        let e = upstream_failure(&target, resp).await;
+        return Err(failed(attempt, e));
     }
     if request.stream {
         let (answer, upstream_time) = stream_answer(
@@ -471,6 +525,9 @@ async fn exchange(
             slot,
             capture,
             settle_slot,
+            attempt,
+            tel_slot,
+            endpoint,
         )
         .await?;
         Ok(Exchanged {
@@ -480,7 +537,15 @@ async fn exchange(
             body: None,
         })
     } else {
-        let (answer, body, upstream_time) = complete_answer(&target, &model, resp, sent).await?;
+        let (answer, body, upstream_time) =
+            match complete_answer(tel, &target, &model, resp, sent).await {
+                Ok((answer, body, upstream_time, facts)) => {
+                    attempt.succeeded(&gw.metrics, &facts);
+                    (answer, body, upstream_time)
+                }
+                Err(e) => return Err(failed(attempt, e)),
+            };
+        gw.metrics.upstream(&target.backend.name, upstream_time);
         drop(slot);
         Ok(Exchanged {
             answer: Answer::Complete(answer),
@@ -566,25 +631,27 @@ async fn upstream_failure(target: &Target, resp: Response<Incoming>) -> GatewayE
 
 /// A complete (non-streamed) answer: read it, check it is JSON, relay it byte for byte.
 async fn complete_answer(
+    tel: &RequestTelemetry,
     target: &Target,
     model: &str,
     resp: Response<Incoming>,
     sent: Instant,
-) -> Result<(Response<GatewayBody>, Bytes, Duration), GatewayError> {
+) -> Result<(Response<GatewayBody>, Bytes, Duration, AnswerFacts), GatewayError> {
     let (parts, body) = resp.into_parts();
     let bytes = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
     let upstream_time = sent.elapsed();
-    if ResponseProbe::read(&bytes).is_none() {
+    let Some(probe) = ResponseProbe::read(&bytes) else {
         return Err(GatewayError::UpstreamGarbage {
             backend: target.backend.name.to_string(),
             detail: format!("expected a JSON object, got: {}", snippet(&bytes, 120)),
         });
-    }
+    };
+    let facts = telemetry::answer_facts(tel, probe, &bytes);
     let mut out = Response::new(GatewayBody::from(bytes.clone()));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     stamp(out.headers_mut(), target, Some(model));
-    Ok((out, bytes, upstream_time))
+    Ok((out, bytes, upstream_time, facts))
 }
 
 /// A streamed answer: wait for the first chunk (so a failure before any byte can still be
@@ -602,6 +669,9 @@ async fn stream_answer(
     slot: pool::Slot,
     capture: Option<shadow::CaptureSlot>,
     settle_slot: SettleSlot,
+    attempt: Attempt,
+    tel_slot: TelSlot,
+    tel_endpoint: Endpoint,
 ) -> Result<(Response<GatewayBody>, Duration), GatewayError> {
     let (parts, mut body) = resp.into_parts();
     let backend = &target.backend;
@@ -636,6 +706,8 @@ async fn stream_answer(
     let upstream_time = sent.elapsed();
     gw.metrics
         .overhead(started.elapsed().saturating_sub(upstream_time));
+    gw.metrics.upstream(&target.backend.name, upstream_time);
+    let upstream_model = model.to_string();
 
     let metrics = gw.metrics.clone();
     let backend_label = target.backend.name.clone();
@@ -657,15 +729,50 @@ async fn stream_answer(
                 took: started.elapsed(),
             });
         }
+        let mut error = None;
         if s.outcome == StreamOutcome::ClientGone {
             metrics.client_disconnect();
+            error = Some("client_disconnected");
             tracing::info!(route = %route, backend = %backend_label, bytes = s.bytes, "client disconnected mid-stream; upstream request cancelled");
         }
         if let StreamOutcome::UpstreamFailed(why) = &s.outcome {
             metrics.upstream_error(&backend_label, "stream_broken");
+            error = Some("stream_broken");
             tracing::warn!(route = %route, backend = %backend_label, error = %why, "stream ended early");
         }
-        metrics.request(&route, &backend_label, 200, started.elapsed());
+        let took = started.elapsed();
+        metrics.request(&route, &backend_label, 200, took);
+        match error {
+            None => attempt.succeeded(
+                &metrics,
+                &AnswerFacts {
+                    response_model: s.model.clone(),
+                    finish_reasons: s.finish_reasons.clone(),
+                    usage: s.usage,
+                    first_token: Some(upstream_time),
+                    ..AnswerFacts::default()
+                },
+            ),
+            Some(kind) => attempt.failed(&metrics, kind, None),
+        }
+        if let Some(mut tel) = tel_slot.lock().ok().and_then(|mut g| g.take()) {
+            tel.usage = s.usage;
+            tel.finish_span(200, &route, &backend_label, error);
+            telemetry::access_log(
+                &tel,
+                &telemetry::AccessRecord {
+                    method: "POST",
+                    path: endpoint_path(tel_endpoint),
+                    route: &route,
+                    backend: &backend_label,
+                    upstream_model: &upstream_model,
+                    status: 200,
+                    latency: took,
+                    upstream: Some(upstream_time),
+                    error,
+                },
+            );
+        }
     });
     let mut stream = StreamBody::new(
         body,
@@ -706,16 +813,24 @@ fn stamp(headers: &mut HeaderMap, target: &Target, model: Option<&str>) {
     }
 }
 
-fn finish(gw: &Gateway, ctx: &RequestCtx, status: StatusCode) {
+/// The path of an endpoint (the server span's route and the access log's path).
+fn endpoint_path(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions => "/v1/chat/completions",
+        Endpoint::Completions => "/v1/completions",
+        Endpoint::Embeddings => "/v1/embeddings",
+    }
+}
+
+/// Count, trace and log a request answered in one piece (streams: see `stream_answer`).
+fn finish(gw: &Gateway, ctx: &mut RequestCtx, status: StatusCode, error: Option<&str>) {
     let took = ctx.started.elapsed();
-    gw.metrics.request(
-        &ctx.route_label(),
-        &ctx.backend_label(),
-        status.as_u16(),
-        took,
-    );
-    if ctx.upstream_time > Duration::ZERO {
-        gw.metrics.overhead(took.saturating_sub(ctx.upstream_time));
+    let route = ctx.route_label();
+    let backend = ctx.backend_label();
+    gw.metrics.request(&route, &backend, status.as_u16(), took);
+    let upstream = (ctx.upstream_time > Duration::ZERO).then_some(ctx.upstream_time);
+    if let Some(u) = upstream {
+        gw.metrics.overhead(took.saturating_sub(u));
     }
     if let Some(t) = &ctx.target {
         // What `classify` plugins see as the backend's health and latency.
@@ -725,6 +840,22 @@ fn finish(gw: &Gateway, ctx: &RequestCtx, status: StatusCode) {
             ctx.upstream_time.as_secs_f64() * 1e3,
         );
     }
+    ctx.telemetry
+        .finish_span(status.as_u16(), &route, &backend, error);
+    telemetry::access_log(
+        &ctx.telemetry,
+        &telemetry::AccessRecord {
+            method: "POST",
+            path: endpoint_path(ctx.endpoint),
+            route: &route,
+            backend: &backend,
+            upstream_model: ctx.upstream_model.as_deref().unwrap_or("-"),
+            status: status.as_u16(),
+            latency: took,
+            upstream,
+            error,
+        },
+    );
 }
 
 fn log_failure(ctx: &RequestCtx, e: &GatewayError) {

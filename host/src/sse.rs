@@ -37,6 +37,10 @@ pub struct StreamSummary {
     pub outcome: StreamOutcome,
     /// The whole stream as upstream sent it, when capture was asked for (shadow comparison).
     pub captured: Option<Bytes>,
+    /// The `model` the upstream named in its chunks (for telemetry).
+    pub model: Option<String>,
+    /// Every non-null `finish_reason` seen, in order (one per choice).
+    pub finish_reasons: Vec<String>,
 }
 
 /// How a stream ended.
@@ -59,6 +63,20 @@ pub struct SseScanner {
     pub saw_done: bool,
     pub events: u64,
     pub content_events: u64,
+    pub model: Option<String>,
+    pub finish_reasons: Vec<String>,
+}
+
+/// The string value following `key` (which includes its quotes and colon, no spaces), if
+/// it is a plain string without escapes: how chunks carry `model` and `finish_reason`.
+fn string_after<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
+    let at = memmem::find(data, key)? + key.len();
+    let rest = data[at..].trim_ascii_start().strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    if rest[end] != b'"' {
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 impl SseScanner {
@@ -96,6 +114,15 @@ impl SseScanner {
         }
         if carries_content(data) {
             self.content_events += 1;
+        }
+        if self.model.is_none()
+            && let Some(m) = string_after(data, b"\"model\":")
+        {
+            self.model = Some(m.to_owned());
+        }
+        // Most chunks carry `"finish_reason":null`; only the last of each choice a string.
+        if let Some(r) = string_after(data, b"\"finish_reason\":") {
+            self.finish_reasons.push(r.to_owned());
         }
     }
 }
@@ -262,6 +289,8 @@ impl StreamBody {
         self.summary.events = self.scanner.events;
         self.summary.captured = self.capture.take().map(BytesMut::freeze);
         self.summary.content_events = self.scanner.content_events;
+        self.summary.model = self.scanner.model.take();
+        self.summary.finish_reasons = std::mem::take(&mut self.scanner.finish_reasons);
         if let Some(f) = self.on_end.take() {
             f(std::mem::take(&mut self.summary));
         }
@@ -387,6 +416,15 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn scanner_reads_model_and_finish_reasons() {
+        let mut s = SseScanner::default();
+        s.feed(b"data: {\"id\":\"c1\",\"model\":\"llama-3\",\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n");
+        s.feed(b"data: {\"id\":\"c1\",\"model\":\"llama-3\",\"choices\":[{\"delta\":{},\"finish_reason\": \"stop\"}]}\n\n");
+        assert_eq!(s.model.as_deref(), Some("llama-3"));
+        assert_eq!(s.finish_reasons, vec!["stop".to_string()]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod mock;
+pub mod otlp;
 pub mod plugins;
 
 use std::io::{BufRead, BufReader};

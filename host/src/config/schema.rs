@@ -167,6 +167,10 @@ pub struct TelemetrySection {
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
     pub sample_ratio: Option<f64>,
+    /// Record prompts and answers on spans (`gen_ai.input.messages`); off by default.
+    pub capture_content: Option<bool>,
+    /// `"auto"` (text on a terminal, else JSON), `"json"` or `"text"`.
+    pub log_format: Option<String>,
 }
 
 /// `[state]`

@@ -87,6 +87,8 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: String,
     pub sample_ratio: f64,
+    pub capture_content: bool,
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 /// `[state]`, checked; used by the store.
@@ -808,10 +810,22 @@ fn validate_telemetry(
             format!("must be between 0.0 and 1.0, got {sample_ratio}"),
         ));
     }
+    let log_format = match t.log_format.as_deref() {
+        None => crate::telemetry::LogFormat::Auto,
+        Some(f) => crate::telemetry::LogFormat::parse(f).unwrap_or_else(|| {
+            problems.push(Problem::new(
+                "telemetry.log_format",
+                format!("must be \"auto\", \"json\" or \"text\", got \"{f}\""),
+            ));
+            crate::telemetry::LogFormat::Auto
+        }),
+    };
     TelemetrySettings {
         otlp_endpoint: t.otlp_endpoint.clone(),
         otlp_protocol: protocol,
         sample_ratio,
+        capture_content: t.capture_content.unwrap_or(false),
+        log_format,
     }
 }
 

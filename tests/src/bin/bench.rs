@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p switchyard-tests --bin bench -- [--duration 5] [--concurrency 8,64]
 //!     [--rates 2000,5000] [--stream-concurrency 8] [--config-extra FILE]
+//!     [--otlp-sink grpc|http] [--gateway-log warn]
 //! ```
 //!
 //! It starts `mock-openai` and `switchyard` (release builds) as separate processes, and
@@ -25,6 +26,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use switchyard_tests::otlp::{OtlpReceiver, Protocol};
 use tokio::net::TcpStream;
 
 #[derive(Parser, Debug)]
@@ -54,6 +56,13 @@ struct Args {
     /// Skip the direct (no gateway) runs.
     #[arg(long)]
     gateway_only: bool,
+    /// Start an in-process OTLP receiver (gRPC or HTTP) that counts and discards spans, and
+    /// trace every request to it (`[telemetry]` with sample_ratio 1.0).
+    #[arg(long, value_name = "grpc|http")]
+    otlp_sink: Option<String>,
+    /// The gateway's log filter (`SWITCHYARD_LOG`); `info` includes the access log.
+    #[arg(long, default_value = "warn")]
+    gateway_log: String,
 }
 
 const BODY: &str = r#"{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"temperature":0.2,"max_tokens":16}"#;
@@ -139,6 +148,19 @@ struct Stats {
     latencies_us: Vec<u32>,
     errors: u64,
     elapsed: Duration,
+    /// CPU time (user + system) the measured process used during the measured window.
+    cpu: Option<Duration>,
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`, which may contain spaces: utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 impl Stats {
@@ -155,7 +177,13 @@ impl Stats {
 }
 
 /// Closed loop: `conc` clients each send the next request as soon as the last answered.
-async fn closed_loop(addr: &str, conc: usize, warmup: Duration, dur: Duration) -> Stats {
+async fn closed_loop(
+    addr: &str,
+    conc: usize,
+    warmup: Duration,
+    dur: Duration,
+    cpu_of: Option<u32>,
+) -> Stats {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -191,13 +219,16 @@ async fn closed_loop(addr: &str, conc: usize, warmup: Duration, dur: Duration) -
     }
     tokio::time::sleep(warmup).await;
     measuring.store(true, Ordering::Relaxed);
+    let cpu_before = cpu_of.and_then(cpu_time);
     let start = Instant::now();
     tokio::time::sleep(dur).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed();
+    let cpu_after = cpu_of.and_then(cpu_time);
     stop.store(true, Ordering::Relaxed);
     let mut stats = Stats {
         elapsed,
+        cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
         ..Default::default()
     };
     for t in tasks {
@@ -377,6 +408,23 @@ fn main() {
             "\n[[prices]]\nbackend = \"mock\"\nmodel = \"*\"\ninput_per_1m = 0.15\noutput_per_1m = 0.60\n\n[[teams]]\nname = \"bench\"\nrpm = 1000000000\ntpm = 1000000000000\nbudget_daily = 1000000000.0\nbudget_monthly = 1000000000.0\n",
         );
     }
+    // The sink runs on its own runtime thread, like a collector on the same machine would.
+    let sink_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sink = args.otlp_sink.as_deref().map(|p| {
+        let protocol = match p {
+            "grpc" => Protocol::Grpc,
+            "http" => Protocol::Http,
+            other => panic!("--otlp-sink: expected grpc or http, got {other}"),
+        };
+        let sink = sink_rt.block_on(OtlpReceiver::start_counting(protocol));
+        cfg.push('\n');
+        cfg.push_str(&sink.config(1.0, ""));
+        sink
+    });
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, cfg).expect("write config");
     if args.governance {
@@ -399,7 +447,7 @@ fn main() {
         .arg(&cfg_path)
         // The store (ledger) lives with the config, not in the caller's folder.
         .current_dir(dir.path())
-        .env("SWITCHYARD_LOG", "warn");
+        .env("SWITCHYARD_LOG", &args.gateway_log);
     let gw = spawn_ready(gw_cmd, "switchyard listening on ");
     let gw_pid = gw.child.id();
 
@@ -424,9 +472,9 @@ fn main() {
             let direct = if args.gateway_only {
                 None
             } else {
-                Some(closed_loop(&mock.addr, c, warmup, dur).await)
+                Some(closed_loop(&mock.addr, c, warmup, dur, None).await)
             };
-            let via = closed_loop(&gw.addr, c, warmup, dur).await;
+            let via = closed_loop(&gw.addr, c, warmup, dur, Some(gw_pid)).await;
             if let Some(d) = &direct {
                 println!(
                     "{:<22} {:>10.0} {:>10.3} {:>10.3} {:>8}",
@@ -445,6 +493,15 @@ fn main() {
                 via.pct(0.99),
                 via.errors
             );
+            if let Some(cpu) = via.cpu
+                && !via.latencies_us.is_empty()
+            {
+                println!(
+                    "{:<22} {:>10.1} µs/request",
+                    format!("gateway CPU c={c}"),
+                    cpu.as_secs_f64() * 1e6 / via.latencies_us.len() as f64
+                );
+            }
             if let Some(d) = &direct {
                 println!(
                     "{:<22} {:>10} {:>10.3} {:>10.3}",
@@ -514,6 +571,16 @@ fn main() {
             );
         }
     });
+    if let Some(sink) = &sink {
+        // Let the last batch arrive before reading the count.
+        std::thread::sleep(Duration::from_millis(1500));
+        println!(
+            "OTLP sink ({:?}): {} spans received in {} export calls",
+            sink.protocol,
+            sink.span_count(),
+            sink.export_requests()
+        );
+    }
     let (rss, hwm) = rss_kib(gw_pid);
     println!(
         "gateway memory: RSS {:.1} MiB, peak {:.1} MiB",

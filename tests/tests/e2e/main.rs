@@ -15,5 +15,6 @@ mod openai_sdk;
 mod plugins;
 mod proxy;
 mod streaming;
+mod telemetry;
 mod tls;
 mod traffic;

@@ -1,0 +1,1057 @@
+//! Telemetry: OpenTelemetry traces exported over OTLP, the per-request record behind the
+//! metrics and the access log, and the small span API the other phases call.
+//!
+//! # What a trace looks like
+//! ```text
+//! POST /v1/chat/completions            SERVER  (parent: the client's `traceparent`, if any)
+//! ├── auth                             INTERNAL  telemetry::child_span(&ctx.telemetry, "auth")
+//! ├── plugin <name>                    INTERNAL  telemetry::plugin_span(&ctx.telemetry, name, stage)
+//! ├── route                            INTERNAL  the routing decision (route, backend, model)
+//! ├── chat <upstream model>            CLIENT    one per upstream attempt, GenAI attributes;
+//! │                                              its `traceparent` goes upstream
+//! └── validate                         INTERNAL  telemetry::child_span(&ctx.telemetry, "validate")
+//! shadow chat <model>                  (own trace root, *linked* to the request's span)
+//!                                                telemetry::linked_span(&ctx.telemetry, name)
+//! ```
+//!
+//! # The API for other phases
+//! Every request carries a [`RequestTelemetry`] (`ctx.telemetry`). From it:
+//! - [`child_span`]`(&t, "auth")` and [`plugin_span`]`(&t, plugin, stage)` open an INTERNAL
+//!   child of the request's span. Call [`Span::set`] for attributes, [`Span::fail`] with an
+//!   `error.type` on failure; the span ends when dropped (or at [`Span::end`]).
+//! - [`Attempt::start`] opens the CLIENT span of one upstream attempt (fallbacks call it once
+//!   per attempt); [`Attempt::inject`] writes its `traceparent` on the upstream request;
+//!   [`Attempt::succeeded`] / [`Attempt::failed`] end it and feed the GenAI metrics.
+//! - [`linked_span`] starts the span of work that must not extend the request's trace (the
+//!   shadow call): a new trace root with a link back to the request.
+//! - [`RequestTelemetry::set_principal`] records the API key id and team once auth knows
+//!   them; [`RequestTelemetry::set_cost`] the cost once the ledger priced the request. Both
+//!   appear in the access log.
+//!
+//! # Cost
+//! Without `[telemetry] otlp_endpoint` no tracer exists: every span handle is an empty
+//! `Option` and the span calls are a branch on it. With it, finished spans go to a bounded
+//! queue with `try_send`; a full queue drops the span and counts it in
+//! `switchyard_telemetry_spans_dropped_total`, so exporting never blocks a request. One task
+//! on the gateway's runtime batches the queue and exports (OTLP gRPC or HTTP/protobuf).
+//!
+//! Message content (`gen_ai.input.messages`, `gen_ai.output.messages`) is recorded only with
+//! `[telemetry] capture_content = true`. Telemetry settings are read once at start; a config
+//! reload does not change the exporter.
+
+use std::borrow::Cow;
+use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    Link, Span as _, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Endpoint, TelemetrySettings};
+use crate::metrics::Metrics;
+use crate::openai::Usage;
+
+/// Finished spans waiting for export; beyond this they are dropped (and counted).
+pub const QUEUE_CAPACITY: usize = 8192;
+/// Spans sent per export call.
+const MAX_BATCH: usize = 512;
+/// How long a finished span waits at most before it is exported.
+const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
+/// One export call may take this long; a slow collector then costs dropped spans, not time.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[telemetry] log_format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "auto" => Some(LogFormat::Auto),
+            "json" => Some(LogFormat::Json),
+            "text" => Some(LogFormat::Text),
+            _ => None,
+        }
+    }
+
+    /// Whether lines are JSON. `SWITCHYARD_LOG_FORMAT=json|text` overrides the config.
+    pub fn json(self) -> bool {
+        let chosen = match std::env::var("SWITCHYARD_LOG_FORMAT").as_deref() {
+            Ok(v) => LogFormat::parse(v).unwrap_or(self),
+            Err(_) => self,
+        };
+        match chosen {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => !std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// The process-wide tracer, present only when an OTLP endpoint is configured.
+struct Tracing {
+    tracer: SdkTracer,
+    capture_content: bool,
+    /// The export queue (absent with a caller's own processor).
+    flush: Option<mpsc::Sender<Msg>>,
+    // Kept so the provider (and its processor) live as long as the process.
+    _provider: SdkTracerProvider,
+}
+
+static TRACING: OnceLock<Tracing> = OnceLock::new();
+
+fn tracing_on() -> Option<&'static Tracing> {
+    TRACING.get()
+}
+
+/// What the queue between spans and the exporter carries.
+enum Msg {
+    Span(Box<SpanData>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Hands finished spans to the export task without ever waiting.
+#[derive(Debug)]
+struct QueueProcessor {
+    tx: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+}
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        if self.tx.try_send(Msg::Span(Box::new(span))).is_err() {
+            self.metrics.spans_dropped(1);
+        }
+    }
+
+    // Flushing is asynchronous ([`Telemetry::shutdown`]); these run on runtime threads and
+    // must not block them.
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Handle returned by [`init`]; [`Telemetry::shutdown`] exports what is still queued.
+#[derive(Debug)]
+pub struct Telemetry {
+    _private: (),
+}
+
+impl Telemetry {
+    /// Export every queued span (bounded wait), at shutdown.
+    pub async fn shutdown(self) {
+        let Some(queue) = tracing_on().and_then(|t| t.flush.as_ref()) else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        if queue.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(EXPORT_TIMEOUT, rx).await;
+        }
+    }
+}
+
+/// Start exporting traces if `[telemetry] otlp_endpoint` is set. Must run inside the tokio
+/// runtime (the export task and the gRPC channel live there). Called once per process.
+pub fn init(
+    settings: Option<&TelemetrySettings>,
+    metrics: Arc<Metrics>,
+) -> Result<Option<Telemetry>, String> {
+    let Some(s) = settings else { return Ok(None) };
+    let Some(endpoint) = s.otlp_endpoint.as_deref() else {
+        return Ok(None);
+    };
+    // The exporter is built without TLS: collectors usually run beside the gateway (an
+    // agent or sidecar), and a silent failure on every export would be worse than saying so.
+    if endpoint.starts_with("https://") {
+        return Err(format!(
+            "telemetry.otlp_endpoint: \"{endpoint}\": OTLP over TLS is not supported yet; \
+             send to a local collector over http://"
+        ));
+    }
+    let exporter = build_exporter(endpoint, &s.otlp_protocol)?;
+    let resource = Resource::builder()
+        .with_service_name("switchyard")
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let mut exporter = exporter;
+    exporter.set_resource(&resource);
+    tokio::spawn(export_loop(exporter, rx, metrics.clone()));
+    install(
+        QueueProcessor {
+            tx: tx.clone(),
+            metrics,
+        },
+        resource,
+        s.sample_ratio,
+        s.capture_content,
+        Some(tx),
+    )?;
+    tracing::info!(
+        endpoint,
+        protocol = %s.otlp_protocol,
+        sample_ratio = s.sample_ratio,
+        "exporting traces over OTLP"
+    );
+    Ok(Some(Telemetry { _private: () }))
+}
+
+/// Trace with a span processor of the caller's choosing instead of the OTLP exporter: for
+/// embedding Switchyard in a process that has its own pipeline, and for tests that read
+/// spans in memory. Once per process, instead of [`init`].
+pub fn init_with_processor(
+    processor: impl SpanProcessor + 'static,
+    sample_ratio: f64,
+    capture_content: bool,
+) -> Result<(), String> {
+    let resource = Resource::builder().with_service_name("switchyard").build();
+    install(processor, resource, sample_ratio, capture_content, None)
+}
+
+fn install(
+    processor: impl SpanProcessor + 'static,
+    resource: Resource,
+    sample_ratio: f64,
+    capture_content: bool,
+    flush: Option<mpsc::Sender<Msg>>,
+) -> Result<(), String> {
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            sample_ratio,
+        ))))
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("switchyard");
+    TRACING
+        .set(Tracing {
+            tracer,
+            capture_content,
+            flush,
+            _provider: provider,
+        })
+        .map_err(|_| "telemetry was already started".to_string())
+}
+
+/// Whether `[telemetry] capture_content` allows recording prompts and answers.
+pub fn capture_content() -> bool {
+    tracing_on().is_some_and(|t| t.capture_content)
+}
+
+fn build_exporter(
+    endpoint: &str,
+    protocol: &str,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let built = if protocol == "http" {
+        // OTLP/HTTP posts to `<base>/v1/traces`; accept the base URL users usually give.
+        let url = match endpoint.split_once("://") {
+            Some((_, rest)) if !rest.trim_end_matches('/').contains('/') => {
+                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+            }
+            _ => endpoint.to_string(),
+        };
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(url)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+    } else {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_protocol(Protocol::Grpc)
+            .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+    };
+    built.map_err(|e| format!("telemetry.otlp_endpoint: cannot set up the OTLP exporter: {e}"))
+}
+
+/// Batch the queue and export; never touched by request handling.
+async fn export_loop(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut rx: mpsc::Receiver<Msg>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_BATCH);
+    let mut msgs: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
+    let mut tick = tokio::time::interval(EXPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut msgs, MAX_BATCH) => {
+                if n == 0 {
+                    export(&exporter, &mut batch, &metrics, &mut failing).await;
+                    return;
+                }
+                let mut flushed = Vec::new();
+                for m in msgs.drain(..) {
+                    match m {
+                        Msg::Span(s) => batch.push(*s),
+                        Msg::Flush(done) => flushed.push(done),
+                    }
+                }
+                if batch.len() >= MAX_BATCH || !flushed.is_empty() {
+                    export(&exporter, &mut batch, &metrics, &mut failing).await;
+                }
+                for done in flushed {
+                    let _ = done.send(());
+                }
+            }
+            _ = tick.tick() => {
+                if !batch.is_empty() {
+                    export(&exporter, &mut batch, &metrics, &mut failing).await;
+                }
+            }
+        }
+    }
+}
+
+async fn export(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: &mut Vec<SpanData>,
+    metrics: &Metrics,
+    failing: &mut bool,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let spans = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH));
+    let n = spans.len() as u64;
+    let error = match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {}s", EXPORT_TIMEOUT.as_secs())),
+    };
+    match error {
+        None => {
+            metrics.spans_exported(n);
+            if *failing {
+                tracing::info!("OTLP export works again");
+                *failing = false;
+            }
+        }
+        Some(e) => {
+            metrics.span_export_failed(n);
+            // Once per outage, not once per batch.
+            if !*failing {
+                tracing::warn!(error = %e, spans = n, "OTLP export failed; spans are dropped until it recovers");
+                *failing = true;
+            }
+        }
+    }
+}
+
+/// An open span, or nothing when tracing is off or the trace is not sampled. Ends on drop.
+#[derive(Debug, Default)]
+pub struct Span(Option<opentelemetry_sdk::trace::Span>);
+
+impl Span {
+    /// Whether attributes set on this span go anywhere (skip building costly values if not).
+    pub fn is_recording(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| s.is_recording())
+    }
+
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        if let Some(s) = &mut self.0 {
+            s.set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Mark the span failed with an `error.type` (a short, low-cardinality name).
+    pub fn fail(&mut self, error_type: impl Into<Cow<'static, str>>) {
+        if let Some(s) = &mut self.0 {
+            let t = error_type.into();
+            s.set_attribute(KeyValue::new("error.type", t.clone()));
+            s.set_status(Status::error(t));
+        }
+    }
+
+    /// Record an event (a point in time) on the span.
+    pub fn event(&mut self, name: &'static str) {
+        if let Some(s) = &mut self.0 {
+            s.add_event(name, Vec::new());
+        }
+    }
+
+    pub fn end(self) {
+        drop(self);
+    }
+
+    fn context(&self) -> Option<&SpanContext> {
+        self.0.as_ref().map(|s| s.span_context())
+    }
+}
+
+/// Reads W3C trace context from the client's request headers.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Everything observability knows about one request: its server span, who asked, and the
+/// figures the access log prints at the end.
+#[derive(Debug, Default)]
+pub struct RequestTelemetry {
+    /// The server span, inside a context its children are parented on.
+    cx: Option<Context>,
+    /// `traceparent` trace id from the client when tracing is off (for the access log).
+    client_trace_id: Option<Box<str>>,
+    pub key_id: Option<Arc<str>>,
+    pub team: Option<Arc<str>>,
+    pub cost_usd: Option<f64>,
+    /// The model the client asked for.
+    pub request_model: Option<String>,
+    pub usage: Option<Usage>,
+    /// Time from the request's arrival to the first byte of a streamed answer.
+    pub ttft: Option<Duration>,
+    pub stream: bool,
+}
+
+impl RequestTelemetry {
+    /// Open the server span for a request (parented on the client's `traceparent`).
+    pub fn start(method: &http::Method, path: &'static str, headers: &HeaderMap) -> Self {
+        let Some(t) = tracing_on() else {
+            return RequestTelemetry {
+                client_trace_id: headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split('-').nth(1))
+                    .filter(|id| id.len() == 32)
+                    .map(Box::from),
+                ..Default::default()
+            };
+        };
+        let parent = if headers.contains_key("traceparent") {
+            TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+        } else {
+            Context::new()
+        };
+        let span = SpanBuilder::from_name(format!("{} {path}", method.as_str()))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", method.as_str().to_owned()),
+                KeyValue::new("http.route", path),
+                KeyValue::new("url.path", path),
+            ])
+            .start_with_context(&t.tracer, &parent);
+        RequestTelemetry {
+            cx: Some(parent.with_span(span)),
+            ..Default::default()
+        }
+    }
+
+    /// Whether this request is being traced (sampled, with an exporter).
+    pub fn is_tracing(&self) -> bool {
+        self.cx.as_ref().is_some_and(|cx| cx.span().is_recording())
+    }
+
+    /// The trace id (32 hex digits) for the access log: the gateway's trace when tracing is
+    /// on, else the client's `traceparent` if it sent one.
+    pub fn trace_id(&self) -> Option<String> {
+        match &self.cx {
+            Some(cx) => {
+                let sc = cx.span().span_context().clone();
+                sc.is_valid().then(|| sc.trace_id().to_string())
+            }
+            None => self.client_trace_id.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// Set an attribute on the request's server span.
+    pub fn set(&self, key: &'static str, value: impl Into<Value>) {
+        if let Some(cx) = &self.cx {
+            cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Auth found the caller: its key id and team go in the access log and on the span.
+    pub fn set_principal(&mut self, key_id: Arc<str>, team: Option<Arc<str>>) {
+        self.set("switchyard.key_id", key_id.clone());
+        if let Some(t) = &team {
+            self.set("switchyard.team", t.clone());
+        }
+        self.key_id = Some(key_id);
+        self.team = team;
+    }
+
+    /// The ledger priced the request.
+    pub fn set_cost(&mut self, usd: f64) {
+        self.set("switchyard.cost_usd", usd);
+        self.cost_usd = Some(usd);
+    }
+
+    /// A child of the server span. An unsampled trace still gets (non-recording) children
+    /// so that the upstream receives a `traceparent` carrying the "not sampled" decision.
+    fn child(&self, builder: SpanBuilder) -> Span {
+        match (&self.cx, tracing_on()) {
+            (Some(cx), Some(t)) => Span(Some(builder.start_with_context(&t.tracer, cx))),
+            _ => Span(None),
+        }
+    }
+
+    /// End the server span with the status the client got.
+    pub fn finish_span(&mut self, status: u16, route: &str, backend: &str, error: Option<&str>) {
+        let Some(cx) = self.cx.take() else { return };
+        let span = cx.span();
+        if !span.is_recording() {
+            return;
+        }
+        span.set_attributes([
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("switchyard.route", route.to_owned()),
+            KeyValue::new("switchyard.backend", backend.to_owned()),
+        ]);
+        if let Some(e) = error {
+            span.set_attribute(KeyValue::new("error.type", e.to_owned()));
+            if status >= 500 {
+                span.set_status(Status::error(e.to_owned()));
+            }
+        }
+        span.end();
+    }
+}
+
+/// An INTERNAL child span of the request (auth, validation, a gateway phase).
+pub fn child_span(t: &RequestTelemetry, name: &'static str) -> Span {
+    t.child(SpanBuilder::from_name(name).with_kind(SpanKind::Internal))
+}
+
+/// The span of one plugin call: named `plugin <name>`, with the plugin and its stage as
+/// attributes. Record the outcome with `span.set("switchyard.plugin.outcome", "...")` and
+/// `span.fail(kind)` on failure; feed `Metrics::plugin_call` with the duration.
+pub fn plugin_span(t: &RequestTelemetry, plugin: &str, stage: &'static str) -> Span {
+    if !t.is_tracing() {
+        return Span(None);
+    }
+    t.child(
+        SpanBuilder::from_name(format!("plugin {plugin}"))
+            .with_kind(SpanKind::Internal)
+            .with_attributes([
+                KeyValue::new("switchyard.plugin.name", plugin.to_owned()),
+                KeyValue::new("switchyard.plugin.stage", stage),
+            ]),
+    )
+}
+
+/// A span for work done beside the request that must not hold its trace open (the shadow
+/// call): a new trace root carrying a link to the request's span.
+pub fn linked_span(t: &RequestTelemetry, name: impl Into<Cow<'static, str>>) -> Span {
+    let (Some(cx), Some(tr)) = (&t.cx, tracing_on()) else {
+        return Span(None);
+    };
+    let sc = cx.span().span_context().clone();
+    if !sc.is_sampled() {
+        return Span(None);
+    }
+    let span = SpanBuilder::from_name(name)
+        .with_kind(SpanKind::Internal)
+        .with_links(vec![Link::with_context(sc)])
+        .start_with_context(&tr.tracer, &Context::new());
+    Span(Some(span))
+}
+
+/// The routing decision as a span: which route, which backend, which model.
+pub fn routing_span(
+    t: &RequestTelemetry,
+    route: &str,
+    backend: &str,
+    upstream_model: &str,
+    started: SystemTime,
+) -> Span {
+    if !t.is_tracing() {
+        return Span(None);
+    }
+    t.child(
+        SpanBuilder::from_name("route")
+            .with_kind(SpanKind::Internal)
+            .with_start_time(started)
+            .with_attributes([
+                KeyValue::new("switchyard.route", route.to_owned()),
+                KeyValue::new("switchyard.backend", backend.to_owned()),
+                KeyValue::new("switchyard.upstream_model", upstream_model.to_owned()),
+            ]),
+    )
+}
+
+/// What the request asked for, as GenAI attributes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestParams<'a> {
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// Raw JSON of `messages` / `prompt` / `input` (recorded only with `capture_content`).
+    pub input: Option<&'a str>,
+}
+
+/// The GenAI request attributes of `request`, read only when the request is traced.
+pub fn request_params<'a>(
+    t: &RequestTelemetry,
+    request: &'a crate::openai::RequestBody,
+    endpoint: Endpoint,
+) -> RequestParams<'a> {
+    if !t.is_tracing() {
+        return RequestParams::default();
+    }
+    let input_key = match endpoint {
+        Endpoint::ChatCompletions => "messages",
+        Endpoint::Completions => "prompt",
+        Endpoint::Embeddings => "input",
+    };
+    RequestParams {
+        max_tokens: request
+            .get::<i64>("max_tokens")
+            .or_else(|| request.get::<i64>("max_completion_tokens")),
+        temperature: request.get::<f64>("temperature"),
+        top_p: request.get::<f64>("top_p"),
+        input: if capture_content() {
+            request.raw(input_key)
+        } else {
+            None
+        },
+    }
+}
+
+/// What a complete answer said: usage and model from the probe the gateway read anyway;
+/// id, finish reasons (and, with content capture, the raw `choices`) read from the body
+/// again only when the request is traced. An answer whose `choices` are not what OpenAI
+/// sends just yields no finish reasons.
+pub fn answer_facts(
+    t: &RequestTelemetry,
+    probe: crate::openai::ResponseProbe,
+    body: &[u8],
+) -> AnswerFacts {
+    let mut facts = AnswerFacts {
+        response_model: probe.model,
+        usage: probe.usage,
+        ..AnswerFacts::default()
+    };
+    if !t.is_tracing() {
+        return facts;
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(borrow, default)]
+        choices: Option<&'a serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        finish_reason: Option<&'a serde_json::value::RawValue>,
+    }
+    let Ok(a) = serde_json::from_slice::<Answer<'_>>(body) else {
+        return facts;
+    };
+    facts.response_id = a.id;
+    if let Some(raw) = a.choices {
+        if let Ok(choices) = serde_json::from_str::<Vec<Choice<'_>>>(raw.get()) {
+            facts.finish_reasons = choices
+                .iter()
+                .filter_map(|c| c.finish_reason)
+                .filter_map(|r| serde_json::from_str::<String>(r.get()).ok())
+                .collect();
+        }
+        if capture_content() {
+            facts.output = Some(raw.get().to_owned());
+        }
+    }
+    facts
+}
+
+/// What an answer said, for the attempt span and the GenAI metrics.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerFacts {
+    pub response_model: Option<String>,
+    pub response_id: Option<String>,
+    pub finish_reasons: Vec<String>,
+    pub usage: Option<Usage>,
+    /// For streams: time from the attempt's start to the first chunk.
+    pub first_token: Option<Duration>,
+    /// Raw JSON of the answer's `choices` (recorded only with `capture_content`).
+    pub output: Option<String>,
+}
+
+/// One upstream attempt: its CLIENT span and the clock for the GenAI metrics.
+#[derive(Debug)]
+pub struct Attempt {
+    span: Span,
+    started: Instant,
+    operation: &'static str,
+    model: Arc<str>,
+    backend: Arc<str>,
+}
+
+impl Attempt {
+    /// Open the span `chat <model>` (or `text_completion`/`embeddings <model>`).
+    pub fn start(
+        t: &RequestTelemetry,
+        endpoint: Endpoint,
+        backend: &Arc<str>,
+        backend_url: &str,
+        model: &Arc<str>,
+        params: RequestParams<'_>,
+    ) -> Attempt {
+        let operation = endpoint.operation();
+        let span = if t.is_tracing() {
+            let (host, port) = host_port(backend_url);
+            let mut attrs = Vec::with_capacity(10);
+            attrs.push(KeyValue::new("gen_ai.operation.name", operation));
+            attrs.push(KeyValue::new(
+                "gen_ai.provider.name",
+                provider_name(host, backend),
+            ));
+            attrs.push(KeyValue::new("gen_ai.request.model", model.clone()));
+            attrs.push(KeyValue::new("server.address", host.to_owned()));
+            if let Some(p) = port {
+                attrs.push(KeyValue::new("server.port", i64::from(p)));
+            }
+            attrs.push(KeyValue::new("switchyard.backend", backend.clone()));
+            if let Some(v) = params.max_tokens {
+                attrs.push(KeyValue::new("gen_ai.request.max_tokens", v));
+            }
+            if let Some(v) = params.temperature {
+                attrs.push(KeyValue::new("gen_ai.request.temperature", v));
+            }
+            if let Some(v) = params.top_p {
+                attrs.push(KeyValue::new("gen_ai.request.top_p", v));
+            }
+            if let Some(i) = params.input
+                && capture_content()
+            {
+                attrs.push(KeyValue::new("gen_ai.input.messages", i.to_owned()));
+            }
+            t.child(
+                SpanBuilder::from_name(format!("{operation} {model}"))
+                    .with_kind(SpanKind::Client)
+                    .with_attributes(attrs),
+            )
+        } else {
+            // Unsampled (or no tracer): a bare span only so the upstream learns the decision.
+            t.child(SpanBuilder::from_name(operation).with_kind(SpanKind::Client))
+        };
+        Attempt {
+            span,
+            started: Instant::now(),
+            operation,
+            model: model.clone(),
+            backend: backend.clone(),
+        }
+    }
+
+    /// Write this attempt's `traceparent` on the upstream request, replacing the client's,
+    /// so the upstream's spans become children of this one.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        let Some(sc) = self.span.context() else {
+            return;
+        };
+        if !sc.is_valid() {
+            return;
+        }
+        let tp = format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        );
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            headers.insert("traceparent", v);
+        }
+    }
+
+    /// Time since the attempt started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The attempt produced an answer (for streams: the stream ended, however it ended).
+    pub fn succeeded(mut self, metrics: &Metrics, facts: &AnswerFacts) {
+        let took = self.started.elapsed();
+        metrics.genai_operation(self.operation, &self.model, &self.backend, None, took);
+        if let Some(u) = facts.usage {
+            metrics.genai_tokens(self.operation, &self.model, &self.backend, u);
+        }
+        if let Some(ft) = facts.first_token {
+            metrics.genai_first_token(self.operation, &self.model, &self.backend, ft);
+            if let Some(u) = facts.usage
+                && u.completion_tokens > 1
+            {
+                let after_first = u32::try_from(u.completion_tokens - 1).unwrap_or(u32::MAX);
+                let per = took.saturating_sub(ft) / after_first;
+                metrics.genai_time_per_output_token(
+                    self.operation,
+                    &self.model,
+                    &self.backend,
+                    per,
+                );
+            }
+        }
+        if self.span.is_recording() {
+            let s = &mut self.span;
+            if let Some(m) = &facts.response_model {
+                s.set("gen_ai.response.model", m.clone());
+            }
+            if let Some(id) = &facts.response_id {
+                s.set("gen_ai.response.id", id.clone());
+            }
+            if !facts.finish_reasons.is_empty() {
+                let v: Vec<opentelemetry::StringValue> = facts
+                    .finish_reasons
+                    .iter()
+                    .map(|r| r.clone().into())
+                    .collect();
+                s.set(
+                    "gen_ai.response.finish_reasons",
+                    Value::Array(opentelemetry::Array::from(v)),
+                );
+            }
+            if let Some(u) = facts.usage {
+                s.set("gen_ai.usage.input_tokens", u.prompt_tokens as i64);
+                s.set("gen_ai.usage.output_tokens", u.completion_tokens as i64);
+            }
+            if let Some(ft) = facts.first_token {
+                s.set("gen_ai.server.time_to_first_token", ft.as_secs_f64());
+            }
+            if let Some(o) = &facts.output
+                && capture_content()
+            {
+                s.set("gen_ai.output.messages", o.clone());
+            }
+        }
+    }
+
+    /// The attempt failed: `error_type` is the gateway's error kind (or the HTTP status).
+    pub fn failed(mut self, metrics: &Metrics, error_type: &'static str, status: Option<u16>) {
+        let took = self.started.elapsed();
+        metrics.genai_operation(
+            self.operation,
+            &self.model,
+            &self.backend,
+            Some(error_type),
+            took,
+        );
+        if let Some(st) = status {
+            self.span.set("http.response.status_code", i64::from(st));
+        }
+        self.span.fail(error_type);
+    }
+
+    /// The attempt's span, for extra attributes.
+    pub fn span(&mut self) -> &mut Span {
+        &mut self.span
+    }
+}
+
+/// Host and port of a backend base URL (`http://host:port/v1`).
+fn host_port(url: &str) -> (&str, Option<u16>) {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, a)| a)
+        .unwrap_or(authority);
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6.split_once(']').unwrap_or((v6, ""));
+        return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()),
+        None => (authority, None),
+    }
+}
+
+/// `gen_ai.provider.name`: the well-known value for known hosted APIs, else the backend's
+/// name (a self-hosted OpenAI-compatible server has no registered provider name).
+fn provider_name(host: &str, backend: &Arc<str>) -> Value {
+    let known = [
+        ("api.openai.com", "openai"),
+        (".openai.azure.com", "azure.ai.openai"),
+        ("api.anthropic.com", "anthropic"),
+        ("api.mistral.ai", "mistral_ai"),
+        ("api.groq.com", "groq"),
+        ("api.deepseek.com", "deepseek"),
+        ("api.x.ai", "x_ai"),
+        ("generativelanguage.googleapis.com", "gcp.gemini"),
+    ];
+    for (suffix, name) in known {
+        if host == suffix.trim_start_matches('.') || host.ends_with(suffix) {
+            return Value::from(name);
+        }
+    }
+    Value::from(backend.clone())
+}
+
+/// Everything one access-log line says. Written with target `access`, so
+/// `SWITCHYARD_LOG=info,access=off` silences it.
+#[derive(Debug)]
+pub struct AccessRecord<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub route: &'a str,
+    pub backend: &'a str,
+    pub upstream_model: &'a str,
+    pub status: u16,
+    pub latency: Duration,
+    pub upstream: Option<Duration>,
+    pub error: Option<&'a str>,
+}
+
+/// Write the access-log line of a finished request.
+pub fn access_log(t: &RequestTelemetry, r: &AccessRecord<'_>) {
+    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return;
+    }
+    let trace_id = t.trace_id();
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    tracing::info!(
+        target: "access",
+        trace_id = trace_id.as_deref().unwrap_or("-"),
+        method = r.method,
+        path = r.path,
+        route = r.route,
+        backend = r.backend,
+        model = t.request_model.as_deref().unwrap_or("-"),
+        upstream_model = r.upstream_model,
+        status = r.status,
+        stream = t.stream,
+        input_tokens = t.usage.map(|u| u.prompt_tokens),
+        output_tokens = t.usage.map(|u| u.completion_tokens),
+        latency_ms = ms(r.latency),
+        upstream_ms = r.upstream.map(ms),
+        ttft_ms = t.ttft.map(ms),
+        key_id = t.key_id.as_deref(),
+        team = t.team.as_deref(),
+        cost_usd = t.cost_usd,
+        error = r.error,
+        "request"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_of_backend_urls() {
+        assert_eq!(
+            host_port("http://127.0.0.1:9001/v1"),
+            ("127.0.0.1", Some(9001))
+        );
+        assert_eq!(
+            host_port("https://api.openai.com/v1"),
+            ("api.openai.com", None)
+        );
+        assert_eq!(host_port("http://[::1]:8080/v1"), ("::1", Some(8080)));
+    }
+
+    #[test]
+    fn provider_names() {
+        let b: Arc<str> = Arc::from("local");
+        assert_eq!(provider_name("api.openai.com", &b), Value::from("openai"));
+        assert_eq!(
+            provider_name("myres.openai.azure.com", &b),
+            Value::from("azure.ai.openai")
+        );
+        assert_eq!(provider_name("10.0.0.7", &b), Value::from("local"));
+    }
+
+    #[test]
+    fn telemetry_keys_are_validated_with_their_paths() {
+        let text = "[telemetry]\notlp_protocol = \"udp\"\nsample_ratio = 2.0\nlog_format = \"xml\"\ncapture_content = true\n";
+        let err = crate::config::load_str(text, crate::config::ConfigSource::Embedded)
+            .expect_err("three problems");
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"telemetry.otlp_protocol"), "{err}");
+        assert!(paths.contains(&"telemetry.sample_ratio"), "{err}");
+        assert!(paths.contains(&"telemetry.log_format"), "{err}");
+        let ok = crate::config::load_str(
+            "[[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:1/v1\"\n[[routes]]\nmodel = \"m\"\ntargets = [{ backend = \"b\" }]\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\notlp_protocol = \"http\"\ncapture_content = true\nlog_format = \"json\"\n",
+            crate::config::ConfigSource::Embedded,
+        )
+        .expect("valid");
+        let t = ok.telemetry.expect("telemetry");
+        assert!(t.capture_content);
+        assert_eq!(t.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn log_format_names() {
+        assert_eq!(LogFormat::parse("json"), Some(LogFormat::Json));
+        assert_eq!(LogFormat::parse("yaml"), None);
+    }
+
+    #[test]
+    fn spans_are_inert_without_an_exporter() {
+        let t = RequestTelemetry::start(
+            &http::Method::POST,
+            "/v1/chat/completions",
+            &HeaderMap::new(),
+        );
+        let mut s = plugin_span(&t, "pii", "adapt");
+        assert!(!s.is_recording());
+        s.set("x", 1);
+        let mut h = HeaderMap::new();
+        let b: Arc<str> = Arc::from("b");
+        let a = Attempt::start(
+            &t,
+            Endpoint::ChatCompletions,
+            &b,
+            "http://h:1/v1",
+            &b,
+            RequestParams::default(),
+        );
+        a.inject(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn client_trace_id_is_kept_for_the_log_when_tracing_is_off() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let t = RequestTelemetry::start(&http::Method::POST, "/v1/chat/completions", &h);
+        assert_eq!(
+            t.trace_id().as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+    }
+}

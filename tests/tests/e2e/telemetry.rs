@@ -1,0 +1,561 @@
+//! Observability: traces received by a real OTLP receiver (gRPC and HTTP), the trace
+//! continuing into the upstream through `traceparent`, `/metrics` read with a Prometheus
+//! parser, and the JSON access log.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_tests::client::Client;
+use switchyard_tests::mock::{Behaviour, MockUpstream};
+use switchyard_tests::otlp::{
+    KIND_CLIENT, KIND_INTERNAL, KIND_SERVER, OtlpReceiver, Protocol, ReceivedSpan,
+};
+use switchyard_tests::{Gateway, config_with};
+
+const ROUTES: &str = r#"
+[[routes]]
+model = "gpt-4o"
+targets = [{ backend = "mock", model = "llama-3.1-8b" }]
+"#;
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+fn traceparent(trace: &str, span: &str) -> String {
+    format!("00-{trace}-{span}-01")
+}
+
+/// (trace id, parent span id) of a `traceparent` header value.
+fn parse_traceparent(v: &str) -> (String, String) {
+    let parts: Vec<&str> = v.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {v}");
+    assert_eq!(parts[0], "00");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+fn one<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "exactly one span {name:?} in {spans:#?}");
+    found[0]
+}
+
+fn gateway_with(rx: &OtlpReceiver, mock: &MockUpstream, telemetry_extra: &str) -> Gateway {
+    let cfg = format!(
+        "{}\n{}",
+        config_with(&mock.url(), ROUTES),
+        rx.config(1.0, telemetry_extra)
+    );
+    Gateway::start(&cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
+    let rx = OtlpReceiver::start(Protocol::Grpc).await;
+    let mock = MockUpstream::start().await;
+    let gw = gateway_with(&rx, &mock, "");
+    let body = json!({"model":"gpt-4o","max_tokens":64,"temperature":0.3,
+        "messages":[{"role":"user","content":"secret prompt text"}]});
+    let resp = Client::new()
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &body,
+            &[("traceparent", &traceparent(CLIENT_TRACE, CLIENT_SPAN))],
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let answer = resp.json();
+
+    let spans = rx
+        .wait_for_trace(
+            CLIENT_TRACE,
+            &["POST /v1/chat/completions", "route", "chat llama-3.1-8b"],
+            Duration::from_secs(15),
+        )
+        .await;
+    let server = one(&spans, "POST /v1/chat/completions");
+    let route = one(&spans, "route");
+    let attempt = one(&spans, "chat llama-3.1-8b");
+
+    // The tree: client span → server span → (route, attempt).
+    assert_eq!(server.kind, KIND_SERVER);
+    assert_eq!(server.parent_span_id, CLIENT_SPAN);
+    assert_eq!(server.service, "switchyard");
+    assert_eq!(route.kind, KIND_INTERNAL);
+    assert_eq!(route.parent_span_id, server.span_id);
+    assert_eq!(attempt.kind, KIND_CLIENT);
+    assert_eq!(attempt.parent_span_id, server.span_id);
+    assert!(attempt.start_ns >= server.start_ns && attempt.end_ns <= server.end_ns);
+
+    // GenAI semantic-convention attributes on the attempt.
+    let a = |k: &str| attempt.attr(k).cloned().unwrap_or(Value::Null);
+    assert_eq!(a("gen_ai.operation.name"), "chat");
+    assert_eq!(a("gen_ai.provider.name"), "mock");
+    assert_eq!(a("gen_ai.request.model"), "llama-3.1-8b");
+    assert_eq!(a("gen_ai.response.model"), answer["model"]);
+    assert_eq!(a("gen_ai.request.max_tokens"), 64);
+    assert_eq!(a("gen_ai.request.temperature"), 0.3);
+    assert_eq!(a("gen_ai.response.finish_reasons"), json!(["stop"]));
+    assert_eq!(a("gen_ai.response.id"), answer["id"]);
+    assert_eq!(
+        a("gen_ai.usage.input_tokens"),
+        answer["usage"]["prompt_tokens"]
+    );
+    assert_eq!(
+        a("gen_ai.usage.output_tokens"),
+        answer["usage"]["completion_tokens"]
+    );
+    assert_eq!(a("server.address"), "127.0.0.1");
+    assert_eq!(a("server.port"), i64::from(mock.addr.port()));
+    assert!(attempt.attr("error.type").is_none());
+    // Content is not recorded unless the config opts in.
+    for s in &spans {
+        assert!(
+            !s.attributes
+                .values()
+                .any(|v| v.to_string().contains("secret prompt")),
+            "{s:?}"
+        );
+    }
+    assert_eq!(route.attr("switchyard.route"), Some(&Value::from("gpt-4o")));
+    assert_eq!(
+        server.attr("http.response.status_code"),
+        Some(&Value::from(200))
+    );
+
+    // The upstream saw the same trace, with the attempt span as its parent.
+    let seen = mock.last_request().expect("mock saw the request");
+    let tp = seen.headers["traceparent"].to_str().unwrap();
+    let (trace, parent) = parse_traceparent(tp);
+    assert_eq!(trace, CLIENT_TRACE);
+    assert_eq!(parent, attempt.span_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_attempt_span_ends_with_the_stream_and_carries_its_usage() {
+    let rx = OtlpReceiver::start(Protocol::Grpc).await;
+    let mock = MockUpstream::start().await;
+    mock.set_behaviour(Behaviour {
+        chunks: 6,
+        chunk_delay: Duration::from_millis(40),
+        ..Default::default()
+    });
+    let gw = gateway_with(&rx, &mock, "");
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let r = Client::new()
+        .post_stream(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}),
+            &[("traceparent", &traceparent(trace, "b7ad6b7169203331"))],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let spans = rx
+        .wait_for_trace(
+            trace,
+            &["POST /v1/chat/completions", "chat llama-3.1-8b"],
+            Duration::from_secs(15),
+        )
+        .await;
+    let server = one(&spans, "POST /v1/chat/completions");
+    let attempt = one(&spans, "chat llama-3.1-8b");
+    assert_eq!(attempt.parent_span_id, server.span_id);
+    // Six chunks 40 ms apart: the span covers the whole stream, not just its first byte.
+    let took_ms = (attempt.end_ns - attempt.start_ns) / 1_000_000;
+    assert!(took_ms >= 200, "attempt span lasted {took_ms} ms");
+    assert_eq!(
+        attempt.attr("gen_ai.usage.output_tokens"),
+        Some(&Value::from(6))
+    );
+    assert!(
+        attempt
+            .attr("gen_ai.usage.input_tokens")
+            .and_then(Value::as_i64)
+            .is_some_and(|n| n > 0)
+    );
+    assert_eq!(
+        attempt.attr("gen_ai.response.finish_reasons"),
+        Some(&json!(["stop"]))
+    );
+    assert_eq!(
+        attempt.attr("gen_ai.response.model"),
+        Some(&Value::from("llama-3.1-8b"))
+    );
+    let ttft = attempt
+        .attr("gen_ai.server.time_to_first_token")
+        .and_then(Value::as_f64)
+        .expect("time to first token recorded");
+    assert!(ttft > 0.0 && ttft < took_ms as f64 / 1000.0);
+    let seen = mock.last_request().unwrap();
+    let (t, parent) = parse_traceparent(seen.headers["traceparent"].to_str().unwrap());
+    assert_eq!(t, trace);
+    assert_eq!(parent, attempt.span_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_otlp_http_a_new_trace_starts_content_is_opt_in_and_failures_are_marked() {
+    let rx = OtlpReceiver::start(Protocol::Http).await;
+    let mock = MockUpstream::start().await;
+    let gw = gateway_with(&rx, &mock, "capture_content = true");
+    let client = Client::new();
+    let resp = client
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"gpt-4o","messages":[{"role":"user","content":"visible prompt"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    // No client traceparent: the gateway starts the trace, and the upstream joins it.
+    let seen = mock.last_request().unwrap();
+    let (trace, parent) = parse_traceparent(seen.headers["traceparent"].to_str().unwrap());
+    let spans = rx
+        .wait_for_trace(
+            &trace,
+            &["POST /v1/chat/completions", "chat llama-3.1-8b"],
+            Duration::from_secs(15),
+        )
+        .await;
+    let server = one(&spans, "POST /v1/chat/completions");
+    assert_eq!(server.parent_span_id, "", "the server span is the root");
+    let attempt = one(&spans, "chat llama-3.1-8b");
+    assert_eq!(attempt.span_id, parent);
+    let input = attempt
+        .attr("gen_ai.input.messages")
+        .and_then(Value::as_str)
+        .expect("content captured when opted in");
+    assert!(input.contains("visible prompt"), "{input}");
+    let output = attempt
+        .attr("gen_ai.output.messages")
+        .and_then(Value::as_str)
+        .expect("answer captured when opted in");
+    assert!(output.contains("assistant"), "{output}");
+
+    // An upstream failure marks the attempt and the server span.
+    let failed = client
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}),
+            &[
+                ("x-mock", "status=503"),
+                ("traceparent", &traceparent(CLIENT_TRACE, CLIENT_SPAN)),
+            ],
+        )
+        .await;
+    assert_eq!(failed.status, 503);
+    let spans = rx
+        .wait_for_trace(
+            CLIENT_TRACE,
+            &["POST /v1/chat/completions", "chat llama-3.1-8b"],
+            Duration::from_secs(15),
+        )
+        .await;
+    let attempt = one(&spans, "chat llama-3.1-8b");
+    assert_eq!(attempt.status_code, 2, "error status");
+    assert!(attempt.attr("error.type").is_some());
+    assert_eq!(
+        attempt.attr("http.response.status_code"),
+        Some(&Value::from(503))
+    );
+    let server = one(&spans, "POST /v1/chat/completions");
+    assert_eq!(
+        server.attr("http.response.status_code"),
+        Some(&Value::from(503))
+    );
+    assert_eq!(server.attr("error.type"), attempt.attr("error.type"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_ratio_zero_exports_nothing_but_still_propagates_context() {
+    let rx = OtlpReceiver::start(Protocol::Grpc).await;
+    let mock = MockUpstream::start().await;
+    let cfg = format!(
+        "{}\n{}",
+        config_with(&mock.url(), ROUTES),
+        rx.config(0.0, "")
+    );
+    let gw = Gateway::start(&cfg);
+    for _ in 0..5 {
+        let r = Client::new()
+            .post_json(
+                &gw.url("/v1/chat/completions"),
+                &json!({"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let seen = mock.last_request().unwrap();
+    let tp = seen.headers["traceparent"].to_str().unwrap().to_string();
+    assert!(tp.ends_with("-00"), "not sampled: {tp}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.span_count(), 0);
+}
+
+/// Parse `/metrics` with a Prometheus text parser: (name, labels) → value.
+async fn scrape(gw: &Gateway) -> Vec<(String, HashMap<String, String>, f64)> {
+    let text = Client::new().get(&gw.url("/metrics")).await.text();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
+    let mut out = Vec::new();
+    for s in scrape.samples {
+        let labels: HashMap<String, String> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let value = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(h) => {
+                // The parser folds buckets into one sample; the `_count` line is separate.
+                h.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        out.push((s.metric, labels, value));
+    }
+    out
+}
+
+fn value(
+    samples: &[(String, HashMap<String, String>, f64)],
+    name: &str,
+    want: &[(&str, &str)],
+) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_count_the_requests_sent() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&config_with(&mock.url(), ROUTES));
+    let client = Client::new();
+    let chat = json!({"model":"gpt-4o","messages":[{"role":"user","content":"hello there"}]});
+    let (ok, streamed, failed, unknown) = (7, 3, 2, 1);
+    let mut input_tokens = 0;
+    let mut output_tokens = 0;
+    for _ in 0..ok {
+        let r = client
+            .post_json(&gw.url("/v1/chat/completions"), &chat, &[])
+            .await;
+        assert_eq!(r.status, 200);
+        input_tokens += r.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+        output_tokens += r.json()["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    for _ in 0..streamed {
+        let r = client
+            .post_stream(
+                &gw.url("/v1/chat/completions"),
+                &json!({"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},
+                    "messages":[{"role":"user","content":"hello"}]}),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let usage = r
+            .json_events()
+            .into_iter()
+            .find(|e| !e["usage"].is_null())
+            .expect("usage chunk")["usage"]
+            .clone();
+        input_tokens += usage["prompt_tokens"].as_u64().unwrap();
+        output_tokens += usage["completion_tokens"].as_u64().unwrap();
+    }
+    for _ in 0..failed {
+        let r = client
+            .post_json(
+                &gw.url("/v1/chat/completions"),
+                &chat,
+                &[("x-mock", "status=500")],
+            )
+            .await;
+        assert_eq!(r.status, 500);
+    }
+    for _ in 0..unknown {
+        let r = client
+            .post_json(
+                &gw.url("/v1/chat/completions"),
+                &json!({"model":"nope","messages":[]}),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 404);
+    }
+    // Stream accounting happens when the stream's body is dropped on the gateway side.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let m = scrape(&gw).await;
+    let route = [("route", "gpt-4o"), ("backend", "mock")];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut v = route.to_vec();
+        v.push(extra);
+        v
+    };
+    assert_eq!(
+        value(&m, "switchyard_requests_total", &with(("status", "200"))),
+        f64::from(ok + streamed)
+    );
+    assert_eq!(
+        value(&m, "switchyard_requests_total", &with(("status", "500"))),
+        f64::from(failed)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "switchyard_requests_total",
+            &[("route", "none"), ("backend", "none"), ("status", "404")]
+        ),
+        f64::from(unknown)
+    );
+    let genai = [
+        ("gen_ai_operation_name", "chat"),
+        ("gen_ai_request_model", "llama-3.1-8b"),
+        ("backend", "mock"),
+    ];
+    let g = |extra: &[(&'static str, &'static str)]| {
+        let mut v = genai.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    assert_eq!(
+        value(
+            &m,
+            "gen_ai_client_token_usage_count",
+            &g(&[("gen_ai_token_type", "input")])
+        ),
+        f64::from(ok + streamed)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "gen_ai_client_token_usage_sum",
+            &g(&[("gen_ai_token_type", "input")])
+        ),
+        input_tokens as f64
+    );
+    assert_eq!(
+        value(
+            &m,
+            "gen_ai_client_token_usage_sum",
+            &g(&[("gen_ai_token_type", "output")])
+        ),
+        output_tokens as f64
+    );
+    assert_eq!(
+        value(
+            &m,
+            "gen_ai_server_time_to_first_token_seconds_count",
+            &g(&[])
+        ),
+        f64::from(streamed)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "gen_ai_server_time_per_output_token_seconds_count",
+            &g(&[])
+        ),
+        f64::from(streamed)
+    );
+    // Every attempt has a duration; failed ones carry their error type.
+    assert_eq!(
+        value(
+            &m,
+            "gen_ai_client_operation_duration_seconds_count",
+            &g(&[])
+        ),
+        f64::from(ok + streamed + failed)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "gen_ai_client_operation_duration_seconds_count",
+            &g(&[("error_type", "upstream_status")])
+        ),
+        f64::from(failed)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "switchyard_upstream_duration_seconds_count",
+            &[("backend", "mock")]
+        ),
+        f64::from(ok + streamed + failed)
+    );
+    // Telemetry is off: no spans were exported or dropped.
+    assert_eq!(
+        value(&m, "switchyard_telemetry_spans_exported_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "switchyard_telemetry_spans_dropped_total", &[]),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_one_json_line_per_request_with_the_trace_id() {
+    let mock = MockUpstream::start().await;
+    let cfg = format!(
+        "{}\n[telemetry]\nlog_format = \"json\"\n",
+        config_with(&mock.url(), ROUTES)
+    );
+    // An empty SWITCHYARD_LOG_FORMAT leaves the choice to the config.
+    let gw = Gateway::start_with_env(&cfg, &[("SWITCHYARD_LOG_FORMAT", "")]);
+    let client = Client::new();
+    let r = client
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}),
+            &[("traceparent", &traceparent(CLIENT_TRACE, CLIENT_SPAN))],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let usage = r.json()["usage"].clone();
+    let r = client
+        .post_stream(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        gw.wait_for_log("\"stream\":true", Duration::from_secs(5)),
+        "{}",
+        gw.log()
+    );
+
+    let access: Vec<Value> = gw
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 2, "{}", gw.log());
+    let first = &access[0];
+    assert_eq!(first["trace_id"], CLIENT_TRACE);
+    assert_eq!(first["route"], "gpt-4o");
+    assert_eq!(first["backend"], "mock");
+    assert_eq!(first["model"], "gpt-4o");
+    assert_eq!(first["upstream_model"], "llama-3.1-8b");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["input_tokens"], usage["prompt_tokens"]);
+    assert_eq!(first["output_tokens"], usage["completion_tokens"]);
+    assert!(first["latency_ms"].as_f64().unwrap() > 0.0);
+    let stream = &access[1];
+    assert_eq!(stream["stream"], true);
+    assert!(stream["ttft_ms"].as_f64().unwrap() > 0.0);
+    assert!(stream["output_tokens"].as_u64().unwrap() > 0);
+}
