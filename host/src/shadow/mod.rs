@@ -185,7 +185,6 @@ async fn dispatch(
         let stats = stats.clone();
         tokio::spawn(async move {
             let finished = run(job).await;
-            crate::governance::record_shadow(&finished.pair);
             if store.try_send(finished).is_err() {
                 stats.dropped_store_full.fetch_add(1, Ordering::Relaxed);
             }
@@ -281,6 +280,9 @@ pub fn finish(f: Finished, stats: &Stats) -> store::Pair {
     if pair.shadow_error.is_some() {
         stats.failed.fetch_add(1, Ordering::Relaxed);
     }
+    // The shadow call is a ledger row too, priced at the shadow target, now that its
+    // answer has been parsed (here, on the store thread, off the serving threads).
+    crate::governance::record_shadow(&pair);
     pair
 }
 
