@@ -510,6 +510,8 @@ async fn exchange(
 
     if !resp.status().is_success() {
         let e = upstream_failure(&target, resp).await;
+        // An upstream that answered (with an error) still took this long.
+        gw.metrics.upstream(&target.backend.name, sent.elapsed());
         return Err(failed(attempt, e));
     }
     if request.stream {
