@@ -62,6 +62,9 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
         if profile == "release" {
             cmd.arg("--release");
         }
+        // A first (or stale) release build of the gateway takes minutes; say so instead of
+        // looking hung. Test harnesses capture this line; the benchmark shows it.
+        eprintln!("building {package}/{name} ({profile}) if stale ...");
         let status = cmd.status().expect("run cargo build");
         assert!(
             status.success(),

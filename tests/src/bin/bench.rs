@@ -83,7 +83,8 @@ fn spawn_ready(mut cmd: Command, prefix: &str) -> Proc {
     use std::io::BufRead;
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Inherited: a process that fails to start says why (log level is `--gateway-log`).
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
