@@ -7,9 +7,9 @@
 //!
 //! For each plugin it measures, in process, the request path's plugin work as the proxy
 //! does it: building the typed view of the request (`Pass::new`) plus the stage call
-//! (`classify`, `adapt` or `validate`), and reports the median and p99 per call. Small
-//! components are instantiated fresh for every call; the Python and JavaScript examples are
-//! served from the warm pool. Startup: loading ten plugins with a warm compiled-code cache
+//! (`classify`, `adapt` or `validate`), and reports the median and p99 per call. The Rust
+//! plugins run both ways (`[plugins] instances = "pooled"`, the default, and `"per-call"`);
+//! the Python and JavaScript examples from the warm pool. Startup: loading ten plugins with a warm compiled-code cache
 //! (a new engine each time, as a restarted process would).
 
 use std::path::{Path, PathBuf};
@@ -29,13 +29,14 @@ fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn runtime(dir: &Path, cache: &Path) -> Runtime {
+fn runtime(dir: &Path, cache: &Path, instances: &str) -> Runtime {
     let text = format!(
         r#"
 [plugins]
 dir = "{}"
 cache_dir = "{}"
 watch = false
+instances = "{instances}"
 [plugins.config.complexity-router]
 local_model = "llama-3.1-8b"
 premium_model = "gpt-4o"
@@ -50,7 +51,7 @@ model = "*"
 targets = [{{ backend = "openai" }}]
 "#,
         dir.display(),
-        cache.display()
+        cache.display(),
     );
     match load_str(&text, ConfigSource::Embedded) {
         Ok(rt) => rt,
@@ -65,7 +66,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 const REQUEST: &str = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant. Be brief."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"temperature":0.2,"response_format":{"type":"json_object"},"user":"bench"}"#;
 const ANSWER: &[u8] = br#"{"id":"x","object":"chat.completion","model":"llama","choices":[{"index":0,"message":{"role":"assistant","content":"{\"capital\":\"Paris\"}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":5,"total_tokens":35}}"#;
 
-fn bench_stage(label: &str, file: &Path, stage: &str, iterations: usize, cache: &Path) {
+fn bench_stage(
+    label: &str,
+    file: &Path,
+    stage: &str,
+    iterations: usize,
+    cache: &Path,
+    instances: &str,
+) {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => panic!("tempdir: {e}"),
@@ -79,7 +87,7 @@ fn bench_stage(label: &str, file: &Path, stage: &str, iterations: usize, cache: 
         println!("{label:<22} skipped: {e}");
         return;
     }
-    let rt = runtime(dir.path(), cache);
+    let rt = runtime(dir.path(), cache, instances);
     let plugins = Arc::new(Plugins::default());
     let Some(settings) = rt.plugins.clone() else {
         return;
@@ -125,7 +133,7 @@ fn bench_stage(label: &str, file: &Path, stage: &str, iterations: usize, cache: 
     times.sort();
     let errors = plugins.metrics.errors_of(name);
     println!(
-        "{label:<22} {stage:<9} median {:>7.1} µs   p99 {:>7.1} µs   ({iterations} calls, {errors} errors)",
+        "{label:<18} {stage:<9} {instances:<8} median {:>7.1} µs   p99 {:>7.1} µs   ({iterations} calls, {errors} errors)",
         percentile(&times, 0.5).as_secs_f64() * 1e6,
         percentile(&times, 0.99).as_secs_f64() * 1e6,
     );
@@ -149,7 +157,7 @@ fn startup(cache: &Path) {
             return;
         }
     }
-    let rt = runtime(dir.path(), cache);
+    let rt = runtime(dir.path(), cache, "pooled");
     let Some(settings) = rt.plugins.clone() else {
         return;
     };
@@ -187,34 +195,18 @@ fn main() {
     let cache = root().join("target").join("plugin-cache");
     let p = |n: &str| root().join("plugins").join(format!("{n}.wasm"));
     let e = |d: &str| root().join("examples").join(d).join("router.wasm");
-    bench_stage(
-        "complexity-router",
-        &p("complexity-router"),
-        "classify",
-        iterations,
-        &cache,
-    );
-    bench_stage(
-        "prompt-adapter",
-        &p("prompt-adapter"),
-        "adapt",
-        iterations,
-        &cache,
-    );
-    bench_stage(
-        "json-validator",
-        &p("json-validator"),
-        "validate",
-        iterations,
-        &cache,
-    );
-    bench_stage(
-        "python-router",
-        &e("python-router"),
-        "classify",
-        iterations,
-        &cache,
-    );
-    bench_stage("js-router", &e("js-router"), "classify", iterations, &cache);
+    let rust = [
+        ("complexity-router", "classify"),
+        ("prompt-adapter", "adapt"),
+        ("json-validator", "validate"),
+    ];
+    for instances in ["pooled", "per-call"] {
+        for (name, stage) in rust {
+            bench_stage(name, &p(name), stage, iterations, &cache, instances);
+        }
+    }
+    for name in ["python-router", "js-router"] {
+        bench_stage(name, &e(name), "classify", iterations, &cache, "pooled");
+    }
     startup(&cache);
 }

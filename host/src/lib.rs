@@ -17,6 +17,7 @@ pub mod limits;
 pub mod local_worker;
 pub mod metrics;
 pub mod openai;
+pub mod otlp;
 pub mod plugins;
 pub mod pool;
 pub mod proxy;

@@ -54,9 +54,7 @@ use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor,
-};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanProcessor};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Endpoint, TelemetrySettings};
@@ -195,14 +193,12 @@ pub fn init(
              send to a local collector over http://"
         ));
     }
-    let exporter = build_exporter(endpoint, &s.otlp_protocol)?;
     let resource = Resource::builder()
         .with_service_name("switchyard")
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
+    let exporter = build_exporter(endpoint, &s.otlp_protocol, &resource)?;
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    let mut exporter = exporter;
-    exporter.set_resource(&resource);
     tokio::spawn(export_loop(exporter, rx, metrics.clone()));
     install(
         QueueProcessor {
@@ -268,36 +264,19 @@ pub fn capture_content() -> bool {
 fn build_exporter(
     endpoint: &str,
     protocol: &str,
-) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
-    let built = if protocol == "http" {
-        // OTLP/HTTP posts to `<base>/v1/traces`; accept the base URL users usually give.
-        let url = match endpoint.split_once("://") {
-            Some((_, rest)) if !rest.trim_end_matches('/').contains('/') => {
-                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
-            }
-            _ => endpoint.to_string(),
-        };
-        opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(url)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()
+    resource: &Resource,
+) -> Result<crate::otlp::Exporter, String> {
+    let protocol = if protocol == "http" {
+        crate::otlp::Protocol::HttpProtobuf
     } else {
-        opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_protocol(Protocol::Grpc)
-            .with_endpoint(endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()
+        crate::otlp::Protocol::Grpc
     };
-    built.map_err(|e| format!("telemetry.otlp_endpoint: cannot set up the OTLP exporter: {e}"))
+    crate::otlp::Exporter::new(endpoint, protocol, resource, EXPORT_TIMEOUT)
 }
 
 /// Batch the queue and export; never touched by request handling.
 async fn export_loop(
-    exporter: opentelemetry_otlp::SpanExporter,
+    mut exporter: crate::otlp::Exporter,
     mut rx: mpsc::Receiver<Msg>,
     metrics: Arc<Metrics>,
 ) {
@@ -310,7 +289,7 @@ async fn export_loop(
         tokio::select! {
             n = rx.recv_many(&mut msgs, MAX_BATCH) => {
                 if n == 0 {
-                    export(&exporter, &mut batch, &metrics, &mut failing).await;
+                    export(&mut exporter, &mut batch, &metrics, &mut failing).await;
                     return;
                 }
                 let mut flushed = Vec::new();
@@ -321,7 +300,7 @@ async fn export_loop(
                     }
                 }
                 if batch.len() >= MAX_BATCH || !flushed.is_empty() {
-                    export(&exporter, &mut batch, &metrics, &mut failing).await;
+                    export(&mut exporter, &mut batch, &metrics, &mut failing).await;
                 }
                 for done in flushed {
                     let _ = done.send(());
@@ -329,7 +308,7 @@ async fn export_loop(
             }
             _ = tick.tick() => {
                 if !batch.is_empty() {
-                    export(&exporter, &mut batch, &metrics, &mut failing).await;
+                    export(&mut exporter, &mut batch, &metrics, &mut failing).await;
                 }
             }
         }
@@ -337,7 +316,7 @@ async fn export_loop(
 }
 
 async fn export(
-    exporter: &opentelemetry_otlp::SpanExporter,
+    exporter: &mut crate::otlp::Exporter,
     batch: &mut Vec<SpanData>,
     metrics: &Metrics,
     failing: &mut bool,
@@ -345,13 +324,9 @@ async fn export(
     if batch.is_empty() {
         return;
     }
-    let spans = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH));
-    let n = spans.len() as u64;
-    let error = match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some(format!("no answer within {}s", EXPORT_TIMEOUT.as_secs())),
-    };
+    let n = batch.len() as u64;
+    let error = exporter.export(batch).await.err();
+    batch.clear();
     match error {
         None => {
             metrics.spans_exported(n);

@@ -150,15 +150,7 @@ impl Client {
 
     /// POST a body and read the whole answer.
     pub async fn post(&self, url: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Resp {
-        let req = self.request(Method::POST, url, body.into(), headers);
-        let resp = self.inner.request(req).await.expect("request failed");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("read body").to_bytes();
-        Resp {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        }
+        self.send(Method::POST, url, body, headers).await
     }
 
     /// POST JSON.
@@ -168,15 +160,7 @@ impl Client {
 
     /// GET.
     pub async fn get(&self, url: &str) -> Resp {
-        let req = self.request(Method::GET, url, Bytes::new(), &[]);
-        let resp = self.inner.request(req).await.expect("request failed");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("read body").to_bytes();
-        Resp {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        }
+        self.send(Method::GET, url, Bytes::new(), &[]).await
     }
 
     /// GET with extra headers.

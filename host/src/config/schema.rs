@@ -79,6 +79,9 @@ pub struct PluginsSection {
     pub headers: Option<Vec<String>>,
     /// Watch `dir` and reload changed plugins live (default true).
     pub watch: Option<bool>,
+    /// `pooled` (default): warm instances serve up to 1000 calls each; `per-call`: a fresh
+    /// instance for every call, so no guest state outlives a request.
+    pub instances: Option<String>,
     /// Per-plugin config values: `[plugins.config.<name>]`, read with `config-get`.
     pub config: Option<std::collections::BTreeMap<String, toml::Table>>,
 }

@@ -28,6 +28,8 @@ pub struct PluginEngine {
     /// Deadline of one call, in epoch ticks.
     pub deadline_ticks: u64,
     pub memory_bytes: usize,
+    /// `[plugins] instances = "per-call"`: never reuse an instance.
+    pub per_call: bool,
     cache_dir: Option<PathBuf>,
     stop: Arc<AtomicBool>,
 }
@@ -95,6 +97,7 @@ impl PluginEngine {
             // One more tick than the timeout: the first tick may come at once.
             deadline_ticks: ticks + 1,
             memory_bytes: settings.memory_bytes,
+            per_call: settings.per_call_instances,
             cache_dir: settings.cache_dir.clone(),
             stop,
         }))

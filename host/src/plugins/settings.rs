@@ -38,6 +38,8 @@ pub struct Settings {
     /// Lower-case header names plugins may see.
     pub headers: Vec<String>,
     pub watch: bool,
+    /// `instances = "per-call"`: a fresh instance for every call instead of a warm pool.
+    pub per_call_instances: bool,
     /// `[plugins.config.<name>]`, values rendered as text for `config-get`.
     pub config: HashMap<String, Arc<HashMap<String, String>>>,
 }
@@ -69,6 +71,17 @@ impl Settings {
                     format!("must be \"continue\" or \"reject\", got {other:?}"),
                 ));
                 OnError::Continue
+            }
+        };
+        let per_call_instances = match s.instances.as_deref() {
+            None | Some("pooled") => false,
+            Some("per-call") => true,
+            Some(other) => {
+                problems.push(Problem::new(
+                    "plugins.instances",
+                    format!("must be \"pooled\" or \"per-call\", got {other:?}"),
+                ));
+                false
             }
         };
         let order = s.order.clone().unwrap_or_default();
@@ -112,6 +125,7 @@ impl Settings {
             cache_dir,
             headers,
             watch: s.watch.unwrap_or(true),
+            per_call_instances,
             config,
         })
     }
@@ -147,6 +161,7 @@ dir = "p"
 timeout_ms = 0
 memory_mb = 100000
 on_error = "explode"
+instances = "sometimes"
 order = ["a", "a"]
 headers = ["bad header"]
 "#;
@@ -156,6 +171,7 @@ headers = ["bad header"]
             "plugins.timeout_ms",
             "plugins.memory_mb",
             "plugins.on_error",
+            "plugins.instances",
             "plugins.order[1]",
             "plugins.headers[0]",
         ] {

@@ -402,7 +402,11 @@ fn main() {
     );
     if let Some(extra) = &args.config_extra {
         cfg.push('\n');
-        cfg.push_str(&std::fs::read_to_string(extra).expect("read --config-extra"));
+        // `{workspace}` lets an extra file name paths in this checkout (the gateway runs in
+        // a temporary folder).
+        let text = std::fs::read_to_string(extra).expect("read --config-extra");
+        let root = switchyard_tests::workspace_root();
+        cfg.push_str(&text.replace("{workspace}", &root.display().to_string()));
     }
     if args.governance {
         cfg.push_str(
