@@ -132,6 +132,16 @@ fn bench_stage(
     }
     times.sort();
     let errors = plugins.metrics.errors_of(name);
+    if errors > 0 {
+        // Say which kind (timeout, trap, instantiate, ...): a benchmark must not hide failures.
+        let mut text = String::new();
+        plugins.metrics.render(&mut text);
+        for line in text.lines() {
+            if line.starts_with("switchyard_plugin_errors_total{") {
+                println!("    {line}");
+            }
+        }
+    }
     println!(
         "{label:<18} {stage:<9} {instances:<8} median {:>7.1} µs   p99 {:>7.1} µs   ({iterations} calls, {errors} errors)",
         percentile(&times, 0.5).as_secs_f64() * 1e6,
