@@ -5,8 +5,8 @@
 //! With every request traced, the gateway benchmark spent about half of the tracing cost in
 //! the generic exporter: it converts each `SpanData` into an owned copy of the OTLP message
 //! tree (every name, key and value cloned), measures it, then encodes it. Here the spans are
-//! encoded straight from `SpanData` into one reused buffer, so an export is one pass over the
-//! batch and one allocation-free write per field. The wire format is the one in
+//! encoded straight from `SpanData` into one buffer that becomes the request body, so an
+//! export is one pass over the batch and one allocation-free write per field. The wire format is the one in
 //! `opentelemetry-proto` (`collector/trace/v1/trace_service.proto` and the messages it
 //! uses); the end-to-end tests decode what we send with the official generated types.
 //!
@@ -48,7 +48,6 @@ pub struct Exporter {
     /// The `Resource` message, encoded once.
     resource: Vec<u8>,
     timeout: Duration,
-    buf: Vec<u8>,
 }
 
 impl Exporter {
@@ -93,29 +92,28 @@ impl Exporter {
             client: builder.build(connector),
             resource: res,
             timeout,
-            buf: Vec::with_capacity(64 * 1024),
         })
     }
 
     /// Encode and send one batch; the error says what the collector answered.
-    pub async fn export(&mut self, spans: &[SpanData]) -> Result<(), String> {
-        self.buf.clear();
+    pub async fn export(&self, spans: &[SpanData]) -> Result<(), String> {
+        let mut buf = Vec::with_capacity(256 * spans.len() + 256);
         if self.protocol == Protocol::Grpc {
             // gRPC message prefix: not compressed, then the length (filled in below).
-            self.buf.extend_from_slice(&[0, 0, 0, 0, 0]);
+            buf.extend_from_slice(&[0, 0, 0, 0, 0]);
         }
-        encode_request(&mut self.buf, &self.resource, spans);
+        encode_request(&mut buf, &self.resource, spans);
         let content_type = match self.protocol {
             Protocol::Grpc => {
-                let len = u32::try_from(self.buf.len() - 5).unwrap_or(u32::MAX);
-                self.buf[1..5].copy_from_slice(&len.to_be_bytes());
+                let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
+                buf[1..5].copy_from_slice(&len.to_be_bytes());
                 "application/grpc"
             }
             Protocol::HttpProtobuf => "application/x-protobuf",
         };
         let mut req = Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::copy_from_slice(&self.buf)))
+            .body(Full::new(Bytes::from(buf)))
             .map_err(|e| e.to_string())?;
         if self.protocol == Protocol::Grpc {
             req.headers_mut()

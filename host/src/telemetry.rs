@@ -276,7 +276,7 @@ fn build_exporter(
 
 /// Batch the queue and export; never touched by request handling.
 async fn export_loop(
-    mut exporter: crate::otlp::Exporter,
+    exporter: crate::otlp::Exporter,
     mut rx: mpsc::Receiver<Msg>,
     metrics: Arc<Metrics>,
 ) {
@@ -289,7 +289,7 @@ async fn export_loop(
         tokio::select! {
             n = rx.recv_many(&mut msgs, MAX_BATCH) => {
                 if n == 0 {
-                    export(&mut exporter, &mut batch, &metrics, &mut failing).await;
+                    export(&exporter, &mut batch, &metrics, &mut failing).await;
                     return;
                 }
                 let mut flushed = Vec::new();
@@ -300,7 +300,7 @@ async fn export_loop(
                     }
                 }
                 if batch.len() >= MAX_BATCH || !flushed.is_empty() {
-                    export(&mut exporter, &mut batch, &metrics, &mut failing).await;
+                    export(&exporter, &mut batch, &metrics, &mut failing).await;
                 }
                 for done in flushed {
                     let _ = done.send(());
@@ -308,7 +308,7 @@ async fn export_loop(
             }
             _ = tick.tick() => {
                 if !batch.is_empty() {
-                    export(&mut exporter, &mut batch, &metrics, &mut failing).await;
+                    export(&exporter, &mut batch, &metrics, &mut failing).await;
                 }
             }
         }
@@ -316,7 +316,7 @@ async fn export_loop(
 }
 
 async fn export(
-    exporter: &mut crate::otlp::Exporter,
+    exporter: &crate::otlp::Exporter,
     batch: &mut Vec<SpanData>,
     metrics: &Metrics,
     failing: &mut bool,

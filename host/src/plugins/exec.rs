@@ -185,7 +185,6 @@ struct Warm {
 pub struct Loaded {
     pub stages: Stages,
     pub size: usize,
-    pub warm_pool: bool,
     engine: Arc<PluginEngine>,
     pre: InstancePre<State>,
     indices: Indices,
@@ -228,7 +227,6 @@ impl Loaded {
         let loaded = Loaded {
             stages,
             size,
-            warm_pool: !engine.per_call,
             engine,
             pre,
             indices,
@@ -241,7 +239,7 @@ impl Loaded {
         let warm = loaded
             .instantiate(LOAD_DEADLINE_TICKS)
             .map_err(|e| wasmtime::format_err!("{}", e.detail))?;
-        if loaded.warm_pool {
+        if loaded.warm_pool() {
             loaded.give_back(warm);
         }
         Ok(loaded)
@@ -300,8 +298,13 @@ impl Loaded {
         })
     }
 
+    /// Whether instances are reused (`[plugins] instances = "pooled"`, the default).
+    pub fn warm_pool(&self) -> bool {
+        !self.engine.per_call
+    }
+
     fn take(&self) -> Result<Warm, CallError> {
-        if self.warm_pool
+        if self.warm_pool()
             && let Some(w) = self.pool.lock().ok().and_then(|mut p| p.pop())
         {
             return Ok(w);
@@ -311,7 +314,7 @@ impl Loaded {
 
     fn give_back(&self, mut w: Warm) {
         w.uses += 1;
-        if !self.warm_pool || w.uses >= MAX_USES {
+        if !self.warm_pool() || w.uses >= MAX_USES {
             return;
         }
         if let Ok(mut p) = self.pool.lock()

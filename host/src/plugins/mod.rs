@@ -88,7 +88,7 @@ impl Plugin {
         self.loaded.size
     }
     pub fn warm_pool(&self) -> bool {
-        self.loaded.warm_pool
+        self.loaded.warm_pool()
     }
 }
 

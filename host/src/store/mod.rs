@@ -219,8 +219,8 @@ impl Drop for Store {
 }
 
 /// Run the calling thread at background priority: ledger commits then use the CPU requests
-/// leave idle instead of preempting them (on a 2-core machine a 25 ms batch committed at
-/// normal priority showed up in the gateway's p99).
+/// leave idle instead of preempting them (on a 2-core machine a batch committed at normal
+/// priority showed up in the gateway's p99).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
