@@ -335,19 +335,25 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
-/// What the gateway reads from a complete (non-streamed) answer.
+/// What the gateway reads from a complete (non-streamed) answer, in one pass: usage and
+/// model for accounting, and (borrowed, not parsed) the id and `choices` that a traced
+/// request's span reports.
 #[derive(Debug, Default, Deserialize)]
-pub struct ResponseProbe {
+pub struct ResponseProbe<'a> {
     #[serde(default)]
     pub usage: Option<Usage>,
     #[serde(default)]
     pub model: Option<String>,
+    #[serde(borrow, default)]
+    pub id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub choices: Option<&'a serde_json::value::RawValue>,
 }
 
-impl ResponseProbe {
-    /// Read usage and model from an answer; `None` if the body is not a JSON object.
-    pub fn read(body: &[u8]) -> Option<ResponseProbe> {
-        serde_json::from_slice::<ResponseProbe>(body).ok()
+impl<'a> ResponseProbe<'a> {
+    /// Read an answer; `None` if the body is not a JSON object.
+    pub fn read(body: &'a [u8]) -> Option<ResponseProbe<'a>> {
+        serde_json::from_slice::<ResponseProbe<'a>>(body).ok()
     }
 }
 

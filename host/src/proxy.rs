@@ -379,11 +379,12 @@ async fn run(
         // A `validate` plugin replaced the answer: serve (and account) the replacement.
         resp.headers_mut().remove(header::CONTENT_LENGTH);
         *resp.body_mut() = GatewayBody::from(new.clone());
+        exchanged.usage = ResponseProbe::read(&new).and_then(|p| p.usage);
         exchanged.body = Some(new);
     }
     match &exchanged.body {
         Some(body) => {
-            ctx.account.usage = ResponseProbe::read(body).and_then(|p| p.usage);
+            ctx.account.usage = exchanged.usage;
             ctx.telemetry.usage = ctx.account.usage;
             if ctx.account.usage.is_none() {
                 let model = ctx.upstream_model.as_deref().unwrap_or("");
@@ -441,6 +442,8 @@ struct Exchanged {
     upstream_time: Duration,
     /// The complete answer's body (not for streams), for validation and shadow comparison.
     body: Option<Bytes>,
+    /// The usage that body reported (read once, with the rest of the probe).
+    usage: Option<openai::Usage>,
 }
 
 impl attempt::Answer for Exchanged {
@@ -537,13 +540,14 @@ async fn exchange(
             target,
             upstream_time,
             body: None,
+            usage: None,
         })
     } else {
-        let (answer, body, upstream_time) =
+        let (answer, body, upstream_time, usage) =
             match complete_answer(tel, &target, &model, resp, sent).await {
                 Ok((answer, body, upstream_time, facts)) => {
                     attempt.succeeded(&gw.metrics, &facts);
-                    (answer, body, upstream_time)
+                    (answer, body, upstream_time, facts.usage)
                 }
                 Err(e) => return Err(failed(attempt, e)),
             };
@@ -554,6 +558,7 @@ async fn exchange(
             target,
             upstream_time,
             body: Some(body),
+            usage,
         })
     }
 }
@@ -648,7 +653,7 @@ async fn complete_answer(
             detail: format!("expected a JSON object, got: {}", snippet(&bytes, 120)),
         });
     };
-    let facts = telemetry::answer_facts(tel, probe, &bytes);
+    let facts = telemetry::answer_facts(tel, probe);
     let mut out = Response::new(GatewayBody::from(bytes.clone()));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
