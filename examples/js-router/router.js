@@ -15,8 +15,17 @@ const encoder = new TextEncoder();
 // The Rust helpers count UTF-8 bytes; so do we, so both make the same decision.
 const utf8Len = (s) => encoder.encode(s ?? "").length;
 
+// The gateway fixes a plugin's config values for as long as that plugin version is loaded
+// (new values reach a plugin only when it is loaded again, with fresh instances), so each
+// instance reads them once instead of calling into the host for every key on every request.
+const cached = new Map();
+function configRaw(key) {
+  if (!cached.has(key)) cached.set(key, configGet(key));
+  return cached.get(key);
+}
+
 function config(key, fallback) {
-  const v = configGet(key);
+  const v = configRaw(key);
   return v === undefined || v === null ? fallback : v;
 }
 
@@ -26,7 +35,7 @@ function configInt(key, fallback) {
 }
 
 function configList(key) {
-  const v = configGet(key);
+  const v = configRaw(key);
   if (v === undefined || v === null) return [];
   const t = v.trim();
   if (t.startsWith("[")) return JSON.parse(t).filter((s) => typeof s === "string");

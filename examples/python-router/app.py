@@ -17,77 +17,97 @@ CODE_MARKERS = ["fn ", "def ", "class ", "import ", "#include", "function ", "=>
                 "return ", "SELECT ", "public static", "console.log"]
 
 
+# The gateway fixes a plugin's config values for as long as that plugin version is loaded
+# (new values reach a plugin only when it is loaded again, with fresh instances), so each
+# instance reads them once instead of calling into the host for every key on every request.
+_CONFIG = {}
+
+
 def config(key: str, default: Optional[str]) -> Optional[str]:
-    v = host.config_get(key)
+    if key not in _CONFIG:
+        _CONFIG[key] = host.config_get(key)
+    v = _CONFIG[key]
     return default if v is None else v
 
 
 def config_int(key: str, default: int) -> int:
-    try:
-        return int(config(key, str(default)).strip())
-    except ValueError:
-        return default
+    cached = _CONFIG.get(("int", key))
+    if cached is None:
+        try:
+            cached = int(config(key, str(default)).strip())
+        except ValueError:
+            cached = default
+        _CONFIG[("int", key)] = cached
+    return cached
 
 
 def config_list(key: str) -> List[str]:
-    v = host.config_get(key)
-    if v is None:
-        return []
-    v = v.strip()
-    if v.startswith("["):
-        return [s for s in json.loads(v) if isinstance(s, str)]
-    return [s.strip() for s in v.split(",") if s.strip()]
-
-
-def text_of(m: types.Message) -> str:
-    return "\n".join(p.value for p in m.content if isinstance(p, types.ContentPart_Text))
+    cached = _CONFIG.get(("list", key))
+    if cached is None:
+        v = (config(key, None) or "").strip()
+        if v.startswith("["):
+            cached = [s for s in json.loads(v) if isinstance(s, str)]
+        else:
+            cached = [s.strip() for s in v.split(",") if s.strip()]
+        _CONFIG[("list", key)] = cached
+    return cached
 
 
 def utf8_len(s: str) -> int:
     # The Rust helpers count bytes; so do we, so both make the same decision.
-    return len(s.encode("utf-8"))
-
-
-def estimate_tokens(req: types.Request) -> int:
-    chars = 0
-    framing = 0
-    for m in req.messages:
-        framing += 4
-        for p in m.content:
-            if isinstance(p, types.ContentPart_Text):
-                chars += utf8_len(p.value)
-            elif isinstance(p, types.ContentPart_ImageUrl):
-                chars += 340 * 4
-            else:
-                chars += utf8_len(p.value)
-        for c in m.tool_calls:
-            chars += utf8_len(c.name) + utf8_len(c.arguments)
-    if req.prompt is not None:
-        chars += utf8_len(req.prompt)
-    for t in req.tools:
-        chars += utf8_len(t.name) + utf8_len(t.description or "") + utf8_len(t.parameters or "")
-    return (chars + 3) // 4 + framing
+    return len(s) if s.isascii() else len(s.encode("utf-8"))
 
 
 def looks_like_code(text: str) -> bool:
     if "```" in text:
         return True
-    hits = sum(1 for m in CODE_MARKERS if m in text)
-    braces = text.count("{") + text.count(";")
-    return hits >= 2 or (hits >= 1 and braces >= 3)
+    hits = 0
+    for marker in CODE_MARKERS:
+        if marker in text:
+            hits += 1
+            if hits >= 2:
+                return True
+    return hits == 1 and text.count("{") + text.count(";") >= 3
 
 
 def complexity(req: types.Request, max_tokens: int, max_turns: int) -> Optional[str]:
-    if req.tools or any(m.tool_calls or m.role == types.Role.TOOL for m in req.messages):
+    """Why a request is too hard for the local model, or None. The reasons are checked in
+    the Rust policy's order; the messages are read in one pass (this runs on every request)."""
+    messages = req.messages
+    if req.tools or any(m.tool_calls or m.role == types.Role.TOOL for m in messages):
         return "uses tools"
-    if any(looks_like_code(text_of(m)) for m in req.messages) or \
-            (req.prompt is not None and looks_like_code(req.prompt)):
+    code = False
+    users = 0
+    chars = 0
+    media = False
+    for m in messages:
+        if m.role == types.Role.USER:
+            users += 1
+        texts = []
+        for p in m.content:
+            if isinstance(p, types.ContentPart_Text):
+                texts.append(p.value)
+                chars += utf8_len(p.value)
+            elif isinstance(p, types.ContentPart_ImageUrl):
+                chars += 340 * 4
+                media = True
+            else:
+                chars += utf8_len(p.value)
+                media = True
+        if not code and texts:
+            code = looks_like_code(texts[0] if len(texts) == 1 else "\n".join(texts))
+    if req.prompt is not None:
+        code = code or looks_like_code(req.prompt)
+        chars += utf8_len(req.prompt)
+    if code:
         return "contains code"
-    if sum(1 for m in req.messages if m.role == types.Role.USER) > max_turns:
+    if users > max_turns:
         return "deep conversation"
-    if estimate_tokens(req) > max_tokens:
+    # Token estimate as the SDK's: 4 bytes a token plus 4 tokens of framing per message
+    # (no tools or tool calls can be left here).
+    if (chars + 3) // 4 + 4 * len(messages) > max_tokens:
         return "long prompt"
-    if any(not isinstance(p, types.ContentPart_Text) for m in req.messages for p in m.content):
+    if media:
         return "has images or other media"
     return None
 
