@@ -223,7 +223,9 @@ impl Q8Act {
         for (b, xb) in x.chunks_exact(QK).enumerate() {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            // ggml computes the multiplier as 127/amax, not 1/d: they differ in the last bit
+            // often enough to move a rounding.
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in self.qs[b * QK..b * QK + QK].iter_mut().zip(xb) {
                 // |v * id| <= 127: adding 1.5 * 2^23 rounds to the nearest integer, ties to
@@ -279,37 +281,55 @@ pub fn vec_dot_scalar(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
             .zip(&a.f)
             .map(|(c, &x)| bf16::from_le_bytes([c[0], c[1]]).to_f32() * x)
             .sum(),
-        GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let one = ty == GgmlType::Q4_1;
+        GgmlType::Q4_0 => {
             let mut acc = 0f32;
-            for (b, x) in row.chunks_exact(ty.block_bytes()).enumerate() {
+            for (b, x) in row.chunks_exact(18).enumerate() {
                 let qa = &a.qs[b * QK..b * QK + QK];
-                let qs = if one { &x[4..20] } else { &x[2..18] };
+                let qs = &x[2..18];
                 let mut sumi = 0i32;
                 for j in 0..16 {
                     sumi += (qs[j] & 0xF) as i32 * qa[j] as i32;
                     sumi += (qs[j] >> 4) as i32 * qa[j + 16] as i32;
                 }
-                if one {
-                    acc += h(x, 0) * a.d[b] * sumi as f32 + h(x, 2) * a.s[b];
-                } else {
-                    acc += h(x, 0) * a.d[b] * (sumi - 8 * a.isum[b]) as f32;
-                }
+                acc += h(x, 0) * a.d[b] * (sumi - 8 * a.isum[b]) as f32;
             }
             acc
         }
+        // Q4_1 and Q8_0 follow ggml's AVX2 order exactly (8 lanes of 4-product integer sums,
+        // FMA per block, the same horizontal sum) so that results do not depend on whether
+        // this machine has the SIMD path: the model amplifies any last-bit difference.
+        GgmlType::Q4_1 => {
+            let mut acc = [0f32; 8];
+            let mut acc_m = 0f32;
+            for (b, x) in row.chunks_exact(20).enumerate() {
+                let qa = &a.qs[b * QK..b * QK + QK];
+                let qs = &x[4..20];
+                let d = h(x, 0) * a.d[b];
+                for (l, al) in acc.iter_mut().enumerate() {
+                    let mut sumi = 0i32;
+                    for k in 4 * l..4 * l + 4 {
+                        let w = if k < 16 { qs[k] & 0xF } else { qs[k - 16] >> 4 };
+                        sumi += w as i32 * qa[k] as i32;
+                    }
+                    *al = d.mul_add(sumi as f32, *al);
+                }
+                acc_m += h(x, 2) * a.s[b];
+            }
+            hsum8(&acc) + acc_m
+        }
         GgmlType::Q8_0 => {
-            let mut acc = 0f32;
+            let mut acc = [0f32; 8];
             for (b, x) in row.chunks_exact(34).enumerate() {
                 let qa = &a.qs[b * QK..b * QK + QK];
-                let sumi: i32 = x[2..34]
-                    .iter()
-                    .zip(qa)
-                    .map(|(&w, &v)| w as i8 as i32 * v as i32)
-                    .sum();
-                acc += h(x, 0) * a.d[b] * sumi as f32;
+                let d = h(x, 0) * a.d[b];
+                for (l, al) in acc.iter_mut().enumerate() {
+                    let sumi: i32 = (4 * l..4 * l + 4)
+                        .map(|k| x[2 + k] as i8 as i32 * qa[k] as i32)
+                        .sum();
+                    *al = d.mul_add(sumi as f32, *al);
+                }
             }
-            acc
+            hsum8(&acc)
         }
         GgmlType::Q4_K | GgmlType::Q5_K => {
             let five = ty == GgmlType::Q5_K;
@@ -369,6 +389,12 @@ pub fn vec_dot_scalar(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
             acc
         }
     }
+}
+
+/// ggml's `hsum_float_8`: upper and lower halves, then pairs, then the last two.
+fn hsum8(v: &[f32; 8]) -> f32 {
+    let t: [f32; 4] = std::array::from_fn(|i| v[i + 4] + v[i]);
+    (t[0] + t[2]) + (t[1] + t[3])
 }
 
 /// Q6_K quant value for output position `32*k + l` of a 128-element half block.
@@ -775,6 +801,14 @@ mod tests {
                 }
                 let got = vec_dot_scalar(ty, &row, &a) as f64;
                 assert!((got - want).abs() <= tol, "{ty:?} scalar {got} vs {want}");
+                if matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) && simd_available() {
+                    // Same operations in the same order: bit-identical.
+                    assert_eq!(
+                        vec_dot(ty, &row, &a),
+                        vec_dot_scalar(ty, &row, &a),
+                        "{ty:?}"
+                    );
+                }
                 let fast = vec_dot(ty, &row, &a) as f64;
                 assert!(
                     (fast - got).abs() <= 1e-3 * (1.0 + got.abs()),
