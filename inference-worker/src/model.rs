@@ -14,7 +14,7 @@ use crate::gguf::{Gguf, GgufError};
 use crate::numerics::{
     LANES, combine4, dot_f16_ggml, dot_f16_lanes, f16_round, reduce16, silu, v_expf,
 };
-use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot};
+use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot, vec_dot_many};
 
 /// Model hyper-parameters.
 #[derive(Debug, Clone)]
@@ -549,10 +549,7 @@ impl Model {
             .for_each(|(bi, o)| {
                 for (j, row_out) in o.chunks_mut(n).enumerate() {
                     let r = bi * block + j;
-                    let row = &data[r * rb..(r + 1) * rb];
-                    for (t, y) in row_out.iter_mut().enumerate() {
-                        *y = vec_dot(w.ty, row, &acts[t]);
-                    }
+                    vec_dot_many(w.ty, &data[r * rb..(r + 1) * rb], acts, row_out);
                 }
             });
         for r in 0..w.rows {

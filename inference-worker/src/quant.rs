@@ -263,6 +263,29 @@ pub fn vec_dot(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
     vec_dot_scalar(ty, row, a)
 }
 
+/// `out[k] = row · acts[k]` for every activation, with exactly `vec_dot`'s results; formats
+/// with a multi-activation kernel unpack each weight block once for several activations.
+pub fn vec_dot_many(ty: GgmlType, row: &[u8], acts: &[Q8Act], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if ty == GgmlType::Q4_1 && simd_available() {
+        let mut i = 0;
+        while i + 4 <= acts.len() {
+            let a = [&acts[i], &acts[i + 1], &acts[i + 2], &acts[i + 3]];
+            if let Some(v) = simd::q4_1_dots(row, a) {
+                out[i..i + 4].copy_from_slice(&v);
+            }
+            i += 4;
+        }
+        for k in i..acts.len() {
+            out[k] = vec_dot(ty, row, &acts[k]);
+        }
+        return;
+    }
+    for (o, a) in out.iter_mut().zip(acts) {
+        *o = vec_dot(ty, row, a);
+    }
+}
+
 /// Scalar reference dot product.
 pub fn vec_dot_scalar(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
     match ty {
@@ -451,7 +474,7 @@ pub mod simd {
         unsafe {
             match ty {
                 GgmlType::Q4_0 => Some(dot_q4(row, a, false)),
-                GgmlType::Q4_1 => Some(dot_q4(row, a, true)),
+                GgmlType::Q4_1 => q4_1_dots(row, [a]).map(|[v]| v),
                 GgmlType::Q8_0 => Some(dot_q8_0(row, a)),
                 GgmlType::Q4_K => Some(dot_q4_k(row, a)),
                 GgmlType::Q6_K => Some(dot_q6_k(row, a)),
@@ -509,6 +532,74 @@ pub mod simd {
     fn dot_u8i8(u: __m256i, s: __m256i) -> __m256i {
         let p16 = _mm256_maddubs_epi16(u, s);
         _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+    }
+
+    /// Whether the CPU has AVX-512 VNNI on 256-bit vectors (one `vpdpbusd` per block instead
+    /// of two instructions; the integer lane sums, hence the results, are identical).
+    fn has_vnni() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::env::var_os("SWITCHYARD_NO_VNNI").is_none()
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+        })
+    }
+
+    /// Q4_1 rows times `N` activations at once: each block's nibbles are unpacked once and
+    /// used for every activation. Per activation the operations and their order are exactly
+    /// ggml's (and `dot_q4`'s), so batching changes no bit.
+    macro_rules! q4_1_multi {
+        ($name:ident, $features:literal, $dot:ident) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name<const N: usize>(row: &[u8], a: [&Q8Act; N]) -> [f32; N] {
+                let nb = row.len() / 20;
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut acc_m = [0f32; N];
+                for b in 0..nb {
+                    let x = &row[b * 20..b * 20 + 20];
+                    // SAFETY: 16 bytes of nibbles.
+                    let w = unsafe { nibbles(&x[4..20]) };
+                    let (d0, m) = (hf(x, 0), hf(x, 2));
+                    for k in 0..N {
+                        // SAFETY: 32 bytes per activation block.
+                        let y = unsafe { load32(&a[k].qs[b * QK..b * QK + QK]) };
+                        let sumi = $dot(w, y);
+                        let d = d0 * a[k].d[b];
+                        acc[k] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[k]);
+                        acc_m[k] += m * a[k].s[b];
+                    }
+                }
+                std::array::from_fn(|k| hsum(acc[k]) + acc_m[k])
+            }
+        };
+    }
+    q4_1_multi!(q4_1_avx2, "avx2,fma,f16c", dot_u8i8);
+    q4_1_multi!(
+        q4_1_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        dot_u8i8_vnni
+    );
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    fn dot_u8i8_vnni(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+
+    /// Q4_1 row times `N` activations; `None` without AVX2.
+    pub fn q4_1_dots<const N: usize>(row: &[u8], a: [&Q8Act; N]) -> Option<[f32; N]> {
+        if !available() {
+            return None;
+        }
+        // SAFETY: `available()`/`has_vnni()` confirmed the features each kernel enables.
+        Some(unsafe {
+            if has_vnni() {
+                q4_1_vnni(row, a)
+            } else {
+                q4_1_avx2(row, a)
+            }
+        })
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -809,6 +900,13 @@ mod tests {
                         "{ty:?}"
                     );
                 }
+                let mut many = [0f32; 5];
+                let five = vec![a.clone(), a.clone(), a.clone(), a.clone(), a.clone()];
+                vec_dot_many(ty, &row, &five, &mut many);
+                assert!(
+                    many.iter().all(|&m| m == vec_dot(ty, &row, &a)),
+                    "{ty:?} many"
+                );
                 let fast = vec_dot(ty, &row, &a) as f64;
                 assert!(
                     (fast - got).abs() <= 1e-3 * (1.0 + got.abs()),
