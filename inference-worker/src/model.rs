@@ -371,7 +371,7 @@ impl Model {
                 // a sequence's results never depend on what else shares the batch.
                 let multi: Vec<bool> = seqs.iter().map(|s| s.tokens.len() > 1).collect();
                 let q = &q;
-                att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+                chunks(&mut att, hd, |i, out| {
                     let t = i / c.n_head;
                     let h = i % c.n_head;
                     let kvh = h / group;
@@ -412,21 +412,31 @@ impl Model {
                     let inv = (1.0 / sum) as f32;
                     // Lanes by position: tinyBLAS uses one 16-lane accumulator, ggml's
                     // vec_dot four of them in steps of 64 (see `numerics`).
-                    let mut acc = vec![[[0f32; LANES]; 4]; hd];
+                    // One accumulator row of `hd` per (chunk, lane), so each position adds a
+                    // contiguous (vectorisable) row; the reduction then reads lanes per dim.
+                    let slots = if tiny { LANES } else { 4 * LANES };
+                    let mut acc = vec![0f32; slots * hd];
                     for (p, s) in scores.iter().enumerate() {
                         let w = f16_round(s * inv);
                         let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        let (ch, lane) = if tiny {
-                            (0, p % LANES)
+                        let slot = if tiny {
+                            p % LANES
                         } else {
-                            ((p / LANES) % 4, p % LANES)
+                            ((p / LANES) % 4) * LANES + p % LANES
                         };
-                        for (a, vv) in acc.iter_mut().zip(vr) {
-                            a[ch][lane] += w * vv;
+                        for (a, vv) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(vr) {
+                            *a += w * vv;
                         }
                     }
-                    for (o, a) in out.iter_mut().zip(&acc) {
-                        *o = if tiny { reduce16(&a[0]) } else { combine4(a) };
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let lane = |k: usize| -> [f32; LANES] {
+                            std::array::from_fn(|i| acc[(k * LANES + i) * hd + j])
+                        };
+                        *o = if tiny {
+                            reduce16(&lane(0))
+                        } else {
+                            combine4(&[lane(0), lane(1), lane(2), lane(3)])
+                        };
                     }
                 });
             }
@@ -532,26 +542,21 @@ impl Model {
         // A few blocks per thread keep the pool balanced without paying task overhead per row.
         let block = (w.rows / (rayon::current_num_threads() * 4)).clamp(16, 512);
         if n == 1 {
-            out[..w.rows]
-                .par_chunks_mut(block)
-                .enumerate()
-                .for_each(|(bi, o)| {
-                    for (j, y) in o.iter_mut().enumerate() {
-                        let r = bi * block + j;
-                        *y = vec_dot(w.ty, &data[r * rb..(r + 1) * rb], &acts[0]);
-                    }
-                });
+            chunks(&mut out[..w.rows], block, |bi, o| {
+                for (j, y) in o.iter_mut().enumerate() {
+                    let r = bi * block + j;
+                    *y = vec_dot(w.ty, &data[r * rb..(r + 1) * rb], &acts[0]);
+                }
+            });
             return;
         }
         let mut tr = vec![0f32; w.rows * n];
-        tr.par_chunks_mut(block * n)
-            .enumerate()
-            .for_each(|(bi, o)| {
-                for (j, row_out) in o.chunks_mut(n).enumerate() {
-                    let r = bi * block + j;
-                    vec_dot_many(w.ty, &data[r * rb..(r + 1) * rb], acts, row_out);
-                }
-            });
+        chunks(&mut tr, block * n, |bi, o| {
+            for (j, row_out) in o.chunks_mut(n).enumerate() {
+                let r = bi * block + j;
+                vec_dot_many(w.ty, &data[r * rb..(r + 1) * rb], acts, row_out);
+            }
+        });
         for r in 0..w.rows {
             for t in 0..n {
                 out[t * w.rows + r] = tr[r * n + t];
@@ -596,8 +601,27 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], d: usize) {
     }
 }
 
+/// `f(index, chunk)` over `size`-element chunks, on the thread pool, or inline when the pool
+/// has one thread (handing work to a lone pool thread costs a wake-up per call, hundreds per
+/// token).
+fn chunks<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
+    if rayon::current_num_threads() == 1 {
+        data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        data.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
 fn quantize_all(x: &[f32], d: usize, acts: &mut [Q8Act]) {
-    acts.par_iter_mut()
-        .zip(x.par_chunks(d))
-        .for_each(|(a, r)| a.quantize(r));
+    if rayon::current_num_threads() == 1 {
+        acts.iter_mut()
+            .zip(x.chunks(d))
+            .for_each(|(a, r)| a.quantize(r));
+    } else {
+        acts.par_iter_mut()
+            .zip(x.par_chunks(d))
+            .for_each(|(a, r)| a.quantize(r));
+    }
 }
