@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::gguf::{Gguf, GgufError};
 use crate::numerics::{
-    LANES, combine4, dot_f16_ggml, dot_f16_lanes, f16_round, reduce16, silu, v_expf,
+    LANES, combine4, dot_f16_ggml, dot_f16_lanes, f16_round, reduce16, swiglu, v_expf,
 };
 use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot, vec_dot_many};
 
@@ -449,9 +449,7 @@ impl Model {
             quantize_all(&xn, d, &mut acts);
             self.matmul(&l.w_gate, &acts, &mut gate);
             self.matmul(&l.w_up, &acts, &mut up);
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = silu(*g) * u;
-            }
+            swiglu(&mut gate, &up);
             quantize_all(&gate, c.n_ff, &mut ff_acts);
             self.matmul(&l.w_down, &ff_acts, &mut tmp);
             for (a, b) in x.iter_mut().zip(&tmp) {
