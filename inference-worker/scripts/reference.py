@@ -14,6 +14,11 @@ Commands:
     python3 inference-worker/scripts/reference.py bench [--threads N] [--prompt-tokens 128] [--gen 64]
         Prints one JSON line: llama.cpp prefill and decode tokens/second on SmolLM2.
 
+The context is llama-cpp-python's default, spelled out: flash attention OFF
+(flash_attn=False maps to LLAMA_FLASH_ATTN_TYPE_DISABLED, unlike llama.cpp's CLI default "auto")
+and an f16 KV cache. The worker reproduces that path bit for bit (src/numerics.rs); with flash
+attention on, llama.cpp's own logits move by up to ~0.9 on these prompts.
+
 The model path is $SWITCHYARD_MODELS (default ~/.cache/switchyard/models)/SmolLM2-135M-Instruct.Q4_1.gguf.
 """
 import argparse
@@ -46,7 +51,7 @@ def models_dir():
 def load(threads, logits_all=False):
     from llama_cpp import Llama
     return Llama(model_path=os.path.join(models_dir(), MODEL), n_ctx=2048, n_threads=threads,
-                 n_threads_batch=threads, n_batch=512, logits_all=logits_all, verbose=False)
+                 n_threads_batch=threads, n_batch=512, logits_all=logits_all, flash_attn=False, verbose=False)
 
 
 def last_logits(llm):

@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod hub;
 pub mod model;
 pub mod models_dir;
+pub mod numerics;
 pub mod quant;
 pub mod sampling;
 pub mod server;

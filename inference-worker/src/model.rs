@@ -11,7 +11,10 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::gguf::{Gguf, GgufError};
-use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot};
+use crate::numerics::{
+    LANES, combine4, dot_f16_ggml, dot_f16_lanes, f16_round, reduce16, swiglu, v_expf,
+};
+use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot, vec_dot_many};
 
 /// Model hyper-parameters.
 #[derive(Debug, Clone)]
@@ -61,8 +64,8 @@ pub struct Model {
     output_norm: Vec<f32>,
     output: Weight,
     layers: Vec<Layer>,
-    /// Per rotary pair: the inverse frequency, including llama3-style per-frequency factors.
-    inv_freq: Vec<f32>,
+    /// Per rotary pair: llama3-style frequency divisors (1 when the model has none).
+    rope_factors: Vec<f32>,
 }
 
 /// Keys and values of one sequence, per layer, `n_head_kv * head_dim` floats per position.
@@ -248,10 +251,9 @@ impl Model {
         } else {
             None
         };
-        let inv_freq = (0..n_rot / 2)
+        let rope_factors = (0..n_rot / 2)
             .map(|i| {
-                let f = cfg.rope_base.powf(-(2.0 * i as f32) / n_rot as f32);
-                f / factors
+                factors
                     .as_ref()
                     .and_then(|v| v.get(i))
                     .copied()
@@ -265,7 +267,7 @@ impl Model {
             output_norm,
             output,
             layers,
-            inv_freq,
+            rope_factors,
         })
     }
 
@@ -335,6 +337,11 @@ impl Model {
         let mut gate = vec![0f32; n * c.n_ff];
         let mut up = vec![0f32; n * c.n_ff];
         let mut ff_acts: Vec<Q8Act> = vec![Q8Act::default(); n];
+        let half_rot = c.n_rot / 2;
+        let mut rope = vec![(1f32, 0f32); n * half_rot];
+        for (t, tab) in rope.chunks_exact_mut(half_rot.max(1)).enumerate() {
+            self.rope_table(pos[t], tab);
+        }
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, c.rms_eps, &mut xn, d);
             quantize_all(&xn, d, &mut acts);
@@ -342,8 +349,9 @@ impl Model {
             self.matmul(&l.wk, &acts, &mut k);
             self.matmul(&l.wv, &acts, &mut v);
             for t in 0..n {
-                self.rope(&mut q[t * q_dim..(t + 1) * q_dim], pos[t]);
-                self.rope(&mut k[t * kv_dim..(t + 1) * kv_dim], pos[t]);
+                let tab = &rope[t * half_rot..(t + 1) * half_rot];
+                self.rope(&mut q[t * q_dim..(t + 1) * q_dim], tab);
+                self.rope(&mut k[t * kv_dim..(t + 1) * kv_dim], tab);
             }
             for t in 0..n {
                 let cache = &mut *seqs[owner[t]].cache;
@@ -357,35 +365,78 @@ impl Model {
                 let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
                 let group = c.n_head / c.n_head_kv;
                 let scale = 1.0 / (hd as f32).sqrt();
+                // llama.cpp's matmul hands f16 products of more than one query token to
+                // tinyBLAS and a single token's to ggml_vec_dot_f16; their summation orders
+                // differ. Decided per sequence (llama.cpp runs one sequence per batch here), so
+                // a sequence's results never depend on what else shares the batch.
+                let multi: Vec<bool> = seqs.iter().map(|s| s.tokens.len() > 1).collect();
                 let q = &q;
-                att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+                chunks(&mut att, hd, |i, out| {
                     let t = i / c.n_head;
                     let h = i % c.n_head;
                     let kvh = h / group;
                     let cache = caches[owner[t]];
+                    let tiny = multi[owner[t]];
                     let (kc, vc) = (&cache.k[li], &cache.v[li]);
-                    let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    // llama.cpp with flash attention off: Q converted to f16 times the f16 K
+                    // cache, scaled, ggml's softmax, the probabilities converted to f16 times
+                    // the f16 V cache, each in ggml's order of operations (see `numerics`).
+                    let qh: Vec<f32> = q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd]
+                        .iter()
+                        .map(|x| f16_round(*x))
+                        .collect();
                     let len = pos[t] + 1;
                     let mut scores = Vec::with_capacity(len);
                     let mut max = f32::NEG_INFINITY;
                     for p in 0..len {
                         let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        let s = dot(qh, kr) * scale;
+                        let s = if tiny {
+                            dot_f16_lanes(&qh, kr)
+                        } else {
+                            dot_f16_ggml(&qh, kr)
+                        } * scale;
                         max = max.max(s);
                         scores.push(s);
                     }
-                    let mut sum = 0f32;
                     for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
+                        *s = v_expf(*s - max);
                     }
-                    out.fill(0.0);
+                    // The sum in f64, one 16-lane reduction at a time; then scaled by its
+                    // inverse.
+                    let mut sum = 0f64;
+                    for ch in scores.chunks(LANES) {
+                        let mut l = [0f32; LANES];
+                        l[..ch.len()].copy_from_slice(ch);
+                        sum += reduce16(&l) as f64;
+                    }
+                    let inv = (1.0 / sum) as f32;
+                    // Lanes by position: tinyBLAS uses one 16-lane accumulator, ggml's
+                    // vec_dot four of them in steps of 64 (see `numerics`).
+                    // One accumulator row of `hd` per (chunk, lane), so each position adds a
+                    // contiguous (vectorisable) row; the reduction then reads lanes per dim.
+                    let slots = if tiny { LANES } else { 4 * LANES };
+                    let mut acc = vec![0f32; slots * hd];
                     for (p, s) in scores.iter().enumerate() {
-                        let w = s / sum;
+                        let w = f16_round(s * inv);
                         let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        for (o, vv) in out.iter_mut().zip(vr) {
-                            *o += w * vv;
+                        let slot = if tiny {
+                            p % LANES
+                        } else {
+                            ((p / LANES) % 4) * LANES + p % LANES
+                        };
+                        for (a, vv) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(vr) {
+                            *a += w * vv;
                         }
+                    }
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let lane = |k: usize| -> [f32; LANES] {
+                            std::array::from_fn(|i| acc[(k * LANES + i) * hd + j])
+                        };
+                        *o = if tiny {
+                            reduce16(&lane(0))
+                        } else {
+                            combine4(&[lane(0), lane(1), lane(2), lane(3)])
+                        };
                     }
                 });
             }
@@ -398,9 +449,7 @@ impl Model {
             quantize_all(&xn, d, &mut acts);
             self.matmul(&l.w_gate, &acts, &mut gate);
             self.matmul(&l.w_up, &acts, &mut up);
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
+            swiglu(&mut gate, &up);
             quantize_all(&gate, c.n_ff, &mut ff_acts);
             self.matmul(&l.w_down, &ff_acts, &mut tmp);
             for (a, b) in x.iter_mut().zip(&tmp) {
@@ -455,16 +504,29 @@ impl Model {
         out
     }
 
+    /// `(cos, sin)` per rotary pair at position `pos`, computed as ggml does: the angle starts
+    /// at `pos` and is multiplied by `base^(-2/n_rot)` pair after pair (in f32, so the rounding
+    /// matches llama.cpp's, not a per-pair `powf`), divided by the pair's factor, then scaled.
+    fn rope_table(&self, pos: usize, out: &mut [(f32, f32)]) {
+        let c = &self.cfg;
+        let theta_scale = c.rope_base.powf(-2.0 / c.n_rot as f32);
+        let freq_scale = 1.0 / c.rope_linear;
+        let mut theta = pos as f32;
+        for (o, ff) in out.iter_mut().zip(&self.rope_factors) {
+            let (s, co) = (freq_scale * (theta / ff)).sin_cos();
+            *o = (co, s);
+            theta *= theta_scale;
+        }
+    }
+
     /// Rotates adjacent pairs (GGUF llama tensors are permuted for this "normal" RoPE).
-    fn rope(&self, v: &mut [f32], pos: usize) {
-        let hd = self.cfg.head_dim;
-        let p = pos as f32 / self.cfg.rope_linear;
-        for head in v.chunks_exact_mut(hd) {
-            for (i, f) in self.inv_freq.iter().enumerate() {
-                let (s, c) = (p * f).sin_cos();
+    fn rope(&self, v: &mut [f32], table: &[(f32, f32)]) {
+        for head in v.chunks_exact_mut(self.cfg.head_dim) {
+            for (i, &(c, s)) in table.iter().enumerate() {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * c - b * s;
-                head[2 * i + 1] = a * s + b * c;
+                // GCC contracts ggml's `x0*cos - x1*sin` into one FMA; so do we.
+                head[2 * i] = a.mul_add(c, -(b * s));
+                head[2 * i + 1] = a.mul_add(s, b * c);
             }
         }
     }
@@ -478,29 +540,21 @@ impl Model {
         // A few blocks per thread keep the pool balanced without paying task overhead per row.
         let block = (w.rows / (rayon::current_num_threads() * 4)).clamp(16, 512);
         if n == 1 {
-            out[..w.rows]
-                .par_chunks_mut(block)
-                .enumerate()
-                .for_each(|(bi, o)| {
-                    for (j, y) in o.iter_mut().enumerate() {
-                        let r = bi * block + j;
-                        *y = vec_dot(w.ty, &data[r * rb..(r + 1) * rb], &acts[0]);
-                    }
-                });
+            chunks(&mut out[..w.rows], block, |bi, o| {
+                for (j, y) in o.iter_mut().enumerate() {
+                    let r = bi * block + j;
+                    *y = vec_dot(w.ty, &data[r * rb..(r + 1) * rb], &acts[0]);
+                }
+            });
             return;
         }
         let mut tr = vec![0f32; w.rows * n];
-        tr.par_chunks_mut(block * n)
-            .enumerate()
-            .for_each(|(bi, o)| {
-                for (j, row_out) in o.chunks_mut(n).enumerate() {
-                    let r = bi * block + j;
-                    let row = &data[r * rb..(r + 1) * rb];
-                    for (t, y) in row_out.iter_mut().enumerate() {
-                        *y = vec_dot(w.ty, row, &acts[t]);
-                    }
-                }
-            });
+        chunks(&mut tr, block * n, |bi, o| {
+            for (j, row_out) in o.chunks_mut(n).enumerate() {
+                let r = bi * block + j;
+                vec_dot_many(w.ty, &data[r * rb..(r + 1) * rb], acts, row_out);
+            }
+        });
         for r in 0..w.rows {
             for t in 0..n {
                 out[t * w.rows + r] = tr[r * n + t];
@@ -534,25 +588,10 @@ fn llama3_factors(g: &Gguf, arch: &str, cfg: &Config) -> Vec<f32> {
         .collect()
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorise without reassociating one accumulator.
-    let mut acc = [0f32; 8];
-    let ch = a.len() / 8 * 8;
-    for i in (0..ch).step_by(8) {
-        for j in 0..8 {
-            acc[j] += a[i + j] * b[i + j];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in ch..a.len() {
-        s += a[i] * b[i];
-    }
-    s
-}
-
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], d: usize) {
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        // As ggml: squares in f32, summed in f64, the mean rounded to f32.
+        let ms = (xr.iter().map(|v| (v * v) as f64).sum::<f64>() / d as f64) as f32;
         let s = 1.0 / (ms + eps).sqrt();
         for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
             *o = v * s * g;
@@ -560,8 +599,27 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], d: usize) {
     }
 }
 
+/// `f(index, chunk)` over `size`-element chunks, on the thread pool, or inline when the pool
+/// has one thread (handing work to a lone pool thread costs a wake-up per call, hundreds per
+/// token).
+fn chunks<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
+    if rayon::current_num_threads() == 1 {
+        data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        data.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
 fn quantize_all(x: &[f32], d: usize, acts: &mut [Q8Act]) {
-    acts.par_iter_mut()
-        .zip(x.par_chunks(d))
-        .for_each(|(a, r)| a.quantize(r));
+    if rayon::current_num_threads() == 1 {
+        acts.iter_mut()
+            .zip(x.chunks(d))
+            .for_each(|(a, r)| a.quantize(r));
+    } else {
+        acts.par_iter_mut()
+            .zip(x.par_chunks(d))
+            .for_each(|(a, r)| a.quantize(r));
+    }
 }

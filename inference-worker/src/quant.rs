@@ -223,7 +223,9 @@ impl Q8Act {
         for (b, xb) in x.chunks_exact(QK).enumerate() {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            // ggml computes the multiplier as 127/amax, not 1/d: they differ in the last bit
+            // often enough to move a rounding.
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in self.qs[b * QK..b * QK + QK].iter_mut().zip(xb) {
                 // |v * id| <= 127: adding 1.5 * 2^23 rounds to the nearest integer, ties to
@@ -261,6 +263,29 @@ pub fn vec_dot(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
     vec_dot_scalar(ty, row, a)
 }
 
+/// `out[k] = row · acts[k]` for every activation, with exactly `vec_dot`'s results; formats
+/// with a multi-activation kernel unpack each weight block once for several activations.
+pub fn vec_dot_many(ty: GgmlType, row: &[u8], acts: &[Q8Act], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if ty == GgmlType::Q4_1 && simd_available() {
+        let mut i = 0;
+        while i + 4 <= acts.len() {
+            let a = [&acts[i], &acts[i + 1], &acts[i + 2], &acts[i + 3]];
+            if let Some(v) = simd::q4_1_dots(row, a) {
+                out[i..i + 4].copy_from_slice(&v);
+            }
+            i += 4;
+        }
+        for k in i..acts.len() {
+            out[k] = vec_dot(ty, row, &acts[k]);
+        }
+        return;
+    }
+    for (o, a) in out.iter_mut().zip(acts) {
+        *o = vec_dot(ty, row, a);
+    }
+}
+
 /// Scalar reference dot product.
 pub fn vec_dot_scalar(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
     match ty {
@@ -279,37 +304,55 @@ pub fn vec_dot_scalar(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
             .zip(&a.f)
             .map(|(c, &x)| bf16::from_le_bytes([c[0], c[1]]).to_f32() * x)
             .sum(),
-        GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let one = ty == GgmlType::Q4_1;
+        GgmlType::Q4_0 => {
             let mut acc = 0f32;
-            for (b, x) in row.chunks_exact(ty.block_bytes()).enumerate() {
+            for (b, x) in row.chunks_exact(18).enumerate() {
                 let qa = &a.qs[b * QK..b * QK + QK];
-                let qs = if one { &x[4..20] } else { &x[2..18] };
+                let qs = &x[2..18];
                 let mut sumi = 0i32;
                 for j in 0..16 {
                     sumi += (qs[j] & 0xF) as i32 * qa[j] as i32;
                     sumi += (qs[j] >> 4) as i32 * qa[j + 16] as i32;
                 }
-                if one {
-                    acc += h(x, 0) * a.d[b] * sumi as f32 + h(x, 2) * a.s[b];
-                } else {
-                    acc += h(x, 0) * a.d[b] * (sumi - 8 * a.isum[b]) as f32;
-                }
+                acc += h(x, 0) * a.d[b] * (sumi - 8 * a.isum[b]) as f32;
             }
             acc
         }
+        // Q4_1 and Q8_0 follow ggml's AVX2 order exactly (8 lanes of 4-product integer sums,
+        // FMA per block, the same horizontal sum) so that results do not depend on whether
+        // this machine has the SIMD path: the model amplifies any last-bit difference.
+        GgmlType::Q4_1 => {
+            let mut acc = [0f32; 8];
+            let mut acc_m = 0f32;
+            for (b, x) in row.chunks_exact(20).enumerate() {
+                let qa = &a.qs[b * QK..b * QK + QK];
+                let qs = &x[4..20];
+                let d = h(x, 0) * a.d[b];
+                for (l, al) in acc.iter_mut().enumerate() {
+                    let mut sumi = 0i32;
+                    for k in 4 * l..4 * l + 4 {
+                        let w = if k < 16 { qs[k] & 0xF } else { qs[k - 16] >> 4 };
+                        sumi += w as i32 * qa[k] as i32;
+                    }
+                    *al = d.mul_add(sumi as f32, *al);
+                }
+                acc_m += h(x, 2) * a.s[b];
+            }
+            hsum8(&acc) + acc_m
+        }
         GgmlType::Q8_0 => {
-            let mut acc = 0f32;
+            let mut acc = [0f32; 8];
             for (b, x) in row.chunks_exact(34).enumerate() {
                 let qa = &a.qs[b * QK..b * QK + QK];
-                let sumi: i32 = x[2..34]
-                    .iter()
-                    .zip(qa)
-                    .map(|(&w, &v)| w as i8 as i32 * v as i32)
-                    .sum();
-                acc += h(x, 0) * a.d[b] * sumi as f32;
+                let d = h(x, 0) * a.d[b];
+                for (l, al) in acc.iter_mut().enumerate() {
+                    let sumi: i32 = (4 * l..4 * l + 4)
+                        .map(|k| x[2 + k] as i8 as i32 * qa[k] as i32)
+                        .sum();
+                    *al = d.mul_add(sumi as f32, *al);
+                }
             }
-            acc
+            hsum8(&acc)
         }
         GgmlType::Q4_K | GgmlType::Q5_K => {
             let five = ty == GgmlType::Q5_K;
@@ -371,6 +414,12 @@ pub fn vec_dot_scalar(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
     }
 }
 
+/// ggml's `hsum_float_8`: upper and lower halves, then pairs, then the last two.
+fn hsum8(v: &[f32; 8]) -> f32 {
+    let t: [f32; 4] = std::array::from_fn(|i| v[i + 4] + v[i]);
+    (t[0] + t[2]) + (t[1] + t[3])
+}
+
 /// Q6_K quant value for output position `32*k + l` of a 128-element half block.
 #[inline]
 fn q6(ql: &[u8], qh: &[u8], k: usize, l: usize) -> i32 {
@@ -425,7 +474,7 @@ pub mod simd {
         unsafe {
             match ty {
                 GgmlType::Q4_0 => Some(dot_q4(row, a, false)),
-                GgmlType::Q4_1 => Some(dot_q4(row, a, true)),
+                GgmlType::Q4_1 => q4_1_dots(row, [a]).map(|[v]| v),
                 GgmlType::Q8_0 => Some(dot_q8_0(row, a)),
                 GgmlType::Q4_K => Some(dot_q4_k(row, a)),
                 GgmlType::Q6_K => Some(dot_q6_k(row, a)),
@@ -483,6 +532,74 @@ pub mod simd {
     fn dot_u8i8(u: __m256i, s: __m256i) -> __m256i {
         let p16 = _mm256_maddubs_epi16(u, s);
         _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+    }
+
+    /// Whether the CPU has AVX-512 VNNI on 256-bit vectors (one `vpdpbusd` per block instead
+    /// of two instructions; the integer lane sums, hence the results, are identical).
+    fn has_vnni() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::env::var_os("SWITCHYARD_NO_VNNI").is_none()
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+        })
+    }
+
+    /// Q4_1 rows times `N` activations at once: each block's nibbles are unpacked once and
+    /// used for every activation. Per activation the operations and their order are exactly
+    /// ggml's (and `dot_q4`'s), so batching changes no bit.
+    macro_rules! q4_1_multi {
+        ($name:ident, $features:literal, $dot:ident) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name<const N: usize>(row: &[u8], a: [&Q8Act; N]) -> [f32; N] {
+                let nb = row.len() / 20;
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut acc_m = [0f32; N];
+                for b in 0..nb {
+                    let x = &row[b * 20..b * 20 + 20];
+                    // SAFETY: 16 bytes of nibbles.
+                    let w = unsafe { nibbles(&x[4..20]) };
+                    let (d0, m) = (hf(x, 0), hf(x, 2));
+                    for k in 0..N {
+                        // SAFETY: 32 bytes per activation block.
+                        let y = unsafe { load32(&a[k].qs[b * QK..b * QK + QK]) };
+                        let sumi = $dot(w, y);
+                        let d = d0 * a[k].d[b];
+                        acc[k] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[k]);
+                        acc_m[k] += m * a[k].s[b];
+                    }
+                }
+                std::array::from_fn(|k| hsum(acc[k]) + acc_m[k])
+            }
+        };
+    }
+    q4_1_multi!(q4_1_avx2, "avx2,fma,f16c", dot_u8i8);
+    q4_1_multi!(
+        q4_1_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        dot_u8i8_vnni
+    );
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    fn dot_u8i8_vnni(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+
+    /// Q4_1 row times `N` activations; `None` without AVX2.
+    pub fn q4_1_dots<const N: usize>(row: &[u8], a: [&Q8Act; N]) -> Option<[f32; N]> {
+        if !available() {
+            return None;
+        }
+        // SAFETY: `available()`/`has_vnni()` confirmed the features each kernel enables.
+        Some(unsafe {
+            if has_vnni() {
+                q4_1_vnni(row, a)
+            } else {
+                q4_1_avx2(row, a)
+            }
+        })
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -775,6 +892,21 @@ mod tests {
                 }
                 let got = vec_dot_scalar(ty, &row, &a) as f64;
                 assert!((got - want).abs() <= tol, "{ty:?} scalar {got} vs {want}");
+                if matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) && simd_available() {
+                    // Same operations in the same order: bit-identical.
+                    assert_eq!(
+                        vec_dot(ty, &row, &a),
+                        vec_dot_scalar(ty, &row, &a),
+                        "{ty:?}"
+                    );
+                }
+                let mut many = [0f32; 5];
+                let five = vec![a.clone(), a.clone(), a.clone(), a.clone(), a.clone()];
+                vec_dot_many(ty, &row, &five, &mut many);
+                assert!(
+                    many.iter().all(|&m| m == vec_dot(ty, &row, &a)),
+                    "{ty:?} many"
+                );
                 let fast = vec_dot(ty, &row, &a) as f64;
                 assert!(
                     (fast - got).abs() <= 1e-3 * (1.0 + got.abs()),

@@ -49,7 +49,13 @@ fn batched_prefill_decode_and_multi_sequence_agree() {
     }
     let v = m.cfg.n_vocab;
     assert_eq!(at_once.len(), a.len() * v);
-    assert!(max_diff(&at_once[(a.len() - 1) * v..], &last) < 1e-3);
+    // Same maths, but (as in llama.cpp) a multi-token batch sums its f16 attention products in
+    // another order than a single token does; the 8-bit activation quantizer amplifies such
+    // last-bit differences to ~1 logit, so only the choice and the rough values must agree.
+    let at_once_last = &at_once[(a.len() - 1) * v..];
+    let argmax = switchyard_worker::sampling::argmax;
+    assert_eq!(argmax(at_once_last), argmax(&last));
+    assert!(max_diff(at_once_last, &last) < 3.0);
     assert_eq!(c1.len(), a.len());
 
     // Two sequences in one batch give what each gives alone.
@@ -75,8 +81,9 @@ fn batched_prefill_decode_and_multi_sequence_agree() {
             all_logits: false,
         }])
         .remove(0);
-    assert!(max_diff(&both[0], &last) < 1e-3);
-    assert!(max_diff(&both[1], &alone) < 1e-3);
+    // Batching sequences together changes nothing, to the bit.
+    assert_eq!(both[0], at_once_last);
+    assert_eq!(both[1], alone);
     // And a decode step for both together continues each correctly.
     let step = m.forward(&mut [
         SeqInput {
@@ -97,7 +104,7 @@ fn batched_prefill_decode_and_multi_sequence_agree() {
             all_logits: false,
         }])
         .remove(0);
-    assert!(max_diff(&step[1], &solo) < 1e-3);
+    assert_eq!(step[1], solo);
     assert_eq!(ca.len(), a.len() + 1);
 }
 
