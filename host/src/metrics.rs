@@ -4,7 +4,7 @@
 //! existing series); rendering walks the maps only when Prometheus scrapes. Names follow the
 //! OpenTelemetry GenAI conventions where they exist and `switchyard_*` otherwise.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -478,15 +478,19 @@ impl Metrics {
                 e.value().load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_requests_in_flight Requests being handled now.\n# TYPE switchyard_requests_in_flight gauge\nswitchyard_requests_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "switchyard_requests_in_flight",
+            "gauge",
+            "Requests being handled now.",
+            self.in_flight.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_client_disconnects_total Streams the client abandoned before the end.\n# TYPE switchyard_client_disconnects_total counter\nswitchyard_client_disconnects_total {}",
-            self.client_disconnects.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "switchyard_client_disconnects_total",
+            "counter",
+            "Streams the client abandoned before the end.",
+            self.client_disconnects.load(Ordering::Relaxed),
         );
         self.render_genai(&mut out);
         self.render_extensions(&mut out);
@@ -691,14 +695,21 @@ impl Metrics {
                 &x.span_export_failures,
             ),
         ] {
-            header(out, name, "counter", help);
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+            single(out, name, "counter", help, v.load(Ordering::Relaxed));
         }
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// The `# HELP` and `# TYPE` lines of a metric family (Prometheus text format); every
+/// module that renders metrics goes through this and [`single`].
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric family with one unlabelled sample: its header and its value.
+pub(crate) fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Decrements the in-flight gauge when dropped.

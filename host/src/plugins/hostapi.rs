@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 
 use super::bindings::host::Level;
+use crate::metrics::{header, single};
 
 /// Largest value a plugin may store under one key, and most keys per plugin: the store is
 /// a convenience, not a database, and must not let a plugin exhaust the host's memory.
@@ -192,9 +193,11 @@ impl PluginMetrics {
 
     /// Prometheus text for the plugin metrics.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
+        header(
             out,
-            "# HELP switchyard_plugin_calls_total Plugin stage calls.\n# TYPE switchyard_plugin_calls_total counter"
+            "switchyard_plugin_calls_total",
+            "counter",
+            "Plugin stage calls.",
         );
         for e in self.calls.iter() {
             let (p, s) = e.key();
@@ -205,9 +208,11 @@ impl PluginMetrics {
                 e.value().load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
+        header(
             out,
-            "# HELP switchyard_plugin_errors_total Plugin calls that failed (trap, timeout, memory, bad_return, instantiate).\n# TYPE switchyard_plugin_errors_total counter"
+            "switchyard_plugin_errors_total",
+            "counter",
+            "Plugin calls that failed (trap, timeout, memory, bad_return, instantiate).",
         );
         for e in self.errors.iter() {
             let (p, s, k) = e.key();
@@ -218,9 +223,11 @@ impl PluginMetrics {
                 e.value().load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
+        header(
             out,
-            "# HELP switchyard_plugin_load_errors_total Plugin files that failed to load.\n# TYPE switchyard_plugin_load_errors_total counter"
+            "switchyard_plugin_load_errors_total",
+            "counter",
+            "Plugin files that failed to load.",
         );
         for e in self.load_errors.iter() {
             let _ = writeln!(
@@ -230,14 +237,18 @@ impl PluginMetrics {
                 e.value().load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
+        single(
             out,
-            "# HELP switchyard_plugin_reloads_total Plugin set swaps after a change in the plugin folder.\n# TYPE switchyard_plugin_reloads_total counter\nswitchyard_plugin_reloads_total {}",
-            self.reloads.load(Ordering::Relaxed)
+            "switchyard_plugin_reloads_total",
+            "counter",
+            "Plugin set swaps after a change in the plugin folder.",
+            self.reloads.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
+        header(
             out,
-            "# HELP switchyard_plugin_counter_total Counters plugins emit.\n# TYPE switchyard_plugin_counter_total counter"
+            "switchyard_plugin_counter_total",
+            "counter",
+            "Counters plugins emit.",
         );
         for e in self.counters.iter() {
             let (p, n) = e.key();
@@ -249,9 +260,11 @@ impl PluginMetrics {
                 e.value().load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
+        header(
             out,
-            "# HELP switchyard_plugin_value Values plugins record.\n# TYPE switchyard_plugin_value histogram"
+            "switchyard_plugin_value",
+            "histogram",
+            "Values plugins record.",
         );
         for e in self.histograms.iter() {
             let (p, n) = e.key();

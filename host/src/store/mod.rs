@@ -296,22 +296,26 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Write>, stats: &StoreStat
 
 /// Render the store's counters in Prometheus text format.
 pub fn render_metrics(stats: &StoreStats, out: &mut String) {
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_store_written_total Rows written to the state store.\n# TYPE switchyard_store_written_total counter\nswitchyard_store_written_total {}",
-        stats.written.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_store_dropped_total Writes dropped because the store queue was full.\n# TYPE switchyard_store_dropped_total counter\nswitchyard_store_dropped_total {}",
-        stats.dropped.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_store_failed_total Writes lost to a failed transaction.\n# TYPE switchyard_store_failed_total counter\nswitchyard_store_failed_total {}",
-        stats.failed.load(Ordering::Relaxed)
-    );
+    use crate::metrics::single;
+    for (name, help, v) in [
+        (
+            "switchyard_store_written_total",
+            "Rows written to the state store.",
+            &stats.written,
+        ),
+        (
+            "switchyard_store_dropped_total",
+            "Writes dropped because the store queue was full.",
+            &stats.dropped,
+        ),
+        (
+            "switchyard_store_failed_total",
+            "Writes lost to a failed transaction.",
+            &stats.failed,
+        ),
+    ] {
+        single(out, name, "counter", help, v.load(Ordering::Relaxed));
+    }
 }
 
 #[cfg(test)]
