@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::trace::{SpanContext, SpanKind, Status};
 use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
@@ -222,14 +222,20 @@ pub fn encode_resource(buf: &mut Vec<u8>, resource: &Resource) {
 const HAS_IS_REMOTE: u32 = 0x100;
 const IS_REMOTE: u32 = 0x200;
 
-fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
-    let sc = &s.span_context;
+/// `trace_id` (1), `span_id` (2) and `trace_state` (3): the same field numbers in `Span`
+/// and `Span.Link`.
+fn encode_context(b: &mut Vec<u8>, sc: &SpanContext) {
     bytes_field(b, 1, &sc.trace_id().to_bytes());
     bytes_field(b, 2, &sc.span_id().to_bytes());
     let state = sc.trace_state().header();
     if !state.is_empty() {
         string_field(b, 3, &state);
     }
+}
+
+fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
+    let sc = &s.span_context;
+    encode_context(b, sc);
     if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
         bytes_field(b, 4, &s.parent_span_id.to_bytes());
     }
@@ -262,12 +268,7 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
     for l in s.links.iter() {
         nested(b, 13, |b| {
             let lc = &l.span_context;
-            bytes_field(b, 1, &lc.trace_id().to_bytes());
-            bytes_field(b, 2, &lc.span_id().to_bytes());
-            let state = lc.trace_state().header();
-            if !state.is_empty() {
-                string_field(b, 3, &state);
-            }
+            encode_context(b, lc);
             for kv in &l.attributes {
                 nested(b, 4, |b| encode_kv(b, kv));
             }

@@ -338,6 +338,17 @@ fn new_span_id() -> SpanId {
     SpanId::from(random_u64())
 }
 
+/// The context of a new span under `parent`: same trace, flags and state, a new span id.
+fn child_context(parent: &SpanContext) -> SpanContext {
+    SpanContext::new(
+        parent.trace_id(),
+        new_span_id(),
+        parent.trace_flags(),
+        false,
+        parent.trace_state().clone(),
+    )
+}
+
 fn new_trace_id() -> TraceId {
     TraceId::from((u128::from(random_u64()) << 64) | u128::from(random_u64()))
 }
@@ -668,16 +679,9 @@ impl RequestTelemetry {
         match (&self.server.0, tracing_on()) {
             (Some(server), Some(t)) => {
                 let p = &server.span_context;
-                let cx = SpanContext::new(
-                    p.trace_id(),
-                    new_span_id(),
-                    p.trace_flags(),
-                    false,
-                    p.trace_state().clone(),
-                );
                 Span(Some(start_record(
                     t,
-                    cx,
+                    child_context(p),
                     p.span_id(),
                     false,
                     name.into(),
@@ -716,25 +720,9 @@ impl RequestTelemetry {
 
 /// `http.request.method` without allocating for the usual methods.
 fn method_name(m: &http::Method) -> Value {
-    let known = [
-        http::Method::GET,
-        http::Method::POST,
-        http::Method::PUT,
-        http::Method::DELETE,
-        http::Method::HEAD,
-        http::Method::OPTIONS,
-        http::Method::PATCH,
-    ];
-    match known.iter().find(|k| *k == m) {
-        Some(k) => match *k {
-            http::Method::GET => Value::from("GET"),
-            http::Method::POST => Value::from("POST"),
-            http::Method::PUT => Value::from("PUT"),
-            http::Method::DELETE => Value::from("DELETE"),
-            http::Method::HEAD => Value::from("HEAD"),
-            http::Method::OPTIONS => Value::from("OPTIONS"),
-            _ => Value::from("PATCH"),
-        },
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"];
+    match KNOWN.iter().find(|k| **k == m.as_str()) {
+        Some(k) => Value::from(*k),
         None => Value::from(m.as_str().to_owned()),
     }
 }
@@ -956,13 +944,7 @@ impl Attempt {
             Span(None)
         };
         let unsampled = match (&span.0, &t.cx) {
-            (None, Some(cx)) => Some(SpanContext::new(
-                cx.trace_id(),
-                new_span_id(),
-                cx.trace_flags(),
-                false,
-                cx.trace_state().clone(),
-            )),
+            (None, Some(cx)) => Some(child_context(cx)),
             _ => None,
         };
         Attempt {
