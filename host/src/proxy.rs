@@ -286,7 +286,7 @@ async fn run(
         &ctx.telemetry,
         &route.name,
         &chosen.backend.name,
-        ctx.upstream_model.as_deref().unwrap_or(""),
+        ctx.upstream_model.as_ref(),
         routing_started,
     )
     .end();
@@ -546,8 +546,9 @@ async fn exchange(
         let (answer, body, upstream_time, usage) =
             match complete_answer(tel, &target, &model, resp, sent).await {
                 Ok((answer, body, upstream_time, facts)) => {
-                    attempt.succeeded(&gw.metrics, &facts);
-                    (answer, body, upstream_time, facts.usage)
+                    let usage = facts.usage;
+                    attempt.succeeded(&gw.metrics, facts);
+                    (answer, body, upstream_time, usage)
                 }
                 Err(e) => return Err(failed(attempt, e)),
             };
@@ -752,7 +753,7 @@ async fn stream_answer(
         match error {
             None => attempt.succeeded(
                 &metrics,
-                &AnswerFacts {
+                AnswerFacts {
                     response_model: s.model.clone(),
                     finish_reasons: s.finish_reasons.clone(),
                     usage: s.usage,

@@ -622,7 +622,7 @@ impl RequestTelemetry {
                 cx.clone(),
                 parent.span_id(),
                 parent.is_valid(),
-                format!("{} {path}", method.as_str()).into(),
+                server_span_name(method, path),
                 SpanKind::Server,
                 attrs,
             )
@@ -694,7 +694,13 @@ impl RequestTelemetry {
     }
 
     /// End the server span with the status the client got.
-    pub fn finish_span(&mut self, status: u16, route: &str, backend: &str, error: Option<&str>) {
+    pub fn finish_span(
+        &mut self,
+        status: u16,
+        route: &Arc<str>,
+        backend: &Arc<str>,
+        error: Option<&str>,
+    ) {
         let Some(mut span) = self.server.0.take() else {
             return;
         };
@@ -703,11 +709,8 @@ impl RequestTelemetry {
             attrs,
             KeyValue::new("http.response.status_code", i64::from(status)),
         );
-        set_attribute(attrs, KeyValue::new("switchyard.route", route.to_owned()));
-        set_attribute(
-            attrs,
-            KeyValue::new("switchyard.backend", backend.to_owned()),
-        );
+        set_attribute(attrs, KeyValue::new("switchyard.route", route.clone()));
+        set_attribute(attrs, KeyValue::new("switchyard.backend", backend.clone()));
         if let Some(e) = error {
             set_attribute(attrs, KeyValue::new("error.type", e.to_owned()));
             if status >= 500 {
@@ -715,6 +718,22 @@ impl RequestTelemetry {
             }
         }
         end_record(span);
+    }
+}
+
+/// The server span's name, `{method} {route}`, without allocating for the API's own routes.
+fn server_span_name(method: &http::Method, path: &'static str) -> Cow<'static, str> {
+    const POSTS: [(&str, &str); 3] = [
+        ("/v1/chat/completions", "POST /v1/chat/completions"),
+        ("/v1/completions", "POST /v1/completions"),
+        ("/v1/embeddings", "POST /v1/embeddings"),
+    ];
+    match POSTS
+        .iter()
+        .find(|(p, _)| *method == http::Method::POST && *p == path)
+    {
+        Some((_, name)) => Cow::Borrowed(name),
+        None => format!("{} {path}", method.as_str()).into(),
     }
 }
 
@@ -780,9 +799,9 @@ pub fn linked_span(t: &RequestTelemetry, name: impl Into<Cow<'static, str>>) -> 
 /// The routing decision as a span: which route, which backend, which model.
 pub fn routing_span(
     t: &RequestTelemetry,
-    route: &str,
-    backend: &str,
-    upstream_model: &str,
+    route: &Arc<str>,
+    backend: &Arc<str>,
+    upstream_model: Option<&Arc<str>>,
     started: SystemTime,
 ) -> Span {
     if !t.is_tracing() {
@@ -792,9 +811,12 @@ pub fn routing_span(
         "route",
         SpanKind::Internal,
         vec![
-            KeyValue::new("switchyard.route", route.to_owned()),
-            KeyValue::new("switchyard.backend", backend.to_owned()),
-            KeyValue::new("switchyard.upstream_model", upstream_model.to_owned()),
+            KeyValue::new("switchyard.route", route.clone()),
+            KeyValue::new("switchyard.backend", backend.clone()),
+            KeyValue::new(
+                "switchyard.upstream_model",
+                upstream_model.map_or(Value::from(""), |m| Value::from(m.clone())),
+            ),
         ],
     );
     if let Some(s) = &mut span.0 {
@@ -966,13 +988,7 @@ impl Attempt {
         if !sc.is_valid() {
             return;
         }
-        let tp = format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        );
-        if let Ok(v) = HeaderValue::from_str(&tp) {
+        if let Ok(v) = HeaderValue::from_bytes(&traceparent(sc)) {
             headers.insert("traceparent", v);
         }
     }
@@ -983,7 +999,7 @@ impl Attempt {
     }
 
     /// The attempt produced an answer (for streams: the stream ended, however it ended).
-    pub fn succeeded(mut self, metrics: &Metrics, facts: &AnswerFacts) {
+    pub fn succeeded(mut self, metrics: &Metrics, facts: AnswerFacts) {
         let took = self.started.elapsed();
         metrics.genai_operation(self.operation, &self.model, &self.backend, None, took);
         if let Some(u) = facts.usage {
@@ -1006,18 +1022,15 @@ impl Attempt {
         }
         if self.span.is_recording() {
             let s = &mut self.span;
-            if let Some(m) = &facts.response_model {
-                s.set("gen_ai.response.model", m.clone());
+            if let Some(m) = facts.response_model {
+                s.set("gen_ai.response.model", m);
             }
-            if let Some(id) = &facts.response_id {
-                s.set("gen_ai.response.id", id.clone());
+            if let Some(id) = facts.response_id {
+                s.set("gen_ai.response.id", id);
             }
             if !facts.finish_reasons.is_empty() {
-                let v: Vec<opentelemetry::StringValue> = facts
-                    .finish_reasons
-                    .iter()
-                    .map(|r| r.clone().into())
-                    .collect();
+                let v: Vec<opentelemetry::StringValue> =
+                    facts.finish_reasons.into_iter().map(Into::into).collect();
                 s.set(
                     "gen_ai.response.finish_reasons",
                     Value::Array(opentelemetry::Array::from(v)),
@@ -1030,10 +1043,10 @@ impl Attempt {
             if let Some(ft) = facts.first_token {
                 s.set("gen_ai.server.time_to_first_token", ft.as_secs_f64());
             }
-            if let Some(o) = &facts.output
+            if let Some(o) = facts.output
                 && capture_content()
             {
-                s.set("gen_ai.output.messages", o.clone());
+                s.set("gen_ai.output.messages", o);
             }
         }
     }
@@ -1058,6 +1071,24 @@ impl Attempt {
     pub fn span(&mut self) -> &mut Span {
         &mut self.span
     }
+}
+
+/// The W3C `traceparent` value of `sc`: `00-{trace id}-{span id}-{flags}` in lowercase hex
+/// (written by hand: this runs on every upstream attempt).
+fn traceparent(sc: &SpanContext) -> [u8; 55] {
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+    }
+    let mut tp = [b'-'; 55];
+    tp[..2].copy_from_slice(b"00");
+    hex(&mut tp[3..35], &sc.trace_id().to_bytes());
+    hex(&mut tp[36..52], &sc.span_id().to_bytes());
+    hex(&mut tp[53..55], &[sc.trace_flags().to_u8()]);
+    tp
 }
 
 /// Host and port of a backend base URL (`http://host:port/v1`).
@@ -1160,6 +1191,32 @@ mod tests {
             ("api.openai.com", None)
         );
         assert_eq!(host_port("http://[::1]:8080/v1"), ("::1", Some(8080)));
+    }
+
+    #[test]
+    fn traceparent_is_w3c_lowercase_hex() {
+        let sc = SpanContext::new(
+            TraceId::from(0x0af7651916cd43dd8448eb211c80319c_u128),
+            SpanId::from(0xb7ad6b7169203331_u64),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        assert_eq!(
+            &traceparent(&sc)[..],
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        let unsampled = SpanContext::new(
+            TraceId::from(1_u128),
+            SpanId::from(2_u64),
+            TraceFlags::default(),
+            false,
+            TraceState::NONE,
+        );
+        assert_eq!(
+            &traceparent(&unsampled)[..],
+            b"00-00000000000000000000000000000001-0000000000000002-00"
+        );
     }
 
     #[test]

@@ -91,7 +91,7 @@ fn the_span_api_builds_one_tree_per_request() {
     let metrics = Metrics::default();
     attempt.succeeded(
         &metrics,
-        &AnswerFacts {
+        AnswerFacts {
             response_model: Some("llama-3.1-8b-q4".into()),
             finish_reasons: vec!["length".into()],
             usage: Some(Usage {
@@ -102,7 +102,7 @@ fn the_span_api_builds_one_tree_per_request() {
             ..AnswerFacts::default()
         },
     );
-    t.finish_span(200, "gpt-4o", "local", None);
+    t.finish_span(200, &Arc::from("gpt-4o"), &Arc::from("local"), None);
 
     let spans = collected.0.lock().unwrap().clone();
     let server = named(&spans, "POST /v1/chat/completions");

@@ -5,7 +5,8 @@
 //! - `examples/python-router` (componentize-py) and `examples/js-router` (componentize-js,
 //!   installed with jco by npm) → a `router.wasm`
 //!   beside their sources, when those toolchains are installed (skipped with a message
-//!   otherwise; `SWITCHYARD_CI=1` makes a missing toolchain an error).
+//!   otherwise; `SWITCHYARD_CI=1` makes a missing toolchain an error). With a `weval` binary
+//!   installed the JavaScript is compiled ahead of time (see [`weval`]).
 //!
 //! The Rust plugins share one target directory (`target/wasm`) so the SDK and wit-bindgen
 //! are compiled once for all of them.
@@ -74,6 +75,17 @@ fn have(tool: &str, arg: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// The weval binary for componentize-js's `--aot`: `$SWITCHYARD_WEVAL`, else `weval` on the
+/// PATH (`cargo install weval --version 0.5.0 --locked`, the version componentize-js 0.23
+/// expects). `SWITCHYARD_WEVAL=off` builds for the interpreter even when one is installed.
+fn weval() -> Option<std::path::PathBuf> {
+    match std::env::var_os("SWITCHYARD_WEVAL") {
+        Some(v) if v == "off" => None,
+        Some(v) => Some(v.into()),
+        None => have("weval", "--version").then(|| "weval".into()),
+    }
+}
+
 fn ci() -> bool {
     std::env::var("SWITCHYARD_CI").is_ok_and(|v| v == "1")
 }
@@ -118,6 +130,15 @@ fn examples(root: &Path) -> Result<(), String> {
                 .args(["--world-name", "classifier", "--disable"])
                 .args(["stdio", "random", "clocks", "http", "fetch-event"])
                 .args(["-o", "router.wasm"]);
+            // Ahead-of-time compilation of the JavaScript (weval) when a weval binary is at
+            // hand: componentize-js would download one from GitHub, so we pass our own.
+            if let Some(weval) = weval() {
+                c.arg("--aot").arg("--weval-bin").arg(&weval);
+                eprintln!(
+                    "xtask: js-router built ahead of time with {}",
+                    weval.display()
+                );
+            }
             run(c, "componentize-js (examples/js-router)")?;
         } else {
             missing("jco/componentize-js (cd examples/js-router && npm install)")?;
