@@ -18,8 +18,13 @@ use super::bindings::Policy;
 use super::exec::State;
 use super::settings::Settings;
 
-/// How often the epoch advances; a call's deadline is counted in these ticks.
-pub const TICK: Duration = Duration::from_millis(1);
+/// The epoch tick for a call timeout: a tenth of it, between 1 and 10 ms. A deadline is
+/// counted in ticks, so a call is cut off between its timeout and one tick (≤ 10 %) later;
+/// a longer tick wakes the ticker thread less often (at 1 ms, a thousand wake-ups a second
+/// preempted request threads on a small machine for nothing).
+fn tick_for(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(10))
+}
 
 /// The engine, the linker with the host imports, and the ticker that enforces deadlines.
 pub struct PluginEngine {
@@ -27,11 +32,20 @@ pub struct PluginEngine {
     pub linker: Linker<State>,
     /// Deadline of one call, in epoch ticks.
     pub deadline_ticks: u64,
+    /// How often the epoch advances.
+    tick: Duration,
     pub memory_bytes: usize,
     /// `[plugins] instances = "per-call"`: never reuse an instance.
     pub per_call: bool,
     cache_dir: Option<PathBuf>,
     stop: Arc<AtomicBool>,
+}
+
+/// `d` in ticks, plus one: the first tick may come at once.
+fn deadline_ticks(d: Duration, tick: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(tick.as_micros()))
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
 }
 
 impl Drop for PluginEngine {
@@ -79,28 +93,33 @@ impl PluginEngine {
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
         let ticker_stop = stop.clone();
+        let tick = tick_for(settings.timeout);
         std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || {
                 while !ticker_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
+                    std::thread::sleep(tick);
                     match ticker_engine.upgrade() {
                         Some(e) => e.increment_epoch(),
                         None => break,
                     }
                 }
             })?;
-        let ticks = settings.timeout.as_micros().div_ceil(TICK.as_micros()) as u64;
         Ok(Arc::new(PluginEngine {
             engine,
             linker,
-            // One more tick than the timeout: the first tick may come at once.
-            deadline_ticks: ticks + 1,
+            deadline_ticks: deadline_ticks(settings.timeout, tick),
+            tick,
             memory_bytes: settings.memory_bytes,
             per_call: settings.per_call_instances,
             cache_dir: settings.cache_dir.clone(),
             stop,
         }))
+    }
+
+    /// A deadline of `d` in this engine's epoch ticks.
+    pub fn ticks(&self, d: Duration) -> u64 {
+        deadline_ticks(d, self.tick)
     }
 
     /// Compile `bytes` (a component, binary or text), through the disk cache.
@@ -160,4 +179,24 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_a_tenth_of_the_timeout_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(tick_for(ms(1)), ms(1));
+        assert_eq!(tick_for(ms(50)), ms(5));
+        assert_eq!(tick_for(ms(60_000)), ms(10));
+        // A call is cut off no earlier than its timeout and at most one tick later.
+        for timeout in [1, 7, 50, 250, 999, 60_000] {
+            let tick = tick_for(ms(timeout));
+            let n = deadline_ticks(ms(timeout), tick);
+            assert!(tick * (n as u32 - 1) >= ms(timeout), "{timeout} ms");
+            assert!(tick * (n as u32 - 2) < ms(timeout), "{timeout} ms");
+        }
+    }
 }

@@ -25,9 +25,9 @@ use super::hostapi::PluginHost;
 pub const MAX_USES: u32 = 1000;
 /// Idle warm instances kept per plugin.
 pub const MAX_IDLE: usize = 16;
-/// Deadline of the instantiation that proves a plugin loads (epoch ticks): generous, since
-/// loading happens off the request path, often while other plugins compile beside it.
-const LOAD_DEADLINE_TICKS: u64 = 10_000;
+/// Deadline of the instantiation that proves a plugin loads: generous, since loading happens
+/// off the request path, often while other plugins compile beside it.
+const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a store carries: WASI (empty), limits, and the plugin's host-side state.
 pub struct State {
@@ -237,7 +237,7 @@ impl Loaded {
         // Instantiate once now: a component that cannot start (missing imports, traps in
         // its start function, wrong export types) fails here, at load, not on a request.
         let warm = loaded
-            .instantiate(LOAD_DEADLINE_TICKS)
+            .instantiate(loaded.engine.ticks(LOAD_DEADLINE))
             .map_err(|e| wasmtime::format_err!("{}", e.detail))?;
         if loaded.warm_pool() {
             loaded.give_back(warm);
