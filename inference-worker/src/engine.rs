@@ -31,6 +31,8 @@ pub struct GenRequest {
     /// Number of top alternatives per token, when logprobs were asked for.
     pub logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
+    /// When the server accepted the request (queue time and TTFT count from here).
+    pub arrived: std::time::Instant,
 }
 
 /// Log-probability information for one generated token.
@@ -82,6 +84,73 @@ pub struct Metrics {
     pub queued: AtomicU64,
     pub cancelled: AtomicU64,
     pub steps: AtomicU64,
+    /// Tokens held in the KV caches of the running sequences.
+    pub kv_tokens: AtomicU64,
+    /// What the KV caches can hold at most: `max_batch` sequences of `n_ctx` tokens.
+    pub kv_capacity: AtomicU64,
+    /// Generated tokens per second over the last second of work (0 when idle), as f64 bits.
+    pub tokens_per_second: AtomicU64,
+    /// Time from arrival to the first generated token.
+    pub ttft: Histogram,
+    /// Time from arrival to admission into the running batch.
+    pub queue_time: Histogram,
+}
+
+/// A Prometheus histogram with fixed bucket bounds (seconds), updated without locks.
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative; summed when rendered).
+    counts: Vec<AtomicU64>,
+    /// Observations above the last bound.
+    over: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// The OpenTelemetry GenAI buckets for `gen_ai.server.time_to_first_token`.
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram::new(TTFT_BUCKETS)
+    }
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            over: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        match self.bounds.iter().position(|b| secs <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The histogram in Prometheus text format under `name`.
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.over.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
 }
 
 /// Handle for submitting work; cheap to clone.
@@ -107,6 +176,8 @@ struct Seq {
     last: Option<TokenId>,
     done: bool,
     cancelled: bool,
+    /// The first token was sampled (TTFT recorded).
+    started: bool,
 }
 
 impl Engine {
@@ -119,6 +190,9 @@ impl Engine {
     ) -> Engine {
         let (tx, rx) = mpsc::channel::<GenRequest>();
         let metrics = Arc::new(Metrics::default());
+        metrics
+            .kv_capacity
+            .store((max_batch.max(1) * n_ctx) as u64, Ordering::Relaxed);
         let m = metrics.clone();
         let tk = tokenizer.clone();
         std::thread::Builder::new()
@@ -149,6 +223,8 @@ fn scheduler(
     max_batch: usize,
 ) {
     let mut active: Vec<Seq> = Vec::new();
+    // Throughput window for `tokens_per_second`.
+    let mut window = (std::time::Instant::now(), 0u64);
     let mut waiting: std::collections::VecDeque<GenRequest> = Default::default();
     loop {
         // Block only when there is nothing to do.
@@ -166,6 +242,7 @@ fn scheduler(
                 break;
             };
             m.queued.fetch_sub(1, Ordering::Relaxed);
+            m.queue_time.observe(req.arrived.elapsed());
             m.prompt_tokens
                 .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
             let rng = Rng::new(req.params.seed);
@@ -180,6 +257,7 @@ fn scheduler(
                 last: None,
                 done: false,
                 cancelled: false,
+                started: false,
                 req,
             });
         }
@@ -191,10 +269,16 @@ fn scheduler(
             }
             !gone
         });
-        m.active.store(active.len() as u64, Ordering::Relaxed);
         if active.is_empty() {
+            // Gauges before `active`: a reader that sees no sequences sees them cleared.
+            m.kv_tokens.store(0, Ordering::Relaxed);
+            m.tokens_per_second.store(0f64.to_bits(), Ordering::Relaxed);
+            window = (std::time::Instant::now(), 0);
+            m.active.store(0, Ordering::Relaxed);
             continue;
         }
+        m.active.store(active.len() as u64, Ordering::Relaxed);
+
         // One batch: a prompt chunk or the last token of each sequence.
         let mut inputs: Vec<Vec<TokenId>> = Vec::with_capacity(active.len());
         for s in &active {
@@ -231,11 +315,26 @@ fn scheduler(
             }
             let id = sample(&lg, &s.req.params, &s.history, &mut s.rng);
             m.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            window.1 += 1;
+            if !s.started {
+                s.started = true;
+                m.ttft.observe(s.req.arrived.elapsed());
+            }
             step_sequence(s, id, &lg, &tok);
         }
         let n_cancelled = active.iter().filter(|s| s.cancelled).count();
         m.cancelled.fetch_add(n_cancelled as u64, Ordering::Relaxed);
         active.retain(|s| !s.done);
+        let cached: usize = active.iter().map(|s| s.fed + s.generated.len()).sum();
+        m.kv_tokens.store(cached as u64, Ordering::Relaxed);
+        let elapsed = window.0.elapsed();
+        if active.is_empty() {
+            m.tokens_per_second.store(0f64.to_bits(), Ordering::Relaxed);
+        } else if elapsed >= std::time::Duration::from_secs(1) {
+            let rate = window.1 as f64 / elapsed.as_secs_f64();
+            m.tokens_per_second.store(rate.to_bits(), Ordering::Relaxed);
+            window = (std::time::Instant::now(), 0);
+        }
         m.active.store(active.len() as u64, Ordering::Relaxed);
     }
 }

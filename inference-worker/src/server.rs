@@ -167,6 +167,8 @@ async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
 fn metrics(st: &AppState) -> Response<Body> {
     let m = &st.engine.metrics;
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    // Read once: the ratio and the count in one scrape must agree.
+    let kv_tokens = g(&m.kv_tokens);
     let text = format!(
         "# HELP switchyard_worker_requests_total Generation requests received.\n# TYPE switchyard_worker_requests_total counter\nswitchyard_worker_requests_total {}\n\
 # HELP switchyard_worker_prompt_tokens_total Prompt tokens processed.\n# TYPE switchyard_worker_prompt_tokens_total counter\nswitchyard_worker_prompt_tokens_total {}\n\
@@ -174,7 +176,10 @@ fn metrics(st: &AppState) -> Response<Body> {
 # HELP switchyard_worker_cancelled_total Requests cancelled by client disconnect.\n# TYPE switchyard_worker_cancelled_total counter\nswitchyard_worker_cancelled_total {}\n\
 # HELP switchyard_worker_engine_steps_total Batched forward steps.\n# TYPE switchyard_worker_engine_steps_total counter\nswitchyard_worker_engine_steps_total {}\n\
 # HELP switchyard_worker_active_sequences Sequences in the running batch.\n# TYPE switchyard_worker_active_sequences gauge\nswitchyard_worker_active_sequences {}\n\
-# HELP switchyard_worker_queued_requests Requests waiting for a batch slot.\n# TYPE switchyard_worker_queued_requests gauge\nswitchyard_worker_queued_requests {}\n",
+# HELP switchyard_worker_queued_requests Requests waiting for a batch slot.\n# TYPE switchyard_worker_queued_requests gauge\nswitchyard_worker_queued_requests {}\n\
+# HELP switchyard_worker_kv_cache_tokens Tokens held in the KV caches of running sequences.\n# TYPE switchyard_worker_kv_cache_tokens gauge\nswitchyard_worker_kv_cache_tokens {}\n\
+# HELP switchyard_worker_kv_cache_usage_ratio KV cache use: cached tokens over max_batch x context size.\n# TYPE switchyard_worker_kv_cache_usage_ratio gauge\nswitchyard_worker_kv_cache_usage_ratio {}\n\
+# HELP switchyard_worker_generation_tokens_per_second Tokens generated per second over the last second of work (0 when idle).\n# TYPE switchyard_worker_generation_tokens_per_second gauge\nswitchyard_worker_generation_tokens_per_second {}\n",
         g(&m.requests),
         g(&m.prompt_tokens),
         g(&m.generated_tokens),
@@ -182,6 +187,20 @@ fn metrics(st: &AppState) -> Response<Body> {
         g(&m.steps),
         g(&m.active),
         g(&m.queued),
+        kv_tokens,
+        kv_tokens as f64 / g(&m.kv_capacity).max(1) as f64,
+        f64::from_bits(g(&m.tokens_per_second)),
+    );
+    let mut text = text;
+    m.ttft.render(
+        &mut text,
+        "switchyard_worker_time_to_first_token_seconds",
+        "Time from a request's arrival to its first generated token.",
+    );
+    m.queue_time.render(
+        &mut text,
+        "switchyard_worker_queue_time_seconds",
+        "Time a request waited for a slot in the running batch.",
     );
     let mut r = Response::new(full(text));
     r.headers_mut().insert(
@@ -477,6 +496,7 @@ async fn completion(
         stop: p.stop,
         logprobs: p.logprobs,
         events: tx,
+        arrived: std::time::Instant::now(),
     });
     if !submitted {
         return Err(ApiError {

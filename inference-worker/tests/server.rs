@@ -359,3 +359,79 @@ fn client_disconnect_cancels_generation() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The value of an unlabelled sample (or a sample with the exact labels given) in /metrics.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_report_ttft_queue_time_and_kv_cache() {
+    let Some(w) = start(&["--ctx-size", "256", "--max-batch", "2"]) else {
+        return;
+    };
+    for i in 0..3 {
+        let (s, v) = post(
+            &w,
+            "/v1/completions",
+            json!({"prompt": format!("Count to {i}:"), "max_tokens": 4, "temperature": 0}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, m) = http(&w, "GET", "/metrics", None);
+    assert_eq!(s, 200);
+    let ttft = "switchyard_worker_time_to_first_token_seconds";
+    assert_eq!(sample(&m, &format!("{ttft}_count")), 3.0);
+    assert_eq!(sample(&m, &format!("{ttft}_bucket{{le=\"+Inf\"}}")), 3.0);
+    // Buckets are cumulative and the sum is a real duration.
+    assert!(sample(&m, &format!("{ttft}_bucket{{le=\"0.001\"}}")) <= 3.0);
+    assert!(sample(&m, &format!("{ttft}_sum")) > 0.0);
+    assert_eq!(
+        sample(&m, "switchyard_worker_queue_time_seconds_count"),
+        3.0
+    );
+    // While a long generation runs, its tokens sit in the KV cache and the rate is measured.
+    let mut s = TcpStream::connect(&w.addr).unwrap();
+    let b = json!({"prompt": "Count from one to a thousand:", "max_tokens": 200, "temperature": 0, "stream": true}).to_string();
+    write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, m) = http(&w, "GET", "/metrics", None);
+        let cached = sample(&m, "switchyard_worker_kv_cache_tokens");
+        let ratio = sample(&m, "switchyard_worker_kv_cache_usage_ratio");
+        if cached > 0.0 && sample(&m, "switchyard_worker_generation_tokens_per_second") > 0.0 {
+            // max_batch 2 x ctx 256 tokens of capacity.
+            assert!((ratio - cached / 512.0).abs() < 1e-9, "{m}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no KV use or rate seen:\n{m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let m = loop {
+        let (_, m) = http(&w, "GET", "/metrics", None);
+        if m.lines()
+            .any(|l| l == "switchyard_worker_active_sequences 0")
+        {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still generating:\n{m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Idle again: nothing cached, nothing generating.
+    assert_eq!(sample(&m, "switchyard_worker_kv_cache_tokens"), 0.0);
+    assert_eq!(sample(&m, "switchyard_worker_kv_cache_usage_ratio"), 0.0);
+    assert!(sample(&m, "switchyard_worker_generation_tokens_per_second") >= 0.0);
+}
