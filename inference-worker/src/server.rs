@@ -169,7 +169,7 @@ fn metrics(st: &AppState) -> Response<Body> {
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     // Read once: the ratio and the count in one scrape must agree.
     let kv_tokens = g(&m.kv_tokens);
-    let text = format!(
+    let mut text = format!(
         "# HELP switchyard_worker_requests_total Generation requests received.\n# TYPE switchyard_worker_requests_total counter\nswitchyard_worker_requests_total {}\n\
 # HELP switchyard_worker_prompt_tokens_total Prompt tokens processed.\n# TYPE switchyard_worker_prompt_tokens_total counter\nswitchyard_worker_prompt_tokens_total {}\n\
 # HELP switchyard_worker_generation_tokens_total Tokens generated.\n# TYPE switchyard_worker_generation_tokens_total counter\nswitchyard_worker_generation_tokens_total {}\n\
@@ -191,7 +191,6 @@ fn metrics(st: &AppState) -> Response<Body> {
         kv_tokens as f64 / g(&m.kv_capacity).max(1) as f64,
         f64::from_bits(g(&m.tokens_per_second)),
     );
-    let mut text = text;
     m.ttft.render(
         &mut text,
         "switchyard_worker_time_to_first_token_seconds",

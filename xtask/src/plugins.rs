@@ -82,7 +82,11 @@ fn weval() -> Option<std::path::PathBuf> {
     match std::env::var_os("SWITCHYARD_WEVAL") {
         Some(v) if v == "off" => None,
         Some(v) => Some(v.into()),
-        None => have("weval", "--version").then(|| "weval".into()),
+        // An absolute path: componentize-js ignores a `--weval-bin` it cannot find as a file
+        // and downloads weval instead.
+        None => std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join("weval"))
+            .find(|p| p.is_file() && have(&p.to_string_lossy(), "--version")),
     }
 }
 

@@ -44,7 +44,7 @@ pub struct PluginEngine {
 /// `d` in ticks, plus one: the first tick may come at once.
 fn deadline_ticks(d: Duration, tick: Duration) -> u64 {
     u64::try_from(d.as_micros().div_ceil(tick.as_micros()))
-        .unwrap_or(u64::MAX - 1)
+        .unwrap_or(u64::MAX)
         .saturating_add(1)
 }
 
