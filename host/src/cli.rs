@@ -214,7 +214,14 @@ async fn run(runtime: Runtime) -> ExitCode {
     .await;
     if let Some(local) = gw.runtime().local_worker.clone() {
         // Fetching and loading happen on the worker's own thread; the gateway serves now.
-        crate::local_worker::start(local);
+        let otlp = gw.runtime().telemetry.as_ref().and_then(|t| {
+            let endpoint = t.otlp_endpoint.clone()?;
+            Some((
+                endpoint,
+                switchyard_otlp::Protocol::parse(&t.otlp_protocol)?,
+            ))
+        });
+        crate::local_worker::start(local, otlp);
     }
     let telemetry = match telemetry::init(gw.runtime().telemetry.as_ref(), gw.metrics.clone()) {
         Ok(t) => t,

@@ -17,7 +17,6 @@ pub mod limits;
 pub mod local_worker;
 pub mod metrics;
 pub mod openai;
-pub mod otlp;
 pub mod plugins;
 pub mod pool;
 pub mod proxy;

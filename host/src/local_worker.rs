@@ -93,11 +93,13 @@ impl LocalWorkerSettings {
 }
 
 /// Starts the worker on its own thread; returns at once (loading and fetching happen there).
-pub fn start(settings: LocalWorkerSettings) {
+/// With `otlp` (the gateway's `[telemetry]` collector and protocol) the worker exports its
+/// request spans there too, joined to the gateway's traces.
+pub fn start(settings: LocalWorkerSettings, otlp: Option<(String, switchyard_otlp::Protocol)>) {
     let spawned = std::thread::Builder::new()
         .name("local-worker".into())
         .spawn(move || {
-            if let Err(e) = run(&settings) {
+            if let Err(e) = run(&settings, otlp) {
                 tracing::error!(model = %settings.model, listen = %settings.listen, error = %e, "local worker did not start");
             }
         });
@@ -106,8 +108,12 @@ pub fn start(settings: LocalWorkerSettings) {
     }
 }
 
-fn run(s: &LocalWorkerSettings) -> Result<(), String> {
-    use switchyard_worker::{engine::Engine, hub, server};
+fn run(
+    s: &LocalWorkerSettings,
+    otlp: Option<(String, switchyard_otlp::Protocol)>,
+) -> Result<(), String> {
+    use switchyard_worker::launch::{self, Options};
+    use switchyard_worker::trace::{Log, Tracer};
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -115,53 +121,40 @@ fn run(s: &LocalWorkerSettings) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting its runtime: {e}"))?;
-    // Bind first: an address in use means a worker is already there, and that one serves.
-    let listener = match rt.block_on(tokio::net::TcpListener::bind(s.listen)) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::info!(listen = %s.listen, "something already listens where the local worker would; using it");
-            return Ok(());
-        }
-        Err(e) => return Err(format!("binding {}: {e}", s.listen)),
-    };
-    tracing::info!(model = %s.model, listen = %s.listen, "local worker: preparing the model");
-    let mut last_logged = u64::MAX;
-    let path = hub::resolve(&s.model, &mut |p: hub::Progress| {
-        let Some(total) = p.total.filter(|t| *t > 0) else {
-            return;
+    rt.block_on(async {
+        // Bind first: an address in use means a worker is already there, and that one serves.
+        let listener = match tokio::net::TcpListener::bind(s.listen).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::info!(listen = %s.listen, "something already listens where the local worker would; using it");
+                return Ok(());
+            }
+            Err(e) => return Err(format!("binding {}: {e}", s.listen)),
         };
-        let pct = p.done * 100 / total;
-        if pct / 10 != last_logged {
-            last_logged = pct / 10;
-            tracing::info!(model = %s.model, "fetching the model: {pct}% of {} MiB", total >> 20);
-        }
+        tracing::info!(model = %s.model, listen = %s.listen, "local worker: preparing the model");
+        let log: Log = Arc::new(|line: &str| tracing::info!("local worker: {line}"));
+        let tracer = match otlp {
+            Some((endpoint, protocol)) => Some(Arc::new(Tracer::start(
+                &endpoint,
+                protocol,
+                &s.listen.to_string(),
+                log.clone(),
+            )?)),
+            None => None,
+        };
+        let opts = Options {
+            model: s.model.clone(),
+            served_model_name: s.served_model_name.clone(),
+            ctx_size: s.ctx_size,
+            max_batch: s.max_batch,
+            tracer,
+        };
+        let listen = s.listen;
+        launch::run(listener, opts, log, move |_, st| {
+            tracing::info!(model = %st.model_name, %listen, context = st.engine.n_ctx, "local worker ready");
+        })
+        .await
     })
-    .map_err(|e| e.to_string())?;
-    let loaded = switchyard_worker::load(&path, |line| tracing::info!("local worker: {line}"))?;
-    let n_ctx = s
-        .ctx_size
-        .unwrap_or(loaded.model.cfg.n_ctx_train.min(8192))
-        .max(16);
-    let name = s
-        .served_model_name
-        .clone()
-        .or_else(|| hub::known(&s.model).map(|m| m.served_name.to_string()))
-        .unwrap_or_else(|| {
-            path.file_stem()
-                .map_or_else(|| "model".into(), |f| f.to_string_lossy().into_owned())
-        });
-    let engine = Engine::start(loaded.model, loaded.tokenizer, n_ctx, s.max_batch);
-    let state = Arc::new(server::AppState {
-        engine,
-        template: loaded.template,
-        model_name: name.clone(),
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    });
-    tracing::info!(model = %name, listen = %s.listen, context = n_ctx, "local worker ready");
-    rt.block_on(server::serve(listener, state))
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -45,30 +45,23 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState,
+    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks, SpanProcessor};
-use tokio::sync::{mpsc, oneshot};
+
+use switchyard_otlp::context::{
+    child_context, new_span_id, new_trace_id, sample_bound, traceparent,
+};
 
 use crate::config::{Endpoint, TelemetrySettings};
 use crate::metrics::Metrics;
 use crate::openai::Usage;
 
 /// Finished spans waiting for export; beyond this they are dropped (and counted).
-pub const QUEUE_CAPACITY: usize = 8192;
-/// Spans sent per export call.
-const MAX_BATCH: usize = 512;
-/// How long a finished span waits at most before it is exported.
-const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
-/// One export call may take this long; a slow collector then costs dropped spans, not time.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+pub use switchyard_otlp::pipeline::QUEUE_CAPACITY;
 
 /// `[telemetry] log_format`: how log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,8 +112,8 @@ struct Tracing {
     sample_bound: u64,
     scope: InstrumentationScope,
     capture_content: bool,
-    /// Asks the export task to send what is queued now (absent with a caller's own processor).
-    flush: Option<mpsc::Sender<oneshot::Sender<()>>>,
+    /// The export task (absent with a caller's own processor).
+    pipeline: Option<switchyard_otlp::Pipeline>,
 }
 
 static TRACING: OnceLock<Tracing> = OnceLock::new();
@@ -129,69 +122,32 @@ fn tracing_on() -> Option<&'static Tracing> {
     TRACING.get()
 }
 
-/// Finished spans between the request path and the export task.
-///
-/// A plain vector behind a mutex rather than a channel: a channel wakes the export task for
-/// nearly every span (tens of thousands of cross-thread wake-ups a second at full load, which
-/// cost more than the spans), while here a request only appends. The export task wakes when a
-/// batch is full (one wake-up per [`MAX_BATCH`] spans) or on its [`EXPORT_INTERVAL`] tick.
-#[derive(Debug)]
-struct SpanQueue {
-    spans: std::sync::Mutex<Vec<SpanData>>,
-    batch_full: tokio::sync::Notify,
-    metrics: Arc<Metrics>,
-}
+/// The gateway's counters for the export pipeline, and its log lines for an outage.
+struct GatewayExport(Arc<Metrics>);
 
-impl SpanQueue {
-    fn new(metrics: Arc<Metrics>) -> SpanQueue {
-        SpanQueue {
-            spans: std::sync::Mutex::new(Vec::with_capacity(MAX_BATCH)),
-            batch_full: tokio::sync::Notify::new(),
-            metrics,
-        }
+impl switchyard_otlp::ExportEvents for GatewayExport {
+    fn exported(&self, spans: u64) {
+        self.0.spans_exported(spans);
     }
 
-    /// Everything queued so far (the queue starts again empty).
-    fn take(&self) -> Vec<SpanData> {
-        let mut q = self.spans.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *q, Vec::with_capacity(MAX_BATCH))
-    }
-}
-
-/// Hands finished spans to the export task without ever waiting for it.
-#[derive(Debug)]
-struct QueueProcessor(Arc<SpanQueue>);
-
-impl SpanProcessor for QueueProcessor {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
-        let len = {
-            let mut q = self.0.spans.lock().unwrap_or_else(|p| p.into_inner());
-            if q.len() >= QUEUE_CAPACITY {
-                drop(q);
-                self.0.metrics.spans_dropped(1);
-                return;
-            }
-            q.push(span);
-            q.len()
-        };
-        if len == MAX_BATCH {
-            self.0.batch_full.notify_one();
-        }
+    fn dropped(&self, spans: u64) {
+        self.0.spans_dropped(spans);
     }
 
-    // Flushing is asynchronous ([`Telemetry::shutdown`]); these run on runtime threads and
-    // must not block them.
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
+    fn failed(&self, spans: u64) {
+        self.0.span_export_failed(spans);
     }
 
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
+    fn outage(&self, error: &str, spans: u64) {
+        tracing::warn!(
+            error,
+            spans,
+            "OTLP export failed; spans are dropped until it recovers"
+        );
+    }
+
+    fn recovered(&self) {
+        tracing::info!("OTLP export works again");
     }
 }
 
@@ -204,12 +160,8 @@ pub struct Telemetry {
 impl Telemetry {
     /// Export every queued span (bounded wait), at shutdown.
     pub async fn shutdown(self) {
-        let Some(queue) = tracing_on().and_then(|t| t.flush.as_ref()) else {
-            return;
-        };
-        let (tx, rx) = oneshot::channel();
-        if queue.send(tx).await.is_ok() {
-            let _ = tokio::time::timeout(EXPORT_TIMEOUT, rx).await;
+        if let Some(pipeline) = tracing_on().and_then(|t| t.pipeline.as_ref()) {
+            pipeline.flush().await;
         }
     }
 }
@@ -224,28 +176,28 @@ pub fn init(
     let Some(endpoint) = s.otlp_endpoint.as_deref() else {
         return Ok(None);
     };
-    // The exporter is built without TLS: collectors usually run beside the gateway (an
-    // agent or sidecar), and a silent failure on every export would be worse than saying so.
-    if endpoint.starts_with("https://") {
-        return Err(format!(
-            "telemetry.otlp_endpoint: \"{endpoint}\": OTLP over TLS is not supported yet; \
-             send to a local collector over http://"
-        ));
-    }
     let resource = Resource::builder()
         .with_service_name("switchyard")
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
-    let exporter = build_exporter(endpoint, &s.otlp_protocol, &resource)?;
-    let queue = Arc::new(SpanQueue::new(metrics));
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(export_loop(exporter, queue.clone(), rx));
+    // Validation allowed only these two names.
+    let protocol = switchyard_otlp::Protocol::parse(&s.otlp_protocol)
+        .unwrap_or(switchyard_otlp::Protocol::Grpc);
+    let exporter = switchyard_otlp::Exporter::new(
+        endpoint,
+        protocol,
+        &resource,
+        switchyard_otlp::pipeline::EXPORT_TIMEOUT,
+    )
+    .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
+    let (processor, pipeline) =
+        switchyard_otlp::Pipeline::start(exporter, Arc::new(GatewayExport(metrics)));
     install(
-        QueueProcessor(queue),
+        processor,
         resource,
         s.sample_ratio,
         s.capture_content,
-        Some(tx),
+        Some(pipeline),
     )?;
     tracing::info!(
         endpoint,
@@ -273,7 +225,7 @@ fn install(
     resource: Resource,
     sample_ratio: f64,
     capture_content: bool,
-    flush: Option<mpsc::Sender<oneshot::Sender<()>>>,
+    pipeline: Option<switchyard_otlp::Pipeline>,
 ) -> Result<(), String> {
     processor.set_resource(&resource);
     TRACING
@@ -284,73 +236,13 @@ fn install(
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
             capture_content,
-            flush,
+            pipeline,
         })
         .map_err(|_| "telemetry was already started".to_string())
 }
 
-/// The trace-id ratio sampler's threshold, as the SDK computes it: a root trace is sampled
-/// when the low 63 bits of its id's last 8 bytes fall below `ratio * 2^63`.
-fn sample_bound(ratio: f64) -> u64 {
-    if ratio >= 1.0 {
-        u64::MAX
-    } else {
-        // Saturating float-to-int conversion; the ratio was validated to be in 0..=1.
-        (ratio.max(0.0) * (1u64 << 63) as f64) as u64
-    }
-}
-
 fn sampled_root(t: &Tracing, trace_id: TraceId) -> bool {
-    let bytes = trace_id.to_bytes();
-    let mut low = [0u8; 8];
-    low.copy_from_slice(&bytes[8..]);
-    t.sample_bound == u64::MAX || (u64::from_be_bytes(low) >> 1) < t.sample_bound
-}
-
-/// Random, non-zero trace and span ids from a per-thread generator (SplitMix64 seeded from
-/// the standard library's per-process random keys), as cheap as the SDK's.
-fn random_u64() -> u64 {
-    use std::cell::Cell;
-    use std::hash::{BuildHasher, Hasher};
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(0x5377_6974_6368_7964);
-            h.finish()
-        });
-    }
-    STATE.with(|st| {
-        loop {
-            let x = st.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-            st.set(x);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            if z != 0 {
-                return z;
-            }
-        }
-    })
-}
-
-fn new_span_id() -> SpanId {
-    SpanId::from(random_u64())
-}
-
-/// The context of a new span under `parent`: same trace, flags and state, a new span id.
-fn child_context(parent: &SpanContext) -> SpanContext {
-    SpanContext::new(
-        parent.trace_id(),
-        new_span_id(),
-        parent.trace_flags(),
-        false,
-        parent.trace_state().clone(),
-    )
-}
-
-fn new_trace_id() -> TraceId {
-    TraceId::from((u128::from(random_u64()) << 64) | u128::from(random_u64()))
+    switchyard_otlp::context::sampled_root(t.sample_bound, trace_id)
 }
 
 /// A recording span: its record, started now, under `parent` (`SpanId::INVALID` for a root).
@@ -392,89 +284,6 @@ fn end_record(mut data: SpanData) {
 /// Whether `[telemetry] capture_content` allows recording prompts and answers.
 pub fn capture_content() -> bool {
     tracing_on().is_some_and(|t| t.capture_content)
-}
-
-fn build_exporter(
-    endpoint: &str,
-    protocol: &str,
-    resource: &Resource,
-) -> Result<crate::otlp::Exporter, String> {
-    let protocol = if protocol == "http" {
-        crate::otlp::Protocol::HttpProtobuf
-    } else {
-        crate::otlp::Protocol::Grpc
-    };
-    crate::otlp::Exporter::new(endpoint, protocol, resource, EXPORT_TIMEOUT)
-}
-
-/// Export the queue when a batch is full, on a tick, and when asked to flush; never
-/// touched by request handling.
-async fn export_loop(
-    exporter: crate::otlp::Exporter,
-    queue: Arc<SpanQueue>,
-    mut flush: mpsc::Receiver<oneshot::Sender<()>>,
-) {
-    let mut tick = tokio::time::interval(EXPORT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        let done = tokio::select! {
-            asked = flush.recv() => match asked {
-                Some(done) => Some(done),
-                None => {
-                    export_all(&exporter, &queue, &mut failing).await;
-                    return;
-                }
-            },
-            () = queue.batch_full.notified() => None,
-            _ = tick.tick() => None,
-        };
-        export_all(&exporter, &queue, &mut failing).await;
-        if let Some(done) = done {
-            let _ = done.send(());
-        }
-    }
-}
-
-/// Export everything queued, [`MAX_BATCH`] spans per call.
-async fn export_all(exporter: &crate::otlp::Exporter, queue: &SpanQueue, failing: &mut bool) {
-    let mut spans = queue.take();
-    while !spans.is_empty() {
-        let rest = spans.split_off(spans.len().min(MAX_BATCH));
-        export(exporter, &mut spans, &queue.metrics, failing).await;
-        spans = rest;
-    }
-}
-
-async fn export(
-    exporter: &crate::otlp::Exporter,
-    batch: &mut Vec<SpanData>,
-    metrics: &Metrics,
-    failing: &mut bool,
-) {
-    if batch.is_empty() {
-        return;
-    }
-    let n = batch.len() as u64;
-    let error = exporter.export(batch).await.err();
-    batch.clear();
-    match error {
-        None => {
-            metrics.spans_exported(n);
-            if *failing {
-                tracing::info!("OTLP export works again");
-                *failing = false;
-            }
-        }
-        Some(e) => {
-            metrics.span_export_failed(n);
-            // Once per outage, not once per batch.
-            if !*failing {
-                tracing::warn!(error = %e, spans = n, "OTLP export failed; spans are dropped until it recovers");
-                *failing = true;
-            }
-        }
-    }
 }
 
 /// An open span, or nothing when tracing is off or the trace is not sampled. Ends on drop.
@@ -537,18 +346,6 @@ fn set_attribute(attrs: &mut Vec<KeyValue>, kv: KeyValue) {
 }
 
 /// Reads W3C trace context from the client's request headers.
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
 /// Everything observability knows about one request: its server span, who asked, and the
 /// figures the access log prints at the end.
 #[derive(Debug, Default)]
@@ -586,15 +383,7 @@ impl RequestTelemetry {
                 ..Default::default()
             };
         };
-        let parent = if headers.contains_key("traceparent") {
-            TraceContextPropagator::new()
-                .extract(&HeaderExtractor(headers))
-                .span()
-                .span_context()
-                .clone()
-        } else {
-            SpanContext::empty_context()
-        };
+        let parent = switchyard_otlp::context::extract(headers);
         // Parent-based sampling: follow the client's decision, else the ratio on a new id.
         let (trace_id, sampled, state) = if parent.is_valid() {
             (
@@ -1073,24 +862,6 @@ impl Attempt {
     }
 }
 
-/// The W3C `traceparent` value of `sc`: `00-{trace id}-{span id}-{flags}` in lowercase hex
-/// (written by hand: this runs on every upstream attempt).
-fn traceparent(sc: &SpanContext) -> [u8; 55] {
-    fn hex(out: &mut [u8], bytes: &[u8]) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-            pair[0] = DIGITS[usize::from(b >> 4)];
-            pair[1] = DIGITS[usize::from(b & 0xf)];
-        }
-    }
-    let mut tp = [b'-'; 55];
-    tp[..2].copy_from_slice(b"00");
-    hex(&mut tp[3..35], &sc.trace_id().to_bytes());
-    hex(&mut tp[36..52], &sc.span_id().to_bytes());
-    hex(&mut tp[53..55], &[sc.trace_flags().to_u8()]);
-    tp
-}
-
 /// Host and port of a backend base URL (`http://host:port/v1`).
 fn host_port(url: &str) -> (&str, Option<u16>) {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
@@ -1191,32 +962,6 @@ mod tests {
             ("api.openai.com", None)
         );
         assert_eq!(host_port("http://[::1]:8080/v1"), ("::1", Some(8080)));
-    }
-
-    #[test]
-    fn traceparent_is_w3c_lowercase_hex() {
-        let sc = SpanContext::new(
-            TraceId::from(0x0af7651916cd43dd8448eb211c80319c_u128),
-            SpanId::from(0xb7ad6b7169203331_u64),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::NONE,
-        );
-        assert_eq!(
-            &traceparent(&sc)[..],
-            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        );
-        let unsampled = SpanContext::new(
-            TraceId::from(1_u128),
-            SpanId::from(2_u64),
-            TraceFlags::default(),
-            false,
-            TraceState::NONE,
-        );
-        assert_eq!(
-            &traceparent(&unsampled)[..],
-            b"00-00000000000000000000000000000001-0000000000000002-00"
-        );
     }
 
     #[test]

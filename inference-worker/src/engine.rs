@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -71,7 +72,21 @@ pub enum Event {
         finish: Finish,
         prompt_tokens: usize,
         completion_tokens: usize,
+        timings: Timings,
     },
+}
+
+/// When a request passed each phase, for its trace span.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// Accepted by the server (`GenRequest::arrived`).
+    pub arrived: Instant,
+    /// Given a slot in the running batch: the end of its queue time.
+    pub admitted: Instant,
+    /// Its first token was sampled: the end of prefill (absent when none was).
+    pub first_token: Option<Instant>,
+    /// Generation ended.
+    pub finished: Instant,
 }
 
 /// Counters exported on /metrics.
@@ -176,8 +191,10 @@ struct Seq {
     last: Option<TokenId>,
     done: bool,
     cancelled: bool,
-    /// The first token was sampled (TTFT recorded).
-    started: bool,
+    /// When it joined the running batch.
+    admitted: Instant,
+    /// When its first token was sampled (TTFT recorded).
+    first_token: Option<Instant>,
 }
 
 impl Engine {
@@ -224,7 +241,7 @@ fn scheduler(
 ) {
     let mut active: Vec<Seq> = Vec::new();
     // Throughput window for `tokens_per_second`.
-    let mut window = (std::time::Instant::now(), 0u64);
+    let mut window = (Instant::now(), 0u64);
     let mut waiting: std::collections::VecDeque<GenRequest> = Default::default();
     loop {
         // Block only when there is nothing to do.
@@ -242,7 +259,8 @@ fn scheduler(
                 break;
             };
             m.queued.fetch_sub(1, Ordering::Relaxed);
-            m.queue_time.observe(req.arrived.elapsed());
+            let admitted = Instant::now();
+            m.queue_time.observe(admitted - req.arrived);
             m.prompt_tokens
                 .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
             let rng = Rng::new(req.params.seed);
@@ -257,7 +275,8 @@ fn scheduler(
                 last: None,
                 done: false,
                 cancelled: false,
-                started: false,
+                admitted,
+                first_token: None,
                 req,
             });
         }
@@ -273,7 +292,7 @@ fn scheduler(
             // Gauges before `active`: a reader that sees no sequences sees them cleared.
             m.kv_tokens.store(0, Ordering::Relaxed);
             m.tokens_per_second.store(0f64.to_bits(), Ordering::Relaxed);
-            window = (std::time::Instant::now(), 0);
+            window = (Instant::now(), 0);
             m.active.store(0, Ordering::Relaxed);
             continue;
         }
@@ -316,9 +335,10 @@ fn scheduler(
             let id = sample(&lg, &s.req.params, &s.history, &mut s.rng);
             m.generated_tokens.fetch_add(1, Ordering::Relaxed);
             window.1 += 1;
-            if !s.started {
-                s.started = true;
-                m.ttft.observe(s.req.arrived.elapsed());
+            if s.first_token.is_none() {
+                let now = Instant::now();
+                s.first_token = Some(now);
+                m.ttft.observe(now - s.req.arrived);
             }
             step_sequence(s, id, &lg, &tok);
         }
@@ -333,7 +353,7 @@ fn scheduler(
         } else if elapsed >= std::time::Duration::from_secs(1) {
             let rate = window.1 as f64 / elapsed.as_secs_f64();
             m.tokens_per_second.store(rate.to_bits(), Ordering::Relaxed);
-            window = (std::time::Instant::now(), 0);
+            window = (Instant::now(), 0);
         }
         m.active.store(active.len() as u64, Ordering::Relaxed);
     }
@@ -347,6 +367,12 @@ fn step_sequence(s: &mut Seq, id: TokenId, logits: &[f32], tok: &Tokenizer) {
             finish,
             prompt_tokens: n_prompt,
             completion_tokens: s.generated.len(),
+            timings: Timings {
+                arrived: s.req.arrived,
+                admitted: s.admitted,
+                first_token: s.first_token,
+                finished: Instant::now(),
+            },
         });
         s.done = true;
     };

@@ -206,23 +206,26 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A progress printer for terminals and logs: one line per 10 % (or per 10 MiB when the
 /// size is unknown), so a log file does not fill with carriage returns.
-pub fn log_progress(what: &str) -> impl FnMut(Progress) + '_ {
+pub fn log_progress<'a>(
+    what: &'a str,
+    log: &'a (dyn Fn(&str) + Send + Sync),
+) -> impl FnMut(Progress) + 'a {
     let mut next = 0u64;
     move |p: Progress| match p.total {
         Some(total) if total > 0 => {
             let pct = p.done * 100 / total;
             if pct >= next || p.done == total {
-                eprintln!(
+                log(&format!(
                     "fetching {what}: {pct:>3}% ({} of {} MiB)",
                     p.done >> 20,
                     total >> 20
-                );
+                ));
                 next = (pct / 10 + 1) * 10;
             }
         }
         _ => {
             if p.done >= next {
-                eprintln!("fetching {what}: {} MiB", p.done >> 20);
+                log(&format!("fetching {what}: {} MiB", p.done >> 20));
                 next = p.done + (10 << 20);
             }
         }

@@ -3,12 +3,14 @@
 //! Layers, bottom up: `gguf` (file reader) → `quant` (tensor formats, dot products) →
 //! `model` (llama forward pass over a batch of sequences) and `tokenizer` / `chat` (text in
 //! and out) → `sampling` → `engine` (request queue + scheduler thread) → `server` (HTTP).
-//! `main.rs` only parses flags and wires these together via `load`.
+//! `launch` starts a worker (listen, load while reporting progress, serve); `trace` is its
+//! part of a request's trace. `main.rs` only parses flags and calls `launch::run`.
 
 pub mod chat;
 pub mod engine;
 pub mod gguf;
 pub mod hub;
+pub mod launch;
 pub mod model;
 pub mod models_dir;
 pub mod numerics;
@@ -16,6 +18,7 @@ pub mod quant;
 pub mod sampling;
 pub mod server;
 pub mod tokenizer;
+pub mod trace;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +32,16 @@ pub struct Loaded {
 
 /// Opens a GGUF file and builds model, tokenizer and chat template; reports progress lines
 /// through `progress`.
-pub fn load(path: &Path, mut progress: impl FnMut(&str)) -> Result<Loaded, String> {
+pub fn load(path: &Path, progress: impl FnMut(&str)) -> Result<Loaded, String> {
+    load_with(path, progress, |_, _| {})
+}
+
+/// [`load`], also reporting the weights read so far as (bytes done, bytes in all).
+pub fn load_with(
+    path: &Path,
+    mut progress: impl FnMut(&str),
+    mut read: impl FnMut(usize, usize),
+) -> Result<Loaded, String> {
     let g = gguf::Gguf::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     progress(&format!(
         "loading {}: GGUF v{}, {} tensors, {:.1} MiB",
@@ -60,6 +72,7 @@ pub fn load(path: &Path, mut progress: impl FnMut(&str)) -> Result<Loaded, Strin
     ));
     let mut last = usize::MAX;
     model.warm_up(|done, total| {
+        read(done, total);
         let pct = done * 100 / total.max(1);
         if pct / 10 != last {
             last = pct / 10;

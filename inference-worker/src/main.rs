@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use switchyard_worker::engine::Engine;
-use switchyard_worker::server::{AppState, bind, serve};
+use switchyard_otlp::Protocol;
+use switchyard_worker::launch::{self, Options};
+use switchyard_worker::server::bind;
+use switchyard_worker::trace::{Log, Tracer};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +41,13 @@ struct Args {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Export a span per request over OTLP to this collector (`http://host:4317` for gRPC,
+    /// `http://host:4318` for HTTP); the span joins the caller's `traceparent`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// `grpc`, or `http` (OTLP/HTTP protobuf).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    otlp_protocol: String,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +72,12 @@ fn run(args: Args) -> Result<(), String> {
             format!("--device {}: expected `cpu` or `cuda:N`", args.device)
         });
     }
+    let protocol = Protocol::parse(&args.otlp_protocol).ok_or_else(|| {
+        format!(
+            "--otlp-protocol {}: expected `grpc` or `http` (OTLP/HTTP protobuf)",
+            args.otlp_protocol
+        )
+    })?;
     if let Some(t) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
@@ -74,38 +89,65 @@ fn run(args: Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting runtime: {e}"))?;
-    // Bind first: a busy port should fail fast, before loading a large model.
-    let listener = rt.block_on(bind(SocketAddr::new(args.host, args.port)))?;
-    let spec = args.model.to_string_lossy().into_owned();
-    let model_path =
-        switchyard_worker::hub::resolve(&spec, &mut switchyard_worker::hub::log_progress(&spec))
-            .map_err(|e| e.to_string())?;
-    let loaded =
-        switchyard_worker::load(&model_path, |line| eprintln!("switchyard-worker: {line}"))?;
-    let n_ctx = args
-        .ctx_size
-        .unwrap_or(loaded.model.cfg.n_ctx_train.min(8192))
-        .max(16);
-    let known = switchyard_worker::hub::known(&spec).map(|m| m.served_name.to_string());
-    let name = args.served_model_name.or(known).unwrap_or_else(|| {
-        model_path
-            .file_stem()
-            .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
-    });
-    eprintln!(
-        "switchyard-worker: serving `{name}` on cpu ({} threads), context {n_ctx}, batch {}",
-        rayon::current_num_threads(),
-        args.max_batch
-    );
-    let engine = Engine::start(loaded.model, loaded.tokenizer, n_ctx, args.max_batch);
-    let state = Arc::new(AppState {
-        engine,
-        template: loaded.template,
-        model_name: name,
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    });
-    rt.block_on(serve(listener, state))
-        .map_err(|e| e.to_string())
+    let addr = SocketAddr::new(args.host, args.port);
+    let log: Log = Arc::new(|line: &str| eprintln!("switchyard-worker: {line}"));
+    rt.block_on(async {
+        // Bind first: a busy port should fail fast, before loading a large model.
+        let listener = bind(addr).await?;
+        let tracer = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+            Some(endpoint) => {
+                let instance = listener.local_addr().map_or(addr, |a| a);
+                let t = Tracer::start(endpoint, protocol, &instance.to_string(), log.clone())
+                    .map_err(|e| format!("--otlp-endpoint {e}"))?;
+                eprintln!(
+                    "switchyard-worker: exporting traces to {endpoint} over OTLP {}",
+                    args.otlp_protocol
+                );
+                Some(Arc::new(t))
+            }
+            None => None,
+        };
+        let opts = Options {
+            model: args.model.to_string_lossy().into_owned(),
+            served_model_name: args.served_model_name,
+            ctx_size: args.ctx_size,
+            max_batch: args.max_batch,
+            tracer: tracer.clone(),
+        };
+        let max_batch = args.max_batch;
+        let served = launch::run(listener, opts, log, move |addr, st| {
+            eprintln!(
+                "switchyard-worker: serving `{}` on cpu ({} threads), context {}, batch {max_batch}",
+                st.model_name,
+                rayon::current_num_threads(),
+                st.engine.n_ctx,
+            );
+            println!("switchyard-worker listening on http://{addr}");
+        });
+        let result = tokio::select! {
+            r = served => r,
+            () = shutdown_signal() => Ok(()),
+        };
+        // Spans of the last requests would otherwise be lost with the process.
+        if let Some(t) = tracer {
+            t.flush().await;
+        }
+        result
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }

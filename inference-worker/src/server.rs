@@ -23,16 +23,51 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::chat::ChatTemplate;
 use crate::engine::{Engine, Event, GenRequest, TokenLogprob};
+use crate::launch::LoadProgress;
 use crate::sampling::SamplingParams;
+use crate::trace::{RequestSpan, Tracer};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Everything a handler needs.
+/// Everything a handler needs once the model is loaded.
 pub struct AppState {
     pub engine: Engine,
     pub template: ChatTemplate,
     pub model_name: String,
     pub started: u64,
+    /// Where request spans go (`--otlp-endpoint`), if anywhere.
+    pub tracer: Option<Arc<Tracer>>,
+}
+
+/// What the server answers from: the load progress, then the loaded model.
+pub struct Shared {
+    app: std::sync::OnceLock<Arc<AppState>>,
+    pub load: Arc<LoadProgress>,
+    tracer: Option<Arc<Tracer>>,
+}
+
+impl Shared {
+    /// A server whose model is still loading.
+    pub fn loading(tracer: Option<Arc<Tracer>>) -> Shared {
+        Shared {
+            app: std::sync::OnceLock::new(),
+            load: Arc::new(LoadProgress::default()),
+            tracer,
+        }
+    }
+
+    /// A server for an already loaded model.
+    pub fn ready(app: Arc<AppState>) -> Shared {
+        let s = Shared::loading(app.tracer.clone());
+        s.set_ready(app);
+        s
+    }
+
+    /// The model is loaded: serve it from now on.
+    pub fn set_ready(&self, app: Arc<AppState>) {
+        let _ = self.app.set(app);
+        self.load.set_ready();
+    }
 }
 
 /// An OpenAI-format error.
@@ -89,10 +124,8 @@ fn request_id(prefix: &str) -> String {
     format!("{prefix}-{:x}{n:04x}", now())
 }
 
-/// Serves until the process ends. Prints the ready line once listening.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    println!("switchyard-worker listening on http://{addr}");
+/// Serves until the process ends (while the model loads, health, metrics and 503s).
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -101,18 +134,81 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
                 continue;
             }
         };
-        let st = state.clone();
+        let sh = shared.clone();
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
             let svc = hyper::service::service_fn(move |req| {
-                let st = st.clone();
-                async move { Ok::<_, Infallible>(handle(req, st).await) }
+                let sh = sh.clone();
+                async move {
+                    Ok::<_, Infallible>(match sh.app.get() {
+                        Some(st) => handle(req, st.clone(), &sh.load).await,
+                        None => loading(&req, &sh),
+                    })
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, svc)
                 .await;
         });
     }
+}
+
+/// Answers while the model loads.
+fn loading(req: &Request<Incoming>, sh: &Shared) -> Response<Body> {
+    let (stage, progress) = (sh.load.stage(), sh.load.progress());
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "loading", "stage": stage, "progress": progress}),
+        ),
+        (&Method::GET, "/metrics") => {
+            let mut text = String::new();
+            sh.load.render(&mut text);
+            render_export(&mut text, sh.tracer.as_deref());
+            metrics_response(text)
+        }
+        _ => {
+            let mut r = ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "the model is still loading ({stage}: {:.0}% done); retry shortly",
+                    progress * 100.0
+                ),
+                kind: "server_error",
+                param: None,
+                code: Some("model_loading"),
+            }
+            .response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+    }
+}
+
+fn metrics_response(text: String) -> Response<Body> {
+    let mut r = Response::new(full(text));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// The span export counters, when tracing.
+fn render_export(out: &mut String, tracer: Option<&Tracer>) {
+    use std::fmt::Write;
+    let Some(t) = tracer else { return };
+    let c = &t.counters;
+    let _ = write!(
+        out,
+        "# HELP switchyard_worker_spans_exported_total Trace spans the OTLP collector accepted.\n# TYPE switchyard_worker_spans_exported_total counter\nswitchyard_worker_spans_exported_total {}\n\
+# HELP switchyard_worker_spans_dropped_total Trace spans dropped because the export queue was full.\n# TYPE switchyard_worker_spans_dropped_total counter\nswitchyard_worker_spans_dropped_total {}\n\
+# HELP switchyard_worker_span_export_failures_total Trace spans lost to failed exports.\n# TYPE switchyard_worker_span_export_failures_total counter\nswitchyard_worker_span_export_failures_total {}\n",
+        c.exported.load(Ordering::Relaxed),
+        c.dropped.load(Ordering::Relaxed),
+        c.failed.load(Ordering::Relaxed),
+    );
 }
 
 /// Binds `addr`, with a clear message when that fails.
@@ -128,11 +224,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
-async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
+async fn handle(req: Request<Incoming>, st: Arc<AppState>, load: &LoadProgress) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        (&Method::GET, "/metrics") => metrics(&st),
+        (&Method::GET, "/metrics") => metrics(&st, load),
         (&Method::GET, "/v1/models") => json_response(
             StatusCode::OK,
             &json!({"object": "list", "data": [{
@@ -142,15 +238,37 @@ async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
         ),
         (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/v1/completions") => {
             let chat = path.ends_with("chat/completions");
+            let mut span = match &st.tracer {
+                Some(t) => t.request(
+                    req.headers(),
+                    if chat { "chat" } else { "text_completion" },
+                    &st.model_name,
+                ),
+                None => RequestSpan::default(),
+            };
+            span.set("http.request.method", "POST");
+            span.set(
+                "http.route",
+                if chat {
+                    "/v1/chat/completions"
+                } else {
+                    "/v1/completions"
+                },
+            );
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
-                    return ApiError::bad("body", format!("cannot read body: {e}")).response();
+                    let e = ApiError::bad("body", format!("cannot read body: {e}"));
+                    span.fail(e.kind, e.status.as_u16());
+                    return e.response();
                 }
             };
-            match completion(&body, chat, &st).await {
+            match completion(&body, chat, &st, span).await {
                 Ok(r) => r,
-                Err(e) => e.response(),
+                Err((e, mut span)) => {
+                    span.fail(e.kind, e.status.as_u16());
+                    e.response()
+                }
             }
         }
         _ => ApiError {
@@ -164,7 +282,7 @@ async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
     }
 }
 
-fn metrics(st: &AppState) -> Response<Body> {
+fn metrics(st: &AppState, load: &LoadProgress) -> Response<Body> {
     let m = &st.engine.metrics;
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     // Read once: the ratio and the count in one scrape must agree.
@@ -201,12 +319,9 @@ fn metrics(st: &AppState) -> Response<Body> {
         "switchyard_worker_queue_time_seconds",
         "Time a request waited for a slot in the running batch.",
     );
-    let mut r = Response::new(full(text));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
+    load.render(&mut text);
+    render_export(&mut text, st.tracer.as_deref());
+    metrics_response(text)
 }
 
 fn num(v: &Value, name: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
@@ -284,6 +399,8 @@ fn content_text(c: &Value, i: usize) -> Result<String, ApiError> {
 }
 
 struct Parsed {
+    /// The model the caller named (the worker serves its one model whatever it is).
+    model: Option<String>,
     prompt: Vec<u32>,
     params: SamplingParams,
     max_tokens: Option<usize>,
@@ -449,6 +566,7 @@ fn parse(body: &[u8], chat: bool, st: &AppState) -> Result<Parsed, ApiError> {
         int(&v, "logprobs", 0, 20)?.map(|n| n as usize)
     };
     Ok(Parsed {
+        model: v.get("model").and_then(Value::as_str).map(str::to_string),
         prompt,
         params,
         max_tokens,
@@ -459,12 +577,49 @@ fn parse(body: &[u8], chat: bool, st: &AppState) -> Result<Parsed, ApiError> {
     })
 }
 
+/// A failed request hands its span back so the caller marks it with the error.
+type Failed = (ApiError, RequestSpan);
+
 async fn completion(
     body: &[u8],
     chat: bool,
     st: &Arc<AppState>,
-) -> Result<Response<Body>, ApiError> {
-    let p = parse(body, chat, st)?;
+    span: RequestSpan,
+) -> Result<Response<Body>, Failed> {
+    match prepare(body, chat, st, span) {
+        Ok((p, rx, ctx)) => {
+            if p {
+                Ok(stream_response(rx, ctx))
+            } else {
+                Ok(collect_response(rx, ctx).await)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Validate, tokenize and submit; the answer's receiver and context (or the error).
+fn prepare(
+    body: &[u8],
+    chat: bool,
+    st: &Arc<AppState>,
+    mut span: RequestSpan,
+) -> Result<(bool, UnboundedReceiver<Event>, RespCtx), Failed> {
+    let p = match parse(body, chat, st) {
+        Ok(p) => p,
+        Err(e) => return Err((e, span)),
+    };
+    if let Some(m) = &p.model {
+        span.set("gen_ai.request.model", m.clone());
+    }
+    span.set(
+        "gen_ai.request.temperature",
+        f64::from(p.params.temperature),
+    );
+    span.set("gen_ai.request.top_p", f64::from(p.params.top_p));
+    if let Some(m) = p.max_tokens {
+        span.set("gen_ai.request.max_tokens", m as i64);
+    }
     let n_ctx = st.engine.n_ctx;
     let n_prompt = p.prompt.len();
     let overflow = |requested: usize| ApiError {
@@ -480,10 +635,10 @@ async fn completion(
         code: Some("context_length_exceeded"),
     };
     if n_prompt >= n_ctx {
-        return Err(overflow(n_prompt + p.max_tokens.unwrap_or(1)));
+        return Err((overflow(n_prompt + p.max_tokens.unwrap_or(1)), span));
     }
     let max_tokens = match p.max_tokens {
-        Some(m) if n_prompt + m > n_ctx => return Err(overflow(n_prompt + m)),
+        Some(m) if n_prompt + m > n_ctx => return Err((overflow(n_prompt + m), span)),
         Some(m) => m,
         None => n_ctx - n_prompt,
     };
@@ -498,15 +653,19 @@ async fn completion(
         arrived: std::time::Instant::now(),
     });
     if !submitted {
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "the engine has stopped".into(),
-            kind: "server_error",
-            param: None,
-            code: None,
-        });
+        return Err((
+            ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "the engine has stopped".into(),
+                kind: "server_error",
+                param: None,
+                code: None,
+            },
+            span,
+        ));
     }
     let id = request_id(if chat { "chatcmpl" } else { "cmpl" });
+    span.set("gen_ai.response.id", id.clone());
     let ctx = RespCtx {
         id,
         created: now(),
@@ -514,12 +673,9 @@ async fn completion(
         chat,
         logprobs: p.logprobs.is_some(),
         include_usage: p.include_usage,
+        span,
     };
-    if p.stream {
-        Ok(stream_response(rx, ctx))
-    } else {
-        Ok(collect_response(rx, ctx).await)
-    }
+    Ok((p.stream, rx, ctx))
 }
 
 struct RespCtx {
@@ -529,6 +685,8 @@ struct RespCtx {
     chat: bool,
     logprobs: bool,
     include_usage: bool,
+    /// Ends with the answer (or, dropped with the body, when the client goes away).
+    span: RequestSpan,
 }
 
 fn usage(p: usize, c: usize) -> Value {
@@ -557,7 +715,7 @@ fn completion_lp(lps: &[TokenLogprob], offset0: usize) -> Value {
     })
 }
 
-async fn collect_response(mut rx: UnboundedReceiver<Event>, c: RespCtx) -> Response<Body> {
+async fn collect_response(mut rx: UnboundedReceiver<Event>, mut c: RespCtx) -> Response<Body> {
     let mut text = String::new();
     let mut lps = Vec::new();
     let (mut finish, mut pt, mut ct) = ("stop", 0, 0);
@@ -571,7 +729,9 @@ async fn collect_response(mut rx: UnboundedReceiver<Event>, c: RespCtx) -> Respo
                 finish: f,
                 prompt_tokens,
                 completion_tokens,
+                timings,
             } => {
+                c.span.finish(f, prompt_tokens, completion_tokens, &timings);
                 finish = f.as_str();
                 pt = prompt_tokens;
                 ct = completion_tokens;
@@ -656,8 +816,11 @@ fn stream_response(rx: UnboundedReceiver<Event>, c: RespCtx) -> Response<Body> {
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                timings,
             }) => {
                 st.finished = true;
+                st.c.span
+                    .finish(finish, prompt_tokens, completion_tokens, &timings);
                 let u = usage(prompt_tokens, completion_tokens);
                 let obj = if st.c.chat {
                     "chat.completion.chunk"

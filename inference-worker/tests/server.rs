@@ -395,6 +395,13 @@ fn metrics_report_ttft_queue_time_and_kv_cache() {
         sample(&m, "switchyard_worker_queue_time_seconds_count"),
         3.0
     );
+    // The model load is reported done, with how long it took.
+    assert_eq!(sample(&m, "switchyard_worker_model_loaded"), 1.0);
+    assert_eq!(
+        sample(&m, "switchyard_worker_model_load_progress{stage=\"read\"}"),
+        1.0
+    );
+    assert!(sample(&m, "switchyard_worker_model_load_seconds") > 0.0);
     // While a long generation runs, its tokens sit in the KV cache and the rate is measured.
     let mut s = TcpStream::connect(&w.addr).unwrap();
     let b = json!({"prompt": "Count from one to a thousand:", "max_tokens": 200, "temperature": 0, "stream": true}).to_string();

@@ -255,3 +255,64 @@ timeout_secs = 10
 {extra}"#
     )
 }
+
+/// SmolLM2's GGUF in the model cache (`cargo xtask fetch-models` puts it there), or `None`
+/// after saying the test is skipped (a failure under `SWITCHYARD_CI=1`).
+pub fn smollm2() -> Option<PathBuf> {
+    use switchyard_worker::models_dir::{SMOLLM2, test_model};
+    test_model(SMOLLM2)
+}
+
+/// A running `switchyard-worker` process. Killed when dropped.
+pub struct Worker {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Worker {
+    /// Start `switchyard-worker --model <model> --port 0 <args>` and wait for its ready line.
+    pub fn start(model: &Path, args: &[&str]) -> Worker {
+        let mut child = Command::new(binary("switchyard-worker", "switchyard-worker"))
+            .arg("--model")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn switchyard-worker");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(rest) = line.strip_prefix("switchyard-worker listening on http://") {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(120)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("switchyard-worker did not become ready (its log is above)");
+        };
+        Worker {
+            child,
+            addr: addr.parse().expect("addr"),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, as a backend URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -295,6 +295,30 @@ impl OtlpReceiver {
         self.store.requests.load(Ordering::Relaxed)
     }
 
+    /// Wait until `done` holds for the spans received so far; those spans, or a panic
+    /// listing them.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let start = Instant::now();
+        loop {
+            let spans = self.spans();
+            if done(&spans) {
+                return spans;
+            }
+            if start.elapsed() > timeout {
+                let all: Vec<(String, String, String)> = spans
+                    .into_iter()
+                    .map(|s| (s.service, s.trace_id, s.name))
+                    .collect();
+                panic!("the spans wanted did not arrive; received {all:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Wait until the spans of `trace_id` include one named each of `names`; all spans of
     /// that trace, or a panic listing what did arrive.
     pub async fn wait_for_trace(

@@ -2,23 +2,11 @@
 //! inside the gateway (what the embedded default does with SmolLM2), and the gateway reaches
 //! it over HTTP like any other backend.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchyard_tests::client::Client;
-use switchyard_tests::{Gateway, skip_unless};
-
-fn smollm2() -> Option<PathBuf> {
-    let dir = std::env::var_os("SWITCHYARD_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/switchyard/models")
-        });
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    (!skip_unless(p.is_file(), "SmolLM2 (run `cargo xtask fetch-models`)")).then_some(p)
-}
+use switchyard_tests::{Gateway, smollm2};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -61,15 +49,21 @@ targets = [{{ backend = "local", model = "smollm2" }}]
         "max_tokens": 12,
         "temperature": 0,
     });
-    // The worker loads on its own thread after the gateway is up; until then the backend
-    // refuses connections and the gateway says so (502), never hangs.
+    // The worker loads on its own thread after the gateway is up; until it listens the
+    // backend refuses connections (502), while it loads it answers 503 "model loading", and
+    // the gateway passes that on; it never hangs.
     let deadline = Instant::now() + Duration::from_secs(120);
     let r = loop {
         let r = c.post_json(&url, &body, &[]).await;
         if r.status == 200 || Instant::now() > deadline {
             break r;
         }
-        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(
+            r.status == 502 || r.status == 503,
+            "{} {}",
+            r.status,
+            r.text()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(r.status, 200, "{}", r.text());

@@ -559,3 +559,311 @@ async fn the_access_log_is_one_json_line_per_request_with_the_trace_id() {
     assert!(stream["ttft_ms"].as_f64().unwrap() > 0.0);
     assert!(stream["output_tokens"].as_u64().unwrap() > 0);
 }
+
+/// Spans of `service` in `spans` named `name`.
+fn of<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> Vec<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.service == service && s.name == name)
+        .collect()
+}
+
+fn secs(s: &ReceivedSpan, key: &str) -> f64 {
+    s.attr(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{key} on {s:#?}"))
+}
+
+/// The worker's queue/prefill/decode children: parented on `server`, back to back, inside it.
+fn assert_phases(spans: &[ReceivedSpan], server: &ReceivedSpan) {
+    let phase = |name: &str| {
+        let found: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.name == name && s.parent_span_id == server.span_id)
+            .collect();
+        assert_eq!(found.len(), 1, "one {name} span under {server:#?}");
+        found[0]
+    };
+    let (queue, prefill, decode) = (phase("queue"), phase("prefill"), phase("decode"));
+    for p in [queue, prefill, decode] {
+        assert_eq!(p.kind, KIND_INTERNAL);
+        assert_eq!(p.trace_id, server.trace_id);
+        assert!(p.start_ns <= p.end_ns, "{p:#?}");
+    }
+    assert!(server.start_ns <= queue.start_ns && decode.end_ns <= server.end_ns);
+    assert_eq!(queue.end_ns, prefill.start_ns);
+    assert_eq!(prefill.end_ns, decode.start_ns);
+    // The attributes tell the same story in seconds.
+    let ns = |s: &ReceivedSpan| (s.end_ns - s.start_ns) as f64 / 1e9;
+    for (p, key) in [
+        (queue, "gen_ai.latency.time_in_queue"),
+        (prefill, "gen_ai.latency.time_in_model_prefill"),
+        (decode, "gen_ai.latency.time_in_model_decode"),
+    ] {
+        assert!(
+            (ns(p) - secs(server, key)).abs() < 1e-3,
+            "{key}: {p:#?} vs {server:#?}"
+        );
+    }
+    let e2e = secs(server, "gen_ai.latency.e2e");
+    let ttft = secs(server, "gen_ai.latency.time_to_first_token");
+    assert!(ttft > 0.0 && ttft <= e2e, "ttft {ttft}, e2e {e2e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_runs_from_the_client_through_the_gateway_into_the_worker() {
+    let Some(model) = switchyard_tests::smollm2() else {
+        return;
+    };
+    let rx = OtlpReceiver::start(Protocol::Grpc).await;
+    let endpoint = format!("http://{}", rx.addr);
+    let worker = switchyard_tests::Worker::start(
+        &model,
+        &[
+            "--served-model-name",
+            "smollm2",
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    );
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"local\"\nurl = \"{}\"\ntimeout_secs = 120\n\n[[routes]]\nmodel = \"gpt-4o-mini\"\ntargets = [{{ backend = \"local\", model = \"smollm2\" }}]\n\n{}",
+        worker.base_url(),
+        rx.config(1.0, "")
+    );
+    let gw = Gateway::start(&cfg);
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": "Name a colour."}]});
+    let resp = Client::new()
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            &body,
+            &[("traceparent", &traceparent(CLIENT_TRACE, CLIENT_SPAN))],
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let answer = resp.json();
+
+    let spans = rx
+        .wait_until(Duration::from_secs(15), |spans| {
+            let mine: Vec<ReceivedSpan> = spans
+                .iter()
+                .filter(|s| s.trace_id == CLIENT_TRACE)
+                .cloned()
+                .collect();
+            !of(&mine, "switchyard", "POST /v1/chat/completions").is_empty()
+                && !of(&mine, "switchyard-worker", "chat smollm2").is_empty()
+        })
+        .await;
+    let spans: Vec<ReceivedSpan> = spans
+        .into_iter()
+        .filter(|s| s.trace_id == CLIENT_TRACE)
+        .collect();
+    let gateway = of(&spans, "switchyard", "POST /v1/chat/completions")[0];
+    let attempts = of(&spans, "switchyard", "chat smollm2");
+    let served = of(&spans, "switchyard-worker", "chat smollm2");
+    assert_eq!((attempts.len(), served.len()), (1, 1), "{spans:#?}");
+    let (attempt, served) = (attempts[0], served[0]);
+
+    // client → gateway server span → attempt (CLIENT) → worker (SERVER) → phases.
+    assert_eq!(gateway.parent_span_id, CLIENT_SPAN);
+    assert_eq!(attempt.parent_span_id, gateway.span_id);
+    assert_eq!(attempt.kind, KIND_CLIENT);
+    assert_eq!(served.kind, KIND_SERVER);
+    assert_eq!(served.parent_span_id, attempt.span_id);
+    assert!(attempt.start_ns <= served.start_ns && served.end_ns <= attempt.end_ns);
+    assert_phases(&spans, served);
+
+    // The worker's own account of the request matches the answer the client got.
+    let a = |k: &str| served.attr(k).cloned().unwrap_or(Value::Null);
+    assert_eq!(a("gen_ai.operation.name"), "chat");
+    assert_eq!(a("gen_ai.request.model"), "smollm2");
+    assert_eq!(a("gen_ai.response.model"), "smollm2");
+    assert_eq!(a("gen_ai.request.max_tokens"), 8);
+    assert_eq!(a("gen_ai.request.temperature"), 0.0);
+    assert_eq!(a("gen_ai.response.id"), answer["id"]);
+    assert_eq!(
+        a("gen_ai.response.finish_reasons"),
+        json!([answer["choices"][0]["finish_reason"]])
+    );
+    assert_eq!(
+        a("gen_ai.usage.input_tokens"),
+        answer["usage"]["prompt_tokens"]
+    );
+    assert_eq!(
+        a("gen_ai.usage.output_tokens"),
+        answer["usage"]["completion_tokens"]
+    );
+    assert_eq!(a("http.response.status_code"), 200);
+    assert!(served.attr("error.type").is_none(), "{served:#?}");
+    // The same tokens on the gateway's attempt span.
+    assert_eq!(
+        attempt.attr("gen_ai.usage.output_tokens"),
+        served.attr("gen_ai.usage.output_tokens")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_traces_streams_refusals_and_cancellations_and_follows_the_sampling_flag() {
+    let Some(model) = switchyard_tests::smollm2() else {
+        return;
+    };
+    let rx = OtlpReceiver::start(Protocol::Http).await;
+    let endpoint = format!("http://{}", rx.addr);
+    let worker = switchyard_tests::Worker::start(
+        &model,
+        &[
+            "--served-model-name",
+            "smol",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "http",
+        ],
+    );
+    let url = format!("{}/chat/completions", worker.base_url());
+    let c = Client::new();
+    let chat = |extra: Value| {
+        let mut b = json!({"model": "smol", "max_tokens": 6, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count: one, two,"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    const STREAM_TRACE: &str = "11111111111111111111111111111111";
+    const UNSAMPLED_TRACE: &str = "22222222222222222222222222222222";
+    const BAD_TRACE: &str = "33333333333333333333333333333333";
+
+    // A stream: its span ends with the stream and carries the usage of the last chunk.
+    let s = c
+        .post_stream(
+            &url,
+            &chat(json!({"stream": true, "stream_options": {"include_usage": true}})),
+            &[("traceparent", &traceparent(STREAM_TRACE, CLIENT_SPAN))],
+        )
+        .await;
+    assert_eq!(s.status, 200);
+    let usage = s
+        .json_events()
+        .into_iter()
+        .rev()
+        .find(|e| e["usage"].is_object())
+        .expect("usage chunk")["usage"]
+        .clone();
+    // The caller decided not to sample: the worker records nothing for that trace.
+    let r = c
+        .post_json(
+            &url,
+            &chat(json!({})),
+            &[(
+                "traceparent",
+                &format!("00-{UNSAMPLED_TRACE}-{CLIENT_SPAN}-00"),
+            )],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // A refused request is traced with its error.
+    let r = c
+        .post_json(
+            &url,
+            &chat(json!({"temperature": 7})),
+            &[("traceparent", &traceparent(BAD_TRACE, CLIENT_SPAN))],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // A client that goes away mid-stream, without a traceparent: a new root trace, marked
+    // cancelled.
+    let cut = c
+        .post_stream_limit(
+            &url,
+            &chat(json!({"stream": true, "max_tokens": 400,
+                "messages": [{"role": "user", "content": "Write a long story about a ship."}]})),
+            &[],
+            2,
+        )
+        .await;
+    assert_eq!(cut.status, 200);
+    drop(cut);
+
+    let spans = rx
+        .wait_until(Duration::from_secs(20), |spans| {
+            let served = |pred: &dyn Fn(&ReceivedSpan) -> bool| {
+                spans
+                    .iter()
+                    .any(|s| s.service == "switchyard-worker" && s.name == "chat smol" && pred(s))
+            };
+            served(&|s| s.trace_id == STREAM_TRACE)
+                && served(&|s| s.trace_id == BAD_TRACE)
+                && served(&|s| s.parent_span_id.is_empty())
+        })
+        .await;
+    let in_trace = |t: &str| -> Vec<ReceivedSpan> {
+        spans.iter().filter(|s| s.trace_id == t).cloned().collect()
+    };
+
+    let stream_spans = in_trace(STREAM_TRACE);
+    let stream = of(&stream_spans, "switchyard-worker", "chat smol")[0];
+    assert_eq!(stream.parent_span_id, CLIENT_SPAN);
+    assert_eq!(
+        stream.attr("gen_ai.usage.input_tokens"),
+        Some(&usage["prompt_tokens"])
+    );
+    assert_eq!(
+        stream.attr("gen_ai.usage.output_tokens"),
+        Some(&usage["completion_tokens"])
+    );
+    assert_phases(&stream_spans, stream);
+
+    assert!(in_trace(UNSAMPLED_TRACE).is_empty(), "{spans:#?}");
+
+    let bad_spans = in_trace(BAD_TRACE);
+    let bad = of(&bad_spans, "switchyard-worker", "chat smol")[0];
+    assert_eq!(bad.status_code, 2, "{bad:#?}");
+    assert_eq!(
+        bad.attr("error.type"),
+        Some(&Value::from("invalid_request_error"))
+    );
+    assert_eq!(
+        bad.attr("http.response.status_code"),
+        Some(&Value::from(400))
+    );
+    assert_eq!(
+        bad_spans.len(),
+        1,
+        "no phases for a refused request: {bad_spans:#?}"
+    );
+
+    let roots: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.service == "switchyard-worker" && s.parent_span_id.is_empty())
+        .collect();
+    assert_eq!(roots.len(), 1, "{roots:#?}");
+    assert_eq!(roots[0].attr("error.type"), Some(&Value::from("cancelled")));
+    assert_eq!(roots[0].status_code, 2);
+
+    // The worker counts what it exported on its /metrics (once the collector's answer is
+    // back, a moment after the spans arrived).
+    let received = spans
+        .iter()
+        .filter(|s| s.service == "switchyard-worker")
+        .count() as f64;
+    let mut m = String::new();
+    for _ in 0..40 {
+        m = c
+            .get(&format!("http://{}/metrics", worker.addr))
+            .await
+            .text();
+        let exported: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_worker_spans_exported_total "))
+            .expect("export counter")
+            .parse()
+            .unwrap();
+        if exported >= received {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the worker counted fewer exported spans than the {received} received:\n{m}");
+}
