@@ -345,7 +345,6 @@ fn set_attribute(attrs: &mut Vec<KeyValue>, kv: KeyValue) {
     }
 }
 
-/// Reads W3C trace context from the client's request headers.
 /// Everything observability knows about one request: its server span, who asked, and the
 /// figures the access log prints at the end.
 #[derive(Debug, Default)]

@@ -1,5 +1,6 @@
 //! The two OTLP transports: gRPC and HTTP/protobuf, over one pooled hyper client.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 
-use crate::wire::{encode_request, encode_resource};
+use crate::wire::{encode_body, encode_resource};
 
 /// gRPC method of the OTLP trace service.
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -44,6 +45,8 @@ pub struct Exporter {
     client: Client<HttpConnector, Full<Bytes>>,
     /// The `Resource` message, encoded once.
     resource: Vec<u8>,
+    /// Encoded bytes per span in the last batch, to size the next one's buffer.
+    per_span: AtomicUsize,
     timeout: Duration,
 }
 
@@ -94,29 +97,29 @@ impl Exporter {
             uri,
             client: builder.build(connector),
             resource: res,
+            per_span: AtomicUsize::new(512),
             timeout,
         })
     }
 
     /// Encode and send one batch; the error says what the collector answered.
     pub async fn export(&self, spans: &[SpanData]) -> Result<(), String> {
-        let mut buf = Vec::with_capacity(256 * spans.len() + 256);
-        if self.protocol == Protocol::Grpc {
-            // gRPC message prefix: not compressed, then the length (filled in below).
-            buf.extend_from_slice(&[0, 0, 0, 0, 0]);
+        let grpc = self.protocol == Protocol::Grpc;
+        let per_span = self.per_span.load(Ordering::Relaxed);
+        let body = encode_body(&self.resource, spans, grpc, per_span);
+        if !spans.is_empty() {
+            // Size the next batch's buffer from this one (a little over, to avoid growing).
+            let measured = body.len() / spans.len() + 32;
+            self.per_span.store(measured, Ordering::Relaxed);
         }
-        encode_request(&mut buf, &self.resource, spans);
-        let content_type = match self.protocol {
-            Protocol::Grpc => {
-                let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
-                buf[1..5].copy_from_slice(&len.to_be_bytes());
-                "application/grpc"
-            }
-            Protocol::HttpProtobuf => "application/x-protobuf",
+        let content_type = if grpc {
+            "application/grpc"
+        } else {
+            "application/x-protobuf"
         };
         let mut req = Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::from(buf)))
+            .body(Full::new(body))
             .map_err(|e| e.to_string())?;
         if self.protocol == Protocol::Grpc {
             req.headers_mut()

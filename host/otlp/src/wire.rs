@@ -15,10 +15,80 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 use opentelemetry::trace::{SpanContext, SpanKind, Status};
 use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
+
+/// The request body for `spans`: an `ExportTraceServiceRequest`, after the 5-byte gRPC
+/// message prefix when `grpc`. `per_span` guesses the encoded size of a span (to size the
+/// buffer once).
+///
+/// When all spans share one instrumentation scope (the usual case) the spans are written
+/// first, after room left for the envelope, and the envelope (request → resource spans →
+/// scope spans, whose lengths are then known) is written into that room, right-aligned; the
+/// body is the buffer from there on. So the batch, hundreds of kilobytes at full load, is
+/// written once and never moved, where [`encode_request`]'s in-place lengths would move it
+/// once per enclosing message.
+pub fn encode_body(resource: &[u8], spans: &[SpanData], grpc: bool, per_span: usize) -> Bytes {
+    let prefix = if grpc { 5 } else { 0 };
+    let one_scope = spans
+        .iter()
+        .all(|s| s.instrumentation_scope == spans[0].instrumentation_scope);
+    if spans.is_empty() || !one_scope {
+        let mut buf = vec![0u8; prefix];
+        encode_request(&mut buf, resource, spans);
+        if grpc {
+            let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
+            buf[1..5].copy_from_slice(&len.to_be_bytes());
+        }
+        return Bytes::from(buf);
+    }
+    // gRPC prefix, then three (key, length) pairs and the resource: at most this much.
+    let room = prefix + 3 * 11 + resource.len();
+    let mut buf = Vec::with_capacity(room + spans.len() * per_span + 64);
+    buf.resize(room, 0);
+    let scope = &spans[0].instrumentation_scope;
+    // ScopeSpans.scope = 1
+    nested(&mut buf, 1, |b| {
+        string_field(b, 1, scope.name());
+        if let Some(v) = scope.version() {
+            string_field(b, 2, v);
+        }
+        for kv in scope.attributes() {
+            nested(b, 3, |b| encode_kv(b, kv));
+        }
+    });
+    for s in spans {
+        // ScopeSpans.spans = 2
+        nested(&mut buf, 2, |b| encode_span(b, s));
+    }
+    if let Some(url) = scope.schema_url() {
+        string_field(&mut buf, 3, url);
+    }
+    let scope_len = (buf.len() - room) as u64;
+    // ResourceSpans: resource = 1, scope_spans = 2 (the part written above).
+    let mut head = Vec::with_capacity(room);
+    head.resize(prefix, 0);
+    let resource_field = 1 + varint_len(resource.len() as u64) + resource.len();
+    let resource_spans_len = resource_field as u64 + 1 + varint_len(scope_len) as u64 + scope_len;
+    // ExportTraceServiceRequest.resource_spans = 1
+    key(&mut head, 1, 2);
+    varint(&mut head, resource_spans_len);
+    bytes_field(&mut head, 1, resource);
+    key(&mut head, 2, 2);
+    varint(&mut head, scope_len);
+    if grpc {
+        let len = (head.len() - 5) as u64 + scope_len;
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        head[1..5].copy_from_slice(&len.to_be_bytes());
+    }
+    let start = room - head.len();
+    buf[start..room].copy_from_slice(&head);
+    Bytes::from(buf).slice(start..)
+}
 
 /// `ExportTraceServiceRequest` for `spans`, all under one resource (spans grouped by their
 /// instrumentation scope, in order of first appearance).
@@ -283,6 +353,7 @@ fn nested(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::InstrumentationScope;
 
     #[test]
     fn varints_are_minimal() {
@@ -298,6 +369,69 @@ mod tests {
             varint(&mut b, v);
             assert_eq!(b.len(), n, "{v}");
             assert_eq!(varint_len(v), n, "{v}");
+        }
+    }
+
+    fn span(name: &'static str, attrs: usize, scope: &InstrumentationScope) -> SpanData {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(7_u128),
+                SpanId::from(9_u64),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: SpanId::from(3_u64),
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Client,
+            name: name.into(),
+            start_time: UNIX_EPOCH,
+            end_time: SystemTime::now(),
+            attributes: (0..attrs)
+                .map(|i| KeyValue::new(format!("attribute.{i}"), "x".repeat(i * 7)))
+                .collect(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Ok,
+            instrumentation_scope: scope.clone(),
+        }
+    }
+
+    /// The envelope written after the spans gives the same bytes as nesting in place, for
+    /// batches whose lengths need one to three length bytes, with and without the gRPC prefix.
+    #[test]
+    fn the_body_equals_the_nested_encoding() {
+        let scope = InstrumentationScope::builder("switchyard")
+            .with_version("1")
+            .build();
+        let other = InstrumentationScope::builder("other").build();
+        let resource = Resource::builder().with_service_name("svc").build();
+        let mut res = Vec::new();
+        encode_resource(&mut res, &resource);
+        for (n, attrs) in [(1, 0), (1, 3), (3, 6), (400, 12)] {
+            let mut spans: Vec<SpanData> = (0..n).map(|_| span("chat m", attrs, &scope)).collect();
+            for mixed in [false, true] {
+                if mixed {
+                    spans.push(span("other", 1, &other));
+                }
+                let mut want = Vec::new();
+                encode_request(&mut want, &res, &spans);
+                assert_eq!(
+                    &encode_body(&res, &spans, false, 64)[..],
+                    &want[..],
+                    "{n} spans"
+                );
+                let grpc = encode_body(&res, &spans, true, 1);
+                assert_eq!(grpc[0], 0);
+                assert_eq!(
+                    u32::from_be_bytes([grpc[1], grpc[2], grpc[3], grpc[4]]) as usize,
+                    want.len()
+                );
+                assert_eq!(&grpc[5..], &want[..]);
+            }
         }
     }
 
