@@ -56,13 +56,6 @@ impl Shared {
         }
     }
 
-    /// A server for an already loaded model.
-    pub fn ready(app: Arc<AppState>) -> Shared {
-        let s = Shared::loading(app.tracer.clone());
-        s.set_ready(app);
-        s
-    }
-
     /// The model is loaded: serve it from now on.
     pub fn set_ready(&self, app: Arc<AppState>) {
         let _ = self.app.set(app);

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchyard_tests::client::Client;
+use switchyard_tests::otlp::{KIND_CLIENT, OtlpReceiver, Protocol, ReceivedSpan};
 use switchyard_tests::{Gateway, smollm2};
 
 fn free_port() -> u16 {
@@ -20,6 +21,8 @@ fn free_port() -> u16 {
 async fn the_gateway_serves_a_real_model_from_its_local_worker() {
     let Some(model) = smollm2() else { return };
     let port = free_port();
+    // Traced: the in-process worker exports to the gateway's collector and joins its traces.
+    let rx = OtlpReceiver::start(Protocol::Grpc).await;
     let gw = Gateway::start(&format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -38,8 +41,10 @@ timeout_secs = 120
 [[routes]]
 model = "gpt-4o-mini"
 targets = [{{ backend = "local", model = "smollm2" }}]
-"#,
-        model.display()
+
+{}"#,
+        model.display(),
+        rx.config(1.0, "")
     ));
     let c = Client::new();
     let url = gw.url("/v1/chat/completions");
@@ -77,6 +82,34 @@ targets = [{{ backend = "local", model = "smollm2" }}]
         "{v}"
     );
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 5, "{v}");
+
+    // The answered request's attempt span has the worker's span under it.
+    let id = v["id"].clone();
+    let is_worker = |w: &ReceivedSpan| {
+        w.service == "switchyard-worker" && w.attr("gen_ai.response.id") == Some(&id)
+    };
+    let spans = rx
+        .wait_until(Duration::from_secs(15), |spans| {
+            spans
+                .iter()
+                .filter(|w| is_worker(w))
+                .any(|w| spans.iter().any(|a| a.span_id == w.parent_span_id))
+        })
+        .await;
+    let worker = spans.iter().find(|w| is_worker(w)).unwrap();
+    let attempt = spans
+        .iter()
+        .find(|a| a.span_id == worker.parent_span_id)
+        .unwrap();
+    assert_eq!(
+        (attempt.service.as_str(), attempt.kind),
+        ("switchyard", KIND_CLIENT)
+    );
+    assert_eq!(attempt.trace_id, worker.trace_id);
+    assert_eq!(
+        worker.attr("gen_ai.usage.output_tokens"),
+        Some(&v["usage"]["completion_tokens"])
+    );
 
     // Greedy decoding is deterministic: the same request through the gateway gives the same
     // answer, streamed chunk by chunk this time.
