@@ -50,7 +50,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks, SpanProcessor};
+use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 
 use switchyard_otlp::context::{
     child_context, new_span_id, new_trace_id, sample_bound, traceparent,
@@ -255,22 +255,15 @@ fn start_record(
     kind: SpanKind,
     attributes: Vec<KeyValue>,
 ) -> SpanData {
-    let now = SystemTime::now();
-    SpanData {
-        span_context: context,
-        parent_span_id: parent,
-        parent_span_is_remote: parent_is_remote,
-        span_kind: kind,
+    switchyard_otlp::record(
+        context,
+        parent,
+        parent_is_remote,
+        kind,
         name,
-        start_time: now,
-        end_time: now,
         attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: Status::Unset,
-        instrumentation_scope: t.scope.clone(),
-    }
+        &t.scope,
+    )
 }
 
 /// End a span now and hand it to the processor.

@@ -25,7 +25,7 @@ use http::HeaderMap;
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use opentelemetry_sdk::trace::SpanData;
 use switchyard_otlp::context::{extract, new_span_id, new_trace_id};
 use switchyard_otlp::{ExportEvents, Exporter, Pipeline, Protocol, QueueProcessor};
 
@@ -148,26 +148,20 @@ impl Tracer {
             KeyValue::new("gen_ai.operation.name", operation),
             KeyValue::new("gen_ai.response.model", model.to_string()),
         ];
-        let now = SystemTime::now();
+        let data = switchyard_otlp::record(
+            context,
+            parent.span_id(),
+            parent.is_valid(),
+            SpanKind::Server,
+            Cow::Owned(format!("{operation} {model}")),
+            attributes,
+            &self.scope,
+        );
         RequestSpan {
             open: Some(Box::new(Open {
                 tracer: self.clone(),
-                started: (Instant::now(), now),
-                data: SpanData {
-                    span_context: context,
-                    parent_span_id: parent.span_id(),
-                    parent_span_is_remote: parent.is_valid(),
-                    span_kind: SpanKind::Server,
-                    name: Cow::Owned(format!("{operation} {model}")),
-                    start_time: now,
-                    end_time: now,
-                    attributes,
-                    dropped_attributes_count: 0,
-                    events: SpanEvents::default(),
-                    links: SpanLinks::default(),
-                    status: Status::Unset,
-                    instrumentation_scope: self.scope.clone(),
-                },
+                started: (Instant::now(), data.start_time),
+                data,
             })),
         }
     }
@@ -280,21 +274,18 @@ fn child(
     start: SystemTime,
     end: SystemTime,
 ) -> SpanData {
-    SpanData {
-        span_context: context,
-        parent_span_id: parent,
-        parent_span_is_remote: false,
-        span_kind: SpanKind::Internal,
-        name: Cow::Borrowed(name),
-        start_time: start,
-        end_time: end.max(start),
-        attributes: Vec::new(),
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: Status::Unset,
-        instrumentation_scope: o.data.instrumentation_scope.clone(),
-    }
+    let mut d = switchyard_otlp::record(
+        context,
+        parent,
+        false,
+        SpanKind::Internal,
+        Cow::Borrowed(name),
+        Vec::new(),
+        &o.data.instrumentation_scope,
+    );
+    d.start_time = start;
+    d.end_time = end.max(start);
+    d
 }
 
 fn end(mut o: Box<Open>) {

@@ -21,3 +21,39 @@ pub mod wire;
 
 pub use export::{Exporter, Protocol};
 pub use pipeline::{ExportEvents, Pipeline, QueueProcessor};
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+/// A span record started (and, until its end is set, ended) now: `context` under `parent`
+/// (`SpanId::INVALID` for a root; `parent_is_remote` when it came from another process).
+pub fn record(
+    context: SpanContext,
+    parent: SpanId,
+    parent_is_remote: bool,
+    kind: SpanKind,
+    name: Cow<'static, str>,
+    attributes: Vec<KeyValue>,
+    scope: &InstrumentationScope,
+) -> SpanData {
+    let now = SystemTime::now();
+    SpanData {
+        span_context: context,
+        parent_span_id: parent,
+        parent_span_is_remote: parent_is_remote,
+        span_kind: kind,
+        name,
+        start_time: now,
+        end_time: now,
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
+        instrumentation_scope: scope.clone(),
+    }
+}

@@ -34,6 +34,19 @@ fn parse_traceparent(v: &str) -> (String, String) {
     (parts[1].to_string(), parts[2].to_string())
 }
 
+/// POST a chat completion as part of the client's trace (`CLIENT_TRACE`); its 200 answer.
+async fn chat_in_client_trace(gw: &Gateway, body: &Value) -> Value {
+    let resp = Client::new()
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            body,
+            &[("traceparent", &traceparent(CLIENT_TRACE, CLIENT_SPAN))],
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()
+}
+
 fn one<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
     let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == name).collect();
     assert_eq!(found.len(), 1, "exactly one span {name:?} in {spans:#?}");
@@ -56,15 +69,7 @@ async fn a_request_is_one_trace_from_the_client_through_the_gateway_to_the_upstr
     let gw = gateway_with(&rx, &mock, "");
     let body = json!({"model":"gpt-4o","max_tokens":64,"temperature":0.3,
         "messages":[{"role":"user","content":"secret prompt text"}]});
-    let resp = Client::new()
-        .post_json(
-            &gw.url("/v1/chat/completions"),
-            &body,
-            &[("traceparent", &traceparent(CLIENT_TRACE, CLIENT_SPAN))],
-        )
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let answer = resp.json();
+    let answer = chat_in_client_trace(&gw, &body).await;
 
     let spans = rx
         .wait_for_trace(
@@ -610,22 +615,34 @@ fn assert_phases(spans: &[ReceivedSpan], server: &ReceivedSpan) {
     assert!(ttft > 0.0 && ttft <= e2e, "ttft {ttft}, e2e {e2e}");
 }
 
+/// A `switchyard-worker` on `model` serving it as `served`, exporting spans to `rx` over
+/// `rx`'s protocol.
+fn traced_worker(
+    model: &std::path::Path,
+    rx: &OtlpReceiver,
+    served: &str,
+) -> switchyard_tests::Worker {
+    let endpoint = format!("http://{}", rx.addr);
+    switchyard_tests::Worker::start(
+        model,
+        &[
+            "--served-model-name",
+            served,
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            rx.protocol.config_name(),
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trace_runs_from_the_client_through_the_gateway_into_the_worker() {
     let Some(model) = switchyard_tests::smollm2() else {
         return;
     };
     let rx = OtlpReceiver::start(Protocol::Grpc).await;
-    let endpoint = format!("http://{}", rx.addr);
-    let worker = switchyard_tests::Worker::start(
-        &model,
-        &[
-            "--served-model-name",
-            "smollm2",
-            "--otlp-endpoint",
-            &endpoint,
-        ],
-    );
+    let worker = traced_worker(&model, &rx, "smollm2");
     let cfg = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[[backends]]\nname = \"local\"\nurl = \"{}\"\ntimeout_secs = 120\n\n[[routes]]\nmodel = \"gpt-4o-mini\"\ntargets = [{{ backend = \"local\", model = \"smollm2\" }}]\n\n{}",
         worker.base_url(),
@@ -634,15 +651,7 @@ async fn the_trace_runs_from_the_client_through_the_gateway_into_the_worker() {
     let gw = Gateway::start(&cfg);
     let body = json!({"model": "gpt-4o-mini", "max_tokens": 8, "temperature": 0,
         "messages": [{"role": "user", "content": "Name a colour."}]});
-    let resp = Client::new()
-        .post_json(
-            &gw.url("/v1/chat/completions"),
-            &body,
-            &[("traceparent", &traceparent(CLIENT_TRACE, CLIENT_SPAN))],
-        )
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let answer = resp.json();
+    let answer = chat_in_client_trace(&gw, &body).await;
 
     let spans = rx
         .wait_until(Duration::from_secs(15), |spans| {
@@ -709,18 +718,7 @@ async fn the_worker_traces_streams_refusals_and_cancellations_and_follows_the_sa
         return;
     };
     let rx = OtlpReceiver::start(Protocol::Http).await;
-    let endpoint = format!("http://{}", rx.addr);
-    let worker = switchyard_tests::Worker::start(
-        &model,
-        &[
-            "--served-model-name",
-            "smol",
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            "http",
-        ],
-    );
+    let worker = traced_worker(&model, &rx, "smol");
     let url = format!("{}/chat/completions", worker.base_url());
     let c = Client::new();
     let chat = |extra: Value| {
