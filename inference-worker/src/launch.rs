@@ -171,7 +171,6 @@ pub async fn run(
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        tracer: opts.tracer,
     });
     shared.set_ready(state.clone());
     on_ready(addr, &state);

@@ -96,7 +96,7 @@ fn run(args: Args) -> Result<(), String> {
         let listener = bind(addr).await?;
         let tracer = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
             Some(endpoint) => {
-                let instance = listener.local_addr().map_or(addr, |a| a);
+                let instance = listener.local_addr().unwrap_or(addr);
                 let t = Tracer::start(endpoint, protocol, &instance.to_string(), log.clone())
                     .map_err(|e| format!("--otlp-endpoint {e}"))?;
                 eprintln!(

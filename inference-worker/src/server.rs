@@ -35,14 +35,13 @@ pub struct AppState {
     pub template: ChatTemplate,
     pub model_name: String,
     pub started: u64,
-    /// Where request spans go (`--otlp-endpoint`), if anywhere.
-    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// What the server answers from: the load progress, then the loaded model.
 pub struct Shared {
     app: std::sync::OnceLock<Arc<AppState>>,
     pub load: Arc<LoadProgress>,
+    /// Where request spans go (`--otlp-endpoint`), if anywhere.
     tracer: Option<Arc<Tracer>>,
 }
 
@@ -134,7 +133,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
                 let sh = sh.clone();
                 async move {
                     Ok::<_, Infallible>(match sh.app.get() {
-                        Some(st) => handle(req, st.clone(), &sh.load).await,
+                        Some(st) => handle(req, st.clone(), &sh).await,
                         None => loading(&req, &sh),
                     })
                 }
@@ -217,11 +216,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
-async fn handle(req: Request<Incoming>, st: Arc<AppState>, load: &LoadProgress) -> Response<Body> {
+async fn handle(req: Request<Incoming>, st: Arc<AppState>, sh: &Shared) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        (&Method::GET, "/metrics") => metrics(&st, load),
+        (&Method::GET, "/metrics") => metrics(&st, sh),
         (&Method::GET, "/v1/models") => json_response(
             StatusCode::OK,
             &json!({"object": "list", "data": [{
@@ -231,7 +230,7 @@ async fn handle(req: Request<Incoming>, st: Arc<AppState>, load: &LoadProgress) 
         ),
         (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/v1/completions") => {
             let chat = path.ends_with("chat/completions");
-            let mut span = match &st.tracer {
+            let mut span = match &sh.tracer {
                 Some(t) => t.request(
                     req.headers(),
                     if chat { "chat" } else { "text_completion" },
@@ -275,7 +274,7 @@ async fn handle(req: Request<Incoming>, st: Arc<AppState>, load: &LoadProgress) 
     }
 }
 
-fn metrics(st: &AppState, load: &LoadProgress) -> Response<Body> {
+fn metrics(st: &AppState, sh: &Shared) -> Response<Body> {
     let m = &st.engine.metrics;
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     // Read once: the ratio and the count in one scrape must agree.
@@ -312,8 +311,8 @@ fn metrics(st: &AppState, load: &LoadProgress) -> Response<Body> {
         "switchyard_worker_queue_time_seconds",
         "Time a request waited for a slot in the running batch.",
     );
-    load.render(&mut text);
-    render_export(&mut text, st.tracer.as_deref());
+    sh.load.render(&mut text);
+    render_export(&mut text, sh.tracer.as_deref());
     metrics_response(text)
 }
 
@@ -579,16 +578,12 @@ async fn completion(
     st: &Arc<AppState>,
     span: RequestSpan,
 ) -> Result<Response<Body>, Failed> {
-    match prepare(body, chat, st, span) {
-        Ok((p, rx, ctx)) => {
-            if p {
-                Ok(stream_response(rx, ctx))
-            } else {
-                Ok(collect_response(rx, ctx).await)
-            }
-        }
-        Err(e) => Err(e),
-    }
+    let (stream, rx, ctx) = prepare(body, chat, st, span)?;
+    Ok(if stream {
+        stream_response(rx, ctx)
+    } else {
+        collect_response(rx, ctx).await
+    })
 }
 
 /// Validate, tokenize and submit; the answer's receiver and context (or the error).

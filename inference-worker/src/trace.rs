@@ -26,7 +26,7 @@ use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, Tr
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
-use switchyard_otlp::context::{extract, new_span_id, new_trace_id};
+use switchyard_otlp::context::{child_context, extract, new_span_id, new_trace_id};
 use switchyard_otlp::{ExportEvents, Exporter, Pipeline, Protocol, QueueProcessor};
 
 use crate::engine::{Finish, Timings};
@@ -251,13 +251,7 @@ impl RequestSpan {
             ("prefill", t.admitted, first),
             ("decode", first, t.finished),
         ] {
-            let context = SpanContext::new(
-                o.data.span_context.trace_id(),
-                new_span_id(),
-                TraceFlags::SAMPLED,
-                false,
-                o.data.span_context.trace_state().clone(),
-            );
+            let context = child_context(&o.data.span_context);
             o.tracer
                 .processor
                 .push(child(&o, context, parent, name, wall(from), wall(to)));

@@ -95,7 +95,6 @@ fn a_loading_worker_reports_progress_and_asks_clients_to_retry_then_serves() {
         template: loaded.template,
         model_name: "smol".into(),
         started: 0,
-        tracer: None,
     };
     shared.set_ready(Arc::new(app));
     let (status, _, body) = http(addr, "GET", "/healthz", "");

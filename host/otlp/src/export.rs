@@ -121,7 +121,7 @@ impl Exporter {
             .header(http::header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        if self.protocol == Protocol::Grpc {
+        if grpc {
             req.headers_mut()
                 .insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
@@ -140,7 +140,7 @@ impl Exporter {
             if !parts.status.is_success() {
                 return Err(format!("the collector answered HTTP {}", parts.status));
             }
-            if self.protocol == Protocol::Grpc {
+            if grpc {
                 // A gRPC status comes in the trailers, or in the headers of a
                 // trailers-only answer.
                 let status = trailers
