@@ -30,8 +30,9 @@
 //!
 //! # Cost
 //! Without `[telemetry] otlp_endpoint` no tracer exists: every span handle is an empty
-//! `Option` and the span calls are a branch on it. With it, finished spans go to a bounded
-//! queue with `try_send`; a full queue drops the span and counts it in
+//! `Option` and the span calls are a branch on it. With it, a span is encoded to OTLP
+//! protobuf when it ends, on the request's thread, into a bounded queue (see
+//! `switchyard_otlp::pipeline`); a full queue drops the span and counts it in
 //! `switchyard_telemetry_spans_dropped_total`, so exporting never blocks a request. One task
 //! on the gateway's runtime batches the queue and exports (OTLP gRPC or HTTP/protobuf).
 //!

@@ -1,6 +1,5 @@
 //! The two OTLP transports: gRPC and HTTP/protobuf, over one pooled hyper client.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,9 +9,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SpanData;
 
-use crate::wire::{encode_body, encode_resource};
+use crate::wire::{ScopeBatch, encode_resource};
 
 /// gRPC method of the OTLP trace service.
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -45,8 +43,6 @@ pub struct Exporter {
     client: Client<HttpConnector, Full<Bytes>>,
     /// The `Resource` message, encoded once.
     resource: Vec<u8>,
-    /// Encoded bytes per span in the last batch, to size the next one's buffer.
-    per_span: AtomicUsize,
     timeout: Duration,
 }
 
@@ -97,21 +93,20 @@ impl Exporter {
             uri,
             client: builder.build(connector),
             resource: res,
-            per_span: AtomicUsize::new(512),
             timeout,
         })
     }
 
-    /// Encode and send one batch; the error says what the collector answered.
-    pub async fn export(&self, spans: &[SpanData]) -> Result<(), String> {
+    /// Length of the encoded `Resource` message (the room a [`ScopeBatch`] leaves for it).
+    pub fn resource_len(&self) -> usize {
+        self.resource.len()
+    }
+
+    /// Send one batch, made with room for [`Exporter::resource_len`] bytes; the error says
+    /// what the collector answered.
+    pub async fn export(&self, batch: ScopeBatch) -> Result<(), String> {
         let grpc = self.protocol == Protocol::Grpc;
-        let per_span = self.per_span.load(Ordering::Relaxed);
-        let body = encode_body(&self.resource, spans, grpc, per_span);
-        if !spans.is_empty() {
-            // Size the next batch's buffer from this one (a little over, to avoid growing).
-            let measured = body.len() / spans.len() + 32;
-            self.per_span.store(measured, Ordering::Relaxed);
-        }
+        let body = batch.into_body(&self.resource, grpc);
         let content_type = if grpc {
             "application/grpc"
         } else {

@@ -1,13 +1,14 @@
 //! The way from a finished span to the collector: a bounded queue the request path appends
-//! to, and one task that batches the queue and exports it.
+//! encoded spans to, and one task that exports the queue batch by batch.
 //!
-//! A plain vector behind a mutex rather than a channel: a channel wakes the export task for
+//! Batches behind a mutex rather than a channel: a channel wakes the export task for
 //! nearly every span (tens of thousands of cross-thread wake-ups a second at full load, which
 //! cost more than the spans), while here a request only appends. The export task wakes when a
 //! batch is full (one wake-up per [`MAX_BATCH`] spans), on its [`EXPORT_INTERVAL`] tick, and
 //! when asked to flush. A full queue drops the span and counts it: exporting never blocks a
 //! request.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,11 +17,16 @@ use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::export::Exporter;
+use crate::wire::{ScopeBatch, encode_span_entry};
 
 /// Finished spans waiting for export; beyond this they are dropped (and counted).
 pub const QUEUE_CAPACITY: usize = 8192;
 /// Spans sent per export call.
 pub const MAX_BATCH: usize = 512;
+/// Encoded bytes per export call: a batch is sent once it reaches this size even with fewer
+/// than [`MAX_BATCH`] spans (large spans come from `capture_content`), keeping requests well
+/// under the 4 MiB message limit collectors apply to gRPC by default.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How long a finished span waits at most before it is exported.
 pub const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// One export call may take this long; a slow collector then costs dropped spans, not time.
@@ -40,21 +46,48 @@ pub trait ExportEvents: Send + Sync + 'static {
     fn recovered(&self);
 }
 
+/// Encoded spans waiting for the export task.
+struct Pending {
+    /// Batches being filled, one per instrumentation scope (usually just one).
+    open: Vec<ScopeBatch>,
+    /// Batches that reached [`MAX_BATCH`] spans or [`MAX_BATCH_BYTES`].
+    full: Vec<ScopeBatch>,
+    /// Spans in `open` and `full`.
+    spans: usize,
+    /// Encoded size of the last full batch, to size the next batch's buffer once.
+    batch_bytes: usize,
+}
+
 struct Queue {
-    spans: Mutex<Vec<SpanData>>,
+    pending: Mutex<Pending>,
     batch_full: Notify,
     events: Arc<dyn ExportEvents>,
+    /// Length of the exporter's encoded resource (the room a batch leaves for it).
+    resource_len: usize,
 }
 
 impl Queue {
-    /// Everything queued so far (the queue starts again empty).
-    fn take(&self) -> Vec<SpanData> {
-        let mut q = self.spans.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *q, Vec::with_capacity(MAX_BATCH))
+    /// Everything queued so far, full batches first (the queue starts again empty).
+    fn take(&self) -> Vec<ScopeBatch> {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::mem::take(&mut p.full);
+        out.append(&mut p.open);
+        p.spans = 0;
+        out
     }
 }
 
+thread_local! {
+    /// The span being encoded, outside the queue's lock.
+    static ENTRY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Hands finished spans to the export task without ever waiting for it.
+///
+/// A span is encoded to its OTLP bytes here, on the thread that ended it, while its data is
+/// still in that thread's cache, and freed there; the queue holds only bytes. Handing the
+/// `SpanData` itself to the export task cost more: the task read every span's attributes
+/// back from memory another core wrote, and freed them on the wrong thread.
 #[derive(Clone)]
 pub struct QueueProcessor(Arc<Queue>);
 
@@ -70,19 +103,48 @@ impl QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        let len = {
-            let mut q = self.0.spans.lock().unwrap_or_else(|p| p.into_inner());
-            if q.len() >= QUEUE_CAPACITY {
-                drop(q);
-                self.0.events.dropped(1);
-                return;
+        ENTRY.with_borrow_mut(|entry| {
+            entry.clear();
+            encode_span_entry(entry, &span);
+            let sealed = self.append(entry, &span.instrumentation_scope);
+            if entry.capacity() > 64 * 1024 {
+                // A span with captured content: do not keep its buffer for every later span.
+                *entry = Vec::new();
             }
-            q.push(span);
-            q.len()
-        };
-        if len == MAX_BATCH {
-            self.0.batch_full.notify_one();
+            if sealed {
+                self.0.batch_full.notify_one();
+            }
+        });
+    }
+
+    /// Append an encoded span to its scope's batch; whether that sealed a batch.
+    fn append(&self, entry: &[u8], scope: &opentelemetry::InstrumentationScope) -> bool {
+        let q = &self.0;
+        let mut p = q.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if p.spans >= QUEUE_CAPACITY {
+            drop(p);
+            q.events.dropped(1);
+            return false;
         }
+        let i = match p.open.iter().position(|b| b.scope() == scope) {
+            Some(i) => i,
+            None => {
+                let capacity = p.batch_bytes + p.batch_bytes / 8;
+                p.open
+                    .push(ScopeBatch::new(scope, q.resource_len, capacity));
+                p.open.len() - 1
+            }
+        };
+        let batch = &mut p.open[i];
+        batch.push_entry(entry);
+        let sealed = batch.spans() >= MAX_BATCH || batch.encoded_len() >= MAX_BATCH_BYTES;
+        p.spans += 1;
+        if sealed {
+            let batch = p.open.swap_remove(i);
+            p.batch_bytes = batch.encoded_len().min(MAX_BATCH_BYTES);
+            p.full.push(batch);
+        }
+        sealed
     }
 }
 
@@ -115,9 +177,15 @@ impl Pipeline {
     /// processor reach `exporter`.
     pub fn start(exporter: Exporter, events: Arc<dyn ExportEvents>) -> (QueueProcessor, Pipeline) {
         let queue = Arc::new(Queue {
-            spans: Mutex::new(Vec::with_capacity(MAX_BATCH)),
+            pending: Mutex::new(Pending {
+                open: Vec::new(),
+                full: Vec::new(),
+                spans: 0,
+                batch_bytes: MAX_BATCH * 512,
+            }),
             batch_full: Notify::new(),
             events,
+            resource_len: exporter.resource_len(),
         });
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(export_loop(exporter, queue.clone(), rx));
@@ -160,13 +228,11 @@ async fn export_loop(
     }
 }
 
-/// Export everything queued, [`MAX_BATCH`] spans per call.
+/// Export everything queued, one call per batch.
 async fn export_all(exporter: &Exporter, queue: &Queue, failing: &mut bool) {
-    let mut spans = queue.take();
-    while !spans.is_empty() {
-        let rest = spans.split_off(spans.len().min(MAX_BATCH));
-        let n = spans.len() as u64;
-        match exporter.export(&spans).await {
+    for batch in queue.take() {
+        let n = batch.spans() as u64;
+        match exporter.export(batch).await {
             Ok(()) => {
                 queue.events.exported(n);
                 if *failing {
@@ -182,6 +248,109 @@ async fn export_all(exporter: &Exporter, queue: &Queue, failing: &mut bool) {
                 }
             }
         }
-        spans = rest;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::InstrumentationScope;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[derive(Default)]
+    struct Counts {
+        dropped: AtomicU64,
+    }
+
+    impl ExportEvents for Counts {
+        fn exported(&self, _: u64) {}
+        fn dropped(&self, spans: u64) {
+            self.dropped.fetch_add(spans, Ordering::Relaxed);
+        }
+        fn failed(&self, _: u64) {}
+        fn outage(&self, _: &str, _: u64) {}
+        fn recovered(&self) {}
+    }
+
+    fn queue(counts: Arc<Counts>) -> QueueProcessor {
+        QueueProcessor(Arc::new(Queue {
+            pending: Mutex::new(Pending {
+                open: Vec::new(),
+                full: Vec::new(),
+                spans: 0,
+                batch_bytes: 0,
+            }),
+            batch_full: Notify::new(),
+            events: counts,
+            resource_len: 40,
+        }))
+    }
+
+    fn span(scope: &InstrumentationScope, sampled: bool, attribute: &str) -> SpanData {
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let cx = SpanContext::new(
+            TraceId::from(1_u128),
+            SpanId::from(2_u64),
+            flags,
+            false,
+            TraceState::NONE,
+        );
+        let attrs = vec![opentelemetry::KeyValue::new("a", attribute.to_owned())];
+        crate::record(
+            cx,
+            SpanId::INVALID,
+            false,
+            SpanKind::Internal,
+            "s".into(),
+            attrs,
+            scope,
+        )
+    }
+
+    /// Spans are grouped by scope, a batch is sealed at [`MAX_BATCH`] spans or
+    /// [`MAX_BATCH_BYTES`], unsampled spans are ignored, and a full queue drops and counts.
+    #[test]
+    fn spans_are_batched_by_scope_and_size_and_bounded() {
+        let counts = Arc::new(Counts::default());
+        let q = queue(counts.clone());
+        let a = InstrumentationScope::builder("a").build();
+        let b = InstrumentationScope::builder("b").build();
+        for i in 0..MAX_BATCH + 3 {
+            q.push(span(&a, true, "x"));
+            if i % 2 == 0 {
+                q.push(span(&b, true, "y"));
+            }
+            q.push(span(&a, false, "unsampled"));
+        }
+        let batches = q.0.take();
+        let shape: Vec<(&str, usize)> = batches
+            .iter()
+            .map(|b| (b.scope().name(), b.spans()))
+            .collect();
+        assert_eq!(
+            shape,
+            [("a", MAX_BATCH), ("b", MAX_BATCH / 2 + 2), ("a", 3)],
+            "one full batch of scope a first, then the open ones"
+        );
+        assert!(q.0.take().is_empty(), "take empties the queue");
+
+        let big = "z".repeat(MAX_BATCH_BYTES / 3);
+        for _ in 0..4 {
+            q.push(span(&a, true, &big));
+        }
+        let sizes: Vec<usize> = q.0.take().iter().map(ScopeBatch::spans).collect();
+        assert_eq!(sizes, [3, 1], "sealed once past {MAX_BATCH_BYTES} bytes");
+
+        for _ in 0..QUEUE_CAPACITY + 5 {
+            q.push(span(&a, true, "x"));
+        }
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), 5);
+        let queued: usize = q.0.take().iter().map(ScopeBatch::spans).sum();
+        assert_eq!(queued, QUEUE_CAPACITY);
     }
 }

@@ -3,9 +3,11 @@
 //! # Why our own
 //! With every request traced, the gateway benchmark spent about half of the tracing cost in
 //! the generic exporter: it converts each `SpanData` into an owned copy of the OTLP message
-//! tree (every name, key and value cloned), measures it, then encodes it. Here the spans are
-//! encoded straight from `SpanData` into one buffer that becomes the request body, so an
-//! export is one pass over the batch and one allocation-free write per field. The wire format is the one in
+//! tree (every name, key and value cloned), measures it, then encodes it. Here each span is
+//! encoded straight from its `SpanData` when it ends, on the thread that ended it, and
+//! appended to the [`ScopeBatch`] that becomes the request body: one allocation-free write
+//! per field, while the span is still in that thread's cache, and the span's memory is freed
+//! where it was allocated instead of by the export task. The wire format is the one in
 //! `opentelemetry-proto` (`collector/trace/v1/trace_service.proto` and the messages it
 //! uses); the end-to-end tests decode what we send with the official generated types.
 //!
@@ -18,81 +20,122 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use opentelemetry::trace::{SpanContext, SpanKind, Status};
-use opentelemetry::{Array, KeyValue, Value};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 
-/// The request body for `spans`: an `ExportTraceServiceRequest`, after the 5-byte gRPC
-/// message prefix when `grpc`. `per_span` guesses the encoded size of a span (to size the
-/// buffer once).
+/// Room a [`ScopeBatch`] leaves before its spans for the envelope: the gRPC message
+/// prefix, three (key, length) pairs of at most 11 bytes, and the resource.
+pub fn head_room(resource_len: usize) -> usize {
+    5 + 3 * 11 + resource_len
+}
+
+/// The spans of one instrumentation scope, encoded when they end, becoming one export
+/// request body.
 ///
-/// When all spans share one instrumentation scope (the usual case) the spans are written
-/// first, after room left for the envelope, and the envelope (request → resource spans →
-/// scope spans, whose lengths are then known) is written into that room, right-aligned; the
-/// body is the buffer from there on. So the batch, hundreds of kilobytes at full load, is
-/// written once and never moved, where [`encode_request`]'s in-place lengths would move it
-/// once per enclosing message.
-pub fn encode_body(resource: &[u8], spans: &[SpanData], grpc: bool, per_span: usize) -> Bytes {
-    let prefix = if grpc { 5 } else { 0 };
-    let one_scope = spans
-        .iter()
-        .all(|s| s.instrumentation_scope == spans[0].instrumentation_scope);
-    if spans.is_empty() || !one_scope {
-        let mut buf = vec![0u8; prefix];
-        encode_request(&mut buf, resource, spans);
+/// The spans are written after room left for the envelope (request → resource spans →
+/// scope spans, whose lengths are known only at the end), and [`ScopeBatch::into_body`]
+/// writes the envelope into that room, right-aligned; the body is the buffer from there on.
+/// So the batch, hundreds of kilobytes at full load, is written once and never moved, where
+/// [`encode_request`]'s in-place lengths would move it once per enclosing message.
+#[derive(Debug)]
+pub struct ScopeBatch {
+    buf: Vec<u8>,
+    room: usize,
+    spans: usize,
+    scope: InstrumentationScope,
+}
+
+impl ScopeBatch {
+    /// An empty batch for `scope`, with room for a resource of `resource_len` bytes and
+    /// `capacity` bytes of spans.
+    pub fn new(scope: &InstrumentationScope, resource_len: usize, capacity: usize) -> ScopeBatch {
+        let room = head_room(resource_len);
+        let mut buf = Vec::with_capacity(room + capacity);
+        buf.resize(room, 0);
+        // ScopeSpans.scope = 1
+        nested(&mut buf, 1, |b| {
+            string_field(b, 1, scope.name());
+            if let Some(v) = scope.version() {
+                string_field(b, 2, v);
+            }
+            for kv in scope.attributes() {
+                nested(b, 3, |b| encode_kv(b, kv));
+            }
+        });
+        ScopeBatch {
+            buf,
+            room,
+            spans: 0,
+            scope: scope.clone(),
+        }
+    }
+
+    pub fn scope(&self) -> &InstrumentationScope {
+        &self.scope
+    }
+
+    /// Spans in the batch.
+    pub fn spans(&self) -> usize {
+        self.spans
+    }
+
+    /// Bytes written so far (without the envelope).
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len() - self.room
+    }
+
+    /// Append one span as [`encode_span_entry`] wrote it.
+    pub fn push_entry(&mut self, entry: &[u8]) {
+        self.buf.extend_from_slice(entry);
+        self.spans += 1;
+    }
+
+    /// The request body: an `ExportTraceServiceRequest` under `resource` (the encoded
+    /// `Resource` message, at most the length the batch was made for), after the 5-byte gRPC
+    /// message prefix when `grpc`.
+    pub fn into_body(mut self, resource: &[u8], grpc: bool) -> Bytes {
+        if let Some(url) = self.scope.schema_url() {
+            string_field(&mut self.buf, 3, url);
+        }
+        let room = self.room;
+        let scope_len = (self.buf.len() - room) as u64;
+        // ResourceSpans: resource = 1, scope_spans = 2 (the part written after the room).
+        let mut head = Vec::with_capacity(room);
         if grpc {
-            let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
-            buf[1..5].copy_from_slice(&len.to_be_bytes());
+            head.resize(5, 0);
         }
-        return Bytes::from(buf);
-    }
-    // gRPC prefix, then three (key, length) pairs and the resource: at most this much.
-    let room = prefix + 3 * 11 + resource.len();
-    let mut buf = Vec::with_capacity(room + spans.len() * per_span + 64);
-    buf.resize(room, 0);
-    let scope = &spans[0].instrumentation_scope;
-    // ScopeSpans.scope = 1
-    nested(&mut buf, 1, |b| {
-        string_field(b, 1, scope.name());
-        if let Some(v) = scope.version() {
-            string_field(b, 2, v);
+        let resource_field = 1 + varint_len(resource.len() as u64) + resource.len();
+        let resource_spans_len =
+            resource_field as u64 + 1 + varint_len(scope_len) as u64 + scope_len;
+        // ExportTraceServiceRequest.resource_spans = 1
+        key(&mut head, 1, 2);
+        varint(&mut head, resource_spans_len);
+        bytes_field(&mut head, 1, resource);
+        key(&mut head, 2, 2);
+        varint(&mut head, scope_len);
+        if grpc {
+            let len = (head.len() - 5) as u64 + scope_len;
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            head[1..5].copy_from_slice(&len.to_be_bytes());
         }
-        for kv in scope.attributes() {
-            nested(b, 3, |b| encode_kv(b, kv));
-        }
-    });
-    for s in spans {
-        // ScopeSpans.spans = 2
-        nested(&mut buf, 2, |b| encode_span(b, s));
+        assert!(head.len() <= room, "resource larger than the batch's room");
+        let start = room - head.len();
+        self.buf[start..room].copy_from_slice(&head);
+        Bytes::from(self.buf).slice(start..)
     }
-    if let Some(url) = scope.schema_url() {
-        string_field(&mut buf, 3, url);
-    }
-    let scope_len = (buf.len() - room) as u64;
-    // ResourceSpans: resource = 1, scope_spans = 2 (the part written above).
-    let mut head = Vec::with_capacity(room);
-    head.resize(prefix, 0);
-    let resource_field = 1 + varint_len(resource.len() as u64) + resource.len();
-    let resource_spans_len = resource_field as u64 + 1 + varint_len(scope_len) as u64 + scope_len;
-    // ExportTraceServiceRequest.resource_spans = 1
-    key(&mut head, 1, 2);
-    varint(&mut head, resource_spans_len);
-    bytes_field(&mut head, 1, resource);
-    key(&mut head, 2, 2);
-    varint(&mut head, scope_len);
-    if grpc {
-        let len = (head.len() - 5) as u64 + scope_len;
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
-        head[1..5].copy_from_slice(&len.to_be_bytes());
-    }
-    let start = room - head.len();
-    buf[start..room].copy_from_slice(&head);
-    Bytes::from(buf).slice(start..)
+}
+
+/// One span as a `ScopeSpans.spans` entry (field 2, length-delimited), appended to `buf`.
+pub fn encode_span_entry(buf: &mut Vec<u8>, span: &SpanData) {
+    nested(buf, 2, |b| encode_span(b, span));
 }
 
 /// `ExportTraceServiceRequest` for `spans`, all under one resource (spans grouped by their
-/// instrumentation scope, in order of first appearance).
-pub fn encode_request(buf: &mut Vec<u8>, resource: &[u8], spans: &[SpanData]) {
+/// instrumentation scope, in order of first appearance): the reference the batch encoding
+/// is tested against.
+#[cfg(test)]
+fn encode_request(buf: &mut Vec<u8>, resource: &[u8], spans: &[SpanData]) {
     if spans.is_empty() {
         return;
     }
@@ -353,7 +396,6 @@ fn nested(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::InstrumentationScope;
 
     #[test]
     fn varints_are_minimal() {
@@ -404,27 +446,38 @@ mod tests {
     /// batches whose lengths need one to three length bytes, with and without the gRPC prefix.
     #[test]
     fn the_body_equals_the_nested_encoding() {
-        let scope = InstrumentationScope::builder("switchyard")
-            .with_version("1")
-            .build();
-        let other = InstrumentationScope::builder("other").build();
         let resource = Resource::builder().with_service_name("svc").build();
         let mut res = Vec::new();
         encode_resource(&mut res, &resource);
-        for (n, attrs) in [(1, 0), (1, 3), (3, 6), (400, 12)] {
-            let mut spans: Vec<SpanData> = (0..n).map(|_| span("chat m", attrs, &scope)).collect();
-            for mixed in [false, true] {
-                if mixed {
-                    spans.push(span("other", 1, &other));
-                }
+        let scopes = [
+            InstrumentationScope::builder("switchyard")
+                .with_version("1")
+                .with_schema_url("https://opentelemetry.io/schemas/1.30.0")
+                .build(),
+            InstrumentationScope::builder("other").build(),
+        ];
+        for scope in &scopes {
+            for (n, attrs) in [(1, 0), (1, 3), (3, 6), (400, 12)] {
+                let spans: Vec<SpanData> = (0..n).map(|_| span("chat m", attrs, scope)).collect();
                 let mut want = Vec::new();
                 encode_request(&mut want, &res, &spans);
+                let batch = |capacity| {
+                    let mut batch = ScopeBatch::new(scope, res.len(), capacity);
+                    let mut entry = Vec::new();
+                    for s in &spans {
+                        entry.clear();
+                        encode_span_entry(&mut entry, s);
+                        batch.push_entry(&entry);
+                    }
+                    assert_eq!(batch.spans(), n);
+                    batch
+                };
                 assert_eq!(
-                    &encode_body(&res, &spans, false, 64)[..],
+                    &batch(64).into_body(&res, false)[..],
                     &want[..],
                     "{n} spans"
                 );
-                let grpc = encode_body(&res, &spans, true, 1);
+                let grpc = batch(1).into_body(&res, true);
                 assert_eq!(grpc[0], 0);
                 assert_eq!(
                     u32::from_be_bytes([grpc[1], grpc[2], grpc[3], grpc[4]]) as usize,
