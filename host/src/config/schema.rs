@@ -84,6 +84,17 @@ pub struct PluginsSection {
     pub instances: Option<String>,
     /// Per-plugin config values: `[plugins.config.<name>]`, read with `config-get`.
     pub config: Option<std::collections::BTreeMap<String, toml::Table>>,
+    /// Per-plugin limits: `[plugins.overrides.<name>]`, replacing the section's defaults.
+    pub overrides: Option<std::collections::BTreeMap<String, PluginOverrideSection>>,
+}
+
+/// `[plugins.overrides.<name>]`: one plugin's own deadline, memory and failure handling.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginOverrideSection {
+    pub timeout_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub on_error: Option<String>,
 }
 
 /// One `[[backends]]` entry.

@@ -30,11 +30,8 @@ fn tick_for(timeout: Duration) -> Duration {
 pub struct PluginEngine {
     pub engine: Engine,
     pub linker: Linker<State>,
-    /// Deadline of one call, in epoch ticks.
-    pub deadline_ticks: u64,
-    /// How often the epoch advances.
+    /// How often the epoch advances (fine enough for the shortest plugin deadline).
     tick: Duration,
-    pub memory_bytes: usize,
     /// `[plugins] instances = "per-call"`: never reuse an instance.
     pub per_call: bool,
     cache_dir: Option<PathBuf>,
@@ -62,7 +59,9 @@ impl PluginEngine {
         // Plugin memories are bounded by `memory_mb`: reserve only that much address space
         // per memory slot (plus guard pages) instead of the 4 GiB default.
         let mut pool = PoolingAllocationConfig::default();
-        pool.max_memory_size(settings.memory_bytes);
+        // Slots fit the largest memory any plugin may have; each store's limiter holds a
+        // plugin to its own `memory_mb`.
+        pool.max_memory_size(settings.largest_memory());
         // Python and JavaScript components hold several core instances, memories and large
         // tables; these limits fit them with room to spare.
         pool.total_component_instances(1000);
@@ -80,7 +79,7 @@ impl PluginEngine {
         pool.linear_memory_keep_resident(2 * 1024 * 1024);
         pool.table_keep_resident(64 * 1024);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        config.memory_reservation(settings.memory_bytes as u64);
+        config.memory_reservation(settings.largest_memory() as u64);
         config.memory_guard_size(64 * 1024);
         let engine = Engine::new(&config)?;
 
@@ -93,7 +92,7 @@ impl PluginEngine {
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
         let ticker_stop = stop.clone();
-        let tick = tick_for(settings.timeout);
+        let tick = tick_for(settings.shortest_timeout());
         std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || {
@@ -108,9 +107,7 @@ impl PluginEngine {
         Ok(Arc::new(PluginEngine {
             engine,
             linker,
-            deadline_ticks: deadline_ticks(settings.timeout, tick),
             tick,
-            memory_bytes: settings.memory_bytes,
             per_call: settings.per_call_instances,
             cache_dir: settings.cache_dir.clone(),
             stop,

@@ -19,6 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::{self, adapt, classify, host, types, validate};
 use super::engine::PluginEngine;
 use super::hostapi::PluginHost;
+use super::settings::Limits;
 
 /// A warm instance serves at most this many calls, so whatever state a guest accumulates
 /// (caches, leaks, fragmentation) is bounded.
@@ -191,6 +192,10 @@ pub struct Loaded {
     pub host: Arc<PluginHost>,
     pool: Mutex<Vec<Warm>>,
     pub calls: AtomicU64,
+    /// Deadline of one call, in epoch ticks (`timeout_ms`, this plugin's or the default).
+    deadline_ticks: u64,
+    /// This plugin's `timeout_ms`, `memory_mb` and `on_error`.
+    pub limits: Limits,
 }
 
 impl Loaded {
@@ -200,8 +205,10 @@ impl Loaded {
         component: &Component,
         size: usize,
         host: Arc<PluginHost>,
+        limits: Limits,
     ) -> wasmtime::Result<Loaded> {
         let pre = engine.linker.instantiate_pre(component)?;
+        let deadline_ticks = engine.ticks(limits.timeout);
         let has = |n: &str| component.get_export_index(None, n).is_some();
         let indices = Indices {
             classify: has(bindings::CLASSIFY_EXPORT)
@@ -233,6 +240,8 @@ impl Loaded {
             host,
             pool: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
+            deadline_ticks,
+            limits,
         };
         // Instantiate once now: a component that cannot start (missing imports, traps in
         // its start function, wrong export types) fails here, at load, not on a request.
@@ -254,7 +263,7 @@ impl Loaded {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(self.engine.memory_bytes)
+                .memory_size(self.limits.memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
             host: self.host.clone(),
@@ -309,7 +318,7 @@ impl Loaded {
         {
             return Ok(w);
         }
-        self.instantiate(self.engine.deadline_ticks)
+        self.instantiate(self.deadline_ticks)
     }
 
     fn give_back(&self, mut w: Warm) {
@@ -328,7 +337,7 @@ impl Loaded {
     fn call<R>(&self, f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>) -> Result<R, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut w = self.take()?;
-        w.store.set_epoch_deadline(self.engine.deadline_ticks);
+        w.store.set_epoch_deadline(self.deadline_ticks);
         // A host function may panic under a guest's call: the WASI blocking stream calls
         // (a guest writing to stdout/stderr, e.g. a Rust panic message) block on the tokio
         // runtime the request runs in. wasmtime unwinds the guest's frames and resumes the

@@ -13,7 +13,8 @@
 //! on that version, so a reload never changes plugins under a request in flight. Every
 //! plugin failure (trap, timeout, memory, unusable answer) is contained here: counted,
 //! logged with the plugin's name, and turned into "carry on without it" or a
-//! `plugin_failed` error per `[plugins] on_error`.
+//! `plugin_failed` error per `on_error` (`[plugins]`, or the plugin's own
+//! `[plugins.overrides.<name>]`).
 
 mod bindings;
 mod convert;
@@ -36,7 +37,7 @@ use http::HeaderMap;
 pub use engine::{CacheUse, PluginEngine};
 pub use exec::{CallError, FailureKind, Stages};
 pub use hostapi::PluginMetrics;
-pub use settings::{OnError, Settings};
+pub use settings::{Limits, OnError, Settings};
 pub use stats::{BackendStats, InFlight};
 
 use bindings::types;
@@ -89,6 +90,10 @@ impl Plugin {
     }
     pub fn warm_pool(&self) -> bool {
         self.loaded.warm_pool()
+    }
+    /// Its `timeout_ms`, `memory_mb` and `on_error` (overrides applied).
+    pub fn limits(&self) -> Limits {
+        self.loaded.limits
     }
 }
 
@@ -208,7 +213,8 @@ impl Plugins {
             self.kv_for(&name),
             self.metrics.clone(),
         ));
-        let loaded = Loaded::new(engine.clone(), &component, bytes.len(), host)
+        let limits = settings.limits_for(&name);
+        let loaded = Loaded::new(engine.clone(), &component, bytes.len(), host, limits)
             .map_err(|e| exec::describe(&e))?;
         let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
         let version = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
@@ -453,14 +459,6 @@ impl Pass {
         &self.caller.tags
     }
 
-    fn on_error(&self) -> OnError {
-        self.set
-            .settings
-            .as_ref()
-            .map(|s| s.on_error)
-            .unwrap_or(OnError::Continue)
-    }
-
     /// Count and log a failure; decide whether the request goes on.
     fn contain(
         &self,
@@ -477,7 +475,7 @@ impl Pass {
             error = %e.detail,
             "plugin call failed"
         );
-        match self.on_error() {
+        match plugin.loaded.limits.on_error {
             OnError::Continue => Ok(()),
             OnError::Reject => Err(GatewayError::PluginFailed {
                 plugin: plugin.name.to_string(),
@@ -722,6 +720,18 @@ pub fn check(rt: &Runtime) -> Result<(), String> {
             p.stages().names().join(", "),
             if p.warm_pool() { " [warm pool]" } else { "" }
         );
+        let l = p.limits();
+        if l != settings.defaults {
+            println!(
+                "    overrides: timeout {} ms, memory {} MiB, on_error {}",
+                l.timeout.as_millis(),
+                l.memory_bytes / (1024 * 1024),
+                match l.on_error {
+                    OnError::Continue => "continue",
+                    OnError::Reject => "reject",
+                }
+            );
+        }
     }
     if let Some((path, e)) = report.failed.first() {
         return Err(format!("plugin {}: {e}", path.display()));

@@ -26,14 +26,25 @@ pub enum OnError {
     Reject,
 }
 
+/// How long a call of one plugin may run, how much memory its instance may hold, and what
+/// its failure does: `[plugins]` defaults, replaced key by key by
+/// `[plugins.overrides.<name>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    pub on_error: OnError,
+}
+
 /// `[plugins]`, resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub dir: PathBuf,
     pub order: Vec<String>,
-    pub timeout: Duration,
-    pub memory_bytes: usize,
-    pub on_error: OnError,
+    /// The limits of a plugin without overrides.
+    pub defaults: Limits,
+    /// `[plugins.overrides.<name>]`, resolved against the defaults.
+    pub overrides: HashMap<String, Limits>,
     pub cache_dir: Option<PathBuf>,
     /// Lower-case header names plugins may see.
     pub headers: Vec<String>,
@@ -44,35 +55,82 @@ pub struct Settings {
     pub config: HashMap<String, Arc<HashMap<String, String>>>,
 }
 
+/// `timeout_ms`, `memory_mb` and `on_error` at `prefix` (`plugins` or
+/// `plugins.overrides.<name>`), each falling back to `base`.
+fn limits(
+    prefix: &str,
+    timeout_ms: Option<u64>,
+    memory_mb: Option<u64>,
+    on_error: Option<&str>,
+    base: Limits,
+    problems: &mut Vec<Problem>,
+) -> Limits {
+    let mut l = base;
+    if let Some(ms) = timeout_ms {
+        if (1..=60_000).contains(&ms) {
+            l.timeout = Duration::from_millis(ms);
+        } else {
+            problems.push(Problem::new(
+                format!("{prefix}.timeout_ms"),
+                format!("must be between 1 and 60000 milliseconds, got {ms}"),
+            ));
+        }
+    }
+    if let Some(mb) = memory_mb {
+        if (1..=4096).contains(&mb) {
+            l.memory_bytes = usize::try_from(mb * 1024 * 1024).unwrap_or(usize::MAX);
+        } else {
+            problems.push(Problem::new(
+                format!("{prefix}.memory_mb"),
+                format!("must be between 1 and 4096 MiB, got {mb}"),
+            ));
+        }
+    }
+    match on_error {
+        None => {}
+        Some("continue") => l.on_error = OnError::Continue,
+        Some("reject") => l.on_error = OnError::Reject,
+        Some(other) => problems.push(Problem::new(
+            format!("{prefix}.on_error"),
+            format!("must be \"continue\" or \"reject\", got {other:?}"),
+        )),
+    }
+    l
+}
+
 impl Settings {
     /// Check `[plugins]`; `None` when there is no `dir` (plugins off).
     pub fn validate(s: &PluginsSection, problems: &mut Vec<Problem>) -> Option<Settings> {
         let dir = s.dir.clone()?;
-        let timeout_ms = s.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-        if !(1..=60_000).contains(&timeout_ms) {
-            problems.push(Problem::new(
-                "plugins.timeout_ms",
-                format!("must be between 1 and 60000 milliseconds, got {timeout_ms}"),
-            ));
-        }
-        let memory_mb = s.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
-        if !(1..=4096).contains(&memory_mb) {
-            problems.push(Problem::new(
-                "plugins.memory_mb",
-                format!("must be between 1 and 4096 MiB, got {memory_mb}"),
-            ));
-        }
-        let on_error = match s.on_error.as_deref() {
-            None | Some("continue") => OnError::Continue,
-            Some("reject") => OnError::Reject,
-            Some(other) => {
-                problems.push(Problem::new(
-                    "plugins.on_error",
-                    format!("must be \"continue\" or \"reject\", got {other:?}"),
-                ));
-                OnError::Continue
-            }
+        let builtin = Limits {
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            memory_bytes: usize::try_from(DEFAULT_MEMORY_MB * 1024 * 1024).unwrap_or(usize::MAX),
+            on_error: OnError::Continue,
         };
+        let defaults = limits(
+            "plugins",
+            s.timeout_ms,
+            s.memory_mb,
+            s.on_error.as_deref(),
+            builtin,
+            problems,
+        );
+        let mut overrides = HashMap::new();
+        for (name, o) in s.overrides.iter().flatten() {
+            let prefix = format!("plugins.overrides.{name}");
+            if name.is_empty() {
+                problems.push(Problem::new(prefix.clone(), "a plugin name is required"));
+            }
+            let l = limits(
+                &prefix,
+                o.timeout_ms,
+                o.memory_mb,
+                o.on_error.as_deref(),
+                defaults,
+                problems,
+            );
+            overrides.insert(name.clone(), l);
+        }
         let per_call_instances = match s.instances.as_deref() {
             None | Some("pooled") => false,
             Some("per-call") => true,
@@ -119,9 +177,8 @@ impl Settings {
         Some(Settings {
             dir,
             order,
-            timeout: Duration::from_millis(timeout_ms),
-            memory_bytes: usize::try_from(memory_mb.min(4096) * 1024 * 1024).unwrap_or(usize::MAX),
-            on_error,
+            defaults,
+            overrides,
             cache_dir,
             headers,
             watch: s.watch.unwrap_or(true),
@@ -133,6 +190,27 @@ impl Settings {
     /// The config values of plugin `name` (empty when it has none).
     pub fn config_for(&self, name: &str) -> Arc<HashMap<String, String>> {
         self.config.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The limits of plugin `name`.
+    pub fn limits_for(&self, name: &str) -> Limits {
+        self.overrides.get(name).copied().unwrap_or(self.defaults)
+    }
+
+    /// The most memory any plugin may have (what the engine reserves per instance).
+    pub fn largest_memory(&self) -> usize {
+        self.overrides
+            .values()
+            .map(|l| l.memory_bytes)
+            .fold(self.defaults.memory_bytes, usize::max)
+    }
+
+    /// The shortest deadline of any plugin (what the engine's epoch ticks must resolve).
+    pub fn shortest_timeout(&self) -> Duration {
+        self.overrides
+            .values()
+            .map(|l| l.timeout)
+            .fold(self.defaults.timeout, Duration::min)
     }
 }
 
@@ -180,6 +258,69 @@ headers = ["bad header"]
     }
 
     #[test]
+    fn overrides_replace_the_defaults_key_by_key_and_are_checked() {
+        let text = r#"
+[plugins]
+dir = "p"
+timeout_ms = 200
+memory_mb = 64
+on_error = "reject"
+[plugins.overrides.slow]
+timeout_ms = 2000
+[plugins.overrides.hungry]
+memory_mb = 512
+on_error = "continue"
+
+[[backends]]
+name = "b"
+url = "http://127.0.0.1:9/v1"
+
+[[routes]]
+model = "*"
+targets = [{ backend = "b" }]
+"#;
+        let rt = load_str(text, ConfigSource::Embedded).unwrap();
+        let s = rt.plugins.as_ref().unwrap();
+        let mib = 1024 * 1024;
+        let slow = s.limits_for("slow");
+        assert_eq!(slow.timeout.as_millis(), 2000);
+        assert_eq!(
+            slow.memory_bytes,
+            64 * mib,
+            "unset keys keep the section's value"
+        );
+        assert_eq!(slow.on_error, super::OnError::Reject);
+        let hungry = s.limits_for("hungry");
+        assert_eq!(hungry.timeout.as_millis(), 200);
+        assert_eq!(hungry.memory_bytes, 512 * mib);
+        assert_eq!(hungry.on_error, super::OnError::Continue);
+        assert_eq!(s.limits_for("other"), s.defaults);
+        assert_eq!(s.largest_memory(), 512 * mib);
+        assert_eq!(s.shortest_timeout().as_millis(), 200);
+
+        let bad = r#"
+[plugins]
+dir = "p"
+[plugins.overrides.x]
+timeout_ms = 0
+memory_mb = 5000
+on_error = "shrug"
+"#;
+        let problems = load_str(bad, ConfigSource::Embedded).unwrap_err().problems;
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "plugins.overrides.x.timeout_ms",
+            "plugins.overrides.x.memory_mb",
+            "plugins.overrides.x.on_error",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {problems:?}");
+        }
+        let unknown = "[plugins]\ndir = \"p\"\n[plugins.overrides.x]\ndeadline = 5\n";
+        let err = load_str(unknown, ConfigSource::Embedded).unwrap_err();
+        assert!(format!("{err:?}").contains("deadline"), "{err:?}");
+    }
+
+    #[test]
     fn config_tables_become_text_values() {
         let text = r#"
 [plugins]
@@ -208,7 +349,7 @@ targets = [{ backend = "b" }]
         assert_eq!(c["on"], "true");
         assert_eq!(c["list"], r#"["a","b"]"#);
         assert!(s.config_for("other").is_empty());
-        assert_eq!(s.timeout.as_millis(), 50);
+        assert_eq!(s.defaults.timeout.as_millis(), 50);
     }
 }
 
@@ -223,5 +364,9 @@ mod example {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(s.order.len(), 3);
         assert_eq!(s.config_for("complexity-router")["max_tokens"], "400");
+        assert_eq!(
+            s.limits_for("json-validator").on_error,
+            super::OnError::Reject
+        );
     }
 }

@@ -436,6 +436,77 @@ async fn on_error_reject_fails_only_the_request_that_tripped_the_plugin() {
     }
 }
 
+/// `[plugins.overrides.<name>]` gives one plugin its own deadline, memory and `on_error`:
+/// the same component runs twice, as `lenient` (the section's generous defaults, failures
+/// skipped) and as `strict` (30 ms, 32 MiB, failures reject the request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_plugin_overrides_set_its_own_deadline_memory_and_on_error() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = plugins::fixture("hostile");
+    plugins::install(&wasm, dir.path(), "lenient");
+    plugins::install(&wasm, dir.path(), "strict");
+    let extra = "order = [\"lenient\", \"strict\"]\ntimeout_ms = 1500\nmemory_mb = 256\non_error = \"continue\"\n\n\
+        [plugins.overrides.strict]\ntimeout_ms = 30\nmemory_mb = 32\non_error = \"reject\"\n";
+    let text = config(&local, &premium, dir.path(), extra);
+    let gw = Gateway::start(&text);
+
+    // 48 MiB: fine for `lenient` under 256 MiB, over `strict`'s 32 MiB, which rejects.
+    let r = chat(&gw, hostile("alloc-48mib")).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "plugin_failed");
+    assert!(r.text().contains("strict"), "{}", r.text());
+    let m = metrics(&gw).await;
+    assert!(
+        m.contains(
+            r#"switchyard_plugin_errors_total{plugin="strict",stage="classify",kind="memory"}"#
+        ),
+        "{m}"
+    );
+    assert!(
+        !m.contains(r#"switchyard_plugin_errors_total{plugin="lenient""#),
+        "lenient had room for 48 MiB:\n{m}"
+    );
+
+    // A loop: `lenient` is cut off at the section's 1.5 s and skipped; `strict` at its own
+    // 30 ms, and rejects. Both at 1.5 s would take 3 s.
+    let started = Instant::now();
+    let r = chat(&gw, hostile("loop")).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("strict"), "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(2700),
+        "took {took:?}"
+    );
+    let m = metrics(&gw).await;
+    for plugin in ["lenient", "strict"] {
+        assert!(
+            m.contains(&format!(
+                "switchyard_plugin_errors_total{{plugin=\"{plugin}\",stage=\"classify\",kind=\"timeout\"}} 1"
+            )),
+            "{plugin}: {m}"
+        );
+    }
+
+    // Unrelated requests pass both.
+    assert_eq!(chat(&gw, user("hello")).await.status, 200);
+
+    // `check` shows the override.
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let (code, out, err) = run_switchyard(
+        &["check", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("overrides: timeout 30 ms, memory 32 MiB, on_error reject"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_load_loses_no_request() {
     let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
