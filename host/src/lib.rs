@@ -12,6 +12,7 @@ pub mod error;
 pub mod flags;
 pub mod gateway;
 pub mod governance;
+pub mod held;
 pub mod ledger;
 pub mod limits;
 pub mod local_worker;

@@ -313,6 +313,8 @@ async fn run(
     let tel = &ctx.telemetry;
     // Phase validate runs inside the attempt loop, so a rejected answer moves on to the
     // next fallback; `validate` plugins win over any other configured check.
+    // A stream is held until complete when a `validate` plugin asks to judge streams.
+    let hold_stream = request.stream && pass.validates() && pass.holds_streams();
     let plugin_validator = pass
         .validates()
         .then(|| PluginValidator::new(pass, &request));
@@ -357,6 +359,7 @@ async fn run(
                 settle_slot.clone(),
                 tel,
                 tel_slot.clone(),
+                hold_stream,
             )
         },
     )
@@ -376,9 +379,15 @@ async fn run(
     if let Some(new) = plugin_validator.and_then(|v| v.replacement())
         && let Answer::Complete(resp) = &mut exchanged.answer
     {
-        // A `validate` plugin replaced the answer: serve (and account) the replacement.
+        // A `validate` plugin replaced the answer: serve (and account) the replacement, as
+        // events when the client asked for a stream (which was held).
         resp.headers_mut().remove(header::CONTENT_LENGTH);
-        *resp.body_mut() = GatewayBody::from(new.clone());
+        *resp.body_mut() = if request.stream {
+            let include_usage = !request.strip_usage_chunk(true);
+            GatewayBody::from(crate::held::to_events(endpoint, &new, include_usage))
+        } else {
+            GatewayBody::from(new.clone())
+        };
         exchanged.usage = ResponseProbe::read(&new).and_then(|p| p.usage);
         exchanged.body = Some(new);
     }
@@ -410,9 +419,10 @@ async fn run(
     }
     if let Some(sh) = mirror {
         // Fire and forget: a bounded queue, never a wait.
+        // A held stream is compared as the complete answer it was put together into.
         let served = match served_stream {
-            Some(rx) => shadow::Served::Stream(rx),
-            None => shadow::Served::Complete(exchanged.body.clone()),
+            Some(rx) if exchanged.body.is_none() => shadow::Served::Stream(rx),
+            _ => shadow::Served::Complete(exchanged.body.clone()),
         };
         shadow::mirror(
             &route,
@@ -479,6 +489,7 @@ async fn exchange(
     settle_slot: SettleSlot,
     tel: &RequestTelemetry,
     tel_slot: TelSlot,
+    hold_stream: bool,
 ) -> Result<Exchanged, GatewayError> {
     let url = &target.backend.urls[url];
     let adapted = adapted?;
@@ -517,7 +528,7 @@ async fn exchange(
         gw.metrics.upstream(&target.backend.name, sent.elapsed());
         return Err(failed(attempt, e));
     }
-    if request.stream {
+    if request.stream && !hold_stream {
         let (answer, upstream_time) = stream_answer(
             gw,
             started,
@@ -543,15 +554,20 @@ async fn exchange(
             usage: None,
         })
     } else {
-        let (answer, body, upstream_time, usage) =
-            match complete_answer(tel, &target, &model, resp, sent).await {
-                Ok((answer, body, upstream_time, facts)) => {
-                    let usage = facts.usage;
-                    attempt.succeeded(&gw.metrics, facts);
-                    (answer, body, upstream_time, usage)
-                }
-                Err(e) => return Err(failed(attempt, e)),
-            };
+        let answer = if request.stream {
+            let strip_usage = request.strip_usage_chunk(true);
+            held_answer(tel, &target, &model, resp, sent, endpoint, strip_usage).await
+        } else {
+            complete_answer(tel, &target, &model, resp, sent).await
+        };
+        let (answer, body, upstream_time, usage) = match answer {
+            Ok((answer, body, upstream_time, facts)) => {
+                let usage = facts.usage;
+                attempt.succeeded(&gw.metrics, facts);
+                (answer, body, upstream_time, usage)
+            }
+            Err(e) => return Err(failed(attempt, e)),
+        };
         gw.metrics.upstream(&target.backend.name, upstream_time);
         drop(slot);
         Ok(Exchanged {
@@ -660,6 +676,39 @@ async fn complete_answer(
     copy_response_headers(&parts.headers, out.headers_mut());
     stamp(out.headers_mut(), target, Some(model));
     Ok((out, bytes, upstream_time, facts))
+}
+
+/// A streamed answer held until complete (`validate_streams = "buffer"`): read it whole,
+/// put the complete answer together for validation and accounting, serve the events.
+#[allow(clippy::too_many_arguments)]
+async fn held_answer(
+    tel: &RequestTelemetry,
+    target: &Target,
+    model: &str,
+    resp: Response<Incoming>,
+    sent: Instant,
+    endpoint: Endpoint,
+    strip_usage: bool,
+) -> Result<(Response<GatewayBody>, Bytes, Duration, AnswerFacts), GatewayError> {
+    let (parts, body) = resp.into_parts();
+    let sse = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
+    let upstream_time = sent.elapsed();
+    let held = crate::held::assemble(endpoint, &sse, strip_usage).map_err(|detail| {
+        GatewayError::UpstreamBroken {
+            backend: target.backend.name.to_string(),
+            detail,
+        }
+    })?;
+    let facts = match ResponseProbe::read(&held.complete) {
+        Some(probe) => telemetry::answer_facts(tel, probe),
+        None => AnswerFacts::default(),
+    };
+    let mut out = Response::new(GatewayBody::from(held.events));
+    *out.status_mut() = parts.status;
+    copy_response_headers(&parts.headers, out.headers_mut());
+    out.headers_mut().remove(header::CONTENT_LENGTH);
+    stamp(out.headers_mut(), target, Some(model));
+    Ok((out, held.complete, upstream_time, facts))
 }
 
 /// A streamed answer: wait for the first chunk (so a failure before any byte can still be

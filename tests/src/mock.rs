@@ -51,6 +51,9 @@ pub struct Behaviour {
     pub stall_after: Option<usize>,
     /// Send `Retry-After` with error statuses.
     pub retry_after: Option<u32>,
+    /// The answer's text (else the request's `mock_content`, else `w0 w1 …`); streamed in
+    /// `chunks` pieces.
+    pub content: Option<String>,
 }
 
 impl Default for Behaviour {
@@ -67,6 +70,7 @@ impl Default for Behaviour {
             break_after: None,
             stall_after: None,
             retry_after: None,
+            content: None,
         }
     }
 }
@@ -390,6 +394,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
             &req,
             &model,
             prompt_tokens,
+            &pieces(b.content.as_deref(), &req, b.chunks).concat(),
             b.chunks,
         )));
     }
@@ -399,7 +404,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         &req,
         &model,
         prompt_tokens,
-        b.chunks,
+        &pieces(b.content.as_deref(), &req, b.chunks),
         include_usage,
     );
     let (tx, rx) = mpsc::channel::<Result<Bytes, Reset>>(4);
@@ -464,7 +469,18 @@ impl Body for ChannelBody {
 fn fast_answer() -> &'static Bytes {
     static ANSWER: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     ANSWER.get_or_init(|| {
-        Bytes::from(complete(true, false, &Value::Null, "bench-model", 20, 5).to_string())
+        Bytes::from(
+            complete(
+                true,
+                false,
+                &Value::Null,
+                "bench-model",
+                20,
+                &words(5).concat(),
+                5,
+            )
+            .to_string(),
+        )
     })
 }
 
@@ -499,19 +515,27 @@ pub fn tool_arguments() -> &'static str {
     r#"{"location": "Paris, France", "unit": "celsius", "days": [1, 2, 3]}"#
 }
 
+/// The answer's text in `n` pieces (one per streamed chunk, one token each): the
+/// behaviour's `content`, else the request's `mock_content` (plugin tests script JSON
+/// answers), else `w0 w1 …`.
+fn pieces(content: Option<&str>, req: &Value, n: usize) -> Vec<String> {
+    let Some(text) = content.or(req["mock_content"].as_str()) else {
+        return words(n);
+    };
+    let chars: Vec<char> = text.chars().collect();
+    let step = chars.len().div_ceil(n.max(1)).max(1);
+    chars.chunks(step).map(|c| c.iter().collect()).collect()
+}
+
 fn complete(
     chat: bool,
     tools: bool,
     req: &Value,
     model: &str,
     prompt_tokens: u64,
+    text: &str,
     n: usize,
 ) -> Value {
-    // `mock_content` in the request scripts the answer's text (plugin tests need JSON).
-    let text: String = match req["mock_content"].as_str() {
-        Some(c) => c.to_string(),
-        None => words(n).concat(),
-    };
     let completion_tokens = n as u64;
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     if !chat {
@@ -540,9 +564,10 @@ fn stream_events(
     req: &Value,
     model: &str,
     prompt_tokens: u64,
-    n: usize,
+    pieces: &[String],
     include_usage: bool,
 ) -> Vec<Bytes> {
+    let n = pieces.len();
     let mut out = Vec::new();
     let usage_field = if include_usage {
         Some(Value::Null)
@@ -581,7 +606,7 @@ fn stream_events(
             json!([{"index":0,"delta":{},"finish_reason":"tool_calls"}]),
         )));
     } else {
-        for w in words(n) {
+        for w in pieces {
             let choice = if chat {
                 json!([{"index":0,"delta":{"content":w},"logprobs":null,"finish_reason":null}])
             } else {

@@ -84,6 +84,9 @@ pub struct PluginsSection {
     pub instances: Option<String>,
     /// Per-plugin config values: `[plugins.config.<name>]`, read with `config-get`.
     pub config: Option<std::collections::BTreeMap<String, toml::Table>>,
+    /// Streamed answers and `validate` plugins: `skip` (default; relayed live, not
+    /// validated) or `buffer` (held until complete, validated, then served).
+    pub validate_streams: Option<String>,
     /// Per-plugin limits: `[plugins.overrides.<name>]`, replacing the section's defaults.
     pub overrides: Option<std::collections::BTreeMap<String, PluginOverrideSection>>,
 }
@@ -95,6 +98,7 @@ pub struct PluginOverrideSection {
     pub timeout_ms: Option<u64>,
     pub memory_mb: Option<u64>,
     pub on_error: Option<String>,
+    pub validate_streams: Option<String>,
 }
 
 /// One `[[backends]]` entry.

@@ -19,7 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::{self, adapt, classify, host, types, validate};
 use super::engine::PluginEngine;
 use super::hostapi::PluginHost;
-use super::settings::Limits;
+use super::settings::PluginOptions;
 
 /// A warm instance serves at most this many calls, so whatever state a guest accumulates
 /// (caches, leaks, fragmentation) is bounded.
@@ -194,8 +194,8 @@ pub struct Loaded {
     pub calls: AtomicU64,
     /// Deadline of one call, in epoch ticks (`timeout_ms`, this plugin's or the default).
     deadline_ticks: u64,
-    /// This plugin's `timeout_ms`, `memory_mb` and `on_error`.
-    pub limits: Limits,
+    /// This plugin's `timeout_ms`, `memory_mb`, `on_error` and `validate_streams`.
+    pub options: PluginOptions,
 }
 
 impl Loaded {
@@ -205,10 +205,10 @@ impl Loaded {
         component: &Component,
         size: usize,
         host: Arc<PluginHost>,
-        limits: Limits,
+        options: PluginOptions,
     ) -> wasmtime::Result<Loaded> {
         let pre = engine.linker.instantiate_pre(component)?;
-        let deadline_ticks = engine.ticks(limits.timeout);
+        let deadline_ticks = engine.ticks(options.timeout);
         let has = |n: &str| component.get_export_index(None, n).is_some();
         let indices = Indices {
             classify: has(bindings::CLASSIFY_EXPORT)
@@ -241,7 +241,7 @@ impl Loaded {
             pool: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
             deadline_ticks,
-            limits,
+            options,
         };
         // Instantiate once now: a component that cannot start (missing imports, traps in
         // its start function, wrong export types) fails here, at load, not on a request.
@@ -263,7 +263,7 @@ impl Loaded {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
+                .memory_size(self.options.memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
             host: self.host.clone(),

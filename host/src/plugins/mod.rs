@@ -37,7 +37,7 @@ use http::HeaderMap;
 pub use engine::{CacheUse, PluginEngine};
 pub use exec::{CallError, FailureKind, Stages};
 pub use hostapi::PluginMetrics;
-pub use settings::{Limits, OnError, Settings};
+pub use settings::{OnError, PluginOptions, Settings};
 pub use stats::{BackendStats, InFlight};
 
 use bindings::types;
@@ -91,9 +91,9 @@ impl Plugin {
     pub fn warm_pool(&self) -> bool {
         self.loaded.warm_pool()
     }
-    /// Its `timeout_ms`, `memory_mb` and `on_error` (overrides applied).
-    pub fn limits(&self) -> Limits {
-        self.loaded.limits
+    /// Its `timeout_ms`, `memory_mb`, `on_error` and `validate_streams` (overrides applied).
+    pub fn options(&self) -> PluginOptions {
+        self.loaded.options
     }
 }
 
@@ -213,8 +213,8 @@ impl Plugins {
             self.kv_for(&name),
             self.metrics.clone(),
         ));
-        let limits = settings.limits_for(&name);
-        let loaded = Loaded::new(engine.clone(), &component, bytes.len(), host, limits)
+        let options = settings.options_for(&name);
+        let loaded = Loaded::new(engine.clone(), &component, bytes.len(), host, options)
             .map_err(|e| exec::describe(&e))?;
         let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
         let version = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
@@ -475,7 +475,7 @@ impl Pass {
             error = %e.detail,
             "plugin call failed"
         );
-        match plugin.loaded.limits.on_error {
+        match plugin.loaded.options.on_error {
             OnError::Continue => Ok(()),
             OnError::Reject => Err(GatewayError::PluginFailed {
                 plugin: plugin.name.to_string(),
@@ -579,6 +579,18 @@ impl Pass {
     /// Whether any plugin validates answers (the proxy only buffers for them when so).
     pub fn validates(&self) -> bool {
         self.request.is_some() && self.set.any(|s| s.validate)
+    }
+
+    /// Whether a streamed answer is held until complete so the `validate` plugins judge it
+    /// (some `validate` plugin has `validate_streams = "buffer"`); otherwise streams are
+    /// relayed as they come and not validated.
+    pub fn holds_streams(&self) -> bool {
+        self.request.is_some()
+            && self
+                .set
+                .plugins
+                .iter()
+                .any(|p| p.loaded.stages.validate && p.loaded.options.hold_streams)
     }
 
     /// Stage `validate` on a complete answer: the first plugin that rejects or replaces
@@ -720,16 +732,17 @@ pub fn check(rt: &Runtime) -> Result<(), String> {
             p.stages().names().join(", "),
             if p.warm_pool() { " [warm pool]" } else { "" }
         );
-        let l = p.limits();
+        let l = p.options();
         if l != settings.defaults {
             println!(
-                "    overrides: timeout {} ms, memory {} MiB, on_error {}",
+                "    overrides: timeout {} ms, memory {} MiB, on_error {}, validate_streams {}",
                 l.timeout.as_millis(),
                 l.memory_bytes / (1024 * 1024),
                 match l.on_error {
                     OnError::Continue => "continue",
                     OnError::Reject => "reject",
-                }
+                },
+                if l.hold_streams { "buffer" } else { "skip" }
             );
         }
     }

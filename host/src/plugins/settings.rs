@@ -26,14 +26,17 @@ pub enum OnError {
     Reject,
 }
 
-/// How long a call of one plugin may run, how much memory its instance may hold, and what
-/// its failure does: `[plugins]` defaults, replaced key by key by
-/// `[plugins.overrides.<name>]`.
+/// How long a call of one plugin may run, how much memory its instance may hold, what its
+/// failure does, and whether it validates streams: `[plugins]` defaults, replaced key by key
+/// by `[plugins.overrides.<name>]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct PluginOptions {
     pub timeout: Duration,
     pub memory_bytes: usize,
     pub on_error: OnError,
+    /// `validate_streams = "buffer"`: streamed answers are held until complete so this
+    /// plugin's `validate` sees them (only matters for plugins with that stage).
+    pub hold_streams: bool,
 }
 
 /// `[plugins]`, resolved.
@@ -41,10 +44,10 @@ pub struct Limits {
 pub struct Settings {
     pub dir: PathBuf,
     pub order: Vec<String>,
-    /// The limits of a plugin without overrides.
-    pub defaults: Limits,
+    /// The options of a plugin without overrides.
+    pub defaults: PluginOptions,
     /// `[plugins.overrides.<name>]`, resolved against the defaults.
-    pub overrides: HashMap<String, Limits>,
+    pub overrides: HashMap<String, PluginOptions>,
     pub cache_dir: Option<PathBuf>,
     /// Lower-case header names plugins may see.
     pub headers: Vec<String>,
@@ -55,16 +58,17 @@ pub struct Settings {
     pub config: HashMap<String, Arc<HashMap<String, String>>>,
 }
 
-/// `timeout_ms`, `memory_mb` and `on_error` at `prefix` (`plugins` or
+/// `timeout_ms`, `memory_mb`, `on_error` and `validate_streams` at `prefix` (`plugins` or
 /// `plugins.overrides.<name>`), each falling back to `base`.
 fn limits(
     prefix: &str,
     timeout_ms: Option<u64>,
     memory_mb: Option<u64>,
     on_error: Option<&str>,
-    base: Limits,
+    validate_streams: Option<&str>,
+    base: PluginOptions,
     problems: &mut Vec<Problem>,
-) -> Limits {
+) -> PluginOptions {
     let mut l = base;
     if let Some(ms) = timeout_ms {
         if (1..=60_000).contains(&ms) {
@@ -95,6 +99,15 @@ fn limits(
             format!("must be \"continue\" or \"reject\", got {other:?}"),
         )),
     }
+    match validate_streams {
+        None => {}
+        Some("skip") => l.hold_streams = false,
+        Some("buffer") => l.hold_streams = true,
+        Some(other) => problems.push(Problem::new(
+            format!("{prefix}.validate_streams"),
+            format!("must be \"skip\" or \"buffer\", got {other:?}"),
+        )),
+    }
     l
 }
 
@@ -102,16 +115,18 @@ impl Settings {
     /// Check `[plugins]`; `None` when there is no `dir` (plugins off).
     pub fn validate(s: &PluginsSection, problems: &mut Vec<Problem>) -> Option<Settings> {
         let dir = s.dir.clone()?;
-        let builtin = Limits {
+        let builtin = PluginOptions {
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             memory_bytes: usize::try_from(DEFAULT_MEMORY_MB * 1024 * 1024).unwrap_or(usize::MAX),
             on_error: OnError::Continue,
+            hold_streams: false,
         };
         let defaults = limits(
             "plugins",
             s.timeout_ms,
             s.memory_mb,
             s.on_error.as_deref(),
+            s.validate_streams.as_deref(),
             builtin,
             problems,
         );
@@ -126,6 +141,7 @@ impl Settings {
                 o.timeout_ms,
                 o.memory_mb,
                 o.on_error.as_deref(),
+                o.validate_streams.as_deref(),
                 defaults,
                 problems,
             );
@@ -192,8 +208,8 @@ impl Settings {
         self.config.get(name).cloned().unwrap_or_default()
     }
 
-    /// The limits of plugin `name`.
-    pub fn limits_for(&self, name: &str) -> Limits {
+    /// The options of plugin `name`.
+    pub fn options_for(&self, name: &str) -> PluginOptions {
         self.overrides.get(name).copied().unwrap_or(self.defaults)
     }
 
@@ -270,6 +286,7 @@ timeout_ms = 2000
 [plugins.overrides.hungry]
 memory_mb = 512
 on_error = "continue"
+validate_streams = "buffer"
 
 [[backends]]
 name = "b"
@@ -282,7 +299,7 @@ targets = [{ backend = "b" }]
         let rt = load_str(text, ConfigSource::Embedded).unwrap();
         let s = rt.plugins.as_ref().unwrap();
         let mib = 1024 * 1024;
-        let slow = s.limits_for("slow");
+        let slow = s.options_for("slow");
         assert_eq!(slow.timeout.as_millis(), 2000);
         assert_eq!(
             slow.memory_bytes,
@@ -290,11 +307,12 @@ targets = [{ backend = "b" }]
             "unset keys keep the section's value"
         );
         assert_eq!(slow.on_error, super::OnError::Reject);
-        let hungry = s.limits_for("hungry");
+        let hungry = s.options_for("hungry");
         assert_eq!(hungry.timeout.as_millis(), 200);
         assert_eq!(hungry.memory_bytes, 512 * mib);
         assert_eq!(hungry.on_error, super::OnError::Continue);
-        assert_eq!(s.limits_for("other"), s.defaults);
+        assert!(hungry.hold_streams && !slow.hold_streams);
+        assert_eq!(s.options_for("other"), s.defaults);
         assert_eq!(s.largest_memory(), 512 * mib);
         assert_eq!(s.shortest_timeout().as_millis(), 200);
 
@@ -305,6 +323,7 @@ dir = "p"
 timeout_ms = 0
 memory_mb = 5000
 on_error = "shrug"
+validate_streams = "sometimes"
 "#;
         let problems = load_str(bad, ConfigSource::Embedded).unwrap_err().problems;
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
@@ -312,6 +331,7 @@ on_error = "shrug"
             "plugins.overrides.x.timeout_ms",
             "plugins.overrides.x.memory_mb",
             "plugins.overrides.x.on_error",
+            "plugins.overrides.x.validate_streams",
         ] {
             assert!(paths.contains(&want), "{want} missing from {problems:?}");
         }
@@ -365,7 +385,7 @@ mod example {
         assert_eq!(s.order.len(), 3);
         assert_eq!(s.config_for("complexity-router")["max_tokens"], "400");
         assert_eq!(
-            s.limits_for("json-validator").on_error,
+            s.options_for("json-validator").on_error,
             super::OnError::Reject
         );
     }

@@ -294,6 +294,145 @@ async fn json_validator_rejects_answers_that_are_not_the_json_asked_for() {
     assert_eq!(r.status, 200);
 }
 
+/// The text of a streamed chat answer (its `delta.content` pieces joined).
+fn streamed_text(r: &switchyard_tests::client::StreamResp) -> String {
+    r.json_events()
+        .iter()
+        .filter_map(|e| {
+            e["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// `validate_streams = "buffer"`: a streamed answer is held until complete and validated
+/// like a complete one; a rejected stream never reaches the client and the fallback's
+/// stream is served instead, as the events its upstream sent. The default (`skip`) relays
+/// streams live without validating them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_streams_are_validated_and_a_rejected_one_falls_back() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_behaviour(Behaviour {
+        content: Some("Sure! Here is the JSON you asked for.".into()),
+        ..Behaviour::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(
+        &plugins::first_party("json-validator"),
+        dir.path(),
+        "json-validator",
+    );
+    let with_fallback = |extra: &str| {
+        config(&local, &premium, dir.path(), extra).replacen(
+            "model = \"gpt-4o\"\ntargets = [{ backend = \"openai\" }]",
+            "model = \"gpt-4o\"\ntargets = [{ backend = \"local\" }]\nfallback = [{ backend = \"openai\" }]",
+            1,
+        )
+    };
+    let json_answer = r#"{"name":"Ada","age":36}"#;
+    let ask = |stream_options: Option<Value>| {
+        let mut body = json!({"model": "gpt-4o", "stream": true,
+            "messages": [{"role": "user", "content": "who?"}],
+            "response_format": {"type": "json_object"}, "mock_content": json_answer});
+        if let Some(o) = stream_options {
+            body["stream_options"] = o;
+        }
+        body
+    };
+    let client = Client::new();
+
+    let gw = Gateway::start(&with_fallback(
+        "\n[plugins.overrides.json-validator]\nvalidate_streams = \"buffer\"\n",
+    ));
+    let url = gw.url("/v1/chat/completions");
+    let r = client.post_stream(&url, &ask(None), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(r.header("x-switchyard-backend"), Some("openai"));
+    let attempts = r.header("x-switchyard-attempts").unwrap_or("");
+    assert!(attempts.contains("rejected_by_validate"), "{attempts}");
+    assert_eq!(streamed_text(&r), json_answer, "{}", r.body());
+    assert_eq!(r.events().last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        r.json_events().iter().all(|e| e["usage"].is_null()),
+        "the usage chunk the gateway asked for is not served: {}",
+        r.body()
+    );
+    let local_sent = local.last_request().unwrap().json();
+    assert_eq!(local_sent["stream"], true, "upstream still streams");
+
+    // The client's own `include_usage` gets its usage chunk.
+    let r = client
+        .post_stream(&url, &ask(Some(json!({"include_usage": true}))), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json_events()
+            .iter()
+            .any(|e| e["usage"]["completion_tokens"].is_u64()),
+        "{}",
+        r.body()
+    );
+
+    // No JSON asked: the local stream is accepted and served whole.
+    let mut prose = ask(None);
+    prose.as_object_mut().unwrap().remove("response_format");
+    let r = client.post_stream(&url, &prose, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-backend"), Some("local"));
+    assert_eq!(streamed_text(&r), "Sure! Here is the JSON you asked for.");
+    drop(gw);
+
+    // Default `skip`: the stream is relayed as it comes, unvalidated.
+    let gw = Gateway::start(&with_fallback(""));
+    let r = client
+        .post_stream(&gw.url("/v1/chat/completions"), &ask(None), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-backend"), Some("local"));
+    assert_eq!(streamed_text(&r), "Sure! Here is the JSON you asked for.");
+}
+
+/// A `validate` plugin's replacement reaches a streaming client as a stream (held mode),
+/// and a non-streaming one as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_is_served_as_a_stream_to_a_streaming_client() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(&plugins::fixture("hostile"), dir.path(), "hostile");
+    let extra = "validate_streams = \"buffer\"\n[plugins.config.hostile]\nstage = \"validate\"\n";
+    let gw = Gateway::start(&config(&local, &premium, dir.path(), extra));
+    let mut body = hostile("replace");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = Client::new()
+        .post_stream(&gw.url("/v1/chat/completions"), &body, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(streamed_text(&r), "replaced by policy", "{}", r.body());
+    let events = r.json_events();
+    assert_eq!(events[0]["object"], "chat.completion.chunk");
+    assert_eq!(events[0]["model"], "policy");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["choices"][0]["finish_reason"] == "stop"),
+        "{}",
+        r.body()
+    );
+    assert!(events.iter().any(|e| e["usage"]["total_tokens"] == 6));
+    assert_eq!(r.events().last().map(String::as_str), Some("[DONE]"));
+
+    let r = chat(&gw, hostile("replace")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "replaced by policy"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_three_plugins_together() {
     let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
