@@ -1,7 +1,7 @@
 //! Plugin benchmark: what each stage adds to a request, and how long startup takes.
 //!
 //! ```text
-//! cargo xtask plugins        # builds plugins/*.wasm and the Python/JS examples
+//! cargo xtask plugins        # builds plugins/*.wasm and the Python/JS/C examples
 //! cargo bench -p switchyard --bench plugins [-- --iterations 20000]
 //! ```
 //!
@@ -9,7 +9,7 @@
 //! does it: building the typed view of the request (`Pass::new`) plus the stage call
 //! (`classify`, `adapt` or `validate`), and reports the median and p99 per call. The Rust
 //! plugins run both ways (`[plugins] instances = "pooled"`, the default, and `"per-call"`);
-//! the Python and JavaScript examples from the warm pool. Startup: loading ten plugins with a warm compiled-code cache
+//! the Python, JavaScript and C examples from the warm pool. Startup: loading ten plugins with a warm compiled-code cache
 //! (a new engine each time, as a restarted process would).
 
 use std::path::{Path, PathBuf};
@@ -215,7 +215,11 @@ fn main() {
             bench_stage(name, &p(name), stage, iterations, &cache, instances);
         }
     }
-    for name in ["python-router", "js-router"] {
+    for name in ["python-router", "js-router", "c-router"] {
+        if !e(name).exists() {
+            println!("{name}: not built (cargo xtask plugins), skipped");
+            continue;
+        }
         bench_stage(name, &e(name), "classify", iterations, &cache, "pooled");
     }
     startup(&cache);

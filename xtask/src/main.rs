@@ -7,6 +7,7 @@
 //! - `plugins`: builds the first-party plugins into `plugins/*.wasm`, the test fixtures into
 //!   `target/plugin-fixtures/`, and the example policies beside their sources.
 
+mod c_example;
 mod models;
 
 use std::path::{Path, PathBuf};

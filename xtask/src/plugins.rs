@@ -2,8 +2,9 @@
 //!
 //! - `plugins/*` (Rust, wasm32-wasip2) → `plugins/<name>.wasm`
 //! - `tests/fixtures/plugins/*` (hostile test plugins) → `target/plugin-fixtures/<name>.wasm`
-//! - `examples/python-router` (componentize-py) and `examples/js-router` (componentize-js,
-//!   installed with jco by npm) → a `router.wasm`
+//! - `examples/python-router` (componentize-py), `examples/js-router` (componentize-js,
+//!   installed with jco by npm) and `examples/c-router` (clang + wasi-libc; see
+//!   [`crate::c_example`]) → a `router.wasm`
 //!   beside their sources, when those toolchains are installed (skipped with a message
 //!   otherwise; `SWITCHYARD_CI=1` makes a missing toolchain an error). With a `weval` binary
 //!   installed the JavaScript is compiled ahead of time (see [`weval`]).
@@ -103,7 +104,7 @@ fn missing(what: &str) -> Result<(), String> {
     }
 }
 
-/// The example policies in Python and JavaScript.
+/// The example policies in Python, JavaScript and C.
 fn examples(root: &Path) -> Result<(), String> {
     let wit = root.join("wit");
     let py = root.join("examples").join("python-router");
@@ -146,6 +147,17 @@ fn examples(root: &Path) -> Result<(), String> {
             run(c, "componentize-js (examples/js-router)")?;
         } else {
             missing("jco/componentize-js (cd examples/js-router && npm install)")?;
+        }
+    }
+    let c = root.join("examples").join("c-router");
+    if c.exists() {
+        match crate::c_example::clang() {
+            Some(cc) => {
+                crate::c_example::build(&cc, &wit, &c, &root.join("target").join("c-router"))?
+            }
+            None => missing(
+                "clang for wasm32-wasi (apt install clang lld wasi-libc libclang-rt-14-dev-wasm32)",
+            )?,
         }
     }
     Ok(())

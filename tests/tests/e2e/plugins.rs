@@ -769,21 +769,31 @@ async fn check_lists_plugins_with_their_stages_and_names_a_broken_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_and_javascript_examples_decide_like_the_rust_router() {
+async fn python_javascript_and_c_examples_decide_like_the_rust_router() {
     let py = plugins::example("python-router");
     let js = plugins::example("js-router");
+    let c = plugins::example("c-router");
     if skip_unless(
         py.is_some(),
         "the Python example (componentize-py; cargo xtask plugins)",
     ) | skip_unless(
         js.is_some(),
         "the JavaScript example (npm install in examples/js-router; cargo xtask plugins)",
+    ) | skip_unless(
+        c.is_some(),
+        "the C example (apt install clang lld wasi-libc libclang-rt-14-dev-wasm32; cargo xtask plugins)",
     ) {
         return;
     }
     let rust = plugins::first_party("complexity-router");
     let mut decisions: Vec<(String, Vec<String>)> = Vec::new();
-    for (label, file) in [("rust", rust), ("python", py.unwrap()), ("js", js.unwrap())] {
+    let examples = [
+        ("rust", rust),
+        ("python", py.unwrap()),
+        ("js", js.unwrap()),
+        ("c", c.unwrap()),
+    ];
+    for (label, file) in examples {
         let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
         let dir = tempfile::tempdir().unwrap();
         plugins::install(&file, dir.path(), "complexity-router");
