@@ -680,7 +680,6 @@ async fn complete_answer(
 
 /// A streamed answer held until complete (`validate_streams = "buffer"`): read it whole,
 /// put the complete answer together for validation and accounting, serve the events.
-#[allow(clippy::too_many_arguments)]
 async fn held_answer(
     tel: &RequestTelemetry,
     target: &Target,

@@ -103,18 +103,30 @@ impl QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        ENTRY.with_borrow_mut(|entry| {
+        let queue = |entry: &mut Vec<u8>| {
             entry.clear();
             encode_span_entry(entry, &span);
-            let sealed = self.append(entry, &span.instrumentation_scope);
-            if entry.capacity() > 64 * 1024 {
-                // A span with captured content: do not keep its buffer for every later span.
-                *entry = Vec::new();
-            }
-            if sealed {
+            if self.append(entry, &span.instrumentation_scope) {
                 self.0.batch_full.notify_one();
             }
-        });
+        };
+        let done = ENTRY
+            .try_with(|cell| {
+                let Ok(mut entry) = cell.try_borrow_mut() else {
+                    return false;
+                };
+                queue(&mut entry);
+                if entry.capacity() > 64 * 1024 {
+                    // A span with captured content: do not keep its buffer for later spans.
+                    *entry = Vec::new();
+                }
+                true
+            })
+            .unwrap_or(false);
+        if !done {
+            // A span ended while this thread is being torn down: a buffer of its own.
+            queue(&mut Vec::new());
+        }
     }
 
     /// Append an encoded span to its scope's batch; whether that sealed a batch.
