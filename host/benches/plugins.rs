@@ -21,6 +21,7 @@ use http::HeaderMap;
 use switchyard::config::{ConfigSource, Endpoint, Runtime, load_str};
 use switchyard::openai::RequestBody;
 use switchyard::plugins::{CallerInfo, Pass, Plugins};
+use switchyard::telemetry::SpanParent;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -119,7 +120,9 @@ fn bench_stage(
         let ok = match stage {
             "classify" => pass.classify(&rt, &plugins.stats).is_ok(),
             "adapt" => pass.adapt(&target, "llama-3.1-8b").is_ok(),
-            _ => pass.validate(ANSWER, "local", "llama").is_ok(),
+            _ => pass
+                .validate(&SpanParent::default(), ANSWER, "local", "llama")
+                .is_ok(),
         };
         times.push(t.elapsed());
         assert!(ok);

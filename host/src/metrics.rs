@@ -149,7 +149,6 @@ struct Extensions {
     /// Nano-dollars, so that adding is one atomic instruction.
     cost_nano_usd: DashMap<(Arc<str>, Arc<str>), AtomicU64>,
     plugin_duration: DashMap<(Arc<str>, &'static str), Histogram>,
-    plugin_failures: DashMap<(Arc<str>, &'static str, &'static str), AtomicU64>,
     breaker_state: DashMap<(Arc<str>, Arc<str>), AtomicI64>,
     pool_in_flight: DashMap<(Arc<str>, Arc<str>), AtomicI64>,
     limit_refusals: DashMap<(&'static str, &'static str), AtomicU64>,
@@ -354,24 +353,15 @@ impl Metrics {
         );
     }
 
-    /// One plugin call: its duration, and a failure of kind `failure` (e.g. `trap`,
-    /// `timeout`, `rejected`) when it failed.
-    pub fn plugin_call(
-        &self,
-        plugin: &Arc<str>,
-        stage: &'static str,
-        took: Duration,
-        failure: Option<&'static str>,
-    ) {
+    /// One plugin call's duration, failed or not. (Failures are counted by kind in
+    /// `switchyard_plugin_errors_total`, with the plugin runtime's own counters.)
+    pub fn plugin_call(&self, plugin: &Arc<str>, stage: &'static str, took: Duration) {
         hist(
             &self.ext.plugin_duration,
             (plugin.clone(), stage),
             || Histogram::new(OVERHEAD_BUCKETS),
             |h| h.observe(took),
         );
-        if let Some(kind) = failure {
-            bump(&self.ext.plugin_failures, (plugin.clone(), stage, kind), 1);
-        }
     }
 
     /// A circuit breaker changed state (`url` is the backend URL it guards).
@@ -600,21 +590,6 @@ impl Metrics {
             let l = format!("plugin=\"{}\",stage=\"{stage}\"", escape(plugin));
             e.value()
                 .render(out, "switchyard_plugin_duration_seconds", &l);
-        }
-        header(
-            out,
-            "switchyard_plugin_failures_total",
-            "counter",
-            "Failed plugin calls, by plugin, stage and kind of failure.",
-        );
-        for e in x.plugin_failures.iter() {
-            let (plugin, stage, kind) = e.key();
-            let _ = writeln!(
-                out,
-                "switchyard_plugin_failures_total{{plugin=\"{}\",stage=\"{stage}\",kind=\"{kind}\"}} {}",
-                escape(plugin),
-                e.value().load(Ordering::Relaxed)
-            );
         }
         header(
             out,

@@ -194,8 +194,13 @@ async fn proxy(
     };
     match run(&gw, &mut ctx, req).await {
         Ok(Answer::Complete(resp)) => {
+            // Settled first, so the access log and the span carry the request's cost.
+            if let Some(cost) =
+                crate::governance::settle(&gw, &mut ctx, resp.status().as_u16(), None)
+            {
+                ctx.telemetry.set_cost(cost);
+            }
             finish(&gw, &mut ctx, resp.status(), None);
-            crate::governance::settle(&gw, &mut ctx, resp.status().as_u16(), None);
             resp
         }
         // Streams are counted when they end (see `stream_answer`).
@@ -206,8 +211,11 @@ async fn proxy(
             if e.is_upstream_failure() || matches!(e, GatewayError::UpstreamError { .. }) {
                 gw.metrics.upstream_error(&ctx.backend_label(), e.kind());
             }
+            if let Some(cost) = crate::governance::settle(&gw, &mut ctx, status.as_u16(), Some(&e))
+            {
+                ctx.telemetry.set_cost(cost);
+            }
             finish(&gw, &mut ctx, status, Some(e.kind()));
-            crate::governance::settle(&gw, &mut ctx, status.as_u16(), Some(&e));
             let mut resp = e.to_response::<GatewayBody>();
             if let Some(t) = &ctx.target {
                 stamp(resp.headers_mut(), t, ctx.upstream_model.as_deref());
@@ -232,7 +240,17 @@ async fn run(
     req: Request<Incoming>,
 ) -> Result<Answer, GatewayError> {
     let (parts, body) = req.into_parts();
-    crate::governance::authenticate(gw, ctx, &parts.headers)?;
+    let mut auth = telemetry::child_span(&ctx.telemetry, "auth");
+    let authenticated = crate::governance::authenticate(gw, ctx, &parts.headers);
+    if let Err(e) = &authenticated {
+        auth.fail(e.kind());
+    }
+    auth.end();
+    authenticated?;
+    if let Some(k) = &ctx.account.key {
+        ctx.telemetry
+            .set_principal(Arc::from(k.id.as_str()), Some(Arc::from(k.team.as_str())));
+    }
     let bytes = read_body(body, &parts.headers, ctx.runtime.server.max_body_bytes).await?;
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
     ctx.telemetry.request_model = Some(request.model.clone());
@@ -254,7 +272,8 @@ async fn run(
         ctx.endpoint,
         &parts.headers,
         caller_info.clone(),
-    );
+    )
+    .observed(ctx.telemetry.parent(), gw.metrics.clone());
 
     // Phase classify: a policy may pick the route and the target.
     let decision = pass.classify(&ctx.runtime, &gw.plugins.stats)?;
@@ -342,6 +361,7 @@ async fn run(
                 &parts.headers,
                 caller_info.clone(),
             )
+            .observed(tel.parent(), gw.metrics.clone())
             .adapt(&target, &model);
             exchange(
                 gw,
@@ -434,6 +454,7 @@ async fn run(
             served,
             exchanged.upstream_time,
             gw.validator.load_full(),
+            &ctx.telemetry.parent(),
         );
     }
     Ok(exchanged.answer)
@@ -771,9 +792,11 @@ async fn stream_answer(
     let on_end = Box::new(move |s: StreamSummary| {
         // The URL's in-flight slot is held until the stream ends.
         drop(slot);
-        if let Some(settler) = settle_slot.lock().ok().and_then(|mut g| g.take()) {
-            crate::governance::settle_stream(settler, &s);
-        }
+        let cost = settle_slot
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .map(|settler| crate::governance::settle_stream(settler, &s));
         if let Some(tx) = capture.and_then(|c| c.lock().ok().and_then(|mut g| g.take())) {
             let sse = if s.outcome == StreamOutcome::Completed {
                 s.captured.clone()
@@ -813,6 +836,9 @@ async fn stream_answer(
         }
         if let Some(mut tel) = tel_slot.lock().ok().and_then(|mut g| g.take()) {
             tel.usage = s.usage;
+            if let Some(c) = cost {
+                tel.set_cost(c);
+            }
             tel.finish_span(200, &route, &backend_label, error);
             telemetry::access_log(
                 &tel,
@@ -948,21 +974,39 @@ impl PluginValidator {
 }
 
 impl attempt::Validate for PluginValidator {
+    /// One `validate` span per answer checked (under the request's span, the plugin calls
+    /// under it), with the backend and the verdict.
     fn validate(&self, target: &Target, body: &Bytes) -> attempt::Verdict {
         let model = router::upstream_model(target, &self.client_model);
-        match self.pass.validate(body, &target.backend.name, model) {
-            Ok(ValidateOutcome::Accept) => attempt::Verdict::Accept,
-            Ok(ValidateOutcome::Replace { body, .. }) => {
+        let mut span = telemetry::span_under(self.pass.trace(), "validate");
+        if span.is_recording() {
+            span.set("switchyard.backend", target.backend.name.clone());
+        }
+        let outcome = self
+            .pass
+            .validate(&span.as_parent(), body, &target.backend.name, model);
+        let (verdict, label) = match outcome {
+            Ok(ValidateOutcome::Accept) => (attempt::Verdict::Accept, "accepted"),
+            Ok(ValidateOutcome::Replace { body, plugin }) => {
+                span.set("switchyard.validate.plugin", plugin);
                 if let Ok(mut r) = self.replaced.lock() {
                     *r = Some(body);
                 }
-                attempt::Verdict::Accept
+                (attempt::Verdict::Accept, "replaced")
             }
             Ok(ValidateOutcome::Reject { plugin, reason }) => {
-                attempt::Verdict::Reject(format!("plugin `{plugin}`: {reason}"))
+                span.set("switchyard.validate.plugin", plugin.clone());
+                span.set("switchyard.validate.reason", reason.clone());
+                let why = format!("plugin `{plugin}`: {reason}");
+                (attempt::Verdict::Reject(why), "rejected")
             }
             // `on_error = "reject"`: a failing validator does not let the answer through.
-            Err(e) => attempt::Verdict::Reject(e.to_string()),
-        }
+            Err(e) => {
+                span.fail(e.kind());
+                (attempt::Verdict::Reject(e.to_string()), "failed")
+            }
+        };
+        span.set("switchyard.validate.verdict", label);
+        verdict
     }
 }

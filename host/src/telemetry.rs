@@ -3,22 +3,26 @@
 //!
 //! # What a trace looks like
 //! ```text
-//! POST /v1/chat/completions            SERVER  (parent: the client's `traceparent`, if any)
-//! ├── auth                             INTERNAL  telemetry::child_span(&ctx.telemetry, "auth")
-//! ├── plugin <name>                    INTERNAL  telemetry::plugin_span(&ctx.telemetry, name, stage)
-//! ├── route                            INTERNAL  the routing decision (route, backend, model)
-//! ├── chat <upstream model>            CLIENT    one per upstream attempt, GenAI attributes;
-//! │                                              its `traceparent` goes upstream
-//! └── validate                         INTERNAL  telemetry::child_span(&ctx.telemetry, "validate")
-//! shadow chat <model>                  (own trace root, *linked* to the request's span)
-//!                                                telemetry::linked_span(&ctx.telemetry, name)
+//! POST /v1/chat/completions   SERVER    (parent: the client's `traceparent`, if any)
+//! ├── auth                    INTERNAL  proxy: child_span(&ctx.telemetry, "auth")
+//! ├── plugin <name>           INTERNAL  classify/adapt calls: plugins::Pass (plugin_span)
+//! ├── route                   INTERNAL  the routing decision (route, backend, model)
+//! ├── chat <upstream model>   CLIENT    one per upstream attempt, GenAI attributes;
+//! │                                     its `traceparent` goes upstream
+//! └── validate                INTERNAL  one per answer checked, with the verdict
+//!     └── plugin <name>       INTERNAL  the validate plugins' calls
+//! shadow chat <model>         INTERNAL  a trace root of its own, *linked* to the request's
+//!                                       span (shadow::mirror: linked_span)
 //! ```
 //!
 //! # The API for other phases
 //! Every request carries a [`RequestTelemetry`] (`ctx.telemetry`). From it:
-//! - [`child_span`]`(&t, "auth")` and [`plugin_span`]`(&t, plugin, stage)` open an INTERNAL
-//!   child of the request's span. Call [`Span::set`] for attributes, [`Span::fail`] with an
-//!   `error.type` on failure; the span ends when dropped (or at [`Span::end`]).
+//! - [`child_span`]`(&t, "auth")` opens an INTERNAL child of the request's span. Call
+//!   [`Span::set`] for attributes, [`Span::fail`] with an `error.type` on failure; the span
+//!   ends when dropped (or at [`Span::end`]).
+//! - [`RequestTelemetry::parent`] hands the request's span to parts of the path that cannot
+//!   borrow the record (the plugin pass, the shadow job): [`plugin_span`], [`span_under`]
+//!   and [`linked_span`] open spans from it; [`Span::as_parent`] nests under a child.
 //! - [`Attempt::start`] opens the CLIENT span of one upstream attempt (fallbacks call it once
 //!   per attempt); [`Attempt::inject`] writes its `traceparent` on the upstream request;
 //!   [`Attempt::succeeded`] / [`Attempt::failed`] end it and feed the GenAI metrics.
@@ -26,7 +30,7 @@
 //!   shadow call): a new trace root with a link back to the request.
 //! - [`RequestTelemetry::set_principal`] records the API key id and team once auth knows
 //!   them; [`RequestTelemetry::set_cost`] the cost once the ledger priced the request. Both
-//!   appear in the access log.
+//!   appear in the access log and on the server span.
 //!
 //! # Cost
 //! Without `[telemetry] otlp_endpoint` no tracer exists: every span handle is an empty
@@ -329,6 +333,22 @@ impl Span {
     fn context(&self) -> Option<&SpanContext> {
         self.0.as_ref().map(|s| &s.span_context)
     }
+
+    /// This span as the parent of spans opened under it.
+    pub fn as_parent(&self) -> SpanParent {
+        SpanParent(self.context().cloned())
+    }
+
+    /// Write this span's `traceparent` on an outgoing request (nothing when not recording),
+    /// so the callee's spans join this span's trace.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        if let Some(sc) = self.context()
+            && sc.is_valid()
+            && let Ok(v) = HeaderValue::from_bytes(&traceparent(sc))
+        {
+            headers.insert("traceparent", v);
+        }
+    }
 }
 
 /// Set an attribute, replacing an earlier value of the same key (as the SDK does).
@@ -458,21 +478,13 @@ impl RequestTelemetry {
         kind: SpanKind,
         attributes: Vec<KeyValue>,
     ) -> Span {
-        match (&self.server.0, tracing_on()) {
-            (Some(server), Some(t)) => {
-                let p = &server.span_context;
-                Span(Some(start_record(
-                    t,
-                    child_context(p),
-                    p.span_id(),
-                    false,
-                    name.into(),
-                    kind,
-                    attributes,
-                )))
-            }
-            _ => Span(None),
-        }
+        self.parent().child(name, kind, attributes)
+    }
+
+    /// The request's span as the parent of spans opened later, by a part of the request
+    /// path that cannot borrow this record (the plugin pass, which the attempt loop owns).
+    pub fn parent(&self) -> SpanParent {
+        SpanParent(self.server.0.as_ref().map(|s| s.span_context.clone()))
     }
 
     /// End the server span with the status the client got.
@@ -504,6 +516,33 @@ impl RequestTelemetry {
 }
 
 /// The server span's name, `{method} {route}`, without allocating for the API's own routes.
+/// The context of a recording request span, for opening its children later; empty when the
+/// request is not traced (then its children are no-ops too).
+#[derive(Debug, Clone, Default)]
+pub struct SpanParent(Option<SpanContext>);
+
+impl SpanParent {
+    fn child(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+    ) -> Span {
+        match (&self.0, tracing_on()) {
+            (Some(p), Some(t)) => Span(Some(start_record(
+                t,
+                child_context(p),
+                p.span_id(),
+                false,
+                name.into(),
+                kind,
+                attributes,
+            ))),
+            _ => Span(None),
+        }
+    }
+}
+
 fn server_span_name(method: &http::Method, path: &'static str) -> Cow<'static, str> {
     const POSTS: [(&str, &str); 3] = [
         ("/v1/chat/completions", "POST /v1/chat/completions"),
@@ -533,18 +572,25 @@ pub fn child_span(t: &RequestTelemetry, name: &'static str) -> Span {
     t.child(name, SpanKind::Internal, Vec::new())
 }
 
-/// The span of one plugin call: named `plugin <name>`, with the plugin and its stage as
-/// attributes. Record the outcome with `span.set("switchyard.plugin.outcome", "...")` and
-/// `span.fail(kind)` on failure; feed `Metrics::plugin_call` with the duration.
-pub fn plugin_span(t: &RequestTelemetry, plugin: &str, stage: &'static str) -> Span {
-    if !t.is_tracing() {
+/// An INTERNAL child of `parent` (a request's span, or one of its children).
+pub fn span_under(parent: &SpanParent, name: &'static str) -> Span {
+    parent.child(name, SpanKind::Internal, Vec::new())
+}
+
+/// The span of one plugin call, a child of the request's: named `plugin <name>`, with the
+/// plugin, its version and its stage as attributes. The caller records
+/// `switchyard.plugin.outcome` and `span.fail(kind)` on failure (see
+/// `plugins::Pass`), and feeds `Metrics::plugin_call` with the duration.
+pub fn plugin_span(parent: &SpanParent, plugin: &str, version: &str, stage: &'static str) -> Span {
+    if parent.0.is_none() {
         return Span(None);
     }
-    t.child(
+    parent.child(
         format!("plugin {plugin}"),
         SpanKind::Internal,
         vec![
             KeyValue::new("switchyard.plugin.name", plugin.to_owned()),
+            KeyValue::new("switchyard.plugin.version", version.to_owned()),
             KeyValue::new("switchyard.plugin.stage", stage),
         ],
     )
@@ -552,8 +598,8 @@ pub fn plugin_span(t: &RequestTelemetry, plugin: &str, stage: &'static str) -> S
 
 /// A span for work done beside the request that must not hold its trace open (the shadow
 /// call): a new trace root carrying a link to the request's span.
-pub fn linked_span(t: &RequestTelemetry, name: impl Into<Cow<'static, str>>) -> Span {
-    let (Some(server), Some(tr)) = (&t.server.0, tracing_on()) else {
+pub fn linked_span(request: &SpanParent, name: impl Into<Cow<'static, str>>) -> Span {
+    let (Some(server), Some(tr)) = (&request.0, tracing_on()) else {
         return Span(None);
     };
     let cx = SpanContext::new(
@@ -572,9 +618,7 @@ pub fn linked_span(t: &RequestTelemetry, name: impl Into<Cow<'static, str>>) -> 
         SpanKind::Internal,
         Vec::new(),
     );
-    data.links
-        .links
-        .push(Link::with_context(server.span_context.clone()));
+    data.links.links.push(Link::with_context(server.clone()));
     Span(Some(data))
 }
 
@@ -1000,7 +1044,7 @@ mod tests {
             "/v1/chat/completions",
             &HeaderMap::new(),
         );
-        let mut s = plugin_span(&t, "pii", "adapt");
+        let mut s = plugin_span(&t.parent(), "pii", "1", "adapt");
         assert!(!s.is_recording());
         s.set("x", 1);
         let mut h = HeaderMap::new();

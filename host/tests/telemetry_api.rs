@@ -66,11 +66,11 @@ fn the_span_api_builds_one_tree_per_request() {
     t.set_principal(Arc::from("key_7"), Some(Arc::from("search")));
 
     telemetry::child_span(&t, "auth").end();
-    let mut plugin = telemetry::plugin_span(&t, "pii-redact", "adapt");
+    let mut plugin = telemetry::plugin_span(&t.parent(), "pii-redact", "0a1b2c3d", "adapt");
     plugin.set("switchyard.plugin.outcome", "rejected");
     plugin.fail("rejected");
     plugin.end();
-    telemetry::linked_span(&t, "shadow chat llama").end();
+    telemetry::linked_span(&t.parent(), "shadow chat llama").end();
 
     let backend: Arc<str> = Arc::from("local");
     let model: Arc<str> = Arc::from("llama-3.1-8b");

@@ -439,8 +439,8 @@ pub fn settler(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Settler> {
 }
 
 impl Settler {
-    /// Write the ledger row and correct the reservations.
-    pub fn settle(mut self, end: Ending) {
+    /// Write the ledger row and correct the reservations; the request's cost in USD.
+    pub fn settle(mut self, end: Ending) -> f64 {
         self.account.settled = true;
         let a = &self.account;
         let (tokens_in, tokens_out, estimated) = match (end.usage, end.reached_upstream) {
@@ -492,7 +492,7 @@ impl Settler {
             .filter(|(_, d)| *d != 0)
             .collect();
         if corrections.is_empty() {
-            return;
+            return cost;
         }
         let limiter = self.gov.limiter.clone();
         if limiter.is_shared() {
@@ -507,11 +507,18 @@ impl Settler {
             let mut fut = std::pin::pin!(fut);
             let _ = fut.as_mut().poll(&mut cx);
         }
+        cost
     }
 }
 
-/// Settle a request whose answer is complete (or that failed) while `ctx` is at hand.
-pub fn settle(gw: &Gateway, ctx: &mut RequestCtx, status: u16, error: Option<&GatewayError>) {
+/// Settle a request whose answer is complete (or that failed) while `ctx` is at hand; its
+/// cost, when the ledger priced it.
+pub fn settle(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    status: u16,
+    error: Option<&GatewayError>,
+) -> Option<f64> {
     let reached = ctx.upstream_time > std::time::Duration::ZERO;
     let usage = ctx.account.usage;
     let completion_estimate = if error.is_none() {
@@ -522,7 +529,7 @@ pub fn settle(gw: &Gateway, ctx: &mut RequestCtx, status: u16, error: Option<&Ga
     let outcome = error
         .map(|e| e.kind().to_string())
         .unwrap_or_else(|| "ok".into());
-    if let Some(s) = settler(gw, ctx) {
+    settler(gw, ctx).map(|s| {
         s.settle(Ending {
             status,
             outcome,
@@ -530,13 +537,13 @@ pub fn settle(gw: &Gateway, ctx: &mut RequestCtx, status: u16, error: Option<&Ga
             completion_estimate,
             ttft_ms: None,
             reached_upstream: reached && error.is_none(),
-        });
-    }
+        })
+    })
 }
 
 /// The end-of-stream half of settling: usage from the stream, or an estimate from what was
-/// relayed when the client went away or the upstream broke off.
-pub fn settle_stream(s: Settler, summary: &StreamSummary) {
+/// relayed when the client went away or the upstream broke off. Returns the cost.
+pub fn settle_stream(s: Settler, summary: &StreamSummary) -> f64 {
     let (status, outcome) = match &summary.outcome {
         StreamOutcome::Completed => (200, "ok"),
         StreamOutcome::ClientGone => (499, "cancelled"),
@@ -549,7 +556,7 @@ pub fn settle_stream(s: Settler, summary: &StreamSummary) {
         completion_estimate: Some(summary.content_events),
         ttft_ms: summary.first_byte.map(|d| d.as_secs_f64() * 1000.0),
         reached_upstream: true,
-    });
+    })
 }
 
 static GATEWAY: std::sync::OnceLock<std::sync::Weak<Gateway>> = std::sync::OnceLock::new();

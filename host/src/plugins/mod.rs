@@ -47,6 +47,7 @@ use hostapi::PluginHost;
 use crate::config::{Endpoint, Route, Runtime, Target};
 use crate::error::GatewayError;
 use crate::openai::RequestBody;
+use crate::telemetry;
 
 /// How often the watcher looks at the plugin folder.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -397,6 +398,10 @@ pub enum ValidateOutcome {
 pub struct Pass {
     set: Arc<PluginSet>,
     metrics: Arc<PluginMetrics>,
+    /// The request's span, parent of one span per plugin call.
+    trace: telemetry::SpanParent,
+    /// The gateway's metrics (plugin call durations), when the pass is observed.
+    gateway_metrics: Option<Arc<crate::metrics::Metrics>>,
     endpoint: Endpoint,
     request: Option<types::Request>,
     caller: types::Caller,
@@ -438,6 +443,8 @@ impl Pass {
         Pass {
             set,
             metrics: plugins.metrics.clone(),
+            trace: telemetry::SpanParent::default(),
+            gateway_metrics: None,
             endpoint,
             request,
             caller: types::Caller {
@@ -452,6 +459,54 @@ impl Pass {
     /// No plugin will run for this request.
     pub fn is_empty(&self) -> bool {
         self.set.plugins.is_empty()
+    }
+
+    /// The request's span, as given to [`Pass::observed`].
+    pub fn trace(&self) -> &telemetry::SpanParent {
+        &self.trace
+    }
+
+    /// Trace each plugin call as a child of `trace` (the request's span; `validate` calls go
+    /// under the span the caller gives) and time it into
+    /// `metrics` (`switchyard_plugin_duration_seconds`).
+    pub fn observed(
+        mut self,
+        trace: telemetry::SpanParent,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Pass {
+        self.trace = trace;
+        self.gateway_metrics = Some(metrics);
+        self
+    }
+
+    /// Run one plugin call under its span and timer. `outcome` names a successful result
+    /// (`ok`, `rejected`, `replaced`, ...); a failure is named by its kind (`timeout`,
+    /// `trap`, ...) and marks the span failed.
+    fn observe<R>(
+        &self,
+        parent: &telemetry::SpanParent,
+        p: &Plugin,
+        stage: &'static str,
+        call: impl FnOnce() -> Result<R, CallError>,
+        outcome: impl FnOnce(&R) -> &'static str,
+    ) -> Result<R, CallError> {
+        self.metrics.call(&p.name, stage);
+        let started = Instant::now();
+        let mut span = telemetry::plugin_span(parent, &p.name, &p.version, stage);
+        let result = call();
+        let took = started.elapsed();
+        match &result {
+            Ok(r) => span.set("switchyard.plugin.outcome", outcome(r)),
+            Err(e) => {
+                span.set("switchyard.plugin.outcome", e.kind.label());
+                span.fail(e.kind.label());
+            }
+        }
+        span.end();
+        if let Some(m) = &self.gateway_metrics {
+            m.plugin_call(&p.name, stage, took);
+        }
+        result
     }
 
     /// The caller's tags after classify.
@@ -502,11 +557,23 @@ impl Pass {
         let backends = stats.snapshot(rt);
         let set = self.set.clone();
         for p in set.plugins.iter().filter(|p| p.loaded.stages.classify) {
-            self.metrics.call(&p.name, "classify");
-            let result = p
-                .loaded
-                .classify(req, &self.caller, &backends)
-                .and_then(|d| resolve(rt, d));
+            let result = self.observe(
+                &self.trace,
+                p,
+                "classify",
+                || {
+                    p.loaded
+                        .classify(req, &self.caller, &backends)
+                        .and_then(|d| resolve(rt, d))
+                },
+                |(route, target, _)| {
+                    if route.is_some() || target.is_some() {
+                        "routed"
+                    } else {
+                        "ok"
+                    }
+                },
+            );
             match result {
                 Ok((route, target, d)) => {
                     if route.is_some() {
@@ -552,18 +619,28 @@ impl Pass {
         let set = self.set.clone();
         for p in set.plugins.iter().filter(|p| p.loaded.stages.adapt) {
             let Some(req) = &self.request else { break };
-            self.metrics.call(&p.name, "adapt");
-            let result = p.loaded.adapt(req, &t).and_then(|new| match new {
-                None => Ok(None),
-                Some(new) => {
-                    let json = convert::request_json(&new, self.endpoint)?;
-                    let body =
-                        RequestBody::parse(Bytes::from(json), self.endpoint).map_err(|e| {
-                            CallError::bad_return(format!("the adapted request is invalid: {e}"))
-                        })?;
-                    Ok(Some((new, body)))
-                }
-            });
+            let endpoint = self.endpoint;
+            let result = self.observe(
+                &self.trace,
+                p,
+                "adapt",
+                || {
+                    p.loaded.adapt(req, &t).and_then(|new| match new {
+                        None => Ok(None),
+                        Some(new) => {
+                            let json = convert::request_json(&new, endpoint)?;
+                            let body =
+                                RequestBody::parse(Bytes::from(json), endpoint).map_err(|e| {
+                                    CallError::bad_return(format!(
+                                        "the adapted request is invalid: {e}"
+                                    ))
+                                })?;
+                            Ok(Some((new, body)))
+                        }
+                    })
+                },
+                |r| if r.is_some() { "rewritten" } else { "ok" },
+            );
             match result {
                 Ok(None) => {}
                 Ok(Some((new, body))) => {
@@ -594,9 +671,10 @@ impl Pass {
     }
 
     /// Stage `validate` on a complete answer: the first plugin that rejects or replaces
-    /// decides.
+    /// decides. Each plugin call's span goes under `parent` (the request's `validate` span).
     pub fn validate(
         &self,
+        parent: &telemetry::SpanParent,
         body: &[u8],
         backend: &str,
         model: &str,
@@ -609,8 +687,8 @@ impl Pass {
         }
         let resp = convert::response(body, backend, model);
         for p in self.set.plugins.iter().filter(|p| p.loaded.stages.validate) {
-            self.metrics.call(&p.name, "validate");
-            let result = p.loaded.validate(req, &resp).and_then(|v| match v {
+            let call = || {
+                p.loaded.validate(req, &resp).and_then(|v| match v {
                 types::Verdict::Accept => Ok(ValidateOutcome::Accept),
                 types::Verdict::Reject(reason) => Ok(ValidateOutcome::Reject {
                     plugin: p.name.clone(),
@@ -627,6 +705,12 @@ impl Pass {
                         )),
                     }
                 }
+            })
+            };
+            let result = self.observe(parent, p, "validate", call, |o| match o {
+                ValidateOutcome::Accept => "accepted",
+                ValidateOutcome::Reject { .. } => "rejected",
+                ValidateOutcome::Replace { .. } => "replaced",
             });
             match result {
                 Ok(ValidateOutcome::Accept) => {}

@@ -74,6 +74,8 @@ struct Job {
     primary_latency: Duration,
     at: SystemTime,
     validator: Option<Validator>,
+    /// The shadow call's span: its own trace, linked to the request's span.
+    span: crate::telemetry::Span,
 }
 
 type Validator = Arc<Box<dyn crate::attempt::Validate>>;
@@ -140,9 +142,17 @@ pub fn mirror(
     served: Served,
     primary_latency: Duration,
     validator: Option<Validator>,
+    trace: &crate::telemetry::SpanParent,
 ) {
     let Some(engine) = ENGINE.get() else { return };
     let model: Arc<str> = Arc::from(router::upstream_model(&shadow.target, &request.model));
+    let mut span =
+        crate::telemetry::linked_span(trace, format!("shadow {} {model}", endpoint.operation()));
+    if span.is_recording() {
+        span.set("switchyard.route", route.name.clone());
+        span.set("switchyard.backend", shadow.target.backend.name.clone());
+        span.set("gen_ai.request.model", model.clone());
+    }
     let job = Job {
         route: route.name.clone(),
         endpoint,
@@ -157,6 +167,7 @@ pub fn mirror(
         primary_latency,
         at: SystemTime::now(),
         validator,
+        span,
     };
     match engine.tx.try_send(job) {
         Ok(()) => {
@@ -208,7 +219,17 @@ async fn run(mut job: Job) -> Finished {
     let served = std::mem::replace(&mut job.served, Served::Complete(None));
     let validator = job.validator.take();
     let target = job.target.clone();
+    let mut span = std::mem::take(&mut job.span);
+    span.inject(&mut job.headers);
     let (mut pair, shadow) = ask_shadow(job).await;
+    if let Some(status) = pair.shadow_status {
+        span.set("http.response.status_code", i64::from(status));
+    }
+    if pair.shadow_error.is_some() {
+        span.fail("shadow_failed");
+    }
+    // Ends when the shadow's answer is in, not with the request it mirrors.
+    span.end();
     // The served side, once it is complete (a stream may still be running).
     let served = match served {
         Served::Complete(b) => b,

@@ -1053,3 +1053,81 @@ path = "{}"
         .unwrap();
     assert_eq!(primaries, 1);
 }
+
+/// The access log line of a request carries what the ledger knows about it: the key, its
+/// team and the cost (for a stream, once it ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_carries_the_key_team_and_cost() {
+    let mock = MockUpstream::start().await;
+    let (dir, cfg) = config_dir("");
+    let db = dir.path().join("gov.db");
+    let text = config_with(
+        &mock.url(),
+        &format!(
+            r#"
+[state]
+path = "{}"
+
+[[prices]]
+backend = "mock"
+model = "*"
+input_per_1m = 2.0
+output_per_1m = 8.0
+
+[[routes]]
+model = "*"
+targets = [{{ backend = "mock" }}]
+
+[telemetry]
+log_format = "json"
+"#,
+            db.display()
+        ),
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let (key, id) = create_key(&cfg, &["--team", "search"]);
+    let gw = Gateway::start_with_env(&text, &[("SWITCHYARD_LOG_FORMAT", "")]);
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+    let auth = bearer(&key);
+    let r = c
+        .post_json(&url, &chat(1), &[("authorization", &auth)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let usage = r.json()["usage"].clone();
+    let mut streamed = chat(2);
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let s = c
+        .post_stream(&url, &streamed, &[("authorization", &auth)])
+        .await;
+    assert_eq!(s.status, 200);
+    let stream_usage = s
+        .json_events()
+        .iter()
+        .find(|e| e["usage"].is_object())
+        .map(|e| e["usage"].clone())
+        .expect("usage chunk");
+    assert!(gw.wait_for_log("\"stream\":true", Duration::from_secs(5)));
+
+    let access: Vec<Value> = gw
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 2, "{}", gw.log());
+    for (line, usage) in access.iter().zip([&usage, &stream_usage]) {
+        assert_eq!(line["key_id"], id.as_str(), "{line}");
+        assert_eq!(line["team"], "search", "{line}");
+        let want = (usage["prompt_tokens"].as_f64().unwrap() * 2.0
+            + usage["completion_tokens"].as_f64().unwrap() * 8.0)
+            / 1e6;
+        let cost = line["cost_usd"].as_f64().expect("cost_usd");
+        assert!(
+            want > 0.0 && (cost - want).abs() < 1e-12,
+            "{line}: want {want}"
+        );
+    }
+    assert!(!gw.log().contains(&key), "the secret is never logged");
+}

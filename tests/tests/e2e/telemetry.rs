@@ -11,7 +11,7 @@ use switchyard_tests::mock::{Behaviour, MockUpstream};
 use switchyard_tests::otlp::{
     KIND_CLIENT, KIND_INTERNAL, KIND_SERVER, OtlpReceiver, Protocol, ReceivedSpan,
 };
-use switchyard_tests::{Gateway, config_with};
+use switchyard_tests::{Gateway, config_with, plugins, workspace_root};
 
 const ROUTES: &str = r#"
 [[routes]]
@@ -134,6 +134,205 @@ async fn a_request_is_one_trace_from_the_client_through_the_gateway_to_the_upstr
     let (trace, parent) = parse_traceparent(tp);
     assert_eq!(trace, CLIENT_TRACE);
     assert_eq!(parent, attempt.span_id);
+}
+
+/// The request's span tree with plugins: `auth`, each plugin call (plugin, version, stage,
+/// outcome; a failed call marked with its error), and `validate` with the verdict and the
+/// validate plugins' calls under it. Each call is timed in
+/// `switchyard_plugin_duration_seconds`, failed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_plugin_call_is_a_span_under_the_request_and_is_timed() {
+    let rx = OtlpReceiver::start(Protocol::Grpc).await;
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["complexity-router", "prompt-adapter", "json-validator"] {
+        plugins::install(&plugins::first_party(name), dir.path(), name);
+    }
+    plugins::install(&plugins::fixture("hostile"), dir.path(), "hostile");
+    let plugin_config = format!(
+        r#"[plugins]
+dir = "{}"
+cache_dir = "{}"
+order = ["hostile", "complexity-router", "prompt-adapter", "json-validator"]
+
+[plugins.config.complexity-router]
+local_backend = "mock"
+local_model = "llama-3.1-8b"
+premium_backend = "mock"
+premium_model = "gpt-4o"
+"#,
+        dir.path().display(),
+        workspace_root()
+            .join("target")
+            .join("plugin-cache")
+            .display()
+    );
+    let cfg = format!(
+        "{}\n{plugin_config}\n{}",
+        config_with(&mock.url(), ROUTES),
+        rx.config(1.0, "")
+    );
+    let gw = Gateway::start(&cfg);
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "a name?"}],
+        "response_format": {"type": "json_object"}, "mock_content": "{\"name\":\"Ada\"}",
+        "x_hostile": "trap"});
+    chat_in_client_trace(&gw, &body).await;
+
+    let names = [
+        "POST /v1/chat/completions",
+        "auth",
+        "validate",
+        "plugin hostile",
+        "plugin complexity-router",
+        "plugin prompt-adapter",
+        "plugin json-validator",
+    ];
+    let spans = rx
+        .wait_for_trace(CLIENT_TRACE, &names, Duration::from_secs(15))
+        .await;
+    let server = one(&spans, names[0]);
+    let attempt = one(&spans, "chat llama-3.1-8b");
+    let auth = one(&spans, "auth");
+    assert_eq!(auth.parent_span_id, server.span_id);
+    assert!(auth.end_ns <= attempt.start_ns);
+    // One `validate` span per answer checked, with the verdict; the validate plugins' calls
+    // sit under it.
+    let validate = one(&spans, "validate");
+    assert_eq!(validate.parent_span_id, server.span_id);
+    assert_eq!(
+        validate.attr("switchyard.validate.verdict"),
+        Some(&Value::from("accepted"))
+    );
+    assert_eq!(
+        validate.attr("switchyard.backend"),
+        Some(&Value::from("mock"))
+    );
+    for (name, stage, outcome) in [
+        ("hostile", "classify", "trap"),
+        ("hostile", "adapt", "ok"),
+        ("hostile", "validate", "accepted"),
+        ("complexity-router", "classify", "routed"),
+        ("prompt-adapter", "adapt", "ok"),
+        ("json-validator", "validate", "accepted"),
+    ] {
+        // (The hostile fixture implements every stage; it misbehaves at classify only.)
+        let of_stage: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| {
+                s.name == format!("plugin {name}")
+                    && s.attr("switchyard.plugin.stage") == Some(&Value::from(stage))
+            })
+            .collect();
+        assert_eq!(of_stage.len(), 1, "{name}/{stage}: {spans:#?}");
+        let s = of_stage[0];
+        assert_eq!(s.kind, KIND_INTERNAL);
+        let parent = if stage == "validate" {
+            validate
+        } else {
+            server
+        };
+        assert_eq!(s.parent_span_id, parent.span_id, "{name}/{stage}");
+        assert!(s.start_ns >= server.start_ns && s.end_ns <= server.end_ns);
+        assert_eq!(s.attr("switchyard.plugin.name"), Some(&Value::from(name)));
+        assert_eq!(s.attr("switchyard.plugin.stage"), Some(&Value::from(stage)));
+        assert_eq!(
+            s.attr("switchyard.plugin.outcome"),
+            Some(&Value::from(outcome)),
+            "{name}"
+        );
+        let version = s.attr("switchyard.plugin.version").and_then(Value::as_str);
+        assert_eq!(version.map(str::len), Some(8), "{name}: {version:?}");
+        if outcome == "trap" {
+            assert_eq!(s.status_code, 2, "a failed call is an error span");
+            assert_eq!(s.attr("error.type"), Some(&Value::from("trap")));
+        } else {
+            assert_ne!(s.status_code, 2, "{name}");
+        }
+        // Classify and adapt run before the upstream call, validate after it.
+        if stage == "validate" {
+            assert!(s.start_ns >= attempt.end_ns, "{name} after the answer");
+        } else {
+            assert!(s.end_ns <= attempt.start_ns, "{name} before the call");
+        }
+    }
+
+    let m = scrape(&gw).await;
+    for (plugin, stage) in [
+        ("hostile", "classify"),
+        ("hostile", "adapt"),
+        ("hostile", "validate"),
+        ("complexity-router", "classify"),
+        ("prompt-adapter", "adapt"),
+        ("json-validator", "validate"),
+    ] {
+        let n = value(
+            &m,
+            "switchyard_plugin_duration_seconds_count",
+            &[("plugin", plugin), ("stage", stage)],
+        );
+        assert_eq!(n, 1.0, "{plugin}/{stage}");
+    }
+}
+
+/// The shadow call is its own trace, linked to the request's span (so it never holds the
+/// request's trace open), and its `traceparent` goes to the shadow backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_call_is_a_linked_trace_of_its_own() {
+    let rx = OtlpReceiver::start(Protocol::Grpc).await;
+    let mock = MockUpstream::start().await;
+    let shadow = MockUpstream::start().await;
+    let routes = format!(
+        r#"
+[[backends]]
+name = "shadow"
+url = "{}"
+
+[[routes]]
+model = "gpt-4o"
+targets = [{{ backend = "mock", model = "llama-3.1-8b" }}]
+shadow = {{ backend = "shadow", model = "qwen-small", sample = 1.0 }}
+"#,
+        shadow.url()
+    );
+    let cfg = format!(
+        "{}\n{}",
+        config_with(&mock.url(), &routes),
+        rx.config(1.0, "")
+    );
+    let gw = Gateway::start(&cfg);
+    chat_in_client_trace(
+        &gw,
+        &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let spans = rx
+        .wait_until(Duration::from_secs(15), |spans| {
+            spans.iter().any(|s| s.name == "shadow chat qwen-small")
+                && spans.iter().any(|s| s.name == "POST /v1/chat/completions")
+        })
+        .await;
+    let server = one(&spans, "POST /v1/chat/completions");
+    let sh = one(&spans, "shadow chat qwen-small");
+    assert_ne!(sh.trace_id, server.trace_id, "a trace of its own");
+    assert!(sh.parent_span_id.is_empty(), "a root");
+    assert_eq!(
+        sh.links,
+        vec![(server.trace_id.clone(), server.span_id.clone())]
+    );
+    assert_eq!(sh.attr("switchyard.backend"), Some(&Value::from("shadow")));
+    assert_eq!(
+        sh.attr("gen_ai.request.model"),
+        Some(&Value::from("qwen-small"))
+    );
+    assert_eq!(
+        sh.attr("http.response.status_code"),
+        Some(&Value::from(200))
+    );
+    let seen = shadow
+        .last_request()
+        .expect("the shadow backend was called");
+    let (trace, parent) = parse_traceparent(seen.headers["traceparent"].to_str().unwrap());
+    assert_eq!((trace, parent), (sh.trace_id.clone(), sh.span_id.clone()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
