@@ -240,7 +240,12 @@ async fn run(
     req: Request<Incoming>,
 ) -> Result<Answer, GatewayError> {
     let (parts, body) = req.into_parts();
-    let mut auth = telemetry::child_span(&ctx.telemetry, "auth");
+    // The key check's span, when there is a check (client auth on).
+    let mut auth = if crate::governance::client_auth_on(gw, ctx) {
+        telemetry::child_span(&ctx.telemetry, "auth")
+    } else {
+        telemetry::Span::default()
+    };
     let authenticated = crate::governance::authenticate(gw, ctx, &parts.headers);
     if let Err(e) = &authenticated {
         auth.fail(e.kind());

@@ -4,7 +4,7 @@
 //! # What a trace looks like
 //! ```text
 //! POST /v1/chat/completions   SERVER    (parent: the client's `traceparent`, if any)
-//! ├── auth                    INTERNAL  proxy: child_span(&ctx.telemetry, "auth")
+//! ├── auth                    INTERNAL  the key check, when client auth is on (proxy)
 //! ├── plugin <name>           INTERNAL  classify/adapt calls: plugins::Pass (plugin_span)
 //! ├── route                   INTERNAL  the routing decision (route, backend, model)
 //! ├── chat <upstream model>   CLIENT    one per upstream attempt, GenAI attributes;

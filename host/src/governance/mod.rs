@@ -198,6 +198,13 @@ fn micros(usd: f64) -> i64 {
 }
 
 /// Phase `auth`: identify the caller from `Authorization: Bearer sk-sy-…`.
+/// Whether client auth is on: keys exist, or `[auth] required` asks for one anyway.
+pub fn client_auth_on(gw: &Gateway, ctx: &RequestCtx) -> bool {
+    gw.governance
+        .as_ref()
+        .is_some_and(|g| ctx.runtime.governance.auth_required || g.keys.snapshot().any())
+}
+
 pub fn authenticate(
     gw: &Gateway,
     ctx: &mut RequestCtx,

@@ -10,6 +10,7 @@ use http::Method;
 use serde_json::{Value, json};
 use switchyard_tests::client::Client;
 use switchyard_tests::mock::MockUpstream;
+use switchyard_tests::otlp::{OtlpReceiver, Protocol};
 use switchyard_tests::{Gateway, config_with, run_switchyard, skip_unless};
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -1054,10 +1055,12 @@ path = "{}"
     assert_eq!(primaries, 1);
 }
 
-/// The access log line of a request carries what the ledger knows about it: the key, its
-/// team and the cost (for a stream, once it ended).
+/// The access log line and the server span of a request carry what the ledger knows about
+/// it: the key, its team and the cost (for a stream, once it ended); the key check is an
+/// `auth` span, marked with the error when it refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_access_log_carries_the_key_team_and_cost() {
+async fn the_access_log_and_trace_carry_the_key_team_and_cost() {
+    let rx = OtlpReceiver::start(Protocol::Grpc).await;
     let mock = MockUpstream::start().await;
     let (dir, cfg) = config_dir("");
     let db = dir.path().join("gov.db");
@@ -1078,10 +1081,10 @@ output_per_1m = 8.0
 model = "*"
 targets = [{{ backend = "mock" }}]
 
-[telemetry]
-log_format = "json"
+{}
 "#,
-            db.display()
+            db.display(),
+            rx.config(1.0, "log_format = \"json\"")
         ),
     );
     std::fs::write(&cfg, &text).unwrap();
@@ -1130,4 +1133,47 @@ log_format = "json"
         );
     }
     assert!(!gw.log().contains(&key), "the secret is never logged");
+
+    let r = c
+        .post_json(&url, &chat(3), &[("authorization", "Bearer sk-sy-short")])
+        .await;
+    assert_eq!(r.status, 401);
+    let spans = rx
+        .wait_until(Duration::from_secs(15), |s| {
+            s.iter().filter(|s| s.name == "auth").count() == 3
+                && s.iter()
+                    .filter(|s| s.name == "POST /v1/chat/completions")
+                    .count()
+                    == 3
+        })
+        .await;
+    let servers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "POST /v1/chat/completions")
+        .collect();
+    for (server, line) in servers.iter().zip(&access) {
+        assert_eq!(
+            server.attr("switchyard.key_id"),
+            Some(&Value::from(id.as_str()))
+        );
+        assert_eq!(server.attr("switchyard.team"), Some(&Value::from("search")));
+        assert_eq!(server.attr("switchyard.cost_usd"), Some(&line["cost_usd"]));
+        let auth: Vec<_> = spans
+            .iter()
+            .filter(|s| s.name == "auth" && s.parent_span_id == server.span_id)
+            .collect();
+        assert_eq!(auth.len(), 1);
+        assert_ne!(auth[0].status_code, 2);
+    }
+    let refused = servers[2];
+    assert_eq!(
+        refused.attr("http.response.status_code"),
+        Some(&Value::from(401))
+    );
+    let auth = spans
+        .iter()
+        .find(|s| s.name == "auth" && s.parent_span_id == refused.span_id)
+        .unwrap();
+    assert_eq!(auth.status_code, 2);
+    assert_eq!(auth.attr("error.type"), Some(&Value::from("unauthorized")));
 }

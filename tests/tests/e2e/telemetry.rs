@@ -136,7 +136,7 @@ async fn a_request_is_one_trace_from_the_client_through_the_gateway_to_the_upstr
     assert_eq!(parent, attempt.span_id);
 }
 
-/// The request's span tree with plugins: `auth`, each plugin call (plugin, version, stage,
+/// The request's span tree with plugins: each plugin call (plugin, version, stage,
 /// outcome; a failed call marked with its error), and `validate` with the verdict and the
 /// validate plugins' calls under it. Each call is timed in
 /// `switchyard_plugin_duration_seconds`, failed or not.
@@ -180,7 +180,6 @@ premium_model = "gpt-4o"
 
     let names = [
         "POST /v1/chat/completions",
-        "auth",
         "validate",
         "plugin hostile",
         "plugin complexity-router",
@@ -192,9 +191,10 @@ premium_model = "gpt-4o"
         .await;
     let server = one(&spans, names[0]);
     let attempt = one(&spans, "chat llama-3.1-8b");
-    let auth = one(&spans, "auth");
-    assert_eq!(auth.parent_span_id, server.span_id);
-    assert!(auth.end_ns <= attempt.start_ns);
+    assert!(
+        spans.iter().all(|s| s.name != "auth"),
+        "no key check without keys, so no auth span"
+    );
     // One `validate` span per answer checked, with the verdict; the validate plugins' calls
     // sit under it.
     let validate = one(&spans, "validate");
