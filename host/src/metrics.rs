@@ -142,28 +142,18 @@ struct GenAiMetrics {
     upstream: DashMap<Arc<str>, Histogram>,
 }
 
-/// Metrics fed by the other subsystems (plugins, traffic control, governance, shadow,
-/// telemetry export) through the registration helpers on [`Metrics`].
+/// Metrics fed by the other subsystems (plugins, governance, shadow, telemetry export)
+/// through the registration helpers on [`Metrics`]. Breaker state, per-URL in-flight and
+/// health are rendered by `pool` from the live pool; refusals by `governance`.
 #[derive(Debug, Default)]
 struct Extensions {
     /// Nano-dollars, so that adding is one atomic instruction.
     cost_nano_usd: DashMap<(Arc<str>, Arc<str>), AtomicU64>,
     plugin_duration: DashMap<(Arc<str>, &'static str), Histogram>,
-    breaker_state: DashMap<(Arc<str>, Arc<str>), AtomicI64>,
-    pool_in_flight: DashMap<(Arc<str>, Arc<str>), AtomicI64>,
-    limit_refusals: DashMap<(&'static str, &'static str), AtomicU64>,
     shadow: DashMap<(Arc<str>, Arc<str>, &'static str), AtomicU64>,
     spans_exported: AtomicU64,
     spans_dropped: AtomicU64,
     span_export_failures: AtomicU64,
-}
-
-/// A circuit breaker's state, as the `switchyard_breaker_state` gauge reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    Closed = 0,
-    HalfOpen = 1,
-    Open = 2,
 }
 
 /// Add `n` to the counter at `key`, creating it on first use (the hot path is a read lock
@@ -190,21 +180,6 @@ fn hist<K: std::hash::Hash + Eq>(
         return;
     }
     f(&map.entry(key).or_insert_with(make));
-}
-
-fn set_gauge<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicI64>, key: K, v: i64, add: bool) {
-    let apply = |g: &AtomicI64| {
-        if add {
-            g.fetch_add(v, Ordering::Relaxed);
-        } else {
-            g.store(v, Ordering::Relaxed);
-        }
-    };
-    if let Some(g) = map.get(&key) {
-        apply(&g);
-        return;
-    }
-    apply(&map.entry(key).or_insert_with(|| AtomicI64::new(0)));
 }
 
 impl Default for Metrics {
@@ -362,32 +337,6 @@ impl Metrics {
             || Histogram::new(OVERHEAD_BUCKETS),
             |h| h.observe(took),
         );
-    }
-
-    /// A circuit breaker changed state (`url` is the backend URL it guards).
-    pub fn breaker_state(&self, backend: &Arc<str>, url: &Arc<str>, state: BreakerState) {
-        set_gauge(
-            &self.ext.breaker_state,
-            (backend.clone(), url.clone()),
-            state as i64,
-            false,
-        );
-    }
-
-    /// Requests in flight to one backend URL: `delta` is +1 when one starts, -1 when it ends.
-    pub fn pool_in_flight(&self, backend: &Arc<str>, url: &Arc<str>, delta: i64) {
-        set_gauge(
-            &self.ext.pool_in_flight,
-            (backend.clone(), url.clone()),
-            delta,
-            true,
-        );
-    }
-
-    /// A request refused by a limit: `kind` is e.g. `rate`, `tokens`, `budget`,
-    /// `concurrency`; `scope` is `key`, `team` or `global`.
-    pub fn limit_refusal(&self, kind: &'static str, scope: &'static str) {
-        bump(&self.ext.limit_refusals, (kind, scope), 1);
     }
 
     /// One shadow comparison on `route` against the shadow `backend`: `result` is `agree`,
@@ -593,52 +542,6 @@ impl Metrics {
         }
         header(
             out,
-            "switchyard_breaker_state",
-            "gauge",
-            "Circuit breaker state per backend URL: 0 closed, 1 half-open, 2 open.",
-        );
-        for e in x.breaker_state.iter() {
-            let (backend, url) = e.key();
-            let _ = writeln!(
-                out,
-                "switchyard_breaker_state{{backend=\"{}\",url=\"{}\"}} {}",
-                escape(backend),
-                escape(url),
-                e.value().load(Ordering::Relaxed)
-            );
-        }
-        header(
-            out,
-            "switchyard_upstream_in_flight",
-            "gauge",
-            "Requests in flight to each backend URL.",
-        );
-        for e in x.pool_in_flight.iter() {
-            let (backend, url) = e.key();
-            let _ = writeln!(
-                out,
-                "switchyard_upstream_in_flight{{backend=\"{}\",url=\"{}\"}} {}",
-                escape(backend),
-                escape(url),
-                e.value().load(Ordering::Relaxed)
-            );
-        }
-        header(
-            out,
-            "switchyard_limit_refusals_total",
-            "counter",
-            "Requests refused by a rate limit or budget, by kind and scope.",
-        );
-        for e in x.limit_refusals.iter() {
-            let (kind, scope) = e.key();
-            let _ = writeln!(
-                out,
-                "switchyard_limit_refusals_total{{kind=\"{kind}\",scope=\"{scope}\"}} {}",
-                e.value().load(Ordering::Relaxed)
-            );
-        }
-        header(
-            out,
             "switchyard_shadow_comparisons_total",
             "counter",
             "Shadow answers compared with the served answer, by route, shadow backend and result (agree, disagree, error).",
@@ -750,7 +653,6 @@ mod tests {
         );
         m.cost(&b, &model, 0.25);
         m.cost(&b, &model, 0.5);
-        m.breaker_state(&b, &Arc::from("http://x:1/v1"), BreakerState::Open);
         m.shadow_result(&Arc::from("r"), &b, "agree");
         let text = m.render();
         let l = "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"llama\",backend=\"local\"";
@@ -767,9 +669,6 @@ mod tests {
             "gen_ai_client_operation_duration_seconds_count{{{l},error_type=\"upstream_timeout\"}} 1"
         )));
         assert!(text.contains("switchyard_cost_usd_total{backend=\"local\",model=\"llama\"} 0.75"));
-        assert!(
-            text.contains("switchyard_breaker_state{backend=\"local\",url=\"http://x:1/v1\"} 2")
-        );
         assert!(text.contains(
             "switchyard_shadow_comparisons_total{route=\"r\",backend=\"local\",result=\"agree\"} 1"
         ));

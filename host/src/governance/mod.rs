@@ -483,7 +483,7 @@ impl Settler {
         row.ttft_ms = end.ttft_ms;
         row.outcome = end.outcome;
         row.estimated = estimated;
-        ledger::record(row);
+        write_row(row);
 
         let tokens = i64::try_from(tokens_in + tokens_out).unwrap_or(i64::MAX);
         let cost_micros = micros(cost);
@@ -574,6 +574,18 @@ pub fn install_gateway(gw: &Arc<Gateway>) {
     let _ = GATEWAY.set(Arc::downgrade(gw));
 }
 
+/// Write a ledger row and add its cost to `switchyard_cost_usd_total{backend,model}`.
+fn write_row(row: Row) {
+    if row.cost_usd > 0.0
+        && let (Some(b), Some(m)) = (&row.backend, &row.model)
+        && let Some(gw) = GATEWAY.get().and_then(std::sync::Weak::upgrade)
+    {
+        gw.metrics
+            .cost(&Arc::from(b.as_str()), &Arc::from(m.as_str()), row.cost_usd);
+    }
+    ledger::record(row);
+}
+
 /// The ledger row of one shadow call: what mirroring cost, at the shadow target's price.
 pub fn record_shadow(pair: &crate::shadow::store::Pair) {
     let Some(gw) = GATEWAY.get().and_then(std::sync::Weak::upgrade) else {
@@ -595,7 +607,21 @@ pub fn record_shadow(pair: &crate::shadow::store::Pair) {
         "ok".into()
     };
     price_row(&gw.runtime(), &mut row);
-    ledger::record(row);
+    // Shadow agreement, by route and shadow backend.
+    let result = match (&pair.shadow_error, &pair.comparison) {
+        (Some(_), _) => Some("error"),
+        (None, Some(c)) if c.agree => Some("agree"),
+        (None, Some(_)) => Some("disagree"),
+        (None, None) => None,
+    };
+    if let Some(result) = result {
+        gw.metrics.shadow_result(
+            &Arc::from(pair.route.as_str()),
+            &Arc::from(pair.shadow_backend.as_str()),
+            result,
+        );
+    }
+    write_row(row);
 }
 
 /// Attempts that spent nothing upstream: not ledger rows.
@@ -649,7 +675,7 @@ pub fn record_attempts(gw: &Gateway, ctx: &mut RequestCtx, trail: &crate::attemp
         row.kind = kind_of(i, s);
         row.stream = a.stream;
         row.outcome = s.outcome.clone();
-        ledger::record(row);
+        write_row(row);
     }
     if let Some(last) = real.last() {
         ctx.account.kind = kind_of(real.len() - 1, last);

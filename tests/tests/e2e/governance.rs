@@ -1032,6 +1032,23 @@ path = "{}"
     while mirror.served() == 0 && start.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The comparison (the mocks answer alike) and the shadow call's cost reach /metrics.
+    let agree =
+        r#"switchyard_shadow_comparisons_total{route="m",backend="mirror",result="agree"} 1"#;
+    let mut metrics = String::new();
+    let start = Instant::now();
+    while !metrics.contains(agree) && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = Client::new().get(&gw.url("/metrics")).await.text();
+    }
+    assert!(metrics.contains(agree), "{metrics}");
+    let metric_cost: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"switchyard_cost_usd_total{backend="mirror",model="cand"} "#)
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("the shadow call's cost");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop(gw);
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -1045,6 +1062,7 @@ path = "{}"
     assert_eq!((backend.as_str(), model.as_str()), ("mirror", "cand"));
     assert!(tin > 0 && tout > 0);
     assert!((cost - (tin + tout) as f64 / 1e6).abs() < 1e-12);
+    assert!((metric_cost - cost).abs() < 1e-9, "{metric_cost} vs {cost}");
     let primaries: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM ledger WHERE kind = 'primary'",
