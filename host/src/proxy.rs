@@ -409,7 +409,9 @@ async fn run(
         resp.headers_mut().remove(header::CONTENT_LENGTH);
         *resp.body_mut() = if request.stream {
             let include_usage = !request.strip_usage_chunk(true);
-            GatewayBody::from(crate::held::to_events(endpoint, &new, include_usage))
+            let events = crate::held::to_events(endpoint, &new, include_usage);
+            exchanged.events = Some(events.clone());
+            GatewayBody::from(events)
         } else {
             GatewayBody::from(new.clone())
         };
@@ -444,10 +446,11 @@ async fn run(
     }
     if let Some(sh) = mirror {
         // Fire and forget: a bounded queue, never a wait.
-        // A held stream is compared as the complete answer it was put together into.
+        // A stream relayed live delivers its copy when it ends; a held one is at hand.
         let served = match served_stream {
             Some(rx) if exchanged.body.is_none() => shadow::Served::Stream(rx),
-            _ => shadow::Served::Complete(exchanged.body.clone()),
+            Some(_) => shadow::Served::Complete(exchanged.events.clone()),
+            None => shadow::Served::Complete(exchanged.body.clone()),
         };
         shadow::mirror(
             &route,
@@ -476,8 +479,11 @@ struct Exchanged {
     answer: Answer,
     target: Target,
     upstream_time: Duration,
-    /// The complete answer's body (not for streams), for validation and shadow comparison.
+    /// The complete answer's body (not for streams relayed live), for validation and
+    /// shadow comparison; for a held stream, the complete answer put together from it.
     body: Option<Bytes>,
+    /// A held stream's events as served (what the shadow comparison reads for a stream).
+    events: Option<Bytes>,
     /// The usage that body reported (read once, with the rest of the probe).
     usage: Option<openai::Usage>,
 }
@@ -577,6 +583,7 @@ async fn exchange(
             target,
             upstream_time,
             body: None,
+            events: None,
             usage: None,
         })
     } else {
@@ -586,21 +593,21 @@ async fn exchange(
         } else {
             complete_answer(tel, &target, &model, resp, sent).await
         };
-        let (answer, body, upstream_time, usage) = match answer {
-            Ok((answer, body, upstream_time, facts)) => {
-                let usage = facts.usage;
-                attempt.succeeded(&gw.metrics, facts);
-                (answer, body, upstream_time, usage)
-            }
+        let whole = match answer {
+            Ok(w) => w,
             Err(e) => return Err(failed(attempt, e)),
         };
-        gw.metrics.upstream(&target.backend.name, upstream_time);
+        let usage = whole.facts.usage;
+        attempt.succeeded(&gw.metrics, whole.facts);
+        gw.metrics
+            .upstream(&target.backend.name, whole.upstream_time);
         drop(slot);
         Ok(Exchanged {
-            answer: Answer::Complete(answer),
+            answer: Answer::Complete(whole.resp),
             target,
-            upstream_time,
-            body: Some(body),
+            upstream_time: whole.upstream_time,
+            body: Some(whole.body),
+            events: whole.events,
             usage,
         })
     }
@@ -679,6 +686,18 @@ async fn upstream_failure(target: &Target, resp: Response<Incoming>) -> GatewayE
     }
 }
 
+/// An answer read whole before it is served.
+struct Whole {
+    /// What the client gets.
+    resp: Response<GatewayBody>,
+    /// The complete answer (for a held stream: put together from its chunks).
+    body: Bytes,
+    upstream_time: Duration,
+    facts: AnswerFacts,
+    /// A held stream's events, as served.
+    events: Option<Bytes>,
+}
+
 /// A complete (non-streamed) answer: read it, check it is JSON, relay it byte for byte.
 async fn complete_answer(
     tel: &RequestTelemetry,
@@ -686,7 +705,7 @@ async fn complete_answer(
     model: &str,
     resp: Response<Incoming>,
     sent: Instant,
-) -> Result<(Response<GatewayBody>, Bytes, Duration, AnswerFacts), GatewayError> {
+) -> Result<Whole, GatewayError> {
     let (parts, body) = resp.into_parts();
     let bytes = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
     let upstream_time = sent.elapsed();
@@ -701,7 +720,13 @@ async fn complete_answer(
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     stamp(out.headers_mut(), target, Some(model));
-    Ok((out, bytes, upstream_time, facts))
+    Ok(Whole {
+        resp: out,
+        body: bytes,
+        upstream_time,
+        facts,
+        events: None,
+    })
 }
 
 /// A streamed answer held until complete (`validate_streams = "buffer"`): read it whole,
@@ -714,7 +739,7 @@ async fn held_answer(
     sent: Instant,
     endpoint: Endpoint,
     strip_usage: bool,
-) -> Result<(Response<GatewayBody>, Bytes, Duration, AnswerFacts), GatewayError> {
+) -> Result<Whole, GatewayError> {
     let (parts, body) = resp.into_parts();
     let sse = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
     let upstream_time = sent.elapsed();
@@ -728,12 +753,18 @@ async fn held_answer(
         Some(probe) => telemetry::answer_facts(tel, probe),
         None => AnswerFacts::default(),
     };
-    let mut out = Response::new(GatewayBody::from(held.events));
+    let mut out = Response::new(GatewayBody::from(held.events.clone()));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     out.headers_mut().remove(header::CONTENT_LENGTH);
     stamp(out.headers_mut(), target, Some(model));
-    Ok((out, held.complete, upstream_time, facts))
+    Ok(Whole {
+        resp: out,
+        body: held.complete,
+        upstream_time,
+        facts,
+        events: Some(held.events),
+    })
 }
 
 /// A streamed answer: wait for the first chunk (so a failure before any byte can still be

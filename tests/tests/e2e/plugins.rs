@@ -394,6 +394,42 @@ async fn held_streams_are_validated_and_a_rejected_one_falls_back() {
     assert_eq!(streamed_text(&r), "Sure! Here is the JSON you asked for.");
 }
 
+/// A held stream is compared with its shadow as the events the client got (the shadow
+/// streams too): identical answers agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_stream_is_compared_with_its_shadow() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(
+        &plugins::first_party("json-validator"),
+        dir.path(),
+        "json-validator",
+    );
+    let text = config(&local, &premium, dir.path(), "validate_streams = \"buffer\"\n")
+        .replacen(
+            "targets = [{ backend = \"openai\" }]",
+            "targets = [{ backend = \"openai\" }]\nshadow = { backend = \"local\", model = \"cand\", sample = 1.0 }",
+            1,
+        );
+    let gw = Gateway::start(&text);
+    let body = json!({"model": "gpt-4o", "stream": true,
+        "messages": [{"role": "user", "content": "who?"}],
+        "response_format": {"type": "json_object"}, "mock_content": r#"{"name":"Ada"}"#});
+    let r = Client::new()
+        .post_stream(&gw.url("/v1/chat/completions"), &body, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body());
+    let agree =
+        r#"switchyard_shadow_comparisons_total{route="gpt-4o",backend="local",result="agree"} 1"#;
+    let start = Instant::now();
+    let mut m = String::new();
+    while !m.contains(agree) && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = metrics(&gw).await;
+    }
+    assert!(m.contains(agree), "{m}");
+}
+
 /// A `validate` plugin's replacement reaches a streaming client as a stream (held mode),
 /// and a non-streaming one as JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
