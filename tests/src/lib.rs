@@ -181,6 +181,15 @@ impl Gateway {
         self.log.lock().expect("lock").clone()
     }
 
+    /// The JSON access log lines so far (`[telemetry] log_format = "json"`), in order.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "access")
+            .collect()
+    }
+
     /// Wait until the log contains `needle` (logs arrive asynchronously).
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let start = Instant::now();

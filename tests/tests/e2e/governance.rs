@@ -41,6 +41,30 @@ fn config_dir(text: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// The store at `db`, every model of backend `mock` priced (USD per million input and
+/// output tokens), one catch-all route to it, then `extra`.
+fn priced_mock(db: &Path, input: f64, output: f64, extra: &str) -> String {
+    format!(
+        r#"
+[state]
+path = "{}"
+
+[[prices]]
+backend = "mock"
+model = "*"
+input_per_1m = {input:?}
+output_per_1m = {output:?}
+
+[[routes]]
+model = "*"
+targets = [{{ backend = "mock" }}]
+
+{extra}
+"#,
+        db.display()
+    )
+}
+
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
@@ -116,26 +140,7 @@ async fn bad_keys_limits_and_budgets_get_openai_errors_and_are_logged_without_se
     let mock = MockUpstream::start().await;
     let (dir, cfg) = config_dir("");
     let db = dir.path().join("gov.db");
-    let text = config_with(
-        &mock.url(),
-        &format!(
-            r#"
-[state]
-path = "{}"
-
-[[prices]]
-backend = "mock"
-model = "*"
-input_per_1m = 1.0
-output_per_1m = 1.0
-
-[[routes]]
-model = "*"
-targets = [{{ backend = "mock" }}]
-"#,
-            db.display()
-        ),
-    );
+    let text = config_with(&mock.url(), &priced_mock(&db, 1.0, 1.0, ""));
     std::fs::write(&cfg, &text).unwrap();
     let (good, good_id) = create_key(&cfg, &["--team", "search", "--rpm", "3"]);
     let (poor, _) = create_key(&cfg, &["--team", "search", "--budget-daily", "0.00006"]);
@@ -1084,26 +1089,7 @@ async fn the_access_log_and_trace_carry_the_key_team_and_cost() {
     let db = dir.path().join("gov.db");
     let text = config_with(
         &mock.url(),
-        &format!(
-            r#"
-[state]
-path = "{}"
-
-[[prices]]
-backend = "mock"
-model = "*"
-input_per_1m = 2.0
-output_per_1m = 8.0
-
-[[routes]]
-model = "*"
-targets = [{{ backend = "mock" }}]
-
-{}
-"#,
-            db.display(),
-            rx.config(1.0, "log_format = \"json\"")
-        ),
+        &priced_mock(&db, 2.0, 8.0, &rx.config(1.0, "log_format = \"json\"")),
     );
     std::fs::write(&cfg, &text).unwrap();
     let (key, id) = create_key(&cfg, &["--team", "search"]);
@@ -1131,12 +1117,7 @@ targets = [{{ backend = "mock" }}]
         .expect("usage chunk");
     assert!(gw.wait_for_log("\"stream\":true", Duration::from_secs(5)));
 
-    let access: Vec<Value> = gw
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "access")
-        .collect();
+    let access = gw.access_lines();
     assert_eq!(access.len(), 2, "{}", gw.log());
     for (line, usage) in access.iter().zip([&usage, &stream_usage]) {
         assert_eq!(line["key_id"], id.as_str(), "{line}");

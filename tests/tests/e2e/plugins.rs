@@ -63,6 +63,22 @@ premium_model = "gpt-4o"
 max_tokens = 200
 "#;
 
+/// Two mock backends (`local`, `openai`) and a plugin folder holding the first-party
+/// plugins `names`.
+async fn with_first_party(names: &[&str]) -> (MockUpstream, MockUpstream, tempfile::TempDir) {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    for name in names {
+        plugins::install(&plugins::first_party(name), dir.path(), name);
+    }
+    (local, premium, dir)
+}
+
+/// `switchyard check --config <cfg>` run in `dir`: (exit code, stdout, stderr).
+fn check(cfg: &Path, dir: &Path) -> (i32, String, String) {
+    run_switchyard(&["check", "--config", cfg.to_str().unwrap()], dir, &[])
+}
+
 async fn chat(gw: &Gateway, body: Value) -> Resp {
     Client::new()
         .post(&gw.url("/v1/chat/completions"), body.to_string(), &[])
@@ -244,13 +260,7 @@ model = "gpt-4o""#,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_validator_rejects_answers_that_are_not_the_json_asked_for() {
-    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    plugins::install(
-        &plugins::first_party("json-validator"),
-        dir.path(),
-        "json-validator",
-    );
+    let (local, premium, dir) = with_first_party(&["json-validator"]).await;
     let gw = Gateway::start(&config(&local, &premium, dir.path(), ""));
     let schema = json!({"type": "object", "required": ["name", "age"], "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}});
     let ask = |content: &str, format: Value| {
@@ -398,13 +408,7 @@ async fn held_streams_are_validated_and_a_rejected_one_falls_back() {
 /// streams too): identical answers agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_stream_is_compared_with_its_shadow() {
-    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    plugins::install(
-        &plugins::first_party("json-validator"),
-        dir.path(),
-        "json-validator",
-    );
+    let (local, premium, dir) = with_first_party(&["json-validator"]).await;
     let text = config(&local, &premium, dir.path(), "validate_streams = \"buffer\"\n")
         .replacen(
             "targets = [{ backend = \"openai\" }]",
@@ -670,11 +674,7 @@ async fn per_plugin_overrides_set_its_own_deadline_memory_and_on_error() {
     // `check` shows the override.
     let cfg = dir.path().join("switchyard.toml");
     std::fs::write(&cfg, &text).unwrap();
-    let (code, out, err) = run_switchyard(
-        &["check", "--config", cfg.to_str().unwrap()],
-        dir.path(),
-        &[],
-    );
+    let (code, out, err) = check(&cfg, dir.path());
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("overrides: timeout 30 ms, memory 32 MiB, on_error reject"),
@@ -783,11 +783,7 @@ async fn check_lists_plugins_with_their_stages_and_names_a_broken_one() {
         cache_dir().display()
     );
     std::fs::write(&cfg, &text).unwrap();
-    let (code, out, err) = run_switchyard(
-        &["check", "--config", cfg.to_str().unwrap()],
-        dir.path(),
-        &[],
-    );
+    let (code, out, err) = check(&cfg, dir.path());
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("complexity-router"), "{out}");
     assert!(out.contains("stages classify"), "{out}");
@@ -795,11 +791,7 @@ async fn check_lists_plugins_with_their_stages_and_names_a_broken_one() {
     assert!(out.contains("stages validate"), "{out}");
 
     std::fs::write(dir.path().join("broken.wasm"), b"not wasm").unwrap();
-    let (code, out, err) = run_switchyard(
-        &["check", "--config", cfg.to_str().unwrap()],
-        dir.path(),
-        &[],
-    );
+    let (code, out, err) = check(&cfg, dir.path());
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("broken.wasm"), "{err}");
 }

@@ -741,12 +741,7 @@ async fn the_access_log_is_one_json_line_per_request_with_the_trace_id() {
         gw.log()
     );
 
-    let access: Vec<Value> = gw
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "access")
-        .collect();
+    let access = gw.access_lines();
     assert_eq!(access.len(), 2, "{}", gw.log());
     let first = &access[0];
     assert_eq!(first["trace_id"], CLIENT_TRACE);
