@@ -32,6 +32,12 @@ fn target_dir() -> PathBuf {
 
 /// Path to a workspace binary in the profile tests were built with, building it if it is
 /// missing (`cargo test -p switchyard-tests` alone does not build other packages' bins).
+///
+/// Tests (debug) build every binary of the workspace, as `cargo xtask test` does before
+/// them: `cargo build -p <package>` unifies dependency features for that package alone, so
+/// its artifacts differ from the workspace build's and it would compile the gateway a second
+/// time (minutes, on CI) instead of finding it fresh. The benchmark (release) builds just
+/// the binary, as the README's `cargo build --release -p switchyard -p switchyard-tests`.
 pub fn binary(package: &str, name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let profile = if cfg!(debug_assertions) {
@@ -42,10 +48,16 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
     let path = target_dir().join(profile).join(name);
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     let mut built = built.lock().expect("lock");
-    if !built.iter().any(|b| b == name) {
+    // In debug one build makes every binary.
+    let key = if profile == "debug" { "*" } else { name };
+    if !built.iter().any(|b| b == key) {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", package, "--bin", name]);
+        cmd.current_dir(workspace_root()).args(["build", "--quiet"]);
+        if profile == "debug" {
+            cmd.args(["--workspace", "--bins"]);
+        } else {
+            cmd.args(["-p", package, "--bin", name]);
+        }
         // Cargo sets per-package variables for the test process; some build scripts (ring's)
         // track them, so passing them on would rebuild dependencies on every run.
         for (k, _) in std::env::vars_os() {
@@ -66,11 +78,8 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
         // looking hung. Test harnesses capture this line; the benchmark shows it.
         eprintln!("building {package}/{name} ({profile}) if stale ...");
         let status = cmd.status().expect("run cargo build");
-        assert!(
-            status.success(),
-            "cargo build -p {package} --bin {name} failed"
-        );
-        built.push(name.to_string());
+        assert!(status.success(), "cargo build for {package}/{name} failed");
+        built.push(key.to_string());
     }
     path
 }
