@@ -478,7 +478,12 @@ impl RequestTelemetry {
         kind: SpanKind,
         attributes: Vec<KeyValue>,
     ) -> Span {
-        self.parent().child(name, kind, attributes)
+        child_of(
+            self.server.0.as_ref().map(|s| &s.span_context),
+            name,
+            kind,
+            attributes,
+        )
     }
 
     /// The request's span as the parent of spans opened later, by a part of the request
@@ -528,18 +533,29 @@ impl SpanParent {
         kind: SpanKind,
         attributes: Vec<KeyValue>,
     ) -> Span {
-        match (&self.0, tracing_on()) {
-            (Some(p), Some(t)) => Span(Some(start_record(
-                t,
-                child_context(p),
-                p.span_id(),
-                false,
-                name.into(),
-                kind,
-                attributes,
-            ))),
-            _ => Span(None),
-        }
+        child_of(self.0.as_ref(), name, kind, attributes)
+    }
+}
+
+/// A recording child of `parent` (when there is one and tracing is on), without copying the
+/// parent's context: the request's own children take it straight from the server span.
+fn child_of(
+    parent: Option<&SpanContext>,
+    name: impl Into<Cow<'static, str>>,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+) -> Span {
+    match (parent, tracing_on()) {
+        (Some(p), Some(t)) => Span(Some(start_record(
+            t,
+            child_context(p),
+            p.span_id(),
+            false,
+            name.into(),
+            kind,
+            attributes,
+        ))),
+        _ => Span(None),
     }
 }
 
