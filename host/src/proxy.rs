@@ -276,7 +276,7 @@ async fn run(
         &request,
         ctx.endpoint,
         &parts.headers,
-        caller_info.clone(),
+        caller_info,
     )
     .observed(ctx.telemetry.parent(), gw.metrics.clone());
 
@@ -339,6 +339,9 @@ async fn run(
     // next fallback; `validate` plugins win over any other configured check.
     // A stream is held until complete when a `validate` plugin asks to judge streams.
     let hold_stream = request.stream && pass.validates() && pass.holds_streams();
+    // Each attempt adapts the client's original request in a fork of this pass (same typed
+    // view, same plugin versions).
+    let adapt_base = pass.fork();
     let plugin_validator = pass
         .validates()
         .then(|| PluginValidator::new(pass, &request));
@@ -359,15 +362,7 @@ async fn run(
             }
             // Phase adapt, per attempt: a fallback to another model family gets its own
             // rewrite of the client's original request.
-            let adapted = Pass::new(
-                &gw.plugins,
-                &request,
-                endpoint,
-                &parts.headers,
-                caller_info.clone(),
-            )
-            .observed(tel.parent(), gw.metrics.clone())
-            .adapt(&target, &model);
+            let adapted = adapt_base.fork().adapt(&target, &model);
             exchange(
                 gw,
                 endpoint,

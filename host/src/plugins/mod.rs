@@ -403,7 +403,9 @@ pub struct Pass {
     /// The gateway's metrics (plugin call durations), when the pass is observed.
     gateway_metrics: Option<Arc<crate::metrics::Metrics>>,
     endpoint: Endpoint,
-    request: Option<types::Request>,
+    /// Shared with [`Pass::fork`]s: each upstream attempt's adapt pass starts from the same
+    /// typed view instead of converting the body again.
+    request: Option<Arc<types::Request>>,
     caller: types::Caller,
 }
 
@@ -416,7 +418,7 @@ impl Pass {
         caller: CallerInfo,
     ) -> Pass {
         let set = plugins.current();
-        let request = (!set.plugins.is_empty()).then(|| convert::request(body, endpoint));
+        let request = (!set.plugins.is_empty()).then(|| Arc::new(convert::request(body, endpoint)));
         let mut tags = caller.tags;
         let mut allowed = Vec::new();
         if let Some(s) = &set.settings
@@ -453,6 +455,22 @@ impl Pass {
                 tags,
                 headers: allowed,
             },
+        }
+    }
+
+    /// A pass over the same request with the same plugin versions, observed alike: each
+    /// upstream attempt adapts the client's original request in a fork of its own, so a
+    /// fallback to another model family gets its own rewrite, and a plugin reloaded while
+    /// the request is in flight does not change it halfway.
+    pub fn fork(&self) -> Pass {
+        Pass {
+            set: self.set.clone(),
+            metrics: self.metrics.clone(),
+            trace: self.trace.clone(),
+            gateway_metrics: self.gateway_metrics.clone(),
+            endpoint: self.endpoint,
+            request: self.request.clone(),
+            caller: self.caller.clone(),
         }
     }
 
@@ -644,7 +662,7 @@ impl Pass {
             match result {
                 Ok(None) => {}
                 Ok(Some((new, body))) => {
-                    self.request = Some(new);
+                    self.request = Some(Arc::new(new));
                     changed = Some(body);
                 }
                 Err(e) => self.contain(p, "adapt", e)?,

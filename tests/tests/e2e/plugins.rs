@@ -258,6 +258,55 @@ model = "gpt-4o""#,
     );
 }
 
+/// Adapt runs per attempt on the client's original request: when the local model (a template
+/// without a system role) fails, the premium fallback gets the request with its system
+/// message intact, not the local model's rewrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_gets_its_own_rewrite_of_the_original_request() {
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(
+        &plugins::first_party("prompt-adapter"),
+        dir.path(),
+        "prompt-adapter",
+    );
+    let text = config(&local, &premium, dir.path(), "").replace(
+        r#"[[routes]]
+model = "gpt-4o""#,
+        r#"[[routes]]
+model = "gemma"
+targets = [{ backend = "local", model = "gemma-2-9b" }]
+fallback = [{ backend = "openai", model = "gpt-4o" }]
+
+[[routes]]
+model = "gpt-4o""#,
+    );
+    let gw = Gateway::start(&text);
+    local.set_behaviour(Behaviour {
+        status: Some(500),
+        ..Behaviour::default()
+    });
+    let r = chat(&gw, json!({"model": "gemma", "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello"}]})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-backend"), Some("openai"));
+    let tried = local
+        .last_request()
+        .expect("the local model was tried first")
+        .json();
+    assert_eq!(
+        tried["messages"],
+        json!([{"role": "user", "content": "Answer in French.\n\nHello"}]),
+        "the local attempt got the folded system prompt"
+    );
+    let sent = premium.last_request().unwrap().json();
+    assert_eq!(sent["model"], "gpt-4o");
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello"}]),
+        "the fallback starts again from the client's request"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_validator_rejects_answers_that_are_not_the_json_asked_for() {
     let (local, premium, dir) = with_first_party(&["json-validator"]).await;
