@@ -36,11 +36,33 @@ pub fn histogram_record(name: &str, value: f64) {
 }
 
 /// A config value as text.
+///
+/// Inside the gateway each key is asked of the host once per instance and then kept: the
+/// values are fixed for as long as this version of the plugin is loaded (new values come
+/// with fresh instances), and a warm instance serves many requests, so a policy that reads
+/// its thresholds on every call pays for a host call only on the first.
 pub fn config(key: &str) -> Option<String> {
     #[cfg(target_arch = "wasm32")]
-    return imports::config_get(key);
+    return cached_config(key);
     #[cfg(not(target_arch = "wasm32"))]
     return crate::testing::with_state(|s| s.config.get(key).cloned());
+}
+
+#[cfg(target_arch = "wasm32")]
+fn cached_config(key: &str) -> Option<String> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static CONFIG: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
+    }
+    CONFIG.with(|c| {
+        if let Some(v) = c.borrow().get(key) {
+            return v.clone();
+        }
+        let v = imports::config_get(key);
+        c.borrow_mut().insert(key.to_string(), v.clone());
+        v
+    })
 }
 
 /// A config value parsed as `T` (numbers, booleans), or `default` when absent or invalid.
