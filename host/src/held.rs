@@ -15,7 +15,6 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::config::Endpoint;
-use crate::openai::Usage;
 
 /// A stream read to its end.
 #[derive(Debug, Clone)]
@@ -23,9 +22,9 @@ pub struct Held {
     /// The events to serve: the upstream's, minus the usage chunk the gateway asked for on
     /// the client's behalf.
     pub events: Bytes,
-    /// The complete answer (a `chat.completion` or `text_completion` object).
+    /// The complete answer (a `chat.completion` or `text_completion` object, with the
+    /// stream's `usage` when it reported one).
     pub complete: Bytes,
-    pub usage: Option<Usage>,
 }
 
 /// One server-sent event: its bytes in the stream and its `data` payload.
@@ -261,7 +260,6 @@ pub fn assemble(endpoint: Endpoint, sse: &[u8], strip_usage: bool) -> Result<Hel
     );
     complete.append(&mut head);
     complete.insert("choices".into(), Value::from(choices));
-    let usage = serde_json::from_value::<Usage>(usage_value.clone()).ok();
     if !usage_value.is_null() {
         complete.insert("usage".into(), usage_value);
     }
@@ -269,7 +267,6 @@ pub fn assemble(endpoint: Endpoint, sse: &[u8], strip_usage: bool) -> Result<Hel
     Ok(Held {
         events: Bytes::from(served),
         complete: Bytes::from(complete),
-        usage,
     })
 }
 
@@ -383,7 +380,7 @@ mod tests {
         assert_eq!(v["choices"][0]["message"]["content"], "{\"a\": 1}");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(v["usage"]["total_tokens"], 7);
-        assert_eq!(held.usage.unwrap().completion_tokens, 2);
+        assert_eq!(v["usage"]["completion_tokens"], 2);
         // Served: every event but the usage chunk the gateway added.
         let served = String::from_utf8(held.events.to_vec()).unwrap();
         assert_eq!(served.matches("data: ").count(), 5, "{served}");
@@ -481,7 +478,7 @@ mod tests {
             let v: Value = serde_json::from_slice(&back.complete).unwrap();
             assert_eq!(v["choices"], complete["choices"]);
             assert_eq!(v["id"], "r");
-            assert_eq!(back.usage.is_some(), include_usage);
+            assert_eq!(v["usage"].is_object(), include_usage);
         }
         let text = json!({"id": "t", "object": "text_completion", "created": 3, "model": "m",
             "choices": [{"index": 0, "text": "hi", "logprobs": null, "finish_reason": "stop"}]});
