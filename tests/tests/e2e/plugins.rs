@@ -263,13 +263,7 @@ model = "gpt-4o""#,
 /// message intact, not the local model's rewrite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallback_gets_its_own_rewrite_of_the_original_request() {
-    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    plugins::install(
-        &plugins::first_party("prompt-adapter"),
-        dir.path(),
-        "prompt-adapter",
-    );
+    let (local, premium, dir) = with_first_party(&["prompt-adapter"]).await;
     let text = config(&local, &premium, dir.path(), "").replace(
         r#"[[routes]]
 model = "gpt-4o""#,
