@@ -339,12 +339,9 @@ async fn run(
     // next fallback; `validate` plugins win over any other configured check.
     // A stream is held until complete when a `validate` plugin asks to judge streams.
     let hold_stream = request.stream && pass.validates() && pass.holds_streams();
-    // Each attempt adapts the client's original request in a fork of this pass (same typed
-    // view, same plugin versions).
-    let adapt_base = pass.fork();
     let plugin_validator = pass
         .validates()
-        .then(|| PluginValidator::new(pass, &request));
+        .then(|| PluginValidator::new(&pass, &request));
     let other_validator = gw.validator.load_full();
     let validator: Option<&dyn attempt::Validate> = match &plugin_validator {
         Some(v) => Some(v),
@@ -362,7 +359,7 @@ async fn run(
             }
             // Phase adapt, per attempt: a fallback to another model family gets its own
             // rewrite of the client's original request.
-            let adapted = adapt_base.fork().adapt(&target, &model);
+            let adapted = pass.adapt(&target, &model);
             exchange(
                 gw,
                 endpoint,
@@ -984,14 +981,14 @@ fn log_failure(ctx: &RequestCtx, e: &GatewayError) {
 
 /// `validate` plugins as the attempt loop's answer check: a rejection moves the request to
 /// the next fallback; a replacement is kept and served once the loop has its answer.
-struct PluginValidator {
-    pass: Pass,
+struct PluginValidator<'a> {
+    pass: &'a Pass,
     client_model: String,
     replaced: std::sync::Mutex<Option<Bytes>>,
 }
 
-impl PluginValidator {
-    fn new(pass: Pass, request: &RequestBody) -> PluginValidator {
+impl<'a> PluginValidator<'a> {
+    fn new(pass: &'a Pass, request: &RequestBody) -> PluginValidator<'a> {
         PluginValidator {
             pass,
             client_model: request.model.to_string(),
@@ -1004,7 +1001,7 @@ impl PluginValidator {
     }
 }
 
-impl attempt::Validate for PluginValidator {
+impl attempt::Validate for PluginValidator<'_> {
     /// One `validate` span per answer checked (under the request's span, the plugin calls
     /// under it), with the backend and the verdict.
     fn validate(&self, target: &Target, body: &Bytes) -> attempt::Verdict {

@@ -403,9 +403,9 @@ pub struct Pass {
     /// The gateway's metrics (plugin call durations), when the pass is observed.
     gateway_metrics: Option<Arc<crate::metrics::Metrics>>,
     endpoint: Endpoint,
-    /// Shared with [`Pass::fork`]s: each upstream attempt's adapt pass starts from the same
-    /// typed view instead of converting the body again.
-    request: Option<Arc<types::Request>>,
+    /// The typed view of the client's request. `adapt` never changes it: each upstream
+    /// attempt adapts this original, so it is built once per request.
+    request: Option<types::Request>,
     caller: types::Caller,
 }
 
@@ -418,7 +418,7 @@ impl Pass {
         caller: CallerInfo,
     ) -> Pass {
         let set = plugins.current();
-        let request = (!set.plugins.is_empty()).then(|| Arc::new(convert::request(body, endpoint)));
+        let request = (!set.plugins.is_empty()).then(|| convert::request(body, endpoint));
         let mut tags = caller.tags;
         let mut allowed = Vec::new();
         if let Some(s) = &set.settings
@@ -455,22 +455,6 @@ impl Pass {
                 tags,
                 headers: allowed,
             },
-        }
-    }
-
-    /// A pass over the same request with the same plugin versions, observed alike: each
-    /// upstream attempt adapts the client's original request in a fork of its own, so a
-    /// fallback to another model family gets its own rewrite, and a plugin reloaded while
-    /// the request is in flight does not change it halfway.
-    pub fn fork(&self) -> Pass {
-        Pass {
-            set: self.set.clone(),
-            metrics: self.metrics.clone(),
-            trace: self.trace.clone(),
-            gateway_metrics: self.gateway_metrics.clone(),
-            endpoint: self.endpoint,
-            request: self.request.clone(),
-            caller: self.caller.clone(),
         }
     }
 
@@ -618,11 +602,14 @@ impl Pass {
         Ok(decision)
     }
 
-    /// Stage `adapt`: each plugin in order may rewrite the request for `target`; the result
-    /// is the new body (parsed again, so it is checked like a client's), or `None` when no
-    /// plugin changed anything.
+    /// Stage `adapt`: each plugin in order may rewrite the request for `target` (seeing the
+    /// rewrites of the plugins before it); the result is the new body (parsed again, so it is
+    /// checked like a client's), or `None` when no plugin changed anything. The pass keeps
+    /// the client's original: each upstream attempt calls this again, so a fallback to
+    /// another model family gets its own rewrite, with the plugin versions the request
+    /// started with.
     pub fn adapt(
-        &mut self,
+        &self,
         target: &Target,
         upstream_model: &str,
     ) -> Result<Option<RequestBody>, GatewayError> {
@@ -634,9 +621,11 @@ impl Pass {
             model: upstream_model.to_string(),
         };
         let mut changed = None;
-        let set = self.set.clone();
-        for p in set.plugins.iter().filter(|p| p.loaded.stages.adapt) {
-            let Some(req) = &self.request else { break };
+        let mut rewritten: Option<types::Request> = None;
+        for p in self.set.plugins.iter().filter(|p| p.loaded.stages.adapt) {
+            let Some(req) = rewritten.as_ref().or(self.request.as_ref()) else {
+                break;
+            };
             let endpoint = self.endpoint;
             let result = self.observe(
                 &self.trace,
@@ -662,7 +651,7 @@ impl Pass {
             match result {
                 Ok(None) => {}
                 Ok(Some((new, body))) => {
-                    self.request = Some(Arc::new(new));
+                    rewritten = Some(new);
                     changed = Some(body);
                 }
                 Err(e) => self.contain(p, "adapt", e)?,
