@@ -38,7 +38,8 @@
 //! protobuf when it ends, on the request's thread, into a bounded queue (see
 //! `switchyard_otlp::pipeline`); a full queue drops the span and counts it in
 //! `switchyard_telemetry_spans_dropped_total`, so exporting never blocks a request. One task
-//! on the gateway's runtime batches the queue and exports (OTLP gRPC or HTTP/protobuf).
+//! on a background-priority thread of its own batches the queue and exports (OTLP gRPC or
+//! HTTP/protobuf), so an export never waits in front of a request on a runtime worker.
 //!
 //! Message content (`gen_ai.input.messages`, `gen_ai.output.messages`) is recorded only with
 //! `[telemetry] capture_content = true`. Telemetry settings are read once at start; a config
@@ -171,8 +172,8 @@ impl Telemetry {
     }
 }
 
-/// Start exporting traces if `[telemetry] otlp_endpoint` is set. Must run inside the tokio
-/// runtime (the export task and the gRPC channel live there). Called once per process.
+/// Start exporting traces if `[telemetry] otlp_endpoint` is set (the export task and its
+/// connection run on a thread of their own). Called once per process.
 pub fn init(
     settings: Option<&TelemetrySettings>,
     metrics: Arc<Metrics>,
@@ -196,7 +197,8 @@ pub fn init(
     )
     .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
     let (processor, pipeline) =
-        switchyard_otlp::Pipeline::start(exporter, Arc::new(GatewayExport(metrics)));
+        switchyard_otlp::Pipeline::start(exporter, Arc::new(GatewayExport(metrics)))
+            .map_err(|e| format!("telemetry: cannot start the OTLP export thread: {e}"))?;
     install(
         processor,
         resource,

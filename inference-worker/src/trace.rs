@@ -81,9 +81,9 @@ impl std::fmt::Debug for Tracer {
 }
 
 impl Tracer {
-    /// Export to `endpoint` over `protocol`. Must run inside a tokio runtime (the export task
-    /// lives there). `instance` names this worker among its peers (`service.instance.id`,
-    /// e.g. its listen address).
+    /// Export to `endpoint` over `protocol` (the export task runs on a thread of its own).
+    /// `instance` names this worker among its peers (`service.instance.id`, e.g. its listen
+    /// address).
     pub fn start(
         endpoint: &str,
         protocol: Protocol,
@@ -107,7 +107,8 @@ impl Tracer {
             failed: AtomicU64::new(0),
             log,
         });
-        let (processor, pipeline) = Pipeline::start(exporter, counters.clone());
+        let (processor, pipeline) = Pipeline::start(exporter, counters.clone())
+            .map_err(|e| format!("cannot start the OTLP export thread: {e}"))?;
         Ok(Tracer {
             processor,
             pipeline,
