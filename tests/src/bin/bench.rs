@@ -5,6 +5,7 @@
 //! cargo run --release -p switchyard-tests --bin bench -- [--duration 5] [--concurrency 8,64]
 //!     [--rates 2000,5000] [--stream-concurrency 8] [--config-extra FILE]
 //!     [--otlp-sink grpc|http] [--gateway-log warn]
+//!     [--interleave [--b-extra FILE] [--b-gateway PATH] [--sink-for a|b|both] [--slice 0.5]]
 //! ```
 //!
 //! It starts `mock-openai` and `switchyard` (release builds) as separate processes, and
@@ -13,6 +14,12 @@
 //! p50/p99 latency direct and through the gateway and the difference, requests/s, the
 //! gateway's resident memory, and for streams the added time to first byte and whether the
 //! gateway coalesced chunks.
+//!
+//! `--interleave` compares two gateways (A, and B with more config or another build) on
+//! the closed-loop phases: it runs direct, A and B in turn, half a second each, for as many
+//! rounds as `--duration` allows, so that the speed changes of a small shared machine
+//! (which move whole runs by 10-20 %) fall on all three alike; it prints each one's figures
+//! and B's requests/s relative to A's, round by round.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -63,6 +70,24 @@ struct Args {
     /// The gateway's log filter (`SWITCHYARD_LOG`); `info` includes the access log.
     #[arg(long, default_value = "warn")]
     gateway_log: String,
+    /// Compare two gateways in one run: a second gateway, B, runs with the first one's config
+    /// plus `--b-extra` and the OTLP sink (`--otlp-sink` then applies to B only), and the
+    /// closed-loop phases alternate between direct, A and B in short slices, so the
+    /// machine's changes of speed hit all of them alike. Skips the open-loop and stream phases.
+    #[arg(long)]
+    interleave: bool,
+    /// TOML appended to gateway B's config with `--interleave`.
+    #[arg(long, value_name = "FILE")]
+    b_extra: Option<PathBuf>,
+    /// Gateway B's binary with `--interleave` (to compare two builds), instead of A's.
+    #[arg(long, value_name = "PATH")]
+    b_gateway: Option<PathBuf>,
+    /// Which gateways `--otlp-sink` traces with `--interleave`.
+    #[arg(long, value_name = "a|b|both", default_value = "b")]
+    sink_for: String,
+    /// Measured seconds per slice with `--interleave` (each slice starts with 0.1 s unmeasured).
+    #[arg(long, default_value_t = 0.5)]
+    slice: f64,
 }
 
 const BODY: &str = r#"{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"temperature":0.2,"max_tokens":16}"#;
@@ -117,13 +142,17 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 }
 
 async fn connect(addr: &str) -> SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
+    try_connect(addr).await.expect("connect")
+}
+
+async fn try_connect(addr: &str) -> Option<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok()?;
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .expect("handshake");
+        .ok()?;
     tokio::spawn(conn);
-    send
+    Some(send)
 }
 
 /// The `Authorization` header sent (a real key with `--governance`).
@@ -151,6 +180,8 @@ struct Stats {
     elapsed: Duration,
     /// CPU time (user + system) the measured process used during the measured window.
     cpu: Option<Duration>,
+    /// CPU time this process (the load generator, and the OTLP sink if any) used then.
+    own_cpu: Option<Duration>,
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
@@ -185,27 +216,53 @@ async fn closed_loop(
     dur: Duration,
     cpu_of: Option<u32>,
 ) -> Stats {
+    let mut conns = Vec::with_capacity(conc);
+    for _ in 0..conc {
+        conns.push(connect(addr).await);
+    }
+    run_slice(conns, addr, warmup, dur, cpu_of).await.1
+}
+
+type Conn = SendRequest<Full<Bytes>>;
+
+/// Drive `conns` in a closed loop for `settle` (not measured) and then `dur` (measured);
+/// hands the connections back for the next slice. A broken connection is replaced.
+async fn run_slice(
+    conns: Vec<Conn>,
+    addr: &str,
+    settle: Duration,
+    dur: Duration,
+    cpu_of: Option<u32>,
+) -> (Vec<Conn>, Stats) {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..conc {
-        let mut send = connect(addr).await;
+    let mut tasks = Vec::with_capacity(conns.len());
+    for mut send in conns {
         let (addr, measuring, stop) = (addr.to_string(), measuring.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(200_000);
+            let mut lat = Vec::with_capacity(4096);
             let mut errors = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                if send.ready().await.is_err() {
-                    errors += 1;
-                    break;
-                }
-                let ok = match send.send_request(request(&addr, None, BODY)).await {
-                    Ok(resp) => {
-                        let ok = resp.status().is_success();
-                        ok && resp.into_body().collect().await.is_ok()
-                    }
-                    Err(_) => false,
+                let ok = match send.ready().await {
+                    Ok(()) => match send.send_request(request(&addr, None, BODY)).await {
+                        Ok(resp) => {
+                            let ok = resp.status().is_success();
+                            ok && resp.into_body().collect().await.is_ok()
+                        }
+                        Err(_) => false,
+                    },
+                    Err(_) => match try_connect(&addr).await {
+                        Some(fresh) => {
+                            send = fresh;
+                            false
+                        }
+                        // The server is gone: count it and stop this client.
+                        None => {
+                            errors += 1;
+                            break;
+                        }
+                    },
                 };
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
@@ -215,30 +272,149 @@ async fn closed_loop(
                     }
                 }
             }
-            (lat, errors)
+            (send, lat, errors)
         }));
     }
-    tokio::time::sleep(warmup).await;
+    tokio::time::sleep(settle).await;
     measuring.store(true, Ordering::Relaxed);
     let cpu_before = cpu_of.and_then(cpu_time);
+    let own_before = cpu_time(std::process::id());
     let start = Instant::now();
     tokio::time::sleep(dur).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed();
     let cpu_after = cpu_of.and_then(cpu_time);
+    let own_after = cpu_time(std::process::id());
     stop.store(true, Ordering::Relaxed);
     let mut stats = Stats {
         elapsed,
         cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
+        own_cpu: own_before.zip(own_after).map(|(b, a)| a.saturating_sub(b)),
         ..Default::default()
     };
+    let mut conns = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let (lat, errors) = t.await.expect("task");
+        let (send, lat, errors) = t.await.expect("task");
+        conns.push(send);
         stats.latencies_us.extend(lat);
         stats.errors += errors;
     }
     stats.latencies_us.sort_unstable();
-    stats
+    (conns, stats)
+}
+
+/// One of the systems `--interleave` compares.
+struct Target<'a> {
+    label: &'static str,
+    addr: &'a str,
+    /// The gateway's process, whose CPU time is measured (none for direct).
+    pid: Option<u32>,
+}
+
+/// `--interleave`: the closed loop at `conc`, in slices of `slice` seconds that rotate over
+/// `targets`, `total` measured seconds each; prints each target's figures and how B compares
+/// with A slice by slice (the last two targets are A and B).
+async fn interleaved(
+    targets: &[Target<'_>],
+    conc: usize,
+    slice: Duration,
+    total: Duration,
+    sink_cpu: bool,
+) {
+    let settle = Duration::from_millis(100);
+    let rounds = ((total.as_secs_f64() / slice.as_secs_f64()).round() as usize).max(1);
+    let mut conns = Vec::with_capacity(targets.len());
+    for t in targets {
+        let mut v = Vec::with_capacity(conc);
+        for _ in 0..conc {
+            v.push(connect(t.addr).await);
+        }
+        // Warm-up.
+        let (v, _) = run_slice(v, t.addr, Duration::from_secs(1), Duration::ZERO, None).await;
+        conns.push(v);
+    }
+    let mut all: Vec<Stats> = targets.iter().map(|_| Stats::default()).collect();
+    let mut cpu: Vec<Duration> = vec![Duration::ZERO; targets.len()];
+    let mut own_cpu: Vec<Duration> = vec![Duration::ZERO; targets.len()];
+    let mut per_round: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); targets.len()];
+    for r in 0..rounds {
+        for k in 0..targets.len() {
+            let i = (r + k) % targets.len();
+            let t = &targets[i];
+            let (v, st) =
+                run_slice(std::mem::take(&mut conns[i]), t.addr, settle, slice, t.pid).await;
+            conns[i] = v;
+            per_round[i].push(st.rps());
+            cpu[i] += st.cpu.unwrap_or_default();
+            own_cpu[i] += st.own_cpu.unwrap_or_default();
+            let a = &mut all[i];
+            a.latencies_us.extend(st.latencies_us);
+            a.errors += st.errors;
+            a.elapsed += st.elapsed;
+        }
+    }
+    println!(
+        "interleaved c={conc}: {rounds} rounds, each target {:.1} s per round (+0.1 s unmeasured), order rotated",
+        slice.as_secs_f64()
+    );
+    for (i, t) in targets.iter().enumerate() {
+        let a = &mut all[i];
+        a.latencies_us.sort_unstable();
+        println!(
+            "{:<22} {:>10.0} {:>10.3} {:>10.3} {:>8}",
+            format!("{} c={conc}", t.label),
+            a.rps(),
+            a.pct(0.5),
+            a.pct(0.99),
+            a.errors
+        );
+        if !a.latencies_us.is_empty() {
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / a.latencies_us.len() as f64;
+            let gateway = if t.pid.is_some() {
+                format!("gateway {:.1}, ", per(cpu[i]))
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<22} {gateway}load generator{} {:.1} µs/request",
+                "  CPU",
+                if sink_cpu { " + sink" } else { "" },
+                per(own_cpu[i])
+            );
+        }
+    }
+    let n = targets.len();
+    if n == 3 {
+        let (d, a, b) = (&all[0], &all[1], &all[2]);
+        println!(
+            "{:<22} {:>10} {:>10.3} {:>10.3}",
+            format!("added A c={conc}"),
+            "",
+            a.pct(0.5) - d.pct(0.5),
+            a.pct(0.99) - d.pct(0.99)
+        );
+        println!(
+            "{:<22} {:>10} {:>10.3} {:>10.3}",
+            format!("added B c={conc}"),
+            "",
+            b.pct(0.5) - d.pct(0.5),
+            b.pct(0.99) - d.pct(0.99)
+        );
+    }
+    let mut ratios: Vec<f64> = per_round[n - 1]
+        .iter()
+        .zip(&per_round[n - 2])
+        .map(|(b, a)| b / a)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let q = |p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "B/A RPS c={conc}: per round median {:.3} (quartiles {:.3}-{:.3}), all slices {:.3}",
+        q(0.5),
+        q(0.25),
+        q(0.75),
+        all[n - 1].rps() / all[n - 2].rps()
+    );
 }
 
 /// Open loop: requests are scheduled at a fixed rate; latency counts from the scheduled
@@ -386,8 +562,51 @@ fn pct(v: &[u32], p: f64) -> f64 {
     f64::from(v[((v.len() as f64 - 1.0) * p).round() as usize]) / 1000.0
 }
 
+/// A `--config-extra` file's TOML; `{workspace}` in it names this checkout (the gateway
+/// runs in a temporary folder).
+fn extra_toml(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let root = switchyard_tests::workspace_root();
+    format!(
+        "\n{}",
+        text.replace("{workspace}", &root.display().to_string())
+    )
+}
+
+fn start_gateway(bin: &std::path::Path, dir: &std::path::Path, cfg: &str, log: &str) -> Proc {
+    let cfg_path = dir.join("bench.toml");
+    std::fs::write(&cfg_path, cfg).expect("write config");
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--config"])
+        .arg(&cfg_path)
+        // The store (ledger) lives with the config, not in the caller's folder.
+        .current_dir(dir)
+        .env("SWITCHYARD_LOG", log);
+    spawn_ready(cmd, "switchyard listening on ")
+}
+
 fn main() {
     let args = Args::parse();
+    if args.interleave && args.governance {
+        eprintln!(
+            "--interleave does not combine with --governance (each gateway would need a key of its own)"
+        );
+        std::process::exit(2);
+    }
+    if (args.b_extra.is_some() || args.b_gateway.is_some()) && !args.interleave {
+        eprintln!("--b-extra and --b-gateway configure gateway B of --interleave");
+        std::process::exit(2);
+    }
+    let (sink_a, sink_b) = match (args.interleave, args.sink_for.as_str()) {
+        (false, _) | (true, "a") => (true, false),
+        (true, "b") => (false, true),
+        (true, "both") => (true, true),
+        (_, other) => {
+            eprintln!("--sink-for: expected a, b or both, got {other}");
+            std::process::exit(2);
+        }
+    };
     let mock_bin = switchyard_tests::binary("switchyard-tests", "mock-openai");
     let gw_bin = switchyard_tests::binary("switchyard", "switchyard");
 
@@ -401,12 +620,7 @@ fn main() {
         mock.addr
     );
     if let Some(extra) = &args.config_extra {
-        cfg.push('\n');
-        // `{workspace}` lets an extra file name paths in this checkout (the gateway runs in
-        // a temporary folder).
-        let text = std::fs::read_to_string(extra).expect("read --config-extra");
-        let root = switchyard_tests::workspace_root();
-        cfg.push_str(&text.replace("{workspace}", &root.display().to_string()));
+        cfg.push_str(&extra_toml(extra));
     }
     if args.governance {
         cfg.push_str(
@@ -425,14 +639,24 @@ fn main() {
             "http" => Protocol::Http,
             other => panic!("--otlp-sink: expected grpc or http, got {other}"),
         };
-        let sink = sink_rt.block_on(OtlpReceiver::start_counting(protocol));
-        cfg.push('\n');
-        cfg.push_str(&sink.config(1.0, ""));
-        sink
+        sink_rt.block_on(OtlpReceiver::start_counting(protocol))
     });
+    let mut cfg_b = cfg.clone();
+    if let Some(sink) = &sink {
+        let traced = format!("\n{}", sink.config(1.0, ""));
+        if sink_a {
+            cfg.push_str(&traced);
+        }
+        if sink_b {
+            cfg_b.push_str(&traced);
+        }
+    }
+    if let Some(extra) = &args.b_extra {
+        cfg_b.push_str(&extra_toml(extra));
+    }
     let cfg_path = dir.path().join("bench.toml");
-    std::fs::write(&cfg_path, cfg).expect("write config");
     if args.governance {
+        std::fs::write(&cfg_path, &cfg).expect("write config");
         let out = Command::new(&gw_bin)
             .args(["keys", "create", "--team", "bench", "--rpm", "1000000000"])
             .args(["--tpm", "1000000000000", "--budget-daily", "1000000000"])
@@ -446,15 +670,14 @@ fn main() {
         let _ = AUTH.set(format!("Bearer {key}"));
         println!("governance: on (key + team limits, budgets, prices, ledger)");
     }
-    let mut gw_cmd = Command::new(gw_bin);
-    gw_cmd
-        .args(["serve", "--config"])
-        .arg(&cfg_path)
-        // The store (ledger) lives with the config, not in the caller's folder.
-        .current_dir(dir.path())
-        .env("SWITCHYARD_LOG", &args.gateway_log);
-    let gw = spawn_ready(gw_cmd, "switchyard listening on ");
+    let gw = start_gateway(&gw_bin, dir.path(), &cfg, &args.gateway_log);
     let gw_pid = gw.child.id();
+    // Gateway B of `--interleave`, in a folder (and so with a ledger) of its own.
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    let gw_b = args.interleave.then(|| {
+        let bin = args.b_gateway.as_ref().unwrap_or(&gw_bin);
+        start_gateway(bin, dir_b.path(), &cfg_b, &args.gateway_log)
+    });
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -473,6 +696,46 @@ fn main() {
         "phase", "RPS", "p50 ms", "p99 ms", "errors"
     );
     rt.block_on(async {
+        if let Some(b) = &gw_b {
+            let mut targets = Vec::new();
+            if !args.gateway_only {
+                targets.push(Target {
+                    label: "direct",
+                    addr: &mock.addr,
+                    pid: None,
+                });
+            }
+            targets.push(Target {
+                label: "gateway A",
+                addr: &gw.addr,
+                pid: Some(gw_pid),
+            });
+            targets.push(Target {
+                label: "gateway B",
+                addr: &b.addr,
+                pid: Some(b.child.id()),
+            });
+            let traced = |on: bool| match (&sink, on) {
+                (Some(s), true) => format!(" + OTLP export ({:?}, sampling 1.0)", s.protocol),
+                _ => String::new(),
+            };
+            println!("A = the gateway{}", traced(sink_a));
+            println!(
+                "B = {}{}{}",
+                args.b_gateway
+                    .as_ref()
+                    .map_or("the same gateway".to_string(), |p| p.display().to_string()),
+                traced(sink_b),
+                args.b_extra
+                    .as_ref()
+                    .map_or(String::new(), |f| format!(" + {}", f.display()))
+            );
+            for &c in &args.concurrency {
+                let slice = Duration::from_secs_f64(args.slice);
+                interleaved(&targets, c, slice, dur, sink.is_some()).await;
+            }
+            return;
+        }
         for &c in &args.concurrency {
             let direct = if args.gateway_only {
                 None
