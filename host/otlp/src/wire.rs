@@ -37,7 +37,8 @@ pub fn head_room(resource_len: usize) -> usize {
 /// scope spans, whose lengths are known only at the end), and [`ScopeBatch::into_body`]
 /// writes the envelope into that room, right-aligned; the body is the buffer from there on.
 /// So the batch, hundreds of kilobytes at full load, is written once and never moved, where
-/// [`encode_request`]'s in-place lengths would move it once per enclosing message.
+/// the in-place lengths of the reference encoding (`encode_request`, in the tests) would move
+/// it once per enclosing message.
 #[derive(Debug)]
 pub struct ScopeBatch {
     buf: Vec<u8>,

@@ -4,9 +4,10 @@
 //! 1. [`authenticate`] before the body is read: the caller's virtual key (401 otherwise);
 //! 2. [`admit`] once the request is parsed and routed, before any upstream sees it: tags,
 //!    the token and cost estimate, and the rate-limit and budget reservation (429 otherwise);
-//! 3. [`settle`] / [`stream_settler`] when the answer ends, however it ends (complete, error,
-//!    end of stream, client gone): the ledger row with the real usage (or an estimate, marked
-//!    as such) and the correction of the reservations to the real tokens and cost.
+//! 3. [`settle`] (through a [`settler`] captured for streams) when the answer ends, however
+//!    it ends (complete, error, end of stream, client gone): the ledger row with the real
+//!    usage (or an estimate, marked as such) and the correction of the reservations to the
+//!    real tokens and cost.
 //!
 //! Token estimates where an upstream reports no usage: the prompt counted with the model's
 //! tokenizer for OpenAI models, else `ceil(bytes / 4)` of the body sent upstream (see

@@ -4,7 +4,7 @@
 //!
 //! The writer owns its SQLite connection (WAL, so `switchyard shadow report` and the
 //! governance ledger can read and write the same file meanwhile). It blocks for the first
-//! pair, then takes whatever else arrived within [`BATCH_WINDOW`] (up to [`BATCH_MAX`])
+//! pair, then takes whatever else arrived within `BATCH_WINDOW` (up to `BATCH_MAX`)
 //! and writes them in one transaction: one fsync per batch instead of per pair.
 
 use std::path::{Path, PathBuf};
