@@ -208,6 +208,29 @@ impl Stats {
     }
 }
 
+/// One line of the results table: requests/s, p50, p99, errors.
+fn print_row(label: &str, s: &Stats) {
+    println!(
+        "{:<22} {:>10.0} {:>10.3} {:>10.3} {:>8}",
+        label,
+        s.rps(),
+        s.pct(0.5),
+        s.pct(0.99),
+        s.errors
+    );
+}
+
+/// What the gateway added to the direct latency, p50 and p99.
+fn print_added(label: &str, via: &Stats, direct: &Stats) {
+    println!(
+        "{:<22} {:>10} {:>10.3} {:>10.3}",
+        label,
+        "",
+        via.pct(0.5) - direct.pct(0.5),
+        via.pct(0.99) - direct.pct(0.99)
+    );
+}
+
 /// Closed loop: `conc` clients each send the next request as soon as the last answered.
 async fn closed_loop(
     addr: &str,
@@ -362,14 +385,7 @@ async fn interleaved(
     for (i, t) in targets.iter().enumerate() {
         let a = &mut all[i];
         a.latencies_us.sort_unstable();
-        println!(
-            "{:<22} {:>10.0} {:>10.3} {:>10.3} {:>8}",
-            format!("{} c={conc}", t.label),
-            a.rps(),
-            a.pct(0.5),
-            a.pct(0.99),
-            a.errors
-        );
+        print_row(&format!("{} c={conc}", t.label), a);
         if !a.latencies_us.is_empty() {
             let per = |d: Duration| d.as_secs_f64() * 1e6 / a.latencies_us.len() as f64;
             let gateway = if t.pid.is_some() {
@@ -387,21 +403,10 @@ async fn interleaved(
     }
     let n = targets.len();
     if n == 3 {
-        let (d, a, b) = (&all[0], &all[1], &all[2]);
-        println!(
-            "{:<22} {:>10} {:>10.3} {:>10.3}",
-            format!("added A c={conc}"),
-            "",
-            a.pct(0.5) - d.pct(0.5),
-            a.pct(0.99) - d.pct(0.99)
-        );
-        println!(
-            "{:<22} {:>10} {:>10.3} {:>10.3}",
-            format!("added B c={conc}"),
-            "",
-            b.pct(0.5) - d.pct(0.5),
-            b.pct(0.99) - d.pct(0.99)
-        );
+        let d = &all[0];
+        for (name, g) in [("A", &all[1]), ("B", &all[2])] {
+            print_added(&format!("added {name} c={conc}"), g, d);
+        }
     }
     let mut ratios: Vec<f64> = per_round[n - 1]
         .iter()
@@ -746,23 +751,9 @@ fn main() {
             };
             let via = closed_loop(&gw.addr, c, warmup, dur, Some(gw_pid)).await;
             if let Some(d) = &direct {
-                println!(
-                    "{:<22} {:>10.0} {:>10.3} {:>10.3} {:>8}",
-                    format!("direct  c={c}"),
-                    d.rps(),
-                    d.pct(0.5),
-                    d.pct(0.99),
-                    d.errors
-                );
+                print_row(&format!("direct  c={c}"), d);
             }
-            println!(
-                "{:<22} {:>10.0} {:>10.3} {:>10.3} {:>8}",
-                format!("gateway c={c}"),
-                via.rps(),
-                via.pct(0.5),
-                via.pct(0.99),
-                via.errors
-            );
+            print_row(&format!("gateway c={c}"), &via);
             if let Some(cpu) = via.cpu
                 && !via.latencies_us.is_empty()
             {
@@ -773,13 +764,7 @@ fn main() {
                 );
             }
             if let Some(d) = &direct {
-                println!(
-                    "{:<22} {:>10} {:>10.3} {:>10.3}",
-                    format!("added   c={c}"),
-                    "",
-                    via.pct(0.5) - d.pct(0.5),
-                    via.pct(0.99) - d.pct(0.99)
-                );
+                print_added(&format!("added   c={c}"), &via, d);
             }
         }
         for &r in &args.rates {
@@ -790,31 +775,11 @@ fn main() {
             };
             let via = open_loop(&gw.addr, r, dur).await;
             if let Some(d) = &direct {
-                println!(
-                    "{:<22} {:>10.0} {:>10.3} {:>10.3} {:>8}",
-                    format!("direct  {r}/s"),
-                    d.rps(),
-                    d.pct(0.5),
-                    d.pct(0.99),
-                    d.errors
-                );
+                print_row(&format!("direct  {r}/s"), d);
             }
-            println!(
-                "{:<22} {:>10.0} {:>10.3} {:>10.3} {:>8}",
-                format!("gateway {r}/s"),
-                via.rps(),
-                via.pct(0.5),
-                via.pct(0.99),
-                via.errors
-            );
+            print_row(&format!("gateway {r}/s"), &via);
             if let Some(d) = &direct {
-                println!(
-                    "{:<22} {:>10} {:>10.3} {:>10.3}",
-                    format!("added   {r}/s"),
-                    "",
-                    via.pct(0.5) - d.pct(0.5),
-                    via.pct(0.99) - d.pct(0.99)
-                );
+                print_added(&format!("added   {r}/s"), &via, d);
             }
         }
         if args.stream_concurrency > 0 {
