@@ -70,6 +70,8 @@ struct Store {
     spans: Mutex<Vec<ReceivedSpan>>,
     count: AtomicU64,
     requests: AtomicU64,
+    /// Encoded bytes of the export requests (the counting sink's messages).
+    bytes: AtomicU64,
 }
 
 impl Store {
@@ -295,6 +297,11 @@ impl OtlpReceiver {
         self.store.requests.load(Ordering::Relaxed)
     }
 
+    /// Encoded bytes received by the counting sink (protobuf messages, without framing).
+    pub fn bytes_received(&self) -> u64 {
+        self.store.bytes.load(Ordering::Relaxed)
+    }
+
     /// Wait until `done` holds for the spans received so far; those spans, or a panic
     /// listing them.
     pub async fn wait_until(
@@ -370,6 +377,9 @@ async fn count_export(
     match count_spans(message) {
         Some(n) => {
             store.requests.fetch_add(1, Ordering::Relaxed);
+            store
+                .bytes
+                .fetch_add(message.len() as u64, Ordering::Relaxed);
             store.count.fetch_add(n, Ordering::Relaxed);
             let h = resp.headers_mut();
             match protocol {

@@ -44,7 +44,7 @@ struct Args {
     /// Closed-loop concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "8,64")]
     concurrency: Vec<usize>,
-    /// Open-loop request rates (requests/s).
+    /// Open-loop request rates (requests/s; 0 skips the open-loop phases).
     #[arg(long, value_delimiter = ',', default_value = "2000,5000")]
     rates: Vec<u64>,
     /// Concurrent streams for the streaming phase (0 skips it).
@@ -593,8 +593,30 @@ fn start_gateway(bin: &std::path::Path, dir: &std::path::Path, cfg: &str, log: &
     spawn_ready(cmd, "switchyard listening on ")
 }
 
+/// Why the numbers given cannot be measured, if they cannot (clap checked their types).
+fn check_numbers(args: &Args) -> Result<(), String> {
+    let seconds = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 && v < 1e6 {
+            Ok(())
+        } else {
+            Err(format!("--{name}: expected seconds above 0, got {v}"))
+        }
+    };
+    seconds("duration", args.duration)?;
+    seconds("slice", args.slice)?;
+    if args.concurrency.contains(&0) {
+        return Err("--concurrency: each level must be at least 1 client".into());
+    }
+    Ok(())
+}
+
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Err(e) = check_numbers(&args) {
+        eprintln!("{e}");
+        std::process::exit(2);
+    }
+    args.rates.retain(|&r| r > 0);
     if args.interleave && args.governance {
         eprintln!(
             "--interleave does not combine with --governance (each gateway would need a key of its own)"
@@ -809,11 +831,13 @@ fn main() {
     if let Some(sink) = &sink {
         // Let the last batch arrive before reading the count.
         std::thread::sleep(Duration::from_millis(1500));
+        let spans = sink.span_count();
         println!(
-            "OTLP sink ({:?}): {} spans received in {} export calls",
+            "OTLP sink ({:?}): {} spans received in {} export calls, {} bytes a span",
             sink.protocol,
-            sink.span_count(),
-            sink.export_requests()
+            spans,
+            sink.export_requests(),
+            sink.bytes_received() / spans.max(1)
         );
     }
     let (rss, hwm) = rss_kib(gw_pid);
