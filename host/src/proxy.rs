@@ -526,7 +526,7 @@ async fn exchange(
         tel,
         endpoint,
         &target.backend.name,
-        &url.base,
+        &url.peer,
         &model,
         telemetry::request_params(tel, request, endpoint),
     );

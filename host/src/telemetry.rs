@@ -113,13 +113,20 @@ impl LogFormat {
 /// OpenTelemetry specification as the SDK implements it.
 struct Tracing {
     /// Where finished spans go: the export queue, or a caller's processor.
-    processor: Box<dyn SpanProcessor>,
+    sink: SpanSink,
     /// `[telemetry] sample_ratio`, as the bound on the trace id's random bits.
     sample_bound: u64,
     scope: InstrumentationScope,
     capture_content: bool,
     /// The export task (absent with a caller's own processor).
     pipeline: Option<switchyard_otlp::Pipeline>,
+}
+
+/// The export queue is called directly, with the record by reference: it encodes the span
+/// and is done with it, so the record is neither moved again nor passed through a vtable.
+enum SpanSink {
+    Queue(switchyard_otlp::QueueProcessor),
+    Custom(Box<dyn SpanProcessor>),
 }
 
 static TRACING: OnceLock<Tracing> = OnceLock::new();
@@ -200,7 +207,7 @@ pub fn init(
         switchyard_otlp::Pipeline::start(exporter, Arc::new(GatewayExport(metrics)))
             .map_err(|e| format!("telemetry: cannot start the OTLP export thread: {e}"))?;
     install(
-        processor,
+        SpanSink::Queue(processor),
         resource,
         s.sample_ratio,
         s.capture_content,
@@ -224,20 +231,28 @@ pub fn init_with_processor(
     capture_content: bool,
 ) -> Result<(), String> {
     let resource = Resource::builder().with_service_name("switchyard").build();
-    install(processor, resource, sample_ratio, capture_content, None)
+    install(
+        SpanSink::Custom(Box::new(processor)),
+        resource,
+        sample_ratio,
+        capture_content,
+        None,
+    )
 }
 
 fn install(
-    mut processor: impl SpanProcessor + 'static,
+    mut sink: SpanSink,
     resource: Resource,
     sample_ratio: f64,
     capture_content: bool,
     pipeline: Option<switchyard_otlp::Pipeline>,
 ) -> Result<(), String> {
-    processor.set_resource(&resource);
+    if let SpanSink::Custom(p) = &mut sink {
+        p.set_resource(&resource);
+    }
     TRACING
         .set(Tracing {
-            processor: Box::new(processor),
+            sink,
             sample_bound: sample_bound(sample_ratio),
             scope: InstrumentationScope::builder("switchyard")
                 .with_version(env!("CARGO_PKG_VERSION"))
@@ -261,8 +276,8 @@ fn start_record(
     name: Cow<'static, str>,
     kind: SpanKind,
     attributes: Vec<KeyValue>,
-) -> SpanData {
-    switchyard_otlp::record(
+) -> Box<SpanData> {
+    Box::new(switchyard_otlp::record(
         context,
         parent,
         parent_is_remote,
@@ -270,14 +285,17 @@ fn start_record(
         name,
         attributes,
         &t.scope,
-    )
+    ))
 }
 
 /// End a span now and hand it to the processor.
-fn end_record(mut data: SpanData) {
+fn end_record(mut data: Box<SpanData>) {
     if let Some(t) = tracing_on() {
         data.end_time = SystemTime::now();
-        t.processor.on_end(data);
+        match &t.sink {
+            SpanSink::Queue(q) => q.push_ref(&data),
+            SpanSink::Custom(p) => p.on_end(*data),
+        }
     }
 }
 
@@ -287,8 +305,11 @@ pub fn capture_content() -> bool {
 }
 
 /// An open span, or nothing when tracing is off or the trace is not sampled. Ends on drop.
+///
+/// The record is boxed: it is a few hundred bytes, and the span travels (in the request's
+/// telemetry, in attempts, in the proxy's futures) by value, traced or not.
 #[derive(Debug, Default)]
-pub struct Span(Option<SpanData>);
+pub struct Span(Option<Box<SpanData>>);
 
 impl Drop for Span {
     fn drop(&mut self) {
@@ -355,7 +376,15 @@ impl Span {
 
 /// Set an attribute, replacing an earlier value of the same key (as the SDK does).
 fn set_attribute(attrs: &mut Vec<KeyValue>, kv: KeyValue) {
-    match attrs.iter_mut().find(|a| a.key == kv.key) {
+    // Nearly every key is new, so the search mostly compares unequal keys: cheap tests
+    // first (length, then the same literal, then the last byte) before comparing the text.
+    let k = kv.key.as_str();
+    let same = |a: &KeyValue| {
+        let a = a.key.as_str();
+        a.len() == k.len()
+            && (a.as_ptr() == k.as_ptr() || (a.as_bytes().last() == k.as_bytes().last() && a == k))
+    };
+    match attrs.iter_mut().find(|a| same(a)) {
         Some(old) => *old = kv,
         None => attrs.push(kv),
     }
@@ -772,22 +801,25 @@ impl Attempt {
         t: &RequestTelemetry,
         endpoint: Endpoint,
         backend: &Arc<str>,
-        backend_url: &str,
+        peer: &Peer,
         model: &Arc<str>,
         params: RequestParams<'_>,
     ) -> Attempt {
         let operation = endpoint.operation();
         let span = if t.is_tracing() {
-            let (host, port) = host_port(backend_url);
-            let mut attrs = Vec::with_capacity(10);
+            // Room for everything `succeeded` adds too, so the list never grows.
+            let mut attrs = Vec::with_capacity(16);
             attrs.push(KeyValue::new("gen_ai.operation.name", operation));
             attrs.push(KeyValue::new(
                 "gen_ai.provider.name",
-                provider_name(host, backend),
+                match peer.provider {
+                    Some(p) => Value::from(p),
+                    None => Value::from(backend.clone()),
+                },
             ));
             attrs.push(KeyValue::new("gen_ai.request.model", model.clone()));
-            attrs.push(KeyValue::new("server.address", host.to_owned()));
-            if let Some(p) = port {
+            attrs.push(KeyValue::new("server.address", peer.address.clone()));
+            if let Some(p) = peer.port {
                 attrs.push(KeyValue::new("server.port", i64::from(p)));
             }
             attrs.push(KeyValue::new("switchyard.backend", backend.clone()));
@@ -917,6 +949,29 @@ impl Attempt {
     }
 }
 
+/// What an attempt's span says about the server behind a backend URL: `server.address`,
+/// `server.port`, and the well-known `gen_ai.provider.name` of a hosted API. Worked out
+/// once, when the config is loaded, instead of parsing the URL on every request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    address: Arc<str>,
+    port: Option<u16>,
+    /// `None`: not a known hosted API; the span names the backend instead.
+    provider: Option<&'static str>,
+}
+
+impl Peer {
+    /// The peer of a backend base URL (`http://host:port/v1`).
+    pub fn of(url: &str) -> Peer {
+        let (host, port) = host_port(url);
+        Peer {
+            address: Arc::from(host),
+            port,
+            provider: known_provider(host),
+        }
+    }
+}
+
 /// Host and port of a backend base URL (`http://host:port/v1`).
 fn host_port(url: &str) -> (&str, Option<u16>) {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
@@ -935,9 +990,9 @@ fn host_port(url: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// `gen_ai.provider.name`: the well-known value for known hosted APIs, else the backend's
-/// name (a self-hosted OpenAI-compatible server has no registered provider name).
-fn provider_name(host: &str, backend: &Arc<str>) -> Value {
+/// `gen_ai.provider.name` of a known hosted API (a self-hosted OpenAI-compatible server has
+/// no registered provider name; its spans carry the backend's name instead).
+fn known_provider(host: &str) -> Option<&'static str> {
     let known = [
         ("api.openai.com", "openai"),
         (".openai.azure.com", "azure.ai.openai"),
@@ -950,10 +1005,10 @@ fn provider_name(host: &str, backend: &Arc<str>) -> Value {
     ];
     for (suffix, name) in known {
         if host == suffix.trim_start_matches('.') || host.ends_with(suffix) {
-            return Value::from(name);
+            return Some(name);
         }
     }
-    Value::from(backend.clone())
+    None
 }
 
 /// Everything one access-log line says. Written with target `access`, so
@@ -1021,13 +1076,17 @@ mod tests {
 
     #[test]
     fn provider_names() {
-        let b: Arc<str> = Arc::from("local");
-        assert_eq!(provider_name("api.openai.com", &b), Value::from("openai"));
+        assert_eq!(known_provider("api.openai.com"), Some("openai"));
         assert_eq!(
-            provider_name("myres.openai.azure.com", &b),
-            Value::from("azure.ai.openai")
+            known_provider("myres.openai.azure.com"),
+            Some("azure.ai.openai")
         );
-        assert_eq!(provider_name("10.0.0.7", &b), Value::from("local"));
+        assert_eq!(known_provider("10.0.0.7"), None);
+        let p = Peer::of("https://api.mistral.ai/v1");
+        assert_eq!(
+            (&*p.address, p.port, p.provider),
+            ("api.mistral.ai", None, Some("mistral_ai"))
+        );
     }
 
     #[test]
@@ -1071,7 +1130,7 @@ mod tests {
             &t,
             Endpoint::ChatCompletions,
             &b,
-            "http://h:1/v1",
+            &Peer::of("http://h:1/v1"),
             &b,
             RequestParams::default(),
         );

@@ -78,7 +78,7 @@ fn the_span_api_builds_one_tree_per_request() {
         &t,
         Endpoint::ChatCompletions,
         &backend,
-        "http://10.0.0.5:9001/v1",
+        &telemetry::Peer::of("http://10.0.0.5:9001/v1"),
         &model,
         RequestParams {
             max_tokens: Some(5),

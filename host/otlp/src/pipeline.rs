@@ -101,12 +101,18 @@ impl std::fmt::Debug for QueueProcessor {
 impl QueueProcessor {
     /// Queue a finished span (unsampled ones are ignored).
     pub fn push(&self, span: SpanData) {
+        self.push_ref(&span);
+    }
+
+    /// Queue a finished span the caller keeps (and frees): [`QueueProcessor::push`] without
+    /// moving the record, which is a few hundred bytes.
+    pub fn push_ref(&self, span: &SpanData) {
         if !span.span_context.is_sampled() {
             return;
         }
         let queue = |entry: &mut Vec<u8>| {
             entry.clear();
-            encode_span_entry(entry, &span);
+            encode_span_entry(entry, span);
             if self.append(entry, &span.instrumentation_scope) {
                 self.0.batch_full.notify_one();
             }

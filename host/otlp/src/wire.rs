@@ -221,7 +221,7 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
     fixed64_field(b, 7, unix_nanos(s.start_time));
     fixed64_field(b, 8, unix_nanos(s.end_time));
     for kv in &s.attributes {
-        nested(b, 9, |b| encode_kv(b, kv));
+        attribute(b, 9, kv);
     }
     uint_field(b, 10, u64::from(s.dropped_attributes_count));
     for e in s.events.iter() {
@@ -229,7 +229,7 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
             fixed64_field(b, 1, unix_nanos(e.timestamp));
             string_field(b, 2, &e.name);
             for kv in &e.attributes {
-                nested(b, 3, |b| encode_kv(b, kv));
+                attribute(b, 3, kv);
             }
             uint_field(b, 4, u64::from(e.dropped_attributes_count));
         });
@@ -240,7 +240,7 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
             let lc = &l.span_context;
             encode_context(b, lc);
             for kv in &l.attributes {
-                nested(b, 4, |b| encode_kv(b, kv));
+                attribute(b, 4, kv);
             }
             uint_field(b, 5, u64::from(l.dropped_attributes_count));
             let mut flags = u32::from(lc.trace_flags().to_u8()) | HAS_IS_REMOTE;
@@ -266,6 +266,45 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
         flags |= IS_REMOTE;
     }
     fixed32_field(b, 16, flags);
+}
+
+/// A `KeyValue` as message field `field`: what `nested(b, field, |b| encode_kv(b, kv))`
+/// writes, but for scalar and string values (nearly all attributes) with the lengths worked
+/// out first and each part written once, which halves the cost of encoding a span.
+fn attribute(b: &mut Vec<u8>, field: u32, kv: &KeyValue) {
+    // The `AnyValue` field: its tag byte, then its varint or fixed64 or length + bytes.
+    let (tag, scalar, text): (u8, u64, &[u8]) = match &kv.value {
+        Value::String(s) => (1 << 3 | 2, 0, s.as_str().as_bytes()),
+        Value::Bool(x) => (2 << 3, u64::from(*x), &[]),
+        Value::I64(x) => (3 << 3, *x as u64, &[]),
+        Value::F64(x) => (4 << 3 | 1, x.to_bits(), &[]),
+        _ => return nested(b, field, |b| encode_kv(b, kv)),
+    };
+    let any_len = 1 + match tag & 7 {
+        0 => varint_len(scalar),
+        1 => 8,
+        _ => varint_len(text.len() as u64) + text.len(),
+    };
+    let k = kv.key.as_str().as_bytes();
+    let kv_len =
+        1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(any_len as u64) + any_len;
+    b.reserve(11 + kv_len);
+    key(b, field, 2);
+    varint(b, kv_len as u64);
+    b.push(1 << 3 | 2);
+    varint(b, k.len() as u64);
+    b.extend_from_slice(k);
+    b.push(2 << 3 | 2);
+    varint(b, any_len as u64);
+    b.push(tag);
+    match tag & 7 {
+        0 => varint(b, scalar),
+        1 => b.extend_from_slice(&scalar.to_le_bytes()),
+        _ => {
+            varint(b, text.len() as u64);
+            b.extend_from_slice(text);
+        }
+    }
 }
 
 fn encode_kv(b: &mut Vec<u8>, kv: &KeyValue) {
@@ -485,6 +524,39 @@ mod tests {
                     want.len()
                 );
                 assert_eq!(&grpc[5..], &want[..]);
+            }
+        }
+    }
+
+    /// The direct attribute encoding writes what the generic nested one does, for every
+    /// value type and for lengths that need one or two length bytes at each level.
+    #[test]
+    fn attributes_equal_the_nested_encoding() {
+        let long_key = "k".repeat(140);
+        let mut kvs = Vec::new();
+        for k in ["a", "gen_ai.request.model", long_key.as_str()] {
+            for v in [
+                Value::from(""),
+                Value::from("llama-3.1-8b"),
+                Value::from("v".repeat(127)),
+                Value::from("v".repeat(300)),
+                Value::Bool(false),
+                Value::Bool(true),
+                Value::I64(0),
+                Value::I64(-1),
+                Value::I64(1 << 40),
+                Value::F64(0.3),
+                Value::Array(vec![opentelemetry::StringValue::from("stop")].into()),
+            ] {
+                kvs.push(KeyValue::new(k.to_owned(), v));
+            }
+        }
+        for kv in &kvs {
+            for field in [3, 4, 9] {
+                let (mut want, mut got) = (Vec::new(), Vec::new());
+                nested(&mut want, field, |b| encode_kv(b, kv));
+                attribute(&mut got, field, kv);
+                assert_eq!(got, want, "{kv:?} as field {field}");
             }
         }
     }

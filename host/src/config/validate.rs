@@ -137,8 +137,10 @@ impl Endpoint {
 pub struct BackendUrl {
     /// The base as configured, e.g. `http://10.0.0.5:9001/v1`.
     pub base: String,
-    /// `host:port`, for logs and `server.address`.
+    /// `host:port`, for logs.
     pub authority: String,
+    /// The server as the attempt spans describe it.
+    pub peer: crate::telemetry::Peer,
     uris: [Uri; 3],
     pub models_uri: Uri,
 }
@@ -615,6 +617,7 @@ fn backend_url(raw: &str) -> Result<BackendUrl, String> {
         ],
         models_uri: mk("/models")?,
         authority,
+        peer: crate::telemetry::Peer::of(&base),
         base,
     })
 }
