@@ -223,7 +223,7 @@ impl Pipeline {
         std::thread::Builder::new()
             .name("otlp-export".into())
             .spawn(move || {
-                lower_priority();
+                lower_thread_priority();
                 rt.block_on(task);
             })?;
         Ok((QueueProcessor(queue), Pipeline { flush: tx }))
@@ -238,14 +238,19 @@ impl Pipeline {
     }
 }
 
-/// Run the calling thread at background priority (nice 10).
-fn lower_priority() {
+/// Run the calling thread at background priority (nice 10), so its work uses the CPU the
+/// request threads leave idle. The export thread runs so, and the gateway's store writer
+/// too. `false` if the system refused (no permission): the thread keeps normal priority,
+/// which only costs requests a little latency.
+pub fn lower_thread_priority() -> bool {
     #[cfg(target_os = "linux")]
     {
-        // A failure (no permission) leaves the thread at normal priority, which only costs
-        // requests a little latency.
         // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
-        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
     }
 }
 

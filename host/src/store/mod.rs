@@ -218,22 +218,13 @@ impl Drop for Store {
     }
 }
 
-/// Run the calling thread at background priority: ledger commits then use the CPU requests
-/// leave idle instead of preempting them (on a 2-core machine a batch committed at normal
-/// priority showed up in the gateway's p99).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
-        if rc != 0 {
-            tracing::debug!("store writer: could not lower its priority");
-        }
-    }
-}
-
 fn writer_loop(mut conn: Connection, rx: Receiver<Write>, stats: Arc<StoreStats>) {
-    lower_priority();
+    // Background priority: ledger commits then use the CPU requests leave idle instead of
+    // preempting them (on a 2-core machine a batch committed at normal priority showed up in
+    // the gateway's p99).
+    if !switchyard_otlp::pipeline::lower_thread_priority() {
+        tracing::debug!("store writer: could not lower its priority");
+    }
     let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     // `recv` fails only when every sender is gone and the queue is empty: all written.
     while let Ok(first) = rx.recv() {

@@ -636,6 +636,15 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let sink_protocol = match args.otlp_sink.as_deref() {
+        None => None,
+        Some("grpc") => Some(Protocol::Grpc),
+        Some("http") => Some(Protocol::Http),
+        Some(other) => {
+            eprintln!("--otlp-sink: expected grpc or http, got {other}");
+            std::process::exit(2);
+        }
+    };
     let mock_bin = switchyard_tests::binary("switchyard-tests", "mock-openai");
     let gw_bin = switchyard_tests::binary("switchyard", "switchyard");
 
@@ -662,14 +671,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let sink = args.otlp_sink.as_deref().map(|p| {
-        let protocol = match p {
-            "grpc" => Protocol::Grpc,
-            "http" => Protocol::Http,
-            other => panic!("--otlp-sink: expected grpc or http, got {other}"),
-        };
-        sink_rt.block_on(OtlpReceiver::start_counting(protocol))
-    });
+    let sink = sink_protocol.map(|p| sink_rt.block_on(OtlpReceiver::start_counting(p)));
     let mut cfg_b = cfg.clone();
     if let Some(sink) = &sink {
         let traced = format!("\n{}", sink.config(1.0, ""));
