@@ -1,8 +1,8 @@
 //! Repository automation: `cargo xtask <command>`.
 //!
-//! - `test [ARGS...]`: the test command the README and CI run. Builds the binaries the
-//!   end-to-end tests start, prepares what the tests need (the plugins), then runs
-//!   `cargo test --workspace ARGS...`.
+//! - `test [ARGS...]`: the test command the README and CI run. Prepares what the tests need
+//!   (models, plugins), builds every target of the workspace with clippy's lints as errors
+//!   (see [`lint`]), then runs `cargo test --workspace ARGS...`.
 //! - `fetch-models`: downloads the worker's test models into the model cache (see `models`).
 //! - `plugins`: builds the first-party plugins into `plugins/*.wasm`, the test fixtures into
 //!   `target/plugin-fixtures/`, and the example policies beside their sources.
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         "plugins" => plugins::build(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)\n  plugins          build plugins/*.wasm, test fixtures and example policies"
+                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, build everything with clippy's lints, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)\n  plugins          build plugins/*.wasm, test fixtures and example policies"
             );
             Ok(())
         }
@@ -55,7 +55,38 @@ pub fn root() -> PathBuf {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    // The lint wrapper below is for this workspace's own crates only; plugin workspaces
+    // built from here (and a `cargo xtask` started by a test) must not inherit it.
+    c.env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS");
     c
+}
+
+/// `clippy-driver` of the toolchain that runs us: beside `$CARGO`, where rustup and the
+/// official toolchains put it (this is how `cargo clippy` finds it too).
+fn clippy_driver() -> Option<PathBuf> {
+    let cargo = PathBuf::from(std::env::var_os("CARGO")?);
+    let driver = cargo.with_file_name(format!("clippy-driver{}", std::env::consts::EXE_SUFFIX));
+    let works = Command::new(&driver)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    works.then_some(driver)
+}
+
+/// Make `c` compile this workspace's crates with clippy's lints on and warnings denied,
+/// which is what `cargo clippy --workspace --all-targets -- -D warnings` checks.
+///
+/// Why not run `cargo clippy` first: it type-checks every dependency (about 400 crates)
+/// in check mode, whose results the real build cannot reuse, so CI's 2 cores would spend
+/// about 5 minutes on it. `clippy-driver` is a complete compiler with the lints added,
+/// so used as the workspace's compiler wrapper (how `cargo clippy` uses it) the one build
+/// the tests need also lints; dependencies are compiled once, without it.
+fn lint(c: &mut Command, driver: &Path) {
+    c.env("RUSTC_WORKSPACE_WRAPPER", driver).env(
+        "CLIPPY_ARGS",
+        "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+    );
 }
 
 fn run(mut c: Command, what: &str) -> Result<(), String> {
@@ -72,13 +103,33 @@ fn test(extra: &[String]) -> Result<(), String> {
     models::fetch_models()?;
 
     plugins::build()?;
-    // The end-to-end tests start these binaries; build them up front (the test harness
-    // would otherwise build them from inside the test run).
-    let mut build = cargo();
-    build.args(["build", "--workspace", "--bins"]);
-    run(build, "cargo build --workspace --bins")?;
 
+    let driver = clippy_driver();
+    if driver.is_none() {
+        if std::env::var("SWITCHYARD_CI").is_ok_and(|v| v == "1") {
+            return Err(
+                "clippy-driver not found beside cargo (rustup component add clippy)".into(),
+            );
+        }
+        eprintln!(
+            "xtask: clippy is not installed, testing without lints (rustup component add clippy)"
+        );
+    }
+    // Every target (tests, benches, the binaries the end-to-end tests start) in one build,
+    // linted; `cargo test` then finds them all fresh.
+    let mut build = cargo();
+    build.args(["build", "--workspace", "--all-targets"]);
     let mut t = cargo();
     t.args(["test", "--workspace"]).args(extra);
+    if let Some(d) = &driver {
+        lint(&mut build, d);
+        // The same wrapper for the test run, and so for the tests' own `cargo build` of the
+        // binaries (which then finds them fresh instead of rebuilding without it).
+        lint(&mut t, d);
+    }
+    run(
+        build,
+        "cargo build --workspace --all-targets (with clippy's lints)",
+    )?;
     run(t, "cargo test --workspace")
 }
