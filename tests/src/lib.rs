@@ -59,11 +59,15 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
             cmd.args(["-p", package, "--bin", name]);
         }
         // Cargo sets per-package variables for the test process; some build scripts (ring's)
-        // track them, so passing them on would rebuild dependencies on every run.
+        // track them, so passing them on would rebuild dependencies on every run. Settings
+        // that are part of a build's fingerprint (the target folder, incremental, profile
+        // overrides) pass on, or the binaries just built would be rebuilt.
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            let keep = matches!(k.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR")
-                || k.starts_with("CARGO_BUILD_")
+            let keep = matches!(
+                k.as_ref(),
+                "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_INCREMENTAL"
+            ) || k.starts_with("CARGO_BUILD_")
                 || k.starts_with("CARGO_REGISTRIES_")
                 || k.starts_with("CARGO_NET_")
                 || k.starts_with("CARGO_PROFILE_");
