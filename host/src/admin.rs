@@ -8,8 +8,10 @@
 //! ```
 //!
 //! The token is read from the environment variable named by `[admin] token_env`; without
-//! `[admin]` the API is off and answers 403 saying how to turn it on. The comparison is
-//! constant-time so the token cannot be guessed byte by byte from response times.
+//! `[admin]` the API is off and answers 403 saying how to turn it on. Only the token's
+//! SHA-256 is kept, and requests are checked by comparing digests (`auth::authenticate_admin`,
+//! shared with the governance endpoints), so response times say nothing about the token's
+//! bytes.
 //! `switchyard rollback` and `switchyard reload` are thin clients of this API.
 
 use std::path::PathBuf;
@@ -46,7 +48,8 @@ pub struct AdminSection {
 /// `[admin]`, validated.
 #[derive(Clone)]
 pub struct AdminSettings {
-    token: Option<String>,
+    /// SHA-256 of the token; `None` when the variable is unset or too short (reported).
+    token_sha256: Option<[u8; 32]>,
     pub keep_versions: usize,
     pub watch: bool,
 }
@@ -55,7 +58,7 @@ impl std::fmt::Debug for AdminSettings {
     // Hand-written so the token never reaches a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminSettings")
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token_sha256.map(|_| "<redacted>"))
             .field("keep_versions", &self.keep_versions)
             .field("watch", &self.watch)
             .finish()
@@ -65,11 +68,11 @@ impl std::fmt::Debug for AdminSettings {
 impl AdminSettings {
     pub fn from_section(s: Option<&AdminSection>, problems: &mut Vec<Problem>) -> Option<Self> {
         let s = s?;
-        let token = s
+        let token_sha256 = s
             .token_env
             .as_deref()
             .and_then(|var| match std::env::var(var) {
-                Ok(v) if v.trim().len() >= 16 => Some(v.trim().to_string()),
+                Ok(v) if v.trim().len() >= 16 => Some(crate::auth::sha256(v.trim().as_bytes())),
                 Ok(_) => {
                     problems.push(Problem::new(
                         "admin.token_env",
@@ -97,40 +100,23 @@ impl AdminSettings {
             ));
         }
         Some(AdminSettings {
-            token,
+            token_sha256,
             keep_versions,
             watch: s.watch.unwrap_or(true),
         })
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+impl AdminSettings {
+    /// The token's digest, `None` when the admin API is off.
+    pub fn token_sha256(&self) -> Option<&[u8; 32]> {
+        self.token_sha256.as_ref()
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(gw: &Gateway, req: &Request<hyper::body::Incoming>) -> Result<(), GatewayError> {
-    let rt = gw.runtime();
-    let Some(token) = rt.admin.as_ref().and_then(|a| a.token.as_ref()) else {
-        return Err(GatewayError::Forbidden(
-            "the admin API is off: set [admin] token_env to the name of an environment variable holding a token".into(),
-        ));
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(GatewayError::Unauthorized("invalid admin token".into())),
-        None => Err(GatewayError::Unauthorized(
-            "the admin API needs Authorization: Bearer <token>".into(),
-        )),
-    }
+/// The admin token's digest in force, `None` when the admin API is off.
+pub fn token_sha256(rt: &crate::config::Runtime) -> Option<&[u8; 32]> {
+    rt.admin.as_ref().and_then(AdminSettings::token_sha256)
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<GatewayBody> {
@@ -167,7 +153,8 @@ pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<hyper::body::Incoming>,
 ) -> Response<GatewayBody> {
-    if let Err(e) = authorize(&gw, &req) {
+    if let Err(e) = crate::auth::authenticate_admin(req.headers(), token_sha256(&gw.runtime())) {
+        tracing::info!(path = %req.uri().path(), kind = e.kind(), "admin request refused");
         return e.to_response();
     }
     let path = req.uri().path().to_string();

@@ -349,7 +349,9 @@ pub fn authenticate(
     Ok(Some(rec.clone()))
 }
 
-/// Check the admin token (`[admin] token_env`) on an `/admin/*` request.
+/// Check the admin token (`[admin] token_env`) on an `/admin/*` request: the one check
+/// for every admin endpoint (traffic and governance). `expected_sha256` is `None` when the
+/// admin API is off.
 pub fn authenticate_admin(
     headers: &HeaderMap,
     expected_sha256: Option<&[u8; 32]>,
@@ -357,7 +359,10 @@ pub fn authenticate_admin(
     let Some(expected) = expected_sha256 else {
         return Err(GatewayError::AdminDisabled);
     };
-    let token = bearer(headers)?.ok_or(GatewayError::AuthMissing)?;
+    let token = match bearer(headers) {
+        Ok(Some(t)) => t,
+        Ok(None) | Err(_) => return Err(GatewayError::AdminTokenMissing),
+    };
     // Comparing digests keeps the comparison's timing independent of the secret's bytes.
     if &sha256(token.as_bytes()) == expected {
         Ok(())

@@ -65,7 +65,8 @@ enum ShadowCommand {
         /// Only pairs since T: 30m, 2h, 7d, unix seconds, or YYYY-MM-DD[THH:MM:SSZ].
         #[arg(long, value_name = "T")]
         since: Option<String>,
-        /// Model price for cost deltas, USD per million tokens (repeatable).
+        /// Model price for cost deltas, USD per million tokens (repeatable); overrides the
+        /// config's `[[prices]]` for that model name.
         #[arg(long, value_name = "MODEL=IN,OUT")]
         price: Vec<String>,
         /// Print JSON instead of text.
@@ -345,7 +346,15 @@ fn print_summary(rt: &Runtime) {
             }
         );
     }
-    println!("governance: {}", rt.governance.summary());
+    println!(
+        "governance: {}, admin API {}",
+        rt.governance.summary(),
+        if crate::admin::token_sha256(rt).is_some() {
+            "on"
+        } else {
+            "off"
+        }
+    );
     if let Some(s) = &rt.state {
         println!(
             "state: {}{}",

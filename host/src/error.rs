@@ -86,10 +86,6 @@ pub enum GatewayError {
     PinNotAllowed { route: String },
     #[error("x-switchyard-target names no backend \"{0}\"")]
     PinUnknownBackend(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
     /// A plugin call failed and `[plugins] on_error = "reject"`.
     #[error("plugin `{plugin}` failed at stage {stage} ({detail})")]
     PluginFailed {
@@ -114,8 +110,14 @@ pub enum GatewayError {
     AuthUnknown,
     #[error("The API key {key_id} has been revoked")]
     AuthRevoked { key_id: String },
-    #[error("the admin API is disabled: set [admin] token_env and that environment variable")]
+    #[error(
+        "the admin API is off: set [admin] token_env to the name of an environment variable holding a token of at least 16 characters"
+    )]
     AdminDisabled,
+    #[error(
+        "the admin API needs 'Authorization: Bearer <token>', with the token from the environment variable named by [admin] token_env"
+    )]
+    AdminTokenMissing,
     #[error("Incorrect admin token")]
     AdminUnauthorized,
     #[error(
@@ -163,13 +165,15 @@ impl GatewayError {
             UpstreamError { status, .. } => *status,
             Saturated { .. } | CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AnswerRejected { .. } => StatusCode::BAD_GATEWAY,
-            PinNotAllowed { .. } | Forbidden(_) => StatusCode::FORBIDDEN,
+            PinNotAllowed { .. } => StatusCode::FORBIDDEN,
             PinUnknownBackend(_) => StatusCode::BAD_REQUEST,
-            Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ShuttingDown | LimitsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AuthMissing | AuthMalformed | AuthUnknown | AuthRevoked { .. } | AdminUnauthorized => {
-                StatusCode::UNAUTHORIZED
-            }
+            AuthMissing
+            | AuthMalformed
+            | AuthUnknown
+            | AuthRevoked { .. }
+            | AdminTokenMissing
+            | AdminUnauthorized => StatusCode::UNAUTHORIZED,
             AdminDisabled => StatusCode::FORBIDDEN,
             RateLimited { .. } | BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             PluginFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -192,8 +196,7 @@ impl GatewayError {
             | NotFound { .. }
             | MethodNotAllowed { .. }
             | PinUnknownBackend(_) => "invalid_request_error",
-            PinNotAllowed { .. } | Forbidden(_) => "permission_error",
-            Unauthorized(_) => "authentication_error",
+            PinNotAllowed { .. } | AdminDisabled => "permission_error",
             AnswerRejected { .. } => "upstream_error",
             Saturated { .. } | CircuitOpen { .. } => "server_error",
             UpstreamConnect { .. }
@@ -207,7 +210,7 @@ impl GatewayError {
             | AuthMalformed
             | AuthUnknown
             | AuthRevoked { .. }
-            | AdminDisabled
+            | AdminTokenMissing
             | AdminUnauthorized => "invalid_request_error",
             RateLimited { what, .. } => what,
             BudgetExceeded { .. } => "insufficient_quota",
@@ -236,12 +239,12 @@ impl GatewayError {
             AnswerRejected { .. } => "answer_rejected",
             PinNotAllowed { .. } => "pin_not_allowed",
             PinUnknownBackend(_) => "unknown_backend",
-            Unauthorized(_) => "invalid_admin_token",
             ShuttingDown => "shutting_down",
             AuthMissing => "missing_api_key",
             AuthMalformed | AuthUnknown => "invalid_api_key",
             AuthRevoked { .. } => "revoked_api_key",
             AdminDisabled => "admin_disabled",
+            AdminTokenMissing => "missing_admin_token",
             AdminUnauthorized => "invalid_admin_token",
             RateLimited { .. } => "rate_limit_exceeded",
             BudgetExceeded { .. } => "budget_exceeded",
@@ -281,13 +284,12 @@ impl GatewayError {
             CircuitOpen { .. } => "circuit_open",
             AnswerRejected { .. } => "answer_rejected",
             PinNotAllowed { .. } | PinUnknownBackend(_) => "bad_pin",
-            Unauthorized(_) | Forbidden(_) => "admin_denied",
             ShuttingDown => "shutting_down",
             PluginFailed { .. } => "plugin_failed",
             PluginRejected { .. } => "answer_rejected",
             Internal(_) => "internal",
             AuthMissing | AuthMalformed | AuthUnknown | AuthRevoked { .. } => "unauthorized",
-            AdminDisabled | AdminUnauthorized => "admin_unauthorized",
+            AdminDisabled | AdminTokenMissing | AdminUnauthorized => "admin_unauthorized",
             RateLimited { .. } => "rate_limited",
             BudgetExceeded { .. } => "budget_exceeded",
             LimitsUnavailable(_) => "limits_unavailable",

@@ -44,9 +44,7 @@ fn bad(msg: String) -> Response<GatewayBody> {
 /// Serve one `/admin/*` request.
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBody> {
     let rt = gw.runtime();
-    if let Err(e) =
-        auth::authenticate_admin(req.headers(), rt.governance.admin_token_sha256.as_ref())
-    {
+    if let Err(e) = auth::authenticate_admin(req.headers(), crate::admin::token_sha256(&rt)) {
         tracing::info!(path = %req.uri().path(), kind = e.kind(), "admin request refused");
         return e.to_response();
     }

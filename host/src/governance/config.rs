@@ -112,9 +112,6 @@ pub struct GovConfig {
     pub auth_required: bool,
     pub allow_unauthenticated: bool,
     pub reserve_tokens: u64,
-    /// SHA-256 of the admin token (the token itself is not kept).
-    pub admin_token_sha256: Option<[u8; 32]>,
-    pub admin_token_env: Option<String>,
     pub teams: HashMap<String, Limits>,
     prices: HashMap<(String, String), Price>,
     baselines: HashMap<String, Price>,
@@ -132,7 +129,7 @@ impl GovConfig {
     /// One line for `switchyard check`.
     pub fn summary(&self) -> String {
         format!(
-            "client auth {}, {} team(s) with limits, {} price(s), {} route baseline(s), admin API {}",
+            "client auth {}, {} team(s) with limits, {} price(s), {} route baseline(s)",
             if self.auth_required {
                 "required"
             } else {
@@ -141,11 +138,6 @@ impl GovConfig {
             self.teams.len(),
             self.prices.len(),
             self.baselines.len(),
-            if self.admin_token_sha256.is_some() {
-                "on"
-            } else {
-                "off"
-            }
         )
     }
 
@@ -193,17 +185,6 @@ fn price(
 pub fn validate(file: &ConfigFile, problems: &mut Vec<Problem>) -> GovConfig {
     let auth = file.auth.clone().unwrap_or_default();
     let reserve_tokens = auth.reserve_tokens.unwrap_or(DEFAULT_RESERVE_TOKENS);
-    let mut admin_token_sha256 = None;
-    let mut admin_token_env = None;
-    // `crate::admin` reports a missing or short token; here only its hash is kept.
-    if let Some(var) = file.admin.as_ref().and_then(|a| a.token_env.as_deref()) {
-        admin_token_env = Some(var.to_string());
-        if let Ok(v) = std::env::var(var)
-            && v.trim().len() >= 16
-        {
-            admin_token_sha256 = Some(crate::auth::sha256(v.trim().as_bytes()));
-        }
-    }
 
     let mut teams = HashMap::new();
     for (i, t) in file.teams.iter().enumerate() {
@@ -291,8 +272,6 @@ pub fn validate(file: &ConfigFile, problems: &mut Vec<Problem>) -> GovConfig {
         auth_required: auth.required.unwrap_or(false),
         allow_unauthenticated: auth.allow_unauthenticated.unwrap_or(false),
         reserve_tokens,
-        admin_token_sha256,
-        admin_token_env,
         teams,
         prices,
         baselines,

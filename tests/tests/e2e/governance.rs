@@ -307,6 +307,29 @@ fn refuses_to_listen_beyond_loopback_without_client_auth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_section_every_admin_endpoint_says_it_is_off() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&config_with(
+        &mock.url(),
+        "[[routes]]\nmodel = \"*\"\ntargets = [{ backend = \"mock\" }]\n",
+    ));
+    // No `[admin]`: every admin endpoint says the API is off and how to turn it on.
+    let c = Client::new();
+    for path in ["/admin/keys", "/admin/breakers"] {
+        let r = c
+            .send(
+                Method::GET,
+                &gw.url(path),
+                "",
+                &[("authorization", "Bearer some-token-of-enough-length")],
+            )
+            .await;
+        assert_openai_error(&r, 403, "admin_disabled");
+        assert!(r.text().contains("[admin] token_env"), "{}", r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_creates_lists_and_revokes_keys() {
     let mock = MockUpstream::start().await;
     let text = config_with(
@@ -325,17 +348,38 @@ targets = [{ backend = "mock" }]
     let admin = bearer(ADMIN_TOKEN);
     let keys_url = gw.url("/admin/keys");
 
-    let r = c.send(Method::GET, &keys_url, "", &[]).await;
-    assert_eq!(r.status, 401);
+    // One token check for every admin endpoint, governance (`/admin/keys`) and traffic
+    // (`/admin/breakers`) alike: the same answers for no token and a wrong one.
+    for url in [keys_url.clone(), gw.url("/admin/breakers")] {
+        let r = c.send(Method::GET, &url, "", &[]).await;
+        assert_openai_error(&r, 401, "missing_admin_token");
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("[admin] token_env"),
+            "{}",
+            r.text()
+        );
+        let r = c
+            .send(
+                Method::GET,
+                &url,
+                "",
+                &[("authorization", "Bearer not-the-token")],
+            )
+            .await;
+        assert_openai_error(&r, 401, "invalid_admin_token");
+    }
     let r = c
         .send(
             Method::GET,
-            &keys_url,
+            &gw.url("/admin/breakers"),
             "",
-            &[("authorization", "Bearer not-the-token")],
+            &[("authorization", &admin)],
         )
         .await;
-    assert_openai_error(&r, 401, "invalid_admin_token");
+    assert_eq!(r.status, 200, "{}", r.text());
 
     let r = c
         .send(
