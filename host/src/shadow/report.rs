@@ -101,8 +101,37 @@ fn pct(v: &mut [f64], p: f64) -> Option<f64> {
     Some(v[((v.len() as f64 - 1.0) * p).round() as usize])
 }
 
-/// Prices in USD per million tokens, by model: (input, output).
-pub type Prices = HashMap<String, (f64, f64)>;
+/// Prices in USD per million tokens, (input, output), for the report's cost lines: a
+/// `--price MODEL=IN,OUT` for that model name wins, else the config's `[[prices]]` entry for
+/// the backend and model (the one the ledger uses), so a configured gateway needs no flags.
+#[derive(Debug, Default)]
+pub struct Prices {
+    by_model: HashMap<String, (f64, f64)>,
+    config: Option<crate::governance::config::GovConfig>,
+}
+
+impl Prices {
+    /// Prices from the config's `[[prices]]`.
+    pub fn from_config(config: crate::governance::config::GovConfig) -> Prices {
+        Prices {
+            config: Some(config),
+            ..Prices::default()
+        }
+    }
+
+    /// A `--price` for `model` on any backend.
+    pub fn set_model(&mut self, model: impl Into<String>, input_per_1m: f64, output_per_1m: f64) {
+        self.by_model
+            .insert(model.into(), (input_per_1m, output_per_1m));
+    }
+
+    fn get(&self, backend: &str, model: &str) -> Option<(f64, f64)> {
+        self.by_model.get(model).copied().or_else(|| {
+            let p = self.config.as_ref()?.price(backend, model)?;
+            Some((p.input_per_1m, p.output_per_1m))
+        })
+    }
+}
 
 /// Compute the report from a store file.
 pub fn compute(
@@ -116,7 +145,7 @@ pub fn compute(
                 primary_model, shadow_model, stream, agree, exact_match, json_equal, similarity,
                 shadow_error, validate_verdict, primary_latency_ms, shadow_latency_ms,
                 primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens,
-                shadow_completion_tokens
+                shadow_completion_tokens, primary_backend, shadow_backend
          FROM shadow_pairs WHERE ts_ms >= ?1 AND (?2 IS NULL OR route = ?2) ORDER BY id",
     )?;
     let mut by: Vec<RouteReport> = Vec::new();
@@ -183,10 +212,11 @@ pub fn compute(
         rep.primary_completion_tokens += pc;
         rep.shadow_prompt_tokens += sp;
         rep.shadow_completion_tokens += sc;
-        if let Some((i, o)) = prices.get(&pm) {
+        let (pb, sb): (String, String) = (r.get(18)?, r.get(19)?);
+        if let Some((i, o)) = prices.get(&pb, &pm) {
             *rep.primary_cost_usd.get_or_insert(0.0) += (pp as f64 * i + pc as f64 * o) / 1e6;
         }
-        if let Some((i, o)) = prices.get(&sm) {
+        if let Some((i, o)) = prices.get(&sb, &sm) {
             *rep.shadow_cost_usd.get_or_insert(0.0) += (sp as f64 * i + sc as f64 * o) / 1e6;
         }
     }
@@ -278,7 +308,12 @@ pub fn print(path: &std::path::Path, since: Option<&str>, reports: &[RouteReport
                 if a > 0.0 { 100.0 * (b - a) / a } else { 0.0 }
             ),
             _ => println!(
-                "  cost: pass --price MODEL=IN,OUT (USD per million tokens) for both models"
+                "  cost: no price for {}: add it to the config's [[prices]] or pass --price MODEL=IN,OUT (USD per million tokens)",
+                match (r.primary_cost_usd, r.shadow_cost_usd) {
+                    (None, None) => format!("{} or {}", r.primary, r.shadow),
+                    (None, _) => r.primary.clone(),
+                    _ => r.shadow.clone(),
+                }
             ),
         }
     }
@@ -293,6 +328,7 @@ pub fn cli(
     json: bool,
 ) -> ExitCode {
     let source = config::locate(config_path.as_deref());
+    let mut price_map = Prices::default();
     let path = match &source {
         config::ConfigSource::File(p) => {
             let text = match std::fs::read_to_string(p) {
@@ -303,10 +339,18 @@ pub fn cli(
                 }
             };
             match config::parse(&text) {
-                Ok(f) => f
-                    .state
-                    .and_then(|s| s.path)
-                    .unwrap_or_else(|| PathBuf::from(super::store::DEFAULT_PATH)),
+                Ok(f) => {
+                    let mut problems = Vec::new();
+                    let gov = crate::governance::config::validate(&f, &mut problems);
+                    if let Some(bad) = problems.iter().find(|q| q.path.starts_with("prices")) {
+                        eprintln!("error: {}: {}: {}", p.display(), bad.path, bad.message);
+                        return ExitCode::FAILURE;
+                    }
+                    price_map = Prices::from_config(gov);
+                    f.state
+                        .and_then(|s| s.path)
+                        .unwrap_or_else(|| PathBuf::from(super::store::DEFAULT_PATH))
+                }
                 Err(e) => {
                     eprintln!("error: {}: {}: {}", p.display(), e.path, e.message);
                     return ExitCode::FAILURE;
@@ -323,7 +367,6 @@ pub fn cli(
             return ExitCode::FAILURE;
         }
     };
-    let mut price_map = Prices::new();
     for p in &prices {
         let parsed = p.split_once('=').and_then(|(m, v)| {
             let (i, o) = v.split_once(',')?;
@@ -333,9 +376,7 @@ pub fn cli(
             ))
         });
         match parsed {
-            Some((m, v)) => {
-                price_map.insert(m, v);
-            }
+            Some((m, (i, o))) => price_map.set_model(m, i, o),
             None => {
                 eprintln!(
                     "error: --price \"{p}\": expected MODEL=INPUT,OUTPUT (USD per million tokens)"
@@ -453,9 +494,9 @@ mod tests {
         let mut pairs = pairs;
         pairs[3].comparison = None;
         super::super::store::insert_for_test(&mut conn, &pairs);
-        let mut prices = Prices::new();
-        prices.insert("big".into(), (1.0, 2.0));
-        prices.insert("small".into(), (0.1, 0.2));
+        let mut prices = Prices::default();
+        prices.set_model("big", 1.0, 2.0);
+        prices.set_model("small", 0.1, 0.2);
         let r = compute(&conn, None, 0, &prices).unwrap();
         assert_eq!(r.len(), 1);
         let r = &r[0];

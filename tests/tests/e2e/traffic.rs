@@ -567,6 +567,18 @@ url = "{}"
 model = "m"
 targets = [{{ backend = "primary", model = "big" }}]
 shadow = {{ backend = "local", model = "small", sample = 1.0 }}
+
+[[prices]]
+backend = "primary"
+model = "big"
+input_per_1m = 2.0
+output_per_1m = 8.0
+
+[[prices]]
+backend = "local"
+model = "*"
+input_per_1m = 0.1
+output_per_1m = 0.2
 "#,
         primary.url(),
         shadow.url()
@@ -627,26 +639,41 @@ shadow = {{ backend = "local", model = "small", sample = 1.0 }}
     assert_eq!(shadow.requests().len(), 12);
     assert_eq!(shadow.last_request().unwrap().json()["model"], "small");
 
-    let (code, out, err) = run_switchyard(
-        &[
+    let report = |extra: &[&str]| -> Value {
+        let mut args = vec![
             "shadow",
             "report",
             "--config",
             gw.config_path.to_str().unwrap(),
             "--json",
-        ],
-        gw.dir.path(),
-        &[],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    let r = &v["routes"][0];
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run_switchyard(&args, gw.dir.path(), &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["routes"][0].clone()
+    };
+    let r = report(&[]);
     assert_eq!(r["route"], "m");
     assert_eq!(r["pairs"], 12);
     assert_eq!(r["compared"], 12);
     assert_eq!(r["agreed"], 6);
     assert_eq!(r["agreement_rate"], 0.5);
     assert_eq!(r["not_compared_streams"], 0);
+    assert!(r["primary_prompt_tokens"].as_u64().unwrap() > 0, "{r}");
+    // Costs come from the config's `[[prices]]`, per backend and model, as in the ledger;
+    // a `--price` for a model name overrides them.
+    let priced = |r: &Value, side: &str, (i, o): (f64, f64)| {
+        let t = |k: &str| r[format!("{side}_{k}_tokens")].as_f64().unwrap();
+        let want = (t("prompt") * i + t("completion") * o) / 1e6;
+        let got = r[format!("{side}_cost_usd")].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-12, "{side}: {got} != {want}: {r}");
+    };
+    priced(&r, "primary", (2.0, 8.0));
+    priced(&r, "shadow", (0.1, 0.2));
+    let r = report(&["--price", "small=1,1"]);
+    priced(&r, "primary", (2.0, 8.0));
+    priced(&r, "shadow", (1.0, 1.0));
     let (code, out, _) = run_switchyard(
         &[
             "shadow",
