@@ -55,6 +55,28 @@ pub fn root() -> PathBuf {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    // `cargo run` described xtask's own package to us in CARGO_PKG_*, CARGO_MANIFEST_* and
+    // the like. Build scripts that read those (ring's) make cargo track their values, so
+    // passing them on would make every dependency of ring stale for any build started
+    // without them: a plain `cargo test`, and the tests' own `cargo build` of the binaries.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let ours = k.starts_with("CARGO_PKG_")
+            || matches!(
+                k.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if ours {
+            c.env_remove(k.as_ref());
+        }
+    }
     // The lint wrapper below is for this workspace's own crates only; plugin workspaces
     // built from here (and a `cargo xtask` started by a test) must not inherit it.
     c.env_remove("RUSTC_WORKSPACE_WRAPPER")
