@@ -66,6 +66,11 @@ impl std::fmt::Debug for AdminSettings {
 }
 
 impl AdminSettings {
+    /// The token's digest, `None` when the admin API is off.
+    pub fn token_sha256(&self) -> Option<&[u8; 32]> {
+        self.token_sha256.as_ref()
+    }
+
     pub fn from_section(s: Option<&AdminSection>, problems: &mut Vec<Problem>) -> Option<Self> {
         let s = s?;
         let token_sha256 = s
@@ -104,13 +109,6 @@ impl AdminSettings {
             keep_versions,
             watch: s.watch.unwrap_or(true),
         })
-    }
-}
-
-impl AdminSettings {
-    /// The token's digest, `None` when the admin API is off.
-    pub fn token_sha256(&self) -> Option<&[u8; 32]> {
-        self.token_sha256.as_ref()
     }
 }
 
