@@ -68,12 +68,15 @@ struct Queue {
 }
 
 impl Queue {
-    /// Everything queued so far, full batches first (the queue starts again empty).
-    fn take(&self) -> Vec<ScopeBatch> {
+    /// What is queued so far, full batches first: all of it, or (`sealed_only`) just the
+    /// full batches, leaving the ones being filled to fill up.
+    fn take(&self, sealed_only: bool) -> Vec<ScopeBatch> {
         let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = std::mem::take(&mut p.full);
-        out.append(&mut p.open);
-        p.spans = 0;
+        if !sealed_only {
+            out.append(&mut p.open);
+        }
+        p.spans -= out.iter().map(ScopeBatch::spans).sum::<usize>();
         out
     }
 }
@@ -263,27 +266,30 @@ async fn export_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        let done = tokio::select! {
+        // A full batch wakes the task for that batch alone: the one being filled goes when it
+        // is full too, or on the tick. (Sending it along each time doubled the export calls,
+        // each a round trip and a wake-up or two on both sides, for a few spans more.)
+        let (done, sealed_only) = tokio::select! {
             asked = flush.recv() => match asked {
-                Some(done) => Some(done),
+                Some(done) => (Some(done), false),
                 None => {
-                    export_all(&exporter, &queue, &mut failing).await;
+                    export(&exporter, &queue, false, &mut failing).await;
                     return;
                 }
             },
-            () = queue.batch_full.notified() => None,
-            _ = tick.tick() => None,
+            () = queue.batch_full.notified() => (None, true),
+            _ = tick.tick() => (None, false),
         };
-        export_all(&exporter, &queue, &mut failing).await;
+        export(&exporter, &queue, sealed_only, &mut failing).await;
         if let Some(done) = done {
             let _ = done.send(());
         }
     }
 }
 
-/// Export everything queued, one call per batch.
-async fn export_all(exporter: &Exporter, queue: &Queue, failing: &mut bool) {
-    for batch in queue.take() {
+/// Export what is queued (see [`Queue::take`]), one call per batch.
+async fn export(exporter: &Exporter, queue: &Queue, sealed_only: bool, failing: &mut bool) {
+    for batch in queue.take(sealed_only) {
         let n = batch.spans() as u64;
         match exporter.export(batch).await {
             Ok(()) => {
@@ -380,7 +386,7 @@ mod tests {
             }
             q.push(span(&a, false, "unsampled"));
         }
-        let batches = q.0.take();
+        let batches = q.0.take(false);
         let shape: Vec<(&str, usize)> = batches
             .iter()
             .map(|b| (b.scope().name(), b.spans()))
@@ -390,20 +396,45 @@ mod tests {
             [("a", MAX_BATCH), ("b", MAX_BATCH / 2 + 2), ("a", 3)],
             "one full batch of scope a first, then the open ones"
         );
-        assert!(q.0.take().is_empty(), "take empties the queue");
+        assert!(q.0.take(false).is_empty(), "take empties the queue");
 
         let big = "z".repeat(MAX_BATCH_BYTES / 3);
         for _ in 0..4 {
             q.push(span(&a, true, &big));
         }
-        let sizes: Vec<usize> = q.0.take().iter().map(ScopeBatch::spans).collect();
+        let sizes: Vec<usize> = q.0.take(false).iter().map(ScopeBatch::spans).collect();
         assert_eq!(sizes, [3, 1], "sealed once past {MAX_BATCH_BYTES} bytes");
 
         for _ in 0..QUEUE_CAPACITY + 5 {
             q.push(span(&a, true, "x"));
         }
         assert_eq!(counts.dropped.load(Ordering::Relaxed), 5);
-        let queued: usize = q.0.take().iter().map(ScopeBatch::spans).sum();
+        let queued: usize = q.0.take(false).iter().map(ScopeBatch::spans).sum();
         assert_eq!(queued, QUEUE_CAPACITY);
+    }
+
+    /// A full batch's wake-up takes that batch alone; the open one stays, still counted
+    /// against the queue's bound, until it fills or the tick takes everything.
+    #[test]
+    fn a_full_batch_leaves_the_open_one_queued() {
+        let counts = Arc::new(Counts::default());
+        let q = queue(counts.clone());
+        let a = InstrumentationScope::builder("a").build();
+        for _ in 0..MAX_BATCH + 3 {
+            q.push(span(&a, true, "x"));
+        }
+        let sizes: Vec<usize> = q.0.take(true).iter().map(ScopeBatch::spans).collect();
+        assert_eq!(sizes, [MAX_BATCH], "only the sealed batch");
+        assert!(q.0.take(true).is_empty(), "nothing else is sealed");
+        for _ in 0..QUEUE_CAPACITY {
+            q.push(span(&a, true, "x"));
+        }
+        assert_eq!(
+            counts.dropped.load(Ordering::Relaxed),
+            3,
+            "the 3 spans left queued count against the bound"
+        );
+        let queued: usize = q.0.take(false).iter().map(ScopeBatch::spans).sum();
+        assert_eq!(queued, QUEUE_CAPACITY, "the tick takes everything");
     }
 }
