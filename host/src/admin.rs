@@ -9,9 +9,9 @@
 //!
 //! The token is read from the environment variable named by `[admin] token_env`; without
 //! `[admin]` the API is off and answers 403 saying how to turn it on. Only the token's
-//! SHA-256 is kept, and requests are checked by comparing digests (`auth::authenticate_admin`,
-//! shared with the governance endpoints), so response times say nothing about the token's
-//! bytes.
+//! SHA-256 is kept, and [`refusal`], the one gate in front of every `/admin/*` endpoint
+//! (the governance ones too), compares digests, so response times say nothing about the
+//! token's bytes.
 //! `switchyard rollback` and `switchyard reload` are thin clients of this API.
 
 use std::path::PathBuf;
@@ -146,15 +146,22 @@ fn control_error(e: &ControlError) -> Response<GatewayBody> {
     )
 }
 
-/// Answer one `/admin/...` request.
+/// The gate in front of every `/admin/*` endpoint, traffic and governance alike: the
+/// refusal to send (it is logged), or `None` when the request carries the admin token.
+pub fn refusal(
+    rt: &crate::config::Runtime,
+    req: &Request<hyper::body::Incoming>,
+) -> Option<Response<GatewayBody>> {
+    let e = crate::auth::authenticate_admin(req.headers(), token_sha256(rt)).err()?;
+    tracing::info!(path = %req.uri().path(), kind = e.kind(), "admin request refused");
+    Some(e.to_response())
+}
+
+/// Answer one traffic `/admin/...` request (the token already checked: [`refusal`]).
 pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<hyper::body::Incoming>,
 ) -> Response<GatewayBody> {
-    if let Err(e) = crate::auth::authenticate_admin(req.headers(), token_sha256(&gw.runtime())) {
-        tracing::info!(path = %req.uri().path(), kind = e.kind(), "admin request refused");
-        return e.to_response();
-    }
     let path = req.uri().path().to_string();
     match (path.as_str(), req.method()) {
         ("/admin/breakers", &Method::GET) => {

@@ -89,10 +89,16 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             openai::models_list(gw.runtime().model_names()),
         ),
         ("/healthz", &Method::GET) => text(StatusCode::OK, "ok\n"),
-        (p, _) if p.starts_with("/admin/keys") || p.starts_with("/admin/spend") => {
-            crate::governance::admin::handle(gw, req).await
+        (p, _) if p.starts_with("/admin/") => {
+            if let Some(refusal) = crate::admin::refusal(&gw.runtime(), &req) {
+                return refusal;
+            }
+            if p.starts_with("/admin/keys") || p.starts_with("/admin/spend") {
+                crate::governance::admin::handle(gw, req).await
+            } else {
+                crate::admin::handle(gw, req).await
+            }
         }
-        (p, _) if p.starts_with("/admin/") => crate::admin::handle(gw, req).await,
         ("/readyz", &Method::GET) => {
             if gw.is_ready() {
                 text(StatusCode::OK, "ready\n")

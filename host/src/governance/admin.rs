@@ -41,13 +41,9 @@ fn bad(msg: String) -> Response<GatewayBody> {
     )
 }
 
-/// Serve one `/admin/*` request.
+/// Serve one `/admin/keys` or `/admin/spend` request (the admin token already checked, by
+/// [`crate::admin::refusal`]).
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBody> {
-    let rt = gw.runtime();
-    if let Err(e) = auth::authenticate_admin(req.headers(), crate::admin::token_sha256(&rt)) {
-        tracing::info!(path = %req.uri().path(), kind = e.kind(), "admin request refused");
-        return e.to_response();
-    }
     let Some(gov) = gw.governance.clone() else {
         return GatewayError::AdminDisabled.to_response();
     };
