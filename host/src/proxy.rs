@@ -1014,7 +1014,7 @@ impl attempt::Validate for PluginValidator<'_> {
         let model = router::upstream_model(target, &self.client_model);
         let mut span = telemetry::span_under(self.pass.trace(), "validate");
         if span.is_recording() {
-            span.set("switchyard.backend", target.backend.name.clone());
+            span.set("switchyard.backend", &target.backend.name);
         }
         let outcome = self
             .pass
@@ -1022,15 +1022,15 @@ impl attempt::Validate for PluginValidator<'_> {
         let (verdict, label) = match outcome {
             Ok(ValidateOutcome::Accept) => (attempt::Verdict::Accept, "accepted"),
             Ok(ValidateOutcome::Replace { body, plugin }) => {
-                span.set("switchyard.validate.plugin", plugin);
+                span.set("switchyard.validate.plugin", &plugin);
                 if let Ok(mut r) = self.replaced.lock() {
                     *r = Some(body);
                 }
                 (attempt::Verdict::Accept, "replaced")
             }
             Ok(ValidateOutcome::Reject { plugin, reason }) => {
-                span.set("switchyard.validate.plugin", plugin.clone());
-                span.set("switchyard.validate.reason", reason.clone());
+                span.set("switchyard.validate.plugin", &plugin);
+                span.set("switchyard.validate.reason", &reason);
                 let why = format!("plugin `{plugin}`: {reason}");
                 (attempt::Verdict::Reject(why), "rejected")
             }

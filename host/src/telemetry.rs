@@ -34,12 +34,14 @@
 //!
 //! # Cost
 //! Without `[telemetry] otlp_endpoint` no tracer exists: every span handle is an empty
-//! `Option` and the span calls are a branch on it. With it, a span is encoded to OTLP
-//! protobuf when it ends, on the request's thread, into a bounded queue (see
-//! `switchyard_otlp::pipeline`); a full queue drops the span and counts it in
-//! `switchyard_telemetry_spans_dropped_total`, so exporting never blocks a request. One task
-//! on a background-priority thread of its own batches the queue and exports (OTLP gRPC or
-//! HTTP/protobuf), so an export never waits in front of a request on a runtime worker.
+//! `Option` and the span calls are a branch on it. With it, a span's attributes are encoded
+//! to OTLP protobuf as they are set (from borrowed values: [`Span::set`] takes `&str`,
+//! `&Arc<str>`, numbers), and the rest of the span when it ends, on the request's thread,
+//! into a bounded queue (see `switchyard_otlp::record` and `switchyard_otlp::pipeline`). A
+//! full queue drops the span and counts it in `switchyard_telemetry_spans_dropped_total`, so
+//! exporting never blocks a request. One task on a background-priority thread of its own
+//! batches the queue and exports (OTLP gRPC or HTTP/protobuf), so an export never waits in
+//! front of a request on a runtime worker.
 //!
 //! Message content (`gen_ai.input.messages`, `gen_ai.output.messages`) is recorded only with
 //! `[telemetry] capture_content = true`. Telemetry settings are read once at start; a config
@@ -52,11 +54,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::trace::{
-    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
+use opentelemetry_sdk::trace::SpanProcessor;
+pub use switchyard_otlp::AttrValue;
+use switchyard_otlp::SpanRecord;
 
 use switchyard_otlp::context::{
     child_context, new_span_id, new_trace_id, sample_bound, traceparent,
@@ -105,10 +109,11 @@ impl LogFormat {
 
 /// The process-wide tracer, present only when an OTLP endpoint is configured.
 ///
-/// Spans are built here as the SDK's own `SpanData` records and handed to a `SpanProcessor`
-/// when they end, without the SDK's tracer and span objects: those put every span behind an
-/// `Arc<Mutex<..>>` inside a `Context`, run the sampler per span, and copy the span once more
-/// when it ends, which at full load cost the gateway more than a fifth of its throughput.
+/// Spans are built here as `SpanRecord`s, their attributes encoded to OTLP as they are set
+/// (see `switchyard_otlp::record`), without the SDK's tracer and span objects: those put
+/// every span behind an `Arc<Mutex<..>>` inside a `Context`, run the sampler per span, and
+/// copy the span once more when it ends, which at full load cost the gateway more than a
+/// fifth of its throughput. A caller's own `SpanProcessor` gets the SDK's `SpanData`.
 /// Sampling (parent-based, else by trace-id ratio), ids and W3C propagation follow the
 /// OpenTelemetry specification as the SDK implements it.
 struct Tracing {
@@ -122,8 +127,9 @@ struct Tracing {
     pipeline: Option<switchyard_otlp::Pipeline>,
 }
 
-/// The export queue is called directly, with the record by reference: it encodes the span
-/// and is done with it, so the record is neither moved again nor passed through a vtable.
+/// The export queue is called directly, with the record by reference: it copies the span's
+/// encoding and is done with it, so the record is neither moved again nor passed through a
+/// vtable.
 enum SpanSink {
     Queue(switchyard_otlp::QueueProcessor),
     Custom(Box<dyn SpanProcessor>),
@@ -267,34 +273,33 @@ fn sampled_root(t: &Tracing, trace_id: TraceId) -> bool {
     switchyard_otlp::context::sampled_root(t.sample_bound, trace_id)
 }
 
-/// A recording span: its record, started now, under `parent` (`SpanId::INVALID` for a root).
+/// A recording span: its record, started now, under `parent` (`SpanId::INVALID` for a root),
+/// with room for `attribute_bytes` of encoded attributes.
 fn start_record(
-    t: &Tracing,
     context: SpanContext,
     parent: SpanId,
     parent_is_remote: bool,
     name: Cow<'static, str>,
     kind: SpanKind,
-    attributes: Vec<KeyValue>,
-) -> Box<SpanData> {
-    Box::new(switchyard_otlp::record(
+    attribute_bytes: usize,
+) -> Box<SpanRecord> {
+    Box::new(SpanRecord::new(
         context,
         parent,
         parent_is_remote,
         kind,
         name,
-        attributes,
-        &t.scope,
+        attribute_bytes,
     ))
 }
 
 /// End a span now and hand it to the processor.
-fn end_record(mut data: Box<SpanData>) {
+fn end_record(mut data: Box<SpanRecord>) {
     if let Some(t) = tracing_on() {
-        data.end_time = SystemTime::now();
+        data.end = SystemTime::now();
         match &t.sink {
-            SpanSink::Queue(q) => q.push_ref(&data),
-            SpanSink::Custom(p) => p.on_end(*data),
+            SpanSink::Queue(q) => q.push_record(&data, &t.scope),
+            SpanSink::Custom(p) => p.on_end(data.to_span_data(&t.scope)),
         }
     }
 }
@@ -309,7 +314,7 @@ pub fn capture_content() -> bool {
 /// The record is boxed: it is a few hundred bytes, and the span travels (in the request's
 /// telemetry, in attempts, in the proxy's futures) by value, traced or not.
 #[derive(Debug, Default)]
-pub struct Span(Option<Box<SpanData>>);
+pub struct Span(Option<Box<SpanRecord>>);
 
 impl Drop for Span {
     fn drop(&mut self) {
@@ -325,9 +330,18 @@ impl Span {
         self.0.is_some()
     }
 
-    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+    /// Set an attribute (replacing an earlier value of the key). Values are borrowed:
+    /// `&str`, `&String`, `&Arc<str>`, `i64`, `f64`, `bool`, `&Vec<String>`, `&Value`.
+    pub fn set<'a>(&mut self, key: &'static str, value: impl Into<AttrValue<'a>>) {
         if let Some(s) = &mut self.0 {
-            set_attribute(&mut s.attributes, KeyValue::new(key, value));
+            s.set(key, value.into());
+        }
+    }
+
+    /// Set an attribute the span cannot have yet (one of those it starts with): no search.
+    fn add<'a>(&mut self, key: &'static str, value: impl Into<AttrValue<'a>>) {
+        if let Some(s) = &mut self.0 {
+            s.add(key, value.into());
         }
     }
 
@@ -335,7 +349,7 @@ impl Span {
     pub fn fail(&mut self, error_type: impl Into<Cow<'static, str>>) {
         if let Some(s) = &mut self.0 {
             let t = error_type.into();
-            set_attribute(&mut s.attributes, KeyValue::new("error.type", t.clone()));
+            s.set("error.type", AttrValue::Str(&t));
             s.status = Status::error(t);
         }
     }
@@ -343,9 +357,7 @@ impl Span {
     /// Record an event (a point in time) on the span.
     pub fn event(&mut self, name: &'static str) {
         if let Some(s) = &mut self.0 {
-            s.events
-                .events
-                .push(Event::new(name, SystemTime::now(), Vec::new(), 0));
+            s.event(Cow::Borrowed(name), SystemTime::now());
         }
     }
 
@@ -354,7 +366,7 @@ impl Span {
     }
 
     fn context(&self) -> Option<&SpanContext> {
-        self.0.as_ref().map(|s| &s.span_context)
+        self.0.as_ref().map(|s| &s.context)
     }
 
     /// This span as the parent of spans opened under it.
@@ -371,22 +383,6 @@ impl Span {
         {
             headers.insert("traceparent", v);
         }
-    }
-}
-
-/// Set an attribute, replacing an earlier value of the same key (as the SDK does).
-fn set_attribute(attrs: &mut Vec<KeyValue>, kv: KeyValue) {
-    // Nearly every key is new, so the search mostly compares unequal keys: cheap tests
-    // first (length, then the same literal, then the last byte) before comparing the text.
-    let k = kv.key.as_str();
-    let same = |a: &KeyValue| {
-        let a = a.key.as_str();
-        a.len() == k.len()
-            && (a.as_ptr() == k.as_ptr() || (a.as_bytes().last() == k.as_bytes().last() && a == k))
-    };
-    match attrs.iter_mut().find(|a| same(a)) {
-        Some(old) => *old = kv,
-        None => attrs.push(kv),
     }
 }
 
@@ -445,21 +441,19 @@ impl RequestTelemetry {
             TraceFlags::default()
         };
         let cx = SpanContext::new(trace_id, new_span_id(), flags, false, state);
-        let server = Span(sampled.then(|| {
-            let mut attrs = Vec::with_capacity(10);
-            attrs.push(KeyValue::new("http.request.method", method_name(method)));
-            attrs.push(KeyValue::new("http.route", path));
-            attrs.push(KeyValue::new("url.path", path));
+        let mut server = Span(sampled.then(|| {
             start_record(
-                t,
                 cx.clone(),
                 parent.span_id(),
                 parent.is_valid(),
                 server_span_name(method, path),
                 SpanKind::Server,
-                attrs,
+                384,
             )
         }));
+        server.add("http.request.method", method.as_str());
+        server.add("http.route", path);
+        server.add("url.path", path);
         RequestTelemetry {
             cx: Some(cx),
             server,
@@ -482,15 +476,15 @@ impl RequestTelemetry {
     }
 
     /// Set an attribute on the request's server span.
-    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+    pub fn set<'a>(&mut self, key: &'static str, value: impl Into<AttrValue<'a>>) {
         self.server.set(key, value);
     }
 
     /// Auth found the caller: its key id and team go in the access log and on the span.
     pub fn set_principal(&mut self, key_id: Arc<str>, team: Option<Arc<str>>) {
-        self.set("switchyard.key_id", key_id.clone());
+        self.set("switchyard.key_id", &key_id);
         if let Some(t) = &team {
-            self.set("switchyard.team", t.clone());
+            self.set("switchyard.team", t);
         }
         self.key_id = Some(key_id);
         self.team = team;
@@ -502,25 +496,21 @@ impl RequestTelemetry {
         self.cost_usd = Some(usd);
     }
 
-    /// A child of the server span (recording only when the request is traced).
+    /// A child of the server span (recording only when the request is traced), with room for
+    /// `attribute_bytes` of attributes.
     fn child(
         &self,
         name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
-        attributes: Vec<KeyValue>,
+        attribute_bytes: usize,
     ) -> Span {
-        child_of(
-            self.server.0.as_ref().map(|s| &s.span_context),
-            name,
-            kind,
-            attributes,
-        )
+        child_of(self.server.context(), name, kind, attribute_bytes)
     }
 
     /// The request's span as the parent of spans opened later, by a part of the request
     /// path that cannot borrow this record (the plugin pass, which the attempt loop owns).
     pub fn parent(&self) -> SpanParent {
-        SpanParent(self.server.0.as_ref().map(|s| s.span_context.clone()))
+        SpanParent(self.server.context().cloned())
     }
 
     /// End the server span with the status the client got.
@@ -534,15 +524,11 @@ impl RequestTelemetry {
         let Some(mut span) = self.server.0.take() else {
             return;
         };
-        let attrs = &mut span.attributes;
-        set_attribute(
-            attrs,
-            KeyValue::new("http.response.status_code", i64::from(status)),
-        );
-        set_attribute(attrs, KeyValue::new("switchyard.route", route.clone()));
-        set_attribute(attrs, KeyValue::new("switchyard.backend", backend.clone()));
+        span.set("http.response.status_code", i64::from(status).into());
+        span.set("switchyard.route", route.into());
+        span.set("switchyard.backend", backend.into());
         if let Some(e) = error {
-            set_attribute(attrs, KeyValue::new("error.type", e.to_owned()));
+            span.set("error.type", e.into());
             if status >= 500 {
                 span.status = Status::error(e.to_owned());
             }
@@ -562,9 +548,9 @@ impl SpanParent {
         &self,
         name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
-        attributes: Vec<KeyValue>,
+        attribute_bytes: usize,
     ) -> Span {
-        child_of(self.0.as_ref(), name, kind, attributes)
+        child_of(self.0.as_ref(), name, kind, attribute_bytes)
     }
 }
 
@@ -574,17 +560,16 @@ fn child_of(
     parent: Option<&SpanContext>,
     name: impl Into<Cow<'static, str>>,
     kind: SpanKind,
-    attributes: Vec<KeyValue>,
+    attribute_bytes: usize,
 ) -> Span {
     match (parent, tracing_on()) {
-        (Some(p), Some(t)) => Span(Some(start_record(
-            t,
+        (Some(p), Some(_)) => Span(Some(start_record(
             child_context(p),
             p.span_id(),
             false,
             name.into(),
             kind,
-            attributes,
+            attribute_bytes,
         ))),
         _ => Span(None),
     }
@@ -605,23 +590,14 @@ fn server_span_name(method: &http::Method, path: &'static str) -> Cow<'static, s
     }
 }
 
-/// `http.request.method` without allocating for the usual methods.
-fn method_name(m: &http::Method) -> Value {
-    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"];
-    match KNOWN.iter().find(|k| **k == m.as_str()) {
-        Some(k) => Value::from(*k),
-        None => Value::from(m.as_str().to_owned()),
-    }
-}
-
 /// An INTERNAL child span of the request (auth, validation, a gateway phase).
 pub fn child_span(t: &RequestTelemetry, name: &'static str) -> Span {
-    t.child(name, SpanKind::Internal, Vec::new())
+    t.child(name, SpanKind::Internal, 256)
 }
 
 /// An INTERNAL child of `parent` (a request's span, or one of its children).
 pub fn span_under(parent: &SpanParent, name: &'static str) -> Span {
-    parent.child(name, SpanKind::Internal, Vec::new())
+    parent.child(name, SpanKind::Internal, 256)
 }
 
 /// The span of one plugin call, a child of the request's: named `plugin <name>`, with the
@@ -632,21 +608,17 @@ pub fn plugin_span(parent: &SpanParent, plugin: &str, version: &str, stage: &'st
     if parent.0.is_none() {
         return Span(None);
     }
-    parent.child(
-        format!("plugin {plugin}"),
-        SpanKind::Internal,
-        vec![
-            KeyValue::new("switchyard.plugin.name", plugin.to_owned()),
-            KeyValue::new("switchyard.plugin.version", version.to_owned()),
-            KeyValue::new("switchyard.plugin.stage", stage),
-        ],
-    )
+    let mut span = parent.child(format!("plugin {plugin}"), SpanKind::Internal, 256);
+    span.add("switchyard.plugin.name", plugin);
+    span.add("switchyard.plugin.version", version);
+    span.add("switchyard.plugin.stage", stage);
+    span
 }
 
 /// A span for work done beside the request that must not hold its trace open (the shadow
 /// call): a new trace root carrying a link to the request's span.
 pub fn linked_span(request: &SpanParent, name: impl Into<Cow<'static, str>>) -> Span {
-    let (Some(server), Some(tr)) = (&request.0, tracing_on()) else {
+    let (Some(server), Some(_)) = (&request.0, tracing_on()) else {
         return Span(None);
     };
     let cx = SpanContext::new(
@@ -657,15 +629,14 @@ pub fn linked_span(request: &SpanParent, name: impl Into<Cow<'static, str>>) -> 
         TraceState::NONE,
     );
     let mut data = start_record(
-        tr,
         cx,
         SpanId::INVALID,
         false,
         name.into(),
         SpanKind::Internal,
-        Vec::new(),
+        256,
     );
-    data.links.links.push(Link::with_context(server.clone()));
+    data.link(server.clone());
     Span(Some(data))
 }
 
@@ -680,20 +651,15 @@ pub fn routing_span(
     if !t.is_tracing() {
         return Span(None);
     }
-    let mut span = t.child(
-        "route",
-        SpanKind::Internal,
-        vec![
-            KeyValue::new("switchyard.route", route.clone()),
-            KeyValue::new("switchyard.backend", backend.clone()),
-            KeyValue::new(
-                "switchyard.upstream_model",
-                upstream_model.map_or(Value::from(""), |m| Value::from(m.clone())),
-            ),
-        ],
+    let mut span = t.child("route", SpanKind::Internal, 160);
+    span.add("switchyard.route", route);
+    span.add("switchyard.backend", backend);
+    span.add(
+        "switchyard.upstream_model",
+        upstream_model.map_or("", |m| &**m),
     );
     if let Some(s) = &mut span.0 {
-        s.start_time = started;
+        s.start = started;
     }
     span
 }
@@ -807,37 +773,32 @@ impl Attempt {
     ) -> Attempt {
         let operation = endpoint.operation();
         let span = if t.is_tracing() {
-            // Room for everything `succeeded` adds too, so the list never grows.
-            let mut attrs = Vec::with_capacity(16);
-            attrs.push(KeyValue::new("gen_ai.operation.name", operation));
-            attrs.push(KeyValue::new(
-                "gen_ai.provider.name",
-                match peer.provider {
-                    Some(p) => Value::from(p),
-                    None => Value::from(backend.clone()),
-                },
-            ));
-            attrs.push(KeyValue::new("gen_ai.request.model", model.clone()));
-            attrs.push(KeyValue::new("server.address", peer.address.clone()));
+            // Room for everything `succeeded` adds too, so the buffer never grows (unless
+            // content is captured).
+            let mut s = t.child(format!("{operation} {model}"), SpanKind::Client, 768);
+            s.add("gen_ai.operation.name", operation);
+            s.add("gen_ai.provider.name", peer.provider.unwrap_or(&**backend));
+            s.add("gen_ai.request.model", model);
+            s.add("server.address", &peer.address);
             if let Some(p) = peer.port {
-                attrs.push(KeyValue::new("server.port", i64::from(p)));
+                s.add("server.port", i64::from(p));
             }
-            attrs.push(KeyValue::new("switchyard.backend", backend.clone()));
+            s.add("switchyard.backend", backend);
             if let Some(v) = params.max_tokens {
-                attrs.push(KeyValue::new("gen_ai.request.max_tokens", v));
+                s.add("gen_ai.request.max_tokens", v);
             }
             if let Some(v) = params.temperature {
-                attrs.push(KeyValue::new("gen_ai.request.temperature", v));
+                s.add("gen_ai.request.temperature", v);
             }
             if let Some(v) = params.top_p {
-                attrs.push(KeyValue::new("gen_ai.request.top_p", v));
+                s.add("gen_ai.request.top_p", v);
             }
             if let Some(i) = params.input
                 && capture_content()
             {
-                attrs.push(KeyValue::new("gen_ai.input.messages", i.to_owned()));
+                s.add("gen_ai.input.messages", i);
             }
-            t.child(format!("{operation} {model}"), SpanKind::Client, attrs)
+            s
         } else {
             Span(None)
         };
@@ -898,19 +859,14 @@ impl Attempt {
         }
         if self.span.is_recording() {
             let s = &mut self.span;
-            if let Some(m) = facts.response_model {
+            if let Some(m) = &facts.response_model {
                 s.set("gen_ai.response.model", m);
             }
-            if let Some(id) = facts.response_id {
+            if let Some(id) = &facts.response_id {
                 s.set("gen_ai.response.id", id);
             }
             if !facts.finish_reasons.is_empty() {
-                let v: Vec<opentelemetry::StringValue> =
-                    facts.finish_reasons.into_iter().map(Into::into).collect();
-                s.set(
-                    "gen_ai.response.finish_reasons",
-                    Value::Array(opentelemetry::Array::from(v)),
-                );
+                s.set("gen_ai.response.finish_reasons", &facts.finish_reasons);
             }
             if let Some(u) = facts.usage {
                 s.set("gen_ai.usage.input_tokens", u.prompt_tokens as i64);
@@ -919,7 +875,7 @@ impl Attempt {
             if let Some(ft) = facts.first_token {
                 s.set("gen_ai.server.time_to_first_token", ft.as_secs_f64());
             }
-            if let Some(o) = facts.output
+            if let Some(o) = &facts.output
                 && capture_content()
             {
                 s.set("gen_ai.output.messages", o);
@@ -1123,7 +1079,7 @@ mod tests {
         );
         let mut s = plugin_span(&t.parent(), "pii", "1", "adapt");
         assert!(!s.is_recording());
-        s.set("x", 1);
+        s.set("x", 1_i64);
         let mut h = HeaderMap::new();
         let b: Arc<str> = Arc::from("b");
         let a = Attempt::start(

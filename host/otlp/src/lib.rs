@@ -2,7 +2,9 @@
 //! (`switchyard-worker`), so that one request's trace runs from the client through the
 //! gateway into the worker, each process exporting its own spans to the same collector.
 //!
-//! - [`wire`]: the OTLP protobuf encoding, written straight from the SDK's `SpanData`.
+//! - [`record`]: the gateway's span record, its attributes encoded as they are set.
+//! - [`wire`]: the OTLP protobuf encoding, written straight from a [`SpanRecord`] or the
+//!   SDK's `SpanData` (the worker's spans).
 //! - [`export`]: the gRPC and HTTP/protobuf transports.
 //! - [`pipeline`]: the bounded queue between the request path and one export task;
 //!   exporting never blocks a request, a full queue drops spans and counts them.
@@ -17,10 +19,12 @@
 pub mod context;
 pub mod export;
 pub mod pipeline;
+pub mod record;
 pub mod wire;
 
 pub use export::{Exporter, Protocol};
 pub use pipeline::{ExportEvents, Pipeline, QueueProcessor};
+pub use record::{AttrValue, SpanRecord};
 
 use std::borrow::Cow;
 use std::time::SystemTime;

@@ -19,10 +19,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use opentelemetry::trace::{SpanContext, SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use std::ops::Range;
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
+
+use crate::record::{AttrValue, SpanRecord};
 
 /// Room a [`ScopeBatch`] leaves before its spans for the envelope: the gRPC message
 /// prefix, three (key, length) pairs of at most 11 bytes, and the resource.
@@ -45,6 +49,8 @@ pub struct ScopeBatch {
     room: usize,
     spans: usize,
     scope: InstrumentationScope,
+    /// The address of the process-lifetime scope this batch was made for, if it was.
+    made_from: Option<usize>,
 }
 
 impl ScopeBatch {
@@ -69,7 +75,20 @@ impl ScopeBatch {
             room,
             spans: 0,
             scope: scope.clone(),
+            made_from: None,
         }
+    }
+
+    /// This batch (made for `scope`'s spans) knows `scope` by its address from now on. A
+    /// `'static` scope is never freed, so no other scope can ever have that address.
+    pub fn from_static(mut self, scope: &'static InstrumentationScope) -> ScopeBatch {
+        self.made_from = Some(scope as *const InstrumentationScope as usize);
+        self
+    }
+
+    /// Whether the batch was made for the `'static` scope at this address.
+    pub fn made_from(&self, scope: &'static InstrumentationScope) -> bool {
+        self.made_from == Some(scope as *const InstrumentationScope as usize)
     }
 
     pub fn scope(&self) -> &InstrumentationScope {
@@ -88,7 +107,15 @@ impl ScopeBatch {
 
     /// Append one span as [`encode_span_entry`] wrote it.
     pub fn push_entry(&mut self, entry: &[u8]) {
-        self.buf.extend_from_slice(entry);
+        self.push_pieces([entry, &[], &[], &[]]);
+    }
+
+    /// Append one span entry given in pieces.
+    pub fn push_pieces(&mut self, pieces: [&[u8]; 4]) {
+        self.buf.reserve(pieces.iter().map(|p| p.len()).sum());
+        for p in pieces {
+            self.buf.extend_from_slice(p);
+        }
         self.spans += 1;
     }
 
@@ -203,14 +230,26 @@ fn encode_context(b: &mut Vec<u8>, sc: &SpanContext) {
     }
 }
 
-fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
-    let sc = &s.span_context;
-    encode_context(b, sc);
-    if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        bytes_field(b, 4, &s.parent_span_id.to_bytes());
+/// What every `Span` message has, from either kind of record.
+struct SpanHead<'a> {
+    context: &'a SpanContext,
+    parent: SpanId,
+    parent_is_remote: bool,
+    name: &'a str,
+    kind: &'a SpanKind,
+    start: SystemTime,
+    end: SystemTime,
+    status: &'a Status,
+}
+
+/// A `Span` message's fields 1 to 8: ids, name, kind, times.
+fn encode_head(b: &mut Vec<u8>, h: &SpanHead<'_>) {
+    encode_context(b, h.context);
+    if h.parent != SpanId::INVALID {
+        bytes_field(b, 4, &h.parent.to_bytes());
     }
-    string_field(b, 5, &s.name);
-    let kind = match s.span_kind {
+    string_field(b, 5, h.name);
+    let kind = match h.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
@@ -218,40 +257,13 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
         SpanKind::Consumer => 5,
     };
     uint_field(b, 6, kind);
-    fixed64_field(b, 7, unix_nanos(s.start_time));
-    fixed64_field(b, 8, unix_nanos(s.end_time));
-    for kv in &s.attributes {
-        attribute(b, 9, kv);
-    }
-    uint_field(b, 10, u64::from(s.dropped_attributes_count));
-    for e in s.events.iter() {
-        nested(b, 11, |b| {
-            fixed64_field(b, 1, unix_nanos(e.timestamp));
-            string_field(b, 2, &e.name);
-            for kv in &e.attributes {
-                attribute(b, 3, kv);
-            }
-            uint_field(b, 4, u64::from(e.dropped_attributes_count));
-        });
-    }
-    uint_field(b, 12, u64::from(s.events.dropped_count));
-    for l in s.links.iter() {
-        nested(b, 13, |b| {
-            let lc = &l.span_context;
-            encode_context(b, lc);
-            for kv in &l.attributes {
-                attribute(b, 4, kv);
-            }
-            uint_field(b, 5, u64::from(l.dropped_attributes_count));
-            let mut flags = u32::from(lc.trace_flags().to_u8()) | HAS_IS_REMOTE;
-            if lc.is_remote() {
-                flags |= IS_REMOTE;
-            }
-            fixed32_field(b, 6, flags);
-        });
-    }
-    uint_field(b, 14, u64::from(s.links.dropped_count));
-    match &s.status {
+    fixed64_field(b, 7, unix_nanos(h.start));
+    fixed64_field(b, 8, unix_nanos(h.end));
+}
+
+/// A `Span` message's fields 15 and 16: status and flags.
+fn encode_tail(b: &mut Vec<u8>, h: &SpanHead<'_>) {
+    match h.status {
         Status::Unset => {}
         Status::Ok => nested(b, 15, |b| uint_field(b, 3, 1)),
         Status::Error { description } => nested(b, 15, |b| {
@@ -261,31 +273,183 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
             uint_field(b, 3, 2);
         }),
     }
-    let mut flags = u32::from(sc.trace_flags().to_u8()) | HAS_IS_REMOTE;
-    if s.parent_span_is_remote {
+    let mut flags = u32::from(h.context.trace_flags().to_u8()) | HAS_IS_REMOTE;
+    if h.parent_is_remote {
         flags |= IS_REMOTE;
     }
     fixed32_field(b, 16, flags);
 }
 
-/// A `KeyValue` as message field `field`: what `nested(b, field, |b| encode_kv(b, kv))`
+fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
+    let head = SpanHead {
+        context: &s.span_context,
+        parent: s.parent_span_id,
+        parent_is_remote: s.parent_span_is_remote,
+        name: &s.name,
+        kind: &s.span_kind,
+        start: s.start_time,
+        end: s.end_time,
+        status: &s.status,
+    };
+    encode_head(b, &head);
+    {
+        for kv in &s.attributes {
+            attribute(b, 9, kv);
+        }
+        uint_field(b, 10, u64::from(s.dropped_attributes_count));
+        for e in s.events.iter() {
+            encode_event(
+                b,
+                &e.name,
+                e.timestamp,
+                &e.attributes,
+                e.dropped_attributes_count,
+            );
+        }
+        uint_field(b, 12, u64::from(s.events.dropped_count));
+        for l in s.links.iter() {
+            encode_link(
+                b,
+                &l.span_context,
+                &l.attributes,
+                l.dropped_attributes_count,
+            );
+        }
+        uint_field(b, 14, u64::from(s.links.dropped_count));
+    }
+    encode_tail(b, &head);
+}
+
+/// A span record's encoding but for its attributes, which the record holds encoded: the
+/// fields before them (ids, name, kind, times) are written to `parts`, then those after
+/// them (events, links, status, flags). Returns where the second part starts.
+///
+/// The `ScopeSpans.spans` entry is then: [`SPAN_ENTRY_TAG`], the varint of the three parts'
+/// total length, the first part, the attributes, the second part. Knowing the length
+/// before writing, the entry is written once, where a nested encoding moves every span
+/// longer than 127 bytes to make room for its length.
+pub fn record_parts(parts: &mut Vec<u8>, r: &SpanRecord) -> usize {
+    let head = SpanHead {
+        context: &r.context,
+        parent: r.parent,
+        parent_is_remote: r.parent_is_remote,
+        name: &r.name,
+        kind: &r.kind,
+        start: r.start,
+        end: r.end,
+        status: &r.status,
+    };
+    encode_head(parts, &head);
+    let split = parts.len();
+    for (name, at) in r.events() {
+        encode_event(parts, name, *at, &[], 0);
+    }
+    for l in r.links() {
+        encode_link(parts, l, &[], 0);
+    }
+    encode_tail(parts, &head);
+    split
+}
+
+/// The tag of a `ScopeSpans.spans` entry (field 2, length-delimited).
+pub const SPAN_ENTRY_TAG: u8 = 2 << 3 | 2;
+
+/// The varint prefix of a span entry whose content is `len` bytes: its bytes, and how
+/// many of them there are.
+pub fn entry_prefix(len: usize) -> ([u8; 11], usize) {
+    let mut out = [0u8; 11];
+    out[0] = SPAN_ENTRY_TAG;
+    let mut v = len as u64;
+    let mut n = 1;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    (out, n + 1)
+}
+
+/// One span record as a `ScopeSpans.spans` entry, appended to `buf`: the same bytes as
+/// [`encode_span_entry`] of the equivalent `SpanData`.
+pub fn encode_record_entry(buf: &mut Vec<u8>, r: &SpanRecord) {
+    let mut parts = Vec::new();
+    let split = record_parts(&mut parts, r);
+    let (prefix, n) = entry_prefix(parts.len() + r.encoded_attributes().len());
+    buf.extend_from_slice(&prefix[..n]);
+    buf.extend_from_slice(&parts[..split]);
+    buf.extend_from_slice(r.encoded_attributes());
+    buf.extend_from_slice(&parts[split..]);
+}
+
+/// `Span.events` entry (field 11).
+fn encode_event(b: &mut Vec<u8>, name: &str, at: SystemTime, attrs: &[KeyValue], dropped: u32) {
+    nested(b, 11, |b| {
+        fixed64_field(b, 1, unix_nanos(at));
+        string_field(b, 2, name);
+        for kv in attrs {
+            attribute(b, 3, kv);
+        }
+        uint_field(b, 4, u64::from(dropped));
+    });
+}
+
+/// `Span.links` entry (field 13).
+fn encode_link(b: &mut Vec<u8>, lc: &SpanContext, attrs: &[KeyValue], dropped: u32) {
+    nested(b, 13, |b| {
+        encode_context(b, lc);
+        for kv in attrs {
+            attribute(b, 4, kv);
+        }
+        uint_field(b, 5, u64::from(dropped));
+        let mut flags = u32::from(lc.trace_flags().to_u8()) | HAS_IS_REMOTE;
+        if lc.is_remote() {
+            flags |= IS_REMOTE;
+        }
+        fixed32_field(b, 6, flags);
+    });
+}
+
+/// A `KeyValue` as message field `field`.
+fn attribute(b: &mut Vec<u8>, field: u32, kv: &KeyValue) {
+    encode_attribute(b, field, kv.key.as_str(), AttrValue::from(&kv.value));
+}
+
+/// An attribute as message field `field`: what `nested(b, field, |b| encode_kv(b, kv))`
 /// writes, but for scalar and string values (nearly all attributes) with the lengths worked
 /// out first and each part written once, which halves the cost of encoding a span.
-fn attribute(b: &mut Vec<u8>, field: u32, kv: &KeyValue) {
+pub fn encode_attribute(b: &mut Vec<u8>, field: u32, key_text: &str, value: AttrValue<'_>) {
     // The `AnyValue` field: its tag byte, then its varint or fixed64 or length + bytes.
-    let (tag, scalar, text): (u8, u64, &[u8]) = match &kv.value {
-        Value::String(s) => (1 << 3 | 2, 0, s.as_str().as_bytes()),
-        Value::Bool(x) => (2 << 3, u64::from(*x), &[]),
-        Value::I64(x) => (3 << 3, *x as u64, &[]),
-        Value::F64(x) => (4 << 3 | 1, x.to_bits(), &[]),
-        _ => return nested(b, field, |b| encode_kv(b, kv)),
+    let (tag, scalar, text): (u8, u64, &[u8]) = match value {
+        AttrValue::Str(s) => (1 << 3 | 2, 0, s.as_bytes()),
+        AttrValue::Bool(x) => (2 << 3, u64::from(x), &[]),
+        AttrValue::I64(x) => (3 << 3, x as u64, &[]),
+        AttrValue::F64(x) => (4 << 3 | 1, x.to_bits(), &[]),
+        AttrValue::Strs(xs) => {
+            return nested(b, field, |b| {
+                string_field(b, 1, key_text);
+                nested(b, 2, |b| {
+                    nested(b, 5, |b| {
+                        for x in xs {
+                            nested(b, 1, |b| string_field(b, 1, x));
+                        }
+                    })
+                });
+            });
+        }
+        AttrValue::Other(v) => {
+            return nested(b, field, |b| {
+                string_field(b, 1, key_text);
+                nested(b, 2, |b| encode_value(b, v));
+            });
+        }
     };
     let any_len = 1 + match tag & 7 {
         0 => varint_len(scalar),
         1 => 8,
         _ => varint_len(text.len() as u64) + text.len(),
     };
-    let k = kv.key.as_str().as_bytes();
+    let k = key_text.as_bytes();
     let kv_len =
         1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(any_len as u64) + any_len;
     b.reserve(11 + kv_len);
@@ -304,6 +468,170 @@ fn attribute(b: &mut Vec<u8>, field: u32, kv: &KeyValue) {
             varint(b, text.len() as u64);
             b.extend_from_slice(text);
         }
+    }
+}
+
+/// Where the attribute `key_text` is in `buf` (a run of `KeyValue` fields, of a field
+/// number below 16, as [`encode_attribute`] writes them, each with its key first): the byte
+/// range of its whole field.
+pub fn find_attribute(buf: &[u8], key_text: &str) -> Option<Range<usize>> {
+    fn len_at(buf: &[u8], at: &mut usize) -> Option<usize> {
+        let mut v = 0usize;
+        for shift in (0..35).step_by(7) {
+            let byte = *buf.get(*at)?;
+            *at += 1;
+            v |= usize::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let k = key_text.as_bytes();
+    let mut at = 0;
+    while at < buf.len() {
+        let start = at;
+        // The field's tag is one byte (field numbers below 16), then the KeyValue's length.
+        at += 1;
+        let end = len_at(buf, &mut at)?.checked_add(at)?;
+        // The key first: its tag (field 1, length-delimited), length and text.
+        if buf.get(at) == Some(&(1 << 3 | 2)) {
+            let mut p = at + 1;
+            let n = len_at(buf, &mut p)?;
+            if n == k.len() && buf.get(p..p + n) == Some(k) {
+                return Some(start..end);
+            }
+        }
+        at = end;
+    }
+    None
+}
+
+/// The `KeyValue`s in `buf` (length-delimited `KeyValue` fields), keys owned. Values keep
+/// their type; an array takes the type of its first element.
+pub fn decode_attributes(buf: &[u8]) -> Vec<KeyValue> {
+    let mut out = Vec::new();
+    let mut r = Reader { b: buf, at: 0 };
+    while let Some((_, Field::Bytes(kv))) = r.field() {
+        let (mut key_text, mut value) = (String::new(), Value::from(""));
+        let mut k = Reader { b: kv, at: 0 };
+        while let Some((n, f)) = k.field() {
+            match (n, f) {
+                (1, Field::Bytes(t)) => key_text = String::from_utf8_lossy(t).into_owned(),
+                (2, Field::Bytes(v)) => value = decode_any(v).unwrap_or(value),
+                _ => {}
+            }
+        }
+        out.push(KeyValue::new(key_text, value));
+    }
+    out
+}
+
+/// An `AnyValue` message.
+fn decode_any(b: &[u8]) -> Option<Value> {
+    let mut r = Reader { b, at: 0 };
+    let (n, f) = r.field()?;
+    Some(match (n, f) {
+        (1, Field::Bytes(t)) => Value::from(String::from_utf8_lossy(t).into_owned()),
+        (2, Field::Varint(x)) => Value::Bool(x != 0),
+        (3, Field::Varint(x)) => Value::I64(x as i64),
+        (4, Field::Fixed64(x)) => Value::F64(f64::from_bits(x)),
+        (5, Field::Bytes(list)) => {
+            let mut items = Vec::new();
+            let mut l = Reader { b: list, at: 0 };
+            while let Some((1, Field::Bytes(v))) = l.field() {
+                items.extend(decode_any(v));
+            }
+            Value::Array(match items.first() {
+                Some(Value::Bool(_)) => items
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::Bool(x) => Some(*x),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+                Some(Value::I64(_)) => items
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::I64(x) => Some(*x),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+                Some(Value::F64(_)) => items
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::F64(x) => Some(*x),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+                _ => items
+                    .into_iter()
+                    .map(|v| StringValue::from(v.to_string()))
+                    .collect::<Vec<_>>()
+                    .into(),
+            })
+        }
+        _ => return None,
+    })
+}
+
+/// One protobuf field's content.
+enum Field<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32,
+    Bytes(&'a [u8]),
+}
+
+/// Reads the fields of one encoded message (ours: well-formed; anything else ends it).
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.b.get(self.at)?;
+            self.at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let s = self.b.get(self.at..end)?;
+        self.at = end;
+        Some(s)
+    }
+
+    fn field(&mut self) -> Option<(u64, Field<'a>)> {
+        if self.at >= self.b.len() {
+            return None;
+        }
+        let tag = self.varint()?;
+        let f = match tag & 7 {
+            0 => Field::Varint(self.varint()?),
+            1 => Field::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().ok()?)),
+            2 => {
+                let n = usize::try_from(self.varint()?).ok()?;
+                Field::Bytes(self.take(n)?)
+            }
+            5 => {
+                self.take(4)?;
+                Field::Fixed32
+            }
+            _ => return None,
+        };
+        Some((tag >> 3, f))
     }
 }
 

@@ -149,9 +149,9 @@ pub fn mirror(
     let mut span =
         crate::telemetry::linked_span(trace, format!("shadow {} {model}", endpoint.operation()));
     if span.is_recording() {
-        span.set("switchyard.route", route.name.clone());
-        span.set("switchyard.backend", shadow.target.backend.name.clone());
-        span.set("gen_ai.request.model", model.clone());
+        span.set("switchyard.route", &route.name);
+        span.set("switchyard.backend", &shadow.target.backend.name);
+        span.set("gen_ai.request.model", &model);
     }
     let job = Job {
         route: route.name.clone(),
