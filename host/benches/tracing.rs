@@ -89,7 +89,7 @@ fn main() {
         let mut upstream = HeaderMap::new();
         attempt.inject(&mut upstream);
         let probe = ResponseProbe::read(&answer).expect("answer");
-        let facts = telemetry::answer_facts(&t, probe);
+        let facts = telemetry::answer_facts(&t, probe, &answer);
         attempt.succeeded(&metrics, facts);
         t.set_cost(0.0);
         t.finish_span(200, &route, &backend, None);

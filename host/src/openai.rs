@@ -224,11 +224,19 @@ impl RequestBody {
         }
     }
 
+    /// Whether a member's key is `text` (compared as bytes: no UTF-8 check per key).
+    fn key_is(&self, k: &Key, text: &str) -> bool {
+        match k {
+            Key::Span(r) => self.bytes.get(r.clone()) == Some(text.as_bytes()),
+            Key::Owned(s) => &**s == text,
+        }
+    }
+
     /// The raw JSON of a top-level member, if present.
     pub fn raw(&self, key: &str) -> Option<&str> {
         self.fields
             .iter()
-            .find(|f| self.key_text(&f.key) == key)
+            .find(|f| self.key_is(&f.key, key))
             .and_then(|f| std::str::from_utf8(&self.bytes[f.value.clone()]).ok())
     }
 
@@ -335,9 +343,9 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
-/// What the gateway reads from a complete (non-streamed) answer, in one pass: usage and
-/// model for accounting, and (borrowed, not parsed) the id and `choices` that a traced
-/// request's span reports.
+/// What the gateway reads from a complete (non-streamed) answer, in one pass: usage and model
+/// for accounting, and (borrowed) the id and finish reasons that a traced request's span
+/// reports.
 #[derive(Debug, Default, Deserialize)]
 pub struct ResponseProbe<'a> {
     #[serde(default)]
@@ -345,15 +353,178 @@ pub struct ResponseProbe<'a> {
     #[serde(default)]
     pub model: Option<String>,
     #[serde(borrow, default)]
-    pub id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub choices: Option<&'a serde_json::value::RawValue>,
+    pub id: Option<Cow<'a, str>>,
+    /// Each choice's `finish_reason`, read in the same pass (the rest of `choices` is
+    /// skipped, not copied).
+    #[serde(borrow, default, rename = "choices")]
+    pub finish_reasons: FinishReasons<'a>,
 }
 
 impl<'a> ResponseProbe<'a> {
     /// Read an answer; `None` if the body is not a JSON object.
     pub fn read(body: &'a [u8]) -> Option<ResponseProbe<'a>> {
         serde_json::from_slice::<ResponseProbe<'a>>(body).ok()
+    }
+}
+
+/// The raw JSON of an answer's `choices` (for `capture_content`), if it has them.
+pub fn raw_choices(body: &[u8]) -> Option<&str> {
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        choices: Option<&'a RawValue>,
+    }
+    serde_json::from_slice::<Raw<'_>>(body)
+        .ok()?
+        .choices
+        .map(RawValue::get)
+}
+
+/// The `finish_reason` of each choice that has a string one. `choices` that are not what
+/// OpenAI sends (not an array, elements that are not objects, a reason that is not a
+/// string) yield fewer or no reasons, never an error: the rest of the probe (usage, model)
+/// must still be read.
+#[derive(Debug, Default)]
+pub struct FinishReasons<'a>(pub Vec<Cow<'a, str>>);
+
+/// Visitor methods that take a number, a boolean or null as `$none`: what the tolerant
+/// readers below make of a value that is not what they look for.
+macro_rules! scalars_are {
+    ($none:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+    };
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FinishReasons<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Choices<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Choices<'a> {
+            type Value = FinishReasons<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Reason(r)) = seq.next_element()? {
+                    out.extend(r);
+                }
+                Ok(FinishReasons(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(FinishReasons::default())
+            }
+            scalars_are!(FinishReasons::default());
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(FinishReasons::default())
+            }
+        }
+        d.deserialize_any(Choices(std::marker::PhantomData))
+    }
+}
+
+/// One choice's `finish_reason`, if it is an object with a string one.
+struct Reason<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Reason<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Choice<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Choice<'a> {
+            type Value = Reason<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a choice")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut reason = None;
+                while let Some(IsReason(is)) = map.next_key()? {
+                    if is {
+                        reason = map.next_value::<Text<'a>>()?.0;
+                    } else {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Reason(reason))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Reason(None))
+            }
+            scalars_are!(Reason(None));
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Reason(None))
+            }
+        }
+        d.deserialize_any(Choice(std::marker::PhantomData))
+    }
+}
+
+/// Whether an object key is `finish_reason` (read without copying it).
+struct IsReason(bool);
+
+impl<'de> Deserialize<'de> for IsReason {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct K;
+        impl Visitor<'_> for K {
+            type Value = IsReason;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IsReason(v == "finish_reason"))
+            }
+        }
+        d.deserialize_str(K)
+    }
+}
+
+/// A JSON string, borrowed where it has no escapes; any other value is `None`.
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct T<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for T<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Text(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+            scalars_are!(Text(None));
+        }
+        d.deserialize_any(T(std::marker::PhantomData))
     }
 }
 
@@ -380,6 +551,36 @@ pub fn models_list<'a>(names: impl Iterator<Item = &'a str>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe reads usage, model, id and every choice's finish reason in one pass; a
+    /// `choices` that is not what OpenAI sends costs the reasons, never the usage.
+    #[test]
+    fn the_answer_probe_reads_finish_reasons_and_tolerates_odd_choices() {
+        let body = br#"{"id":"c1","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"a \"b\" [c]","finish_reason":"no"},"finish_reason":"stop"},{"index":1,"finish_reason":"len\u0067th"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        let p = ResponseProbe::read(body).expect("probe");
+        assert_eq!(p.finish_reasons.0, ["stop", "length"]);
+        assert_eq!(
+            (p.model.as_deref(), p.id.as_deref()),
+            (Some("m"), Some("c1"))
+        );
+        assert_eq!(p.usage.map(|u| u.completion_tokens), Some(4));
+        assert!(raw_choices(body).is_some_and(|r| r.starts_with("[{\"index\":0")));
+        for odd in [
+            r#""x""#,
+            "{}",
+            "null",
+            "3",
+            r#"[1, "a", [2], null, {"finish_reason": 3}, {"finish_reason": null}, {"finish_reason": {"x": 1}}, {"finish_reason": "stop"}]"#,
+        ] {
+            let body = format!(
+                r#"{{"choices":{odd},"usage":{{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}}}"#
+            );
+            let p = ResponseProbe::read(body.as_bytes()).expect(odd);
+            assert_eq!(p.usage.map(|u| u.total_tokens), Some(3), "{odd}");
+            let want: &[&str] = if odd.starts_with('[') { &["stop"] } else { &[] };
+            assert_eq!(p.finish_reasons.0, want, "{odd}");
+        }
+    }
 
     fn parse(s: &str) -> Result<RequestBody, GatewayError> {
         RequestBody::parse(Bytes::from(s.to_string()), Endpoint::ChatCompletions)

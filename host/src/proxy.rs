@@ -713,7 +713,7 @@ async fn complete_answer(
             detail: format!("expected a JSON object, got: {}", snippet(&bytes, 120)),
         });
     };
-    let facts = telemetry::answer_facts(tel, probe);
+    let facts = telemetry::answer_facts(tel, probe, &bytes);
     let mut out = Response::new(GatewayBody::from(bytes.clone()));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
@@ -748,7 +748,7 @@ async fn held_answer(
         }
     })?;
     let facts = match ResponseProbe::read(&held.complete) {
-        Some(probe) => telemetry::answer_facts(tel, probe),
+        Some(probe) => telemetry::answer_facts(tel, probe, &held.complete),
         None => AnswerFacts::default(),
     };
     let mut out = Response::new(GatewayBody::from(held.events.clone()));

@@ -703,10 +703,13 @@ pub fn request_params<'a>(
 }
 
 /// What a complete answer said, from the probe the gateway read anyway: usage and model
-/// always; id and finish reasons (and, with content capture, the raw `choices`) only when the
-/// request is traced. An answer whose `choices` are not what OpenAI sends just yields no
-/// finish reasons.
-pub fn answer_facts(t: &RequestTelemetry, probe: crate::openai::ResponseProbe<'_>) -> AnswerFacts {
+/// always; id and finish reasons (and, with content capture, the raw `choices` of `body`,
+/// the answer the probe read) only when the request is traced.
+pub fn answer_facts(
+    t: &RequestTelemetry,
+    probe: crate::openai::ResponseProbe<'_>,
+    body: &[u8],
+) -> AnswerFacts {
     let mut facts = AnswerFacts {
         response_model: probe.model,
         usage: probe.usage,
@@ -715,22 +718,15 @@ pub fn answer_facts(t: &RequestTelemetry, probe: crate::openai::ResponseProbe<'_
     if !t.is_tracing() {
         return facts;
     }
-    #[derive(serde::Deserialize)]
-    struct Choice<'a> {
-        #[serde(borrow, default)]
-        finish_reason: Option<Cow<'a, str>>,
-    }
     facts.response_id = probe.id.map(Cow::into_owned);
-    if let Some(raw) = probe.choices {
-        if let Ok(choices) = serde_json::from_str::<Vec<Choice<'_>>>(raw.get()) {
-            facts.finish_reasons = choices
-                .into_iter()
-                .filter_map(|c| c.finish_reason.map(Cow::into_owned))
-                .collect();
-        }
-        if capture_content() {
-            facts.output = Some(raw.get().to_owned());
-        }
+    facts.finish_reasons = probe
+        .finish_reasons
+        .0
+        .into_iter()
+        .map(Cow::into_owned)
+        .collect();
+    if capture_content() {
+        facts.output = crate::openai::raw_choices(body).map(str::to_owned);
     }
     facts
 }
@@ -858,27 +854,29 @@ impl Attempt {
             }
         }
         if self.span.is_recording() {
+            // Keys no other part of the attempt sets (`succeeded` takes the attempt): added
+            // without looking for an earlier value.
             let s = &mut self.span;
             if let Some(m) = &facts.response_model {
-                s.set("gen_ai.response.model", m);
+                s.add("gen_ai.response.model", m);
             }
             if let Some(id) = &facts.response_id {
-                s.set("gen_ai.response.id", id);
+                s.add("gen_ai.response.id", id);
             }
             if !facts.finish_reasons.is_empty() {
-                s.set("gen_ai.response.finish_reasons", &facts.finish_reasons);
+                s.add("gen_ai.response.finish_reasons", &facts.finish_reasons);
             }
             if let Some(u) = facts.usage {
-                s.set("gen_ai.usage.input_tokens", u.prompt_tokens as i64);
-                s.set("gen_ai.usage.output_tokens", u.completion_tokens as i64);
+                s.add("gen_ai.usage.input_tokens", u.prompt_tokens as i64);
+                s.add("gen_ai.usage.output_tokens", u.completion_tokens as i64);
             }
             if let Some(ft) = facts.first_token {
-                s.set("gen_ai.server.time_to_first_token", ft.as_secs_f64());
+                s.add("gen_ai.server.time_to_first_token", ft.as_secs_f64());
             }
             if let Some(o) = &facts.output
                 && capture_content()
             {
-                s.set("gen_ai.output.messages", o);
+                s.add("gen_ai.output.messages", o);
             }
         }
     }
@@ -897,11 +895,6 @@ impl Attempt {
             self.span.set("http.response.status_code", i64::from(st));
         }
         self.span.fail(error_type);
-    }
-
-    /// The attempt's span, for extra attributes.
-    pub fn span(&mut self) -> &mut Span {
-        &mut self.span
     }
 }
 

@@ -228,15 +228,16 @@ impl SpanRecord {
     }
 }
 
-/// One of 64 bits for `key`, from its length and two of its bytes: the keys of one span
-/// (a dozen at most) rarely share one, and a shared bit only costs a search.
+/// One of 64 bits for `key`, from its length and its last eight bytes (keys share their
+/// first ones: `gen_ai.`, `switchyard.`): the keys of one span (a dozen or so) rarely share
+/// one, and a shared bit only costs a search.
 fn key_bit(key: &str) -> u64 {
     let b = key.as_bytes();
-    let (Some(&last), Some(&mid)) = (b.last(), b.get(b.len() / 2)) else {
-        return 1;
-    };
-    let h = b.len().wrapping_mul(7) ^ usize::from(last).wrapping_mul(5) ^ usize::from(mid);
-    1 << (h & 63)
+    let mut tail = [0u8; 8];
+    let n = b.len().min(8);
+    tail[..n].copy_from_slice(&b[b.len() - n..]);
+    let h = (u64::from_le_bytes(tail) ^ b.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    1 << (h >> 58)
 }
 
 #[cfg(test)]
