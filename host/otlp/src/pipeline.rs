@@ -91,7 +91,8 @@ thread_local! {
 /// Hands finished spans to the export task without ever waiting for it.
 ///
 /// A span is encoded to its OTLP bytes here, on the thread that ended it, while its data is
-/// still in that thread's cache, and freed there; the queue holds only bytes. Handing the
+/// still in that thread's cache, and freed there (a [`SpanRecord`]'s attributes already are
+/// bytes, written as they were set); the queue holds only bytes. Handing the
 /// `SpanData` itself to the export task cost more: the task read every span's attributes
 /// back from memory another core wrote, and freed them on the wrong thread.
 #[derive(Clone)]
