@@ -2,7 +2,7 @@
 //! (`switchyard-worker`), so that one request's trace runs from the client through the
 //! gateway into the worker, each process exporting its own spans to the same collector.
 //!
-//! - [`record`]: the gateway's span record, its attributes encoded as they are set.
+//! - [`record`](mod@record): the gateway's span record, its attributes encoded as they are set.
 //! - [`wire`]: the OTLP protobuf encoding, written straight from a [`SpanRecord`] or the
 //!   SDK's `SpanData` (the worker's spans).
 //! - [`export`]: the gRPC and HTTP/protobuf transports.
