@@ -387,6 +387,21 @@ pub fn raw_choices(body: &[u8]) -> Option<&str> {
 #[derive(Debug, Default)]
 pub struct FinishReasons<'a>(pub Vec<Cow<'a, str>>);
 
+/// Read past the rest of an object.
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map
+        .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
+}
+
+/// Read past the rest of an array.
+fn skip_seq<'de, A: de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
 /// Visitor methods that take a number, a boolean or null as `$none`: what the tolerant
 /// readers below make of a value that is not what they look for.
 macro_rules! scalars_are {
@@ -424,12 +439,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for FinishReasons<'a> {
                 }
                 Ok(FinishReasons(out))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map
-                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(FinishReasons::default())
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|()| FinishReasons::default())
             }
             scalars_are!(FinishReasons::default());
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
@@ -462,9 +473,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Reason<'a> {
                 }
                 Ok(Reason(reason))
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(Reason(None))
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|()| Reason(None))
             }
             scalars_are!(Reason(None));
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
@@ -511,16 +521,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 Ok(Text(Some(Cow::Owned(v.to_owned()))))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map
-                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(Text(None))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|()| Text(None))
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(Text(None))
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|()| Text(None))
             }
             scalars_are!(Text(None));
         }

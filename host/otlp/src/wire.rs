@@ -542,36 +542,26 @@ fn decode_any(b: &[u8]) -> Option<Value> {
             while let Some((1, Field::Bytes(v))) = l.field() {
                 items.extend(decode_any(v));
             }
+            fn all<T>(items: &[Value], pick: impl Fn(&Value) -> Option<T>) -> Vec<T> {
+                items.iter().filter_map(pick).collect()
+            }
             Value::Array(match items.first() {
-                Some(Value::Bool(_)) => items
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::Bool(x) => Some(*x),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .into(),
-                Some(Value::I64(_)) => items
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::I64(x) => Some(*x),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .into(),
-                Some(Value::F64(_)) => items
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::F64(x) => Some(*x),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .into(),
-                _ => items
-                    .into_iter()
-                    .map(|v| StringValue::from(v.to_string()))
-                    .collect::<Vec<_>>()
-                    .into(),
+                Some(Value::Bool(_)) => all(&items, |v| match v {
+                    Value::Bool(x) => Some(*x),
+                    _ => None,
+                })
+                .into(),
+                Some(Value::I64(_)) => all(&items, |v| match v {
+                    Value::I64(x) => Some(*x),
+                    _ => None,
+                })
+                .into(),
+                Some(Value::F64(_)) => all(&items, |v| match v {
+                    Value::F64(x) => Some(*x),
+                    _ => None,
+                })
+                .into(),
+                _ => all(&items, |v| Some(StringValue::from(v.to_string()))).into(),
             })
         }
         _ => return None,
