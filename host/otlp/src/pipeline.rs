@@ -132,9 +132,8 @@ impl QueueProcessor {
         self.queue(ScopeRef::Static(scope), attributes, |entry| {
             let split = record_parts(entry, span);
             let parts = entry.len();
-            let (prefix, n) = entry_prefix(parts + attributes.len());
-            entry.extend_from_slice(&prefix[..n]);
-            [parts..parts + n, 0..split, split..parts]
+            entry_prefix(entry, parts + attributes.len());
+            [parts..entry.len(), 0..split, split..parts]
         });
     }
 

@@ -105,12 +105,7 @@ impl ScopeBatch {
         self.buf.len() - self.room
     }
 
-    /// Append one span as [`encode_span_entry`] wrote it.
-    pub fn push_entry(&mut self, entry: &[u8]) {
-        self.push_pieces([entry, &[], &[], &[]]);
-    }
-
-    /// Append one span entry given in pieces.
+    /// Append one span entry (as [`encode_span_entry`] writes it), given in pieces.
     pub fn push_pieces(&mut self, pieces: [&[u8]; 4]) {
         self.buf.reserve(pieces.iter().map(|p| p.len()).sum());
         for p in pieces {
@@ -292,31 +287,29 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
         status: &s.status,
     };
     encode_head(b, &head);
-    {
-        for kv in &s.attributes {
-            attribute(b, 9, kv);
-        }
-        uint_field(b, 10, u64::from(s.dropped_attributes_count));
-        for e in s.events.iter() {
-            encode_event(
-                b,
-                &e.name,
-                e.timestamp,
-                &e.attributes,
-                e.dropped_attributes_count,
-            );
-        }
-        uint_field(b, 12, u64::from(s.events.dropped_count));
-        for l in s.links.iter() {
-            encode_link(
-                b,
-                &l.span_context,
-                &l.attributes,
-                l.dropped_attributes_count,
-            );
-        }
-        uint_field(b, 14, u64::from(s.links.dropped_count));
+    for kv in &s.attributes {
+        attribute(b, 9, kv);
     }
+    uint_field(b, 10, u64::from(s.dropped_attributes_count));
+    for e in s.events.iter() {
+        encode_event(
+            b,
+            &e.name,
+            e.timestamp,
+            &e.attributes,
+            e.dropped_attributes_count,
+        );
+    }
+    uint_field(b, 12, u64::from(s.events.dropped_count));
+    for l in s.links.iter() {
+        encode_link(
+            b,
+            &l.span_context,
+            &l.attributes,
+            l.dropped_attributes_count,
+        );
+    }
+    uint_field(b, 14, u64::from(s.links.dropped_count));
     encode_tail(b, &head);
 }
 
@@ -324,8 +317,8 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
 /// fields before them (ids, name, kind, times) are written to `parts`, then those after
 /// them (events, links, status, flags). Returns where the second part starts.
 ///
-/// The `ScopeSpans.spans` entry is then: [`SPAN_ENTRY_TAG`], the varint of the three parts'
-/// total length, the first part, the attributes, the second part. Knowing the length
+/// The `ScopeSpans.spans` entry is then: its [`entry_prefix`] for the three parts' total
+/// length, the first part, the attributes, the second part. Knowing the length
 /// before writing, the entry is written once, where a nested encoding moves every span
 /// longer than 127 bytes to make room for its length.
 pub fn record_parts(parts: &mut Vec<u8>, r: &SpanRecord) -> usize {
@@ -351,32 +344,21 @@ pub fn record_parts(parts: &mut Vec<u8>, r: &SpanRecord) -> usize {
     split
 }
 
-/// The tag of a `ScopeSpans.spans` entry (field 2, length-delimited).
-pub const SPAN_ENTRY_TAG: u8 = 2 << 3 | 2;
-
-/// The varint prefix of a span entry whose content is `len` bytes: its bytes, and how
-/// many of them there are.
-pub fn entry_prefix(len: usize) -> ([u8; 11], usize) {
-    let mut out = [0u8; 11];
-    out[0] = SPAN_ENTRY_TAG;
-    let mut v = len as u64;
-    let mut n = 1;
-    while v >= 0x80 {
-        out[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    out[n] = v as u8;
-    (out, n + 1)
+/// Append the start of a `ScopeSpans.spans` entry (field 2) whose content is `len` bytes:
+/// its tag and length.
+pub fn entry_prefix(buf: &mut Vec<u8>, len: usize) {
+    key(buf, 2, 2);
+    varint(buf, len as u64);
 }
 
 /// One span record as a `ScopeSpans.spans` entry, appended to `buf`: the same bytes as
-/// [`encode_span_entry`] of the equivalent `SpanData`.
-pub fn encode_record_entry(buf: &mut Vec<u8>, r: &SpanRecord) {
+/// [`encode_span_entry`] of the equivalent `SpanData` (the reference the queue's pieces,
+/// `QueueProcessor::push_record`, are tested against).
+#[cfg(test)]
+pub(crate) fn encode_record_entry(buf: &mut Vec<u8>, r: &SpanRecord) {
     let mut parts = Vec::new();
     let split = record_parts(&mut parts, r);
-    let (prefix, n) = entry_prefix(parts.len() + r.encoded_attributes().len());
-    buf.extend_from_slice(&prefix[..n]);
+    entry_prefix(buf, parts.len() + r.encoded_attributes().len());
     buf.extend_from_slice(&parts[..split]);
     buf.extend_from_slice(r.encoded_attributes());
     buf.extend_from_slice(&parts[split..]);
@@ -475,34 +457,23 @@ pub fn encode_attribute(b: &mut Vec<u8>, field: u32, key_text: &str, value: Attr
 /// number below 16, as [`encode_attribute`] writes them, each with its key first): the byte
 /// range of its whole field.
 pub fn find_attribute(buf: &[u8], key_text: &str) -> Option<Range<usize>> {
-    fn len_at(buf: &[u8], at: &mut usize) -> Option<usize> {
-        let mut v = 0usize;
-        for shift in (0..35).step_by(7) {
-            let byte = *buf.get(*at)?;
-            *at += 1;
-            v |= usize::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    }
     let k = key_text.as_bytes();
-    let mut at = 0;
-    while at < buf.len() {
-        let start = at;
+    let mut r = Reader { b: buf, at: 0 };
+    while r.at < buf.len() {
+        let start = r.at;
         // The field's tag is one byte (field numbers below 16), then the KeyValue's length.
-        at += 1;
-        let end = len_at(buf, &mut at)?.checked_add(at)?;
+        r.at += 1;
+        let len = usize::try_from(r.varint()?).ok()?;
+        let end = r.at.checked_add(len)?;
         // The key first: its tag (field 1, length-delimited), length and text.
-        if buf.get(at) == Some(&(1 << 3 | 2)) {
-            let mut p = at + 1;
-            let n = len_at(buf, &mut p)?;
-            if n == k.len() && buf.get(p..p + n) == Some(k) {
+        if buf.get(r.at) == Some(&(1 << 3 | 2)) {
+            r.at += 1;
+            let n = usize::try_from(r.varint()?).ok()?;
+            if r.take(n) == Some(k) {
                 return Some(start..end);
             }
         }
-        at = end;
+        r.at = end;
     }
     None
 }
@@ -825,7 +796,7 @@ mod tests {
                     for s in &spans {
                         entry.clear();
                         encode_span_entry(&mut entry, s);
-                        batch.push_entry(&entry);
+                        batch.push_pieces([&entry, &[], &[], &[]]);
                     }
                     assert_eq!(batch.spans(), n);
                     batch
