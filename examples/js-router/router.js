@@ -5,83 +5,115 @@
 // to the premium one. Thresholds and targets come from [plugins.config.<file stem>].
 //
 // Build: npm install && npm run build
+//
+// This code runs in an interpreter (StarlingMonkey has no JIT inside Wasm), where every
+// JavaScript operation costs tens of nanoseconds and native string methods are cheap by
+// comparison. So it reads its config once, walks the messages with plain indexed loops,
+// and lets one regular expression rule out code before counting markers.
 
 import { configGet, counterAdd } from "switchyard:plugin/host@0.1.0";
 
 const CODE_MARKERS = ["fn ", "def ", "class ", "import ", "#include", "function ", "=> {",
   "};", "return ", "SELECT ", "public static", "console.log"];
+// Matches where a fence or any marker occurs: text it does not match is not code.
+const ANY_CODE = /```|fn |def |class |import |#include|function |=> \{|\};|return |SELECT |public static|console\.log/;
+const NON_ASCII = /[^\x00-\x7f]/;
 
 const encoder = new TextEncoder();
-// The Rust helpers count UTF-8 bytes; so do we, so both make the same decision.
-const utf8Len = (s) => encoder.encode(s ?? "").length;
+// The Rust helpers count UTF-8 bytes; so do we, so both make the same decision. ASCII text
+// (the usual case) is as many bytes as characters, which needs no encoding to count.
+const utf8Len = (s) => (s == null ? 0 : NON_ASCII.test(s) ? encoder.encode(s).length : s.length);
 
 // The gateway fixes a plugin's config values for as long as that plugin version is loaded
 // (new values reach a plugin only when it is loaded again, with fresh instances), so each
-// instance reads them once instead of calling into the host for every key on every request.
-const cached = new Map();
-function configRaw(key) {
-  if (!cached.has(key)) cached.set(key, configGet(key));
-  return cached.get(key);
-}
-
-function config(key, fallback) {
-  const v = configRaw(key);
-  return v === undefined || v === null ? fallback : v;
-}
+// instance reads and parses them once instead of on every request.
+let settings = null;
 
 function configInt(key, fallback) {
-  const n = Number.parseInt(String(config(key, fallback)).trim(), 10);
+  const v = configGet(key);
+  const n = Number.parseInt(String(v ?? fallback).trim(), 10);
   return Number.isNaN(n) ? fallback : n;
 }
 
 function configList(key) {
-  const v = configRaw(key);
+  const v = configGet(key);
   if (v === undefined || v === null) return [];
   const t = v.trim();
   if (t.startsWith("[")) return JSON.parse(t).filter((s) => typeof s === "string");
   return t.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
 }
 
-const textOf = (m) =>
-  m.content.filter((p) => p.tag === "text").map((p) => p.val).join("\n");
-
-function estimateTokens(req) {
-  let chars = 0;
-  let framing = 0;
-  for (const m of req.messages) {
-    framing += 4;
-    for (const p of m.content) {
-      chars += p.tag === "image-url" ? 340 * 4 : utf8Len(p.val);
-    }
-    for (const c of m.toolCalls) chars += utf8Len(c.name) + utf8Len(c.arguments);
-  }
-  if (req.prompt !== undefined && req.prompt !== null) chars += utf8Len(req.prompt);
-  for (const t of req.tools) {
-    chars += utf8Len(t.name) + utf8Len(t.description) + utf8Len(t.parameters);
-  }
-  return Math.floor((chars + 3) / 4) + framing;
+function loadSettings() {
+  return {
+    routes: configList("routes"),
+    local: configGet("local_backend") ?? "local",
+    premium: configGet("premium_backend") ?? "openai",
+    // Unset: the model the client asked for.
+    localModel: configGet("local_model") ?? null,
+    premiumModel: configGet("premium_model") ?? null,
+    maxTokens: configInt("max_tokens", 400),
+    maxTurns: configInt("max_turns", 4),
+  };
 }
 
 function looksLikeCode(text) {
+  if (!ANY_CODE.test(text)) return false;
   if (text.includes("```")) return true;
-  const hits = CODE_MARKERS.filter((m) => text.includes(m)).length;
+  let hits = 0;
+  for (let i = 0; i < CODE_MARKERS.length; i++) if (text.includes(CODE_MARKERS[i])) hits++;
   const braces = text.split("{").length - 1 + (text.split(";").length - 1);
   return hits >= 2 || (hits >= 1 && braces >= 3);
 }
 
+// A message's text parts joined by newlines, as the Rust SDK's `text_content`. No marker
+// contains a newline, so when no part alone matches ANY_CODE the joined text cannot either.
+function messageHasCode(content) {
+  let maybe = false;
+  for (let i = 0; i < content.length; i++) {
+    const p = content[i];
+    if (p.tag === "text" && ANY_CODE.test(p.val)) maybe = true;
+  }
+  if (!maybe) return false;
+  const texts = [];
+  for (let i = 0; i < content.length; i++) if (content[i].tag === "text") texts.push(content[i].val);
+  return looksLikeCode(texts.join("\n"));
+}
+
+// Why the request needs the premium model, or null when it is simple. Checked in the Rust
+// plugin's order, so both give the same reason.
 function complexity(req, maxTokens, maxTurns) {
-  if (req.tools.length > 0 || req.messages.some((m) => m.toolCalls.length > 0 || m.role === "tool")) {
-    return "uses tools";
+  const msgs = req.messages;
+  if (req.tools.length > 0) return "uses tools";
+  for (let i = 0; i < msgs.length; i++) {
+    if (msgs[i].toolCalls.length > 0 || msgs[i].role === "tool") return "uses tools";
   }
-  if (req.messages.some((m) => looksLikeCode(textOf(m))) ||
-      (req.prompt !== undefined && req.prompt !== null && looksLikeCode(req.prompt))) {
-    return "contains code";
+  // One pass for the rest: code (returned at once), user turns, size, media.
+  let users = 0;
+  let chars = 0;
+  let media = false;
+  for (let i = 0; i < msgs.length; i++) {
+    const m = msgs[i];
+    if (messageHasCode(m.content)) return "contains code";
+    if (m.role === "user") users++;
+    const content = m.content;
+    for (let j = 0; j < content.length; j++) {
+      const p = content[j];
+      if (p.tag === "image-url") {
+        chars += 340 * 4; // an image costs a model far more than its URL's length
+        media = true;
+      } else {
+        chars += utf8Len(p.val);
+        if (p.tag !== "text") media = true;
+      }
+    }
   }
-  if (req.messages.filter((m) => m.role === "user").length > maxTurns) return "deep conversation";
-  if (estimateTokens(req) > maxTokens) return "long prompt";
-  if (req.messages.some((m) => m.content.some((p) => p.tag !== "text"))) {
-    return "has images or other media";
-  }
+  const prompt = req.prompt;
+  if (prompt !== undefined && prompt !== null && looksLikeCode(prompt)) return "contains code";
+  if (users > maxTurns) return "deep conversation";
+  chars += utf8Len(prompt);
+  const framing = 4 * msgs.length;
+  if (Math.floor((chars + 3) / 4) + framing > maxTokens) return "long prompt";
+  if (media) return "has images or other media";
   return null;
 }
 
@@ -90,25 +122,24 @@ const decision = (backend, model, tag, reason) =>
 
 export const classify = {
   classify(req, _who, backends) {
-    const routes = configList("routes");
-    if (routes.length > 0 && !routes.includes(req.model)) {
+    const s = settings ?? (settings = loadSettings());
+    if (s.routes.length > 0 && !s.routes.includes(req.model)) {
       return { route: undefined, target: undefined, tags: [], reason: undefined };
     }
-    const local = config("local_backend", "local");
-    const premium = config("premium_backend", "openai");
-    const localModel = config("local_model", req.model);
-    const premiumModel = config("premium_model", req.model);
-    const why = complexity(req, configInt("max_tokens", 400), configInt("max_turns", 4));
+    const premiumModel = s.premiumModel ?? req.model;
+    const why = complexity(req, s.maxTokens, s.maxTurns);
     if (why !== null) {
       counterAdd("complex", 1n);
-      return decision(premium, premiumModel, "complexity:complex", why);
+      return decision(s.premium, premiumModel, "complexity:complex", why);
     }
-    if (backends.some((b) => b.name === local && b.health === "unhealthy")) {
-      counterAdd("local_unhealthy", 1n);
-      return decision(premium, premiumModel, "complexity:simple",
-        "simple, but the local backend is unhealthy");
+    for (let i = 0; i < backends.length; i++) {
+      if (backends[i].name === s.local && backends[i].health === "unhealthy") {
+        counterAdd("local_unhealthy", 1n);
+        return decision(s.premium, premiumModel, "complexity:simple",
+          "simple, but the local backend is unhealthy");
+      }
     }
     counterAdd("simple", 1n);
-    return decision(local, localModel, "complexity:simple", "simple");
+    return decision(s.local, s.localModel ?? req.model, "complexity:simple", "simple");
   },
 };

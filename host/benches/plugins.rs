@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo xtask plugins        # builds plugins/*.wasm and the Python/JS/C examples
-//! cargo bench -p switchyard --bench plugins [-- --iterations 20000]
+//! cargo bench -p switchyard --bench plugins [-- --iterations 20000] [--only js-router]
+//! cargo bench -p switchyard --bench plugins -- --compare a.wasm b.wasm   # two classifiers
 //! ```
 //!
 //! For each plugin it measures, in process, the request path's plugin work as the proxy
@@ -67,6 +68,99 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 const REQUEST: &str = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant. Be brief."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"temperature":0.2,"response_format":{"type":"json_object"},"user":"bench"}"#;
 const ANSWER: &[u8] = br#"{"id":"x","object":"chat.completion","model":"llama","choices":[{"index":0,"message":{"role":"assistant","content":"{\"capital\":\"Paris\"}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":5,"total_tokens":35}}"#;
 
+/// A runtime with `file` as the only plugin, named `name`, loaded; `None` if it cannot be
+/// copied. The folder must outlive the plugins.
+fn load(
+    label: &str,
+    file: &Path,
+    name: &str,
+    cache: &Path,
+    instances: &str,
+) -> Option<(tempfile::TempDir, Runtime, Arc<Plugins>)> {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    if let Err(e) = std::fs::copy(file, dir.path().join(format!("{name}.wasm"))) {
+        println!("{label:<22} skipped: {e}");
+        return None;
+    }
+    let rt = runtime(dir.path(), cache, instances);
+    let plugins = Arc::new(Plugins::default());
+    let settings = rt.plugins.clone()?;
+    match plugins.load_all(&settings) {
+        Ok(r) if r.failed.is_empty() => {}
+        Ok(r) => panic!("{label}: {:?}", r.failed),
+        Err(e) => panic!("{label}: {e}"),
+    }
+    Some((dir, rt, plugins))
+}
+
+fn request() -> RequestBody {
+    match RequestBody::parse(
+        Bytes::from_static(REQUEST.as_bytes()),
+        Endpoint::ChatCompletions,
+    ) {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `--compare A B`: two classify components side by side, in alternating rounds of 100
+/// calls, so that a machine whose speed changes over seconds slows both alike. Prints each
+/// one's median and B's median over A's (the median of the per-round ratios).
+fn compare(a: &Path, b: &Path, iterations: usize, cache: &Path) {
+    let name = "complexity-router";
+    let (Some((_da, rt_a, pa)), Some((_db, rt_b, pb))) = (
+        load("A", a, name, cache, "pooled"),
+        load("B", b, name, cache, "pooled"),
+    ) else {
+        return;
+    };
+    let body = request();
+    let headers = HeaderMap::new();
+    let call = |rt: &Runtime, plugins: &Plugins| {
+        let t = Instant::now();
+        let mut pass = Pass::new(
+            plugins,
+            &body,
+            Endpoint::ChatCompletions,
+            &headers,
+            CallerInfo::default(),
+        );
+        assert!(pass.classify(rt, &plugins.stats).is_ok());
+        t.elapsed()
+    };
+    const ROUND: usize = 100;
+    let (mut all_a, mut all_b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..(iterations / ROUND).max(2) + 5 {
+        let mut ta: Vec<Duration> = (0..ROUND).map(|_| call(&rt_a, &pa)).collect();
+        let mut tb: Vec<Duration> = (0..ROUND).map(|_| call(&rt_b, &pb)).collect();
+        if round < 5 {
+            continue; // warm-up
+        }
+        ta.sort();
+        tb.sort();
+        ratios.push(percentile(&tb, 0.5).as_secs_f64() / percentile(&ta, 0.5).as_secs_f64());
+        all_a.extend(ta);
+        all_b.extend(tb);
+    }
+    all_a.sort();
+    all_b.sort();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "A {}: median {:.1} µs ({} errors)\nB {}: median {:.1} µs ({} errors)\nB/A: {:.3} (median of {} rounds)",
+        a.display(),
+        percentile(&all_a, 0.5).as_secs_f64() * 1e6,
+        pa.metrics.errors_of(name),
+        b.display(),
+        percentile(&all_b, 0.5).as_secs_f64() * 1e6,
+        pb.metrics.errors_of(name),
+        ratios[ratios.len() / 2],
+        ratios.len(),
+    );
+}
+
 fn bench_stage(
     label: &str,
     file: &Path,
@@ -75,40 +169,29 @@ fn bench_stage(
     cache: &Path,
     instances: &str,
 ) {
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("tempdir: {e}"),
-    };
     let name = if stage == "classify" {
         "complexity-router"
     } else {
         label
     };
-    if let Err(e) = std::fs::copy(file, dir.path().join(format!("{name}.wasm"))) {
-        println!("{label:<22} skipped: {e}");
-        return;
-    }
-    let rt = runtime(dir.path(), cache, instances);
-    let plugins = Arc::new(Plugins::default());
-    let Some(settings) = rt.plugins.clone() else {
+    let Some((_dir, rt, plugins)) = load(label, file, name, cache, instances) else {
         return;
     };
-    match plugins.load_all(&settings) {
-        Ok(r) if r.failed.is_empty() => {}
-        Ok(r) => panic!("{label}: {:?}", r.failed),
-        Err(e) => panic!("{label}: {e}"),
-    }
-    let body = match RequestBody::parse(
-        Bytes::from_static(REQUEST.as_bytes()),
-        Endpoint::ChatCompletions,
-    ) {
-        Ok(b) => b,
-        Err(e) => panic!("{e}"),
-    };
+    let body = request();
     let headers = HeaderMap::new();
     let target = rt.routes[0].targets[0].clone();
     let mut times = Vec::with_capacity(iterations);
-    let run = |times: &mut Vec<Duration>| {
+    // (call number, its time) of each call that failed, warm-up included.
+    let mut failed: Vec<(usize, Duration)> = Vec::new();
+    let mut seen_errors = 0;
+    let mut check = |i: usize, took: Duration| {
+        let now = plugins.metrics.errors_of(name);
+        if now > seen_errors {
+            failed.push((i, took));
+            seen_errors = now;
+        }
+    };
+    let run = || {
         let t = Instant::now();
         let mut pass = Pass::new(
             &plugins,
@@ -124,14 +207,18 @@ fn bench_stage(
                 .validate(&SpanParent::default(), ANSWER, "local", "llama")
                 .is_ok(),
         };
-        times.push(t.elapsed());
+        let took = t.elapsed();
         assert!(ok);
+        took
     };
-    for _ in 0..(iterations / 10).max(50) {
-        run(&mut Vec::new());
+    let warmup = (iterations / 10).max(50);
+    for i in 0..warmup {
+        check(i, run());
     }
-    for _ in 0..iterations {
-        run(&mut times);
+    for i in 0..iterations {
+        let took = run();
+        times.push(took);
+        check(warmup + i, took);
     }
     times.sort();
     let errors = plugins.metrics.errors_of(name);
@@ -145,10 +232,17 @@ fn bench_stage(
             }
         }
     }
+    for (i, took) in &failed {
+        println!(
+            "    call {i} failed after {:.1} µs (calls {warmup}.. are measured)",
+            took.as_secs_f64() * 1e6
+        );
+    }
     println!(
-        "{label:<18} {stage:<9} {instances:<8} median {:>7.1} µs   p99 {:>7.1} µs   ({iterations} calls, {errors} errors)",
+        "{label:<18} {stage:<9} {instances:<8} median {:>7.1} µs   p99 {:>7.1} µs   max {:>8.1} µs   ({iterations} calls, {errors} errors)",
         percentile(&times, 0.5).as_secs_f64() * 1e6,
         percentile(&times, 0.99).as_secs_f64() * 1e6,
+        percentile(&times, 1.0).as_secs_f64() * 1e6,
     );
 }
 
@@ -205,7 +299,19 @@ fn main() {
     {
         iterations = n;
     }
+    // `--only NAME`: just the plugins whose name contains NAME (and no startup figure).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let cache = root().join("target").join("plugin-cache");
+    if let Some(i) = args.iter().position(|a| a == "--compare")
+        && let (Some(a), Some(b)) = (args.get(i + 1), args.get(i + 2))
+    {
+        compare(Path::new(a), Path::new(b), iterations, &cache);
+        return;
+    }
     let p = |n: &str| root().join("plugins").join(format!("{n}.wasm"));
     let e = |d: &str| root().join("examples").join(d).join("router.wasm");
     let rust = [
@@ -214,16 +320,21 @@ fn main() {
         ("json-validator", "validate"),
     ];
     for instances in ["pooled", "per-call"] {
-        for (name, stage) in rust {
+        for (name, stage) in rust.into_iter().filter(|(n, _)| wanted(n)) {
             bench_stage(name, &p(name), stage, iterations, &cache, instances);
         }
     }
     for name in ["python-router", "js-router", "c-router"] {
+        if !wanted(name) {
+            continue;
+        }
         if !e(name).exists() {
             println!("{name}: not built (cargo xtask plugins), skipped");
             continue;
         }
         bench_stage(name, &e(name), "classify", iterations, &cache, "pooled");
     }
-    startup(&cache);
+    if only.is_none() {
+        startup(&cache);
+    }
 }

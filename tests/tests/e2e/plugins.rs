@@ -125,6 +125,10 @@ fn routing_cases() -> Vec<(Value, &'static str)> {
             "openai",
         ),
         (user("héllo, ça va? 日本語で答えて"), "local"),
+        // Code without a fence: two markers ("def ", "return ").
+        (user("def area(r):\n    return 3.14 * r * r"), "openai"),
+        // One marker and no braces is prose, not code.
+        (user("Should I import a car from Japan?"), "local"),
     ]
 }
 
@@ -149,7 +153,7 @@ async fn complexity_router_sends_simple_requests_local_and_the_rest_premium() {
         };
         assert_eq!(r.header("x-switchyard-model"), Some(model), "case {i}");
     }
-    assert_eq!(local.served(), 3);
+    assert_eq!(local.served(), 4);
     assert_eq!(
         local.last_request().unwrap().json()["model"],
         "llama-3.1-8b"
@@ -157,7 +161,7 @@ async fn complexity_router_sends_simple_requests_local_and_the_rest_premium() {
     let m = metrics(&gw).await;
     assert!(
         m.contains(
-            r#"switchyard_plugin_counter_total{plugin="complexity-router",name="simple"} 3"#
+            r#"switchyard_plugin_counter_total{plugin="complexity-router",name="simple"} 4"#
         ),
         "{m}"
     );
