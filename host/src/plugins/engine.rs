@@ -83,8 +83,9 @@ impl PluginEngine {
         // `memory_mb` every access is checked explicitly, which made interpreters built to
         // Wasm (StarlingMonkey, CPython) a third slower: the JavaScript router took 254 µs a
         // call against 161, a per-call Rust instance 50 µs against 32. The reservation is
-        // address space only (no memory is committed), and `memory_mb` is still enforced by
-        // the pool's slot size and each store's limiter.
+        // address space only (no memory is committed; ~4 TiB for the pool's 1000 memories,
+        // so no `ulimit -v`), and `memory_mb` is still enforced by the pool's slot size and
+        // each store's limiter.
         config.memory_reservation(1 << 32);
         config.memory_guard_size(32 << 20);
         let engine = Engine::new(&config)?;
