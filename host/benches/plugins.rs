@@ -119,18 +119,8 @@ fn compare(a: &Path, b: &Path, iterations: usize, cache: &Path) {
     };
     let body = request();
     let headers = HeaderMap::new();
-    let call = |rt: &Runtime, plugins: &Plugins| {
-        let t = Instant::now();
-        let mut pass = Pass::new(
-            plugins,
-            &body,
-            Endpoint::ChatCompletions,
-            &headers,
-            CallerInfo::default(),
-        );
-        assert!(pass.classify(rt, &plugins.stats).is_ok());
-        t.elapsed()
-    };
+    let call =
+        |rt: &Runtime, plugins: &Plugins| timed_call(rt, plugins, &body, &headers, "classify");
     const ROUND: usize = 100;
     let (mut all_a, mut all_b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..(iterations / ROUND).max(2) + 5 {
@@ -161,6 +151,35 @@ fn compare(a: &Path, b: &Path, iterations: usize, cache: &Path) {
     );
 }
 
+/// One request's plugin work as the proxy does it, timed: building the typed view of the
+/// request (`Pass::new`) plus the stage call.
+fn timed_call(
+    rt: &Runtime,
+    plugins: &Plugins,
+    body: &RequestBody,
+    headers: &HeaderMap,
+    stage: &str,
+) -> Duration {
+    let t = Instant::now();
+    let mut pass = Pass::new(
+        plugins,
+        body,
+        Endpoint::ChatCompletions,
+        headers,
+        CallerInfo::default(),
+    );
+    let ok = match stage {
+        "classify" => pass.classify(rt, &plugins.stats).is_ok(),
+        "adapt" => pass.adapt(&rt.routes[0].targets[0], "llama-3.1-8b").is_ok(),
+        _ => pass
+            .validate(&SpanParent::default(), ANSWER, "local", "llama")
+            .is_ok(),
+    };
+    let took = t.elapsed();
+    assert!(ok);
+    took
+}
+
 fn bench_stage(
     label: &str,
     file: &Path,
@@ -179,7 +198,6 @@ fn bench_stage(
     };
     let body = request();
     let headers = HeaderMap::new();
-    let target = rt.routes[0].targets[0].clone();
     let mut times = Vec::with_capacity(iterations);
     // (call number, its time) of each call that failed, warm-up included.
     let mut failed: Vec<(usize, Duration)> = Vec::new();
@@ -191,26 +209,7 @@ fn bench_stage(
             seen_errors = now;
         }
     };
-    let run = || {
-        let t = Instant::now();
-        let mut pass = Pass::new(
-            &plugins,
-            &body,
-            Endpoint::ChatCompletions,
-            &headers,
-            CallerInfo::default(),
-        );
-        let ok = match stage {
-            "classify" => pass.classify(&rt, &plugins.stats).is_ok(),
-            "adapt" => pass.adapt(&target, "llama-3.1-8b").is_ok(),
-            _ => pass
-                .validate(&SpanParent::default(), ANSWER, "local", "llama")
-                .is_ok(),
-        };
-        let took = t.elapsed();
-        assert!(ok);
-        took
-    };
+    let run = || timed_call(&rt, &plugins, &body, &headers, stage);
     let warmup = (iterations / 10).max(50);
     for i in 0..warmup {
         check(i, run());
