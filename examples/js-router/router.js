@@ -17,12 +17,11 @@ const CODE_MARKERS = ["fn ", "def ", "class ", "import ", "#include", "function 
   "};", "return ", "SELECT ", "public static", "console.log"];
 // Matches where a fence or any marker occurs: text it does not match is not code.
 const ANY_CODE = /```|fn |def |class |import |#include|function |=> \{|\};|return |SELECT |public static|console\.log/;
-const NON_ASCII = /[^\x00-\x7f]/;
 
 const encoder = new TextEncoder();
-// The Rust helpers count UTF-8 bytes; so do we, so both make the same decision. ASCII text
-// (the usual case) is as many bytes as characters, which needs no encoding to count.
-const utf8Len = (s) => (s == null ? 0 : NON_ASCII.test(s) ? encoder.encode(s).length : s.length);
+// The Rust helpers count UTF-8 bytes; so do we, so both make the same decision. Encoding is
+// one native call, measured a little cheaper than first testing for non-ASCII text.
+const utf8Len = (s) => (s == null ? 0 : encoder.encode(s).length);
 
 // The gateway fixes a plugin's config values for as long as that plugin version is loaded
 // (new values reach a plugin only when it is loaded again, with fresh instances), so each
@@ -65,53 +64,55 @@ function looksLikeCode(text) {
   return hits >= 2 || (hits >= 1 && braces >= 3);
 }
 
-// A message's text parts joined by newlines, as the Rust SDK's `text_content`. No marker
-// contains a newline, so when no part alone matches ANY_CODE the joined text cannot either.
-function messageHasCode(content) {
-  let maybe = false;
-  for (let i = 0; i < content.length; i++) {
-    const p = content[i];
-    if (p.tag === "text" && ANY_CODE.test(p.val)) maybe = true;
-  }
-  if (!maybe) return false;
+// A message's text parts joined by newlines, as the Rust SDK's `text_content`.
+function textOf(content) {
   const texts = [];
   for (let i = 0; i < content.length; i++) if (content[i].tag === "text") texts.push(content[i].val);
-  return looksLikeCode(texts.join("\n"));
+  return texts.join("\n");
 }
 
 // Why the request needs the premium model, or null when it is simple. Checked in the Rust
 // plugin's order, so both give the same reason.
 function complexity(req, maxTokens, maxTurns) {
   const msgs = req.messages;
+  const n = msgs.length;
   if (req.tools.length > 0) return "uses tools";
-  for (let i = 0; i < msgs.length; i++) {
-    if (msgs[i].toolCalls.length > 0 || msgs[i].role === "tool") return "uses tools";
+  for (let i = 0; i < n; i++) {
+    const m = msgs[i];
+    if (m.toolCalls.length > 0 || m.role === "tool") return "uses tools";
   }
-  // One pass for the rest: code (returned at once), user turns, size, media.
+  // One pass for the rest, each part read once: code (returned at once), user turns, size,
+  // media. Every call costs in an interpreter, so the common path makes none of ours.
   let users = 0;
   let chars = 0;
   let media = false;
-  for (let i = 0; i < msgs.length; i++) {
+  for (let i = 0; i < n; i++) {
     const m = msgs[i];
-    if (messageHasCode(m.content)) return "contains code";
-    if (m.role === "user") users++;
     const content = m.content;
+    let maybeCode = false;
     for (let j = 0; j < content.length; j++) {
       const p = content[j];
-      if (p.tag === "image-url") {
+      const tag = p.tag;
+      if (tag === "image-url") {
         chars += 340 * 4; // an image costs a model far more than its URL's length
         media = true;
-      } else {
-        chars += utf8Len(p.val);
-        if (p.tag !== "text") media = true;
+        continue;
       }
+      const v = p.val;
+      chars += encoder.encode(v).length;
+      if (tag !== "text") media = true;
+      else if (ANY_CODE.test(v)) maybeCode = true;
     }
+    // No marker contains a newline, so when no text part alone matches ANY_CODE, the
+    // joined text cannot either.
+    if (maybeCode && looksLikeCode(textOf(content))) return "contains code";
+    if (m.role === "user") users++;
   }
   const prompt = req.prompt;
   if (prompt !== undefined && prompt !== null && looksLikeCode(prompt)) return "contains code";
   if (users > maxTurns) return "deep conversation";
   chars += utf8Len(prompt);
-  const framing = 4 * msgs.length;
+  const framing = 4 * n;
   if (Math.floor((chars + 3) / 4) + framing > maxTokens) return "long prompt";
   if (media) return "has images or other media";
   return null;

@@ -88,6 +88,13 @@ impl PluginEngine {
         // each store's limiter.
         config.memory_reservation(1 << 32);
         config.memory_guard_size(32 << 20);
+        // `SWITCHYARD_PLUGIN_PROFILER=perfmap`: name each plugin function in
+        // /tmp/perf-<pid>.map, so `perf record` / `perf report` on the gateway (or the
+        // plugins bench) show where a plugin's time goes, function by function, instead of
+        // one anonymous JIT blob. Off by default: the map only grows.
+        if let Some(p) = profiler_from_env()? {
+            config.profiler(p);
+        }
         let engine = Engine::new(&config)?;
 
         let mut linker: Linker<State> = Linker::new(&engine);
@@ -171,6 +178,23 @@ impl PluginEngine {
     }
 }
 
+/// The environment variable that turns on a profiler for plugin code.
+pub const PROFILER_ENV: &str = "SWITCHYARD_PLUGIN_PROFILER";
+
+fn profiler_from_env() -> wasmtime::Result<Option<wasmtime::ProfilingStrategy>> {
+    parse_profiler(std::env::var(PROFILER_ENV).ok().as_deref())
+}
+
+fn parse_profiler(value: Option<&str>) -> wasmtime::Result<Option<wasmtime::ProfilingStrategy>> {
+    match value {
+        None | Some("") | Some("none") => Ok(None),
+        Some("perfmap") => Ok(Some(wasmtime::ProfilingStrategy::PerfMap)),
+        Some(other) => Err(wasmtime::format_err!(
+            "{PROFILER_ENV}={other:?}: expected \"perfmap\" or \"none\""
+        )),
+    }
+}
+
 /// Whether a compile came from the disk cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
@@ -192,6 +216,22 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_profiler_variable_is_perfmap_or_nothing() {
+        assert!(matches!(parse_profiler(None), Ok(None)));
+        assert!(matches!(parse_profiler(Some("none")), Ok(None)));
+        assert!(matches!(
+            parse_profiler(Some("perfmap")),
+            Ok(Some(wasmtime::ProfilingStrategy::PerfMap))
+        ));
+        let e = parse_profiler(Some("jitdump")).map(|_| ()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("SWITCHYARD_PLUGIN_PROFILER=\"jitdump\""),
+            "{e}"
+        );
+    }
 
     #[test]
     fn ticks_are_a_tenth_of_the_timeout_within_bounds() {
