@@ -443,6 +443,96 @@ fn message_json(m: &Message, i: usize) -> Result<String, CallError> {
 
 /// The typed view of a complete upstream answer.
 pub fn response(body: &[u8], backend: &str, model: &str) -> Response {
+    let (content, finish_reason, tool_calls) =
+        first_choice(body).unwrap_or_else(|| first_choice_slow(body));
+    Response {
+        backend: backend.to_string(),
+        model: model.to_string(),
+        content,
+        finish_reason,
+        tool_calls,
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+type ChoiceParts = (Option<String>, Option<String>, Vec<ToolCall>);
+
+/// Only what `response` reads of an answer. Every member is kept raw, so any JSON is
+/// accepted where it is (a member of another type reads as absent, as in
+/// `first_choice_slow`), and the rest of the answer is skipped, not built into a tree.
+#[derive(serde::Deserialize)]
+struct AnswerView<'a> {
+    #[serde(borrow)]
+    choices: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnswerMessageView<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+/// A raw member that is a JSON string, decoded; `None` for any other value.
+fn raw_str(raw: Option<&RawValue>) -> Option<String> {
+    let text = raw?.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
+/// The first choice's content, finish reason and tool calls, reading only those members;
+/// `None` when the answer is not shaped so (not an object, a duplicate member, ...), for
+/// `first_choice_slow` to decide.
+fn first_choice(body: &[u8]) -> Option<ChoiceParts> {
+    let answer: AnswerView<'_> = serde_json::from_slice(body).ok()?;
+    let Some(choices) = answer.choices else {
+        return Some((None, None, Vec::new()));
+    };
+    let first = match serde_json::from_str::<Vec<&RawValue>>(choices.get()) {
+        Ok(list) => list.first().copied(),
+        Err(_) if !choices.get().starts_with('[') => None,
+        Err(_) => return None,
+    };
+    let Some(first) = first else {
+        return Some((None, None, Vec::new()));
+    };
+    if !first.get().starts_with('{') {
+        return Some((None, None, Vec::new()));
+    }
+    let choice: ChoiceView<'_> = serde_json::from_str(first.get()).ok()?;
+    let message = match choice.message {
+        Some(m) if m.get().starts_with('{') => {
+            Some(serde_json::from_str::<AnswerMessageView<'_>>(m.get()).ok()?)
+        }
+        _ => None,
+    };
+    let content =
+        raw_str(message.as_ref().and_then(|m| m.content)).or_else(|| raw_str(choice.text));
+    let tool_calls = match message.as_ref().and_then(|m| m.tool_calls) {
+        Some(raw) if raw.get().starts_with('[') => match serde_json::from_str(raw.get()) {
+            Ok(Value::Array(calls)) => calls.iter().map(tool_call).collect(),
+            _ => return None,
+        },
+        _ => Vec::new(),
+    };
+    Some((content, raw_str(choice.finish_reason), tool_calls))
+}
+
+/// The same read through a whole `Value` tree: any answer, however odd.
+fn first_choice_slow(body: &[u8]) -> ChoiceParts {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let choice = &v["choices"][0];
     let content = choice["message"]["content"]
@@ -453,14 +543,11 @@ pub fn response(body: &[u8], backend: &str, model: &str) -> Response {
         Value::Array(calls) => calls.iter().map(tool_call).collect(),
         _ => Vec::new(),
     };
-    Response {
-        backend: backend.to_string(),
-        model: model.to_string(),
+    (
         content,
-        finish_reason: choice["finish_reason"].as_str().map(str::to_string),
+        choice["finish_reason"].as_str().map(str::to_string),
         tool_calls,
-        body: String::from_utf8_lossy(body).into_owned(),
-    }
+    )
 }
 
 #[cfg(test)]
@@ -492,6 +579,40 @@ mod tests {
                 .unwrap()
                 .contains(r#""metadata":{"a":[1,2.50]}"#)
         );
+    }
+
+    #[test]
+    fn an_answer_reads_the_same_fast_or_through_a_tree() {
+        let answers = [
+            r#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"caf\u00e9 \"ok\""},"finish_reason":"stop"}],"usage":{"total_tokens":3}}"#,
+            r#"{"choices":[{"message":{"content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[{"text":"legacy completion","finish_reason":"length"},{"text":"second"}]}"#,
+            r#"{"choices":[{"message":{"content":[{"type":"text","text":"parts"}]},"text":"fallback","finish_reason":7}]}"#,
+            r#"{"choices":[{"message":"odd","finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"message":{"tool_calls":{"not":"a list"}}}]}"#,
+            r#"{"choices":["not an object"]}"#,
+            r#"{"choices":{"0":{}}}"#,
+            r#"{"choices":[]}"#,
+            r#"{"object":"no choices"}"#,
+            r#"{"choices":[{"finish_reason":"stop","finish_reason":"length"}]}"#,
+            r#"[1,2]"#,
+            "not json",
+            "",
+        ];
+        for a in answers {
+            let slow = first_choice_slow(a.as_bytes());
+            let fast =
+                first_choice(a.as_bytes()).unwrap_or_else(|| first_choice_slow(a.as_bytes()));
+            assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{a}");
+        }
+        let (content, reason, calls) = first_choice(answers[1].as_bytes()).unwrap();
+        assert_eq!((content, reason.as_deref()), (None, Some("tool_calls")));
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("f", r#"{"a":1}"#)
+        );
+        let (content, _, _) = first_choice(answers[0].as_bytes()).unwrap();
+        assert_eq!(content.as_deref(), Some("café \"ok\""));
     }
 
     #[test]
