@@ -204,10 +204,11 @@ function typedReads(reads) {
 }
 
 // Writing the result: the generated code calls `dataView($memory)` (an interpreted call)
-// for every field it stores. Here one view serves until the next allocation. Memory only
-// grows and never moves, so a view taken after an allocation covers every address
-// allocated so far: the result area (allocated before the call) and each list `$realloc`
-// returned. So the view is renewed right after each `var x = $realloc(...);`. Unchanged if
+// for every field it stores. Here one set of views (typed arrays, see `typedWrites`, or one
+// DataView where a write has another shape) serves until the next allocation. Memory only
+// grows and never moves, so views taken after an allocation cover every address allocated
+// so far: the result area (allocated before the call) and each list `$realloc` returned.
+// So they are taken again right after each `var x = $realloc(...);`. Unchanged if
 // `$realloc` is used any other way.
 function fasterLowering(lower) {
   const alloc = /^(\s*var [A-Za-z0-9_$]+ = \$realloc\([^;\n]*\);)$/gm;
@@ -269,6 +270,8 @@ function syncExports(js) {
     if (callEnd < 0) return null;
     const lift = body.slice(0, bodyCall);
     const call = body.slice(bodyCall + "ret = await ".length, callEnd + 2);
+    // The call's arguments are names and literals; a `);` inside them would end it early.
+    if (call.split("(").length !== call.split(")").length) return null;
     let lower = body.slice(callEnd + 3);
     // The lowering must end in its only `return;`, so it can run in either place.
     if (!lower.trimEnd().endsWith("return;") || lower.split("return;").length !== 2) return null;
