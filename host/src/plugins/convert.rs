@@ -81,10 +81,7 @@ pub fn request(body: &RequestBody, endpoint: Endpoint) -> Request {
             .and_then(|v| v.as_u64())
             .map(|n| n.min(u32::MAX as u64) as u32)
     };
-    let messages = match get("messages") {
-        Some(Value::Array(ms)) => ms.iter().map(message).collect(),
-        _ => Vec::new(),
-    };
+    let messages = body.raw("messages").map(messages).unwrap_or_default();
     let tools = match get("tools") {
         Some(Value::Array(ts)) => ts.iter().filter_map(tool).collect(),
         _ => Vec::new(),
@@ -150,33 +147,93 @@ fn role_name(r: Role) -> &'static str {
 
 const MESSAGE_TYPED: &[&str] = &["role", "content", "name", "tool_calls", "tool_call_id"];
 
-fn message(v: &Value) -> Message {
-    let empty = Map::new();
-    let o = v.as_object().unwrap_or(&empty);
-    let content = match o.get("content") {
-        Some(Value::String(s)) => vec![ContentPart::Text(s.clone())],
-        Some(Value::Array(parts)) => parts.iter().map(part).collect(),
+/// A JSON object's members in their order, values raw (what `extra` copies verbatim).
+struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Members<'a>, M::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    out.push((k, m.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The typed messages of a raw `messages` member (none when it is not a list). Each
+/// message is read member by member; its other members go to `extra` verbatim, in their
+/// order. A message that is not a JSON object reads as an empty user message.
+fn messages(raw: &str) -> Vec<Message> {
+    let Ok(list) = serde_json::from_str::<Vec<&RawValue>>(raw) else {
+        return Vec::new();
+    };
+    list.iter().map(|m| message_raw(m.get())).collect()
+}
+
+fn message_raw(text: &str) -> Message {
+    let members = serde_json::from_str::<Members<'_>>(text)
+        .map(|m| m.0)
+        .unwrap_or_default();
+    // A repeated member: the last one counts, as in a `serde_json::Value`.
+    let find = |k: &str| {
+        members
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.get())
+    };
+    let string = |k: &str| find(k).and_then(|v| serde_json::from_str::<String>(v).ok());
+    let content = match find("content") {
+        Some(t) if t.starts_with('"') => serde_json::from_str::<String>(t)
+            .map(|s| vec![ContentPart::Text(s)])
+            .unwrap_or_default(),
+        Some(t) if t.starts_with('[') => match serde_json::from_str::<Vec<Value>>(t) {
+            Ok(parts) => parts.iter().map(part).collect(),
+            Err(_) => Vec::new(),
+        },
         _ => Vec::new(),
     };
-    let tool_calls = match o.get("tool_calls") {
-        Some(Value::Array(calls)) => calls.iter().map(tool_call).collect(),
+    let tool_calls = match find("tool_calls") {
+        Some(t) if t.starts_with('[') => match serde_json::from_str::<Vec<Value>>(t) {
+            Ok(calls) => calls.iter().map(tool_call).collect(),
+            Err(_) => Vec::new(),
+        },
         _ => Vec::new(),
     };
-    let extra: Map<String, Value> = o
-        .iter()
-        .filter(|(k, _)| !MESSAGE_TYPED.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut extra = String::from("{");
+    for (i, (k, v)) in members.iter().enumerate() {
+        // A repeated untyped member once, with its last value.
+        if MESSAGE_TYPED.contains(&k.as_ref()) || members[i + 1..].iter().any(|(n, _)| n == k) {
+            continue;
+        }
+        if extra.len() > 1 {
+            extra.push(',');
+        }
+        extra.push_str(&json_string(k));
+        extra.push(':');
+        extra.push_str(v.get());
+    }
+    extra.push('}');
     Message {
-        role: role(o.get("role").and_then(Value::as_str).unwrap_or("user")),
+        role: role(string("role").as_deref().unwrap_or("user")),
         content,
-        name: o.get("name").and_then(Value::as_str).map(str::to_string),
+        name: string("name"),
         tool_calls,
-        tool_call_id: o
-            .get("tool_call_id")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        extra: Value::Object(extra).to_string(),
+        tool_call_id: string("tool_call_id"),
+        extra,
     }
 }
 
@@ -579,6 +636,42 @@ mod tests {
                 .unwrap()
                 .contains(r#""metadata":{"a":[1,2.50]}"#)
         );
+    }
+
+    #[test]
+    fn a_message_keeps_its_other_members_verbatim_and_in_order() {
+        let ms = messages(
+            r#"[{"z_note":{"b":1,"a":2.50},"role":"system","content":"be \u00e9 brief","x":1e2},
+                {"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:x"}}],"name":"ana"},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}],"dup":1,"dup":2},
+                {"role":"tool","tool_call_id":"c1","content":"ok"},
+                "not an object",
+                {"content":7}]"#,
+        );
+        assert_eq!(ms.len(), 6);
+        assert!(matches!(ms[0].role, Role::System));
+        assert!(matches!(&ms[0].content[..], [ContentPart::Text(t)] if t == "be é brief"));
+        // Untyped members as the client wrote them: order, spacing of numbers, nesting.
+        assert_eq!(ms[0].extra, r#"{"z_note":{"b":1,"a":2.50},"x":1e2}"#);
+        assert!(matches!(&ms[1].content[1], ContentPart::ImageUrl(u) if u == "data:x"));
+        assert_eq!(ms[1].name.as_deref(), Some("ana"));
+        assert_eq!(ms[1].extra, "{}");
+        assert!(ms[2].content.is_empty());
+        assert_eq!(ms[2].tool_calls[0].name, "f");
+        // A repeated member counts once, with its last value, as a JSON object would.
+        assert_eq!(ms[2].extra, r#"{"dup":2}"#);
+        assert!(matches!(ms[3].role, Role::Tool));
+        assert_eq!(ms[3].tool_call_id.as_deref(), Some("c1"));
+        for odd in &ms[4..] {
+            assert!(matches!(odd.role, Role::User));
+            assert!(odd.content.is_empty());
+        }
+        assert!(messages(r#"{"not":"a list"}"#).is_empty());
+        // Written back, the request has the client's members again.
+        let back = message_json(&ms[0], 0).unwrap();
+        let v: Value = serde_json::from_str(&back).unwrap();
+        assert_eq!(v["z_note"]["a"], 2.5);
+        assert_eq!(v["content"], "be é brief");
     }
 
     #[test]
