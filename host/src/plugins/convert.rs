@@ -63,12 +63,7 @@ pub fn request(body: &RequestBody, endpoint: Endpoint) -> Request {
         } else if typed {
             continue;
         }
-        if extra.len() > 1 {
-            extra.push(',');
-        }
-        extra.push_str(&json_string(k));
-        extra.push(':');
-        extra.push_str(raw);
+        push_member(&mut extra, k, raw);
     }
     extra.push('}');
     let get = |k: &str| {
@@ -119,6 +114,16 @@ pub fn request(body: &RequestBody, endpoint: Endpoint) -> Request {
         response_format: get("response_format").as_ref().and_then(response_format),
         extra,
     }
+}
+
+/// Append `"key":raw` to a JSON object being written (it starts with `{`).
+fn push_member(object: &mut String, key: &str, raw: &str) {
+    if object.len() > 1 {
+        object.push(',');
+    }
+    object.push_str(&json_string(key));
+    object.push(':');
+    object.push_str(raw);
 }
 
 fn json_string(s: &str) -> String {
@@ -188,43 +193,23 @@ fn message_raw(text: &str) -> Message {
         .map(|m| m.0)
         .unwrap_or_default();
     // A repeated member: the last one counts, as in a `serde_json::Value`.
-    let find = |k: &str| {
-        members
-            .iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.get())
+    let find = |k: &str| members.iter().rev().find(|(n, _)| n == k).map(|(_, v)| *v);
+    let string = |k: &str| raw_str(find(k));
+    let content = match (string("content"), raw_list(find("content"))) {
+        (Some(text), _) => vec![ContentPart::Text(text)],
+        (None, Some(parts)) => parts.iter().map(part).collect(),
+        (None, None) => Vec::new(),
     };
-    let string = |k: &str| find(k).and_then(|v| serde_json::from_str::<String>(v).ok());
-    let content = match find("content") {
-        Some(t) if t.starts_with('"') => serde_json::from_str::<String>(t)
-            .map(|s| vec![ContentPart::Text(s)])
-            .unwrap_or_default(),
-        Some(t) if t.starts_with('[') => match serde_json::from_str::<Vec<Value>>(t) {
-            Ok(parts) => parts.iter().map(part).collect(),
-            Err(_) => Vec::new(),
-        },
-        _ => Vec::new(),
-    };
-    let tool_calls = match find("tool_calls") {
-        Some(t) if t.starts_with('[') => match serde_json::from_str::<Vec<Value>>(t) {
-            Ok(calls) => calls.iter().map(tool_call).collect(),
-            Err(_) => Vec::new(),
-        },
-        _ => Vec::new(),
-    };
+    let tool_calls = raw_list(find("tool_calls"))
+        .map(|calls| calls.iter().map(tool_call).collect())
+        .unwrap_or_default();
     let mut extra = String::from("{");
     for (i, (k, v)) in members.iter().enumerate() {
         // A repeated untyped member once, with its last value.
         if MESSAGE_TYPED.contains(&k.as_ref()) || members[i + 1..].iter().any(|(n, _)| n == k) {
             continue;
         }
-        if extra.len() > 1 {
-            extra.push(',');
-        }
-        extra.push_str(&json_string(k));
-        extra.push(':');
-        extra.push_str(v.get());
+        push_member(&mut extra, k, v.get());
     }
     extra.push('}');
     Message {
@@ -414,23 +399,15 @@ pub fn request_json(req: &Request, endpoint: Endpoint) -> Result<Vec<u8>, CallEr
     }
     let extra = raw_object("request.extra", &req.extra)?;
     let mut body = String::from("{");
-    for (i, (k, v)) in out.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&json_string(k));
-        body.push(':');
-        body.push_str(v);
+    for (k, v) in &out {
+        push_member(&mut body, k, v);
     }
     for (k, v) in &extra {
         // A typed member wins over a stray copy in `extra`.
         if out.iter().any(|(o, _)| o == k) {
             continue;
         }
-        body.push(',');
-        body.push_str(&json_string(k));
-        body.push(':');
-        body.push_str(v.get());
+        push_member(&mut body, k, v.get());
     }
     body.push('}');
     Ok(body.into_bytes())
@@ -442,13 +419,8 @@ fn raw(text: &str) -> Box<RawValue> {
 
 fn object_text(m: &BTreeMap<String, Box<RawValue>>) -> String {
     let mut s = String::from("{");
-    for (i, (k, v)) in m.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(&json_string(k));
-        s.push(':');
-        s.push_str(v.get());
+    for (k, v) in m {
+        push_member(&mut s, k, v.get());
     }
     s.push('}');
     s
@@ -550,6 +522,15 @@ fn raw_str(raw: Option<&RawValue>) -> Option<String> {
     serde_json::from_str(text).ok()
 }
 
+/// A raw member that is a JSON list, as values; `None` for any other value.
+fn raw_list(raw: Option<&RawValue>) -> Option<Vec<Value>> {
+    let text = raw?.get();
+    if !text.starts_with('[') {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
 /// The first choice's content, finish reason and tool calls, reading only those members;
 /// `None` when the answer is not shaped so (not an object, a duplicate member, ...), for
 /// `first_choice_slow` to decide.
@@ -578,13 +559,9 @@ fn first_choice(body: &[u8]) -> Option<ChoiceParts> {
     };
     let content =
         raw_str(message.as_ref().and_then(|m| m.content)).or_else(|| raw_str(choice.text));
-    let tool_calls = match message.as_ref().and_then(|m| m.tool_calls) {
-        Some(raw) if raw.get().starts_with('[') => match serde_json::from_str(raw.get()) {
-            Ok(Value::Array(calls)) => calls.iter().map(tool_call).collect(),
-            _ => return None,
-        },
-        _ => Vec::new(),
-    };
+    let tool_calls = raw_list(message.as_ref().and_then(|m| m.tool_calls))
+        .map(|calls| calls.iter().map(tool_call).collect())
+        .unwrap_or_default();
     Some((content, raw_str(choice.finish_reason), tool_calls))
 }
 
