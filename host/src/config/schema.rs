@@ -87,6 +87,9 @@ pub struct PluginsSection {
     /// Streamed answers and `validate` plugins: `skip` (default; relayed live, not
     /// validated) or `buffer` (held until complete, validated, then served).
     pub validate_streams: Option<String>,
+    /// Which answers `validate` plugins see: `["json"]` (the client asked for JSON),
+    /// `["tools"]` (the request offers tools), both, or `["always"]` (the default).
+    pub validate_when: Option<Vec<String>>,
     /// Per-plugin limits: `[plugins.overrides.<name>]`, replacing the section's defaults.
     pub overrides: Option<std::collections::BTreeMap<String, PluginOverrideSection>>,
 }
@@ -99,6 +102,7 @@ pub struct PluginOverrideSection {
     pub memory_mb: Option<u64>,
     pub on_error: Option<String>,
     pub validate_streams: Option<String>,
+    pub validate_when: Option<Vec<String>>,
 }
 
 /// One `[[backends]]` entry.

@@ -660,21 +660,30 @@ impl Pass {
         Ok(changed)
     }
 
-    /// Whether any plugin validates answers (the proxy only buffers for them when so).
+    /// Whether any plugin validates this request's answers (the proxy only buffers for them
+    /// when so): one with the stage whose `validate_when` takes the request.
     pub fn validates(&self) -> bool {
-        self.request.is_some() && self.set.any(|s| s.validate)
+        self.validators().next().is_some()
+    }
+
+    /// The plugins whose `validate` this request's answers go to, in order.
+    fn validators(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        let req = self
+            .request
+            .as_ref()
+            .filter(|_| self.set.any(|s| s.validate));
+        self.set.plugins.iter().filter(move |p| {
+            req.is_some_and(|r| {
+                p.loaded.stages.validate && p.loaded.options.validate_when.applies(r)
+            })
+        })
     }
 
     /// Whether a streamed answer is held until complete so the `validate` plugins judge it
     /// (some `validate` plugin has `validate_streams = "buffer"`); otherwise streams are
     /// relayed as they come and not validated.
     pub fn holds_streams(&self) -> bool {
-        self.request.is_some()
-            && self
-                .set
-                .plugins
-                .iter()
-                .any(|p| p.loaded.stages.validate && p.loaded.options.hold_streams)
+        self.validators().any(|p| p.loaded.options.hold_streams)
     }
 
     /// Stage `validate` on a complete answer: the first plugin that rejects or replaces
@@ -689,11 +698,11 @@ impl Pass {
         let Some(req) = &self.request else {
             return Ok(ValidateOutcome::Accept);
         };
-        if !self.set.any(|s| s.validate) {
+        if !self.validates() {
             return Ok(ValidateOutcome::Accept);
         }
         let resp = convert::response(body, backend, model);
-        for p in self.set.plugins.iter().filter(|p| p.loaded.stages.validate) {
+        for p in self.validators() {
             let call = || {
                 p.loaded.validate(req, &resp).and_then(|v| match v {
                 types::Verdict::Accept => Ok(ValidateOutcome::Accept),

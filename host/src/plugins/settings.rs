@@ -37,6 +37,72 @@ pub struct PluginOptions {
     /// `validate_streams = "buffer"`: streamed answers are held until complete so this
     /// plugin's `validate` sees them (only matters for plugins with that stage).
     pub hold_streams: bool,
+    /// `validate_when`: which answers this plugin's `validate` is called for.
+    pub validate_when: ValidateWhen,
+}
+
+/// Which answers a `validate` plugin is called for (`validate_when`). A validator that only
+/// judges JSON answers says so here, and every other request skips the call: its request and
+/// answer are not converted, copied into the plugin and read back for a verdict known in
+/// advance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidateWhen {
+    /// Every answer (the default).
+    Always,
+    /// Only answers to requests with any of these.
+    Only {
+        /// The client asked for JSON (`response_format` `json_object` or `json_schema`).
+        json: bool,
+        /// The request offers tools.
+        tools: bool,
+    },
+}
+
+impl ValidateWhen {
+    /// Whether an answer to `req` goes to the plugin.
+    pub fn applies(self, req: &super::types::Request) -> bool {
+        use super::types::ResponseFormat;
+        match self {
+            ValidateWhen::Always => true,
+            ValidateWhen::Only { json, tools } => {
+                (json
+                    && matches!(
+                        req.response_format,
+                        Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema(_))
+                    ))
+                    || (tools && !req.tools.is_empty())
+            }
+        }
+    }
+
+    /// `validate_when` at `key`: `"json"`, `"tools"` or `"always"`, at least one.
+    fn parse(key: &str, values: &[String], problems: &mut Vec<Problem>) -> Option<ValidateWhen> {
+        if values.is_empty() {
+            problems.push(Problem::new(
+                key,
+                "an empty list would never validate; leave the key out (or write [\"always\"]) \
+                 to validate every answer",
+            ));
+            return None;
+        }
+        let (mut json, mut tools, mut always) = (false, false, false);
+        for (i, v) in values.iter().enumerate() {
+            match v.as_str() {
+                "json" => json = true,
+                "tools" => tools = true,
+                "always" => always = true,
+                other => problems.push(Problem::new(
+                    format!("{key}[{i}]"),
+                    format!("must be \"json\", \"tools\" or \"always\", got {other:?}"),
+                )),
+            }
+        }
+        Some(if always {
+            ValidateWhen::Always
+        } else {
+            ValidateWhen::Only { json, tools }
+        })
+    }
 }
 
 /// `[plugins]`, resolved.
@@ -58,14 +124,16 @@ pub struct Settings {
     pub config: HashMap<String, Arc<HashMap<String, String>>>,
 }
 
-/// `timeout_ms`, `memory_mb`, `on_error` and `validate_streams` at `prefix` (`plugins` or
-/// `plugins.overrides.<name>`), each falling back to `base`.
+/// `timeout_ms`, `memory_mb`, `on_error`, `validate_streams` and `validate_when` at `prefix`
+/// (`plugins` or `plugins.overrides.<name>`), each falling back to `base`.
+#[allow(clippy::too_many_arguments)]
 fn limits(
     prefix: &str,
     timeout_ms: Option<u64>,
     memory_mb: Option<u64>,
     on_error: Option<&str>,
     validate_streams: Option<&str>,
+    validate_when: Option<&[String]>,
     base: PluginOptions,
     problems: &mut Vec<Problem>,
 ) -> PluginOptions {
@@ -108,6 +176,11 @@ fn limits(
             format!("must be \"skip\" or \"buffer\", got {other:?}"),
         )),
     }
+    if let Some(values) = validate_when
+        && let Some(w) = ValidateWhen::parse(&format!("{prefix}.validate_when"), values, problems)
+    {
+        l.validate_when = w;
+    }
     l
 }
 
@@ -120,6 +193,7 @@ impl Settings {
             memory_bytes: usize::try_from(DEFAULT_MEMORY_MB * 1024 * 1024).unwrap_or(usize::MAX),
             on_error: OnError::Continue,
             hold_streams: false,
+            validate_when: ValidateWhen::Always,
         };
         let defaults = limits(
             "plugins",
@@ -127,6 +201,7 @@ impl Settings {
             s.memory_mb,
             s.on_error.as_deref(),
             s.validate_streams.as_deref(),
+            s.validate_when.as_deref(),
             builtin,
             problems,
         );
@@ -142,6 +217,7 @@ impl Settings {
                 o.memory_mb,
                 o.on_error.as_deref(),
                 o.validate_streams.as_deref(),
+                o.validate_when.as_deref(),
                 defaults,
                 problems,
             );
@@ -287,6 +363,7 @@ timeout_ms = 2000
 memory_mb = 512
 on_error = "continue"
 validate_streams = "buffer"
+validate_when = ["json", "tools"]
 
 [[backends]]
 name = "b"
@@ -312,6 +389,14 @@ targets = [{ backend = "b" }]
         assert_eq!(hungry.memory_bytes, 512 * mib);
         assert_eq!(hungry.on_error, super::OnError::Continue);
         assert!(hungry.hold_streams && !slow.hold_streams);
+        assert_eq!(
+            hungry.validate_when,
+            super::ValidateWhen::Only {
+                json: true,
+                tools: true
+            }
+        );
+        assert_eq!(slow.validate_when, super::ValidateWhen::Always);
         assert_eq!(s.options_for("other"), s.defaults);
         assert_eq!(s.largest_memory(), 512 * mib);
         assert_eq!(s.shortest_timeout().as_millis(), 200);
@@ -324,6 +409,9 @@ timeout_ms = 0
 memory_mb = 5000
 on_error = "shrug"
 validate_streams = "sometimes"
+validate_when = ["json", "sometimes"]
+[plugins.overrides.y]
+validate_when = []
 "#;
         let problems = load_str(bad, ConfigSource::Embedded).unwrap_err().problems;
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
@@ -332,12 +420,55 @@ validate_streams = "sometimes"
             "plugins.overrides.x.memory_mb",
             "plugins.overrides.x.on_error",
             "plugins.overrides.x.validate_streams",
+            "plugins.overrides.x.validate_when[1]",
+            "plugins.overrides.y.validate_when",
         ] {
             assert!(paths.contains(&want), "{want} missing from {problems:?}");
         }
         let unknown = "[plugins]\ndir = \"p\"\n[plugins.overrides.x]\ndeadline = 5\n";
         let err = load_str(unknown, ConfigSource::Embedded).unwrap_err();
         assert!(format!("{err:?}").contains("deadline"), "{err:?}");
+    }
+
+    #[test]
+    fn validate_when_takes_the_requests_it_names() {
+        use super::ValidateWhen;
+        use crate::config::Endpoint;
+        use crate::openai::RequestBody;
+        let req = |extra: &str| {
+            let text =
+                format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+            let body = RequestBody::parse(bytes::Bytes::from(text), Endpoint::ChatCompletions);
+            crate::plugins::convert::request(&body.unwrap(), Endpoint::ChatCompletions)
+        };
+        let prose = req("");
+        let text = req(r#","response_format":{"type":"text"}"#);
+        let object = req(r#","response_format":{"type":"json_object"}"#);
+        let schema = req(
+            r#","response_format":{"type":"json_schema","json_schema":{"name":"p","schema":{}}}"#,
+        );
+        let tools =
+            req(r#","tools":[{"type":"function","function":{"name":"f","parameters":{}}}]"#);
+        let json = ValidateWhen::Only {
+            json: true,
+            tools: false,
+        };
+        let tool = ValidateWhen::Only {
+            json: false,
+            tools: true,
+        };
+        let both = ValidateWhen::Only {
+            json: true,
+            tools: true,
+        };
+        for r in [&prose, &text, &object, &schema, &tools] {
+            assert!(ValidateWhen::Always.applies(r));
+        }
+        let takes =
+            |w: ValidateWhen| [&prose, &text, &object, &schema, &tools].map(|r| w.applies(r));
+        assert_eq!(takes(json), [false, false, true, true, false]);
+        assert_eq!(takes(tool), [false, false, false, false, true]);
+        assert_eq!(takes(both), [false, false, true, true, true]);
     }
 
     #[test]

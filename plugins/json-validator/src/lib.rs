@@ -5,7 +5,9 @@
 //! `required` properties present and every property of the declared `type` (recursively
 //! through nested objects and array items; `enum` values checked). Anything else is
 //! rejected with the reason, so the route's fallback answers instead. Answers to requests
-//! that did not ask for JSON, and tool-call answers, are accepted untouched.
+//! that did not ask for JSON, and tool-call answers, are accepted untouched; so give it
+//! `validate_when = ["json"]` in `[plugins.overrides.json-validator]`, and those answers
+//! are served without calling it.
 
 use serde_json::Value;
 use switchyard_sdk::{Request, Response, ResponseFormat, Validate, Verdict};

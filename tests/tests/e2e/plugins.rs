@@ -351,6 +351,55 @@ async fn json_validator_rejects_answers_that_are_not_the_json_asked_for() {
     assert_eq!(r.status, 200);
 }
 
+/// How many calls `plugin` got at `stage`, from `/metrics`.
+async fn plugin_calls(gw: &Gateway, plugin: &str, stage: &str) -> u64 {
+    let text = Client::new().get(&gw.url("/metrics")).await.text();
+    let (p, s) = (format!("plugin=\"{plugin}\""), format!("stage=\"{stage}\""));
+    text.lines()
+        .filter(|l| l.starts_with("switchyard_plugin_duration_seconds_count{"))
+        .filter(|l| l.contains(&p) && l.contains(&s))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .sum()
+}
+
+/// `validate_when = ["json"]`: the validator still rejects a JSON answer that is not JSON,
+/// and the answers to requests that did not ask for JSON are served without calling it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_when_calls_the_validator_only_for_the_requests_it_names() {
+    let (local, premium, dir) = with_first_party(&["json-validator"]).await;
+    let gw = Gateway::start(&config(
+        &local,
+        &premium,
+        dir.path(),
+        "[plugins.overrides.json-validator]\nvalidate_when = [\"json\"]\n",
+    ));
+    for _ in 0..3 {
+        let r = chat(&gw, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "mock_content": "hello there"})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["choices"][0]["message"]["content"], "hello there");
+    }
+    assert_eq!(plugin_calls(&gw, "json-validator", "validate").await, 0);
+
+    let ask = |content: &str| {
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "who?"}],
+            "response_format": {"type": "json_object"}, "mock_content": content})
+    };
+    let r = chat(&gw, ask("Sure! Here is the JSON you asked for.")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "answer_rejected");
+    let r = chat(&gw, ask(r#"{"name":"Ada"}"#)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(plugin_calls(&gw, "json-validator", "validate").await, 2);
+    drop(gw);
+
+    // Without it, every answer goes to the validator.
+    let gw = Gateway::start(&config(&local, &premium, dir.path(), ""));
+    let r = chat(&gw, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "mock_content": "hello there"})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(plugin_calls(&gw, "json-validator", "validate").await, 1);
+}
+
 /// The text of a streamed chat answer (its `delta.content` pieces joined).
 fn streamed_text(r: &switchyard_tests::client::StreamResp) -> String {
     r.json_events()
