@@ -321,7 +321,7 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-fn write_json_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_json_string(out: &mut Vec<u8>, s: &str) {
     let needs_escape = s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
     if needs_escape {
         let _ = serde_json::to_writer(&mut *out, s);
