@@ -294,7 +294,7 @@ fn response_format(v: &Value) -> Option<ResponseFormat> {
     }
 }
 
-/// A JSON object from a plugin, as ordered raw members; an error when it is not one.
+/// At most the first 80 bytes of `s` (for error messages).
 fn clip(s: &str) -> &str {
     let mut end = s.len().min(80);
     while !s.is_char_boundary(end) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Problem;
-use crate::config::schema::PluginsSection;
+use crate::config::schema::{PluginOverrideSection, PluginsSection};
 
 /// Default `[plugins] timeout_ms`: generous for a policy that runs in microseconds, short
 /// enough that a runaway plugin costs a request little.
@@ -126,19 +126,14 @@ pub struct Settings {
 
 /// `timeout_ms`, `memory_mb`, `on_error`, `validate_streams` and `validate_when` at `prefix`
 /// (`plugins` or `plugins.overrides.<name>`), each falling back to `base`.
-#[allow(clippy::too_many_arguments)]
 fn limits(
     prefix: &str,
-    timeout_ms: Option<u64>,
-    memory_mb: Option<u64>,
-    on_error: Option<&str>,
-    validate_streams: Option<&str>,
-    validate_when: Option<&[String]>,
+    keys: &PluginOverrideSection,
     base: PluginOptions,
     problems: &mut Vec<Problem>,
 ) -> PluginOptions {
     let mut l = base;
-    if let Some(ms) = timeout_ms {
+    if let Some(ms) = keys.timeout_ms {
         if (1..=60_000).contains(&ms) {
             l.timeout = Duration::from_millis(ms);
         } else {
@@ -148,7 +143,7 @@ fn limits(
             ));
         }
     }
-    if let Some(mb) = memory_mb {
+    if let Some(mb) = keys.memory_mb {
         if (1..=4096).contains(&mb) {
             l.memory_bytes = usize::try_from(mb * 1024 * 1024).unwrap_or(usize::MAX);
         } else {
@@ -158,7 +153,7 @@ fn limits(
             ));
         }
     }
-    match on_error {
+    match keys.on_error.as_deref() {
         None => {}
         Some("continue") => l.on_error = OnError::Continue,
         Some("reject") => l.on_error = OnError::Reject,
@@ -167,7 +162,7 @@ fn limits(
             format!("must be \"continue\" or \"reject\", got {other:?}"),
         )),
     }
-    match validate_streams {
+    match keys.validate_streams.as_deref() {
         None => {}
         Some("skip") => l.hold_streams = false,
         Some("buffer") => l.hold_streams = true,
@@ -176,7 +171,7 @@ fn limits(
             format!("must be \"skip\" or \"buffer\", got {other:?}"),
         )),
     }
-    if let Some(values) = validate_when
+    if let Some(values) = &keys.validate_when
         && let Some(w) = ValidateWhen::parse(&format!("{prefix}.validate_when"), values, problems)
     {
         l.validate_when = w;
@@ -195,32 +190,22 @@ impl Settings {
             hold_streams: false,
             validate_when: ValidateWhen::Always,
         };
-        let defaults = limits(
-            "plugins",
-            s.timeout_ms,
-            s.memory_mb,
-            s.on_error.as_deref(),
-            s.validate_streams.as_deref(),
-            s.validate_when.as_deref(),
-            builtin,
-            problems,
-        );
+        // The section's own keys are the defaults' overrides of the built-in values.
+        let section = PluginOverrideSection {
+            timeout_ms: s.timeout_ms,
+            memory_mb: s.memory_mb,
+            on_error: s.on_error.clone(),
+            validate_streams: s.validate_streams.clone(),
+            validate_when: s.validate_when.clone(),
+        };
+        let defaults = limits("plugins", &section, builtin, problems);
         let mut overrides = HashMap::new();
         for (name, o) in s.overrides.iter().flatten() {
             let prefix = format!("plugins.overrides.{name}");
             if name.is_empty() {
                 problems.push(Problem::new(prefix.clone(), "a plugin name is required"));
             }
-            let l = limits(
-                &prefix,
-                o.timeout_ms,
-                o.memory_mb,
-                o.on_error.as_deref(),
-                o.validate_streams.as_deref(),
-                o.validate_when.as_deref(),
-                defaults,
-                problems,
-            );
+            let l = limits(&prefix, o, defaults, problems);
             overrides.insert(name.clone(), l);
         }
         let per_call_instances = match s.instances.as_deref() {
