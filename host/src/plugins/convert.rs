@@ -7,8 +7,8 @@
 //! back verbatim. What is typed is re-encoded (a float may be spelled differently); that only
 //! happens when a plugin actually rewrote the request.
 
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use super::bindings::types::{
     ContentPart, Endpoint as WEndpoint, JsonSchema, Message, Request, Response, ResponseFormat,
@@ -75,10 +75,11 @@ pub fn request(body: &RequestBody, endpoint: Endpoint) -> Request {
             .map(|n| n.min(u32::MAX as u64) as u32)
     };
     let messages = body.raw("messages").map(messages).unwrap_or_default();
-    let tools = match get("tools") {
-        Some(Value::Array(ts)) => ts.iter().filter_map(tool).collect(),
-        _ => Vec::new(),
-    };
+    let tools = body
+        .raw("tools")
+        .and_then(|t| serde_json::from_str::<Vec<&RawValue>>(t).ok())
+        .map(|ts| ts.iter().filter_map(|t| tool(t.get())).collect())
+        .unwrap_or_default();
     let stop = match get("stop") {
         Some(Value::String(s)) => vec![s],
         Some(Value::Array(a)) => a
@@ -256,23 +257,31 @@ fn tool_call(v: &Value) -> ToolCall {
     }
 }
 
-fn tool(v: &Value) -> Option<Tool> {
-    let func = v.get("function")?.as_object()?;
-    let extra: Map<String, Value> = func
-        .iter()
-        .filter(|(k, _)| !["name", "description", "parameters"].contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+/// A tool (`{"type":"function","function":{...}}`) read member by member: its parameters
+/// and its function's other members raw, verbatim and in order. `None` when it has no
+/// function object or no name.
+fn tool(text: &str) -> Option<Tool> {
+    let outer = serde_json::from_str::<Members<'_>>(text).ok()?.0;
+    let func = outer.iter().rev().find(|(k, _)| k == "function")?.1;
+    let members = serde_json::from_str::<Members<'_>>(func.get()).ok()?.0;
+    let find = |k: &str| members.iter().rev().find(|(n, _)| n == k).map(|(_, v)| *v);
+    let mut extra = String::from("{");
+    for (i, (k, v)) in members.iter().enumerate() {
+        if TOOL_TYPED.contains(&k.as_ref()) || members[i + 1..].iter().any(|(n, _)| n == k) {
+            continue;
+        }
+        push_member(&mut extra, k, v.get());
+    }
+    extra.push('}');
     Some(Tool {
-        name: func.get("name")?.as_str()?.to_string(),
-        description: func
-            .get("description")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        parameters: func.get("parameters").map(Value::to_string),
-        extra: Value::Object(extra).to_string(),
+        name: raw_str(find("name"))?,
+        description: raw_str(find("description")),
+        parameters: find("parameters").map(|p| p.get().to_string()),
+        extra,
     })
 }
+
+const TOOL_TYPED: &[&str] = &["name", "description", "parameters"];
 
 fn response_format(v: &Value) -> Option<ResponseFormat> {
     match v.get("type")?.as_str()? {
@@ -854,7 +863,7 @@ mod tests {
     /// copy of a typed member.
     #[test]
     fn a_full_request_round_trips_through_its_typed_form() {
-        let text = r#"{"model":"m","messages":[{"role":"developer","content":"rules","x":[2.50]},{"role":"user","content":[{"type":"text","text":"q \"x\""},{"type":"input_audio","input_audio":{"data":"AA=="}}],"name":"ana"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},{"role":"tool","content":"42","tool_call_id":"c1"}],"stream":true,"tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object","properties":{"a":{"type":"integer"}}},"strict":true}}],"tool_choice":{"type":"function","function":{"name":"f"}},"temperature":0.25,"top_p":0.5,"presence_penalty":-1.5,"frequency_penalty":1.5,"max_tokens":64,"stop":["\n","END"],"seed":9007199254740993,"n":2,"response_format":{"type":"json_schema","json_schema":{"name":"p","schema":{"type":"object","required":["a"]},"strict":true}},"user":"u1","metadata":{"k":1.50}}"#;
+        let text = r#"{"model":"m","messages":[{"role":"developer","content":"rules","x":[2.50]},{"role":"user","content":[{"type":"text","text":"q \"x\""},{"type":"input_audio","input_audio":{"data":"AA=="}}],"name":"ana"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},{"role":"tool","content":"42","tool_call_id":"c1"}],"stream":true,"tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object","properties":{"a":{"type":"integer","maximum":2.50}}},"strict":true}}],"tool_choice":{"type":"function","function":{"name":"f"}},"temperature":0.25,"top_p":0.5,"presence_penalty":-1.5,"frequency_penalty":1.5,"max_tokens":64,"stop":["\n","END"],"seed":9007199254740993,"n":2,"response_format":{"type":"json_schema","json_schema":{"name":"p","schema":{"type":"object","required":["a"]},"strict":true}},"user":"u1","metadata":{"k":1.50}}"#;
         let body = RequestBody::parse(Bytes::from(text), Endpoint::ChatCompletions).unwrap();
         let mut req = request(&body, Endpoint::ChatCompletions);
         // A plugin that left a stray copy of a typed member in `extra`: the typed one wins.
@@ -869,6 +878,16 @@ mod tests {
             "{back}"
         );
         assert!(back.contains(r#""x":[2.50]"#), "{back}");
+        // A tool's parameters and other members are read and written verbatim, in order.
+        assert_eq!(
+            req.tools[0].parameters.as_deref(),
+            Some(r#"{"type":"object","properties":{"a":{"type":"integer","maximum":2.50}}}"#)
+        );
+        assert_eq!(req.tools[0].extra, r#"{"strict":true}"#);
+        assert!(
+            back.contains(r#"{"name":"f","description":"d","parameters":{"type":"object","properties":{"a":{"type":"integer","maximum":2.50}}},"strict":true}"#),
+            "{back}"
+        );
         // It parses as a client's request would.
         RequestBody::parse(Bytes::from(back), Endpoint::ChatCompletions).unwrap();
     }
