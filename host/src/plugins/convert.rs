@@ -177,6 +177,38 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
     }
 }
 
+impl<'a> Members<'a> {
+    /// The value of member `k`; a repeated member counts once, with its last value, as in
+    /// a `serde_json::Value`.
+    fn get(&self, k: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| *v)
+    }
+
+    /// The members not in `typed`, in order, a repeated one once with its last value.
+    fn untyped<'s>(
+        &'s self,
+        typed: &'s [&str],
+    ) -> impl Iterator<Item = (&'s str, &'a RawValue)> + 's {
+        let all = &self.0;
+        all.iter()
+            .enumerate()
+            .filter(move |(i, (k, _))| {
+                !typed.contains(&k.as_ref()) && !all[i + 1..].iter().any(|(n, _)| n == k)
+            })
+            .map(|(_, (k, v))| (k.as_ref(), *v))
+    }
+
+    /// [`Members::untyped`] as a JSON object's text (what `extra` holds).
+    fn untyped_text(&self, typed: &[&str]) -> String {
+        let mut extra = String::from("{");
+        for (k, v) in self.untyped(typed) {
+            push_member(&mut extra, k, v.get());
+        }
+        extra.push('}');
+        extra
+    }
+}
+
 /// The typed messages of a raw `messages` member (none when it is not a list). Each
 /// message is read member by member; its other members go to `extra` verbatim, in their
 /// order. A message that is not a JSON object reads as an empty user message.
@@ -188,11 +220,8 @@ fn messages(raw: &str) -> Vec<Message> {
 }
 
 fn message_raw(text: &str) -> Message {
-    let members = serde_json::from_str::<Members<'_>>(text)
-        .map(|m| m.0)
-        .unwrap_or_default();
-    // A repeated member: the last one counts, as in a `serde_json::Value`.
-    let find = |k: &str| members.iter().rev().find(|(n, _)| n == k).map(|(_, v)| *v);
+    let members = serde_json::from_str::<Members<'_>>(text).unwrap_or(Members(Vec::new()));
+    let find = |k: &str| members.get(k);
     let string = |k: &str| raw_str(find(k));
     let content = match (string("content"), raw_list(find("content"))) {
         (Some(text), _) => vec![ContentPart::Text(text)],
@@ -202,15 +231,7 @@ fn message_raw(text: &str) -> Message {
     let tool_calls = raw_list(find("tool_calls"))
         .map(|calls| calls.iter().map(tool_call).collect())
         .unwrap_or_default();
-    let mut extra = String::from("{");
-    for (i, (k, v)) in members.iter().enumerate() {
-        // A repeated untyped member once, with its last value.
-        if MESSAGE_TYPED.contains(&k.as_ref()) || members[i + 1..].iter().any(|(n, _)| n == k) {
-            continue;
-        }
-        push_member(&mut extra, k, v.get());
-    }
-    extra.push('}');
+    let extra = members.untyped_text(MESSAGE_TYPED);
     Message {
         role: role(string("role").as_deref().unwrap_or("user")),
         content,
@@ -261,23 +282,13 @@ fn tool_call(v: &Value) -> ToolCall {
 /// and its function's other members raw, verbatim and in order. `None` when it has no
 /// function object or no name.
 fn tool(text: &str) -> Option<Tool> {
-    let outer = serde_json::from_str::<Members<'_>>(text).ok()?.0;
-    let func = outer.iter().rev().find(|(k, _)| k == "function")?.1;
-    let members = serde_json::from_str::<Members<'_>>(func.get()).ok()?.0;
-    let find = |k: &str| members.iter().rev().find(|(n, _)| n == k).map(|(_, v)| *v);
-    let mut extra = String::from("{");
-    for (i, (k, v)) in members.iter().enumerate() {
-        if TOOL_TYPED.contains(&k.as_ref()) || members[i + 1..].iter().any(|(n, _)| n == k) {
-            continue;
-        }
-        push_member(&mut extra, k, v.get());
-    }
-    extra.push('}');
+    let outer = serde_json::from_str::<Members<'_>>(text).ok()?;
+    let func = serde_json::from_str::<Members<'_>>(outer.get("function")?.get()).ok()?;
     Some(Tool {
-        name: raw_str(find("name"))?,
-        description: raw_str(find("description")),
-        parameters: find("parameters").map(|p| p.get().to_string()),
-        extra,
+        name: raw_str(func.get("name"))?,
+        description: raw_str(func.get("description")),
+        parameters: func.get("parameters").map(|p| p.get().to_string()),
+        extra: func.untyped_text(TOOL_TYPED),
     })
 }
 
@@ -507,19 +518,14 @@ fn put_extra(
     if extra == "{}" {
         return Ok(());
     }
-    let members = serde_json::from_str::<Members<'_>>(extra)
-        .map_err(|e| {
-            CallError::bad_return(format!(
-                "{} is not a JSON object ({e}): {}",
-                what(),
-                clip(extra)
-            ))
-        })?
-        .0;
-    for (j, (k, v)) in members.iter().enumerate() {
-        if typed.contains(&k.as_ref()) || members[j + 1..].iter().any(|(n, _)| n == k) {
-            continue;
-        }
+    let members = serde_json::from_str::<Members<'_>>(extra).map_err(|e| {
+        CallError::bad_return(format!(
+            "{} is not a JSON object ({e}): {}",
+            what(),
+            clip(extra)
+        ))
+    })?;
+    for (k, v) in members.untyped(typed) {
         o.key(k);
         o.out.extend_from_slice(v.get().as_bytes());
     }
