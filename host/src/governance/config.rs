@@ -113,17 +113,17 @@ pub struct GovConfig {
     pub allow_unauthenticated: bool,
     pub reserve_tokens: u64,
     pub teams: HashMap<String, Limits>,
-    prices: HashMap<(String, String), Price>,
+    /// backend → model (or `"*"`) → price: looked up by `&str` on every request, with no
+    /// key to build.
+    prices: HashMap<String, HashMap<String, Price>>,
     baselines: HashMap<String, Price>,
 }
 
 impl GovConfig {
     /// The price of `model` on `backend`: exact entry, else the backend's `"*"` entry.
     pub fn price(&self, backend: &str, model: &str) -> Option<Price> {
-        self.prices
-            .get(&(backend.to_string(), model.to_string()))
-            .or_else(|| self.prices.get(&(backend.to_string(), "*".to_string())))
-            .copied()
+        let models = self.prices.get(backend)?;
+        models.get(model).or_else(|| models.get("*")).copied()
     }
 
     /// One line for `switchyard check`.
@@ -136,7 +136,7 @@ impl GovConfig {
                 "on once a key exists"
             },
             self.teams.len(),
-            self.prices.len(),
+            self.prices.values().map(HashMap::len).sum::<usize>(),
             self.baselines.len(),
         )
     }
@@ -244,7 +244,9 @@ pub fn validate(file: &ConfigFile, problems: &mut Vec<Problem>) -> GovConfig {
             continue;
         };
         if prices
-            .insert((backend.to_string(), model.to_string()), pr)
+            .entry(backend.to_string())
+            .or_insert_with(HashMap::new)
+            .insert(model.to_string(), pr)
             .is_some()
         {
             problems.push(Problem::new(
@@ -292,6 +294,46 @@ mod tests {
         let p = g.price("local", "llama-3.1-8b").unwrap();
         assert!((p.cost(1_000_000, 1_000_000) - 0.25).abs() < 1e-12);
         assert!(g.baseline("gpt-4o").is_some());
+    }
+
+    #[test]
+    fn an_exact_price_wins_over_the_backend_wildcard() {
+        let text = r#"
+[[backends]]
+name = "a"
+url = "http://127.0.0.1:1/v1"
+
+[[backends]]
+name = "b"
+url = "http://127.0.0.1:2/v1"
+
+[[routes]]
+model = "m"
+targets = [{ backend = "a" }]
+
+[[prices]]
+backend = "a"
+model = "*"
+input_per_1m = 1.0
+output_per_1m = 1.0
+
+[[prices]]
+backend = "a"
+model = "big"
+input_per_1m = 10.0
+output_per_1m = 10.0
+"#;
+        let g = load_str(text, ConfigSource::Embedded).unwrap().governance;
+        let cost = |b: &str, m: &str| g.price(b, m).map(|p| p.cost(1_000_000, 0));
+        assert_eq!(cost("a", "big"), Some(10.0));
+        assert_eq!(cost("a", "small"), Some(1.0));
+        assert_eq!(cost("b", "big"), None);
+        assert!(g.summary().contains("2 price(s)"), "{}", g.summary());
+
+        let twice =
+            format!("{text}\n[[prices]]\nbackend = \"a\"\nmodel = \"big\"\ninput_per_1m = 2.0\n");
+        let err = load_str(&twice, ConfigSource::Embedded).unwrap_err();
+        assert!(format!("{err:?}").contains("priced twice"), "{err:?}");
     }
 
     #[test]
