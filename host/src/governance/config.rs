@@ -216,7 +216,7 @@ pub fn validate(file: &ConfigFile, problems: &mut Vec<Problem>) -> GovConfig {
         .iter()
         .filter_map(|b| b.name.as_deref())
         .collect();
-    let mut prices = HashMap::new();
+    let mut prices: HashMap<String, HashMap<String, Price>> = HashMap::new();
     for (i, p) in file.prices.iter().enumerate() {
         let path = format!("prices[{i}]");
         let backend = match p.backend.as_deref() {
@@ -245,7 +245,7 @@ pub fn validate(file: &ConfigFile, problems: &mut Vec<Problem>) -> GovConfig {
         };
         if prices
             .entry(backend.to_string())
-            .or_insert_with(HashMap::new)
+            .or_default()
             .insert(model.to_string(), pr)
             .is_some()
         {

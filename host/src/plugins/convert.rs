@@ -48,22 +48,21 @@ fn payload_key(endpoint: Endpoint) -> &'static str {
 /// The typed view of a client request.
 pub fn request(body: &RequestBody, endpoint: Endpoint) -> Request {
     let prompt_key = payload_key(endpoint);
-    let mut extra = String::from("{");
     let mut prompt = None;
-    for (k, raw) in body.members() {
-        let typed = TYPED.contains(&k);
+    let extra = object_text(body.members().filter(|&(k, raw)| {
         if k == prompt_key && endpoint != Endpoint::ChatCompletions {
             // A single string is typed; lists (of strings or tokens) stay raw.
-            if let Ok(s) = serde_json::from_str::<String>(raw) {
-                prompt = Some(s);
-                continue;
+            match serde_json::from_str::<String>(raw) {
+                Ok(s) => {
+                    prompt = Some(s);
+                    false
+                }
+                Err(_) => true,
             }
-        } else if typed {
-            continue;
+        } else {
+            !TYPED.contains(&k)
         }
-        push_member(&mut extra, k, raw);
-    }
-    extra.push('}');
+    }));
     let get = |k: &str| {
         body.raw(k)
             .and_then(|r| serde_json::from_str::<Value>(r).ok())
@@ -115,18 +114,16 @@ pub fn request(body: &RequestBody, endpoint: Endpoint) -> Request {
     }
 }
 
-/// Append `"key":raw` to a JSON object being written (it starts with `{`).
-fn push_member(object: &mut String, key: &str, raw: &str) {
-    if object.len() > 1 {
-        object.push(',');
+/// The text of a JSON object with these members (keys plain, values raw JSON).
+fn object_text<'k>(members: impl Iterator<Item = (&'k str, &'k str)>) -> String {
+    let mut out = Vec::new();
+    let mut o = Obj::open(&mut out);
+    for (k, v) in members {
+        o.member(k, v);
     }
-    object.push_str(&json_string(key));
-    object.push(':');
-    object.push_str(raw);
-}
-
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+    o.close();
+    // Every piece written is a `str` (keys escaped as JSON strings), so this is UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn role(s: &str) -> Role {
@@ -200,12 +197,7 @@ impl<'a> Members<'a> {
 
     /// [`Members::untyped`] as a JSON object's text (what `extra` holds).
     fn untyped_text(&self, typed: &[&str]) -> String {
-        let mut extra = String::from("{");
-        for (k, v) in self.untyped(typed) {
-            push_member(&mut extra, k, v.get());
-        }
-        extra.push('}');
-        extra
+        object_text(self.untyped(typed).map(|(k, v)| (k, v.get())))
     }
 }
 
@@ -488,6 +480,12 @@ impl<'b> Obj<'b> {
         self.out.push(b':');
     }
 
+    /// The member `k` with the raw JSON value `raw`.
+    fn member(&mut self, k: &str, raw: &str) {
+        self.key(k);
+        self.out.extend_from_slice(raw.as_bytes());
+    }
+
     fn close(self) {
         self.out.push(b'}');
     }
@@ -526,8 +524,7 @@ fn put_extra(
         ))
     })?;
     for (k, v) in members.untyped(typed) {
-        o.key(k);
-        o.out.extend_from_slice(v.get().as_bytes());
+        o.member(k, v.get());
     }
     Ok(())
 }
