@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p switchyard-tests --bin bench -- [--duration 5] [--concurrency 8,64]
 //!     [--rates 2000,5000] [--stream-concurrency 8] [--config-extra FILE]
-//!     [--otlp-sink grpc|http] [--gateway-log warn]
+//!     [--otlp-sink grpc|http] [--gateway-log warn] [--tail]
 //!     [--interleave [--b-extra FILE] [--b-gateway PATH] [--sink-for a|b|both] [--slice 0.5]]
 //! ```
 //!
@@ -88,7 +88,17 @@ struct Args {
     /// Measured seconds per slice with `--interleave` (each slice starts with 0.1 s unmeasured).
     #[arg(long, default_value_t = 0.5)]
     slice: f64,
+    /// Print each closed-loop phase's latency distribution (p75 to p99.9 and the maximum)
+    /// under its row: where a p99 comes from, a broad tail or a few long stalls.
+    #[arg(long)]
+    tail: bool,
 }
+
+/// `--tail`, set once in `main`.
+static TAIL: AtomicBool = AtomicBool::new(false);
+/// The mock upstream's process, whose CPU time each closed-loop slice also measures, so the
+/// CPU line can say how busy the whole machine was (set once in `main`).
+static MOCK_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 const BODY: &str = r#"{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"temperature":0.2,"max_tokens":16}"#;
 
@@ -182,6 +192,8 @@ struct Stats {
     cpu: Option<Duration>,
     /// CPU time this process (the load generator, and the OTLP sink if any) used then.
     own_cpu: Option<Duration>,
+    /// CPU time the mock upstream used then.
+    mock_cpu: Option<Duration>,
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
@@ -208,6 +220,12 @@ impl Stats {
     }
 }
 
+/// How much of the machine's CPU `used` is over `elapsed` wall time, in percent.
+fn busy(used: Duration, elapsed: Duration) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    100.0 * used.as_secs_f64() / (elapsed.as_secs_f64() * cores as f64).max(f64::MIN_POSITIVE)
+}
+
 /// One line of the results table: requests/s, p50, p99, errors.
 fn print_row(label: &str, s: &Stats) {
     println!(
@@ -218,6 +236,19 @@ fn print_row(label: &str, s: &Stats) {
         s.pct(0.99),
         s.errors
     );
+    if TAIL.load(Ordering::Relaxed) && !s.latencies_us.is_empty() {
+        let q = [0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999];
+        let parts: Vec<String> = q
+            .iter()
+            .map(|&p| format!("p{} {:.3}", p * 100.0, s.pct(p)))
+            .collect();
+        println!(
+            "{:<22} {}, max {:.3}",
+            "  tail ms",
+            parts.join(", "),
+            s.pct(1.0)
+        );
+    }
 }
 
 /// What the gateway added to the direct latency, p50 and p99.
@@ -304,17 +335,22 @@ async fn run_slice(
     measuring.store(true, Ordering::Relaxed);
     let cpu_before = cpu_of.and_then(cpu_time);
     let own_before = cpu_time(std::process::id());
+    let mock_before = MOCK_PID.get().and_then(|&p| cpu_time(p));
     let start = Instant::now();
     tokio::time::sleep(dur).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed();
     let cpu_after = cpu_of.and_then(cpu_time);
     let own_after = cpu_time(std::process::id());
+    let mock_after = MOCK_PID.get().and_then(|&p| cpu_time(p));
     stop.store(true, Ordering::Relaxed);
     let mut stats = Stats {
         elapsed,
         cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
         own_cpu: own_before.zip(own_after).map(|(b, a)| a.saturating_sub(b)),
+        mock_cpu: mock_before
+            .zip(mock_after)
+            .map(|(b, a)| a.saturating_sub(b)),
         ..Default::default()
     };
     let mut conns = Vec::with_capacity(tasks.len());
@@ -361,6 +397,7 @@ async fn interleaved(
     let mut all: Vec<Stats> = targets.iter().map(|_| Stats::default()).collect();
     let mut cpu: Vec<Duration> = vec![Duration::ZERO; targets.len()];
     let mut own_cpu: Vec<Duration> = vec![Duration::ZERO; targets.len()];
+    let mut mock_cpu: Vec<Duration> = vec![Duration::ZERO; targets.len()];
     let mut per_round: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); targets.len()];
     for r in 0..rounds {
         for k in 0..targets.len() {
@@ -372,6 +409,7 @@ async fn interleaved(
             per_round[i].push(st.rps());
             cpu[i] += st.cpu.unwrap_or_default();
             own_cpu[i] += st.own_cpu.unwrap_or_default();
+            mock_cpu[i] += st.mock_cpu.unwrap_or_default();
             let a = &mut all[i];
             a.latencies_us.extend(st.latencies_us);
             a.errors += st.errors;
@@ -394,10 +432,12 @@ async fn interleaved(
                 String::new()
             };
             println!(
-                "{:<22} {gateway}load generator{} {:.1} µs/request",
+                "{:<22} {gateway}load generator{} {:.1}, mock {:.1} µs/request; machine {:.0} % busy",
                 "  CPU",
                 if sink_cpu { " + sink" } else { "" },
-                per(own_cpu[i])
+                per(own_cpu[i]),
+                per(mock_cpu[i]),
+                busy(cpu[i] + own_cpu[i] + mock_cpu[i], a.elapsed)
             );
         }
     }
@@ -651,6 +691,8 @@ fn main() {
     let mut mock_cmd = Command::new(mock_bin);
     mock_cmd.args(["--threads", &args.mock_threads.to_string()]);
     let mock = spawn_ready(mock_cmd, "mock-openai listening on ");
+    let _ = MOCK_PID.set(mock.child.id());
+    TAIL.store(args.tail, Ordering::Relaxed);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = format!(
@@ -781,10 +823,18 @@ fn main() {
             if let Some(cpu) = via.cpu
                 && !via.latencies_us.is_empty()
             {
+                let per = |d: Duration| d.as_secs_f64() * 1e6 / via.latencies_us.len() as f64;
+                let (own, mock) = (
+                    via.own_cpu.unwrap_or_default(),
+                    via.mock_cpu.unwrap_or_default(),
+                );
                 println!(
-                    "{:<22} {:>10.1} µs/request",
+                    "{:<22} {:>10.1} µs/request (load generator {:.1}, mock {:.1}; machine {:.0} % busy)",
                     format!("gateway CPU c={c}"),
-                    cpu.as_secs_f64() * 1e6 / via.latencies_us.len() as f64
+                    per(cpu),
+                    per(own),
+                    per(mock),
+                    busy(cpu + own + mock, via.elapsed)
                 );
             }
             if let Some(d) = &direct {
