@@ -181,7 +181,8 @@ impl<'a> Members<'a> {
         self.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| *v)
     }
 
-    /// The members not in `typed`, in order, a repeated one once with its last value.
+    /// The members not in `typed`, in order, a repeated one once with its last value. An
+    /// empty string in `typed` is an unused slot, not the key `""`.
     fn untyped<'s>(
         &'s self,
         typed: &'s [&str],
@@ -190,7 +191,8 @@ impl<'a> Members<'a> {
         all.iter()
             .enumerate()
             .filter(move |(i, (k, _))| {
-                !typed.contains(&k.as_ref()) && !all[i + 1..].iter().any(|(n, _)| n == k)
+                !typed.iter().any(|t| !t.is_empty() && *t == k.as_ref())
+                    && !all[i + 1..].iter().any(|(n, _)| n == k)
             })
             .map(|(_, (k, v))| (k.as_ref(), *v))
     }
@@ -357,17 +359,18 @@ pub fn request_json(req: &Request, endpoint: Endpoint) -> Result<Vec<u8>, CallEr
             o.out
                 .extend_from_slice(br#"{"type":"function","function":"#);
             let mut f = Obj::open(o.out);
-            let mut written = vec!["name"];
+            // The members written here, which `extra` may not repeat (like `message_json`).
+            let mut written = ["name", "", ""];
             f.key("name");
             write_json_string(f.out, &t.name);
             if let Some(d) = &t.description {
-                written.push("description");
+                written[1] = "description";
                 f.key("description");
                 write_json_string(f.out, d);
             }
             if let Some(p) = &t.parameters {
                 let p = checked(|| format!("tools[{i}].parameters"), p)?;
-                written.push("parameters");
+                written[2] = "parameters";
                 f.key("parameters");
                 f.out.extend_from_slice(p.as_bytes());
             }
