@@ -18,9 +18,10 @@ use rusqlite::{Connection, params};
 use crate::store::{Migration, Store, Write};
 
 /// The ledger's tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "ledger-1",
-    sql: "CREATE TABLE ledger (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "ledger-1",
+        sql: "CREATE TABLE ledger (
             id INTEGER PRIMARY KEY,
             ts_ms INTEGER NOT NULL,
             key_id TEXT,
@@ -44,7 +45,18 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
           CREATE INDEX ledger_ts ON ledger (ts_ms);
           CREATE INDEX ledger_team_ts ON ledger (team, ts_ms);
           CREATE INDEX ledger_key_ts ON ledger (key_id, ts_ms);",
-}];
+    },
+    // Every query the gateway makes of the ledger (`switchyard spend`, the budgets' seeding
+    // at start) selects a time range and groups in the scan, so only `ledger_ts` is read.
+    // The per-team and per-key indexes were never used, and every row paid for them on the
+    // writer thread: with real keys and teams (rows spread over many index pages) the three
+    // indexes made an insert ~3x as costly as with `ledger_ts` alone.
+    Migration {
+        name: "ledger-2-drop-unused-indexes",
+        sql: "DROP INDEX IF EXISTS ledger_team_ts;
+          DROP INDEX IF EXISTS ledger_key_ts;",
+    },
+];
 
 /// Which attempt of a request a row describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -225,14 +237,8 @@ pub struct SpendLine {
     pub savings_usd: f64,
 }
 
-/// Spend since `since_ms`, grouped by `by` (or only by route), one line per group and route.
-/// Every row counts as a request (shadow rows included: they cost money too); rows with a
-/// status of 400 or more count as errors.
-pub fn spend(
-    conn: &Connection,
-    by: Option<GroupBy>,
-    since_ms: i64,
-) -> rusqlite::Result<Vec<SpendLine>> {
+/// The query behind [`spend`]: a range scan of `ledger_ts`, grouped in the scan.
+fn spend_sql(by: Option<GroupBy>) -> String {
     let group_expr = match by {
         None | Some(GroupBy::Route) => "NULL",
         Some(GroupBy::Team) => "l.team",
@@ -246,13 +252,23 @@ pub fn spend(
     } else {
         "ledger l"
     };
-    let sql = format!(
+    format!(
         "SELECT {group_expr}, l.route, COUNT(*), SUM(l.status >= 400), SUM(l.tokens_in), SUM(l.tokens_out),
                 SUM(l.estimated), TOTAL(l.cost_usd), TOTAL(l.baseline_usd)
          FROM {from} WHERE l.ts_ms >= ?1
          GROUP BY 1, 2 ORDER BY TOTAL(l.cost_usd) DESC, 1, 2"
-    );
-    let mut stmt = conn.prepare(&sql)?;
+    )
+}
+
+/// Spend since `since_ms`, grouped by `by` (or only by route), one line per group and route.
+/// Every row counts as a request (shadow rows included: they cost money too); rows with a
+/// status of 400 or more count as errors.
+pub fn spend(
+    conn: &Connection,
+    by: Option<GroupBy>,
+    since_ms: i64,
+) -> rusqlite::Result<Vec<SpendLine>> {
+    let mut stmt = conn.prepare(&spend_sql(by))?;
     let rows = stmt.query_map([since_ms], |r| {
         let cost: f64 = r.get(7)?;
         let baseline: f64 = r.get(8)?;
@@ -272,6 +288,9 @@ pub fn spend(
     rows.collect()
 }
 
+const SPEND_BY_KEY_AND_TEAM: &str =
+    "SELECT key_id, team, TOTAL(cost_usd) FROM ledger WHERE ts_ms >= ?1 GROUP BY 1, 2";
+
 /// `(key id, team, spend in micro-dollars)`.
 pub type KeyTeamSpend = (Option<String>, Option<String>, i64);
 
@@ -281,9 +300,7 @@ pub fn spend_by_key_and_team(
     conn: &Connection,
     since_ms: i64,
 ) -> rusqlite::Result<Vec<KeyTeamSpend>> {
-    let mut stmt = conn.prepare(
-        "SELECT key_id, team, TOTAL(cost_usd) FROM ledger WHERE ts_ms >= ?1 GROUP BY 1, 2",
-    )?;
+    let mut stmt = conn.prepare(SPEND_BY_KEY_AND_TEAM)?;
     let rows = stmt.query_map([since_ms], |r| {
         let cost: f64 = r.get(2)?;
         Ok((r.get(0)?, r.get(1)?, (cost * 1e6).round() as i64))
@@ -336,5 +353,35 @@ mod tests {
         let total: f64 = all.iter().map(|l| l.cost_usd).sum();
         assert!((total - 3.5).abs() < 1e-9);
         assert!(spend(&conn, None, now_ms() + 60_000).unwrap().is_empty());
+    }
+
+    /// Each index costs every row on the writer thread, so the ledger keeps only the one its
+    /// queries read: each report (every grouping) and the budgets' seeding search `ledger_ts`.
+    #[test]
+    fn every_query_reads_the_time_index_and_no_other_index_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db"), 100).unwrap();
+        let conn = store.connect().unwrap();
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["ledger_ts"]);
+        let plan = |sql: &str| -> String {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt.query_map([0i64], |r| r.get::<_, String>(3)).unwrap();
+            rows.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
+        };
+        let mut queries = vec![SPEND_BY_KEY_AND_TEAM.to_string(), spend_sql(None)];
+        for by in ["team", "key", "tag", "model", "route"] {
+            queries.push(spend_sql(GroupBy::parse(by)));
+        }
+        for q in &queries {
+            let p = plan(q);
+            assert!(p.contains("USING INDEX ledger_ts"), "{q}: {p}");
+        }
     }
 }
