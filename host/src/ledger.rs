@@ -288,6 +288,7 @@ pub fn spend(
     rows.collect()
 }
 
+/// The query behind [`spend_by_key_and_team`], a range scan of `ledger_ts` like [`spend_sql`].
 const SPEND_BY_KEY_AND_TEAM: &str =
     "SELECT key_id, team, TOTAL(cost_usd) FROM ledger WHERE ts_ms >= ?1 GROUP BY 1, 2";
 
@@ -376,8 +377,14 @@ mod tests {
             rows.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
         };
         let mut queries = vec![SPEND_BY_KEY_AND_TEAM.to_string(), spend_sql(None)];
-        for by in ["team", "key", "tag", "model", "route"] {
-            queries.push(spend_sql(GroupBy::parse(by)));
+        for by in [
+            GroupBy::Team,
+            GroupBy::Key,
+            GroupBy::Tag,
+            GroupBy::Model,
+            GroupBy::Route,
+        ] {
+            queries.push(spend_sql(Some(by)));
         }
         for q in &queries {
             let p = plan(q);
