@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use switchyard::config::{ConfigSource, Endpoint, Runtime, load_str};
-use switchyard::openai::RequestBody;
-use switchyard::plugins::{CallerInfo, Pass, Plugins};
-use switchyard::telemetry::SpanParent;
+use switchyard::base::Endpoint;
+use switchyard::base::openai::RequestBody;
+use switchyard::config::{ConfigSource, Runtime, load_str};
+use switchyard::services::observe::telemetry::SpanParent;
+use switchyard::services::plugins::{CallerInfo, Pass, Plugins};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

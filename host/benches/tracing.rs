@@ -17,10 +17,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use switchyard::config::{Endpoint, TelemetrySettings};
-use switchyard::metrics::Metrics;
-use switchyard::openai::{RequestBody, ResponseProbe};
-use switchyard::telemetry::{self, Attempt, RequestTelemetry};
+use switchyard::base::Endpoint;
+use switchyard::base::openai::{RequestBody, ResponseProbe};
+use switchyard::config::{LogFormat, Peer, TelemetrySettings};
+use switchyard::services::observe::metrics::Metrics;
+use switchyard::services::observe::telemetry::{self, AttemptSpan, RequestTelemetry, Tracer};
 
 const REQUEST: &str = r#"{"model":"gpt-4o","max_tokens":64,"temperature":0.3,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France?"}]}"#;
 const ANSWER: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1,"model":"llama-3.1-8b","choices":[{"index":0,"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":29,"completion_tokens":5,"total_tokens":34}}"#;
@@ -41,17 +42,19 @@ fn main() {
         .expect("runtime");
     let metrics = Arc::new(Metrics::default());
     let _guard = rt.enter();
-    if !off {
+    let tracer = if off {
+        Tracer::off()
+    } else {
         let settings = TelemetrySettings {
             // Nothing listens there: exports fail fast and are counted, off this thread.
             otlp_endpoint: Some("http://127.0.0.1:9".into()),
             otlp_protocol: "grpc".into(),
             sample_ratio: 1.0,
             capture_content: false,
-            log_format: telemetry::LogFormat::parse("text").expect("log format"),
+            log_format: LogFormat::parse("text").expect("log format"),
         };
-        telemetry::init(Some(&settings), metrics.clone()).expect("tracing");
-    }
+        telemetry::init(Some(&settings), metrics.clone()).expect("tracing")
+    };
 
     let body = RequestBody::parse(
         Bytes::from_static(REQUEST.as_bytes()),
@@ -65,10 +68,11 @@ fn main() {
     let backend: Arc<str> = "mock".into();
     let model: Arc<str> = "llama-3.1-8b".into();
     let method = http::Method::POST;
-    let peer = telemetry::Peer::of("http://127.0.0.1:8080/v1");
+    let peer = Peer::of("http://127.0.0.1:8080/v1");
 
     let one = || {
-        let mut t = RequestTelemetry::start(&method, "/v1/chat/completions", &client_headers);
+        let mut t =
+            RequestTelemetry::start(&tracer, &method, "/v1/chat/completions", &client_headers);
         telemetry::routing_span(
             &t,
             &route,
@@ -78,7 +82,7 @@ fn main() {
         )
         .end();
         let params = telemetry::request_params(&t, &body, Endpoint::ChatCompletions);
-        let attempt = Attempt::start(
+        let attempt = AttemptSpan::start(
             &t,
             Endpoint::ChatCompletions,
             &backend,

@@ -1,5 +1,5 @@
 //! The span API other phases call (auth, plugins, shadow, fallback attempts), checked with
-//! an in-memory span processor. Its own test binary: the tracer is process-wide.
+//! an in-memory span processor.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -12,10 +12,12 @@ use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{Context, Value};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
-use switchyard::config::Endpoint;
-use switchyard::metrics::Metrics;
-use switchyard::openai::Usage;
-use switchyard::telemetry::{self, AnswerFacts, Attempt, RequestParams, RequestTelemetry};
+use switchyard::base::Endpoint;
+use switchyard::base::openai::Usage;
+use switchyard::services::observe::metrics::Metrics;
+use switchyard::services::observe::telemetry::{
+    self, AnswerFacts, AttemptSpan, RequestParams, RequestTelemetry,
+};
 
 #[derive(Debug, Clone, Default)]
 struct Collect(Arc<Mutex<Vec<SpanData>>>);
@@ -50,14 +52,14 @@ fn named<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
 #[test]
 fn the_span_api_builds_one_tree_per_request() {
     let collected = Collect::default();
-    telemetry::init_with_processor(collected.clone(), 1.0, false).unwrap();
+    let tracer = telemetry::init_with_processor(collected.clone(), 1.0, false);
 
     let mut headers = HeaderMap::new();
     headers.insert(
         "traceparent",
         HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     );
-    let mut t = RequestTelemetry::start(&Method::POST, "/v1/chat/completions", &headers);
+    let mut t = RequestTelemetry::start(&tracer, &Method::POST, "/v1/chat/completions", &headers);
     assert!(t.is_tracing());
     assert_eq!(
         t.trace_id().as_deref(),
@@ -74,11 +76,11 @@ fn the_span_api_builds_one_tree_per_request() {
 
     let backend: Arc<str> = Arc::from("local");
     let model: Arc<str> = Arc::from("llama-3.1-8b");
-    let attempt = Attempt::start(
+    let attempt = AttemptSpan::start(
         &t,
         Endpoint::ChatCompletions,
         &backend,
-        &telemetry::Peer::of("http://10.0.0.5:9001/v1"),
+        &switchyard::config::Peer::of("http://10.0.0.5:9001/v1"),
         &model,
         RequestParams {
             max_tokens: Some(5),

@@ -5,18 +5,34 @@
 //! that a config with five mistakes reports all five, each with its key path, and so that a
 //! live reload can validate a new file completely before it replaces the running one.
 
+pub mod admin;
+pub mod backend;
 mod default;
+pub mod governance;
+pub mod local_worker;
+pub mod plugins;
+pub mod route;
+pub mod runtime;
 pub mod schema;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod traffic;
 mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+pub use backend::{Backend, BackendUrl, BreakerSettings, Peer, PoolSettings};
 pub use default::{describe as describe_default, embedded_default_toml};
-pub use validate::{
-    Backend, BackendUrl, Endpoint, Route, Runtime, ServerSettings, Shadow, StateSettings, Target,
-    TelemetrySettings, validate,
-};
+pub use route::{Route, Shadow, Target};
+pub use runtime::Runtime;
+pub use server::ServerSettings;
+pub use state::StateSettings;
+pub use telemetry::{LogFormat, TelemetrySettings};
+pub use traffic::TrafficSettings;
+pub use validate::validate;
 
 /// Where the running configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +119,19 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// A positive number of seconds (below a billion), or a problem at `path`.
+fn positive_secs(v: f64, path: &str, problems: &mut Vec<Problem>) -> Option<Duration> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Some(Duration::from_secs_f64(v))
+    } else {
+        problems.push(Problem::new(
+            path,
+            format!("must be a positive number of seconds, got {v}"),
+        ));
+        None
+    }
+}
 
 /// Read, parse and validate the config from `source`.
 pub fn load(source: &ConfigSource) -> Result<Runtime, ConfigError> {

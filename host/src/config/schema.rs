@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use super::governance::{AuthSection, BaselineSection, PriceSection, TeamSection};
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,20 +28,20 @@ pub struct ConfigFile {
     pub state: Option<StateSection>,
     /// `[admin]`: the authenticated admin API (reload, rollback, breakers).
     #[serde(default)]
-    pub admin: Option<crate::admin::AdminSection>,
+    pub admin: Option<AdminSection>,
     /// `[traffic]`: retry budget and backoff.
     #[serde(default)]
-    pub traffic: Option<crate::attempt::TrafficSection>,
+    pub traffic: Option<TrafficSection>,
     /// `[local_worker]`: an inference worker run inside the gateway process.
     #[serde(default)]
-    pub local_worker: Option<crate::local_worker::LocalWorkerSection>,
-    // Governance (keys, limits, budgets, prices): types and docs in `governance::config`.
+    pub local_worker: Option<LocalWorkerSection>,
+    // Governance (keys, limits, budgets, prices): the sections are in `config::governance`.
     #[serde(default)]
-    pub auth: Option<crate::governance::config::AuthSection>,
+    pub auth: Option<AuthSection>,
     #[serde(default)]
-    pub teams: Vec<crate::governance::config::TeamSection>,
+    pub teams: Vec<TeamSection>,
     #[serde(default)]
-    pub prices: Vec<crate::governance::config::PriceSection>,
+    pub prices: Vec<PriceSection>,
 }
 
 /// `[server]`
@@ -125,9 +127,9 @@ pub struct BackendSection {
     /// Extra PEM CA bundle trusted for this backend, on top of the system and webpki roots.
     pub ca_file: Option<PathBuf>,
     /// Circuit breaker settings for each of this backend's URLs.
-    pub breaker: Option<crate::breaker::BreakerSection>,
+    pub breaker: Option<BreakerSection>,
     /// Pool settings: in-flight limits, queueing, health checks, ejection.
-    pub pool: Option<crate::pool::PoolSection>,
+    pub pool: Option<PoolSection>,
 }
 
 /// One `[[routes]]` entry.
@@ -145,12 +147,12 @@ pub struct RouteSection {
     pub retries: Option<u32>,
     /// Caller-based rules that replace `targets` for matching requests.
     #[serde(default)]
-    pub overrides: Vec<crate::flags::OverrideSection>,
+    pub overrides: Vec<OverrideSection>,
     /// Teams whose callers may pin a target with the `x-switchyard-target` header.
     #[serde(default)]
     pub pin_teams: Vec<String>,
     /// The premium price this route's traffic is compared against (`switchyard spend`).
-    pub baseline: Option<crate::governance::config::BaselineSection>,
+    pub baseline: Option<BaselineSection>,
 }
 
 /// A weighted target of a route.
@@ -201,4 +203,98 @@ pub struct TelemetrySection {
 pub struct StateSection {
     pub path: Option<PathBuf>,
     pub redis: Option<String>,
+}
+
+/// One override rule, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideSection {
+    /// Matches callers of this team.
+    pub team: Option<String>,
+    /// Matches this virtual key id.
+    pub key: Option<String>,
+    /// Matches requests carrying this header, `"name: value"` (or just `"name"`).
+    pub header: Option<String>,
+    #[serde(default)]
+    pub targets: Vec<TargetSection>,
+}
+
+/// `pool = { ... }` on a backend, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// Most requests one URL may hold at once; unset means no limit.
+    pub max_in_flight: Option<usize>,
+    /// Requests that may wait for a free slot on a URL before the gateway answers 503.
+    pub queue: Option<usize>,
+    /// Longest a request waits in that queue, in seconds. Default 5.
+    pub queue_timeout_secs: Option<f64>,
+    /// Active health checks: on by default for backends with several `urls`.
+    pub health_checks: Option<bool>,
+    /// Path checked on each URL's host, e.g. `/healthz`. Default: the base URL + `/models`.
+    pub health_path: Option<String>,
+    /// Seconds between health checks of one URL. Default 5.
+    pub health_interval_secs: Option<f64>,
+    /// Consecutive failures that eject a URL. Default 5 (a refused connection ejects at once).
+    pub eject_after: Option<u32>,
+    /// Seconds an ejected URL sits out (unless a health check passes sooner). Default 10.
+    pub eject_secs: Option<f64>,
+}
+
+/// `breaker = { ... }` on a backend, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    /// Error rate (0.0–1.0) over the window that opens the breaker. Default 0.02.
+    pub error_rate: Option<f64>,
+    /// Length of the rolling window in seconds. Default 300.
+    pub window_secs: Option<f64>,
+    /// Requests the window must hold before the rate is trusted. Default 20.
+    pub min_requests: Option<u64>,
+    /// Seconds an open breaker waits before a half-open probe. Default 30.
+    pub cooldown_secs: Option<f64>,
+    /// `false` turns the breaker off for this backend. Default true.
+    pub enabled: Option<bool>,
+}
+
+/// `[traffic]`, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSection {
+    /// Retries allowed as a share of requests (token bucket refill per request). Default 0.2.
+    pub retry_budget_ratio: Option<f64>,
+    /// Retries always allowed per second, whatever the request rate. Default 10.
+    pub retry_budget_min_per_sec: Option<f64>,
+    /// First backoff before repeating a target, in milliseconds (jittered, doubling). Default 25.
+    pub backoff_base_ms: Option<u64>,
+    /// Longest backoff, in milliseconds. Default 1000.
+    pub backoff_max_ms: Option<u64>,
+}
+
+/// `[admin]`, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Name of the environment variable holding the admin bearer token.
+    pub token_env: Option<String>,
+    /// Config versions kept for rollback. Default 10.
+    pub keep_versions: Option<usize>,
+    /// Reload when the config file changes. Default true.
+    pub watch: Option<bool>,
+}
+
+/// `[local_worker]`, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalWorkerSection {
+    /// A GGUF path, or a known model name (`smollm2`) fetched on first use.
+    pub model: Option<String>,
+    /// Where the worker listens. Default `127.0.0.1:9001`.
+    pub listen: Option<String>,
+    /// The name the worker reports. Default: the known model's name or the file's stem.
+    pub served_model_name: Option<String>,
+    /// Context size in tokens. Default: the model's trained context, at most 8192.
+    pub ctx_size: Option<usize>,
+    /// Sequences decoded together. Default 8.
+    pub max_batch: Option<usize>,
 }

@@ -1,0 +1,126 @@
+//! The admin API: reload, rollback, versions and breakers, behind a bearer token.
+//!
+//! ```text
+//! POST /admin/reload     validate the config file and swap it in (422 with every problem if not)
+//! POST /admin/rollback   restore the previous kept version (409 when there is none)
+//! GET  /admin/config     the kept versions and which one is in force
+//! GET  /admin/breakers   breaker, health and load of every backend URL
+//! ```
+//!
+//! The token is read from the environment variable named by `[admin] token_env`; without
+//! `[admin]` the API is off and answers 403 saying how to turn it on. Only the token's
+//! SHA-256 is kept, and [`refusal`], the one gate in front of every `/admin/*` endpoint
+//! (the governance ones too), compares digests, so response times say nothing about the
+//! token's bytes.
+//! `switchyard rollback` and `switchyard reload` are thin clients of this API (`cli::admin`).
+
+pub mod keys;
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use http::{Method, Request, Response, StatusCode};
+
+use super::gateway::Gateway;
+use super::reload::{ControlError, Reloaded};
+use crate::base::GatewayError;
+use crate::base::body::GatewayBody;
+use crate::base::respond;
+use crate::config::Runtime;
+use crate::services::governance::keys::authenticate_admin;
+use crate::services::upstream::health;
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<GatewayBody> {
+    respond::json(status, v.to_string())
+}
+
+fn control_error(e: &ControlError) -> Response<GatewayBody> {
+    let (status, code, problems) = match e {
+        ControlError::Invalid(c) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            c.problems
+                .iter()
+                .map(|p| serde_json::json!({"path": p.path, "message": p.message}))
+                .collect(),
+        ),
+        ControlError::NoFile => (StatusCode::CONFLICT, "no_config_file", vec![]),
+        ControlError::NoPrevious => (StatusCode::CONFLICT, "no_previous_version", vec![]),
+    };
+    json(
+        status,
+        serde_json::json!({"error": {"message": e.to_string(), "type": "invalid_request_error", "param": null, "code": code, "problems": problems}}),
+    )
+}
+
+/// The gate in front of every `/admin/*` endpoint, traffic and governance alike: the
+/// refusal to send (it is logged), or `None` when the request carries the admin token.
+pub fn refusal(
+    rt: &Runtime,
+    req: &Request<hyper::body::Incoming>,
+) -> Option<Response<GatewayBody>> {
+    let token = rt.admin.as_ref().and_then(|a| a.token_sha256());
+    let e = authenticate_admin(req.headers(), token).err()?;
+    tracing::info!(path = %req.uri().path(), kind = e.kind(), "admin request refused");
+    Some(e.to_response())
+}
+
+/// Answer one traffic `/admin/...` request (the token already checked: [`refusal`]).
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<GatewayBody> {
+    let path = req.uri().path().to_string();
+    match (path.as_str(), req.method()) {
+        ("/admin/breakers", &Method::GET) => json(
+            StatusCode::OK,
+            health::breakers_json(&gw.snapshot().upstreams),
+        ),
+        ("/admin/config", &Method::GET) => {
+            let (versions, current) = gw.control.versions();
+            let list: Vec<serde_json::Value> = versions
+                .iter()
+                .map(|v| {
+                    serde_json::json!({
+                        "version": v.id,
+                        "origin": v.origin,
+                        "loaded_at_unix": v.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                        "routes": v.snapshot.config.routes.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"current": current, "versions": list}),
+            )
+        }
+        ("/admin/reload", &Method::POST) => {
+            let gw2 = gw.clone();
+            let r = tokio::task::spawn_blocking(move || gw2.control.reload(&gw2, "admin")).await;
+            match r {
+                Ok(Ok(Reloaded::Applied { version, previous })) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"reloaded": true, "version": version, "previous": previous}),
+                ),
+                Ok(Ok(Reloaded::Unchanged { version })) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"reloaded": false, "version": version}),
+                ),
+                Ok(Err(e)) => control_error(&e),
+                Err(e) => GatewayError::Internal(format!("reload task failed: {e}")).to_response(),
+            }
+        }
+        ("/admin/rollback", &Method::POST) => match gw.control.rollback(&gw) {
+            Ok((version, from)) => json(
+                StatusCode::OK,
+                serde_json::json!({"rolled_back": true, "version": version, "from": from}),
+            ),
+            Err(e) => control_error(&e),
+        },
+        (p, m) => GatewayError::NotFound {
+            method: m.to_string(),
+            path: p.to_string(),
+        }
+        .to_response(),
+    }
+}

@@ -1,0 +1,273 @@
+//! The `switchyard` command line: `serve`, `check`, and the commands that read the store or
+//! call a running gateway (`keys`, `spend`, `shadow report`, `reload`, `rollback`).
+//!
+//! Every subcommand takes `--config PATH`; without it the config is `$SWITCHYARD_CONFIG`,
+//! then `./switchyard.toml`, then the embedded default (which the first log line says).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod admin;
+pub mod keys;
+pub mod shadow;
+
+use crate::config::{self, ConfigSource, LogFormat, Runtime};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An OpenAI-compatible gateway for moving traffic to your own models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ConfigArg),
+    /// Validate the config (and everything it would load), print what was found.
+    Check(ConfigArg),
+    /// Restore the previous config version on the running gateway (admin API).
+    Rollback(AdminArgs),
+    /// Make the running gateway reload its config file now (admin API).
+    Reload(AdminArgs),
+    /// Mirrored traffic: `shadow report`.
+    #[command(subcommand)]
+    Shadow(ShadowCommand),
+    /// Manage virtual API keys (on the store file).
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
+    /// Cost, tokens, requests and savings from the ledger.
+    Spend(keys::SpendArgs),
+}
+
+#[derive(Debug, Args)]
+struct AdminArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The gateway's address [default: $SWITCHYARD_ADMIN_URL, then the config's listen]
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ShadowCommand {
+    /// Agreement, latency and cost deltas of mirrored traffic, per route.
+    Report {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this route (the model name clients send).
+        #[arg(long, value_name = "R")]
+        route: Option<String>,
+        /// Only pairs since T: 30m, 2h, 7d, unix seconds, or YYYY-MM-DD[THH:MM:SSZ].
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Model price for cost deltas, USD per million tokens (repeatable); overrides the
+        /// config's `[[prices]]` for that model name.
+        #[arg(long, value_name = "MODEL=IN,OUT")]
+        price: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Config file [default: $SWITCHYARD_CONFIG, then ./switchyard.toml, then built in]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+/// Run the command line; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => serve(a.config),
+        Command::Check(a) => check(a.config),
+        Command::Rollback(a) => admin::call("rollback", a.config.config, a.url),
+        Command::Reload(a) => admin::call("reload", a.config.config, a.url),
+        Command::Shadow(ShadowCommand::Report {
+            config,
+            route,
+            since,
+            price,
+            json,
+        }) => shadow::report(config.config, route, since, price, json),
+        Command::Keys(k) => keys::keys(k),
+        Command::Spend(a) => keys::spend(a),
+    }
+}
+
+/// Logs go to stderr: JSON or text per `[telemetry] log_format` (`$SWITCHYARD_LOG_FORMAT`
+/// overrides it); one `access` line per request (see `telemetry::access_log`).
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = format.json();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let source = config::locate(config.as_deref());
+    // The config is read before logging starts because it chooses the log format; a config
+    // that cannot be read is reported on stderr either way.
+    let runtime = match config::load(&source) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(
+        runtime
+            .telemetry
+            .as_ref()
+            .map(|t| t.log_format)
+            .unwrap_or_default(),
+    );
+    match &source {
+        ConfigSource::Embedded => tracing::info!(
+            "switchyard {}: no config file (--config, ${}, ./{}): running on the embedded default: {}",
+            env!("CARGO_PKG_VERSION"),
+            config::CONFIG_ENV,
+            config::DEFAULT_CONFIG_FILE,
+            config::describe_default()
+        ),
+        ConfigSource::File(p) => tracing::info!(
+            "switchyard {}: config {}",
+            env!("CARGO_PKG_VERSION"),
+            p.display()
+        ),
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(crate::app::serve::run(runtime))
+}
+
+fn check(config: Option<PathBuf>) -> ExitCode {
+    let source = config::locate(config.as_deref());
+    if source == ConfigSource::Embedded {
+        println!(
+            "no config file found: checking the embedded default ({})",
+            config::describe_default()
+        );
+    }
+    match config::load(&source) {
+        Ok(rt) => {
+            print_summary(&rt);
+            if let Err(e) = crate::services::plugins::check(&rt) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_summary(rt: &Runtime) {
+    println!("config: {} is valid", rt.source);
+    let tls = if rt.server.tls.is_some() {
+        " (TLS)"
+    } else {
+        ""
+    };
+    println!("listen: {}{tls}", rt.server.listen);
+    println!("backends:");
+    for b in &rt.backends {
+        let urls: Vec<&str> = b.urls.iter().map(|u| u.base.as_str()).collect();
+        let key = if b.auth.is_some() {
+            ", API key set"
+        } else {
+            ""
+        };
+        println!("  {}: {}{key}", b.name, urls.join(", "));
+    }
+    println!("routes:");
+    for r in &rt.routes {
+        println!("  {}:", r.name);
+        for t in &r.targets {
+            let share = 100.0 * f64::from(t.weight) / f64::from(r.total_weight.max(1));
+            println!(
+                "    → {} model {} (weight {}, {share:.1}%)",
+                t.backend.name,
+                t.model.as_deref().unwrap_or("<client's model>"),
+                t.weight
+            );
+        }
+        for (i, f) in r.fallback.iter().enumerate() {
+            println!(
+                "    fallback {}: {} model {}",
+                i + 1,
+                f.backend.name,
+                f.model.as_deref().unwrap_or("<client's model>")
+            );
+        }
+        if let Some(s) = &r.shadow {
+            println!(
+                "    shadow: {} model {} (sample {})",
+                s.target.backend.name,
+                s.target.model.as_deref().unwrap_or("<client's model>"),
+                s.sample
+            );
+        }
+    }
+    if let Some(d) = &rt.plugins_dir {
+        println!("plugins: {}", d.display());
+    }
+    if let Some(t) = &rt.telemetry {
+        println!(
+            "telemetry: OTLP {} → {} (sample ratio {}, content {})",
+            t.otlp_protocol,
+            t.otlp_endpoint.as_deref().unwrap_or("<none>"),
+            t.sample_ratio,
+            if t.capture_content {
+                "captured"
+            } else {
+                "not captured"
+            }
+        );
+    }
+    println!(
+        "governance: {}, admin API {}",
+        rt.governance.summary(),
+        if rt.admin.as_ref().and_then(|a| a.token_sha256()).is_some() {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    if let Some(s) = &rt.state {
+        println!(
+            "state: {}{}",
+            s.path.display(),
+            s.redis.as_ref().map(|_| " + redis").unwrap_or("")
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! `switchyard shadow report`: the shadow report of the store the config names.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::OptionalExtension;
+
+use crate::config;
+use crate::config::state::DEFAULT_STORE;
+use crate::services::shadow::report::{Prices, compute, parse_since, print};
+
+/// `switchyard shadow report`.
+pub fn report(
+    config_path: Option<PathBuf>,
+    route: Option<String>,
+    since: Option<String>,
+    prices: Vec<String>,
+    json: bool,
+) -> ExitCode {
+    let source = config::locate(config_path.as_deref());
+    let mut price_map = Prices::default();
+    let path = match &source {
+        config::ConfigSource::File(p) => {
+            let text = match std::fs::read_to_string(p) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {}: cannot read the config file: {e}", p.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match config::parse(&text) {
+                Ok(f) => {
+                    let mut problems = Vec::new();
+                    let gov = crate::config::governance::validate(&f, &mut problems);
+                    if let Some(bad) = problems.iter().find(|q| q.path.starts_with("prices")) {
+                        eprintln!("error: {}: {}: {}", p.display(), bad.path, bad.message);
+                        return ExitCode::FAILURE;
+                    }
+                    price_map = Prices::from_config(gov);
+                    f.state
+                        .and_then(|s| s.path)
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE))
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {}: {}", p.display(), e.path, e.message);
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        config::ConfigSource::Embedded => PathBuf::from(DEFAULT_STORE),
+    };
+    let since_ms = match since.as_deref().map(|s| parse_since(s, SystemTime::now())) {
+        None => 0,
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for p in &prices {
+        let parsed = p.split_once('=').and_then(|(m, v)| {
+            let (i, o) = v.split_once(',')?;
+            Some((
+                m.to_string(),
+                (i.trim().parse().ok()?, o.trim().parse().ok()?),
+            ))
+        });
+        match parsed {
+            Some((m, (i, o))) => price_map.set_model(m, i, o),
+            None => {
+                eprintln!(
+                    "error: --price \"{p}\": expected MODEL=INPUT,OUTPUT (USD per million tokens)"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !path.exists() {
+        eprintln!(
+            "error: {}: no store file yet ([state] path); no shadow pairs were recorded",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let conn = match rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let has_table = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'shadow_pairs'",
+            [],
+            |_| Ok(()),
+        )
+        .optional();
+    if !matches!(has_table, Ok(Some(()))) {
+        eprintln!(
+            "error: {}: no shadow_pairs table: no shadow pairs were recorded",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match compute(&conn, route.as_deref(), since_ms, &price_map) {
+        Ok(reports) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "routes": serde_json::to_value(&reports).unwrap_or_default() })
+                );
+            } else {
+                print(&path, since.as_deref(), &reports);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `switchyard serve`: build the services from the config, start the background work, listen.
+//!
+//! ```text
+//! bind ─► governance (store, keys, limits) ─► tracer ─► shadow engine ─► snapshot (config +
+//! upstreams) ─► services ─► reload watcher, health checks ─► plugins ─► local worker ─► ready
+//! ─► serve until SIGTERM/SIGINT ─► drain ─► flush the ledger and the traces
+//! ```
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::gateway::Gateway;
+use super::{reload, server};
+use crate::config::{Runtime, StateSettings};
+use crate::services::governance::Governance;
+use crate::services::observe::metrics::Metrics;
+use crate::services::observe::telemetry;
+use crate::services::plugins::{self, Plugins};
+use crate::services::shadow::ShadowEngine;
+use crate::services::upstream::Upstreams;
+use crate::services::{Services, ServicesParts, Snapshot};
+
+pub async fn run(runtime: Runtime) -> ExitCode {
+    let settings = runtime.server.clone();
+    let listener = match server::bind(settings.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: cannot read the listening address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for r in &runtime.routes {
+        let targets: Vec<String> = r
+            .targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}:{} w{}",
+                    t.backend.name,
+                    t.model.as_deref().unwrap_or("<client model>"),
+                    t.weight
+                )
+            })
+            .collect();
+        tracing::info!(route = %r.name, targets = %targets.join(", "), "route");
+    }
+    let metrics = Arc::new(Metrics::default());
+    let governance = match Governance::start(&runtime, metrics.clone()).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tracer = match telemetry::init(runtime.telemetry.as_ref(), metrics.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shadow = ShadowEngine::start(
+        StateSettings::store_path(runtime.state.as_ref()),
+        Some(governance.clone()),
+    );
+    let upstreams = Upstreams::default();
+    let snapshot = match Snapshot::build(Arc::new(runtime), &upstreams) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let services = Arc::new(Services::new(ServicesParts {
+        snapshot,
+        upstreams,
+        metrics,
+        plugins: Arc::new(Plugins::default()),
+        governance: Some(governance.clone()),
+        shadow: Some(shadow),
+        tracer: tracer.clone(),
+    }));
+    let gw = Gateway::new(services.clone());
+    // Live reload and health checks.
+    reload::spawn_background(&gw);
+    // `/readyz` turns ready only once the plugins are loaded.
+    let plugins_services = services.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        plugins::start(
+            &plugins_services.plugins,
+            &plugins_services.snapshot().config,
+        )
+    })
+    .await;
+    start_local_worker(&gw.runtime());
+    gw.set_ready(true);
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, "listening");
+    // The ready line scripts wait for, on stdout.
+    println!("switchyard listening on {scheme}://{addr}");
+    server::serve(
+        gw.clone(),
+        listener,
+        settings.tls,
+        settings.shutdown_grace,
+        async {
+            server::shutdown_signal().await;
+            gw.set_ready(false);
+        },
+    )
+    .await;
+    // Everything queued for the store (ledger rows) is written before the process exits.
+    governance.close();
+    tracer.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// `[local_worker]`: fetching and loading happen on the worker's own thread; the gateway
+/// serves meanwhile.
+#[cfg(feature = "local-worker")]
+fn start_local_worker(rt: &Runtime) {
+    let Some(local) = rt.local_worker.clone() else {
+        return;
+    };
+    let otlp = rt.telemetry.as_ref().and_then(|t| {
+        let endpoint = t.otlp_endpoint.clone()?;
+        Some((
+            endpoint,
+            switchyard_otlp::Protocol::parse(&t.otlp_protocol)?,
+        ))
+    });
+    super::local_worker::start(local, otlp);
+}
+
+/// Built without the `local-worker` feature: validation refuses `[local_worker]`, so there
+/// is nothing to start.
+#[cfg(not(feature = "local-worker"))]
+fn start_local_worker(_: &Runtime) {}

@@ -1,0 +1,19 @@
+//! The leaf of the gateway: what every other part speaks and nothing else.
+//!
+//! The one error type and its mapping to the wire (`error`), the OpenAI wire format the
+//! gateway reads (`openai`) and the event streams it scans (`sse`), the endpoints it serves
+//! (`endpoint`), the response body type and the helpers that build responses (`body`,
+//! `respond`), and two small utilities (`clock`, `digest`). Nothing here imports from the
+//! rest of the crate.
+
+pub mod body;
+pub mod clock;
+pub mod digest;
+pub mod endpoint;
+pub mod error;
+pub mod openai;
+pub mod respond;
+pub mod sse;
+
+pub use endpoint::Endpoint;
+pub use error::GatewayError;

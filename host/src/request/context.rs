@@ -1,0 +1,73 @@
+//! [`RequestCtx`]: what the gateway knows about one request as it moves through the phases.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+
+use crate::base::Endpoint;
+use crate::config::{Route, Runtime, Target};
+use crate::services::Snapshot;
+use crate::services::governance::Account;
+use crate::services::observe::metrics;
+use crate::services::observe::telemetry::RequestTelemetry;
+
+/// One request's state, filled in by the phases in order.
+pub struct RequestCtx {
+    pub endpoint: Endpoint,
+    pub started: Instant,
+    /// The config version (with its live upstreams) this request runs under, start to finish.
+    pub snapshot: Arc<Snapshot>,
+    pub route: Option<Arc<Route>>,
+    /// The target chosen by `route`; after `attempt`, the last one tried.
+    pub target: Option<Target>,
+    /// The model name sent upstream.
+    pub upstream_model: Option<Arc<str>>,
+    /// Time spent waiting on the upstream (for the gateway-overhead metric).
+    pub upstream_time: Duration,
+    /// The `x-switchyard-attempts` value, once the attempt loop ran.
+    pub attempts: Option<HeaderValue>,
+    /// Caller, tags and reservations (phases `authenticate` and `admit`), settled into the
+    /// ledger by `finish`.
+    pub account: Account,
+    /// The request's server span and access-log record.
+    pub telemetry: RequestTelemetry,
+}
+
+impl RequestCtx {
+    pub fn new(snapshot: Arc<Snapshot>, endpoint: Endpoint, telemetry: RequestTelemetry) -> Self {
+        RequestCtx {
+            endpoint,
+            started: Instant::now(),
+            snapshot,
+            route: None,
+            target: None,
+            upstream_model: None,
+            upstream_time: Duration::ZERO,
+            attempts: None,
+            account: Account::default(),
+            telemetry,
+        }
+    }
+
+    /// The config this request runs under.
+    pub fn config(&self) -> &Runtime {
+        &self.snapshot.config
+    }
+
+    /// The route's name for metrics and logs (`none` before routing).
+    pub fn route_label(&self) -> Arc<str> {
+        self.route
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| Arc::from(metrics::NONE))
+    }
+
+    /// The backend's name for metrics and logs (`none` before routing).
+    pub fn backend_label(&self) -> Arc<str> {
+        self.target
+            .as_ref()
+            .map(|t| t.backend.name.clone())
+            .unwrap_or_else(|| Arc::from(metrics::NONE))
+    }
+}

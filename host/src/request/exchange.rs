@@ -1,0 +1,207 @@
+//! Phase `exchange`: one try of one target at one URL: adapt the request for the target
+//! (`adapt` plugins), send it, and read the answer (complete) or its first chunk (stream).
+//!
+//! The attempt loop calls [`exchange`] once per attempt; everything the attempts of one
+//! request share is an [`Exchange`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+
+use super::attempt::{Answer as LoopAnswer, Candidate};
+use super::respond::{self, Reply, complete, held, stream};
+use crate::base::body::GatewayBody;
+use crate::base::openai::{RequestBody, Usage};
+use crate::base::{Endpoint, GatewayError};
+use crate::config::Target;
+use crate::services::Services;
+use crate::services::governance::Settler;
+use crate::services::observe::telemetry::{self, AttemptSpan, RequestTelemetry};
+use crate::services::shadow::CaptureSlot;
+use crate::services::upstream::client;
+use crate::services::upstream::pool::Slot;
+
+/// What every attempt of one request shares.
+pub struct Exchange<'a> {
+    pub services: &'a Services,
+    pub endpoint: Endpoint,
+    pub started: Instant,
+    pub route: Arc<str>,
+    /// The client's request, as parsed (each attempt adapts this original).
+    pub request: &'a RequestBody,
+    pub client_headers: &'a HeaderMap,
+    pub telemetry: &'a RequestTelemetry,
+    /// Where a relayed stream's end-of-stream work waits.
+    pub stream_end: Arc<StreamEnd>,
+    /// A streamed answer is held until complete (a `validate` plugin judges streams).
+    pub hold_stream: bool,
+}
+
+/// What a relayed stream does when it ends, put in place once the attempt loop knows which
+/// target answered (the stream's body is not polled before that).
+#[derive(Default)]
+pub struct StreamEnd {
+    /// The request's ledger settlement.
+    pub settler: Mutex<Option<Settler>>,
+    /// The request's server span and access record.
+    pub telemetry: Mutex<Option<RequestTelemetry>>,
+    /// Where the shadow comparison waits for the served stream (sampled requests only).
+    pub capture: Option<CaptureSlot>,
+}
+
+/// An answer as the client will get it.
+pub enum Answer {
+    /// Read whole (complete, or a held stream): accounted now.
+    Complete(Response<GatewayBody>),
+    /// Relayed live: accounted when the stream ends.
+    Streaming(Response<GatewayBody>),
+}
+
+impl Answer {
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        match self {
+            Answer::Complete(r) | Answer::Streaming(r) => r.headers_mut(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<GatewayBody> {
+        match self {
+            Answer::Complete(r) | Answer::Streaming(r) => r,
+        }
+    }
+}
+
+/// One answered exchange, as the attempt loop sees it.
+pub struct Exchanged {
+    pub answer: Answer,
+    pub target: Target,
+    pub upstream_time: Duration,
+    /// The complete answer's body (not for streams relayed live), for validation and
+    /// shadow comparison; for a held stream, the complete answer put together from it.
+    pub body: Option<Bytes>,
+    /// A held stream's events as served (what the shadow comparison reads for a stream).
+    pub events: Option<Bytes>,
+    /// The usage that body reported (read once, with the rest of the probe).
+    pub usage: Option<Usage>,
+}
+
+impl LoopAnswer for Exchanged {
+    fn complete_body(&self) -> Option<&Bytes> {
+        self.body.as_ref()
+    }
+}
+
+/// One exchange with URL `url` of `cand`, with the request `adapted` for it (`None`: as the
+/// client sent it). The in-flight `slot` is held until the answer is fully relayed.
+pub async fn exchange(
+    x: &Exchange<'_>,
+    cand: Candidate,
+    url: usize,
+    slot: Slot,
+    adapted: Result<Option<RequestBody>, GatewayError>,
+) -> Result<Exchanged, GatewayError> {
+    let Candidate { target, upstream } = cand;
+    let model: Arc<str> = Arc::from(target.upstream_model(&x.request.model));
+    let url = &upstream.backend.urls[url];
+    let adapted = adapted?;
+    let request = adapted.as_ref().unwrap_or(x.request);
+    let body = request.upstream_body(&model, true);
+    let mut upstream_req = client::build_request(
+        &upstream.backend,
+        url.uri(x.endpoint),
+        body,
+        x.client_headers,
+    )?;
+    // One CLIENT span per attempt; its context travels upstream in `traceparent`.
+    let span = AttemptSpan::start(
+        x.telemetry,
+        x.endpoint,
+        &target.backend.name,
+        &url.peer,
+        &model,
+        telemetry::request_params(x.telemetry, request, x.endpoint),
+    );
+    span.inject(upstream_req.headers_mut());
+    let metrics = &x.services.metrics;
+    let failed = |a: AttemptSpan, e: GatewayError| {
+        let status = match &e {
+            GatewayError::UpstreamError { status, .. } => Some(status.as_u16()),
+            GatewayError::UpstreamStatus { status, .. } => Some(*status),
+            _ => None,
+        };
+        a.failed(metrics, e.kind(), status);
+        e
+    };
+    let sent = Instant::now();
+    let resp = match client::send(&upstream, url, upstream_req).await {
+        Ok(r) => r,
+        Err(e) => return Err(failed(span, e)),
+    };
+
+    if !resp.status().is_success() {
+        let e = respond::upstream_failure(&target, resp).await;
+        // An upstream that answered (with an error) still took this long.
+        metrics.upstream(&target.backend.name, sent.elapsed());
+        return Err(failed(span, e));
+    }
+    let reply = Reply {
+        target: target.clone(),
+        model,
+        resp,
+        sent,
+        slot,
+        span,
+    };
+    if request.stream && !x.hold_stream {
+        let (answer, upstream_time) = stream::stream_answer(x, reply).await?;
+        return Ok(Exchanged {
+            answer: Answer::Streaming(answer),
+            target,
+            upstream_time,
+            body: None,
+            events: None,
+            usage: None,
+        });
+    }
+    let Reply {
+        model,
+        resp,
+        sent,
+        slot,
+        span,
+        ..
+    } = reply;
+    let answer = if request.stream {
+        let strip_usage = request.strip_usage_chunk(true);
+        held::held_answer(held::HeldArgs {
+            tel: x.telemetry,
+            target: &target,
+            model: &model,
+            resp,
+            sent,
+            endpoint: x.endpoint,
+            strip_usage,
+        })
+        .await
+    } else {
+        complete::complete_answer(x.telemetry, &target, &model, resp, sent).await
+    };
+    let whole = match answer {
+        Ok(w) => w,
+        Err(e) => return Err(failed(span, e)),
+    };
+    let usage = whole.facts.usage;
+    span.succeeded(metrics, whole.facts);
+    metrics.upstream(&target.backend.name, whole.upstream_time);
+    drop(slot);
+    Ok(Exchanged {
+        answer: Answer::Complete(whole.resp),
+        target,
+        upstream_time: whole.upstream_time,
+        body: Some(whole.body),
+        events: whole.events,
+        usage,
+    })
+}

@@ -1,0 +1,111 @@
+//! The request path: one file per phase, in the order they run, and a driver that only
+//! sequences them.
+//!
+//! ```text
+//! authenticate ─► parse ─► classify ─► route ─► admit ─► attempt ┬► exchange ─► respond
+//!  (key)          (body)   (plugins)   (split,  (limits,  (loop:  │   (adapt,    (complete,
+//!                                       flags)   budget)   URLs,  │    send)      held or
+//!                                                          retry, └► validate     stream)
+//!                                                          fallback)  (plugins)
+//!                                                                  ─► mirror ─► finish
+//!                                                                     (shadow)  (ledger, metrics,
+//!                                                                                trace, log)
+//! ```
+//!
+//! Each phase is a function over the per-request [`RequestCtx`] returning
+//! `Result<_, GatewayError>`; [`process`] runs them in order and the first error ends the
+//! request. [`finish`](finish::finish) is its one exit: the answer or the error becomes the
+//! client's response there, and every outcome is settled, counted and logged once.
+
+pub mod admit;
+pub mod attempt;
+pub mod authenticate;
+pub mod classify;
+pub mod context;
+pub mod exchange;
+pub mod finish;
+pub mod mirror;
+pub mod parse;
+pub mod respond;
+pub mod route;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::base::body::GatewayBody;
+use crate::base::{Endpoint, GatewayError};
+use crate::services::Services;
+use crate::services::observe::telemetry::RequestTelemetry;
+use context::RequestCtx;
+use exchange::{Answer, StreamEnd};
+use validate::PluginValidator;
+
+/// One proxied OpenAI request, start to finish.
+pub async fn handle(
+    services: &Arc<Services>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+) -> Response<GatewayBody> {
+    let _in_flight = services.metrics.in_flight();
+    let telemetry = RequestTelemetry::start(
+        &services.tracer,
+        req.method(),
+        endpoint.path(),
+        req.headers(),
+    );
+    let mut ctx = RequestCtx::new(services.snapshot(), endpoint, telemetry);
+    let result = process(services, &mut ctx, req).await;
+    finish::finish(services, &mut ctx, result)
+}
+
+/// The phases, in order.
+async fn process(
+    services: &Services,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+) -> Result<Answer, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    authenticate::authenticate(services, ctx, headers)?;
+    let request = parse::parse(ctx, body, headers).await?;
+    let routing_started = SystemTime::now();
+    let mut pass = classify::start_pass(services, ctx, &request, headers);
+    let decision = classify::classify(services, ctx, &mut pass)?;
+    let chosen = route::route(ctx, decision, &request, headers)?;
+    admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
+    let _in_flight = services.plugins.stats.start(&chosen.backend.name);
+    let (mirroring, capture) = mirror::sample(services, ctx, &request);
+    let stream_end = Arc::new(StreamEnd {
+        capture,
+        ..StreamEnd::default()
+    });
+    let validator = pass
+        .validates()
+        .then(|| PluginValidator::new(&pass, &request));
+    let exchanged = attempt::attempt(attempt::AttemptPhase {
+        services,
+        ctx,
+        request: &request,
+        headers,
+        pass: &pass,
+        validator: validator.as_ref(),
+        stream_end: stream_end.clone(),
+    })
+    .await?;
+    let exchanged = respond::respond(respond::RespondPhase {
+        services,
+        ctx,
+        request: &request,
+        exchanged,
+        validator,
+        stream_end: &stream_end,
+    });
+    if let Some(m) = mirroring {
+        mirror::send(services, ctx, m, &request, headers, &exchanged);
+    }
+    Ok(exchanged.answer)
+}

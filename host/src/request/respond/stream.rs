@@ -1,0 +1,412 @@
+//! A streamed answer, relayed frame by frame as it arrives.
+//!
+//! The first chunk is awaited before the response is committed, so a failure before any
+//! byte still gets a proper error (and the attempt loop may try a fallback). From then on
+//! [`StreamBody`] forwards each upstream frame as soon as it arrives, unchanged, reading it
+//! on the way (`base::sse::SseScanner`: usage, `[DONE]`). The one exception is the usage
+//! chunk the gateway asked for on the client's behalf (`stream_options.include_usage`): that
+//! event is removed, and to remove it cleanly only an event split across two upstream frames
+//! is held until its end arrives. Failures after the stream started end it with one
+//! OpenAI-style error event instead of a cut connection, so SDKs raise an error rather than
+//! returning a silently truncated answer. Dropping the body (the client went away) drops the
+//! upstream response, which closes that connection and so cancels generation upstream.
+//!
+//! When the stream ends, however it ends, its summary settles the ledger row, ends the
+//! request's span and access line, and hands a captured copy to the shadow comparison.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use memchr::memmem;
+
+use super::{Reply, copy_response_headers};
+use crate::base::body::GatewayBody;
+use crate::base::error::{GatewayError, error_chain};
+use crate::base::respond::stamp;
+use crate::base::sse::{SseScanner, StreamOutcome, StreamSummary, event_end, is_usage_only_event};
+use crate::request::exchange::Exchange;
+use crate::services::governance::{Ending, Settler};
+use crate::services::observe::telemetry::{self, AnswerFacts};
+use crate::services::shadow::StreamServed;
+
+/// A streamed answer: wait for the first chunk (so a failure before any byte can still be
+/// answered with a proper error), then relay frames as they come.
+pub async fn stream_answer(
+    x: &Exchange<'_>,
+    reply: Reply,
+) -> Result<(Response<GatewayBody>, Duration), GatewayError> {
+    let Reply {
+        target,
+        model,
+        resp,
+        sent,
+        slot,
+        span: attempt,
+    } = reply;
+    let started = x.started;
+    let (parts, mut body) = resp.into_parts();
+    let backend = &target.backend;
+    let first = loop {
+        let next = tokio::time::timeout(backend.first_byte_timeout, body.frame()).await;
+        match next {
+            Err(_) => {
+                return Err(GatewayError::UpstreamTimeout {
+                    backend: backend.name.to_string(),
+                    phase: "waiting for the first chunk of the stream",
+                    secs: backend.first_byte_timeout.as_secs_f64(),
+                });
+            }
+            Ok(None) => {
+                return Err(GatewayError::UpstreamBroken {
+                    backend: backend.name.to_string(),
+                    detail: "the stream ended before its first chunk".into(),
+                });
+            }
+            Ok(Some(Err(e))) => {
+                return Err(GatewayError::UpstreamBroken {
+                    backend: backend.name.to_string(),
+                    detail: format!("before the first chunk: {}", error_chain(&e)),
+                });
+            }
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(d) if !d.is_empty() => break d,
+                _ => continue,
+            },
+        }
+    };
+    let upstream_time = sent.elapsed();
+    let metrics = x.services.metrics.clone();
+    metrics.overhead(started.elapsed().saturating_sub(upstream_time));
+    metrics.upstream(&target.backend.name, upstream_time);
+    let upstream_model = model.to_string();
+
+    let route = x.route.clone();
+    let backend_label = target.backend.name.clone();
+    let end = x.stream_end.clone();
+    let capturing = end.capture.is_some();
+    let tel_endpoint = x.endpoint;
+    let on_end = Box::new(move |s: StreamSummary| {
+        // The URL's in-flight slot is held until the stream ends.
+        drop(slot);
+        let cost = end
+            .settler
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .map(|settler| settle_stream(settler, &s));
+        if let Some(tx) = end
+            .capture
+            .as_ref()
+            .and_then(|c| c.lock().ok().and_then(|mut g| g.take()))
+        {
+            let sse = if s.outcome == StreamOutcome::Completed {
+                s.captured.clone()
+            } else {
+                None
+            };
+            let _ = tx.send(StreamServed {
+                sse,
+                took: started.elapsed(),
+            });
+        }
+        let mut error = None;
+        if s.outcome == StreamOutcome::ClientGone {
+            metrics.client_disconnect();
+            error = Some("client_disconnected");
+            tracing::info!(route = %route, backend = %backend_label, bytes = s.bytes, "client disconnected mid-stream; upstream request cancelled");
+        }
+        if let StreamOutcome::UpstreamFailed(why) = &s.outcome {
+            metrics.upstream_error(&backend_label, "stream_broken");
+            error = Some("stream_broken");
+            tracing::warn!(route = %route, backend = %backend_label, error = %why, "stream ended early");
+        }
+        let took = started.elapsed();
+        metrics.request(&route, &backend_label, 200, took);
+        match error {
+            None => attempt.succeeded(
+                &metrics,
+                AnswerFacts {
+                    response_model: s.model.clone(),
+                    finish_reasons: s.finish_reasons.clone(),
+                    usage: s.usage,
+                    first_token: Some(upstream_time),
+                    ..AnswerFacts::default()
+                },
+            ),
+            Some(kind) => attempt.failed(&metrics, kind, None),
+        }
+        if let Some(mut tel) = end.telemetry.lock().ok().and_then(|mut g| g.take()) {
+            tel.usage = s.usage;
+            if let Some(c) = cost {
+                tel.set_cost(c);
+            }
+            tel.finish_span(200, &route, &backend_label, error);
+            telemetry::access_log(
+                &tel,
+                &telemetry::AccessRecord {
+                    method: "POST",
+                    path: tel_endpoint.path(),
+                    route: &route,
+                    backend: &backend_label,
+                    upstream_model: &upstream_model,
+                    status: 200,
+                    latency: took,
+                    upstream: Some(upstream_time),
+                    error,
+                },
+            );
+        }
+    });
+    let mut stream = StreamBody::new(StreamRelay {
+        upstream: body,
+        first,
+        strip_usage: x.request.strip_usage_chunk(true),
+        idle_timeout: backend.timeout,
+        backend: backend.name.to_string(),
+        started,
+        on_end,
+    });
+    if capturing {
+        stream.capture();
+    }
+    let mut out = Response::new(GatewayBody::Stream(Box::new(stream)));
+    *out.status_mut() = parts.status;
+    copy_response_headers(&parts.headers, out.headers_mut());
+    stamp(out.headers_mut(), &backend.name, Some(&model));
+    Ok((out, upstream_time))
+}
+
+/// The end-of-stream half of settling: usage from the stream, or an estimate from what was
+/// relayed when the client went away or the upstream broke off. Returns the cost.
+fn settle_stream(s: Settler, summary: &StreamSummary) -> f64 {
+    let (status, outcome) = match &summary.outcome {
+        StreamOutcome::Completed => (200, "ok"),
+        StreamOutcome::ClientGone => (499, "cancelled"),
+        StreamOutcome::UpstreamFailed(_) => (502, "stream_failed"),
+    };
+    s.settle(Ending {
+        status,
+        outcome: outcome.into(),
+        usage: summary.usage,
+        completion_estimate: Some(summary.content_events),
+        ttft_ms: summary.first_byte.map(|d| d.as_secs_f64() * 1000.0),
+        reached_upstream: true,
+    })
+}
+
+/// Called once when a stream ends, however it ends.
+pub type OnStreamEnd = Box<dyn FnOnce(StreamSummary) + Send + 'static>;
+
+/// The streamed response body relayed to the client.
+pub struct StreamBody {
+    upstream: Incoming,
+    /// The first frame, already read before the response was committed.
+    first: Option<Bytes>,
+    scanner: SseScanner,
+    /// Remove the usage-only event (the gateway asked for it, the client did not).
+    strip_usage: bool,
+    /// Bytes of an event split across frames, held while stripping.
+    held: BytesMut,
+    idle_timeout: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    backend: String,
+    started: Instant,
+    summary: StreamSummary,
+    /// A copy of every upstream frame, kept only for streams whose shadow compares them.
+    capture: Option<BytesMut>,
+    on_end: Option<OnStreamEnd>,
+    done: bool,
+}
+
+/// What a relay is made from.
+pub struct StreamRelay {
+    pub upstream: Incoming,
+    /// The first frame, already read before the response was committed.
+    pub first: Bytes,
+    /// Remove the usage-only event (the gateway asked for it, the client did not).
+    pub strip_usage: bool,
+    /// The longest pause allowed between two frames.
+    pub idle_timeout: Duration,
+    pub backend: String,
+    /// When the request started (the summary's time to first byte counts from it).
+    pub started: Instant,
+    pub on_end: OnStreamEnd,
+}
+
+impl StreamBody {
+    pub fn new(r: StreamRelay) -> Self {
+        StreamBody {
+            upstream: r.upstream,
+            first: Some(r.first),
+            scanner: SseScanner::default(),
+            strip_usage: r.strip_usage,
+            held: BytesMut::new(),
+            idle_timeout: r.idle_timeout,
+            idle: Box::pin(tokio::time::sleep(r.idle_timeout)),
+            backend: r.backend,
+            started: r.started,
+            summary: StreamSummary::default(),
+            capture: None,
+            on_end: Some(r.on_end),
+            done: false,
+        }
+    }
+
+    /// Keep a copy of the whole stream for the end-of-stream summary.
+    pub fn capture(&mut self) {
+        self.capture = Some(BytesMut::new());
+    }
+
+    /// Scan a frame and decide what of it goes to the client.
+    fn relay(&mut self, frame: Bytes) -> Option<Bytes> {
+        self.scanner.feed(&frame);
+        if let Some(c) = &mut self.capture {
+            c.extend_from_slice(&frame);
+        }
+        self.summary.bytes += frame.len() as u64;
+        if !self.strip_usage {
+            return Some(frame);
+        }
+        // Fast path: no held bytes, the frame holds only whole events, none of them the
+        // usage chunk → relay the frame itself, zero-copy.
+        if self.held.is_empty()
+            && (frame.ends_with(b"\n\n") || frame.ends_with(b"\r\n\r\n"))
+            && memmem::find(&frame, b"\"choices\":[]").is_none()
+        {
+            return Some(frame);
+        }
+        self.held.extend_from_slice(&frame);
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.held) {
+            let event = self.held.split_to(end);
+            if !is_usage_only_event(&event) {
+                out.extend_from_slice(&event);
+            }
+        }
+        if out.is_empty() {
+            None
+        } else {
+            Some(out.freeze())
+        }
+    }
+
+    fn finish(&mut self, outcome: StreamOutcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.summary.outcome = outcome;
+        self.summary.usage = self.scanner.usage;
+        self.summary.saw_done = self.scanner.saw_done;
+        self.summary.events = self.scanner.events;
+        self.summary.captured = self.capture.take().map(BytesMut::freeze);
+        self.summary.content_events = self.scanner.content_events;
+        self.summary.model = self.scanner.model.take();
+        self.summary.finish_reasons = std::mem::take(&mut self.scanner.finish_reasons);
+        if let Some(f) = self.on_end.take() {
+            f(std::mem::take(&mut self.summary));
+        }
+    }
+
+    fn fail(
+        &mut self,
+        err: GatewayError,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
+        tracing::warn!(backend = %self.backend, error = %err, "stream broke off upstream; ending it with an error event");
+        let mut out = BytesMut::new();
+        // Whatever was held is an incomplete event: it cannot be parsed by the client, drop it.
+        self.held.clear();
+        out.extend_from_slice(&err.to_sse_event());
+        self.finish(StreamOutcome::UpstreamFailed(err.to_string()));
+        Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
+    }
+}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            this.summary.first_byte = Some(this.started.elapsed());
+            if let Some(out) = this.relay(first) {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+        }
+        loop {
+            match Pin::new(&mut this.upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    match frame.into_data() {
+                        Ok(data) => {
+                            if let Some(out) = this.relay(data) {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                        // Trailers are not part of the OpenAI protocol; ignore them.
+                        Err(_) => continue,
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let err = GatewayError::UpstreamBroken {
+                        backend: this.backend.clone(),
+                        detail: format!("mid-stream: {}", error_chain(&e)),
+                    };
+                    return this.fail(err);
+                }
+                Poll::Ready(None) => {
+                    if !this.held.is_empty() {
+                        let rest = this.held.split().freeze();
+                        this.finish(StreamOutcome::Completed);
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    this.finish(StreamOutcome::Completed);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        let err = GatewayError::UpstreamTimeout {
+                            backend: this.backend.clone(),
+                            phase: "between two chunks of a stream",
+                            secs: this.idle_timeout.as_secs_f64(),
+                        };
+                        return this.fail(err);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away. Dropping `upstream` right after this
+        // closes the upstream connection, which is how the upstream learns to stop.
+        if !self.done {
+            self.finish(StreamOutcome::ClientGone);
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Phase `route`: from the client's `model` (or a `classify` decision) to a route and a
+//! target.
+//!
+//! A route's targets are a weighted split (a canary is `weight = 90` / `weight = 10`); the
+//! choice is one draw from a thread-local RNG, no locks. A route may carry override rules
+//! (`overrides = [{ team = "beta", targets = [...] }]`): the first rule whose conditions all
+//! match the caller replaces the route's split, which is how a feature flag sends one team,
+//! one key or one feature (a request header) to the new model. A caller may also pin a
+//! target with the `x-switchyard-target: backend[:model]` header, honoured only when the
+//! route lists the caller's team in `pin_teams`; anyone else gets 403, so a pin can never be
+//! used to bypass a migration.
+//!
+//! With virtual keys the caller is the authenticated key, and identity headers are ignored
+//! (any client could set them); without keys the gateway trusts its network and takes the
+//! caller from `x-switchyard-team` / `x-switchyard-key`.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::context::RequestCtx;
+use crate::base::GatewayError;
+use crate::base::openai::RequestBody;
+use crate::config::route::Override;
+use crate::config::{Backend, Route, Runtime, Target};
+use crate::services::plugins::Decision;
+
+/// The route and target this request goes to.
+pub fn route(
+    ctx: &mut RequestCtx,
+    decision: Decision,
+    request: &RequestBody,
+    headers: &HeaderMap,
+) -> Result<Target, GatewayError> {
+    let route = match decision.route {
+        Some(r) => r,
+        None => find_route(ctx.config(), &request.model)?.clone(),
+    };
+    ctx.route = Some(route.clone());
+    let caller = match &ctx.account.key {
+        Some(k) => Caller {
+            key_id: Some(k.id.clone()),
+            team: Some(k.team.clone()),
+        },
+        None => Caller::from_headers(headers),
+    };
+    let chosen = match decision.target {
+        Some(t) => t,
+        None => choose(&route, &caller, headers, &ctx.config().backends)?,
+    };
+    ctx.upstream_model = Some(Arc::from(chosen.upstream_model(&request.model)));
+    ctx.target = Some(chosen.clone());
+    Ok(chosen)
+}
+
+/// The route for a client's model name, or a `model_not_found` error.
+pub fn find_route<'a>(rt: &'a Runtime, model: &str) -> Result<&'a Arc<Route>, GatewayError> {
+    rt.route_for(model)
+        .ok_or_else(|| GatewayError::UnknownModel(model.to_string()))
+}
+
+/// Request header pinning a target: `backend` or `backend:model`.
+pub const HEADER_PIN: &str = "x-switchyard-target";
+/// Caller identity headers, trusted only while client auth is off (no keys).
+pub const HEADER_TEAM: &str = "x-switchyard-team";
+pub const HEADER_KEY: &str = "x-switchyard-key";
+
+/// Who is calling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The virtual key's id (never the secret).
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+}
+
+impl Caller {
+    /// The identity a gateway without keys trusts: `x-switchyard-team` / `x-switchyard-key`.
+    pub fn from_headers(h: &HeaderMap) -> Caller {
+        let get = |n: &str| {
+            h.get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        Caller {
+            key_id: get(HEADER_KEY),
+            team: get(HEADER_TEAM),
+        }
+    }
+}
+
+/// Whether an override rule applies to this caller and request.
+fn matches(o: &Override, caller: &Caller, headers: &HeaderMap) -> bool {
+    if let Some(t) = &o.team
+        && caller.team.as_ref() != Some(t)
+    {
+        return false;
+    }
+    if let Some(k) = &o.key
+        && caller.key_id.as_ref() != Some(k)
+    {
+        return false;
+    }
+    if let Some((name, value)) = &o.header {
+        match (headers.get(name), value) {
+            (None, _) => return false,
+            (Some(v), Some(want)) => {
+                if v.to_str().ok().map(str::trim) != Some(want.as_str()) {
+                    return false;
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
+    true
+}
+
+/// Which target serves this request: a permitted pin, else the first matching override's
+/// split, else the route's own split.
+pub fn choose(
+    route: &Route,
+    caller: &Caller,
+    headers: &HeaderMap,
+    backends: &[Arc<Backend>],
+) -> Result<Target, GatewayError> {
+    if let Some(pin) = headers.get(HEADER_PIN) {
+        let pin = pin.to_str().unwrap_or("").trim();
+        let allowed = caller
+            .team
+            .as_ref()
+            .is_some_and(|t| route.flags.pin_teams.iter().any(|p| p == t));
+        if !allowed {
+            return Err(GatewayError::PinNotAllowed {
+                route: route.name.to_string(),
+            });
+        }
+        let (backend, model) = match pin.split_once(':') {
+            Some((b, m)) if !m.is_empty() => (b, Some(m)),
+            _ => (pin, None),
+        };
+        let Some(b) = backends.iter().find(|b| &*b.name == backend) else {
+            return Err(GatewayError::PinUnknownBackend(backend.to_string()));
+        };
+        return Ok(Target {
+            backend: b.clone(),
+            model: model.map(Arc::from),
+            weight: 1,
+        });
+    }
+    for o in &route.flags.overrides {
+        if matches(o, caller, headers) {
+            return Ok(weighted(&o.targets, o.total_weight).clone());
+        }
+    }
+    Ok(weighted(&route.targets, route.total_weight).clone())
+}
+
+/// Draw one target by weight (no draw for a single target).
+fn weighted(targets: &[Target], total: u32) -> &Target {
+    if targets.len() == 1 {
+        return &targets[0];
+    }
+    let mut draw = fastrand::u32(0..total.max(1));
+    for t in targets {
+        if draw < t.weight {
+            return t;
+        }
+        draw -= t.weight;
+    }
+    &targets[targets.len() - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigSource, load_str};
+
+    #[test]
+    fn weighted_choice_follows_weights() {
+        let rt = load_str(
+            r#"
+[[backends]]
+name = "a"
+url = "http://127.0.0.1:1/v1"
+[[backends]]
+name = "b"
+url = "http://127.0.0.1:2/v1"
+[[routes]]
+model = "m"
+targets = [{ backend = "a", weight = 90 }, { backend = "b", weight = 10 }, { backend = "b", model = "never", weight = 0 }]
+"#,
+            ConfigSource::Embedded,
+        )
+        .unwrap();
+        let r = find_route(&rt, "m").unwrap();
+        let n = 20_000;
+        let mut a = 0;
+        for _ in 0..n {
+            let t = weighted(&r.targets, r.total_weight);
+            assert_ne!(t.model.as_deref(), Some("never"));
+            if &*t.backend.name == "a" {
+                a += 1;
+            }
+        }
+        let share = a as f64 / n as f64;
+        assert!((0.88..0.92).contains(&share), "share of a = {share}");
+        assert!(matches!(
+            find_route(&rt, "x"),
+            Err(GatewayError::UnknownModel(_))
+        ));
+    }
+    const CFG: &str = r#"
+[[backends]]
+name = "old"
+url = "http://127.0.0.1:1/v1"
+[[backends]]
+name = "new"
+url = "http://127.0.0.1:2/v1"
+[[routes]]
+model = "m"
+targets = [{ backend = "old" }]
+pin_teams = ["sre"]
+overrides = [
+  { team = "beta", targets = [{ backend = "new", model = "llama" }] },
+  { header = "x-feature: summarise-v2", targets = [{ backend = "new" }] },
+]
+"#;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn overrides_route_by_team_and_header() {
+        let rt = load_str(CFG, ConfigSource::Embedded).unwrap();
+        let r = rt.route_for("m").unwrap();
+        let pick = |h: &HeaderMap| {
+            choose(r, &Caller::from_headers(h), h, &rt.backends)
+                .unwrap()
+                .backend
+                .name
+                .to_string()
+        };
+        assert_eq!(pick(&headers(&[])), "old");
+        assert_eq!(pick(&headers(&[("x-switchyard-team", "beta")])), "new");
+        assert_eq!(pick(&headers(&[("x-switchyard-team", "other")])), "old");
+        assert_eq!(pick(&headers(&[("x-feature", "summarise-v2")])), "new");
+        assert_eq!(pick(&headers(&[("x-feature", "summarise-v1")])), "old");
+    }
+
+    #[test]
+    fn pin_only_for_allowed_teams() {
+        let rt = load_str(CFG, ConfigSource::Embedded).unwrap();
+        let r = rt.route_for("m").unwrap();
+        let h = headers(&[("x-switchyard-target", "new:qwen")]);
+        let e = choose(r, &Caller::from_headers(&h), &h, &rt.backends).unwrap_err();
+        assert!(matches!(e, GatewayError::PinNotAllowed { .. }));
+        let h = headers(&[
+            ("x-switchyard-target", "new:qwen"),
+            ("x-switchyard-team", "sre"),
+        ]);
+        let t = choose(r, &Caller::from_headers(&h), &h, &rt.backends).unwrap();
+        assert_eq!(&*t.backend.name, "new");
+        assert_eq!(t.model.as_deref(), Some("qwen"));
+        let h = headers(&[
+            ("x-switchyard-target", "nope"),
+            ("x-switchyard-team", "sre"),
+        ]);
+        assert!(matches!(
+            choose(r, &Caller::from_headers(&h), &h, &rt.backends),
+            Err(GatewayError::PinUnknownBackend(_))
+        ));
+    }
+}

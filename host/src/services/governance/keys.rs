@@ -1,0 +1,459 @@
+//! Virtual API keys: who is calling.
+//!
+//! A key is `sk-sy-` followed by 48 hex digits (192 random bits). Only its SHA-256 is stored
+//! (table `keys`), with an id (`key_…`, safe to log and to pass to `keys revoke`), the team,
+//! tags, and per-key limits and budgets. The secret is shown once, at creation.
+//!
+//! The request path never queries SQLite: [`KeyCache`] holds every key in memory, indexed by
+//! hash, and a background thread reloads it when the `keys_version` counter (bumped by
+//! triggers on every change to `keys`, whoever makes it: the CLI on the same file, the
+//! admin API, another replica sharing the file) moves. A key revoked from the CLI stops
+//! working within [`REFRESH`].
+//!
+//! Client auth is on once any key exists (or `[auth] required = true`); from then on a
+//! request without a valid key gets 401 in OpenAI's error shape. The caller's key is never
+//! forwarded upstream: the upstream client replaces `Authorization` with the backend's own key.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::store::{self, Migration};
+use crate::base::GatewayError;
+use crate::base::clock::now_ms;
+use crate::base::digest::sha256;
+use crate::config::governance::Limits;
+
+/// How often the key cache checks the store for changes.
+pub const REFRESH: Duration = Duration::from_millis(500);
+/// Every virtual key starts with this.
+pub const KEY_PREFIX: &str = "sk-sy-";
+const KEY_HEX_LEN: usize = 48;
+
+/// The `keys` table and the change counter the cache polls.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    name: "keys-1",
+    sql: "CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            team TEXT NOT NULL,
+            tags TEXT NOT NULL DEFAULT '[]',
+            rpm INTEGER,
+            tpm INTEGER,
+            budget_daily REAL,
+            budget_monthly REAL,
+            created_ms INTEGER NOT NULL,
+            revoked_ms INTEGER
+          );
+          CREATE TABLE governance_meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+          INSERT INTO governance_meta (k, v) VALUES ('keys_version', 0);
+          CREATE TRIGGER keys_ai AFTER INSERT ON keys BEGIN
+            UPDATE governance_meta SET v = v + 1 WHERE k = 'keys_version'; END;
+          CREATE TRIGGER keys_au AFTER UPDATE ON keys BEGIN
+            UPDATE governance_meta SET v = v + 1 WHERE k = 'keys_version'; END;
+          CREATE TRIGGER keys_ad AFTER DELETE ON keys BEGIN
+            UPDATE governance_meta SET v = v + 1 WHERE k = 'keys_version'; END;",
+}];
+
+/// A stored key (never the secret).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KeyRecord {
+    pub id: String,
+    /// The first characters of the secret, for recognising it in a list.
+    pub prefix: String,
+    pub team: String,
+    pub tags: Vec<String>,
+    #[serde(skip)]
+    pub limits: Limits,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+impl KeyRecord {
+    /// The limits as a JSON object, for listings.
+    pub fn limits_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rpm": self.limits.rpm,
+            "tpm": self.limits.tpm,
+            "budget_daily": self.limits.budget_daily,
+            "budget_monthly": self.limits.budget_monthly,
+        })
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            for (k, l) in self.limits_json().as_object().cloned().unwrap_or_default() {
+                o.insert(k, l);
+            }
+        }
+        v
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(H[(b >> 4) as usize] as char);
+        s.push(H[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn random_hex(n_bytes: usize) -> Result<String, String> {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; n_bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| "the system random generator failed".to_string())?;
+    Ok(hex(&buf))
+}
+
+/// A new key's settings.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    pub team: String,
+    pub tags: Vec<String>,
+    pub limits: Limits,
+}
+
+/// Create a key; returns the record and the secret (shown once, never stored).
+pub fn create_key(conn: &Connection, new: &NewKey) -> Result<(KeyRecord, String), String> {
+    if new.team.trim().is_empty() {
+        return Err("a key needs a team (--team)".into());
+    }
+    let secret = format!("{KEY_PREFIX}{}", random_hex(KEY_HEX_LEN / 2)?);
+    let id = format!("key_{}", random_hex(6)?);
+    let rec = KeyRecord {
+        id,
+        prefix: secret[..KEY_PREFIX.len() + 4].to_string(),
+        team: new.team.trim().to_string(),
+        tags: new.tags.clone(),
+        limits: new.limits,
+        created_ms: now_ms(),
+        revoked_ms: None,
+    };
+    conn.execute(
+        "INSERT INTO keys (id, hash, prefix, team, tags, rpm, tpm, budget_daily, budget_monthly, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            rec.id,
+            hex(&sha256(secret.as_bytes())),
+            rec.prefix,
+            rec.team,
+            serde_json::to_string(&rec.tags).unwrap_or_else(|_| "[]".into()),
+            rec.limits.rpm.map(|v| v as i64),
+            rec.limits.tpm.map(|v| v as i64),
+            rec.limits.budget_daily,
+            rec.limits.budget_monthly,
+            rec.created_ms,
+        ],
+    )
+    .map_err(|e| format!("cannot store the key: {e}"))?;
+    Ok((rec, secret))
+}
+
+fn record_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, KeyRecord)> {
+    let tags: String = r.get(4)?;
+    Ok((
+        r.get(1)?,
+        KeyRecord {
+            id: r.get(0)?,
+            prefix: r.get(2)?,
+            team: r.get(3)?,
+            tags: serde_json::from_str(&tags).unwrap_or_default(),
+            limits: Limits {
+                rpm: r.get::<_, Option<i64>>(5)?.map(|v| v.max(0) as u64),
+                tpm: r.get::<_, Option<i64>>(6)?.map(|v| v.max(0) as u64),
+                budget_daily: r.get(7)?,
+                budget_monthly: r.get(8)?,
+            },
+            created_ms: r.get(9)?,
+            revoked_ms: r.get(10)?,
+        },
+    ))
+}
+
+const SELECT: &str = "SELECT id, hash, prefix, team, tags, rpm, tpm, budget_daily, budget_monthly, created_ms, revoked_ms FROM keys";
+
+/// Every key, oldest first.
+pub fn list_keys(conn: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
+    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY created_ms, id"))?;
+    let rows = stmt.query_map([], record_of)?;
+    rows.map(|r| r.map(|(_, k)| k)).collect()
+}
+
+/// Revoke a key by id: `Ok(None)` if there is no such key, else the record after.
+pub fn revoke_key(conn: &Connection, id: &str) -> rusqlite::Result<Option<KeyRecord>> {
+    conn.execute(
+        "UPDATE keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+        params![id, now_ms()],
+    )?;
+    conn.query_row(&format!("{SELECT} WHERE id = ?1"), [id], record_of)
+        .optional()
+        .map(|o| o.map(|(_, k)| k))
+}
+
+fn keys_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT v FROM governance_meta WHERE k = 'keys_version'",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Every key in memory, by the hash of its secret.
+#[derive(Debug, Default)]
+pub struct KeySnapshot {
+    version: i64,
+    by_hash: HashMap<[u8; 32], Arc<KeyRecord>>,
+}
+
+impl KeySnapshot {
+    fn load(conn: &Connection) -> rusqlite::Result<KeySnapshot> {
+        let version = keys_version(conn)?;
+        let mut stmt = conn.prepare(SELECT)?;
+        let mut by_hash = HashMap::new();
+        for r in stmt.query_map([], record_of)? {
+            let (hash_hex, rec) = r?;
+            if let Some(h) = unhex32(&hash_hex) {
+                by_hash.insert(h, Arc::new(rec));
+            }
+        }
+        Ok(KeySnapshot { version, by_hash })
+    }
+
+    /// True once any key (even a revoked one) exists.
+    pub fn any(&self) -> bool {
+        !self.by_hash.is_empty()
+    }
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        let d = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
+        *o = (d(b[2 * i])? << 4) | d(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// The in-memory key table, kept fresh by a background thread.
+pub struct KeyCache {
+    snapshot: ArcSwap<KeySnapshot>,
+    conn: std::sync::Mutex<Connection>,
+}
+
+impl KeyCache {
+    /// Load every key from the store file and start the refresher.
+    pub fn open(path: &Path) -> Result<Arc<KeyCache>, store::StoreError> {
+        let conn = store::connect(path)?;
+        let snap = KeySnapshot::load(&conn).map_err(|e| store::StoreError {
+            path: path.display().to_string(),
+            detail: format!("cannot read keys: {e}"),
+        })?;
+        let cache = Arc::new(KeyCache {
+            snapshot: ArcSwap::from_pointee(snap),
+            conn: std::sync::Mutex::new(conn),
+        });
+        let weak: Weak<KeyCache> = Arc::downgrade(&cache);
+        let _ = std::thread::Builder::new()
+            .name("key-cache".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(REFRESH);
+                    let Some(c) = weak.upgrade() else { return };
+                    c.refresh();
+                }
+            });
+        Ok(cache)
+    }
+
+    /// Reload if the keys changed since the last load.
+    pub fn refresh(&self) {
+        let Ok(conn) = self.conn.lock() else { return };
+        let current = self.snapshot.load().version;
+        match keys_version(&conn) {
+            Ok(v) if v == current => {}
+            Ok(_) => match KeySnapshot::load(&conn) {
+                Ok(s) => self.snapshot.store(Arc::new(s)),
+                Err(e) => tracing::warn!(error = %e, "cannot reload keys"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot check keys for changes"),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<KeySnapshot> {
+        self.snapshot.load_full()
+    }
+}
+
+/// The bearer token of an `Authorization` header: `Ok(None)` when absent.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let Some(v) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| GatewayError::AuthMalformed)?;
+    let (scheme, token) = v
+        .trim()
+        .split_once(' ')
+        .ok_or(GatewayError::AuthMalformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(GatewayError::AuthMalformed);
+    }
+    Ok(Some(token.trim()))
+}
+
+/// Who is calling: the key record, or `None` when client auth is off. Errors are 401s.
+pub fn authenticate(
+    headers: &HeaderMap,
+    keys: &KeySnapshot,
+    required: bool,
+) -> Result<Option<Arc<KeyRecord>>, GatewayError> {
+    if !required && !keys.any() {
+        return Ok(None);
+    }
+    let token = bearer(headers)?.ok_or(GatewayError::AuthMissing)?;
+    let well_formed = token
+        .strip_prefix(KEY_PREFIX)
+        .is_some_and(|h| h.len() == KEY_HEX_LEN && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !well_formed {
+        return Err(GatewayError::AuthMalformed);
+    }
+    let rec = keys
+        .by_hash
+        .get(&sha256(token.to_ascii_lowercase().as_bytes()))
+        .ok_or(GatewayError::AuthUnknown)?;
+    if rec.revoked_ms.is_some() {
+        return Err(GatewayError::AuthRevoked {
+            key_id: rec.id.clone(),
+        });
+    }
+    Ok(Some(rec.clone()))
+}
+
+/// Check the admin token (`[admin] token_env`) on an `/admin/*` request: the one check
+/// for every admin endpoint (traffic and governance). `expected_sha256` is `None` when the
+/// admin API is off.
+pub fn authenticate_admin(
+    headers: &HeaderMap,
+    expected_sha256: Option<&[u8; 32]>,
+) -> Result<(), GatewayError> {
+    let Some(expected) = expected_sha256 else {
+        return Err(GatewayError::AdminDisabled);
+    };
+    let token = match bearer(headers) {
+        Ok(Some(t)) => t,
+        Ok(None) | Err(_) => return Err(GatewayError::AdminTokenMissing),
+    };
+    // Comparing digests keeps the comparison's timing independent of the secret's bytes.
+    if &sha256(token.as_bytes()) == expected {
+        Ok(())
+    } else {
+        Err(GatewayError::AdminUnauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open_and_migrate(&dir.path().join("k.db")).unwrap();
+        (dir, conn)
+    }
+
+    fn auth_header(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn keys_are_stored_hashed_and_authenticate_until_revoked() {
+        let (_d, conn) = setup();
+        let (rec, secret) = create_key(
+            &conn,
+            &NewKey {
+                team: "search".into(),
+                tags: vec!["beta".into()],
+                limits: Limits {
+                    rpm: Some(10),
+                    ..Default::default()
+                },
+            },
+        )
+        .unwrap();
+        assert!(secret.starts_with("sk-sy-") && secret.len() == 6 + 48);
+        let stored: String = conn
+            .query_row(
+                "SELECT group_concat(hash || prefix || id) FROM keys",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!stored.contains(&secret[6..]), "the secret is not stored");
+
+        let snap = KeySnapshot::load(&conn).unwrap();
+        let got = authenticate(&auth_header(&format!("Bearer {secret}")), &snap, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.team, "search");
+        assert_eq!(got.limits.rpm, Some(10));
+
+        assert!(matches!(
+            authenticate(&HeaderMap::new(), &snap, false),
+            Err(GatewayError::AuthMissing)
+        ));
+        assert!(matches!(
+            authenticate(&auth_header("Basic abc"), &snap, false),
+            Err(GatewayError::AuthMalformed)
+        ));
+        assert!(matches!(
+            authenticate(&auth_header("Bearer sk-sy-nothex"), &snap, false),
+            Err(GatewayError::AuthMalformed)
+        ));
+        let unknown = format!("Bearer sk-sy-{}", "0".repeat(48));
+        assert!(matches!(
+            authenticate(&auth_header(&unknown), &snap, false),
+            Err(GatewayError::AuthUnknown)
+        ));
+
+        let v0 = keys_version(&conn).unwrap();
+        revoke_key(&conn, &rec.id).unwrap().unwrap();
+        assert!(keys_version(&conn).unwrap() > v0);
+        let snap = KeySnapshot::load(&conn).unwrap();
+        assert!(matches!(
+            authenticate(&auth_header(&format!("Bearer {secret}")), &snap, false),
+            Err(GatewayError::AuthRevoked { .. })
+        ));
+        assert!(revoke_key(&conn, "key_nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn auth_is_off_without_keys_unless_required() {
+        let (_d, conn) = setup();
+        let snap = KeySnapshot::load(&conn).unwrap();
+        assert!(
+            authenticate(&HeaderMap::new(), &snap, false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            authenticate(&HeaderMap::new(), &snap, true),
+            Err(GatewayError::AuthMissing)
+        ));
+    }
+}

@@ -1,0 +1,407 @@
+//! Shadow traffic: mirror a sample of a route's requests to another target, compare the
+//! answers, record the pairs.
+//!
+//! ```text
+//! request path:  served answer ─► sample? ─► try_send(job) onto a bounded queue ─► done
+//!                                             (full: job dropped, counted)
+//! background:    queue ─► shadow request (≤ 64 at once, I/O only) ─► store channel
+//!                store thread ─► parse, compare, validate ─► SQLite `shadow_pairs`,
+//!                one transaction per batch
+//! ```
+//!
+//! The served answer is never delayed or altered: the request path does one random draw
+//! and one non-blocking channel send, after the answer is known. The shadow request is
+//! I/O on background tasks; everything that costs CPU (JSON parsing, the quadratic
+//! similarity, the validate verdict, SQLite) runs on the store's own thread, never on the
+//! runtime threads that serve requests. For a sampled streamed request the served stream keeps a copy of its
+//! frames (only that request, only while it streams) and hands it to the shadow job when
+//! it ends, so streamed answers are compared too; a stream that did not complete is
+//! recorded without a comparison.
+
+pub mod compare;
+pub mod report;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
+
+use super::governance::{Governance, ShadowCall};
+use super::observe::telemetry::{self, SpanParent};
+use super::upstream::{Upstream, client};
+use crate::base::Endpoint;
+use crate::base::error::snippet;
+use crate::base::openai::RequestBody;
+use crate::config::{Route, Runtime, Shadow, Target};
+
+/// Jobs waiting for a shadow request; beyond this, mirrors are dropped (and counted).
+const QUEUE: usize = 1024;
+/// Shadow requests in flight at once.
+const CONCURRENCY: usize = 64;
+/// Largest shadow answer read.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// Counters exported on /metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub mirrored: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_store_full: AtomicU64,
+    pub failed: AtomicU64,
+    pub recorded: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+/// The mirror queue, owned by the gateway's services; its background task and the store
+/// thread run until the process ends.
+pub struct ShadowEngine {
+    tx: tokio::sync::mpsc::Sender<Job>,
+    stats: Arc<Stats>,
+}
+
+/// One mirrored request, waiting to be sent.
+struct Job {
+    route: Arc<str>,
+    endpoint: Endpoint,
+    /// The config version the mirrored request ran under (it prices the shadow call).
+    config: Arc<Runtime>,
+    upstream: Arc<Upstream>,
+    model: Arc<str>,
+    body: Bytes,
+    headers: HeaderMap,
+    stream: bool,
+    primary_backend: Arc<str>,
+    primary_model: String,
+    served: Served,
+    primary_latency: Duration,
+    at: SystemTime,
+    /// The shadow call's span: its own trace, linked to the request's span.
+    span: telemetry::Span,
+}
+
+/// The served answer, as the shadow job gets it.
+pub enum Served {
+    /// A complete answer's body.
+    Complete(Option<Bytes>),
+    /// A stream: its frames arrive when it ends.
+    Stream(tokio::sync::oneshot::Receiver<StreamServed>),
+}
+
+/// A served stream, once it ended.
+#[derive(Debug)]
+pub struct StreamServed {
+    /// The whole event stream, when it completed.
+    pub sse: Option<Bytes>,
+    /// From the request's start to the stream's end.
+    pub took: Duration,
+}
+
+/// Where a served stream delivers its copy; shared by the attempts of one request (only
+/// the one that gets served uses it).
+pub type CaptureSlot = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<StreamServed>>>>;
+
+/// A capture slot and the receiving end for the shadow job.
+pub fn capture_channel() -> (CaptureSlot, tokio::sync::oneshot::Receiver<StreamServed>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    (Arc::new(std::sync::Mutex::new(Some(tx))), rx)
+}
+
+/// One mirrored request, as the request path hands it over.
+pub struct Mirror<'a> {
+    pub route: &'a Route,
+    pub shadow: &'a Shadow,
+    /// The shadow target's live backend (of the request's config version).
+    pub upstream: Arc<Upstream>,
+    pub config: Arc<Runtime>,
+    pub endpoint: Endpoint,
+    pub request: &'a RequestBody,
+    pub headers: &'a HeaderMap,
+    pub served_by: &'a Target,
+    pub served: Served,
+    pub primary_latency: Duration,
+    pub trace: &'a SpanParent,
+}
+
+impl ShadowEngine {
+    /// Start the mirror queue and the store writer. Pairs go to `store_path`; each shadow
+    /// call is also a ledger row when `governance` is on.
+    pub fn start(store_path: PathBuf, governance: Option<Arc<Governance>>) -> ShadowEngine {
+        let stats = Arc::new(Stats::default());
+        let store_tx = store::spawn_writer(store_path, stats.clone(), governance);
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        tokio::spawn(dispatch(rx, store_tx, stats.clone()));
+        ShadowEngine { tx, stats }
+    }
+
+    /// Is this request mirrored? One draw.
+    pub fn sampled(&self, shadow: &Shadow) -> bool {
+        shadow.sample >= 1.0 || fastrand::f64() < shadow.sample
+    }
+
+    /// Mirror this (sampled) request to the route's shadow. Never waits.
+    pub fn mirror(&self, m: Mirror<'_>) {
+        let shadow = m.shadow;
+        let model: Arc<str> = Arc::from(shadow.target.upstream_model(&m.request.model));
+        let mut span = telemetry::linked_span(
+            m.trace,
+            format!("shadow {} {model}", m.endpoint.operation()),
+        );
+        if span.is_recording() {
+            span.set("switchyard.route", &m.route.name);
+            span.set("switchyard.backend", &shadow.target.backend.name);
+            span.set("gen_ai.request.model", &model);
+        }
+        let job = Job {
+            route: m.route.name.clone(),
+            endpoint: m.endpoint,
+            config: m.config,
+            upstream: m.upstream,
+            body: m.request.upstream_body(&model, m.request.stream),
+            model,
+            headers: m.headers.clone(),
+            stream: m.request.stream,
+            primary_backend: m.served_by.backend.name.clone(),
+            primary_model: m.served_by.upstream_model(&m.request.model).to_string(),
+            served: m.served,
+            primary_latency: m.primary_latency,
+            at: SystemTime::now(),
+            span,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.stats.mirrored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Prometheus lines for the shadow counters.
+    pub fn render_metrics(&self, out: &mut String) {
+        render_stats(&self.stats, out);
+    }
+}
+
+async fn dispatch(
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
+    store: std::sync::mpsc::SyncSender<Finished>,
+    stats: Arc<Stats>,
+) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    while let Some(job) = rx.recv().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let store = store.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let finished = run(job).await;
+            if store.try_send(finished).is_err() {
+                stats.dropped_store_full.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// A mirrored exchange whose answers are in, to be compared and stored (on the store
+/// thread: parsing and comparing cost CPU the serving threads should not give up).
+pub struct Finished {
+    pair: store::Pair,
+    served: Option<Bytes>,
+    shadow: Option<Bytes>,
+    config: Arc<Runtime>,
+}
+
+/// Send one shadow request and wait for the served answer to be complete.
+async fn run(mut job: Job) -> Finished {
+    let served = std::mem::replace(&mut job.served, Served::Complete(None));
+    let config = job.config.clone();
+    let mut span = std::mem::take(&mut job.span);
+    span.inject(&mut job.headers);
+    let (mut pair, shadow) = ask_shadow(job).await;
+    if let Some(status) = pair.shadow_status {
+        span.set("http.response.status_code", i64::from(status));
+    }
+    if pair.shadow_error.is_some() {
+        span.fail("shadow_failed");
+    }
+    // Ends when the shadow's answer is in, not with the request it mirrors.
+    span.end();
+    // The served side, once it is complete (a stream may still be running).
+    let served = match served {
+        Served::Complete(b) => b,
+        Served::Stream(rx) => match tokio::time::timeout(Duration::from_secs(3600), rx).await {
+            Ok(Ok(s)) => {
+                pair.primary_latency_ms = s.took.as_secs_f64() * 1000.0;
+                s.sse
+            }
+            _ => None,
+        },
+    };
+    Finished {
+        pair,
+        served,
+        shadow,
+        config,
+    }
+}
+
+/// Parse both answers and compare them: the row to store. The shadow call's ledger row is
+/// written too (with `governance`).
+pub fn finish(f: Finished, stats: &Stats, governance: Option<&Governance>) -> store::Pair {
+    let Finished {
+        mut pair,
+        served,
+        shadow,
+        config,
+    } = f;
+    let extract = |b: &[u8]| {
+        if pair.stream {
+            Some(compare::extract_stream(b))
+        } else {
+            compare::extract(b)
+        }
+    };
+    let primary = served.as_deref().and_then(extract);
+    let shadow_x = shadow.as_deref().and_then(extract);
+    if let Some(bytes) = &shadow {
+        match &shadow_x {
+            None => {
+                pair.shadow_error = Some(format!("not a JSON answer: {}", snippet(bytes, 120)));
+            }
+            Some(sx) => {
+                pair.shadow_answer = Some(sx.text.clone());
+                pair.shadow_prompt_tokens = sx.prompt_tokens;
+                pair.shadow_completion_tokens = sx.completion_tokens;
+            }
+        }
+    }
+    if let Some(p) = &primary {
+        pair.primary_answer = Some(p.text.clone());
+        pair.primary_prompt_tokens = p.prompt_tokens;
+        pair.primary_completion_tokens = p.completion_tokens;
+        if let Some(s) = &shadow_x {
+            pair.comparison = Some(compare::compare(p, s));
+        }
+    }
+    if pair.shadow_error.is_some() {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    // The shadow call is a ledger row too, priced at the shadow target, now that its
+    // answer has been parsed (here, on the store thread, off the serving threads).
+    if let Some(g) = governance {
+        g.record_shadow(
+            &config,
+            ShadowCall {
+                route: &pair.route,
+                backend: &pair.shadow_backend,
+                model: &pair.shadow_model,
+                ts_ms: pair.ts_ms,
+                stream: pair.stream,
+                status: pair.shadow_status,
+                tokens_in: pair.shadow_prompt_tokens.unwrap_or(0),
+                tokens_out: pair.shadow_completion_tokens.unwrap_or(0),
+                latency_ms: pair.shadow_latency_ms.unwrap_or(0.0),
+                failed: pair.shadow_error.is_some(),
+                agreed: pair.comparison.as_ref().map(|c| c.agree),
+            },
+        );
+    }
+    pair
+}
+
+/// Send the shadow request and read its answer.
+async fn ask_shadow(job: Job) -> (store::Pair, Option<Bytes>) {
+    let backend = &job.upstream.backend;
+    let mut pair = store::Pair {
+        ts_ms: job
+            .at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        route: job.route.to_string(),
+        endpoint: job.endpoint.operation().to_string(),
+        stream: job.stream,
+        primary_backend: job.primary_backend.to_string(),
+        primary_model: job.primary_model.clone(),
+        shadow_backend: backend.name.to_string(),
+        shadow_model: job.model.to_string(),
+        primary_latency_ms: job.primary_latency.as_secs_f64() * 1000.0,
+        ..store::Pair::default()
+    };
+    let idx = job.upstream.pick(&[], Instant::now()).unwrap_or(0);
+    let Some(url) = backend.urls.get(idx) else {
+        pair.shadow_error = Some("backend has no URL".into());
+        return (pair, None);
+    };
+    let req = match client::build_request(backend, url.uri(job.endpoint), job.body, &job.headers) {
+        Ok(r) => r,
+        Err(e) => {
+            pair.shadow_error = Some(e.to_string());
+            return (pair, None);
+        }
+    };
+    let sent = Instant::now();
+    let resp = match client::send(&job.upstream, url, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            pair.shadow_error = Some(e.to_string());
+            return (pair, None);
+        }
+    };
+    let status = resp.status();
+    pair.shadow_status = Some(status.as_u16());
+    let read = tokio::time::timeout(
+        backend.timeout,
+        Limited::new(resp.into_body(), MAX_ANSWER).collect(),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) => {
+            pair.shadow_error = Some(format!("reading the answer: {e}"));
+            return (pair, None);
+        }
+        Err(_) => {
+            pair.shadow_error = Some("timed out reading the answer".into());
+            return (pair, None);
+        }
+    };
+    pair.shadow_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+    if !status.is_success() {
+        pair.shadow_error = Some(format!(
+            "HTTP {}: {}",
+            status.as_u16(),
+            snippet(&bytes, 200)
+        ));
+        return (pair, None);
+    }
+    (pair, Some(bytes))
+}
+
+fn render_stats(s: &Stats, out: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "# HELP switchyard_shadow_mirrored_total Requests mirrored to a shadow target.\n# TYPE switchyard_shadow_mirrored_total counter\nswitchyard_shadow_mirrored_total {}\n\
+# HELP switchyard_shadow_dropped_total Mirrors dropped, by reason (the served answer is never affected).\n# TYPE switchyard_shadow_dropped_total counter\nswitchyard_shadow_dropped_total{{reason=\"queue_full\"}} {}\nswitchyard_shadow_dropped_total{{reason=\"store_full\"}} {}\n\
+# HELP switchyard_shadow_failed_total Shadow requests that failed (error, timeout, bad answer).\n# TYPE switchyard_shadow_failed_total counter\nswitchyard_shadow_failed_total {}\n\
+# HELP switchyard_shadow_recorded_total Shadow pairs written to the store.\n# TYPE switchyard_shadow_recorded_total counter\nswitchyard_shadow_recorded_total {}\n\
+# HELP switchyard_shadow_store_errors_total Failed writes of shadow pairs.\n# TYPE switchyard_shadow_store_errors_total counter\nswitchyard_shadow_store_errors_total {}\n",
+        s.mirrored.load(Ordering::Relaxed),
+        s.dropped_queue_full.load(Ordering::Relaxed),
+        s.dropped_store_full.load(Ordering::Relaxed),
+        s.failed.load(Ordering::Relaxed),
+        s.recorded.load(Ordering::Relaxed),
+        s.store_errors.load(Ordering::Relaxed),
+    );
+}

@@ -1,0 +1,396 @@
+//! The shadow report (`switchyard shadow report`): agreement, latency and cost deltas per route, from the
+//! recorded pairs, so a team can decide whether to canary.
+//!
+//! Every figure is computed from the stored columns (`agree`, `exact_match`, `json_equal`,
+//! `similarity`, latencies, token counts), so anyone can reproduce it with SQL.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Per-route figures.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RouteReport {
+    pub route: String,
+    pub primary: String,
+    pub shadow: String,
+    pub pairs: u64,
+    pub compared: u64,
+    pub agreed: u64,
+    pub exact: u64,
+    pub json_pairs: u64,
+    pub json_equal: u64,
+    pub mean_similarity: Option<f64>,
+    pub agreement_rate: Option<f64>,
+    pub shadow_errors: u64,
+    pub not_compared_streams: u64,
+    pub validate_rejected: u64,
+    pub primary_latency_p50_ms: Option<f64>,
+    pub primary_latency_p99_ms: Option<f64>,
+    pub shadow_latency_p50_ms: Option<f64>,
+    pub shadow_latency_p99_ms: Option<f64>,
+    pub primary_prompt_tokens: u64,
+    pub primary_completion_tokens: u64,
+    pub shadow_prompt_tokens: u64,
+    pub shadow_completion_tokens: u64,
+    pub primary_cost_usd: Option<f64>,
+    pub shadow_cost_usd: Option<f64>,
+}
+
+/// Parse `--since`: `90s`, `30m`, `2h`, `7d`, unix seconds, `YYYY-MM-DD` or
+/// `YYYY-MM-DDTHH:MM:SSZ`; the result in unix milliseconds.
+pub fn parse_since(s: &str, now: SystemTime) -> Result<i64, String> {
+    let s = s.trim();
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let bad =
+        || format!("--since \"{s}\": expected 30m, 2h, 7d, unix seconds or YYYY-MM-DD[THH:MM:SSZ]");
+    if let Some(unit) = s.chars().last().filter(|c| "smhd".contains(*c)) {
+        let n: f64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
+        let secs = n * match unit {
+            's' => 1.0,
+            'm' => 60.0,
+            'h' => 3600.0,
+            _ => 86400.0,
+        };
+        return Ok(now_ms - (secs * 1000.0) as i64);
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<i64>().map(|v| v * 1000).map_err(|_| bad());
+    }
+    let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00Z"));
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let t: Vec<i64> = time
+        .trim_end_matches('Z')
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    if d.len() != 3 || t.len() != 3 {
+        return Err(bad());
+    }
+    let days = days_from_civil(d[0], d[1], d[2]);
+    Ok((days * 86400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1000)
+}
+
+/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn pct(v: &mut [f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[((v.len() as f64 - 1.0) * p).round() as usize])
+}
+
+/// Prices in USD per million tokens, (input, output), for the report's cost lines: a
+/// `--price MODEL=IN,OUT` for that model name wins, else the config's `[[prices]]` entry for
+/// the backend and model (the one the ledger uses), so a configured gateway needs no flags.
+#[derive(Debug, Default)]
+pub struct Prices {
+    by_model: HashMap<String, (f64, f64)>,
+    config: Option<crate::config::governance::GovConfig>,
+}
+
+impl Prices {
+    /// Prices from the config's `[[prices]]`.
+    pub fn from_config(config: crate::config::governance::GovConfig) -> Prices {
+        Prices {
+            config: Some(config),
+            ..Prices::default()
+        }
+    }
+
+    /// A `--price` for `model` on any backend.
+    pub fn set_model(&mut self, model: impl Into<String>, input_per_1m: f64, output_per_1m: f64) {
+        self.by_model
+            .insert(model.into(), (input_per_1m, output_per_1m));
+    }
+
+    fn get(&self, backend: &str, model: &str) -> Option<(f64, f64)> {
+        self.by_model.get(model).copied().or_else(|| {
+            let p = self.config.as_ref()?.price(backend, model)?;
+            Some((p.input_per_1m, p.output_per_1m))
+        })
+    }
+}
+
+/// Compute the report from a store file.
+pub fn compute(
+    conn: &rusqlite::Connection,
+    route: Option<&str>,
+    since_ms: i64,
+    prices: &Prices,
+) -> rusqlite::Result<Vec<RouteReport>> {
+    let mut st = conn.prepare(
+        "SELECT route, primary_backend || '/' || primary_model, shadow_backend || '/' || shadow_model,
+                primary_model, shadow_model, stream, agree, exact_match, json_equal, similarity,
+                shadow_error, validate_verdict, primary_latency_ms, shadow_latency_ms,
+                primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens,
+                shadow_completion_tokens, primary_backend, shadow_backend
+         FROM shadow_pairs WHERE ts_ms >= ?1 AND (?2 IS NULL OR route = ?2) ORDER BY id",
+    )?;
+    let mut by: Vec<RouteReport> = Vec::new();
+    let mut lat: HashMap<String, (Vec<f64>, Vec<f64>)> = HashMap::new();
+    let mut sim: HashMap<String, (f64, u64)> = HashMap::new();
+    let mut rows = st.query(rusqlite::params![since_ms, route])?;
+    while let Some(r) = rows.next()? {
+        let name: String = r.get(0)?;
+        let i = match by.iter().position(|x| x.route == name) {
+            Some(i) => i,
+            None => {
+                by.push(RouteReport {
+                    route: name.clone(),
+                    ..RouteReport::default()
+                });
+                by.len() - 1
+            }
+        };
+        let rep = &mut by[i];
+        rep.primary = r.get(1)?;
+        rep.shadow = r.get(2)?;
+        let pm: String = r.get(3)?;
+        let sm: String = r.get(4)?;
+        let stream: bool = r.get(5)?;
+        let agree: Option<bool> = r.get(6)?;
+        let exact: Option<bool> = r.get(7)?;
+        let json_eq: Option<bool> = r.get(8)?;
+        let similarity: Option<f64> = r.get(9)?;
+        let err: Option<String> = r.get(10)?;
+        let verdict: Option<String> = r.get(11)?;
+        rep.pairs += 1;
+        if err.is_some() {
+            rep.shadow_errors += 1;
+        }
+        if let Some(a) = agree {
+            rep.compared += 1;
+            rep.agreed += u64::from(a);
+            rep.exact += u64::from(exact == Some(true));
+            if let Some(j) = json_eq {
+                rep.json_pairs += 1;
+                rep.json_equal += u64::from(j);
+            }
+            if let Some(s) = similarity {
+                let e = sim.entry(name.clone()).or_default();
+                e.0 += s;
+                e.1 += 1;
+            }
+        } else if stream && err.is_none() {
+            rep.not_compared_streams += 1;
+        }
+        if verdict.as_deref().is_some_and(|v| v.starts_with("reject")) {
+            rep.validate_rejected += 1;
+        }
+        let l = lat.entry(name.clone()).or_default();
+        l.0.push(r.get(12)?);
+        if let Some(s) = r.get::<_, Option<f64>>(13)? {
+            l.1.push(s);
+        }
+        let tok = |k: usize| -> rusqlite::Result<u64> {
+            Ok(r.get::<_, Option<i64>>(k)?.unwrap_or(0).max(0) as u64)
+        };
+        let (pp, pc, sp, sc) = (tok(14)?, tok(15)?, tok(16)?, tok(17)?);
+        rep.primary_prompt_tokens += pp;
+        rep.primary_completion_tokens += pc;
+        rep.shadow_prompt_tokens += sp;
+        rep.shadow_completion_tokens += sc;
+        let (pb, sb): (String, String) = (r.get(18)?, r.get(19)?);
+        if let Some((i, o)) = prices.get(&pb, &pm) {
+            *rep.primary_cost_usd.get_or_insert(0.0) += (pp as f64 * i + pc as f64 * o) / 1e6;
+        }
+        if let Some((i, o)) = prices.get(&sb, &sm) {
+            *rep.shadow_cost_usd.get_or_insert(0.0) += (sp as f64 * i + sc as f64 * o) / 1e6;
+        }
+    }
+    for rep in &mut by {
+        if let Some((p, s)) = lat.get_mut(&rep.route) {
+            rep.primary_latency_p50_ms = pct(p, 0.5);
+            rep.primary_latency_p99_ms = pct(p, 0.99);
+            rep.shadow_latency_p50_ms = pct(s, 0.5);
+            rep.shadow_latency_p99_ms = pct(s, 0.99);
+        }
+        if let Some((sum, n)) = sim.get(&rep.route) {
+            rep.mean_similarity = Some(sum / *n as f64);
+        }
+        if rep.compared > 0 {
+            rep.agreement_rate = Some(rep.agreed as f64 / rep.compared as f64);
+        }
+    }
+    Ok(by)
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1} ms"))
+}
+
+fn delta(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{:+.1} ms", b - a),
+        _ => "-".into(),
+    }
+}
+
+/// Print a report in the terminal format.
+pub fn print(path: &std::path::Path, since: Option<&str>, reports: &[RouteReport]) {
+    println!(
+        "shadow report: {}{}",
+        path.display(),
+        since.map(|s| format!(" (since {s})")).unwrap_or_default()
+    );
+    if reports.is_empty() {
+        println!("no shadow pairs recorded");
+        return;
+    }
+    for r in reports {
+        println!(
+            "\nroute {}: served by {} → shadow {}",
+            r.route, r.primary, r.shadow
+        );
+        println!(
+            "  pairs {} (compared {}, shadow errors {}, streamed not compared {})",
+            r.pairs, r.compared, r.shadow_errors, r.not_compared_streams
+        );
+        match r.agreement_rate {
+            Some(a) => println!(
+                "  agreement {:.1}% ({} of {}): exact {:.1}%, JSON-equal {}/{}, mean similarity {:.3}{}",
+                a * 100.0,
+                r.agreed,
+                r.compared,
+                100.0 * r.exact as f64 / r.compared as f64,
+                r.json_equal,
+                r.json_pairs,
+                r.mean_similarity.unwrap_or(0.0),
+                if r.validate_rejected > 0 {
+                    format!(", validate rejected {}", r.validate_rejected)
+                } else {
+                    String::new()
+                }
+            ),
+            None => println!("  agreement: no compared pairs"),
+        }
+        println!(
+            "  latency p50 {} → {} ({}); p99 {} → {} ({})",
+            ms(r.primary_latency_p50_ms),
+            ms(r.shadow_latency_p50_ms),
+            delta(r.primary_latency_p50_ms, r.shadow_latency_p50_ms),
+            ms(r.primary_latency_p99_ms),
+            ms(r.shadow_latency_p99_ms),
+            delta(r.primary_latency_p99_ms, r.shadow_latency_p99_ms),
+        );
+        println!(
+            "  tokens in/out {}/{} → {}/{}",
+            r.primary_prompt_tokens,
+            r.primary_completion_tokens,
+            r.shadow_prompt_tokens,
+            r.shadow_completion_tokens
+        );
+        match (r.primary_cost_usd, r.shadow_cost_usd) {
+            (Some(a), Some(b)) => println!(
+                "  cost ${a:.4} → ${b:.4} ({:+.1}%)",
+                if a > 0.0 { 100.0 * (b - a) / a } else { 0.0 }
+            ),
+            _ => println!(
+                "  cost: no price for {}: add it to the config's [[prices]] or pass --price MODEL=IN,OUT (USD per million tokens)",
+                match (r.primary_cost_usd, r.shadow_cost_usd) {
+                    (None, None) => format!("{} or {}", r.primary, r.shadow),
+                    (None, _) => r.primary.clone(),
+                    _ => r.shadow.clone(),
+                }
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::shadow::compare::Comparison;
+    use crate::services::shadow::store::{Pair, open};
+    use std::time::Duration;
+
+    #[test]
+    fn since_formats() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(parse_since("1h", now).unwrap(), (1_000_000 - 3600) * 1000);
+        assert_eq!(parse_since("1700000000", now).unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_since("1970-01-02", now).unwrap(), 86_400_000);
+        assert_eq!(
+            parse_since("2024-03-01T12:00:00Z", now).unwrap(),
+            1_709_294_400_000
+        );
+        assert!(parse_since("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn report_counts_match_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open(&path).unwrap();
+        let mk = |agree: bool, sim: f64, lat: f64| Pair {
+            ts_ms: 5_000,
+            route: "r".into(),
+            endpoint: "chat".into(),
+            primary_backend: "p".into(),
+            primary_model: "big".into(),
+            shadow_backend: "s".into(),
+            shadow_model: "small".into(),
+            primary_latency_ms: lat,
+            shadow_latency_ms: Some(lat / 2.0),
+            primary_prompt_tokens: Some(10),
+            primary_completion_tokens: Some(20),
+            shadow_prompt_tokens: Some(10),
+            shadow_completion_tokens: Some(10),
+            comparison: Some(Comparison {
+                exact: agree,
+                json_equal: None,
+                similarity: sim,
+                agree,
+            }),
+            ..Pair::default()
+        };
+        let pairs = vec![
+            mk(true, 1.0, 100.0),
+            mk(true, 1.0, 200.0),
+            mk(false, 0.5, 300.0),
+            Pair {
+                shadow_error: Some("HTTP 500".into()),
+                ..mk(false, 0.0, 1.0)
+            },
+        ];
+        let mut pairs = pairs;
+        pairs[3].comparison = None;
+        super::super::store::insert_for_test(&mut conn, &pairs);
+        let mut prices = Prices::default();
+        prices.set_model("big", 1.0, 2.0);
+        prices.set_model("small", 0.1, 0.2);
+        let r = compute(&conn, None, 0, &prices).unwrap();
+        assert_eq!(r.len(), 1);
+        let r = &r[0];
+        assert_eq!(
+            (r.pairs, r.compared, r.agreed, r.shadow_errors),
+            (4, 3, 2, 1)
+        );
+        assert!((r.agreement_rate.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        assert!((r.mean_similarity.unwrap() - 2.5 / 3.0).abs() < 1e-9);
+        assert_eq!(r.primary_latency_p50_ms, Some(200.0));
+        assert!(r.primary_cost_usd.unwrap() > r.shadow_cost_usd.unwrap());
+        assert!(compute(&conn, None, 6_000, &prices).unwrap().is_empty());
+        assert!(
+            compute(&conn, Some("other"), 0, &prices)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

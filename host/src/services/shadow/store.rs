@@ -1,0 +1,200 @@
+//! The `shadow_pairs` table: one row per mirrored request, written in batches by one
+//! thread, which also parses and compares each pair (`shadow::finish`) so that CPU work
+//! stays off the serving threads.
+//!
+//! The writer owns its SQLite connection (WAL, so `switchyard shadow report` and the
+//! governance ledger can read and write the same file meanwhile). It blocks for the first
+//! pair, then takes whatever else arrived within `BATCH_WINDOW` (up to `BATCH_MAX`)
+//! and writes them in one transaction: one fsync per batch instead of per pair.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, params};
+
+use super::Stats;
+use super::compare::Comparison;
+use crate::services::governance::Governance;
+
+/// Pairs waiting for the writer; beyond this they are dropped and counted.
+const CHANNEL: usize = 8192;
+const BATCH_MAX: usize = 512;
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// One recorded pair.
+#[derive(Debug, Clone, Default)]
+pub struct Pair {
+    pub ts_ms: i64,
+    pub route: String,
+    pub endpoint: String,
+    pub stream: bool,
+    pub primary_backend: String,
+    pub primary_model: String,
+    pub shadow_backend: String,
+    pub shadow_model: String,
+    pub primary_latency_ms: f64,
+    pub shadow_latency_ms: Option<f64>,
+    pub shadow_status: Option<u16>,
+    pub primary_prompt_tokens: Option<u64>,
+    pub primary_completion_tokens: Option<u64>,
+    pub shadow_prompt_tokens: Option<u64>,
+    pub shadow_completion_tokens: Option<u64>,
+    pub primary_answer: Option<String>,
+    pub shadow_answer: Option<String>,
+    pub comparison: Option<Comparison>,
+    pub validate_verdict: Option<String>,
+    pub shadow_error: Option<String>,
+}
+
+/// The table, created if missing.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS shadow_pairs (
+    id INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    route TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    primary_backend TEXT NOT NULL,
+    primary_model TEXT NOT NULL,
+    shadow_backend TEXT NOT NULL,
+    shadow_model TEXT NOT NULL,
+    primary_latency_ms REAL NOT NULL,
+    shadow_latency_ms REAL,
+    shadow_status INTEGER,
+    primary_prompt_tokens INTEGER,
+    primary_completion_tokens INTEGER,
+    shadow_prompt_tokens INTEGER,
+    shadow_completion_tokens INTEGER,
+    primary_answer TEXT,
+    shadow_answer TEXT,
+    exact_match INTEGER,
+    json_equal INTEGER,
+    similarity REAL,
+    agree INTEGER,
+    validate_verdict TEXT,
+    shadow_error TEXT
+);
+CREATE INDEX IF NOT EXISTS shadow_pairs_route_ts ON shadow_pairs (route, ts_ms);
+";
+
+/// Open the store file with WAL and the table in place.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Start the writer thread; pairs sent on the returned channel are stored.
+pub fn spawn_writer(
+    path: PathBuf,
+    stats: Arc<Stats>,
+    governance: Option<Arc<Governance>>,
+) -> std::sync::mpsc::SyncSender<super::Finished> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<super::Finished>(CHANNEL);
+    let spawned = std::thread::Builder::new()
+        .name("shadow-store".into())
+        .spawn(move || writer(path, rx, stats, governance));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the shadow store thread; shadow pairs will not be recorded");
+    }
+    tx
+}
+
+fn writer(
+    path: PathBuf,
+    rx: std::sync::mpsc::Receiver<super::Finished>,
+    stats: Arc<Stats>,
+    governance: Option<Arc<Governance>>,
+) {
+    // Opened on the first pair: a gateway without shadow traffic never creates the file.
+    let mut conn: Option<Connection> = None;
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while let Ok(first) = rx.recv() {
+        batch.push(super::finish(first, &stats, governance.as_deref()));
+        let deadline = Instant::now() + BATCH_WINDOW;
+        while batch.len() < BATCH_MAX {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(f) => batch.push(super::finish(f, &stats, governance.as_deref())),
+                Err(_) => break,
+            }
+        }
+        if conn.is_none() {
+            match open(&path) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot open the shadow store");
+                    stats
+                        .store_errors
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.clear();
+                    continue;
+                }
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            let n = batch.len() as u64;
+            match insert(c, &batch) {
+                Ok(()) => stats.recorded.fetch_add(n, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::error!(error = %e, pairs = n, "writing shadow pairs failed");
+                    stats.store_errors.fetch_add(n, Ordering::Relaxed)
+                }
+            };
+        }
+        batch.clear();
+    }
+}
+
+fn insert(conn: &mut Connection, pairs: &[Pair]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO shadow_pairs (ts_ms, route, endpoint, stream, primary_backend, primary_model,
+             shadow_backend, shadow_model, primary_latency_ms, shadow_latency_ms, shadow_status,
+             primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens,
+             shadow_completion_tokens, primary_answer, shadow_answer, exact_match, json_equal,
+             similarity, agree, validate_verdict, shadow_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+        )?;
+        for p in pairs {
+            let c = p.comparison;
+            st.execute(params![
+                p.ts_ms,
+                p.route,
+                p.endpoint,
+                p.stream,
+                p.primary_backend,
+                p.primary_model,
+                p.shadow_backend,
+                p.shadow_model,
+                p.primary_latency_ms,
+                p.shadow_latency_ms,
+                p.shadow_status,
+                p.primary_prompt_tokens.map(|v| v as i64),
+                p.primary_completion_tokens.map(|v| v as i64),
+                p.shadow_prompt_tokens.map(|v| v as i64),
+                p.shadow_completion_tokens.map(|v| v as i64),
+                p.primary_answer,
+                p.shadow_answer,
+                c.map(|c| c.exact),
+                c.and_then(|c| c.json_equal),
+                c.map(|c| c.similarity),
+                c.map(|c| c.agree),
+                p.validate_verdict,
+                p.shadow_error,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+pub(crate) fn insert_for_test(conn: &mut Connection, pairs: &[Pair]) {
+    insert(conn, pairs).expect("insert");
+}
