@@ -1,0 +1,164 @@
+//! The kernels' parameter blocks, field for field as `cuda/common.cuh` declares them (which
+//! also documents each field). Device addresses are `u64`; under the CPU twin they are host
+//! addresses. Both sides assert the same sizes, so a field added on one side only fails to
+//! build (C++) or fails `sizes_match_common_cuh` (Rust).
+
+/// A repacked weight matrix: plane `k` of row `r` at `p[k] + r * stride[k]`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mat {
+    pub p: [u64; 4],
+    pub stride: [u32; 4],
+    pub rows: u32,
+    pub cols: u32,
+    pub fmt: u32,
+    pub pad: u32,
+}
+
+/// Activations quantized to 8-bit blocks of 32 (`quant::Q8Act` per token), read or written.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Act {
+    pub qs: u64,
+    pub d: u64,
+    pub isum: u64,
+    pub s: u64,
+    pub f: u64,
+    pub n: u32,
+    pub n_tok: u32,
+}
+
+/// GEMV and prefill GEMM: `out = W·a` (mode 0) or `out += W·a` (mode 1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MatmulParams {
+    pub w: Mat,
+    pub a: Act,
+    pub out: u64,
+    pub out_stride: u32,
+    pub mode: u32,
+}
+
+/// RMSNorm (norm = 1) or copy (norm = 0), then quantization.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NormParams {
+    pub x: u64,
+    pub g: u64,
+    pub out: Act,
+    pub x_stride: u32,
+    pub eps: f32,
+    pub norm: u32,
+    pub pad: u32,
+}
+
+/// A layer's paged KV pool and where each token's positions live in it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KvRef {
+    pub kv: u64,
+    pub pos: u64,
+    pub tok_seq: u64,
+    pub tables: u64,
+    pub table_stride: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u32,
+    pub pad: u32,
+}
+
+/// Fused QKV projection with RoPE and the KV write.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QkvParams {
+    pub w: Mat,
+    pub a: Act,
+    pub kv: KvRef,
+    pub q_out: u64,
+    pub rope: u64,
+    pub q_dim: u32,
+    pub kv_dim: u32,
+    pub n_rot: u32,
+    pub row0: u32,
+}
+
+/// Fused gate‖up projection with SwiGLU and quantization.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GateUpParams {
+    pub w: Mat,
+    pub a: Act,
+    pub out: Act,
+}
+
+/// Split-K paged flash-decode.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttnParams {
+    pub q: u64,
+    pub kv: KvRef,
+    pub part: u64,
+    pub n_head: u32,
+    pub n_split: u32,
+    pub blocks_per_split: u32,
+    pub scale: f32,
+}
+
+/// Merge of the attention splits, quantized for the output projection.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CombineParams {
+    pub part: u64,
+    pub out: Act,
+    pub n_head: u32,
+    pub n_split: u32,
+}
+
+/// Embedding lookup.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbedParams {
+    pub w: Mat,
+    pub ids: u64,
+    pub out: u64,
+    pub n_tok: u32,
+    pub pad: u32,
+}
+
+/// Argmax (k ignored) and top-k per row of logits.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TopKParams {
+    pub x: u64,
+    pub out_val: u64,
+    pub out_idx: u64,
+    pub n: u32,
+    pub stride: u32,
+    pub k: u32,
+    pub pad: u32,
+}
+
+/// Largest k of the top-k kernel (`SY_TOPK_MAX`).
+pub const TOPK_MAX: u32 = 256;
+/// Positions per KV block (`SY_KV_BLOCK`).
+pub const KV_BLOCK: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    #[test]
+    fn sizes_match_common_cuh() {
+        assert_eq!(size_of::<Mat>(), 64);
+        assert_eq!(size_of::<Act>(), 48);
+        assert_eq!(size_of::<MatmulParams>(), 128);
+        assert_eq!(size_of::<NormParams>(), 80);
+        assert_eq!(size_of::<KvRef>(), 48);
+        assert_eq!(size_of::<QkvParams>(), 192);
+        assert_eq!(size_of::<GateUpParams>(), 160);
+        assert_eq!(size_of::<AttnParams>(), 80);
+        assert_eq!(size_of::<CombineParams>(), 64);
+        assert_eq!(size_of::<EmbedParams>(), 88);
+        assert_eq!(size_of::<TopKParams>(), 40);
+    }
+}
