@@ -69,8 +69,9 @@ fn twin(cuda: &Path, sources: &[PathBuf]) {
             .flag("-fno-sanitize-recover=all")
             .flag("-fno-omit-frame-pointer")
             .opt_level(1);
-        // The C++ runtime of the sanitizers must come first among the test binary's libraries.
-        println!("cargo:rustc-link-arg=-fsanitize=address,undefined");
+        // Rust links with -nodefaultlibs: name the sanitizer runtimes.
+        println!("cargo:rustc-link-lib=dylib=asan");
+        println!("cargo:rustc-link-lib=dylib=ubsan");
     }
     b.compile("switchyard_cuda_twin");
     println!("cargo:rustc-link-lib=stdc++");

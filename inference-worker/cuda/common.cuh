@@ -320,6 +320,22 @@ inline uint4 ld_shared_ro(const void* p) { return *(const uint4*)p; }
 
 __device__ __forceinline__ u16 ld_u16(const u8* p) { return *(const u16*)p; }
 
+#if defined(SY_TWIN)
+// The twin replays the same butterfly in one exchange (twin.hpp); the order of operations is
+// the loop's below.
+inline float warp_sum(float v) {
+  return ::twin::butterfly(v, [](float a, float b) { return a + b; });
+}
+inline double warp_sum_f64(double v) {
+  return ::twin::butterfly(v, [](double a, double b) { return a + b; });
+}
+inline i32 warp_sum_i32(i32 v) {
+  return ::twin::butterfly(v, [](i32 a, i32 b) { return a + b; });
+}
+inline float warp_max(float v) {
+  return ::twin::butterfly(v, [](float a, float b) { return fmaxf(a, b); });
+}
+#else
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(FULL_MASK, v, m);
@@ -340,6 +356,7 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int m = 16; m > 0; m >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, m));
   return v;
 }
+#endif
 
 __device__ __forceinline__ float bits_f(u32 b) {
 #if defined(SY_CUDA)
@@ -421,15 +438,19 @@ __device__ __forceinline__ u32 byte_of(const uint4& v, u32 k) {
   return (w >> (8 * (k & 3))) & 0xFFu;
 }
 
-// Declares kernel `name` taking `Params` by value, with `threads` per block, running `call(p)`.
+// Declares kernel `name` taking `Params` by value, with `threads` per block, running `call(p)`;
+// `min_blocks` is the occupancy hint of `__launch_bounds__` (0: none).
 // Under the twin it also registers the kernel by name for `sy_twin_launch`.
 #if defined(SY_TWIN)
-#define SY_KERNEL(name, Params, threads, call)                                            \
+#define SY_KERNEL_MB(name, Params, threads, min_blocks, call)                             \
   extern "C" void name(Params p) { call(p); }                                             \
   static const ::twin::Registered sy_reg_##name(#name, sizeof(Params), [](const void* q) { \
     name(*static_cast<const Params*>(q));                                                 \
   });
 #else
-#define SY_KERNEL(name, Params, threads, call) \
-  extern "C" __global__ void __launch_bounds__(threads) name(Params p) { call(p); }
+#define SY_LAUNCH_BOUNDS_0(threads) __launch_bounds__(threads)
+#define SY_LAUNCH_BOUNDS_1(threads) __launch_bounds__(threads, 1)
+#define SY_KERNEL_MB(name, Params, threads, min_blocks, call) \
+  extern "C" __global__ void SY_LAUNCH_BOUNDS_##min_blocks(threads) name(Params p) { call(p); }
 #endif
+#define SY_KERNEL(name, Params, threads, call) SY_KERNEL_MB(name, Params, threads, 0, call)

@@ -195,3 +195,25 @@ inline void mma_m16n8k32_s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t 
   });
 }
 }  // namespace twin
+
+namespace twin {
+// A full-warp xor butterfly (`for m = 16, 8, 4, 2, 1: v = op(v, shfl_xor(v, m))`) in one
+// exchange instead of five: every lane replays all 32 lanes' steps in the GPU's order, so the
+// result is bit for bit the shuffle loop's.
+template <class T, class Op>
+inline T butterfly(T v, Op op) {
+  static_assert(sizeof(T) <= 8, "at most 8 bytes");
+  uint32_t mine[2] = {0, 0};
+  std::memcpy(mine, &v, sizeof(T));
+  T vals[32];
+  exchange(mine, 2, [&](uint32_t (&mail)[32][8]) {
+    for (int i = 0; i < 32; i++) std::memcpy(&vals[i], mail[i], sizeof(T));
+  });
+  for (int m = 16; m > 0; m >>= 1) {
+    T next[32];
+    for (int i = 0; i < 32; i++) next[i] = op(vals[i], vals[i ^ m]);
+    for (int i = 0; i < 32; i++) vals[i] = next[i];
+  }
+  return vals[lane()];
+}
+}  // namespace twin
