@@ -448,8 +448,15 @@ __device__ __forceinline__ u32 byte_of(const uint4& v, u32 k) {
     name(*static_cast<const Params*>(q));                                                 \
   });
 #else
+#if defined(SY_SQUEEZE)
+// `cargo xtask cuda-check`'s self-test: every kernel asked for SY_SQUEEZE blocks per SM (16:
+// at most 32 registers at 128 threads), so that kernels spill and the check must fail.
+#define SY_LAUNCH_BOUNDS_0(threads) __launch_bounds__(threads, SY_SQUEEZE)
+#define SY_LAUNCH_BOUNDS_1(threads) __launch_bounds__(threads, SY_SQUEEZE)
+#else
 #define SY_LAUNCH_BOUNDS_0(threads) __launch_bounds__(threads)
 #define SY_LAUNCH_BOUNDS_1(threads) __launch_bounds__(threads, 1)
+#endif
 #define SY_KERNEL_MB(name, Params, threads, min_blocks, call) \
   extern "C" __global__ void SY_LAUNCH_BOUNDS_##min_blocks(threads) name(Params p) { call(p); }
 #endif

@@ -96,7 +96,7 @@ pub fn gemv(ty: GgmlType, rows: usize, n_tok: usize) -> Result<Launch, LaunchErr
 }
 
 fn fused(name: &str, ty: GgmlType, outputs: usize, n_tok: usize) -> Result<Launch, LaunchError> {
-    if outputs % FUSED_ROWS != 0 {
+    if !outputs.is_multiple_of(FUSED_ROWS) {
         return Err(LaunchError::Shape(format!(
             "{name}: {outputs} outputs is not a multiple of {FUSED_ROWS}"
         )));
@@ -168,7 +168,7 @@ pub fn attention_group(group: usize) -> usize {
         .iter()
         .rev()
         .copied()
-        .find(|g| group % g == 0)
+        .find(|&g| group.is_multiple_of(g))
         .unwrap_or(1)
 }
 
@@ -180,7 +180,7 @@ pub fn attention(
     n_tok: usize,
     n_split: u32,
 ) -> Result<Launch, LaunchError> {
-    if !HEAD_DIMS.contains(&head_dim) || n_head_kv == 0 || n_head % n_head_kv != 0 {
+    if !HEAD_DIMS.contains(&head_dim) || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
         return Err(LaunchError::Shape(format!(
             "attention: head_dim {head_dim}, {n_head} heads, {n_head_kv} KV heads"
         )));

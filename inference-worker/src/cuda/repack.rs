@@ -45,6 +45,9 @@ pub enum RepackError {
     Mismatch,
 }
 
+/// F16's one "block" is one element.
+const F16_FIELD: Range<usize> = 0..2;
+
 /// The byte range of a GGUF block that each plane takes, in plane order (quants first).
 fn fields(ty: GgmlType) -> Result<&'static [Range<usize>], RepackError> {
     Ok(match ty {
@@ -54,7 +57,7 @@ fn fields(ty: GgmlType) -> Result<&'static [Range<usize>], RepackError> {
         GgmlType::Q4_K => &[16..144, 0..16],
         GgmlType::Q5_K => &[48..176, 16..48, 0..16],
         GgmlType::Q6_K => &[0..128, 128..192, 192..208, 208..210],
-        GgmlType::F16 => &[0..2],
+        GgmlType::F16 => &[F16_FIELD],
         GgmlType::F32 | GgmlType::BF16 => return Err(RepackError::Unsupported(ty)),
     })
 }
@@ -82,7 +85,7 @@ pub struct Repacked {
 fn layout(ty: GgmlType, rows: usize, cols: usize) -> Result<(Vec<usize>, Vec<usize>), RepackError> {
     let f = fields(ty)?;
     let need = row_multiple(ty);
-    if cols == 0 || cols % need != 0 {
+    if cols == 0 || !cols.is_multiple_of(need) {
         return Err(RepackError::RowLength { ty, cols, need });
     }
     let blocks = cols / ty.block_len();
@@ -151,8 +154,8 @@ impl Repacked {
         let (mut offset, stride) = layout(first.ty, rows, first.cols)?;
         let total = offset.pop().unwrap_or(0);
         let mut bytes = vec![0u8; total];
-        for k in 0..stride.len() {
-            let mut at = offset[k];
+        for (k, &start) in offset.iter().enumerate() {
+            let mut at = start;
             for p in parts {
                 let n = p.stride[k] * p.rows;
                 bytes[at..at + n].copy_from_slice(&p.bytes[p.offset[k]..p.offset[k] + n]);
