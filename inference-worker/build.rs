@@ -12,10 +12,13 @@ fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let cuda = manifest.join("cuda");
     let sources = kernel_sources(&cuda);
+    // NVRTC runs in its own process while the twin compiles.
+    #[cfg(feature = "cuda")]
+    let nvrtc = start_nvrtc(&manifest, &cuda, &sources);
     #[cfg(feature = "cuda-twin")]
     twin(&cuda, &sources);
     #[cfg(feature = "cuda")]
-    cubins(&manifest, &cuda, &sources);
+    finish_nvrtc(nvrtc, &sources);
     let _ = (&manifest, &cuda, &sources);
 }
 
@@ -78,7 +81,7 @@ fn twin(cuda: &Path, sources: &[PathBuf]) {
 }
 
 #[cfg(feature = "cuda")]
-fn cubins(manifest: &Path, cuda: &Path, sources: &[PathBuf]) {
+fn start_nvrtc(manifest: &Path, cuda: &Path, sources: &[PathBuf]) -> std::process::Child {
     rerun_on_sources(cuda, sources);
     println!("cargo:rerun-if-env-changed=SWITCHYARD_CUDA_TOOLS");
     let tools = std::env::var_os("SWITCHYARD_CUDA_TOOLS")
@@ -93,7 +96,7 @@ fn cubins(manifest: &Path, cuda: &Path, sources: &[PathBuf]) {
         );
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
-    let status = std::process::Command::new(&python)
+    std::process::Command::new(&python)
         .arg(cuda.join("nvrtc_build.py"))
         .args([
             "--arch",
@@ -107,11 +110,17 @@ fn cubins(manifest: &Path, cuda: &Path, sources: &[PathBuf]) {
         .arg(&out)
         .args(sources)
         .stdout(std::process::Stdio::null())
-        .status();
-    match status {
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", python.display()))
+}
+
+#[cfg(feature = "cuda")]
+fn finish_nvrtc(mut child: std::process::Child, sources: &[PathBuf]) {
+    match child.wait() {
         Ok(s) if s.success() => {}
         other => panic!("NVRTC failed ({other:?}); `cargo xtask cuda-check` shows the log"),
     }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     // kernels.rs includes this list of (module, sm_80 cubin, sm_90 cubin, compute_80 PTX).
     let mut list = String::from("&[\n");
     for s in sources {

@@ -150,17 +150,42 @@ struct KvRef {
   u32 pad;
 };
 
-// [Wq; Wk; Wv]·a, RoPE on q and k, q to `q_out`, k and v into the paged pool.
-struct QkvParams {
-  Mat w;
-  Act a;
+// Where projected q, k, v go: RoPE on q and k, q to `q_out` ([tok][q_dim] f32), k and v into
+// the paged pool. Rows are those of [Wq; Wk; Wv].
+struct QkvOut {
   KvRef kv;
   float* q_out;
   const float* rope;
   u32 q_dim;
   u32 kv_dim;
   u32 n_rot;
+  u32 pad;
+};
+
+// [Wq; Wk; Wv]·a into `o`.
+struct QkvParams {
+  Mat w;
+  Act a;
+  QkvOut o;
   u32 row0;           // global row (in [Wq; Wk; Wv]) of this matrix's row 0
+  u32 pad;
+};
+
+// The QKV epilogue alone, after the prefill GEMM stored y = [Wq; Wk; Wv]·a ([tok][y_stride]).
+struct RopeKvParams {
+  const float* y;
+  QkvOut o;
+  u32 y_stride;
+  u32 n_tok;
+};
+
+// The gate‖up epilogue alone, after the prefill GEMM stored y = [Wgate; Wup]·a: out =
+// quantized silu(y[:n_ff]) * y[n_ff:], n_ff = out.n.
+struct SwigluParams {
+  const float* y;
+  ActOut out;
+  u32 y_stride;
+  u32 pad;
 };
 
 // silu([Wgate]·a) * ([Wup]·a) with W = [Wgate; Wup], quantized into `out` for the down GEMV.
@@ -218,7 +243,10 @@ static_assert(sizeof(Act) == 48 && sizeof(ActOut) == 48, "Act");
 static_assert(sizeof(MatmulParams) == 128, "MatmulParams");
 static_assert(sizeof(NormParams) == 80, "NormParams");
 static_assert(sizeof(KvRef) == 48, "KvRef");
-static_assert(sizeof(QkvParams) == 192, "QkvParams");
+static_assert(sizeof(QkvOut) == 80, "QkvOut");
+static_assert(sizeof(QkvParams) == 200, "QkvParams");
+static_assert(sizeof(RopeKvParams) == 96, "RopeKvParams");
+static_assert(sizeof(SwigluParams) == 64, "SwigluParams");
 static_assert(sizeof(GateUpParams) == 160, "GateUpParams");
 static_assert(sizeof(AttnParams) == 80, "AttnParams");
 static_assert(sizeof(CombineParams) == 64, "CombineParams");
@@ -461,3 +489,32 @@ __device__ __forceinline__ u32 byte_of(const uint4& v, u32 k) {
   extern "C" __global__ void SY_LAUNCH_BOUNDS_##min_blocks(threads) name(Params p) { call(p); }
 #endif
 #define SY_KERNEL(name, Params, threads, call) SY_KERNEL_MB(name, Params, threads, 0, call)
+
+// RoPE on the pair (row, row + 1) of token t's [q; k; v] (row even, global), then q to q_out
+// and k, v (f16) into the paged pool.
+__device__ __forceinline__ void qkv_store_pair(const QkvOut& o, u32 t, u32 row, float x0, float x1) {
+  const u32 hd = o.kv.head_dim;
+  const u32 region = row < o.q_dim ? 0 : (row < o.q_dim + o.kv_dim ? 1 : 2);
+  const u32 local = region == 0 ? row : row - o.q_dim - (region == 2 ? o.kv_dim : 0);
+  const u32 pos = o.kv.pos[t];
+  const u32 pair = (local % hd) / 2;
+  if (region != 2 && pair < o.n_rot / 2) {
+    const float* cs = o.rope + (size_t(pos) * (o.n_rot / 2) + pair) * 2;
+    const float c = cs[0], s = cs[1];
+    const float r0 = fmaf(x0, c, -(x1 * s));
+    const float r1 = fmaf(x0, s, x1 * c);
+    x0 = r0;
+    x1 = r1;
+  }
+  if (region == 0) {
+    o.q_out[size_t(t) * o.q_dim + row] = x0;
+    o.q_out[size_t(t) * o.q_dim + row + 1] = x1;
+  } else {
+    const u32 seq = o.kv.tok_seq[t];
+    const u32 block = o.kv.tables[size_t(seq) * o.kv.table_stride + pos / SY_KV_BLOCK];
+    u16* dst = o.kv.kv + kv_offset(block, region - 1, local / hd, pos % SY_KV_BLOCK, o.kv.n_head_kv, hd) +
+               local % hd;
+    dst[0] = f2h(x0);
+    dst[1] = f2h(x1);
+  }
+}

@@ -80,38 +80,11 @@ __device__ __forceinline__ void qkv(const QkvParams& p) {
       if (lane_id() == 0) y[t][i] = acc[t];
   }
   __syncthreads();
-  const u32 hd = p.kv.head_dim;
   const u32 gbase = p.row0 + base;  // global row of the block's first row
-  const u32 region = gbase < p.q_dim ? 0 : (gbase < p.q_dim + p.kv_dim ? 1 : 2);
   // One thread per RoPE pair and token.
   for (u32 e = threadIdx.x; e < NC * FUSED_ROWS / 2; e += GEMV_THREADS) {
     const u32 t = e / (FUSED_ROWS / 2), i = 2 * (e % (FUSED_ROWS / 2));
-    if (t >= p.a.n_tok) continue;
-    const u32 row = gbase + i;
-    float x0 = y[t][i], x1 = y[t][i + 1];
-    const u32 pos = p.kv.pos[t];
-    const u32 local = (region == 0 ? row : row - p.q_dim - (region == 2 ? p.kv_dim : 0));
-    const u32 pair = (local % hd) / 2;
-    if (region != 2 && pair < p.n_rot / 2) {
-      const float* cs = p.rope + (size_t(pos) * (p.n_rot / 2) + pair) * 2;
-      const float c = cs[0], s = cs[1];
-      const float r0 = fmaf(x0, c, -(x1 * s));
-      const float r1 = fmaf(x0, s, x1 * c);
-      x0 = r0;
-      x1 = r1;
-    }
-    if (region == 0) {
-      p.q_out[size_t(t) * p.q_dim + row] = x0;
-      p.q_out[size_t(t) * p.q_dim + row + 1] = x1;
-    } else {
-      const u32 seq = p.kv.tok_seq[t];
-      const u32 block = p.kv.tables[size_t(seq) * p.kv.table_stride + pos / SY_KV_BLOCK];
-      u16* dst = p.kv.kv + kv_offset(block, region - 1, local / hd, pos % SY_KV_BLOCK,
-                                     p.kv.n_head_kv, hd) +
-                 local % hd;
-      dst[0] = f2h(x0);
-      dst[1] = f2h(x1);
-    }
+    if (t < p.a.n_tok) qkv_store_pair(p.o, t, gbase + i, y[t][i], y[t][i + 1]);
   }
 }
 

@@ -500,22 +500,26 @@ fn qkv_equals_matvec_rope_and_fills_the_pages() {
                 let p = abi::QkvParams {
                     w: m.mat(w.addr()),
                     a: a.abi(),
-                    kv: abi::KvRef {
-                        kv: kv.addr(),
-                        pos: posb.addr(),
-                        tok_seq: seqb.addr(),
-                        tables: tabb.addr(),
-                        table_stride: pages.stride as u32,
-                        n_head_kv: n_head_kv as u32,
-                        head_dim: hd as u32,
+                    o: abi::QkvOut {
+                        kv: abi::KvRef {
+                            kv: kv.addr(),
+                            pos: posb.addr(),
+                            tok_seq: seqb.addr(),
+                            tables: tabb.addr(),
+                            table_stride: pages.stride as u32,
+                            n_head_kv: n_head_kv as u32,
+                            head_dim: hd as u32,
+                            pad: 0,
+                        },
+                        q_out: q_out.addr(),
+                        rope: ropeb.addr(),
+                        q_dim: q_dim as u32,
+                        kv_dim: kv_dim as u32,
+                        n_rot: n_rot as u32,
                         pad: 0,
                     },
-                    q_out: q_out.addr(),
-                    rope: ropeb.addr(),
-                    q_dim: q_dim as u32,
-                    kv_dim: kv_dim as u32,
-                    n_rot: n_rot as u32,
                     row0: row0 as u32,
+                    pad: 0,
                 };
                 run(&launch::qkv(ty, n, 3).expect("qkv"), &p);
             }
@@ -575,6 +579,107 @@ fn gateup_equals_silu_gate_times_up_quantized() {
             assert_close(&got.f, &want, 0.0, &format!("{ty:?} token {t}"));
             assert_quantized_consistently(&got, "gateup");
         }
+    }
+}
+
+#[test]
+fn rope_kv_after_the_gemm_equals_cpu_rope_exactly() {
+    let mut rng = Rng(19);
+    let (hd, n_head, n_head_kv) = (128, 4, 2);
+    let (q_dim, kv_dim) = (n_head * hd, n_head_kv * hd);
+    let rows = q_dim + 2 * kv_dim;
+    let (tok_seq, pos) = ([0u32, 0, 1], [30u32, 31, 2]);
+    let pages = Pages::new(&[32, 3], &mut rng);
+    let n_rot = 96;
+    let y: Vec<f32> = (0..3 * rows).map(|_| rng.f() * 4.0).collect();
+    let rope_tab: Vec<f32> = (0..32)
+        .flat_map(|p| rope_table(p, n_rot, 500000.0))
+        .flat_map(|(c, s)| [c, s])
+        .collect();
+    let (mut yb, mut ropeb) = (Buf::of(&y), Buf::of(&rope_tab));
+    let (mut posb, mut seqb, mut tabb) = (Buf::of(&pos), Buf::of(&tok_seq), Buf::of(&pages.tables));
+    let mut q_out = Buf::zeroed(4 * q_dim * 3);
+    let mut kv = Buf::zeroed(2 * pages.n_blocks * 2 * n_head_kv * abi::KV_BLOCK * hd);
+    let p = abi::RopeKvParams {
+        y: yb.addr(),
+        o: abi::QkvOut {
+            kv: abi::KvRef {
+                kv: kv.addr(),
+                pos: posb.addr(),
+                tok_seq: seqb.addr(),
+                tables: tabb.addr(),
+                table_stride: pages.stride as u32,
+                n_head_kv: n_head_kv as u32,
+                head_dim: hd as u32,
+                pad: 0,
+            },
+            q_out: q_out.addr(),
+            rope: ropeb.addr(),
+            q_dim: q_dim as u32,
+            kv_dim: kv_dim as u32,
+            n_rot: n_rot as u32,
+            pad: 0,
+        },
+        y_stride: rows as u32,
+        n_tok: 3,
+    };
+    run(&launch::rope_kv(rows, 3), &p);
+    let (got_q, got_kv): (Vec<f32>, Vec<u16>) = (q_out.get(), kv.get());
+    for t in 0..3 {
+        let mut want = y[t * rows..(t + 1) * rows].to_vec();
+        let tab = rope_table(pos[t] as usize, n_rot, 500000.0);
+        rope(&mut want[..q_dim], hd, &tab);
+        rope(&mut want[q_dim..q_dim + kv_dim], hd, &tab);
+        // The same inputs and the same FMAs: equal, not close.
+        assert_eq!(
+            &got_q[t * q_dim..(t + 1) * q_dim],
+            &want[..q_dim],
+            "q token {t}"
+        );
+        let (block, slot) = pages.slot(tok_seq[t] as usize, pos[t] as usize);
+        for which in 0..2 {
+            for h in 0..n_head_kv {
+                let at = kv_index(block, which, h, slot, n_head_kv, hd);
+                let from = q_dim + which * kv_dim + h * hd;
+                let want16: Vec<u16> = want[from..from + hd]
+                    .iter()
+                    .map(|&v| f16::from_f32(v).to_bits())
+                    .collect();
+                assert_eq!(
+                    &got_kv[at..at + hd],
+                    &want16[..],
+                    "kv {which} head {h} token {t}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn swiglu_quant_equals_cpu_silu_and_quantize_exactly() {
+    let mut rng = Rng(20);
+    let (n_ff, n_tok) = (352, 3);
+    let y: Vec<f32> = (0..n_tok * 2 * n_ff).map(|_| rng.f() * 12.0).collect();
+    let mut yb = Buf::of(&y);
+    let mut out = ActBufs::zeroed(n_ff, n_tok);
+    let p = abi::SwigluParams {
+        y: yb.addr(),
+        out: out.abi(),
+        y_stride: (2 * n_ff) as u32,
+        pad: 0,
+    };
+    run(&launch::swiglu_quant(n_ff, n_tok), &p);
+    for t in 0..n_tok {
+        let yt = &y[t * 2 * n_ff..(t + 1) * 2 * n_ff];
+        let h: Vec<f32> = (0..n_ff).map(|i| silu(yt[i]) * yt[n_ff + i]).collect();
+        let want = quantized(&h);
+        let got = out.token(t);
+        // `sy_expf` is `numerics::v_expf` operation for operation: bit-identical SiLU.
+        assert_eq!(got.f, want.f, "token {t}");
+        assert_eq!(
+            (got.qs, got.d, got.isum, got.s),
+            (want.qs, want.d, want.isum, want.s)
+        );
     }
 }
 

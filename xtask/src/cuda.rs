@@ -8,6 +8,12 @@
 //!   registers, stack, spills and shared memory, prints the table and fails on any kernel over
 //!   `cuda/budgets.toml`. Then it proves that it can fail: the same check on the attention
 //!   kernels squeezed to 32 registers (`-DSY_SQUEEZE=16`) must find spills.
+//! - `cuda-test [--sanitize]`: the worker built with features `cuda` (embedded cubins) and
+//!   `cuda-twin` (the kernels on the CPU), linted like `cargo xtask test` does (clippy-driver
+//!   as the workspace wrapper, warnings denied), running `tests/cuda_twin.rs` and
+//!   `tests/cuda_kernels.rs`; `--sanitize` runs the twin tests alone (feature `cuda-twin`)
+//!   with the twin built with ASan and UBSan. `--workspace`
+//!   keeps dependency features as in the main build, so only the worker is compiled again.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -54,6 +60,41 @@ pub fn tools() -> Result<(), String> {
     crate::run(pip, "pip install (CUDA wheels)")?;
     println!("cuda-tools: {} ready", dir.display());
     Ok(())
+}
+
+/// `cargo xtask cuda-test [--sanitize]`.
+pub fn test(args: &[String]) -> Result<(), String> {
+    let sanitize = match args {
+        [] => false,
+        [a] if a == "--sanitize" => true,
+        _ => return Err(format!("cuda-test: unexpected arguments {args:?}")),
+    };
+    let mut c = crate::cargo();
+    c.args(["test", "--workspace"]);
+    if sanitize {
+        // The twin alone: NVRTC has nothing to do with the sanitizers.
+        c.args([
+            "--features",
+            "switchyard-worker/cuda-twin",
+            "--test",
+            "cuda_twin",
+        ])
+        .env("SWITCHYARD_TWIN_SANITIZE", "1");
+    } else {
+        tools()?;
+        c.args([
+            "--features",
+            "switchyard-worker/cuda,switchyard-worker/cuda-twin",
+            "--test",
+            "cuda_twin",
+            "--test",
+            "cuda_kernels",
+        ]);
+    }
+    if let Some(d) = crate::clippy_driver() {
+        crate::lint(&mut c, &d);
+    }
+    crate::run(c, "cargo test (CUDA twin and embedded kernels)")
 }
 
 /// ptxas' report for one kernel and architecture.

@@ -4,6 +4,7 @@
 #include "../gemv.cu"
 #include "../mmq.cu"
 #include "../norm.cu"
+#include "../prefill.cu"
 #include "../sample.cu"
 
 #include <cstring>

@@ -66,19 +66,48 @@ pub struct KvRef {
     pub pad: u32,
 }
 
-/// Fused QKV projection with RoPE and the KV write.
+/// Where projected q, k, v go: RoPE on q and k, q to `q_out`, k and v into the paged pool.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-pub struct QkvParams {
-    pub w: Mat,
-    pub a: Act,
+pub struct QkvOut {
     pub kv: KvRef,
     pub q_out: u64,
     pub rope: u64,
     pub q_dim: u32,
     pub kv_dim: u32,
     pub n_rot: u32,
+    pub pad: u32,
+}
+
+/// Fused QKV projection with RoPE and the KV write.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QkvParams {
+    pub w: Mat,
+    pub a: Act,
+    pub o: QkvOut,
     pub row0: u32,
+    pub pad: u32,
+}
+
+/// The QKV epilogue after the prefill GEMM.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RopeKvParams {
+    pub y: u64,
+    pub o: QkvOut,
+    pub y_stride: u32,
+    pub n_tok: u32,
+}
+
+/// The gate‖up epilogue after the prefill GEMM.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SwigluParams {
+    pub y: u64,
+    pub out: Act,
+    pub y_stride: u32,
+    pub pad: u32,
 }
 
 /// Fused gate‖up projection with SwiGLU and quantization.
@@ -154,7 +183,10 @@ mod tests {
         assert_eq!(size_of::<MatmulParams>(), 128);
         assert_eq!(size_of::<NormParams>(), 80);
         assert_eq!(size_of::<KvRef>(), 48);
-        assert_eq!(size_of::<QkvParams>(), 192);
+        assert_eq!(size_of::<QkvOut>(), 80);
+        assert_eq!(size_of::<QkvParams>(), 200);
+        assert_eq!(size_of::<RopeKvParams>(), 96);
+        assert_eq!(size_of::<SwigluParams>(), 64);
         assert_eq!(size_of::<GateUpParams>(), 160);
         assert_eq!(size_of::<AttnParams>(), 80);
         assert_eq!(size_of::<CombineParams>(), 64);

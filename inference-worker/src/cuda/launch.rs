@@ -8,6 +8,13 @@
 //!  rmsnorm_quant ─▶ qkv_F_cN ─▶ attn_hdD_gG ─▶ combine_hdD ─▶ gemv_F_cN (+x)
 //!  ─▶ rmsnorm_quant ─▶ gateup_F_cN ─▶ gemv_F_cN (+x)                 = 8 launches
 //! ```
+//!
+//! Prefill (more than 8 tokens) runs the int8 GEMM and the epilogues apart:
+//!
+//! ```text
+//!  rmsnorm_quant ─▶ mmq_F ─▶ rope_kv ─▶ attn ─▶ combine ─▶ mmq_F (+x)
+//!  ─▶ rmsnorm_quant ─▶ mmq_F ─▶ swiglu_quant ─▶ mmq_F (+x)              = 10 launches
+//! ```
 
 use crate::quant::GgmlType;
 
@@ -136,6 +143,16 @@ pub fn mmq(ty: GgmlType, rows: usize, n_tok: usize) -> Result<Launch, LaunchErro
     ))
 }
 
+/// RoPE and the KV write for `rows` rows of `[q; k; v]` per token (after `mmq`).
+pub fn rope_kv(rows: usize, n_tok: usize) -> Launch {
+    launch("rope_kv".into(), [rows.div_ceil(256), n_tok, 1], 128)
+}
+
+/// SwiGLU and quantization of `n_ff` outputs per token (after `mmq`).
+pub fn swiglu_quant(n_ff: usize, n_tok: usize) -> Launch {
+    launch("swiglu_quant".into(), [n_ff.div_ceil(128), n_tok, 1], 128)
+}
+
 /// RMSNorm + quantization (or quantization alone), one block per token.
 pub fn rmsnorm_quant(n_tok: usize) -> Launch {
     launch("rmsnorm_quant".into(), [n_tok, 1, 1], 256)
@@ -218,7 +235,9 @@ pub fn topk(rows: usize) -> Launch {
 
 /// Every kernel name the functions above can produce (the twin's registry must equal it).
 pub fn all_kernels() -> Vec<String> {
-    let mut v = vec!["rmsnorm_quant".to_string(), "argmax".into(), "topk".into()];
+    let mut v: Vec<String> = ["rmsnorm_quant", "argmax", "topk", "rope_kv", "swiglu_quant"]
+        .map(String::from)
+        .into();
     for (ty, f) in FORMATS {
         v.push(format!("embed_{f}"));
         for c in GEMV_COLS {
