@@ -6,8 +6,9 @@
 //                 query heads of its group (GQA: G' = n_head / n_head_kv; the host picks G
 //                 dividing G'), and keeps an online softmax per head. A position takes D/8
 //                 lanes (16 bytes of K and of V each), so a warp covers 32/(D/8) positions per
-//                 step and every load is a 16-byte vector. Writes the split's unnormalised
-//                 output, running max and sum.
+//                 step and every load is a 16-byte vector; a thread issues all its K and V
+//                 loads of a block before using them and fetches the next block id early.
+//                 Writes the split's unnormalised output, running max and sum.
 //   combine_hdD   grid (n_head, n_tok), D threads: merges the splits and quantizes each head's
 //                 D outputs (D/32 activation blocks) into an `Act` for the Wo GEMV.
 //
@@ -54,16 +55,26 @@ __device__ __forceinline__ void attn(const AttnParams& p) {
     l[g] = 0.0f;
   }
 
+  // Per KV block a thread handles SLOTS positions; it issues all their K and V loads (2·SLOTS
+  // 16-byte loads) before using any, and reads the next block's id from the table early.
+  constexpr u32 SLOTS = SY_KV_BLOCK / GROUPS;
+  u32 next = b_begin < b_end ? table[b_begin] : 0;
   for (u32 b = b_begin; b < b_end; b++) {
-    const u32 phys = table[b];
+    const u32 phys = next;
+    if (b + 1 < b_end) next = table[b + 1];
     const u16* kt = p.kv.kv + kv_offset(phys, 0, kvh, 0, p.kv.n_head_kv, HD);
     const u16* vt = p.kv.kv + kv_offset(phys, 1, kvh, 0, p.kv.n_head_kv, HD);
-    for (u32 slot = grp; slot < SY_KV_BLOCK; slot += GROUPS) {
-      const uint4 kw = ld_shared_ro(kt + slot * HD + li * 8);
-      const uint4 vw = ld_shared_ro(vt + slot * HD + li * 8);
-      const bool valid = b * SY_KV_BLOCK + slot < len;
-      const u32 kk[4] = {kw.x, kw.y, kw.z, kw.w};
-      const u32 vv[4] = {vw.x, vw.y, vw.z, vw.w};
+    uint4 kw[SLOTS], vw[SLOTS];
+#pragma unroll
+    for (u32 j = 0; j < SLOTS; j++) {
+      kw[j] = ld_shared_ro(kt + (grp + j * GROUPS) * HD + li * 8);
+      vw[j] = ld_shared_ro(vt + (grp + j * GROUPS) * HD + li * 8);
+    }
+#pragma unroll
+    for (u32 j = 0; j < SLOTS; j++) {
+      const bool valid = b * SY_KV_BLOCK + grp + j * GROUPS < len;
+      const u32 kk[4] = {kw[j].x, kw[j].y, kw[j].z, kw[j].w};
+      const u32 vv[4] = {vw[j].x, vw[j].y, vw[j].z, vw[j].w};
       float kf[8], vf[8];
 #pragma unroll
       for (int i = 0; i < 4; i++) {
