@@ -1,7 +1,8 @@
 // Decode attention over the paged KV pool: split-K flash-decode, then a combine that also
 // quantizes the result for the output projection.
 //
-//   attn_hdD_gG   grid (n_head_kv * G'/G, n_tok, n_split), 128 threads. One block reads the K and
+//   attn_hdD_gG[_q8]  (f16 or q8_0 pool)
+//                 grid (n_head_kv * G'/G, n_tok, n_split), 128 threads. One block reads the K and
 //                 V tiles of one KV head over `blocks_per_split` 16-position blocks once, for G
 //                 query heads of its group (GQA: G' = n_head / n_head_kv; the host picks G
 //                 dividing G'), and keeps an online softmax per head. A position takes D/8
@@ -20,7 +21,7 @@
 #define ATTN_THREADS (ATTN_WARPS * 32)
 #define NEG_INF (-bits_f(0x7f800000u))
 
-template <int HD, int G>
+template <int HD, int G, bool KV8>
 __device__ __forceinline__ void attn(const AttnParams& p) {
   constexpr u32 LPP = HD / 8;                 // lanes per position
   constexpr u32 PPW = 32 / LPP;               // positions per warp per step
@@ -62,26 +63,49 @@ __device__ __forceinline__ void attn(const AttnParams& p) {
   for (u32 b = b_begin; b < b_end; b++) {
     const u32 phys = next;
     if (b + 1 < b_end) next = table[b + 1];
-    const u16* kt = p.kv.kv + kv_offset(phys, 0, kvh, 0, p.kv.n_head_kv, HD);
-    const u16* vt = p.kv.kv + kv_offset(phys, 1, kvh, 0, p.kv.n_head_kv, HD);
+    const u8* kt = kv_tile(p.kv, phys, 0, kvh);
+    const u8* vt = kv_tile(p.kv, phys, 1, kvh);
+    // f16: 16 bytes (8 dims) of K and of V per position; q8_0: 8 bytes and a scale each.
     uint4 kw[SLOTS], vw[SLOTS];
+    u32 ks[SLOTS], vs[SLOTS];
 #pragma unroll
     for (u32 j = 0; j < SLOTS; j++) {
-      kw[j] = ld_shared_ro(kt + (grp + j * GROUPS) * HD + li * 8);
-      vw[j] = ld_shared_ro(vt + (grp + j * GROUPS) * HD + li * 8);
+      const u32 slot = grp + j * GROUPS;
+      if (KV8) {
+        const uint2 k8 = ld8_shared_ro(kt + slot * HD + li * 8);
+        const uint2 v8 = ld8_shared_ro(vt + slot * HD + li * 8);
+        kw[j] = uint4{k8.x, k8.y, 0, 0};
+        vw[j] = uint4{v8.x, v8.y, 0, 0};
+        const u32 sc = (SY_KV_BLOCK * HD + (slot * (HD / 32) + li / 4) * 2);
+        ks[j] = ld_u16(kt + sc);
+        vs[j] = ld_u16(vt + sc);
+      } else {
+        kw[j] = ld_shared_ro(kt + (slot * HD + li * 8) * 2);
+        vw[j] = ld_shared_ro(vt + (slot * HD + li * 8) * 2);
+        ks[j] = vs[j] = 0;
+      }
     }
 #pragma unroll
     for (u32 j = 0; j < SLOTS; j++) {
       const bool valid = b * SY_KV_BLOCK + grp + j * GROUPS < len;
-      const u32 kk[4] = {kw[j].x, kw[j].y, kw[j].z, kw[j].w};
-      const u32 vv[4] = {vw[j].x, vw[j].y, vw[j].z, vw[j].w};
       float kf[8], vf[8];
+      if (KV8) {
+        const float dk = h2f(u16(ks[j])), dv = h2f(u16(vs[j]));
 #pragma unroll
-      for (int i = 0; i < 4; i++) {
-        kf[2 * i] = h2f(u16(kk[i]));
-        kf[2 * i + 1] = h2f(u16(kk[i] >> 16));
-        vf[2 * i] = h2f(u16(vv[i]));
-        vf[2 * i + 1] = h2f(u16(vv[i] >> 16));
+        for (u32 e = 0; e < 8; e++) {
+          kf[e] = float(i8(byte_of(kw[j], e))) * dk;
+          vf[e] = float(i8(byte_of(vw[j], e))) * dv;
+        }
+      } else {
+        const u32 kk[4] = {kw[j].x, kw[j].y, kw[j].z, kw[j].w};
+        const u32 vv[4] = {vw[j].x, vw[j].y, vw[j].z, vw[j].w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          kf[2 * i] = h2f(u16(kk[i]));
+          kf[2 * i + 1] = h2f(u16(kk[i] >> 16));
+          vf[2 * i] = h2f(u16(vv[i]));
+          vf[2 * i + 1] = h2f(u16(vv[i] >> 16));
+        }
       }
 #pragma unroll
       for (int g = 0; g < G; g++) {
@@ -151,11 +175,16 @@ __device__ __forceinline__ void combine(const CombineParams& p) {
   quantize_block32(v, p.out, tok, (h * HD + d) / 32);
 }
 
-SY_KERNEL(attn_hd64_g1, AttnParams, ATTN_THREADS, (attn<64, 1>))
-SY_KERNEL(attn_hd64_g2, AttnParams, ATTN_THREADS, (attn<64, 2>))
-SY_KERNEL(attn_hd64_g4, AttnParams, ATTN_THREADS, (attn<64, 4>))
-SY_KERNEL(attn_hd128_g1, AttnParams, ATTN_THREADS, (attn<128, 1>))
-SY_KERNEL(attn_hd128_g2, AttnParams, ATTN_THREADS, (attn<128, 2>))
-SY_KERNEL(attn_hd128_g4, AttnParams, ATTN_THREADS, (attn<128, 4>))
+// Occupancy hint 1, as the QKV kernels: under the default heuristic ptxas spilled 8 bytes in
+// attn_hd128_g2 for sm_80 at 80 registers.
+#define SY_ATTN(hd, g)                                                                 \
+  SY_KERNEL_MB(attn_hd##hd##_g##g, AttnParams, ATTN_THREADS, 1, (attn<hd, g, false>))    \
+  SY_KERNEL_MB(attn_hd##hd##_g##g##_q8, AttnParams, ATTN_THREADS, 1, (attn<hd, g, true>))
+SY_ATTN(64, 1)
+SY_ATTN(64, 2)
+SY_ATTN(64, 4)
+SY_ATTN(128, 1)
+SY_ATTN(128, 2)
+SY_ATTN(128, 4)
 SY_KERNEL(combine_hd64, CombineParams, 64, combine<64>)
 SY_KERNEL(combine_hd128, CombineParams, 128, combine<128>)

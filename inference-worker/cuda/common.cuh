@@ -41,9 +41,13 @@
 //   kv[block][2 (K, V)][n_head_kv][16 (slot)][head_dim]
 //
 // so the K (or V) tile of one block and head is 16 * head_dim * 2 bytes contiguous (4 KiB at
-// head_dim 128) and one CTA of the attention kernel streams it with 16-byte loads. A q8_0 pool
-// (`[block][2][n_head_kv][16][head_dim]` i8 plus f16 scales per 32 in a plane after the quants)
-// would halve KV bytes at 64 streams; the kernels here implement the f16 pool.
+// head_dim 128) and one CTA of the attention kernel streams it with 16-byte loads.
+//
+// With `KvRef::q8 = 1` the pool is q8_0 (llama.cpp's `--cache-type-k/v q8_0`), same tile order,
+// each tile 17 * head_dim bytes (2176 at head_dim 128, 16-byte aligned): the 16 * head_dim i8
+// quants `[slot][head_dim]`, then the f16 scales `[slot][head_dim / 32]`. Values are quantized
+// per 32 dims of one position as `quant::Q8Act` does; this halves the KV bytes that dominate
+// decode at 64 streams.
 //
 // ## RoPE table
 // `rope[pos][n_rot/2][2]` = (cos, sin), computed on the host exactly as the CPU model computes
@@ -67,6 +71,9 @@ struct alignas(16) uint4 {
 };
 struct alignas(16) float4 {
   float x, y, z, w;
+};
+struct alignas(8) uint2 {
+  u32 x, y;
 };
 #endif
 
@@ -140,14 +147,14 @@ struct NormParams {
 
 // Where a token's keys and values go and come from.
 struct KvRef {
-  u16* kv;              // this layer's pool
+  u8* kv;               // this layer's pool
   const u32* pos;       // [tok] position of the token in its sequence
   const u32* tok_seq;   // [tok] the token's sequence
   const u32* tables;    // [seq][table_stride] physical block ids
   u32 table_stride;
   u32 n_head_kv;
   u32 head_dim;
-  u32 pad;
+  u32 q8;               // 0: f16 pool, 1: q8_0 pool
 };
 
 // Where projected q, k, v go: RoPE on q and k, q to `q_out` ([tok][q_dim] f32), k and v into
@@ -341,7 +348,9 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
 }
 // Activations and KV tiles are shared by many warps: read through the read-only cache.
 __device__ __forceinline__ uint4 ld_shared_ro(const void* p) { return __ldg((const uint4*)p); }
+__device__ __forceinline__ uint2 ld8_shared_ro(const void* p) { return __ldg((const uint2*)p); }
 #else
+inline uint2 ld8_shared_ro(const void* p) { return *(const uint2*)p; }
 inline uint4 ld_stream(const void* p) { return *(const uint4*)p; }
 inline uint4 ld_shared_ro(const void* p) { return *(const uint4*)p; }
 #endif
@@ -452,11 +461,10 @@ __device__ __forceinline__ void scale_min_k4(u32 j, const u8* sc, u32& s, u32& m
   }
 }
 
-// Address of K (which = 0) or V (1) of `head`, position slot of a token, in the paged pool.
-__device__ __forceinline__ size_t kv_offset(u32 block, u32 which, u32 head, u32 slot, u32 n_head_kv,
-                                            u32 head_dim) {
-  return ((size_t(block) * 2 + which) * n_head_kv + head) * (SY_KV_BLOCK * head_dim) +
-         size_t(slot) * head_dim;
+// The K (which = 0) or V (1) tile of `head` in physical block `block` of the paged pool.
+__device__ __forceinline__ u8* kv_tile(const KvRef& r, u32 block, u32 which, u32 head) {
+  const size_t tile = r.q8 ? size_t(17) * r.head_dim : size_t(32) * r.head_dim;
+  return r.kv + ((size_t(block) * 2 + which) * r.n_head_kv + head) * tile;
 }
 
 // `word`'s byte k of a 16-byte value, k known only at run time (selects, not an indexed local
@@ -491,14 +499,19 @@ __device__ __forceinline__ u32 byte_of(const uint4& v, u32 k) {
 #define SY_KERNEL(name, Params, threads, call) SY_KERNEL_MB(name, Params, threads, 0, call)
 
 // RoPE on the pair (row, row + 1) of token t's [q; k; v] (row even, global), then q to q_out
-// and k, v (f16) into the paged pool.
-__device__ __forceinline__ void qkv_store_pair(const QkvOut& o, u32 t, u32 row, float x0, float x1) {
+// and k, v into the paged pool (f16, or q8_0 quantized per 32 dims).
+//
+// Called by every lane of a warp (`valid` false for lanes without a pair): with a q8_0 pool the
+// 16 lanes l ^ 1..15 must hold the other pairs of the same 32 rows and token (the callers lay
+// out pairs that way), and share the block's absolute maximum by shuffles.
+__device__ __forceinline__ void qkv_store_pair(const QkvOut& o, u32 t, u32 row, float x0, float x1,
+                                               bool valid) {
   const u32 hd = o.kv.head_dim;
   const u32 region = row < o.q_dim ? 0 : (row < o.q_dim + o.kv_dim ? 1 : 2);
   const u32 local = region == 0 ? row : row - o.q_dim - (region == 2 ? o.kv_dim : 0);
-  const u32 pos = o.kv.pos[t];
+  const u32 pos = valid ? o.kv.pos[t] : 0;
   const u32 pair = (local % hd) / 2;
-  if (region != 2 && pair < o.n_rot / 2) {
+  if (valid && region != 2 && pair < o.n_rot / 2) {
     const float* cs = o.rope + (size_t(pos) * (o.n_rot / 2) + pair) * 2;
     const float c = cs[0], s = cs[1];
     const float r0 = fmaf(x0, c, -(x1 * s));
@@ -506,14 +519,33 @@ __device__ __forceinline__ void qkv_store_pair(const QkvOut& o, u32 t, u32 row, 
     x0 = r0;
     x1 = r1;
   }
+  if (o.kv.q8) {
+    // Every lane takes part in the shuffles; the result matters where the region holds K, V.
+    float amax = valid ? fmaxf(fabsf(x0), fabsf(x1)) : 0.0f;
+#pragma unroll
+    for (int m = 8; m > 0; m >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, m));
+    if (valid && region != 0) {
+      const u32 seq = o.kv.tok_seq[t];
+      const u32 block = o.kv.tables[size_t(seq) * o.kv.table_stride + pos / SY_KV_BLOCK];
+      u8* tile = kv_tile(o.kv, block, region - 1, local / hd);
+      const u32 slot = pos % SY_KV_BLOCK, dim = local % hd;
+      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      tile[slot * hd + dim] = u8(i8(i32((x0 * id + 12582912.0f) - 12582912.0f)));
+      tile[slot * hd + dim + 1] = u8(i8(i32((x1 * id + 12582912.0f) - 12582912.0f)));
+      if (dim % 32 == 0) {
+        u16* scale = (u16*)(tile + SY_KV_BLOCK * hd) + slot * (hd / 32) + dim / 32;
+        *scale = f2h(amax / 127.0f);
+      }
+    }
+  }
+  if (!valid) return;
   if (region == 0) {
     o.q_out[size_t(t) * o.q_dim + row] = x0;
     o.q_out[size_t(t) * o.q_dim + row + 1] = x1;
-  } else {
+  } else if (!o.kv.q8) {
     const u32 seq = o.kv.tok_seq[t];
     const u32 block = o.kv.tables[size_t(seq) * o.kv.table_stride + pos / SY_KV_BLOCK];
-    u16* dst = o.kv.kv + kv_offset(block, region - 1, local / hd, pos % SY_KV_BLOCK, o.kv.n_head_kv, hd) +
-               local % hd;
+    u16* dst = (u16*)kv_tile(o.kv, block, region - 1, local / hd) + (pos % SY_KV_BLOCK) * hd + local % hd;
     dst[0] = f2h(x0);
     dst[1] = f2h(x1);
   }

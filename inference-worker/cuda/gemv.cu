@@ -81,10 +81,14 @@ __device__ __forceinline__ void qkv(const QkvParams& p) {
   }
   __syncthreads();
   const u32 gbase = p.row0 + base;  // global row of the block's first row
-  // One thread per RoPE pair and token.
-  for (u32 e = threadIdx.x; e < NC * FUSED_ROWS / 2; e += GEMV_THREADS) {
+  // One thread per RoPE pair and token; lanes 16k..16k+15 hold one token's 16 pairs (what the
+  // q8_0 pool's shuffles need), and whole warps run every pass.
+  for (u32 e0 = 0; e0 < NC * FUSED_ROWS / 2; e0 += GEMV_THREADS) {
+    const u32 e = e0 + threadIdx.x;
     const u32 t = e / (FUSED_ROWS / 2), i = 2 * (e % (FUSED_ROWS / 2));
-    if (t < p.a.n_tok) qkv_store_pair(p.o, t, gbase + i, y[t][i], y[t][i + 1]);
+    const bool valid = e < NC * FUSED_ROWS / 2 && t < p.a.n_tok;
+    qkv_store_pair(p.o, valid ? t : 0, gbase + i, valid ? y[t][i] : 0.0f, valid ? y[t][i + 1] : 0.0f,
+                   valid);
   }
 }
 

@@ -14,10 +14,10 @@
 __device__ __forceinline__ void rope_kv_body(const RopeKvParams& p) {
   const u32 t = blockIdx.y;
   const u32 row = 2 * (blockIdx.x * 128 + threadIdx.x);
-  if (t < p.n_tok && row < p.o.q_dim + 2 * p.o.kv_dim) {
-    const float* y = p.y + size_t(t) * p.y_stride;
-    qkv_store_pair(p.o, t, row, y[row], y[row + 1]);
-  }
+  // Lanes 16k..16k+15 hold 32 consecutive rows (a q8_0 block); every lane calls.
+  const bool valid = t < p.n_tok && row < p.o.q_dim + 2 * p.o.kv_dim;
+  const float* y = p.y + size_t(t) * p.y_stride;
+  qkv_store_pair(p.o, t, row, valid ? y[row] : 0.0f, valid ? y[row + 1] : 0.0f, valid);
 }
 SY_KERNEL(rope_kv, RopeKvParams, 128, rope_kv_body)
 

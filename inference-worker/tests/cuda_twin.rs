@@ -13,7 +13,7 @@
 #![cfg(feature = "cuda-twin")]
 
 use half::f16;
-use switchyard_worker::cuda::abi;
+use switchyard_worker::cuda::abi::{self, KvType};
 use switchyard_worker::cuda::launch::{self, FORMATS, GEMV_COLS, Launch, MMQ_FORMATS};
 use switchyard_worker::cuda::repack::Repacked;
 use switchyard_worker::cuda::twin;
@@ -443,17 +443,108 @@ impl Pages {
     }
 }
 
-/// Index of K (which = 0) or V (1) of `head` at (block, slot) in the pool, as common.cuh
-/// documents it.
-fn kv_index(
-    block: usize,
-    which: usize,
-    head: usize,
-    slot: usize,
+/// A layer's KV pool as the tests see it.
+#[derive(Clone, Copy)]
+struct Pool {
+    kv: KvType,
     n_head_kv: usize,
     hd: usize,
-) -> usize {
-    ((block * 2 + which) * n_head_kv + head) * abi::KV_BLOCK * hd + slot * hd
+}
+impl Pool {
+    fn bytes(&self, n_blocks: usize) -> usize {
+        n_blocks * self.kv.block_bytes(self.n_head_kv, self.hd)
+    }
+    /// Byte offset of the K (which = 0) or V (1) tile of `head` in `block` (common.cuh).
+    fn tile(&self, block: usize, which: usize, head: usize) -> usize {
+        ((block * 2 + which) * self.n_head_kv + head) * self.kv.tile_bytes(self.hd)
+    }
+    /// K or V of `head` at (block, slot), dequantized.
+    fn read(
+        &self,
+        pool: &[u8],
+        (block, slot): (usize, usize),
+        which: usize,
+        head: usize,
+    ) -> Vec<f32> {
+        let (t, hd) = (self.tile(block, which, head), self.hd);
+        (0..hd)
+            .map(|d| match self.kv {
+                KvType::F16 => {
+                    let at = t + 2 * (slot * hd + d);
+                    f16::from_le_bytes([pool[at], pool[at + 1]]).to_f32()
+                }
+                KvType::Q8_0 => {
+                    let (q, s) = self.q8_at(pool, t, slot, d);
+                    q as f32 * s
+                }
+            })
+            .collect()
+    }
+    /// A q8_0 entry: (quant, scale) of dim `d` at `slot` of the tile at `t`.
+    fn q8_at(&self, pool: &[u8], t: usize, slot: usize, d: usize) -> (i8, f32) {
+        let hd = self.hd;
+        let s = t + abi::KV_BLOCK * hd + 2 * (slot * (hd / 32) + d / 32);
+        (
+            pool[t + slot * hd + d] as i8,
+            f16::from_le_bytes([pool[s], pool[s + 1]]).to_f32(),
+        )
+    }
+    /// Random contents: f16 values in [-1, 1], or random quants with scales near 1/127.
+    fn random(&self, n_blocks: usize, rng: &mut Rng) -> Vec<u8> {
+        let mut b: Vec<u8> = (0..self.bytes(n_blocks))
+            .map(|_| rng.next() as u8)
+            .collect();
+        let tile = self.kv.tile_bytes(self.hd);
+        for t in b.chunks_exact_mut(tile) {
+            let halves = match self.kv {
+                KvType::F16 => &mut t[..],
+                KvType::Q8_0 => &mut t[abi::KV_BLOCK * self.hd..],
+            };
+            let scale = self.kv == KvType::Q8_0;
+            for h in halves.chunks_exact_mut(2) {
+                let v = if scale {
+                    (1.0 + rng.f() * 0.5) / 127.0
+                } else {
+                    rng.f()
+                };
+                h.copy_from_slice(&f16::from_f32(v).to_le_bytes());
+            }
+        }
+        b
+    }
+    fn kv_ref(&self, bufs: &mut [Buf; 4], table_stride: usize) -> abi::KvRef {
+        let [kv, pos, seq, tab] = bufs;
+        abi::KvRef {
+            kv: kv.addr(),
+            pos: pos.addr(),
+            tok_seq: seq.addr(),
+            tables: tab.addr(),
+            table_stride: table_stride as u32,
+            n_head_kv: self.n_head_kv as u32,
+            head_dim: self.hd as u32,
+            q8: self.kv.flag(),
+        }
+    }
+}
+
+/// K or V as written: f16 within half an f16 ulp of `want`, q8_0 within one quantization step
+/// of its 32-dim block (plus the float tolerance: the projections differ in the last bits).
+fn assert_kv_close(kv: KvType, got: &[f32], want: &[f32], what: &str) {
+    match kv {
+        KvType::F16 => assert_close(got, want, 1.0 / 2048.0, what),
+        KvType::Q8_0 => {
+            let scale = rms(want);
+            for (gb, wb) in got.chunks(32).zip(want.chunks(32)) {
+                let step = wb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                for (g, w) in gb.iter().zip(wb) {
+                    assert!(
+                        (g - w).abs() <= step * 1.01 + 1e-5 * scale,
+                        "{what}: {g} vs {w} (step {step})"
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -466,90 +557,81 @@ fn qkv_equals_matvec_rope_and_fills_the_pages() {
     let (tok_seq, pos) = ([0u32, 1, 1], [17u32, 5, 6]);
     let pages = Pages::new(&[18, 7], &mut rng);
     let acts: Vec<Q8Act> = (0..3).map(|_| quantized(&rng.vec(cols))).collect();
-    for (ty, _) in FORMATS {
-        // Partial rotation (n_rot < head_dim) once; the format does not matter for it.
-        let rots: &[usize] = if ty == GgmlType::Q4_0 {
-            &[64, 32]
-        } else {
-            &[64]
+    let mut cases: Vec<(GgmlType, usize, KvType)> = FORMATS
+        .iter()
+        .map(|&(ty, _)| (ty, hd, KvType::F16))
+        .collect();
+    // Partial rotation (n_rot < head_dim) once; the q8_0 pool for two formats.
+    cases.push((GgmlType::Q4_0, hd / 2, KvType::F16));
+    cases.push((GgmlType::Q8_0, hd, KvType::Q8_0));
+    cases.push((GgmlType::Q6_K, hd / 2, KvType::Q8_0));
+    for (ty, n_rot, kvt) in cases {
+        let pool = Pool {
+            kv: kvt,
+            n_head_kv,
+            hd,
         };
-        for &n_rot in rots {
-            let data = random_rows(ty, rows, cols, &mut rng);
-            let rope_tab: Vec<f32> = (0..32)
-                .flat_map(|p| rope_table(p, n_rot, 10000.0))
-                .flat_map(|(c, s)| [c, s])
-                .collect();
-            // Two launches when V has its own format: [Wq; Wk] and then Wv with row0.
-            let split = ty == GgmlType::Q4_K;
-            let parts: Vec<(usize, usize)> = if split {
-                vec![(0, q_dim + kv_dim), (q_dim + kv_dim, kv_dim)]
-            } else {
-                vec![(0, rows)]
-            };
-            let mut a = ActBufs::of(&acts);
-            let (mut posb, mut seqb, mut tabb) =
-                (Buf::of(&pos), Buf::of(&tok_seq), Buf::of(&pages.tables));
-            let mut ropeb = Buf::of(&rope_tab);
-            let mut q_out = Buf::zeroed(4 * q_dim * 3);
-            let mut kv = Buf::zeroed(2 * pages.n_blocks * 2 * n_head_kv * abi::KV_BLOCK * hd);
-            let rb = ty.row_bytes(cols);
-            for (row0, n) in parts {
-                let m =
-                    Repacked::new(ty, n, cols, &data[row0 * rb..(row0 + n) * rb]).expect("repack");
-                let mut w = Buf::of(&m.bytes);
-                let p = abi::QkvParams {
-                    w: m.mat(w.addr()),
-                    a: a.abi(),
-                    o: abi::QkvOut {
-                        kv: abi::KvRef {
-                            kv: kv.addr(),
-                            pos: posb.addr(),
-                            tok_seq: seqb.addr(),
-                            tables: tabb.addr(),
-                            table_stride: pages.stride as u32,
-                            n_head_kv: n_head_kv as u32,
-                            head_dim: hd as u32,
-                            pad: 0,
-                        },
-                        q_out: q_out.addr(),
-                        rope: ropeb.addr(),
-                        q_dim: q_dim as u32,
-                        kv_dim: kv_dim as u32,
-                        n_rot: n_rot as u32,
-                        pad: 0,
-                    },
-                    row0: row0 as u32,
+        let data = random_rows(ty, rows, cols, &mut rng);
+        let rope_tab: Vec<f32> = (0..32)
+            .flat_map(|p| rope_table(p, n_rot, 10000.0))
+            .flat_map(|(c, s)| [c, s])
+            .collect();
+        // Two launches when V has its own format: [Wq; Wk] and then Wv with row0.
+        let parts: Vec<(usize, usize)> = if ty == GgmlType::Q4_K {
+            vec![(0, q_dim + kv_dim), (q_dim + kv_dim, kv_dim)]
+        } else {
+            vec![(0, rows)]
+        };
+        let mut a = ActBufs::of(&acts);
+        let mut bufs = [
+            Buf::zeroed(pool.bytes(pages.n_blocks)),
+            Buf::of(&pos),
+            Buf::of(&tok_seq),
+            Buf::of(&pages.tables),
+        ];
+        let mut ropeb = Buf::of(&rope_tab);
+        let mut q_out = Buf::zeroed(4 * q_dim * 3);
+        let rb = ty.row_bytes(cols);
+        for (row0, n) in parts {
+            let m = Repacked::new(ty, n, cols, &data[row0 * rb..(row0 + n) * rb]).expect("repack");
+            let mut w = Buf::of(&m.bytes);
+            let p = abi::QkvParams {
+                w: m.mat(w.addr()),
+                a: a.abi(),
+                o: abi::QkvOut {
+                    kv: pool.kv_ref(&mut bufs, pages.stride),
+                    q_out: q_out.addr(),
+                    rope: ropeb.addr(),
+                    q_dim: q_dim as u32,
+                    kv_dim: kv_dim as u32,
+                    n_rot: n_rot as u32,
                     pad: 0,
-                };
-                run(&launch::qkv(ty, n, 3).expect("qkv"), &p);
-            }
-            let (got_q, got_kv): (Vec<f32>, Vec<u16>) = (q_out.get(), kv.get());
-            for t in 0..3 {
-                let mut y = matvec(ty, &data, rows, cols, &acts[t]);
-                let tab = rope_table(pos[t] as usize, n_rot, 10000.0);
-                rope(&mut y[..q_dim], hd, &tab);
-                rope(&mut y[q_dim..q_dim + kv_dim], hd, &tab);
-                let what = format!("{ty:?} n_rot {n_rot} token {t}");
-                assert_close(
-                    &got_q[t * q_dim..(t + 1) * q_dim],
-                    &y[..q_dim],
-                    0.0,
-                    &format!("{what} q"),
-                );
-                let (block, slot) = pages.slot(tok_seq[t] as usize, pos[t] as usize);
-                for which in 0..2 {
-                    let mut got = Vec::new();
-                    for h in 0..n_head_kv {
-                        let at = kv_index(block, which, h, slot, n_head_kv, hd);
-                        got.extend(
-                            got_kv[at..at + hd]
-                                .iter()
-                                .map(|&b| f16::from_bits(b).to_f32()),
-                        );
-                    }
-                    let want = &y[q_dim + which * kv_dim..q_dim + (which + 1) * kv_dim];
-                    assert_close(&got, want, 1.0 / 2048.0, &format!("{what} kv {which}"));
-                }
+                },
+                row0: row0 as u32,
+                pad: 0,
+            };
+            run(&launch::qkv(ty, n, 3).expect("qkv"), &p);
+        }
+        let (got_q, got_kv): (Vec<f32>, Vec<u8>) = (q_out.get(), bufs[0].get());
+        for t in 0..3 {
+            let mut y = matvec(ty, &data, rows, cols, &acts[t]);
+            let tab = rope_table(pos[t] as usize, n_rot, 10000.0);
+            rope(&mut y[..q_dim], hd, &tab);
+            rope(&mut y[q_dim..q_dim + kv_dim], hd, &tab);
+            let what = format!("{ty:?} n_rot {n_rot} {kvt:?} token {t}");
+            assert_close(
+                &got_q[t * q_dim..(t + 1) * q_dim],
+                &y[..q_dim],
+                0.0,
+                &format!("{what} q"),
+            );
+            let at = pages.slot(tok_seq[t] as usize, pos[t] as usize);
+            for which in 0..2 {
+                let got: Vec<f32> = (0..n_head_kv)
+                    .flat_map(|h| pool.read(&got_kv, at, which, h))
+                    .collect();
+                let want = &y[q_dim + which * kv_dim..q_dim + (which + 1) * kv_dim];
+                assert_kv_close(kvt, &got, want, &format!("{what} kv {which}"));
             }
         }
     }
@@ -596,60 +678,71 @@ fn rope_kv_after_the_gemm_equals_cpu_rope_exactly() {
         .flat_map(|p| rope_table(p, n_rot, 500000.0))
         .flat_map(|(c, s)| [c, s])
         .collect();
-    let (mut yb, mut ropeb) = (Buf::of(&y), Buf::of(&rope_tab));
-    let (mut posb, mut seqb, mut tabb) = (Buf::of(&pos), Buf::of(&tok_seq), Buf::of(&pages.tables));
-    let mut q_out = Buf::zeroed(4 * q_dim * 3);
-    let mut kv = Buf::zeroed(2 * pages.n_blocks * 2 * n_head_kv * abi::KV_BLOCK * hd);
-    let p = abi::RopeKvParams {
-        y: yb.addr(),
-        o: abi::QkvOut {
-            kv: abi::KvRef {
-                kv: kv.addr(),
-                pos: posb.addr(),
-                tok_seq: seqb.addr(),
-                tables: tabb.addr(),
-                table_stride: pages.stride as u32,
-                n_head_kv: n_head_kv as u32,
-                head_dim: hd as u32,
+    for kvt in [KvType::F16, KvType::Q8_0] {
+        let pool = Pool {
+            kv: kvt,
+            n_head_kv,
+            hd,
+        };
+        let (mut yb, mut ropeb) = (Buf::of(&y), Buf::of(&rope_tab));
+        let mut bufs = [
+            Buf::zeroed(pool.bytes(pages.n_blocks)),
+            Buf::of(&pos),
+            Buf::of(&tok_seq),
+            Buf::of(&pages.tables),
+        ];
+        let mut q_out = Buf::zeroed(4 * q_dim * 3);
+        let p = abi::RopeKvParams {
+            y: yb.addr(),
+            o: abi::QkvOut {
+                kv: pool.kv_ref(&mut bufs, pages.stride),
+                q_out: q_out.addr(),
+                rope: ropeb.addr(),
+                q_dim: q_dim as u32,
+                kv_dim: kv_dim as u32,
+                n_rot: n_rot as u32,
                 pad: 0,
             },
-            q_out: q_out.addr(),
-            rope: ropeb.addr(),
-            q_dim: q_dim as u32,
-            kv_dim: kv_dim as u32,
-            n_rot: n_rot as u32,
-            pad: 0,
-        },
-        y_stride: rows as u32,
-        n_tok: 3,
-    };
-    run(&launch::rope_kv(rows, 3), &p);
-    let (got_q, got_kv): (Vec<f32>, Vec<u16>) = (q_out.get(), kv.get());
-    for t in 0..3 {
-        let mut want = y[t * rows..(t + 1) * rows].to_vec();
-        let tab = rope_table(pos[t] as usize, n_rot, 500000.0);
-        rope(&mut want[..q_dim], hd, &tab);
-        rope(&mut want[q_dim..q_dim + kv_dim], hd, &tab);
-        // The same inputs and the same FMAs: equal, not close.
-        assert_eq!(
-            &got_q[t * q_dim..(t + 1) * q_dim],
-            &want[..q_dim],
-            "q token {t}"
-        );
-        let (block, slot) = pages.slot(tok_seq[t] as usize, pos[t] as usize);
-        for which in 0..2 {
-            for h in 0..n_head_kv {
-                let at = kv_index(block, which, h, slot, n_head_kv, hd);
-                let from = q_dim + which * kv_dim + h * hd;
-                let want16: Vec<u16> = want[from..from + hd]
-                    .iter()
-                    .map(|&v| f16::from_f32(v).to_bits())
-                    .collect();
-                assert_eq!(
-                    &got_kv[at..at + hd],
-                    &want16[..],
-                    "kv {which} head {h} token {t}"
-                );
+            y_stride: rows as u32,
+            n_tok: 3,
+        };
+        run(&launch::rope_kv(rows, 3), &p);
+        let (got_q, got_kv): (Vec<f32>, Vec<u8>) = (q_out.get(), bufs[0].get());
+        for t in 0..3 {
+            let mut want = y[t * rows..(t + 1) * rows].to_vec();
+            let tab = rope_table(pos[t] as usize, n_rot, 500000.0);
+            rope(&mut want[..q_dim], hd, &tab);
+            rope(&mut want[q_dim..q_dim + kv_dim], hd, &tab);
+            // The same inputs and the same FMAs: equal, not close.
+            assert_eq!(
+                &got_q[t * q_dim..(t + 1) * q_dim],
+                &want[..q_dim],
+                "q token {t}"
+            );
+            let (block, slot) = pages.slot(tok_seq[t] as usize, pos[t] as usize);
+            for which in 0..2 {
+                for h in 0..n_head_kv {
+                    let from = q_dim + which * kv_dim + h * hd;
+                    let w = &want[from..from + hd];
+                    let what = format!("{kvt:?} kv {which} head {h} token {t}");
+                    match kvt {
+                        KvType::F16 => {
+                            let got = pool.read(&got_kv, (block, slot), which, h);
+                            let w16: Vec<f32> =
+                                w.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+                            assert_eq!(got, w16, "{what}");
+                        }
+                        KvType::Q8_0 => {
+                            // Quantized per 32 dims exactly as `Q8Act::quantize` does.
+                            let q = quantized(w);
+                            let tile = pool.tile(block, which, h);
+                            for d in 0..hd {
+                                let (qv, sc) = pool.q8_at(&got_kv, tile, slot, d);
+                                assert_eq!((qv, sc), (q.qs[d], q.d[d / 32]), "{what} dim {d}");
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -715,78 +808,76 @@ fn paged_flash_decode_equals_softmax_attention() {
     // (head_dim, heads, KV heads): MHA, groups of 2 and 4, and 3 (one head per block).
     let shapes = [(128, 2, 2), (64, 4, 2), (128, 8, 2), (64, 6, 2)];
     for (hd, n_head, n_head_kv) in shapes {
-        let lens = [37usize, 5];
-        let pages = Pages::new(&lens, &mut rng);
-        // Tokens: sequence 0 at 36 and 20 (two queries of one sequence), sequence 1 at 4.
-        let (tok_seq, pos) = ([0u32, 0, 1], [36u32, 20, 4]);
-        let n_tok = 3;
-        let pool_len = pages.n_blocks * 2 * n_head_kv * abi::KV_BLOCK * hd;
-        let pool: Vec<u16> = (0..pool_len)
-            .map(|_| f16::from_f32(rng.f()).to_bits())
-            .collect();
-        let q: Vec<f32> = (0..n_tok * n_head * hd).map(|_| rng.f()).collect();
-        let scale = 1.0 / (hd as f32).sqrt();
-        for n_split in [1u32, 3] {
-            let per = lens[0].div_ceil(abi::KV_BLOCK).div_ceil(n_split as usize) as u32;
-            let (mut qb, mut kvb) = (Buf::of(&q), Buf::of(&pool));
-            let (mut posb, mut seqb, mut tabb) =
-                (Buf::of(&pos), Buf::of(&tok_seq), Buf::of(&pages.tables));
-            let mut part = Buf::zeroed(4 * n_tok * n_head * n_split as usize * (hd + 2));
-            let kv = abi::KvRef {
-                kv: kvb.addr(),
-                pos: posb.addr(),
-                tok_seq: seqb.addr(),
-                tables: tabb.addr(),
-                table_stride: pages.stride as u32,
-                n_head_kv: n_head_kv as u32,
-                head_dim: hd as u32,
-                pad: 0,
+        for kvt in [KvType::F16, KvType::Q8_0] {
+            let pool = Pool {
+                kv: kvt,
+                n_head_kv,
+                hd,
             };
-            let p = abi::AttnParams {
-                q: qb.addr(),
-                kv,
-                part: part.addr(),
-                n_head: n_head as u32,
-                n_split,
-                blocks_per_split: per,
-                scale,
-            };
-            run(
-                &launch::attention(hd, n_head, n_head_kv, n_tok, n_split).expect("attn"),
-                &p,
-            );
-            let mut out = ActBufs::zeroed(n_head * hd, n_tok);
-            let c = abi::CombineParams {
-                part: part.addr(),
-                out: out.abi(),
-                n_head: n_head as u32,
-                n_split,
-            };
-            run(&launch::combine(hd, n_head, n_tok).expect("combine"), &c);
-            let group = n_head / n_head_kv;
-            for t in 0..n_tok {
-                let got = out.token(t);
-                assert_quantized_consistently(&got, "combine");
-                let mut want = Vec::new();
-                for h in 0..n_head {
-                    let kvh = h / group;
-                    let read = |which: usize| -> Vec<Vec<f32>> {
-                        (0..=pos[t] as usize)
-                            .map(|p| {
-                                let (b, s) = pages.slot(tok_seq[t] as usize, p);
-                                let at = kv_index(b, which, kvh, s, n_head_kv, hd);
-                                pool[at..at + hd]
-                                    .iter()
-                                    .map(|&x| f16::from_bits(x).to_f32())
-                                    .collect()
-                            })
-                            .collect()
-                    };
-                    let qh = &q[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
-                    want.extend(attention_reference(qh, &read(0), &read(1), scale));
+            let lens = [37usize, 5];
+            let pages = Pages::new(&lens, &mut rng);
+            // Tokens: sequence 0 at 36 and 20 (two queries of one sequence), sequence 1 at 4.
+            let (tok_seq, pos) = ([0u32, 0, 1], [36u32, 20, 4]);
+            let n_tok = 3;
+            let data = pool.random(pages.n_blocks, &mut rng);
+            let q: Vec<f32> = (0..n_tok * n_head * hd).map(|_| rng.f()).collect();
+            let scale = 1.0 / (hd as f32).sqrt();
+            for n_split in [1u32, 3] {
+                let per = lens[0].div_ceil(abi::KV_BLOCK).div_ceil(n_split as usize) as u32;
+                let mut qb = Buf::of(&q);
+                let mut bufs = [
+                    Buf::of(&data),
+                    Buf::of(&pos),
+                    Buf::of(&tok_seq),
+                    Buf::of(&pages.tables),
+                ];
+                let mut part = Buf::zeroed(4 * n_tok * n_head * n_split as usize * (hd + 2));
+                let p = abi::AttnParams {
+                    q: qb.addr(),
+                    kv: pool.kv_ref(&mut bufs, pages.stride),
+                    part: part.addr(),
+                    n_head: n_head as u32,
+                    n_split,
+                    blocks_per_split: per,
+                    scale,
+                };
+                let shape = launch::AttnShape {
+                    head_dim: hd,
+                    n_head,
+                    n_head_kv,
+                    kv: kvt,
+                };
+                run(&launch::attention(shape, n_tok, n_split).expect("attn"), &p);
+                let mut out = ActBufs::zeroed(n_head * hd, n_tok);
+                let c = abi::CombineParams {
+                    part: part.addr(),
+                    out: out.abi(),
+                    n_head: n_head as u32,
+                    n_split,
+                };
+                run(&launch::combine(hd, n_head, n_tok).expect("combine"), &c);
+                let group = n_head / n_head_kv;
+                for t in 0..n_tok {
+                    let got = out.token(t);
+                    assert_quantized_consistently(&got, "combine");
+                    let mut want = Vec::new();
+                    for h in 0..n_head {
+                        let read = |which: usize| -> Vec<Vec<f32>> {
+                            (0..=pos[t] as usize)
+                                .map(|p| {
+                                    let at = pages.slot(tok_seq[t] as usize, p);
+                                    pool.read(&data, at, which, h / group)
+                                })
+                                .collect()
+                        };
+                        let qh = &q[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
+                        want.extend(attention_reference(qh, &read(0), &read(1), scale));
+                    }
+                    let what = format!(
+                        "hd {hd} heads {n_head}/{n_head_kv} {kvt:?} splits {n_split} token {t}"
+                    );
+                    assert_close(&got.f, &want, 0.0, &what);
                 }
-                let what = format!("hd {hd} heads {n_head}/{n_head_kv} splits {n_split} token {t}");
-                assert_close(&got.f, &want, 0.0, &what);
             }
         }
     }

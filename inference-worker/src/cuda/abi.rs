@@ -63,7 +63,8 @@ pub struct KvRef {
     pub table_stride: u32,
     pub n_head_kv: u32,
     pub head_dim: u32,
-    pub pad: u32,
+    /// 0: f16 pool, 1: q8_0 pool ([`KvType`]).
+    pub q8: u32,
 }
 
 /// Where projected q, k, v go: RoPE on q and k, q to `q_out`, k and v into the paged pool.
@@ -166,6 +167,34 @@ pub struct TopKParams {
     pub pad: u32,
 }
 
+/// Element type of the paged KV pool (layouts in `cuda/common.cuh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvType {
+    F16,
+    Q8_0,
+}
+
+impl KvType {
+    /// Bytes of one K (or V) tile: 16 positions of one KV head.
+    pub fn tile_bytes(self, head_dim: usize) -> usize {
+        match self {
+            KvType::F16 => KV_BLOCK * head_dim * 2,
+            KvType::Q8_0 => KV_BLOCK * head_dim + KV_BLOCK * (head_dim / 32) * 2,
+        }
+    }
+    /// Bytes of one physical block of one layer (K and V of every KV head).
+    pub fn block_bytes(self, n_head_kv: usize, head_dim: usize) -> usize {
+        2 * n_head_kv * self.tile_bytes(head_dim)
+    }
+    /// `KvRef::q8`.
+    pub fn flag(self) -> u32 {
+        match self {
+            KvType::F16 => 0,
+            KvType::Q8_0 => 1,
+        }
+    }
+}
+
 /// Largest k of the top-k kernel (`SY_TOPK_MAX`).
 pub const TOPK_MAX: u32 = 256;
 /// Positions per KV block (`SY_KV_BLOCK`).
@@ -192,5 +221,16 @@ mod tests {
         assert_eq!(size_of::<CombineParams>(), 64);
         assert_eq!(size_of::<EmbedParams>(), 88);
         assert_eq!(size_of::<TopKParams>(), 40);
+    }
+
+    #[test]
+    fn kv_tiles_are_16_byte_multiples() {
+        for hd in [64, 128] {
+            assert_eq!(KvType::F16.tile_bytes(hd) % 16, 0);
+            assert_eq!(KvType::Q8_0.tile_bytes(hd) % 16, 0);
+        }
+        // Llama-2-7B, one layer's block: 256 KiB in f16, 136 KiB in q8_0.
+        assert_eq!(KvType::F16.block_bytes(32, 128), 262_144);
+        assert_eq!(KvType::Q8_0.block_bytes(32, 128), 139_264);
     }
 }

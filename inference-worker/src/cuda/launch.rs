@@ -16,6 +16,7 @@
 //!  ─▶ rmsnorm_quant ─▶ mmq_F ─▶ swiglu_quant ─▶ mmq_F (+x)              = 10 launches
 //! ```
 
+use crate::cuda::abi::KvType;
 use crate::quant::GgmlType;
 
 /// A kernel launch: name (as in the cubins and the twin), grid and block.
@@ -189,14 +190,23 @@ pub fn attention_group(group: usize) -> usize {
         .unwrap_or(1)
 }
 
+/// The shape of an attention launch.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub head_dim: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub kv: KvType,
+}
+
 /// Split-K flash-decode: one block per (KV head × head tile, token, split).
-pub fn attention(
-    head_dim: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    n_tok: usize,
-    n_split: u32,
-) -> Result<Launch, LaunchError> {
+pub fn attention(shape: AttnShape, n_tok: usize, n_split: u32) -> Result<Launch, LaunchError> {
+    let AttnShape {
+        head_dim,
+        n_head,
+        n_head_kv,
+        kv,
+    } = shape;
     if !HEAD_DIMS.contains(&head_dim) || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
         return Err(LaunchError::Shape(format!(
             "attention: head_dim {head_dim}, {n_head} heads, {n_head_kv} KV heads"
@@ -205,7 +215,10 @@ pub fn attention(
     let group = n_head / n_head_kv;
     let g = attention_group(group);
     Ok(launch(
-        format!("attn_hd{head_dim}_g{g}"),
+        format!(
+            "attn_hd{head_dim}_g{g}{}",
+            if kv == KvType::Q8_0 { "_q8" } else { "" }
+        ),
         [n_head_kv * (group / g), n_tok, n_split as usize],
         128,
     ))
@@ -253,6 +266,7 @@ pub fn all_kernels() -> Vec<String> {
         v.push(format!("combine_hd{hd}"));
         for g in ATTN_GROUPS {
             v.push(format!("attn_hd{hd}_g{g}"));
+            v.push(format!("attn_hd{hd}_g{g}_q8"));
         }
     }
     v.sort();
@@ -280,12 +294,20 @@ mod tests {
         );
         assert!(mmq(GgmlType::Q6_K, 4096, 512).is_err());
         // Llama-2-7B: 32 heads, 32 KV heads; Llama-3-8B: 32 / 8 (groups of 4).
-        let a = attention(128, 32, 32, 1, 4).expect("attn");
+        let shape = |head_dim, n_head, n_head_kv, kv| AttnShape {
+            head_dim,
+            n_head,
+            n_head_kv,
+            kv,
+        };
+        let a = attention(shape(128, 32, 32, KvType::F16), 1, 4).expect("attn");
         assert_eq!((a.kernel.as_str(), a.grid), ("attn_hd128_g1", [32, 1, 4]));
-        let a = attention(128, 32, 8, 2, 1).expect("attn");
-        assert_eq!((a.kernel.as_str(), a.grid), ("attn_hd128_g4", [8, 2, 1]));
+        let a = attention(shape(128, 32, 8, KvType::Q8_0), 2, 1).expect("attn");
+        assert_eq!((a.kernel.as_str(), a.grid), ("attn_hd128_g4_q8", [8, 2, 1]));
         // SmolLM2-135M: 9 heads, 3 KV heads, groups of 3: one head per block.
-        assert_eq!(attention(64, 9, 3, 1, 1).expect("attn").grid, [9, 1, 1]);
+        let a = attention(shape(64, 9, 3, KvType::F16), 1, 1).expect("attn");
+        assert_eq!(a.grid, [9, 1, 1]);
+        assert!(attention(shape(96, 8, 8, KvType::F16), 1, 1).is_err());
         assert_eq!(attention_split(512, 32, 1, 264), (8, 4));
         assert_eq!(attention_split(10, 32, 64, 264), (1, 1));
     }
