@@ -25,7 +25,7 @@ pub const PLANE_ALIGN: usize = 256;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RepackError {
-    #[error("the CUDA kernels have no {0:?} path (convert to F16 at load)")]
+    #[error("the CUDA kernels have no {0:?} path (`Repacked::new_or_f16` converts it)")]
     Unsupported(GgmlType),
     #[error("row length {cols} is not a multiple of {need} for {ty:?}")]
     RowLength {
@@ -139,6 +139,40 @@ impl Repacked {
             stride,
             bytes,
         })
+    }
+
+    /// [`Repacked::new`], except that F32 and BF16 matrices (which have no kernels) are
+    /// converted to F16 first, rounding to nearest (BF16 values outside F16's range become
+    /// infinite; F32 loses precision). Every other format is repacked unchanged.
+    pub fn new_or_f16(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<Repacked, RepackError> {
+        if !matches!(ty, GgmlType::F32 | GgmlType::BF16) {
+            return Repacked::new(ty, rows, cols, data);
+        }
+        let rb = ty.row_bytes(cols);
+        if data.len() != rb * rows {
+            return Err(RepackError::Size {
+                ty,
+                rows,
+                cols,
+                got: data.len(),
+                want: rb * rows,
+            });
+        }
+        let mut row = vec![0f32; cols];
+        let mut halves = Vec::with_capacity(rows * cols * 2);
+        for r in data.chunks_exact(rb) {
+            crate::quant::dequantize_row(ty, r, &mut row);
+            halves.extend(
+                row.iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
+            );
+        }
+        Repacked::new(GgmlType::F16, rows, cols, &halves)
     }
 
     /// The matrices stacked row-wise (`[Wq; Wk; Wv]`, `[Wgate; Wup]`): same format and length.
@@ -297,6 +331,29 @@ mod tests {
         )
         .expect("q8");
         assert_eq!(Repacked::stack(&[&ra, &other]), Err(RepackError::Mismatch));
+    }
+
+    #[test]
+    fn f32_and_bf16_become_f16() {
+        let vals: Vec<f32> = (0..64).map(|i| i as f32 * 0.25 - 8.0).collect();
+        let f32_bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bf16_bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        for (ty, data) in [(GgmlType::F32, f32_bytes), (GgmlType::BF16, bf16_bytes)] {
+            let m = Repacked::new_or_f16(ty, 2, 32, &data).expect("convert");
+            assert_eq!(m.ty, GgmlType::F16);
+            let mut out = vec![0f32; 32];
+            m.dequantize_row(1, &mut out);
+            // Quarter steps up to 8 are exact in f16 and bf16.
+            assert_eq!(out, vals[32..]);
+        }
+        let q = random_rows(GgmlType::Q4_0, 2, 64, 9);
+        assert_eq!(
+            Repacked::new_or_f16(GgmlType::Q4_0, 2, 64, &q),
+            Repacked::new(GgmlType::Q4_0, 2, 64, &q)
+        );
     }
 
     #[test]
