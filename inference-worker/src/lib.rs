@@ -7,6 +7,7 @@
 //! part of a request's trace. `main.rs` only parses flags and calls `launch::run`.
 
 pub mod chat;
+pub mod cuda;
 pub mod engine;
 pub mod gguf;
 pub mod hub;

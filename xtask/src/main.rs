@@ -6,8 +6,11 @@
 //! - `fetch-models`: downloads the worker's test models into the model cache (see `models`).
 //! - `plugins`: builds the first-party plugins into `plugins/*.wasm`, the test fixtures into
 //!   `target/plugin-fixtures/`, and the example policies beside their sources.
+//! - `cuda-tools`, `cuda-check`, `cuda-test [--sanitize]`: the worker's CUDA kernels compiled,
+//!   checked and run on their CPU twin without a GPU (see `cuda`).
 
 mod c_example;
+mod cuda;
 mod models;
 
 use std::path::{Path, PathBuf};
@@ -25,9 +28,12 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "fetch-models" => models::fetch_models(),
         "plugins" => plugins::build(),
+        "cuda-tools" => cuda::tools(),
+        "cuda-check" => cuda::check(),
+        "cuda-test" => cuda::test(rest),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, build everything with clippy's lints, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)\n  plugins          build plugins/*.wasm, test fixtures and example policies"
+                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, build everything with clippy's lints, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)\n  plugins          build plugins/*.wasm, test fixtures and example policies\n  cuda-tools       venv with the pinned NVRTC/ptxas wheels (target/cuda-tools)\n  cuda-check       compile the CUDA kernels for sm_80/sm_90, fail on spills or over budget\n  cuda-test [--sanitize]  the CUDA kernels on the CPU twin (ASan/UBSan with --sanitize), linted"
             );
             Ok(())
         }
