@@ -10,6 +10,7 @@ pub mod chat;
 pub mod engine;
 pub mod gguf;
 pub mod hub;
+pub mod kv;
 pub mod launch;
 pub mod model;
 pub mod models_dir;
