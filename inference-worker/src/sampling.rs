@@ -64,6 +64,14 @@ impl Rng {
     pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
+    /// The draw [`sample`] needs under `p`: one number per token, none when greedy.
+    pub fn uniform_for(&mut self, p: &SamplingParams) -> f32 {
+        if p.temperature > 0.0 {
+            self.next_f32()
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Log-softmax of `logits` at the given ids, and the top `n` (id, logprob) pairs.
@@ -90,81 +98,253 @@ pub fn logprobs(logits: &[f32], chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>)
     (chosen_lp, top)
 }
 
-/// Picks the next token. `history` is the ids generated (and prompted) so far, for penalties.
-pub fn sample(logits: &[f32], p: &SamplingParams, history: &[u32], rng: &mut Rng) -> u32 {
+/// Picks the next token. `history` is the ids generated (and prompted) so far, for penalties;
+/// `uniform` is the sequence's next draw in [0, 1) ([`Rng::uniform_for`]: none when greedy).
+///
+/// Penalties, then greedy (temperature 0) or: top-k keeps the `k` highest logits; top-p keeps
+/// the fewest of those, highest first, whose probabilities (renormalised over the top-k set)
+/// reach `top_p`; min-p keeps those at least `min_p` times as likely as the best; then the
+/// temperature applies to what is left and `uniform` picks from it. "Highest first" is by
+/// logit, ties by the lower id, so the result is a function of the inputs alone: no sort of
+/// the whole vocabulary, and the same in any batch or thread.
+pub fn sample(logits: &[f32], p: &SamplingParams, history: &[u32], uniform: f32) -> u32 {
+    let penalised;
+    let l: &[f32] =
+        if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            penalised = penalise(logits, p, history);
+            &penalised
+        } else {
+            logits
+        };
+    if p.temperature <= 0.0 || l.is_empty() {
+        return argmax(l);
+    }
+    let truncates = (p.top_k > 0 && p.top_k < l.len()) || p.top_p < 1.0 || p.min_p > 0.0;
+    if !truncates {
+        return draw_all(l, p.temperature, uniform);
+    }
+    let kept = truncate(l, p);
+    draw_kept(l, &kept, p.temperature, uniform)
+}
+
+/// `logits` with llama.cpp's repetition, frequency and presence penalties applied.
+fn penalise(logits: &[f32], p: &SamplingParams, history: &[u32]) -> Vec<f32> {
     let mut l = logits.to_vec();
-    if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
-        let mut counts: HashMap<u32, u32> = HashMap::new();
-        for &t in history {
-            *counts.entry(t).or_default() += 1;
-        }
-        for (&t, &c) in &counts {
-            let Some(v) = l.get_mut(t as usize) else {
-                continue;
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    for &t in history {
+        *counts.entry(t).or_default() += 1;
+    }
+    for (&t, &c) in &counts {
+        let Some(v) = l.get_mut(t as usize) else {
+            continue;
+        };
+        if p.repetition_penalty != 1.0 {
+            *v = if *v > 0.0 {
+                *v / p.repetition_penalty
+            } else {
+                *v * p.repetition_penalty
             };
-            if p.repetition_penalty != 1.0 {
-                *v = if *v > 0.0 {
-                    *v / p.repetition_penalty
-                } else {
-                    *v * p.repetition_penalty
-                };
-            }
-            *v -= c as f32 * p.frequency_penalty + p.presence_penalty;
         }
+        *v -= c as f32 * p.frequency_penalty + p.presence_penalty;
     }
-    if p.temperature <= 0.0 {
-        return argmax(&l);
-    }
-    // Candidates sorted by logit, then truncated.
-    let mut cand: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, v)| (i as u32, *v)).collect();
-    let k = if p.top_k > 0 {
-        p.top_k.min(cand.len())
+    l
+}
+
+/// Whether id `a` ranks before id `b`: higher logit first, then lower id.
+#[inline]
+fn before(l: &[f32], a: u32, b: u32) -> std::cmp::Ordering {
+    l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b))
+}
+
+/// The ids top-k, top-p and min-p keep, highest first.
+fn truncate(l: &[f32], p: &SamplingParams) -> Vec<u32> {
+    let max = max_of(l);
+    // The top-k set, or every id: the set top-p's probabilities are normalised over.
+    let pool: Vec<u32> = if p.top_k > 0 && p.top_k < l.len() {
+        top_k(l, p.top_k)
     } else {
-        cand.len()
+        (0..l.len() as u32).collect()
     };
-    if k < cand.len() {
-        cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-        cand.truncate(k);
+    let total = sum_exp(l, &pool, max);
+    let mut kept: Vec<u32> = if p.top_p < 1.0 {
+        nucleus(l, &pool, max, total, p.top_p)
+    } else {
+        let mut v = pool;
+        v.sort_unstable_by(|a, b| before(l, *a, *b));
+        v
+    };
+    if p.min_p > 0.0 {
+        // The best id's weight is exp(0) = 1: keep weights of at least min_p.
+        let n = kept
+            .iter()
+            .take_while(|&&i| exp_fast(l[i as usize] - max) >= p.min_p)
+            .count();
+        kept.truncate(n.max(1));
     }
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let softmax = |c: &[(u32, f32)]| -> Vec<f32> {
-        let m = c[0].1;
-        let e: Vec<f32> = c.iter().map(|x| (x.1 - m).exp()).collect();
-        let s: f32 = e.iter().sum();
-        e.into_iter().map(|x| x / s).collect()
-    };
-    if p.top_p < 1.0 {
-        let probs = softmax(&cand);
-        let mut cum = 0.0;
-        let mut keep = cand.len();
-        for (i, pr) in probs.iter().enumerate() {
-            cum += pr;
-            if cum >= p.top_p {
-                keep = i + 1;
-                break;
+    kept
+}
+
+/// The `k` highest-ranked ids, in id order.
+fn top_k(l: &[f32], k: usize) -> Vec<u32> {
+    // The k-th highest logit, by selection on the values alone; ids above it are in, ids at
+    // it are in by rank (lower ids first) until there are k.
+    let mut vals = l.to_vec();
+    let (_, kth, _) = vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let kth = *kth;
+    let mut out: Vec<u32> = (0..l.len() as u32)
+        .filter(|&i| l[i as usize].total_cmp(&kth).is_gt())
+        .collect();
+    let ties = (0..l.len() as u32).filter(|&i| l[i as usize].total_cmp(&kth).is_eq());
+    let room = k - out.len();
+    out.extend(ties.take(room));
+    out.sort_unstable();
+    out
+}
+
+/// The fewest ids of `pool`, highest first, whose weights `exp(l - max)` reach `top_p` of
+/// `total` (their sum over `pool`).
+///
+/// Ids whose weight is below `(1 - top_p) * total / pool.len()` can never be in it: together
+/// they weigh less than `(1 - top_p) * total`, so the ids above that line reach `top_p` first.
+/// Only those are sorted; if rounding keeps them from reaching it, the whole pool is.
+fn nucleus(l: &[f32], pool: &[u32], max: f32, total: f32, top_p: f32) -> Vec<u32> {
+    let goal = top_p * total;
+    let walk = |sorted: &[u32]| -> Option<usize> {
+        let mut cum = 0f32;
+        for (n, &i) in sorted.iter().enumerate() {
+            cum += exp_fast(l[i as usize] - max);
+            if cum >= goal {
+                return Some(n + 1);
             }
         }
-        cand.truncate(keep.max(1));
+        None
+    };
+    let line = (1.0 - top_p) * total / pool.len() as f32;
+    let mut cands: Vec<u32> = pool
+        .iter()
+        .copied()
+        .filter(|&i| exp_fast(l[i as usize] - max) >= line)
+        .collect();
+    cands.sort_unstable_by(|a, b| before(l, *a, *b));
+    if let Some(n) = walk(&cands) {
+        cands.truncate(n);
+        return cands;
     }
-    if p.min_p > 0.0 {
-        let probs = softmax(&cand);
-        let cut = probs[0] * p.min_p;
-        let keep = probs.iter().take_while(|&&x| x >= cut).count();
-        cand.truncate(keep.max(1));
-    }
-    for c in cand.iter_mut() {
-        c.1 /= p.temperature;
-    }
-    let probs = softmax(&cand);
-    let r = rng.next_f32();
-    let mut cum = 0.0;
-    for (c, pr) in cand.iter().zip(&probs) {
-        cum += pr;
-        if r < cum {
-            return c.0;
+    let mut all = pool.to_vec();
+    all.sort_unstable_by(|a, b| before(l, *a, *b));
+    let n = walk(&all).unwrap_or(all.len());
+    all.truncate(n.max(1));
+    all
+}
+
+/// Picks from `kept` (highest first) with weights `exp((l - max) / temperature)`.
+fn draw_kept(l: &[f32], kept: &[u32], temperature: f32, uniform: f32) -> u32 {
+    let max = l[kept[0] as usize];
+    let w: Vec<f32> = kept
+        .iter()
+        .map(|&i| exp_fast((l[i as usize] - max) / temperature))
+        .collect();
+    let total: f32 = w.iter().sum();
+    let target = uniform * total;
+    let mut cum = 0f32;
+    for (i, x) in kept.iter().zip(&w) {
+        cum += x;
+        if target < cum {
+            return *i;
         }
     }
-    cand[cand.len() - 1].0
+    kept[kept.len() - 1]
+}
+
+/// Picks from the whole vocabulary with weights `exp((l - max) / temperature)`, walking ids in
+/// order: first to the 16-id chunk whose running sum passes the target, then within it.
+fn draw_all(l: &[f32], temperature: f32, uniform: f32) -> u32 {
+    let max = max_of(l);
+    let inv_t = 1.0 / temperature;
+    let mut w = vec![0f32; l.len()];
+    for (o, x) in w.iter_mut().zip(l) {
+        *o = exp_fast((x - max) * inv_t);
+    }
+    let chunk_sums: Vec<f32> = w.chunks(16).map(|c| c.iter().sum()).collect();
+    let total: f32 = chunk_sums.iter().sum();
+    let target = uniform * total;
+    let mut cum = 0f32;
+    for (ci, s) in chunk_sums.iter().enumerate() {
+        if target < cum + s {
+            for (j, x) in w[ci * 16..].iter().take(16).enumerate() {
+                cum += x;
+                if target < cum {
+                    return (ci * 16 + j) as u32;
+                }
+            }
+            return (ci * 16 + 15).min(l.len() - 1) as u32;
+        }
+        cum += s;
+    }
+    // Rounding put the target at the very end: the last id with any weight.
+    w.iter().rposition(|x| *x > 0.0).unwrap_or(0) as u32
+}
+
+/// The largest logit.
+fn max_of(l: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut it = l.chunks_exact(16);
+    for c in &mut it {
+        for (a, b) in m.iter_mut().zip(c) {
+            *a = a.max(*b);
+        }
+    }
+    it.remainder().iter().fold(
+        m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        |a, b| a.max(*b),
+    )
+}
+
+/// `sum(exp(l[i] - max))` over `ids` (in id order), in 16 running lanes then across them.
+fn sum_exp(l: &[f32], ids: &[u32], max: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    if ids.len() == l.len() {
+        let mut it = l.chunks_exact(16);
+        for c in &mut it {
+            for (a, x) in acc.iter_mut().zip(c) {
+                *a += exp_fast(x - max);
+            }
+        }
+        for (a, x) in acc.iter_mut().zip(it.remainder()) {
+            *a += exp_fast(x - max);
+        }
+    } else {
+        for (n, &i) in ids.iter().enumerate() {
+            acc[n % 16] += exp_fast(l[i as usize] - max);
+        }
+    }
+    acc.iter().sum()
+}
+
+/// `e^x` for `x <= 0`, to a few ulps, for the sampler: ggml's polynomial (`numerics::v_expf`) with the
+/// out-of-range cases as selects instead of a branch, so loops over it vectorise.
+#[inline]
+fn exp_fast(x: f32) -> f32 {
+    let r = f32::from_bits(0x4B40_0000);
+    let z = x.mul_add(f32::from_bits(0x3FB8_AA3B), r);
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35BF_BE8E),
+        (-n).mul_add(f32::from_bits(0x3F31_7200), x),
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3C07_2010)
+        .mul_add(b, f32::from_bits(0x3D2B_9F17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3E2A_AF33).mul_add(b, f32::from_bits(0x3EFF_FEDB)),
+        )
+        .mul_add(u, f32::from_bits(0x3F7F_FFF6).mul_add(b, 1.0));
+    // 2^n for n in [-126, 127] by its exponent bits; below that the result is 0 here (the
+    // sampler never needs weights under 2^-126 of the best).
+    let nc = n.clamp(-127.0, 127.0);
+    let p2 = f32::from_bits(((nc as i32 + 127) as u32) << 23);
+    if n < -126.0 { 0.0 } else { j * p2 }
 }
 
 pub fn argmax(l: &[f32]) -> u32 {
@@ -185,13 +365,19 @@ mod tests {
         vec![1.0, 3.0, 2.0, 0.5, 2.9]
     }
 
+    /// `sample` with the sequence's next draw from `rng`, as the engine calls it.
+    fn pick(l: &[f32], p: &SamplingParams, history: &[u32], rng: &mut Rng) -> u32 {
+        let u = rng.uniform_for(p);
+        sample(l, p, history, u)
+    }
+
     #[test]
     fn greedy_takes_the_max() {
         let p = SamplingParams {
             temperature: 0.0,
             ..Default::default()
         };
-        assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(1))), 1);
+        assert_eq!(pick(&logits(), &p, &[], &mut Rng::new(Some(1))), 1);
     }
 
     #[test]
@@ -201,13 +387,13 @@ mod tests {
             presence_penalty: 0.5,
             ..Default::default()
         };
-        assert_eq!(sample(&logits(), &p, &[1], &mut Rng::new(Some(1))), 4);
+        assert_eq!(pick(&logits(), &p, &[1], &mut Rng::new(Some(1))), 4);
         let p = SamplingParams {
             temperature: 0.0,
             repetition_penalty: 2.0,
             ..Default::default()
         };
-        assert_eq!(sample(&logits(), &p, &[1, 4], &mut Rng::new(Some(1))), 2);
+        assert_eq!(pick(&logits(), &p, &[1, 4], &mut Rng::new(Some(1))), 2);
     }
 
     #[test]
@@ -217,22 +403,15 @@ mod tests {
             ..Default::default()
         };
         for s in 0..20 {
-            assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
+            assert_eq!(pick(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
         }
         let p = SamplingParams::default();
-        let a: Vec<u32> = {
+        let run = || -> Vec<u32> {
             let mut r = Rng::new(Some(7));
-            (0..50)
-                .map(|_| sample(&logits(), &p, &[], &mut r))
-                .collect()
+            (0..50).map(|_| pick(&logits(), &p, &[], &mut r)).collect()
         };
-        let b: Vec<u32> = {
-            let mut r = Rng::new(Some(7));
-            (0..50)
-                .map(|_| sample(&logits(), &p, &[], &mut r))
-                .collect()
-        };
-        assert_eq!(a, b);
+        let a = run();
+        assert_eq!(a, run());
         assert!(a.iter().any(|&x| x != a[0]), "temperature 1 should vary");
     }
 
@@ -244,7 +423,7 @@ mod tests {
             ..Default::default()
         };
         for s in 0..20 {
-            assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
+            assert_eq!(pick(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
         }
         // min_p 0.95 keeps tokens within 5% of the best: 1 and 4 (3.0 vs 2.9 -> 0.905 < 0.95).
         let p = SamplingParams {
@@ -252,8 +431,101 @@ mod tests {
             ..Default::default()
         };
         for s in 0..20 {
-            assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
+            assert_eq!(pick(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
         }
+    }
+
+    #[test]
+    fn draws_follow_the_distribution() {
+        // Two ids at logits ln 3 and 0: probabilities 3/4 and 1/4.
+        let l = [3f32.ln(), 0.0];
+        let p = SamplingParams::default();
+        let mut r = Rng::new(Some(3));
+        let n = 20_000;
+        let zeros = (0..n).filter(|_| pick(&l, &p, &[], &mut r) == 0).count();
+        let share = zeros as f64 / n as f64;
+        assert!((share - 0.75).abs() < 0.02, "{share}");
+    }
+
+    /// The sampler's definition spelled out with a sort of the whole vocabulary.
+    fn by_full_sort(l: &[f32], p: &SamplingParams, uniform: f32) -> u32 {
+        let max = max_of(l);
+        let mut order: Vec<u32> = (0..l.len() as u32).collect();
+        order.sort_by(|a, b| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b)));
+        if p.top_k > 0 && p.top_k < l.len() {
+            order.truncate(p.top_k);
+        }
+        let mut by_id = order.clone();
+        by_id.sort();
+        let total = sum_exp(l, &by_id, max);
+        if p.top_p < 1.0 {
+            let mut cum = 0f32;
+            let n = order
+                .iter()
+                .position(|&i| {
+                    cum += exp_fast(l[i as usize] - max);
+                    cum >= p.top_p * total
+                })
+                .map_or(order.len(), |n| n + 1);
+            order.truncate(n);
+        }
+        if p.min_p > 0.0 {
+            let n = order
+                .iter()
+                .take_while(|&&i| exp_fast(l[i as usize] - max) >= p.min_p)
+                .count();
+            order.truncate(n.max(1));
+        }
+        draw_kept(l, &order, p.temperature, uniform)
+    }
+
+    #[test]
+    fn partial_selection_picks_what_a_full_sort_picks() {
+        let mut r = Rng::new(Some(11));
+        for case in 0..400 {
+            let n = 50 + (r.next_u64() % 3000) as usize;
+            // Peaked, flat, and tied logits.
+            let spread = [0.5f32, 4.0, 12.0][case % 3];
+            let l: Vec<f32> = (0..n)
+                .map(|_| {
+                    let x = r.next_f32() * spread;
+                    if case % 5 == 0 {
+                        (x * 2.0).round() / 2.0
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            let p = SamplingParams {
+                temperature: 0.3 + r.next_f32(),
+                top_p: [1.0, 0.95, 0.5, 0.999][case % 4],
+                top_k: [0, 0, 40, 1][(case / 4) % 4],
+                min_p: [0.0, 0.0, 0.05][case % 3],
+                ..Default::default()
+            };
+            if p.top_p == 1.0 && p.top_k == 0 && p.min_p == 0.0 {
+                continue; // nothing truncates: no selection to check
+            }
+            for _ in 0..5 {
+                let u = r.next_f32();
+                let want = by_full_sort(&l, &p, u);
+                assert_eq!(sample(&l, &p, &[], u), want, "case {case}: {p:?} u {u}");
+            }
+        }
+    }
+
+    #[test]
+    fn exp_fast_is_close_to_exp() {
+        for i in 0..2000 {
+            let x = -(i as f32) * 0.05;
+            let (a, b) = (exp_fast(x), x.exp());
+            assert!(
+                (a - b).abs() <= 4.0 * f32::EPSILON * b + 1e-37,
+                "{x}: {a} vs {b}"
+            );
+        }
+        assert_eq!(exp_fast(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_fast(0.0), 1.0);
     }
 
     #[test]
