@@ -323,19 +323,35 @@ fn sampling() -> Result<(), String> {
     }
     let parallel = t.elapsed().as_secs_f64() / (rounds * logits.len()) as f64;
     let t = Instant::now();
+    let cpu = thread_cpu_ns();
     for _ in 0..rounds {
         for (l, r) in logits.iter().zip(rngs.iter_mut()) {
             picked += u64::from(sample(l, &p, &history, r.uniform_for(&p))) % 2;
         }
     }
     let serial = t.elapsed().as_secs_f64() / (rounds * logits.len()) as f64;
+    let serial_cpu = cpu
+        .zip(thread_cpu_ns())
+        .map(|(a, b)| (b - a) as f64 / 1e9 / (rounds * logits.len()) as f64);
     std::hint::black_box(picked);
     println!(
-        "{{\"sequences\": {}, \"vocab\": {v}, \"temperature\": 0.8, \"top_p\": 0.95, \"threads\": {}, \"ms_per_sequence\": {:.4}, \"ms_per_sequence_one_thread\": {:.4}}}",
+        "{{\"sequences\": {}, \"vocab\": {v}, \"temperature\": 0.8, \"top_p\": 0.95, \"threads\": {}, \"ms_per_sequence\": {:.4}, \"ms_per_sequence_one_thread\": {:.4}, \"cpu_ms_per_sequence_one_thread\": {}}}",
         logits.len(),
         rayon::current_num_threads(),
         parallel * 1e3,
         serial * 1e3,
+        serial_cpu.map_or("null".into(), |c| format!("{:.4}", c * 1e3)),
     );
     Ok(())
+}
+
+/// This thread's CPU time in nanoseconds (Linux: the first field of its schedstat), so a
+/// measurement on a busy machine can be told apart from the time the thread waited.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

@@ -101,12 +101,18 @@ pub fn logprobs(logits: &[f32], chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>)
 /// Picks the next token. `history` is the ids generated (and prompted) so far, for penalties;
 /// `uniform` is the sequence's next draw in [0, 1) ([`Rng::uniform_for`]: none when greedy).
 ///
-/// Penalties, then greedy (temperature 0) or: top-k keeps the `k` highest logits; top-p keeps
-/// the fewest of those, highest first, whose probabilities (renormalised over the top-k set)
-/// reach `top_p`; min-p keeps those at least `min_p` times as likely as the best; then the
-/// temperature applies to what is left and `uniform` picks from it. "Highest first" is by
-/// logit, ties by the lower id, so the result is a function of the inputs alone: no sort of
-/// the whole vocabulary, and the same in any batch or thread.
+/// Penalties, then greedy (temperature 0) or: top-k keeps the `k` highest logits (ties: lower
+/// id first); top-p keeps the fewest of those, most likely first, whose probabilities
+/// (renormalised over the top-k set) reach `top_p`; min-p keeps those at least `min_p` times as
+/// likely as the best; the temperature applies to what is left and `uniform` picks from it,
+/// walking ids in order.
+///
+/// Probabilities are weights `e^(logit - max)` in fixed point (units of 2^-30 of the best
+/// token's, so tokens under a billionth of the best weigh nothing). Sums of integers do not
+/// depend on their order, so the top-p cut is found without sorting the vocabulary: weights
+/// are bucketed by magnitude and only the bucket the cut falls in is sorted ("most likely
+/// first" is by weight, ties by lower id). The result is a function of the inputs alone, the
+/// same in any batch or thread.
 pub fn sample(logits: &[f32], p: &SamplingParams, history: &[u32], uniform: f32) -> u32 {
     let penalised;
     let l: &[f32] =
@@ -119,13 +125,37 @@ pub fn sample(logits: &[f32], p: &SamplingParams, history: &[u32], uniform: f32)
     if p.temperature <= 0.0 || l.is_empty() {
         return argmax(l);
     }
-    let truncates = (p.top_k > 0 && p.top_k < l.len()) || p.top_p < 1.0 || p.min_p > 0.0;
-    if !truncates {
-        return draw_all(l, p.temperature, uniform);
+    let max = max_of(l);
+    let top_k = p.top_k > 0 && p.top_k < l.len();
+    if !top_k && p.top_p >= 1.0 && p.min_p <= 0.0 {
+        return draw_all(l, max, 1.0 / p.temperature, uniform);
     }
-    let kept = truncate(l, p);
-    draw_kept(l, &kept, p.temperature, uniform)
+    let mut w = vec![0u32; l.len()];
+    fill_weights(l, max, 1.0, &mut w);
+    // The ids still in, in id order (`None`: all of them).
+    let mut kept: Option<Vec<u32>> = top_k.then(|| top_k_ids(l, p.top_k));
+    if p.top_p < 1.0 {
+        kept = Some(top_p_keep(&w, kept.as_deref(), p.top_p));
+    }
+    let kept = if p.min_p > 0.0 {
+        let least = (f64::from(p.min_p) * f64::from(ONE)).ceil() as u32;
+        match kept {
+            Some(mut k) => {
+                k.retain(|&i| w[i as usize] >= least);
+                k
+            }
+            None => (0..l.len() as u32)
+                .filter(|&i| w[i as usize] >= least)
+                .collect(),
+        }
+    } else {
+        kept.unwrap_or_default()
+    };
+    draw_kept(l, &kept, max, 1.0 / p.temperature, uniform)
 }
+
+/// The weight of the most likely token.
+const ONE: u32 = 1 << 30;
 
 /// `logits` with llama.cpp's repetition, frequency and presence penalties applied.
 fn penalise(logits: &[f32], p: &SamplingParams, history: &[u32]) -> Vec<f32> {
@@ -150,143 +180,206 @@ fn penalise(logits: &[f32], p: &SamplingParams, history: &[u32]) -> Vec<f32> {
     l
 }
 
-/// Whether id `a` ranks before id `b`: higher logit first, then lower id.
-#[inline]
-fn before(l: &[f32], a: u32, b: u32) -> std::cmp::Ordering {
-    l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b))
-}
-
-/// The ids top-k, top-p and min-p keep, highest first.
-fn truncate(l: &[f32], p: &SamplingParams) -> Vec<u32> {
-    let max = max_of(l);
-    // The top-k set, or every id: the set top-p's probabilities are normalised over.
-    let pool: Vec<u32> = if p.top_k > 0 && p.top_k < l.len() {
-        top_k(l, p.top_k)
-    } else {
-        (0..l.len() as u32).collect()
-    };
-    let total = sum_exp(l, &pool, max);
-    let mut kept: Vec<u32> = if p.top_p < 1.0 {
-        nucleus(l, &pool, max, total, p.top_p)
-    } else {
-        let mut v = pool;
-        v.sort_unstable_by(|a, b| before(l, *a, *b));
-        v
-    };
-    if p.min_p > 0.0 {
-        // The best id's weight is exp(0) = 1: keep weights of at least min_p.
-        let n = kept
-            .iter()
-            .take_while(|&&i| exp_fast(l[i as usize] - max) >= p.min_p)
-            .count();
-        kept.truncate(n.max(1));
-    }
-    kept
-}
-
-/// The `k` highest-ranked ids, in id order.
-fn top_k(l: &[f32], k: usize) -> Vec<u32> {
+/// The `k` ids with the highest logits (ties: lower ids first), in id order.
+fn top_k_ids(l: &[f32], k: usize) -> Vec<u32> {
     // The k-th highest logit, by selection on the values alone; ids above it are in, ids at
-    // it are in by rank (lower ids first) until there are k.
+    // it are in by id until there are k.
     let mut vals = l.to_vec();
     let (_, kth, _) = vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     let kth = *kth;
     let mut out: Vec<u32> = (0..l.len() as u32)
         .filter(|&i| l[i as usize].total_cmp(&kth).is_gt())
         .collect();
-    let ties = (0..l.len() as u32).filter(|&i| l[i as usize].total_cmp(&kth).is_eq());
     let room = k - out.len();
+    let ties = (0..l.len() as u32).filter(|&i| l[i as usize].total_cmp(&kth).is_eq());
     out.extend(ties.take(room));
     out.sort_unstable();
     out
 }
 
-/// The fewest ids of `pool`, highest first, whose weights `exp(l - max)` reach `top_p` of
-/// `total` (their sum over `pool`).
-///
-/// Ids whose weight is below `(1 - top_p) * total / pool.len()` can never be in it: together
-/// they weigh less than `(1 - top_p) * total`, so the ids above that line reach `top_p` first.
-/// Only those are sorted; if rounding keeps them from reaching it, the whole pool is.
-fn nucleus(l: &[f32], pool: &[u32], max: f32, total: f32, top_p: f32) -> Vec<u32> {
-    let goal = top_p * total;
-    let walk = |sorted: &[u32]| -> Option<usize> {
-        let mut cum = 0f32;
-        for (n, &i) in sorted.iter().enumerate() {
-            cum += exp_fast(l[i as usize] - max);
-            if cum >= goal {
-                return Some(n + 1);
-            }
-        }
-        None
-    };
-    let line = (1.0 - top_p) * total / pool.len() as f32;
-    let mut cands: Vec<u32> = pool
-        .iter()
-        .copied()
-        .filter(|&i| exp_fast(l[i as usize] - max) >= line)
-        .collect();
-    cands.sort_unstable_by(|a, b| before(l, *a, *b));
-    if let Some(n) = walk(&cands) {
-        cands.truncate(n);
-        return cands;
+/// Magnitude class of a weight, non-decreasing in it: the bit length and the next 3 bits.
+#[inline]
+fn bucket(w: u32) -> usize {
+    let bits = 32 - w.leading_zeros() as usize;
+    if bits <= 4 {
+        w as usize
+    } else {
+        (bits << 3) | ((w >> (bits - 4)) & 7) as usize
     }
-    let mut all = pool.to_vec();
-    all.sort_unstable_by(|a, b| before(l, *a, *b));
-    let n = walk(&all).unwrap_or(all.len());
-    all.truncate(n.max(1));
-    all
 }
 
-/// Picks from `kept` (highest first) with weights `exp((l - max) / temperature)`.
-fn draw_kept(l: &[f32], kept: &[u32], temperature: f32, uniform: f32) -> u32 {
-    let max = l[kept[0] as usize];
-    let w: Vec<f32> = kept
+/// The ids top-p keeps from `pool` (`None`: every id), in id order: ranking by weight then
+/// id, the shortest prefix whose weights reach `top_p` of the pool's.
+///
+/// Ids under `(total - goal) / pool size` cannot be in it (together they weigh less than
+/// `total - goal`), and in a language model's distribution that is nearly all of them: they
+/// are skipped 16 at a time. The rest are summed per magnitude bucket (exact integer sums);
+/// walking buckets from the heaviest finds the one where the running sum reaches the goal,
+/// and only its ids are sorted.
+fn top_p_keep(w: &[u32], pool: Option<&[u32]>, top_p: f32) -> Vec<u32> {
+    let (total, n): (u64, usize) = match pool {
+        Some(ids) => (
+            ids.iter().map(|&i| u64::from(w[i as usize])).sum(),
+            ids.len(),
+        ),
+        None => (w.iter().map(|&x| u64::from(x)).sum(), w.len()),
+    };
+    let goal = ((f64::from(top_p) * total as f64).ceil() as u64).clamp(1, total.max(1));
+    let line = u32::try_from((total - goal) / n.max(1) as u64).unwrap_or(u32::MAX);
+    let mut cands: Vec<u32> = match pool {
+        Some(ids) => ids
+            .iter()
+            .copied()
+            .filter(|&i| w[i as usize] >= line)
+            .collect(),
+        None => heavy_ids(w, line),
+    };
+    let mut sums = [0u64; 34 << 3];
+    for &i in &cands {
+        sums[bucket(w[i as usize])] += u64::from(w[i as usize]);
+    }
+    let mut cum = 0u64;
+    let mut at = 0;
+    for b in (0..sums.len()).rev() {
+        if cum + sums[b] >= goal {
+            at = b;
+            break;
+        }
+        cum += sums[b];
+    }
+    let mut edge: Vec<u32> = cands
         .iter()
-        .map(|&i| exp_fast((l[i as usize] - max) / temperature))
+        .copied()
+        .filter(|&i| bucket(w[i as usize]) == at)
         .collect();
-    let total: f32 = w.iter().sum();
-    let target = uniform * total;
-    let mut cum = 0f32;
+    edge.sort_unstable_by(|a, b| w[*b as usize].cmp(&w[*a as usize]).then(a.cmp(b)));
+    // With exact sums the goal is reached in this bucket; the default keeps every candidate.
+    let (cw, cid) = edge
+        .iter()
+        .find(|&&i| {
+            cum += u64::from(w[i as usize]);
+            cum >= goal
+        })
+        .map_or((0, u32::MAX), |&i| (w[i as usize], i));
+    cands.retain(|&i| w[i as usize] > cw || (w[i as usize] == cw && i <= cid));
+    cands
+}
+
+/// The ids whose weight is at least `line`, in order; 16-id chunks wholly below it are
+/// skipped after one vectorised comparison, and the rest are compacted without branches.
+fn heavy_ids(w: &[u32], line: u32) -> Vec<u32> {
+    let mut out = vec![0u32; w.len() + 1];
+    let mut k = 0;
+    for (c, chunk) in w.chunks(16).enumerate() {
+        if chunk.iter().fold(0, |m, &x| m.max(x)) < line {
+            continue;
+        }
+        for (j, &x) in chunk.iter().enumerate() {
+            out[k] = (c * 16 + j) as u32;
+            k += usize::from(x >= line);
+        }
+    }
+    out.truncate(k);
+    out
+}
+
+/// Picks from `kept` (in id order) with weights `e^((l - max) / temperature)`.
+fn draw_kept(l: &[f32], kept: &[u32], max: f32, inv_t: f32, uniform: f32) -> u32 {
+    let w: Vec<u32> = kept
+        .iter()
+        .map(|&i| weight(l[i as usize], max, inv_t))
+        .collect();
+    let total: u64 = w.iter().map(|&x| u64::from(x)).sum();
+    let target = (f64::from(uniform) * total as f64) as u64;
+    let mut cum = 0u64;
     for (i, x) in kept.iter().zip(&w) {
-        cum += x;
+        cum += u64::from(*x);
         if target < cum {
             return *i;
         }
     }
-    kept[kept.len() - 1]
+    kept.last().copied().unwrap_or(0)
 }
 
-/// Picks from the whole vocabulary with weights `exp((l - max) / temperature)`, walking ids in
-/// order: first to the 16-id chunk whose running sum passes the target, then within it.
-fn draw_all(l: &[f32], temperature: f32, uniform: f32) -> u32 {
-    let max = max_of(l);
-    let inv_t = 1.0 / temperature;
-    let mut w = vec![0f32; l.len()];
-    for (o, x) in w.iter_mut().zip(l) {
-        *o = exp_fast((x - max) * inv_t);
-    }
-    let chunk_sums: Vec<f32> = w.chunks(16).map(|c| c.iter().sum()).collect();
-    let total: f32 = chunk_sums.iter().sum();
-    let target = uniform * total;
-    let mut cum = 0f32;
+/// Picks from the whole vocabulary with weights `e^((l - max) / temperature)`, walking ids in
+/// order: first to the 64-id chunk whose running sum passes the target, then within it.
+fn draw_all(l: &[f32], max: f32, inv_t: f32, uniform: f32) -> u32 {
+    let mut w = vec![0u32; l.len()];
+    fill_weights(l, max, inv_t, &mut w);
+    let chunk_sums: Vec<u64> = w
+        .chunks(64)
+        .map(|c| c.iter().map(|&x| u64::from(x)).sum())
+        .collect();
+    let total: u64 = chunk_sums.iter().sum();
+    let target = (f64::from(uniform) * total as f64) as u64;
+    let mut cum = 0u64;
     for (ci, s) in chunk_sums.iter().enumerate() {
         if target < cum + s {
-            for (j, x) in w[ci * 16..].iter().take(16).enumerate() {
-                cum += x;
+            for (j, x) in w[ci * 64..].iter().take(64).enumerate() {
+                cum += u64::from(*x);
                 if target < cum {
-                    return (ci * 16 + j) as u32;
+                    return (ci * 64 + j) as u32;
                 }
             }
-            return (ci * 16 + 15).min(l.len() - 1) as u32;
         }
         cum += s;
     }
-    // Rounding put the target at the very end: the last id with any weight.
-    w.iter().rposition(|x| *x > 0.0).unwrap_or(0) as u32
+    argmax(l)
+}
+
+/// A token's fixed-point weight: `e^((x - max) * inv_t)` in units of 2^-30 (0 for NaN).
+#[inline(always)]
+fn weight(x: f32, max: f32, inv_t: f32) -> u32 {
+    let v = exp_fast((x - max) * inv_t) * ONE as f32;
+    let v = if v > 0.0 { v.min(ONE as f32) } else { 0.0 };
+    // SAFETY: `v` is finite and in [0, 2^30], so its truncation fits an i32. (The checked
+    // conversion does not vectorise.)
+    unsafe { v.to_int_unchecked::<i32>() as u32 }
+}
+
+/// `out[i] = weight(l[i], max, inv_t)`, with FMA instructions where the CPU has them (else
+/// `mul_add` is a library call; the results are the same).
+fn fill_weights(l: &[f32], max: f32, inv_t: f32, out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function enables.
+        unsafe { fill_weights_avx2(l, max, inv_t, out) };
+        return;
+    }
+    fill_weights_plain(l, max, inv_t, out);
+}
+
+#[inline(always)]
+fn fill_weights_plain(l: &[f32], max: f32, inv_t: f32, out: &mut [u32]) {
+    for (o, x) in out.iter_mut().zip(l) {
+        *o = weight(*x, max, inv_t);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_weights_avx2(l: &[f32], max: f32, inv_t: f32, out: &mut [u32]) {
+    fill_weights_plain(l, max, inv_t, out);
 }
 
 /// The largest logit.
 fn max_of(l: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function enables.
+        return unsafe { max_of_avx2(l) };
+    }
+    max_of_plain(l)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn max_of_avx2(l: &[f32]) -> f32 {
+    max_of_plain(l)
+}
+
+#[inline(always)]
+fn max_of_plain(l: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; 16];
     let mut it = l.chunks_exact(16);
     for c in &mut it {
@@ -300,30 +393,9 @@ fn max_of(l: &[f32]) -> f32 {
     )
 }
 
-/// `sum(exp(l[i] - max))` over `ids` (in id order), in 16 running lanes then across them.
-fn sum_exp(l: &[f32], ids: &[u32], max: f32) -> f32 {
-    let mut acc = [0f32; 16];
-    if ids.len() == l.len() {
-        let mut it = l.chunks_exact(16);
-        for c in &mut it {
-            for (a, x) in acc.iter_mut().zip(c) {
-                *a += exp_fast(x - max);
-            }
-        }
-        for (a, x) in acc.iter_mut().zip(it.remainder()) {
-            *a += exp_fast(x - max);
-        }
-    } else {
-        for (n, &i) in ids.iter().enumerate() {
-            acc[n % 16] += exp_fast(l[i as usize] - max);
-        }
-    }
-    acc.iter().sum()
-}
-
-/// `e^x` for `x <= 0`, to a few ulps, for the sampler: ggml's polynomial (`numerics::v_expf`) with the
-/// out-of-range cases as selects instead of a branch, so loops over it vectorise.
-#[inline]
+/// `e^x` for `x <= 0`, to a few ulps, for the sampler: ggml's polynomial (`numerics::v_expf`)
+/// with the out-of-range case as a select instead of a branch, so loops over it vectorise.
+#[inline(always)]
 fn exp_fast(x: f32) -> f32 {
     let r = f32::from_bits(0x4B40_0000);
     let z = x.mul_add(f32::from_bits(0x3FB8_AA3B), r);
@@ -340,10 +412,10 @@ fn exp_fast(x: f32) -> f32 {
             f32::from_bits(0x3E2A_AF33).mul_add(b, f32::from_bits(0x3EFF_FEDB)),
         )
         .mul_add(u, f32::from_bits(0x3F7F_FFF6).mul_add(b, 1.0));
-    // 2^n for n in [-126, 127] by its exponent bits; below that the result is 0 here (the
-    // sampler never needs weights under 2^-126 of the best).
-    let nc = n.clamp(-127.0, 127.0);
-    let p2 = f32::from_bits(((nc as i32 + 127) as u32) << 23);
+    // 2^n from the bits of `z` (which hold `n` in its low mantissa bits), without a
+    // float-to-int conversion; below 2^-126 the result is 0 here (the sampler's weights stop
+    // at 2^-30 of the best).
+    let p2 = f32::from_bits((z.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23);
     if n < -126.0 { 0.0 } else { j * p2 }
 }
 
@@ -447,36 +519,36 @@ mod tests {
         assert!((share - 0.75).abs() < 0.02, "{share}");
     }
 
-    /// The sampler's definition spelled out with a sort of the whole vocabulary.
+    /// The sampler's definition spelled out with a sort of the whole pool.
     fn by_full_sort(l: &[f32], p: &SamplingParams, uniform: f32) -> u32 {
         let max = max_of(l);
-        let mut order: Vec<u32> = (0..l.len() as u32).collect();
-        order.sort_by(|a, b| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b)));
+        let w: Vec<u32> = l.iter().map(|x| weight(*x, max, 1.0)).collect();
+        let mut pool: Vec<u32> = (0..l.len() as u32).collect();
         if p.top_k > 0 && p.top_k < l.len() {
-            order.truncate(p.top_k);
+            pool.sort_by(|a, b| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b)));
+            pool.truncate(p.top_k);
         }
-        let mut by_id = order.clone();
-        by_id.sort();
-        let total = sum_exp(l, &by_id, max);
+        let mut kept = pool.clone();
         if p.top_p < 1.0 {
-            let mut cum = 0f32;
-            let n = order
+            let total: u64 = pool.iter().map(|&i| u64::from(w[i as usize])).sum();
+            let goal = ((f64::from(p.top_p) * total as f64).ceil() as u64).clamp(1, total);
+            kept.sort_by(|a, b| w[*b as usize].cmp(&w[*a as usize]).then(a.cmp(b)));
+            let mut cum = 0u64;
+            let n = kept
                 .iter()
                 .position(|&i| {
-                    cum += exp_fast(l[i as usize] - max);
-                    cum >= p.top_p * total
+                    cum += u64::from(w[i as usize]);
+                    cum >= goal
                 })
-                .map_or(order.len(), |n| n + 1);
-            order.truncate(n);
+                .unwrap()
+                + 1;
+            kept.truncate(n);
         }
         if p.min_p > 0.0 {
-            let n = order
-                .iter()
-                .take_while(|&&i| exp_fast(l[i as usize] - max) >= p.min_p)
-                .count();
-            order.truncate(n.max(1));
+            kept.retain(|&i| f64::from(w[i as usize]) >= f64::from(p.min_p) * f64::from(ONE));
         }
-        draw_kept(l, &order, p.temperature, uniform)
+        kept.sort();
+        draw_kept(l, &kept, max, 1.0 / p.temperature, uniform)
     }
 
     #[test]
