@@ -6,7 +6,8 @@
 //!   CPU backend, next to llama.cpp's (`scripts/reference.py bench`, same file, same threads,
 //!   when llama-cpp-python is installed), in `--runs` (3) alternating runs, then the median of
 //!   each side. `--prompt-tokens 128 --gen 64 --batch 1` (`--batch N`: N sequences decode
-//!   together; llama.cpp's side is always one sequence).
+//!   together; llama.cpp's side is always one sequence; `--ours-only` skips llama.cpp, for
+//!   profiling).
 //! - `prefix`: time to first token of two requests through the engine that share a
 //!   `--prefix-tokens` (1000) token prefix and differ in their last few tokens: the first
 //!   computes the prefix, the second finds it in the prefix cache. Then the second again with
@@ -107,6 +108,9 @@ fn throughput(threads: usize) -> Result<(), String> {
         );
         ours_p.push(p);
         ours_d.push(d);
+        if std::env::args().any(|a| a == "--ours-only") {
+            continue;
+        }
         if let Some((p, d)) = reference(threads, n_prompt, n_gen) {
             ref_p.push(p);
             ref_d.push(d);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::gguf::{Gguf, GgufError};
-use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot, vec_dot_many};
+use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot_many, vec_dot_rows};
 
 /// Model hyper-parameters.
 #[derive(Debug, Clone)]
@@ -289,10 +289,7 @@ impl Model {
         let block = (w.rows / (rayon::current_num_threads() * 4)).clamp(16, 512);
         if n == 1 {
             chunks(&mut out[..w.rows], block, |bi, o| {
-                for (j, y) in o.iter_mut().enumerate() {
-                    let r = bi * block + j;
-                    *y = vec_dot(w.ty, &data[r * rb..(r + 1) * rb], &acts[0]);
-                }
+                vec_dot_rows(w.ty, data, rb, bi * block, &acts[0], o);
             });
             return;
         }
@@ -307,6 +304,35 @@ impl Model {
             for t in 0..n {
                 out[t * w.rows + r] = tr[r * n + t];
             }
+        }
+    }
+
+    /// `matmul` of several weights by the same activations. For one token, all their rows
+    /// go to the thread pool as one batch of work: one fork and join instead of one per
+    /// matrix (a token of a small model is hundreds of matrices, each a few microseconds).
+    pub(crate) fn matmul_each(&self, jobs: &mut [(&Weight, &mut [f32])], acts: &[Q8Act]) {
+        if acts.len() != 1 {
+            for (w, out) in jobs.iter_mut() {
+                self.matmul(w, acts, out);
+            }
+            return;
+        }
+        let threads = rayon::current_num_threads();
+        let total: usize = jobs.iter().map(|(w, _)| w.rows).sum();
+        let block = (total / (threads * 4)).clamp(16, 512);
+        let mut tasks: Vec<(&Weight, usize, &mut [f32])> = Vec::new();
+        for (w, out) in jobs.iter_mut() {
+            for (bi, o) in out[..w.rows].chunks_mut(block).enumerate() {
+                tasks.push((w, bi * block, o));
+            }
+        }
+        let run = |(w, first, o): (&Weight, usize, &mut [f32])| {
+            vec_dot_rows(w.ty, self.rows(w), w.row_bytes, first, &acts[0], o);
+        };
+        if threads == 1 {
+            tasks.into_iter().for_each(run);
+        } else {
+            tasks.into_par_iter().for_each(run);
         }
     }
 }
@@ -367,7 +393,8 @@ pub(crate) fn chunks<T: Send>(
 
 /// Quantizes each row of `x` (rows of `d`) into `acts`, rows spread over the thread pool.
 pub(crate) fn quantize_all(x: &[f32], d: usize, acts: &mut [Q8Act]) {
-    if rayon::current_num_threads() == 1 {
+    // A few rows are not worth a fork and join.
+    if rayon::current_num_threads() == 1 || acts.len() < 4 {
         acts.iter_mut()
             .zip(x.chunks(d))
             .for_each(|(a, r)| a.quantize(r));

@@ -157,9 +157,10 @@ fn attention_block(
     let half_rot = c.n_rot / 2;
     rms_norm(x, &l.attn_norm, c.rms_eps, &mut b.xn, d);
     quantize_all(&b.xn, d, &mut b.acts);
-    m.matmul(&l.wq, &b.acts, &mut b.q);
-    m.matmul(&l.wk, &b.acts, &mut b.k);
-    m.matmul(&l.wv, &b.acts, &mut b.v);
+    m.matmul_each(
+        &mut [(&l.wq, &mut b.q), (&l.wk, &mut b.k), (&l.wv, &mut b.v)],
+        &b.acts,
+    );
     for t in 0..rows.ids.len() {
         let tab = &b.rope[t * half_rot..(t + 1) * half_rot];
         m.rope(&mut b.q[t * q_dim..(t + 1) * q_dim], tab);
@@ -202,8 +203,10 @@ fn feed_forward_block(m: &Model, l: &Layer, x: &mut [f32], b: &mut Buffers) {
     let c = &m.cfg;
     rms_norm(x, &l.ffn_norm, c.rms_eps, &mut b.xn, c.n_embd);
     quantize_all(&b.xn, c.n_embd, &mut b.acts);
-    m.matmul(&l.w_gate, &b.acts, &mut b.gate);
-    m.matmul(&l.w_up, &b.acts, &mut b.up);
+    m.matmul_each(
+        &mut [(&l.w_gate, &mut b.gate), (&l.w_up, &mut b.up)],
+        &b.acts,
+    );
     swiglu(&mut b.gate, &b.up);
     quantize_all(&b.gate, c.n_ff, &mut b.ff_acts);
     m.matmul(&l.w_down, &b.ff_acts, &mut b.tmp);
