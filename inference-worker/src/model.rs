@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::gguf::{Gguf, GgufError};
-use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot_many, vec_dot_rows};
+use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot_rows, vec_dot_tile};
 
 /// Model hyper-parameters.
 #[derive(Debug, Clone)]
@@ -295,10 +295,7 @@ impl Model {
         }
         let mut tr = vec![0f32; w.rows * n];
         chunks(&mut tr, block * n, |bi, o| {
-            for (j, row_out) in o.chunks_mut(n).enumerate() {
-                let r = bi * block + j;
-                vec_dot_many(w.ty, &data[r * rb..(r + 1) * rb], acts, row_out);
-            }
+            vec_dot_tile(w.ty, data, rb, bi * block, acts, o);
         });
         for r in 0..w.rows {
             for t in 0..n {
