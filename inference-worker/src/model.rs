@@ -1,18 +1,15 @@
 //! The `llama` architecture family (Llama 2/3/3.1, Mistral, SmolLM2): hyper-parameters,
-//! weights, and the CPU primitives its forward pass is built from.
+//! weights and rotary position tables.
 //!
 //! Hyper-parameters come from GGUF metadata ([`Config`], shared by every backend); on the CPU
-//! the weights stay memory-mapped in their file format and are multiplied with
-//! `quant::vec_dot` ([`Model::matmul`]), rows spread over all cores with rayon. The forward
-//! pass that strings these together over a batch of sequences and the paged KV cache is the
-//! CPU backend's (`backend::cpu`).
+//! the weights stay memory-mapped in their file format, and RoPE follows ggml's arithmetic.
+//! How the CPU multiplies them and strings the layers together over a batch of sequences and
+//! the paged KV cache is the CPU backend's (`backend::cpu`).
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use crate::gguf::{Gguf, GgufError};
-use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot_rows, vec_dot_tile};
+use crate::quant::{GgmlType, dequantize_row};
 
 /// Model hyper-parameters.
 #[derive(Debug, Clone)]
@@ -268,6 +265,7 @@ impl Model {
     }
 
     /// Rotates adjacent pairs (GGUF llama tensors are permuted for this "normal" RoPE).
+    #[inline]
     pub(crate) fn rope(&self, v: &mut [f32], table: &[(f32, f32)]) {
         for head in v.chunks_exact_mut(self.cfg.head_dim) {
             for (i, &(c, s)) in table.iter().enumerate() {
@@ -276,60 +274,6 @@ impl Model {
                 head[2 * i] = a.mul_add(c, -(b * s));
                 head[2 * i + 1] = a.mul_add(s, b * c);
             }
-        }
-    }
-
-    /// `out[t][r] = W[r] · act[t]` for every token `t`, rows spread over the thread pool.
-    pub(crate) fn matmul(&self, w: &Weight, acts: &[Q8Act], out: &mut [f32]) {
-        let data = self.rows(w);
-        let n = acts.len();
-        let rb = w.row_bytes;
-        // Blocks of rows so that a block's weights stay in cache while every token uses them.
-        // A few blocks per thread keep the pool balanced without paying task overhead per row.
-        let block = (w.rows / (rayon::current_num_threads() * 4)).clamp(16, 512);
-        if n == 1 {
-            chunks(&mut out[..w.rows], block, |bi, o| {
-                vec_dot_rows(w.ty, data, rb, bi * block, &acts[0], o);
-            });
-            return;
-        }
-        let mut tr = vec![0f32; w.rows * n];
-        chunks(&mut tr, block * n, |bi, o| {
-            vec_dot_tile(w.ty, data, rb, bi * block, acts, o);
-        });
-        for r in 0..w.rows {
-            for t in 0..n {
-                out[t * w.rows + r] = tr[r * n + t];
-            }
-        }
-    }
-
-    /// `matmul` of several weights by the same activations. For one token, all their rows
-    /// go to the thread pool as one batch of work: one fork and join instead of one per
-    /// matrix (a token of a small model is hundreds of matrices, each a few microseconds).
-    pub(crate) fn matmul_each(&self, jobs: &mut [(&Weight, &mut [f32])], acts: &[Q8Act]) {
-        if acts.len() != 1 {
-            for (w, out) in jobs.iter_mut() {
-                self.matmul(w, acts, out);
-            }
-            return;
-        }
-        let threads = rayon::current_num_threads();
-        let total: usize = jobs.iter().map(|(w, _)| w.rows).sum();
-        let block = (total / (threads * 4)).clamp(16, 512);
-        let mut tasks: Vec<(&Weight, usize, &mut [f32])> = Vec::new();
-        for (w, out) in jobs.iter_mut() {
-            for (bi, o) in out[..w.rows].chunks_mut(block).enumerate() {
-                tasks.push((w, bi * block, o));
-            }
-        }
-        let run = |(w, first, o): (&Weight, usize, &mut [f32])| {
-            vec_dot_rows(w.ty, self.rows(w), w.row_bytes, first, &acts[0], o);
-        };
-        if threads == 1 {
-            tasks.into_iter().for_each(run);
-        } else {
-            tasks.into_par_iter().for_each(run);
         }
     }
 }
@@ -357,47 +301,4 @@ fn llama3_factors(g: &Gguf, arch: &str, cfg: &Config) -> Vec<f32> {
             }
         })
         .collect()
-}
-
-/// Row-wise RMSNorm of `x` (rows of `d`) scaled by `w`, into `out`.
-pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], d: usize) {
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        // As ggml: squares in f32, summed in f64, the mean rounded to f32.
-        let ms = (xr.iter().map(|v| (v * v) as f64).sum::<f64>() / d as f64) as f32;
-        let s = 1.0 / (ms + eps).sqrt();
-        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
-            *o = v * s * g;
-        }
-    }
-}
-
-/// `f(index, chunk)` over `size`-element chunks, on the thread pool, or inline when the pool
-/// has one thread (handing work to a lone pool thread costs a wake-up per call, hundreds per
-/// token).
-pub(crate) fn chunks<T: Send>(
-    data: &mut [T],
-    size: usize,
-    f: impl Fn(usize, &mut [T]) + Send + Sync,
-) {
-    if rayon::current_num_threads() == 1 {
-        data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
-    } else {
-        data.par_chunks_mut(size)
-            .enumerate()
-            .for_each(|(i, c)| f(i, c));
-    }
-}
-
-/// Quantizes each row of `x` (rows of `d`) into `acts`, rows spread over the thread pool.
-pub(crate) fn quantize_all(x: &[f32], d: usize, acts: &mut [Q8Act]) {
-    // A few rows are not worth a fork and join.
-    if rayon::current_num_threads() == 1 || acts.len() < 4 {
-        acts.iter_mut()
-            .zip(x.chunks(d))
-            .for_each(|(a, r)| a.quantize(r));
-    } else {
-        acts.par_iter_mut()
-            .zip(x.par_chunks(d))
-            .for_each(|(a, r)| a.quantize(r));
-    }
 }

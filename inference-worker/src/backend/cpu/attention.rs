@@ -22,8 +22,9 @@ use std::cell::RefCell;
 use half::f16;
 
 use super::kv_pool::{KvPool, Rows, dequantize_q8_0};
+use super::ops::chunks;
+use super::team::Team;
 use crate::kv::{BLOCK_TOKENS, BlockId};
-use crate::model::chunks;
 use crate::numerics::{LANES, combine4, dot_f16_ggml, dot_f16_lanes, f16_round, reduce16, v_expf};
 use crate::quant::{GgmlType, Q8Act, vec_dot};
 
@@ -62,8 +63,9 @@ thread_local! {
 }
 
 /// Writes each query's attention output (`n_head * head_dim` per query) into `out`, heads
-/// spread over the thread pool.
+/// spread over the team.
 pub(crate) fn attend(
+    team: &Team,
     pool: &KvPool,
     layer: usize,
     g: Heads,
@@ -73,7 +75,7 @@ pub(crate) fn attend(
     let hd = g.head_dim;
     let group = g.n_head / g.n_head_kv;
     let (keys, values) = (&pool.keys[layer], &pool.values[layer]);
-    chunks(out, hd, |i, o| {
+    chunks(team, out, hd, |i, o| {
         let (t, h) = (i / g.n_head, i % g.n_head);
         let query = &queries[t];
         let task = Head {
@@ -515,7 +517,7 @@ mod tests {
                 blocks: &blocks,
                 multi: false,
             }];
-            attend(&pool, 0, g, &queries, &mut out);
+            attend(&Team::new(1), &pool, 0, g, &queries, &mut out);
             out
         };
         let (a, b) = (run(KvCacheType::F16), run(KvCacheType::Q8_0));

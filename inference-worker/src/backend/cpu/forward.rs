@@ -13,9 +13,11 @@
 
 use super::attention::{self, Heads, Query};
 use super::kv_pool::KvPool;
+use super::ops::{matmul, matmul_each, quantize_all, rms_norm, rope};
+use super::team::Team;
 use crate::backend::{BackendError, Output, SeqStep, Want};
 use crate::kv::{BLOCK_TOKENS, blocks_for};
-use crate::model::{Layer, Model, quantize_all, rms_norm};
+use crate::model::{Layer, Model};
 use crate::numerics::swiglu;
 use crate::quant::{Q8Act, dequantize_row};
 
@@ -47,7 +49,7 @@ struct Buffers {
 
 /// Runs the step; see `Backend::forward`.
 pub(super) fn forward(
-    m: &Model,
+    (m, team): (&Model, &Team),
     pool: &mut KvPool,
     batch: &[SeqStep<'_>],
 ) -> Result<Vec<Output>, BackendError> {
@@ -77,10 +79,10 @@ pub(super) fn forward(
         m.rope_table(rows.pos[t], tab);
     }
     for (li, l) in m.layers.iter().enumerate() {
-        attention_block(m, (li, l), &mut x, &mut b, pool, &rows);
-        feed_forward_block(m, l, &mut x, &mut b);
+        attention_block((m, team), (li, l), &mut x, &mut b, pool, &rows);
+        feed_forward_block((m, team), l, &mut x, &mut b);
     }
-    Ok(logits(m, &x, batch))
+    Ok(logits((m, team), &x, batch))
 }
 
 /// Rejects a batch whose block tables do not cover its positions or name blocks outside the
@@ -143,7 +145,7 @@ fn embed(m: &Model, ids: &[u32]) -> Vec<f32> {
 /// `x += O · attention(RoPE(Q), K, V)` of RMSNorm(x); this layer's keys and values of the new
 /// tokens go into the pool first.
 fn attention_block(
-    m: &Model,
+    (m, team): (&Model, &Team),
     (li, l): (usize, &Layer),
     x: &mut [f32],
     b: &mut Buffers,
@@ -156,15 +158,17 @@ fn attention_block(
     let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
     let half_rot = c.n_rot / 2;
     rms_norm(x, &l.attn_norm, c.rms_eps, &mut b.xn, d);
-    quantize_all(&b.xn, d, &mut b.acts);
-    m.matmul_each(
+    quantize_all(team, &b.xn, d, &mut b.acts);
+    matmul_each(
+        team,
+        m,
         &mut [(&l.wq, &mut b.q), (&l.wk, &mut b.k), (&l.wv, &mut b.v)],
         &b.acts,
     );
     for t in 0..rows.ids.len() {
         let tab = &b.rope[t * half_rot..(t + 1) * half_rot];
-        m.rope(&mut b.q[t * q_dim..(t + 1) * q_dim], tab);
-        m.rope(&mut b.k[t * kv_dim..(t + 1) * kv_dim], tab);
+        rope(m, &mut b.q[t * q_dim..(t + 1) * q_dim], tab);
+        rope(m, &mut b.k[t * kv_dim..(t + 1) * kv_dim], tab);
         let (s, p) = (&batch[rows.owner[t]], rows.pos[t]);
         pool.write(
             li,
@@ -190,33 +194,35 @@ fn attention_block(
         n_head_kv: c.n_head_kv,
         head_dim: hd,
     };
-    attention::attend(pool, li, heads, &queries, &mut b.att);
-    quantize_all(&b.att, q_dim, &mut b.acts);
-    m.matmul(&l.wo, &b.acts, &mut b.tmp);
+    attention::attend(team, pool, li, heads, &queries, &mut b.att);
+    quantize_all(team, &b.att, q_dim, &mut b.acts);
+    matmul(team, m, &l.wo, &b.acts, &mut b.tmp);
     for (a, o) in x.iter_mut().zip(&b.tmp) {
         *a += o;
     }
 }
 
 /// `x += down(silu(gate(h)) * up(h))` with `h` = RMSNorm(x).
-fn feed_forward_block(m: &Model, l: &Layer, x: &mut [f32], b: &mut Buffers) {
+fn feed_forward_block((m, team): (&Model, &Team), l: &Layer, x: &mut [f32], b: &mut Buffers) {
     let c = &m.cfg;
     rms_norm(x, &l.ffn_norm, c.rms_eps, &mut b.xn, c.n_embd);
-    quantize_all(&b.xn, c.n_embd, &mut b.acts);
-    m.matmul_each(
+    quantize_all(team, &b.xn, c.n_embd, &mut b.acts);
+    matmul_each(
+        team,
+        m,
         &mut [(&l.w_gate, &mut b.gate), (&l.w_up, &mut b.up)],
         &b.acts,
     );
     swiglu(&mut b.gate, &b.up);
-    quantize_all(&b.gate, c.n_ff, &mut b.ff_acts);
-    m.matmul(&l.w_down, &b.ff_acts, &mut b.tmp);
+    quantize_all(team, &b.gate, c.n_ff, &mut b.ff_acts);
+    matmul(team, m, &l.w_down, &b.ff_acts, &mut b.tmp);
     for (a, o) in x.iter_mut().zip(&b.tmp) {
         *a += o;
     }
 }
 
 /// Logits for the rows each sequence wants (its last, or all of its rows).
-fn logits(m: &Model, x: &[f32], batch: &[SeqStep<'_>]) -> Vec<Output> {
+fn logits((m, team): (&Model, &Team), x: &[f32], batch: &[SeqStep<'_>]) -> Vec<Output> {
     let c = &m.cfg;
     let d = c.n_embd;
     let mut want: Vec<usize> = Vec::new();
@@ -243,11 +249,9 @@ fn logits(m: &Model, x: &[f32], batch: &[SeqStep<'_>]) -> Vec<Output> {
             d,
         );
     }
-    quantize_all(&fin, d, &mut acts);
+    quantize_all(team, &fin, d, &mut acts);
     let mut all = vec![0f32; want.len() * c.n_vocab];
-    if !want.is_empty() {
-        m.matmul(&m.output, &acts, &mut all);
-    }
+    matmul(team, m, &m.output, &acts, &mut all);
     let mut out = Vec::with_capacity(batch.len());
     let mut j = 0;
     for s in batch {

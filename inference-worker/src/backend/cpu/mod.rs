@@ -1,13 +1,16 @@
 //! The CPU backend: weights memory-mapped in their GGUF formats, the KV cache in a pool in
 //! main memory, and the forward pass spread over rayon's thread pool.
 //!
-//! `kv_pool` lays the blocks out, `attention` is the kernel that reads them, `forward`
-//! strings the layers together. Tokens are never sampled here: the engine samples from the
-//! logits, in parallel across sequences.
+//! `kv_pool` lays the blocks out, `attention` is the kernel that reads them, `ops` holds the
+//! matmul, norm and quantization steps, `forward` strings the layers together, and `team` is
+//! the threads they run on (as many as rayon's global pool, which `--threads` sets). Tokens
+//! are never sampled here: the engine samples from the logits, in parallel across sequences.
 
 mod attention;
 mod forward;
 mod kv_pool;
+mod ops;
+mod team;
 
 use std::sync::Arc;
 
@@ -19,6 +22,7 @@ use crate::model::{Config, Model};
 pub struct CpuBackend {
     model: Model,
     pool: kv_pool::KvPool,
+    team: team::Team,
 }
 
 impl CpuBackend {
@@ -44,7 +48,8 @@ impl CpuBackend {
     ) -> Result<CpuBackend, BackendError> {
         let pool =
             kv_pool::KvPool::new(&model.cfg, kv_type, kv_bytes).map_err(BackendError::Load)?;
-        Ok(CpuBackend { model, pool })
+        let team = team::Team::new(rayon::current_num_threads());
+        Ok(CpuBackend { model, pool, team })
     }
 
     pub fn model(&self) -> &Model {
@@ -57,7 +62,7 @@ impl Backend for CpuBackend {
         let per_block = self.kv_block_bytes();
         format!(
             "cpu ({} threads), {} KV cache of {} blocks ({:.0} MiB, {} tokens)",
-            rayon::current_num_threads(),
+            self.team.threads(),
             self.pool.ty,
             self.pool.n_blocks,
             (self.pool.n_blocks * per_block) as f64 / (1 << 20) as f64,
@@ -78,6 +83,6 @@ impl Backend for CpuBackend {
     }
 
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Output>, BackendError> {
-        forward::forward(&self.model, &mut self.pool, batch)
+        forward::forward((&self.model, &self.team), &mut self.pool, batch)
     }
 }
