@@ -24,6 +24,8 @@ pub struct FakeBackend {
     /// The token stored at each (block, slot); `None` when never written.
     slots: Vec<Option<TokenId>>,
     on_device: bool,
+    /// Each step takes at least this long, as a real model's would.
+    step_time: std::time::Duration,
     /// Every step's work, in order.
     pub log: Vec<StepLog>,
 }
@@ -50,8 +52,15 @@ impl FakeBackend {
             n_blocks,
             slots: vec![None; n_blocks * BLOCK_TOKENS],
             on_device: false,
+            step_time: std::time::Duration::ZERO,
             log: Vec::new(),
         }
+    }
+
+    /// Makes every step take at least `d`, so an engine test can act between steps.
+    pub fn with_step_time(mut self, d: std::time::Duration) -> FakeBackend {
+        self.step_time = d;
+        self
     }
 
     /// Answers `Want::Token` with the sampled token, as a GPU backend that samples on the
