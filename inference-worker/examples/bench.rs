@@ -1,16 +1,28 @@
-//! CPU throughput on SmolLM2: prefill and decode tokens/second, next to llama.cpp's.
+//! CPU benchmarks on SmolLM2, each printed as JSON lines.
 //!
-//! `cargo run --release -p switchyard-worker --example bench -- [--threads N] [--prompt-tokens 128] [--gen 64]`
+//! `cargo run --release -p switchyard-worker --example bench -- [--threads N] [WHAT...]`
 //!
-//! Our numbers come from the same `Model::forward` the server uses (one sequence). llama.cpp's
-//! come from `scripts/reference.py bench` with the same thread count, when llama-cpp-python is
-//! installed; otherwise only ours are printed.
+//! - `throughput` (the default): prefill and decode tokens/second of one sequence through the
+//!   CPU backend, next to llama.cpp's (`scripts/reference.py bench`, same file, same threads,
+//!   when llama-cpp-python is installed), in `--runs` (3) alternating runs, then the median of
+//!   each side. `--prompt-tokens 128 --gen 64 --batch 1` (`--batch N`: N sequences decode
+//!   together; llama.cpp's side is always one sequence; `--ours-only` skips llama.cpp, for
+//!   profiling).
+//! - `prefix`: time to first token of two requests through the engine that share a
+//!   `--prefix-tokens` (1000) token prefix and differ in their last few tokens: the first
+//!   computes the prefix, the second finds it in the prefix cache. Then the second again with
+//!   prefix caching off, for comparison.
+//! - `sampling`: the engine's sampling of `--seqs` (64) sequences at temperature 0.8, top_p 0.95,
+//!   on real SmolLM2 logits, in parallel across sequences as the engine does it, per sequence.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use switchyard_worker::model::{KvCache, SeqInput};
+use rayon::prelude::*;
+use switchyard_worker::backend::{BackendOptions, Solo, Want};
+use switchyard_worker::engine::{Engine, EngineOptions, Event, GenRequest};
+use switchyard_worker::kv::BlockAllocator;
 use switchyard_worker::models_dir::{SMOLLM2, models_dir};
-use switchyard_worker::sampling::argmax;
+use switchyard_worker::sampling::{Rng, SamplingParams, argmax, sample};
 
 fn arg(name: &str, default: usize) -> usize {
     let a: Vec<String> = std::env::args().collect();
@@ -21,70 +33,157 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn wants(what: &str) -> bool {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let named: Vec<&String> = a
+        .iter()
+        .filter(|x| ["throughput", "prefix", "sampling"].contains(&x.as_str()))
+        .collect();
+    if named.is_empty() {
+        what == "throughput"
+    } else {
+        named.iter().any(|x| x.as_str() == what)
+    }
+}
+
+/// 1 GiB of f16 KV cache: room for every benchmark here.
+const KV_BYTES: usize = 1 << 30;
+
 fn main() -> Result<(), String> {
     let threads = arg(
         "--threads",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
-    let n_prompt = arg("--prompt-tokens", 128);
-    let n_gen = arg("--gen", 64);
-    let batch = arg("--batch", 1);
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
         .map_err(|e| e.to_string())?;
-    let path = models_dir().join(SMOLLM2);
-    let loaded = switchyard_worker::load(&path, |l| eprintln!("{l}"))?;
-    let (model, tok) = (&loaded.model, &loaded.tokenizer);
-    let text = "the quick brown fox jumps over the lazy dog ".repeat(200);
-    let mut ids = tok.encode(&text, true, false);
-    ids.truncate(n_prompt);
+    if wants("throughput") {
+        throughput(threads)?;
+    }
+    if wants("prefix") {
+        prefix()?;
+    }
+    if wants("sampling") {
+        sampling()?;
+    }
+    Ok(())
+}
 
+fn load() -> Result<switchyard_worker::Loaded, String> {
+    let opts = BackendOptions {
+        kv_bytes: Some(KV_BYTES),
+        ..Default::default()
+    };
+    switchyard_worker::load_with(&models_dir().join(SMOLLM2), &opts, |_| {}, |_, _| {})
+}
+
+/// The benchmark prompt: the sentence llama.cpp's side uses, cut to `n` tokens.
+fn prompt(l: &switchyard_worker::Loaded, n: usize) -> Vec<u32> {
+    let text = "the quick brown fox jumps over the lazy dog ".repeat(n / 4 + 50);
+    let mut ids = l.tokenizer.encode(&text, true, false);
+    ids.truncate(n);
+    ids
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn throughput(threads: usize) -> Result<(), String> {
+    let n_prompt = arg("--prompt-tokens", 128);
+    let n_gen = arg("--gen", 64);
+    let batch = arg("--batch", 1).max(1);
+    let runs = arg("--runs", 3).max(1);
+    let mut l = load()?;
+    let ids = prompt(&l, n_prompt);
+    let (mut ours_p, mut ours_d, mut ref_p, mut ref_d) = (vec![], vec![], vec![], vec![]);
+    for run in 0..runs {
+        let (p, d) = ours(&mut l, &ids, n_gen, batch)?;
+        println!(
+            "{{\"run\": {run}, \"engine\": \"switchyard-worker (cpu)\", \"threads\": {threads}, \"simd\": {}, \"prompt_tokens\": {}, \"prefill_tok_s\": {p:.1}, \"gen_tokens\": {n_gen}, \"batch\": {batch}, \"decode_tok_s\": {d:.1}}}",
+            cfg!(target_arch = "x86_64") && switchyard_worker::quant::simd_available(),
+            ids.len()
+        );
+        ours_p.push(p);
+        ours_d.push(d);
+        if std::env::args().any(|a| a == "--ours-only") {
+            continue;
+        }
+        if let Some((p, d)) = reference(threads, n_prompt, n_gen) {
+            ref_p.push(p);
+            ref_d.push(d);
+        }
+    }
+    let (op, od) = (median(&mut ours_p), median(&mut ours_d));
+    print!(
+        "{{\"median_of\": {runs}, \"threads\": {threads}, \"ours\": {{\"prefill_tok_s\": {op:.1}, \"decode_tok_s\": {od:.1}}}"
+    );
+    if ref_p.len() == runs {
+        let (rp, rd) = (median(&mut ref_p), median(&mut ref_d));
+        print!(
+            ", \"llama_cpp\": {{\"prefill_tok_s\": {rp:.1}, \"decode_tok_s\": {rd:.1}}}, \"ratio\": {{\"prefill\": {:.2}, \"decode\": {:.2}}}",
+            op / rp,
+            od / rd
+        );
+    }
+    println!("}}");
+    Ok(())
+}
+
+/// Our prefill (best of three) and decode tokens/second.
+fn ours(
+    l: &mut switchyard_worker::Loaded,
+    ids: &[u32],
+    n_gen: usize,
+    batch: usize,
+) -> Result<(f64, f64), String> {
+    let be = &mut *l.backend;
+    let mut alloc = BlockAllocator::new(be.kv_blocks());
+    let e = |e: switchyard_worker::backend::BackendError| e.to_string();
     let mut best_prefill = 0f64;
     for _ in 0..3 {
-        let mut cache = KvCache::new(&model.cfg);
+        let mut s = Solo::default();
         let t = Instant::now();
-        model.forward(&mut [SeqInput {
-            cache: &mut cache,
-            tokens: &ids,
-            all_logits: false,
-        }]);
+        s.feed(be, &mut alloc, ids, Want::Last).map_err(e)?;
         best_prefill = best_prefill.max(ids.len() as f64 / t.elapsed().as_secs_f64());
+        s.release(&mut alloc);
     }
     // Decode: `batch` sequences stepping together (1 = single stream).
-    let mut caches: Vec<KvCache> = (0..batch).map(|_| KvCache::new(&model.cfg)).collect();
-    let mut last: Vec<u32> = Vec::new();
-    for c in caches.iter_mut() {
-        let l = model.forward(&mut [SeqInput {
-            cache: c,
-            tokens: &ids,
-            all_logits: false,
-        }]);
-        last.push(argmax(&l[0]));
+    let mut seqs: Vec<Solo> = (0..batch).map(|_| Solo::default()).collect();
+    let mut last = Vec::new();
+    for s in seqs.iter_mut() {
+        last.push(argmax(&s.feed(be, &mut alloc, ids, Want::Last).map_err(e)?));
     }
     let t = Instant::now();
     for _ in 0..n_gen {
         let toks: Vec<[u32; 1]> = last.iter().map(|&x| [x]).collect();
-        let mut inp: Vec<SeqInput<'_>> = caches
+        let mut step: Vec<(&mut Solo, &[u32])> = seqs
             .iter_mut()
             .zip(&toks)
-            .map(|(c, t)| SeqInput {
-                cache: c,
-                tokens: t,
-                all_logits: false,
+            .map(|(s, t)| (s, &t[..]))
+            .collect();
+        let out = Solo::step(be, &mut alloc, &mut step, Want::Last).map_err(e)?;
+        last = out
+            .iter()
+            .map(|o| match o {
+                switchyard_worker::backend::Output::Logits(l) => argmax(l),
+                _ => 0,
             })
             .collect();
-        let out = model.forward(&mut inp);
-        last = out.iter().map(|l| argmax(l)).collect();
     }
     let decode = (n_gen * batch) as f64 / t.elapsed().as_secs_f64();
-    println!(
-        "{{\"engine\": \"switchyard-worker (cpu)\", \"threads\": {threads}, \"simd\": {}, \"prompt_tokens\": {}, \"prefill_tok_s\": {best_prefill:.1}, \"gen_tokens\": {n_gen}, \"batch\": {batch}, \"decode_tok_s\": {decode:.1}}}",
-        cfg!(target_arch = "x86_64") && switchyard_worker::quant::simd_available(),
-        ids.len()
-    );
+    for s in seqs.iter_mut() {
+        s.release(&mut alloc);
+    }
+    Ok((best_prefill, decode))
+}
+
+/// llama.cpp's prefill and decode tokens/second, if llama-cpp-python is installed.
+fn reference(threads: usize, n_prompt: usize, n_gen: usize) -> Option<(f64, f64)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/reference.py");
-    match std::process::Command::new("python3")
+    let out = std::process::Command::new("python3")
         .args([
             script,
             "bench",
@@ -95,17 +194,168 @@ fn main() -> Result<(), String> {
             "--gen",
             &n_gen.to_string(),
         ])
-        .output()
-    {
-        Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
-        Ok(o) => eprintln!(
-            "llama.cpp reference not run (pip install llama-cpp-python): {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ),
-        Err(e) => eprintln!("llama.cpp reference not run: {e}"),
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            print!("{text}");
+            let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+            Some((v["prefill_tok_s"].as_f64()?, v["decode_tok_s"].as_f64()?))
+        }
+        Ok(o) => {
+            eprintln!(
+                "llama.cpp reference not run (pip install llama-cpp-python): {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("llama.cpp reference not run: {e}");
+            None
+        }
     }
+}
+
+/// Time to first token of `prompt` through `engine` (one generated token).
+fn ttft(engine: &Engine, prompt: Vec<u32>) -> Result<Duration, String> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let req = GenRequest {
+        prompt,
+        params: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        max_tokens: 1,
+        stop: Vec::new(),
+        logprobs: None,
+        events: tx,
+        arrived: Instant::now(),
+    };
+    if !engine.submit(req) {
+        return Err("the engine stopped".into());
+    }
+    while let Some(ev) = rx.blocking_recv() {
+        if let Event::Done { timings, .. } = ev {
+            let first = timings.first_token.ok_or("no token generated")?;
+            return Ok(first - timings.arrived);
+        }
+    }
+    Err("the engine ended the request without an answer".into())
+}
+
+fn prefix() -> Result<(), String> {
+    let n = arg("--prefix-tokens", 1000);
+    let engine_with = |caching: bool| -> Result<(Engine, Vec<u32>, Vec<u32>), String> {
+        let l = load()?;
+        let text = "In a distant valley, a river carved its way through ancient stone, \
+                    and the people who lived along its banks told stories of the seasons. "
+            .repeat(n / 20 + 10);
+        let mut shared = l.tokenizer.encode(&text, true, false);
+        shared.truncate(n);
+        let tail = |q: &str| -> Vec<u32> {
+            let mut p = shared.clone();
+            p.extend(l.tokenizer.encode(q, false, false));
+            p
+        };
+        let (a, b) = (
+            tail(" Question: who lived there?"),
+            tail(" Question: what did the river do?"),
+        );
+        let opts = EngineOptions {
+            prefix_caching: caching,
+            ..EngineOptions::new(4096, 8)
+        };
+        Ok((Engine::start(l.backend, l.tokenizer, opts), a, b))
+    };
+    let (engine, a, b) = engine_with(true)?;
+    let first = ttft(&engine, a)?;
+    let second = ttft(&engine, b.clone())?;
+    let m = &engine.metrics;
+    let hits = m.prefix_hits.load(std::sync::atomic::Ordering::Relaxed);
+    let (engine_off, a_off, b_off) = engine_with(false)?;
+    ttft(&engine_off, a_off)?;
+    let uncached = ttft(&engine_off, b_off)?;
+    println!(
+        "{{\"prefix_tokens\": {n}, \"first_ttft_ms\": {:.1}, \"second_ttft_ms\": {:.1}, \"second_over_first\": {:.3}, \"prefix_cache_hit_tokens\": {hits}, \"second_ttft_without_prefix_cache_ms\": {:.1}, \"second_prompt_tokens\": {}}}",
+        first.as_secs_f64() * 1e3,
+        second.as_secs_f64() * 1e3,
+        second.as_secs_f64() / first.as_secs_f64(),
+        uncached.as_secs_f64() * 1e3,
+        b.len(),
+    );
     Ok(())
+}
+
+fn sampling() -> Result<(), String> {
+    let n_seqs = arg("--seqs", 64);
+    let rounds = arg("--rounds", 50);
+    let mut l = load()?;
+    // Real next-token distributions: the logits at each position of a text.
+    let text = "Once upon a time, in a small village at the edge of a great forest, there lived \
+                an old woman who knew the names of every tree and the songs of every bird. "
+        .repeat(4);
+    let mut ids = l.tokenizer.encode(&text, true, false);
+    ids.truncate(n_seqs);
+    let be = &mut *l.backend;
+    let v = be.config().n_vocab;
+    let mut alloc = BlockAllocator::new(be.kv_blocks());
+    let all = Solo::default()
+        .feed(be, &mut alloc, &ids, Want::All)
+        .map_err(|e| e.to_string())?;
+    let logits: Vec<&[f32]> = all.chunks_exact(v).collect();
+    let p = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        ..Default::default()
+    };
+    let mut rngs: Vec<Rng> = (0..logits.len() as u64)
+        .map(|i| Rng::new(Some(i)))
+        .collect();
+    let history: Vec<u32> = Vec::new();
+    let t = Instant::now();
+    let mut picked = 0u64;
+    for _ in 0..rounds {
+        let toks: Vec<u32> = logits
+            .par_iter()
+            .zip(rngs.par_iter_mut())
+            .map(|(l, r)| sample(l, &p, &history, r.uniform_for(&p)))
+            .collect();
+        picked += toks.iter().map(|&t| u64::from(t)).sum::<u64>() % 2;
+    }
+    let parallel = t.elapsed().as_secs_f64() / (rounds * logits.len()) as f64;
+    let t = Instant::now();
+    let cpu = thread_cpu_ns();
+    for _ in 0..rounds {
+        for (l, r) in logits.iter().zip(rngs.iter_mut()) {
+            picked += u64::from(sample(l, &p, &history, r.uniform_for(&p))) % 2;
+        }
+    }
+    let serial = t.elapsed().as_secs_f64() / (rounds * logits.len()) as f64;
+    let serial_cpu = cpu
+        .zip(thread_cpu_ns())
+        .map(|(a, b)| (b - a) as f64 / 1e9 / (rounds * logits.len()) as f64);
+    std::hint::black_box(picked);
+    println!(
+        "{{\"sequences\": {}, \"vocab\": {v}, \"temperature\": 0.8, \"top_p\": 0.95, \"threads\": {}, \"ms_per_sequence\": {:.4}, \"ms_per_sequence_one_thread\": {:.4}, \"cpu_ms_per_sequence_one_thread\": {}}}",
+        logits.len(),
+        rayon::current_num_threads(),
+        parallel * 1e3,
+        serial * 1e3,
+        serial_cpu.map_or("null".into(), |c| format!("{:.4}", c * 1e3)),
+    );
+    Ok(())
+}
+
+/// This thread's CPU time in nanoseconds (Linux: the first field of its schedstat), so a
+/// measurement on a busy machine can be told apart from the time the thread waited.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

@@ -5,11 +5,19 @@
 
 // A diagnostic tool over committed fixtures: a malformed fixture may just panic.
 #![allow(clippy::unwrap_used)]
-use switchyard_worker::model::{KvCache, SeqInput};
+use switchyard_worker::backend::{BackendOptions, Solo, Want};
+use switchyard_worker::kv::BlockAllocator;
+
 fn main() {
     let path =
         switchyard_worker::models_dir::models_dir().join(switchyard_worker::models_dir::SMOLLM2);
-    let l = switchyard_worker::load(&path, |_| {}).unwrap();
+    let opts = BackendOptions {
+        kv_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let mut l = switchyard_worker::load_with(&path, &opts, |_| {}, |_, _| {}).unwrap();
+    let backend = &mut *l.backend;
+    let mut alloc = BlockAllocator::new(backend.kv_blocks());
     for i in 0..5 {
         let f = format!(
             "{}/tests/fixtures/smollm2_{i}.json",
@@ -23,18 +31,11 @@ fn main() {
             .iter()
             .map(|x| x.as_u64().unwrap() as u32)
             .collect();
-        let mut c = KvCache::new(&l.model.cfg);
+        let mut seq = Solo::default();
         let mut input = ids;
         let mut line = String::new();
         for (s, st) in v["steps"].as_array().unwrap().iter().enumerate() {
-            let lg = l
-                .model
-                .forward(&mut [SeqInput {
-                    cache: &mut c,
-                    tokens: &input,
-                    all_logits: false,
-                }])
-                .remove(0);
+            let lg = seq.feed(backend, &mut alloc, &input, Want::Last).unwrap();
             let top = st["top"].as_array().unwrap();
             let gap = top[0][1].as_f64().unwrap() - top[1][1].as_f64().unwrap();
             let want = st["id"].as_u64().unwrap() as u32;
@@ -54,5 +55,6 @@ fn main() {
             input = vec![want];
         }
         println!("{i}:{line}");
+        seq.release(&mut alloc);
     }
 }

@@ -1,27 +1,37 @@
-//! The engine: a request queue and one scheduler thread that steps every active sequence.
+//! The engine: a request queue and one thread that steps the model over every running
+//! sequence.
 //!
 //! The HTTP server never touches the model. It sends a `GenRequest` down a channel and reads
-//! `Event`s back. The scheduler keeps a set of active sequences (at most `max_batch`), each with
-//! its own `KvCache`; every step it builds one batch from all of them (a chunk of prompt for
-//! sequences still prefilling, the last sampled token for the others), runs one `forward`, then
-//! samples, detokenizes, checks stop strings and limits per sequence. New requests join between
-//! steps and finished ones leave, which is continuous batching; a GPU backend plugs in by
-//! providing the same `forward`. A request whose event receiver is gone (client disconnected)
-//! is dropped at the next step.
+//! `Event`s back. The engine thread loops:
+//!
+//! ```text
+//!   take new requests ─► drop cancelled ones ─► Scheduler::schedule ─► Backend::forward
+//!        ▲                  (blocks freed)        (who runs, how many     (one batch)
+//!        │                                         tokens, which blocks)        │
+//!        └── events: text, stop strings, limits ◄── sample, in parallel ◄───────┘
+//! ```
+//!
+//! New requests join between steps and finished ones leave (continuous batching); prompts are
+//! fed in chunks mixed with other sequences' decode tokens under one token budget per step;
+//! the KV cache is paged and shared by prefix (`scheduler`, `kv`). Sampling runs in parallel
+//! across sequences on the thread pool, each from its own seeded generator, so a seeded
+//! request gives the same tokens whatever else shares its batch. A request whose event
+//! receiver is gone (client disconnected) is dropped before the next step and its blocks
+//! freed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::model::{KvCache, Model, SeqInput};
+use crate::backend::{Backend, Output, SampleArgs, SeqStep, Want};
 use crate::sampling::{Rng, SamplingParams, logprobs, sample};
+use crate::scheduler::{Limits, Plan, Scheduler, SeqId};
 use crate::tokenizer::{StreamDecoder, TokenId, Tokenizer};
-
-/// Prompt tokens one sequence may feed per step, so long prompts do not stall other streams.
-const PREFILL_CHUNK: usize = 256;
 
 /// One generation job.
 pub struct GenRequest {
@@ -45,6 +55,7 @@ pub struct TokenLogprob {
     pub top: Vec<(String, Vec<u8>, f32)>,
 }
 
+/// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
     Stop,
@@ -97,12 +108,21 @@ pub struct Metrics {
     pub generated_tokens: AtomicU64,
     pub active: AtomicU64,
     pub queued: AtomicU64,
+    /// Requests cancelled by their client disconnecting.
     pub cancelled: AtomicU64,
     pub steps: AtomicU64,
-    /// Tokens held in the KV caches of the running sequences.
+    /// Tokens held in the KV cache for the running sequences.
     pub kv_tokens: AtomicU64,
-    /// What the KV caches can hold at most: `max_batch` sequences of `n_ctx` tokens.
-    pub kv_capacity: AtomicU64,
+    /// Blocks of the KV cache pool held by running sequences.
+    pub kv_blocks_used: AtomicU64,
+    /// Blocks in the KV cache pool.
+    pub kv_blocks_total: AtomicU64,
+    /// Sequences preempted for KV cache space (to be recomputed).
+    pub preemptions: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache at admission.
+    pub prefix_queried: AtomicU64,
+    /// Of those, tokens whose keys and values were reused instead of computed.
+    pub prefix_hits: AtomicU64,
     /// Generated tokens per second over the last second of work (0 when idle), as f64 bits.
     pub tokens_per_second: AtomicU64,
     /// Time from arrival to the first generated token.
@@ -168,6 +188,31 @@ impl Histogram {
     }
 }
 
+/// How the engine schedules.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// The context size: prompt and completion of one request together, at most.
+    pub n_ctx: usize,
+    /// Sequences in the running batch at most.
+    pub max_batch: usize,
+    /// Tokens fed per step at most (decode tokens and prompt chunks together).
+    pub step_tokens: usize,
+    /// Share the keys and values of equal prompt prefixes.
+    pub prefix_caching: bool,
+}
+
+impl EngineOptions {
+    /// Context `n_ctx`, `max_batch` sequences, 512 tokens per step, prefix caching on.
+    pub fn new(n_ctx: usize, max_batch: usize) -> EngineOptions {
+        EngineOptions {
+            n_ctx,
+            max_batch,
+            step_tokens: 512,
+            prefix_caching: true,
+        }
+    }
+}
+
 /// Handle for submitting work; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -177,54 +222,45 @@ pub struct Engine {
     pub n_ctx: usize,
 }
 
-struct Seq {
+/// The engine's side of one request.
+struct Active {
     req: GenRequest,
-    cache: KvCache,
-    /// Prompt tokens fed so far.
-    fed: usize,
-    generated: Vec<TokenId>,
-    history: Vec<TokenId>,
     rng: Rng,
     decoder: StreamDecoder,
     /// Text decoded but not yet sent (could be the start of a stop string).
     held: String,
-    last: Option<TokenId>,
-    done: bool,
-    cancelled: bool,
-    /// When it joined the running batch.
-    admitted: Instant,
+    /// Tokens generated, the end token included.
+    generated: usize,
+    /// When it first joined the running batch.
+    admitted: Option<Instant>,
     /// When its first token was sampled (TTFT recorded).
     first_token: Option<Instant>,
 }
 
 impl Engine {
-    /// Starts the scheduler thread over `model`.
+    /// Starts the engine thread over `backend`.
     pub fn start(
-        model: Arc<Model>,
+        backend: Box<dyn Backend>,
         tokenizer: Arc<Tokenizer>,
-        n_ctx: usize,
-        max_batch: usize,
+        opts: EngineOptions,
     ) -> Engine {
         let (tx, rx) = mpsc::channel::<GenRequest>();
         let metrics = Arc::new(Metrics::default());
-        metrics
-            .kv_capacity
-            .store((max_batch.max(1) * n_ctx) as u64, Ordering::Relaxed);
         let m = metrics.clone();
         let tk = tokenizer.clone();
         std::thread::Builder::new()
-            .name("switchyard-scheduler".into())
-            .spawn(move || scheduler(model, tk, rx, m, max_batch.max(1)))
+            .name("switchyard-engine".into())
+            .spawn(move || Loop::new(backend, tk, m, opts).run(rx))
             .ok();
         Engine {
             tx,
             tokenizer,
             metrics,
-            n_ctx,
+            n_ctx: opts.n_ctx,
         }
     }
 
-    /// Queues a request; false if the scheduler is gone.
+    /// Queues a request; false if the engine is gone.
     pub fn submit(&self, req: GenRequest) -> bool {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics.queued.fetch_add(1, Ordering::Relaxed);
@@ -232,240 +268,405 @@ impl Engine {
     }
 }
 
-fn scheduler(
-    model: Arc<Model>,
+/// The engine thread's state.
+struct Loop {
+    backend: Box<dyn Backend>,
     tok: Arc<Tokenizer>,
-    rx: mpsc::Receiver<GenRequest>,
     m: Arc<Metrics>,
-    max_batch: usize,
-) {
-    let mut active: Vec<Seq> = Vec::new();
-    // Throughput window for `tokens_per_second`.
-    let mut window = (Instant::now(), 0u64);
-    let mut waiting: std::collections::VecDeque<GenRequest> = Default::default();
-    loop {
-        // Block only when there is nothing to do.
-        if active.is_empty() && waiting.is_empty() {
-            match rx.recv() {
-                Ok(r) => waiting.push_back(r),
-                Err(_) => return,
+    n_ctx: usize,
+    sched: Scheduler,
+    active: HashMap<SeqId, Active>,
+    /// Throughput window for `tokens_per_second`: its start and the tokens since.
+    window: (Instant, u64),
+}
+
+/// A sequence's token from this step, with its log-probabilities when asked for.
+struct Picked {
+    id: SeqId,
+    token: TokenId,
+    logprob: Option<TokenLogprob>,
+}
+
+impl Loop {
+    fn new(
+        backend: Box<dyn Backend>,
+        tok: Arc<Tokenizer>,
+        m: Arc<Metrics>,
+        opts: EngineOptions,
+    ) -> Loop {
+        let n_blocks = backend.kv_blocks();
+        let mut limits = Limits::new(opts.max_batch, opts.step_tokens, n_blocks);
+        limits.prefix_caching = opts.prefix_caching;
+        m.kv_blocks_total.store(n_blocks as u64, Ordering::Relaxed);
+        Loop {
+            backend,
+            tok,
+            m,
+            n_ctx: opts.n_ctx,
+            sched: Scheduler::new(n_blocks, limits),
+            active: HashMap::new(),
+            window: (Instant::now(), 0),
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<GenRequest>) {
+        loop {
+            // Block only when there is nothing to do.
+            if self.sched.is_idle() {
+                match rx.recv() {
+                    Ok(r) => self.add(r),
+                    Err(_) => return,
+                }
             }
+            while let Ok(r) = rx.try_recv() {
+                self.add(r);
+            }
+            self.drop_cancelled();
+            if !self.sched.is_idle() {
+                self.step();
+            }
+            self.update_gauges();
         }
-        while let Ok(r) = rx.try_recv() {
-            waiting.push_back(r);
-        }
-        while active.len() < max_batch {
-            let Some(req) = waiting.pop_front() else {
-                break;
-            };
-            m.queued.fetch_sub(1, Ordering::Relaxed);
-            let admitted = Instant::now();
-            m.queue_time.observe(admitted - req.arrived);
-            m.prompt_tokens
-                .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
-            let rng = Rng::new(req.params.seed);
-            active.push(Seq {
-                history: req.prompt.clone(),
-                cache: KvCache::new(&model.cfg),
-                fed: 0,
-                generated: Vec::new(),
+    }
+
+    fn add(&mut self, req: GenRequest) {
+        let rng = Rng::new(req.params.seed);
+        let id = self.sched.add(req.prompt.clone());
+        self.active.insert(
+            id,
+            Active {
+                req,
                 rng,
                 decoder: StreamDecoder::default(),
                 held: String::new(),
-                last: None,
-                done: false,
-                cancelled: false,
-                admitted,
+                generated: 0,
+                admitted: None,
                 first_token: None,
-                req,
-            });
-        }
-        // Drop sequences whose client went away.
-        active.retain(|s| {
-            let gone = s.req.events.is_closed();
-            if gone {
-                m.cancelled.fetch_add(1, Ordering::Relaxed);
-            }
-            !gone
-        });
-        if active.is_empty() {
-            // Gauges before `active`: a reader that sees no sequences sees them cleared.
-            m.kv_tokens.store(0, Ordering::Relaxed);
-            m.tokens_per_second.store(0f64.to_bits(), Ordering::Relaxed);
-            window = (Instant::now(), 0);
-            m.active.store(0, Ordering::Relaxed);
-            continue;
-        }
-        m.active.store(active.len() as u64, Ordering::Relaxed);
+            },
+        );
+    }
 
-        // One batch: a prompt chunk or the last token of each sequence.
-        let mut inputs: Vec<Vec<TokenId>> = Vec::with_capacity(active.len());
-        for s in &active {
-            if s.fed < s.req.prompt.len() {
-                let end = (s.fed + PREFILL_CHUNK).min(s.req.prompt.len());
-                inputs.push(s.req.prompt[s.fed..end].to_vec());
-            } else {
-                inputs.push(s.last.into_iter().collect());
-            }
+    /// Ends the sequences whose client went away; their blocks are free for the next step.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.req.events.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.end(id);
+            self.m.cancelled.fetch_add(1, Ordering::Relaxed);
         }
-        let logits = {
-            let mut batch: Vec<SeqInput<'_>> = active
-                .iter_mut()
-                .zip(&inputs)
-                .map(|(s, t)| SeqInput {
-                    cache: &mut s.cache,
-                    tokens: t,
-                    all_logits: false,
+    }
+
+    /// Removes a sequence from the engine and the scheduler.
+    fn end(&mut self, id: SeqId) {
+        self.sched.finish(id);
+        if let Some(a) = self.active.remove(&id)
+            && a.admitted.is_none()
+        {
+            self.m.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One scheduled forward step, its sampling and its events.
+    fn step(&mut self) {
+        let plan = self.sched.schedule();
+        self.account(&plan);
+        if plan.items.is_empty() {
+            return;
+        }
+        let uniforms = self.device_draws(&plan);
+        let outputs = {
+            let steps: Vec<SeqStep<'_>> = plan
+                .items
+                .iter()
+                .map(|it| {
+                    let tokens = self.sched.tokens(it.id);
+                    let want = match uniforms.get(&it.id) {
+                        _ if !it.yields_token => Want::Nothing,
+                        Some(u) => Want::Token(SampleArgs {
+                            params: &self.active[&it.id].req.params,
+                            history: tokens,
+                            uniform: *u,
+                        }),
+                        None => Want::Last,
+                    };
+                    SeqStep {
+                        blocks: self.sched.blocks(it.id),
+                        start: it.start,
+                        tokens: &tokens[it.start..it.start + it.len],
+                        want,
+                    }
                 })
                 .collect();
-            model.forward(&mut batch)
+            self.backend.forward(&steps)
         };
-        m.steps.fetch_add(1, Ordering::Relaxed);
-        for ((s, inp), lg) in active.iter_mut().zip(&inputs).zip(logits) {
-            if s.fed < s.req.prompt.len() {
-                s.fed += inp.len();
-                if s.fed < s.req.prompt.len() {
-                    continue; // still prefilling
+        self.m.steps.fetch_add(1, Ordering::Relaxed);
+        let outputs = match outputs {
+            Ok(o) => o,
+            Err(e) => {
+                // A malformed step is a bug: end its sequences rather than loop on it.
+                eprintln!("switchyard-worker: engine step failed, ending its requests: {e}");
+                for it in &plan.items {
+                    self.end(it.id);
                 }
+                return;
             }
-            if lg.is_empty() {
-                s.done = true;
-                continue;
-            }
-            let id = sample(&lg, &s.req.params, &s.history, &mut s.rng);
-            m.generated_tokens.fetch_add(1, Ordering::Relaxed);
-            window.1 += 1;
-            if s.first_token.is_none() {
-                let now = Instant::now();
-                s.first_token = Some(now);
-                m.ttft.observe(now - s.req.arrived);
-            }
-            step_sequence(s, id, &lg, &tok);
+        };
+        self.sched.commit(&plan);
+        let picked = self.pick(&plan, outputs);
+        for p in picked {
+            self.emit(p);
         }
-        let n_cancelled = active.iter().filter(|s| s.cancelled).count();
-        m.cancelled.fetch_add(n_cancelled as u64, Ordering::Relaxed);
-        active.retain(|s| !s.done);
-        let cached: usize = active.iter().map(|s| s.fed + s.generated.len()).sum();
-        m.kv_tokens.store(cached as u64, Ordering::Relaxed);
-        let elapsed = window.0.elapsed();
-        if active.is_empty() {
+    }
+
+    /// Metrics for what the plan did; sequences that can never fit end with `length`.
+    fn account(&mut self, plan: &Plan) {
+        let now = Instant::now();
+        for it in &plan.items {
+            if let Some(a) = self.active.get_mut(&it.id)
+                && a.admitted.is_none()
+            {
+                a.admitted = Some(now);
+                self.m.queued.fetch_sub(1, Ordering::Relaxed);
+                self.m.queue_time.observe(now - a.req.arrived);
+                self.m
+                    .prompt_tokens
+                    .fetch_add(a.req.prompt.len() as u64, Ordering::Relaxed);
+            }
+        }
+        self.m
+            .preemptions
+            .fetch_add(plan.preempted.len() as u64, Ordering::Relaxed);
+        for &id in &plan.unservable {
+            if let Some(mut a) = self.active.remove(&id) {
+                if a.admitted.is_none() {
+                    self.m.queued.fetch_sub(1, Ordering::Relaxed);
+                    a.admitted = Some(now);
+                }
+                finish(&mut a, Finish::Length);
+            }
+        }
+    }
+
+    /// For a backend that samples on the device: each sampling sequence's next draw.
+    fn device_draws(&mut self, plan: &Plan) -> HashMap<SeqId, f32> {
+        if !self.backend.samples_on_device() {
+            return HashMap::new();
+        }
+        plan.items
+            .iter()
+            .filter(|it| it.yields_token)
+            .filter_map(|it| {
+                let a = self.active.get_mut(&it.id)?;
+                // Log-probabilities need the logits on the host.
+                if a.req.logprobs.is_some() {
+                    return None;
+                }
+                Some((it.id, a.rng.uniform_for(&a.req.params)))
+            })
+            .collect()
+    }
+
+    /// The next token of every sequence the step yielded one for: sampled from the logits in
+    /// parallel across sequences, or as the device sampled it.
+    fn pick(&mut self, plan: &Plan, outputs: Vec<Output>) -> Vec<Picked> {
+        let sched = &self.sched;
+        let tok = &*self.tok;
+        let mut work: Vec<(SeqId, Output, &mut Active)> = Vec::new();
+        let mut by_id: HashMap<SeqId, Output> = plan
+            .items
+            .iter()
+            .zip(outputs)
+            .filter(|(it, _)| it.yields_token)
+            .map(|(it, o)| (it.id, o))
+            .collect();
+        for (id, a) in self.active.iter_mut() {
+            if let Some(o) = by_id.remove(id) {
+                work.push((*id, o, a));
+            }
+        }
+        work.into_par_iter()
+            .filter_map(|(id, out, a)| {
+                let (token, logits) = match out {
+                    Output::Token(t) => (t, None),
+                    Output::Logits(l) => {
+                        let u = a.rng.uniform_for(&a.req.params);
+                        (sample(&l, &a.req.params, sched.tokens(id), u), Some(l))
+                    }
+                    Output::Nothing => return None,
+                };
+                let logprob = match (a.req.logprobs, &logits) {
+                    (Some(n), Some(l)) => Some(token_logprob(tok, l, token, n)),
+                    _ => None,
+                };
+                Some(Picked { id, token, logprob })
+            })
+            .collect()
+    }
+
+    /// Delivers one picked token: end of generation, text, stop strings, limits.
+    fn emit(&mut self, p: Picked) {
+        let Some(a) = self.active.get_mut(&p.id) else {
+            return;
+        };
+        self.m.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        self.window.1 += 1;
+        if a.first_token.is_none() {
+            let now = Instant::now();
+            a.first_token = Some(now);
+            self.m.ttft.observe(now - a.req.arrived);
+        }
+        let n_tokens = self.sched.tokens(p.id).len() + 1;
+        let over = n_tokens >= self.n_ctx;
+        match deliver(a, &self.tok, p.token, p.logprob, over) {
+            Delivered::More => self.sched.push(p.id, p.token),
+            Delivered::Done => {
+                self.active.remove(&p.id);
+                self.sched.finish(p.id);
+            }
+            Delivered::Gone => {
+                self.m.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.active.remove(&p.id);
+                self.sched.finish(p.id);
+            }
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        let m = &self.m;
+        let alloc = self.sched.allocator();
+        let c = self.sched.counters();
+        m.preemptions.store(c.preemptions, Ordering::Relaxed);
+        m.prefix_queried.store(c.prefix.queried, Ordering::Relaxed);
+        m.prefix_hits.store(c.prefix.hit, Ordering::Relaxed);
+        m.kv_tokens
+            .store(self.sched.cached_tokens() as u64, Ordering::Relaxed);
+        m.kv_blocks_used
+            .store(alloc.used() as u64, Ordering::Relaxed);
+        let running = self.sched.running().len();
+        let elapsed = self.window.0.elapsed();
+        if running == 0 {
             m.tokens_per_second.store(0f64.to_bits(), Ordering::Relaxed);
-        } else if elapsed >= std::time::Duration::from_secs(1) {
-            let rate = window.1 as f64 / elapsed.as_secs_f64();
+            self.window = (Instant::now(), 0);
+        } else if elapsed >= Duration::from_secs(1) {
+            let rate = self.window.1 as f64 / elapsed.as_secs_f64();
             m.tokens_per_second.store(rate.to_bits(), Ordering::Relaxed);
-            window = (Instant::now(), 0);
+            self.window = (Instant::now(), 0);
         }
-        m.active.store(active.len() as u64, Ordering::Relaxed);
+        // Last: a reader that sees no sequences sees the gauges above cleared.
+        m.active.store(running as u64, Ordering::Relaxed);
     }
 }
 
-/// Handles one sampled token: end-of-generation, text, stop strings, limits.
-fn step_sequence(s: &mut Seq, id: TokenId, logits: &[f32], tok: &Tokenizer) {
-    let n_prompt = s.req.prompt.len();
-    let finish = |s: &mut Seq, finish: Finish| {
-        let _ = s.req.events.send(Event::Done {
-            finish,
-            prompt_tokens: n_prompt,
-            completion_tokens: s.generated.len(),
-            timings: Timings {
-                arrived: s.req.arrived,
-                admitted: s.admitted,
-                first_token: s.first_token,
-                finished: Instant::now(),
-            },
-        });
-        s.done = true;
-    };
-    if tok.is_eog(id) {
-        let rest = std::mem::take(&mut s.held) + &s.decoder.finish();
-        if !rest.is_empty() {
-            let _ = s.req.events.send(Event::Token {
-                text: rest,
-                logprob: None,
-            });
-        }
-        // The end token counts as generated, as in OpenAI's usage.
-        s.generated.push(id);
-        finish(s, Finish::Stop);
-        return;
+/// The log-probability of `token` and the `n` most likely alternatives, with their text.
+fn token_logprob(tok: &Tokenizer, logits: &[f32], token: TokenId, n: usize) -> TokenLogprob {
+    let (lp, top) = logprobs(logits, token, n);
+    let b = tok.token_bytes(token, true);
+    TokenLogprob {
+        token: String::from_utf8_lossy(&b).into_owned(),
+        bytes: b,
+        logprob: lp,
+        top: top
+            .into_iter()
+            .map(|(t, l)| {
+                let b = tok.token_bytes(t, true);
+                (String::from_utf8_lossy(&b).into_owned(), b, l)
+            })
+            .collect(),
     }
-    s.generated.push(id);
-    s.history.push(id);
-    s.last = Some(id);
-    let lp = s.req.logprobs.map(|n| {
-        let (lp, top) = logprobs(logits, id, n);
-        let b = tok.token_bytes(id, true);
-        TokenLogprob {
-            token: String::from_utf8_lossy(&b).into_owned(),
-            bytes: b,
-            logprob: lp,
-            top: top
-                .into_iter()
-                .map(|(t, l)| {
-                    let b = tok.token_bytes(t, true);
-                    (String::from_utf8_lossy(&b).into_owned(), b, l)
-                })
-                .collect(),
-        }
+}
+
+/// What became of a delivered token.
+enum Delivered {
+    /// The sequence goes on with it.
+    More,
+    /// The sequence ended (its `Done` is sent).
+    Done,
+    /// The client is gone.
+    Gone,
+}
+
+/// Sends what remains held and the `Done` event.
+fn finish(a: &mut Active, how: Finish) {
+    let rest = std::mem::take(&mut a.held) + &a.decoder.finish();
+    if !rest.is_empty() {
+        let _ = a.req.events.send(Event::Token {
+            text: rest,
+            logprob: None,
+        });
+    }
+    let now = Instant::now();
+    let _ = a.req.events.send(Event::Done {
+        finish: how,
+        prompt_tokens: a.req.prompt.len(),
+        completion_tokens: a.generated,
+        timings: Timings {
+            arrived: a.req.arrived,
+            admitted: a.admitted.unwrap_or(now),
+            first_token: a.first_token,
+            finished: now,
+        },
     });
-    s.held.push_str(&s.decoder.push(tok, id));
+}
+
+/// Handles one sampled token: end-of-generation, text, stop strings, limits. `at_context_end`:
+/// the context has no room for another token.
+fn deliver(
+    a: &mut Active,
+    tok: &Tokenizer,
+    id: TokenId,
+    logprob: Option<TokenLogprob>,
+    at_context_end: bool,
+) -> Delivered {
+    // The end token counts as generated, as in OpenAI's usage.
+    a.generated += 1;
+    if tok.is_eog(id) {
+        finish(a, Finish::Stop);
+        return Delivered::Done;
+    }
+    a.held.push_str(&a.decoder.push(tok, id));
     // A stop string anywhere in the held text ends generation; the stop text is not sent.
-    if let Some((pos, _)) = s
+    if let Some((pos, _)) = a
         .req
         .stop
         .iter()
-        .filter_map(|st| s.held.find(st.as_str()).map(|p| (p, st.len())))
+        .filter_map(|st| a.held.find(st.as_str()).map(|p| (p, st.len())))
         .min()
     {
-        let text = s.held[..pos].to_string();
-        s.held.clear();
-        let _ = s.req.events.send(Event::Token { text, logprob: lp });
-        finish(s, Finish::Stop);
-        return;
+        let text = a.held[..pos].to_string();
+        a.held.clear();
+        let _ = a.req.events.send(Event::Token { text, logprob });
+        a.decoder = StreamDecoder::default();
+        finish(a, Finish::Stop);
+        return Delivered::Done;
     }
     // Hold back the longest tail that could still grow into a stop string.
-    let keep = s
+    let keep = a
         .req
         .stop
         .iter()
         .map(|st| {
-            (1..st.len().min(s.held.len() + 1))
+            (1..st.len().min(a.held.len() + 1))
                 .rev()
                 .find(|&k| {
-                    s.held.is_char_boundary(s.held.len() - k)
-                        && st.starts_with(&s.held[s.held.len() - k..])
+                    a.held.is_char_boundary(a.held.len() - k)
+                        && st.starts_with(&a.held[a.held.len() - k..])
                 })
                 .unwrap_or(0)
         })
         .max()
         .unwrap_or(0);
-    let cut = s.held.len() - keep;
-    let text: String = s.held.drain(..cut).collect();
-    if s.req
-        .events
-        .send(Event::Token { text, logprob: lp })
-        .is_err()
-    {
-        // The receiver is gone: the client disconnected.
-        s.done = true;
-        s.cancelled = true;
-        return;
+    let cut = a.held.len() - keep;
+    let text: String = a.held.drain(..cut).collect();
+    if a.req.events.send(Event::Token { text, logprob }).is_err() {
+        return Delivered::Gone;
     }
-    if s.generated.len() >= s.req.max_tokens || s.cache.len() + 1 >= s.cache_limit() {
-        let rest = std::mem::take(&mut s.held) + &s.decoder.finish();
-        if !rest.is_empty() {
-            let _ = s.req.events.send(Event::Token {
-                text: rest,
-                logprob: None,
-            });
-        }
-        finish(s, Finish::Length);
+    if a.generated >= a.req.max_tokens || at_context_end {
+        finish(a, Finish::Length);
+        return Delivered::Done;
     }
-}
-
-impl Seq {
-    fn cache_limit(&self) -> usize {
-        // The server already bounded prompt + max_tokens by the context size.
-        self.req.prompt.len() + self.req.max_tokens + 1
-    }
+    Delivered::More
 }

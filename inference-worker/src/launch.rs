@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 
-use crate::engine::Engine;
+use crate::backend::BackendOptions;
+use crate::engine::{Engine, EngineOptions};
+use crate::kv::BLOCK_TOKENS;
 use crate::server::{AppState, Shared};
 use crate::trace::{Log, Tracer};
 
@@ -30,6 +32,25 @@ pub struct Options {
     pub max_batch: usize,
     /// Where request spans go, if anywhere.
     pub tracer: Option<Arc<Tracer>>,
+}
+
+/// Settings beyond [`Options`]: the device and its KV cache, and the engine's step.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// `--device`, `--kv-cache-mb`, `--kv-cache-type`.
+    pub backend: BackendOptions,
+    /// Tokens fed per engine step at most, prompt chunks and decode tokens together.
+    pub step_tokens: usize,
+}
+
+impl Default for Tuning {
+    /// The CPU, a KV cache sized from free memory in f16, 512 tokens per step.
+    fn default() -> Tuning {
+        Tuning {
+            backend: BackendOptions::default(),
+            step_tokens: 512,
+        }
+    }
 }
 
 const FETCHING: u8 = 0;
@@ -132,10 +153,22 @@ switchyard_worker_model_load_seconds {secs}\n",
 
 /// Serve on `listener`: answer at once (loading), load the model on a blocking thread, then
 /// serve requests. `on_ready` runs once the model serves (the binary prints its ready line
-/// there). Returns only on a load error; the server runs until the runtime stops.
+/// there). Returns only on a load error; the server runs until the runtime stops. Runs on the
+/// CPU with the default [`Tuning`]; see [`run_tuned`].
 pub async fn run(
     listener: TcpListener,
     opts: Options,
+    log: Log,
+    on_ready: impl FnOnce(SocketAddr, &AppState),
+) -> Result<(), String> {
+    run_tuned(listener, opts, Tuning::default(), log, on_ready).await
+}
+
+/// [`run`] on the device and with the KV cache and step size of `tuning`.
+pub async fn run_tuned(
+    listener: TcpListener,
+    opts: Options,
+    tuning: Tuning,
     log: Log,
     on_ready: impl FnOnce(SocketAddr, &AppState),
 ) -> Result<(), String> {
@@ -147,14 +180,23 @@ pub async fn run(
     let progress = shared.load.clone();
     let spec = opts.model.clone();
     let log2 = log.clone();
-    let loaded = tokio::task::spawn_blocking(move || load(&spec, &progress, &log2))
+    let backend_opts = tuning.backend;
+    let loaded = tokio::task::spawn_blocking(move || load(&spec, &backend_opts, &progress, &log2))
         .await
         .map_err(|e| format!("loading the model: {e}"))??;
     let (model_path, loaded) = loaded;
-    let n_ctx = opts
+    let mut n_ctx = opts
         .ctx_size
-        .unwrap_or(loaded.model.cfg.n_ctx_train.min(8192))
+        .unwrap_or(loaded.backend.config().n_ctx_train.min(8192))
         .max(16);
+    // One request must fit in the cache on its own.
+    let kv_tokens = loaded.backend.kv_blocks() * BLOCK_TOKENS;
+    if n_ctx > kv_tokens {
+        log(&format!(
+            "the KV cache holds {kv_tokens} tokens: context size {n_ctx} reduced to that (raise --kv-cache-mb for more)"
+        ));
+        n_ctx = kv_tokens;
+    }
     let name = opts
         .served_model_name
         .or_else(|| crate::hub::known(&opts.model).map(|m| m.served_name.to_string()))
@@ -163,7 +205,11 @@ pub async fn run(
                 .file_stem()
                 .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
         });
-    let engine = Engine::start(loaded.model, loaded.tokenizer, n_ctx, opts.max_batch);
+    let engine_opts = EngineOptions {
+        step_tokens: tuning.step_tokens,
+        ..EngineOptions::new(n_ctx, opts.max_batch)
+    };
+    let engine = Engine::start(loaded.backend, loaded.tokenizer, engine_opts);
     let state = Arc::new(AppState {
         engine,
         template: loaded.template,
@@ -183,6 +229,7 @@ pub async fn run(
 /// Resolve (fetch) and load the model, reporting progress to `p` and `log`.
 fn load(
     spec: &str,
+    opts: &BackendOptions,
     p: &LoadProgress,
     log: &Log,
 ) -> Result<(std::path::PathBuf, crate::Loaded), String> {
@@ -197,6 +244,7 @@ fn load(
     p.start_reading();
     let loaded = crate::load_with(
         &path,
+        opts,
         |line| log(line),
         |done, total| {
             p.set_read(done as f64 / total.max(1) as f64);

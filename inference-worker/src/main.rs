@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use switchyard_otlp::Protocol;
-use switchyard_worker::launch::{self, Options};
+use switchyard_worker::backend::{self, BackendOptions, Device, KvCacheType};
+use switchyard_worker::launch::{self, Options, Tuning};
 use switchyard_worker::server::bind;
 use switchyard_worker::trace::{Log, Tracer};
 
@@ -26,9 +27,19 @@ struct Args {
     host: IpAddr,
     #[arg(long, default_value_t = 9001)]
     port: u16,
-    /// `cpu`, or `cuda:N` (needs the CUDA build).
+    /// `cpu`, or `cuda:N` (needs the build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Memory for the KV cache in MiB (default: a quarter of the memory available at start,
+    /// at most 8 GiB). It bounds how many tokens all running requests hold together.
+    #[arg(long)]
+    kv_cache_mb: Option<usize>,
+    /// KV cache precision: `f16` (llama.cpp's default) or `q8_0` (half the memory).
+    #[arg(long, default_value = "f16")]
+    kv_cache_type: String,
+    /// Tokens fed per engine step at most, prompt chunks and decode tokens together.
+    #[arg(long, default_value_t = 512)]
+    batch_tokens: usize,
     /// Model name reported by /v1/models (default: the file name without `.gguf`).
     #[arg(long)]
     served_model_name: Option<String>,
@@ -62,16 +73,24 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if args.device != "cpu" {
-        return Err(if args.device.starts_with("cuda") {
-            format!(
-                "--device {}: this build has no CUDA backend (use --device cpu)",
-                args.device
-            )
-        } else {
-            format!("--device {}: expected `cpu` or `cuda:N`", args.device)
-        });
+    let device: Device = args.device.parse().map_err(|e| format!("--device {e}"))?;
+    // Before listening or fetching a model: a device this build cannot drive is a usage error.
+    backend::available(device).map_err(|e| e.to_string())?;
+    let kv_type: KvCacheType = args
+        .kv_cache_type
+        .parse()
+        .map_err(|e| format!("--kv-cache-type {e}"))?;
+    if args.kv_cache_mb == Some(0) {
+        return Err("--kv-cache-mb must be at least 1".into());
     }
+    let tuning = Tuning {
+        backend: BackendOptions {
+            device,
+            kv_bytes: args.kv_cache_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            kv_type,
+        },
+        step_tokens: args.batch_tokens.max(1),
+    };
     let protocol = Protocol::parse(&args.otlp_protocol).ok_or_else(|| {
         format!(
             "--otlp-protocol {}: expected `grpc` or `http` (OTLP/HTTP protobuf)",
@@ -115,12 +134,10 @@ fn run(args: Args) -> Result<(), String> {
             tracer: tracer.clone(),
         };
         let max_batch = args.max_batch;
-        let served = launch::run(listener, opts, log, move |addr, st| {
+        let served = launch::run_tuned(listener, opts, tuning, log, move |addr, st| {
             eprintln!(
-                "switchyard-worker: serving `{}` on cpu ({} threads), context {}, batch {max_batch}",
-                st.model_name,
-                rayon::current_num_threads(),
-                st.engine.n_ctx,
+                "switchyard-worker: serving `{}` on {device}, context {}, batch {max_batch}",
+                st.model_name, st.engine.n_ctx,
             );
             println!("switchyard-worker listening on http://{addr}");
         });

@@ -1,20 +1,15 @@
-//! The `llama` architecture family (Llama 2/3/3.1, Mistral, SmolLM2) and its CPU forward pass.
+//! The `llama` architecture family (Llama 2/3/3.1, Mistral, SmolLM2): hyper-parameters,
+//! weights and rotary position tables.
 //!
-//! Hyper-parameters come from GGUF metadata; weights stay memory-mapped in their file format
-//! and are multiplied with `quant::vec_dot`. One `forward` call runs a *batch* of sequences
-//! (each with its own `KvCache` and any number of new tokens), so prefill and the decode steps
-//! of many concurrent requests share every weight pass: that is what the engine's continuous
-//! batching relies on. Work is spread over all cores with rayon (matmul rows, attention heads).
+//! Hyper-parameters come from GGUF metadata ([`Config`], shared by every backend); on the CPU
+//! the weights stay memory-mapped in their file format, and RoPE follows ggml's arithmetic.
+//! How the CPU multiplies them and strings the layers together over a batch of sequences and
+//! the paged KV cache is the CPU backend's (`backend::cpu`).
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use crate::gguf::{Gguf, GgufError};
-use crate::numerics::{
-    LANES, combine4, dot_f16_ggml, dot_f16_lanes, f16_round, reduce16, swiglu, v_expf,
-};
-use crate::quant::{GgmlType, Q8Act, dequantize_row, vec_dot, vec_dot_many};
+use crate::quant::{GgmlType, dequantize_row};
 
 /// Model hyper-parameters.
 #[derive(Debug, Clone)]
@@ -42,75 +37,32 @@ pub struct Weight {
     pub rows: usize,
     pub cols: usize,
     offset: usize,
-    row_bytes: usize,
+    pub(crate) row_bytes: usize,
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    wq: Weight,
-    wk: Weight,
-    wv: Weight,
-    wo: Weight,
-    ffn_norm: Vec<f32>,
-    w_gate: Weight,
-    w_up: Weight,
-    w_down: Weight,
+/// One transformer block's weights.
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Vec<f32>,
+    pub(crate) wq: Weight,
+    pub(crate) wk: Weight,
+    pub(crate) wv: Weight,
+    pub(crate) wo: Weight,
+    pub(crate) ffn_norm: Vec<f32>,
+    pub(crate) w_gate: Weight,
+    pub(crate) w_up: Weight,
+    pub(crate) w_down: Weight,
 }
 
+/// A loaded model: its configuration and its weights, in place in the mapped file.
 pub struct Model {
     pub cfg: Config,
     gguf: Arc<Gguf>,
-    tok_embd: Weight,
-    output_norm: Vec<f32>,
-    output: Weight,
-    layers: Vec<Layer>,
+    pub(crate) tok_embd: Weight,
+    pub(crate) output_norm: Vec<f32>,
+    pub(crate) output: Weight,
+    pub(crate) layers: Vec<Layer>,
     /// Per rotary pair: llama3-style frequency divisors (1 when the model has none).
     rope_factors: Vec<f32>,
-}
-
-/// Keys and values of one sequence, per layer, `n_head_kv * head_dim` floats per position.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    len: usize,
-    width: usize,
-}
-
-impl KvCache {
-    pub fn new(cfg: &Config) -> KvCache {
-        KvCache {
-            k: vec![Vec::new(); cfg.n_layer],
-            v: vec![Vec::new(); cfg.n_layer],
-            len: 0,
-            width: cfg.n_head_kv * cfg.head_dim,
-        }
-    }
-    /// Positions already stored.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// Drops positions from `n` on (used to reuse a common prompt prefix).
-    pub fn truncate(&mut self, n: usize) {
-        if n < self.len {
-            for l in 0..self.k.len() {
-                self.k[l].truncate(n * self.width);
-                self.v[l].truncate(n * self.width);
-            }
-            self.len = n;
-        }
-    }
-}
-
-/// One sequence's part of a forward batch.
-pub struct SeqInput<'a> {
-    pub cache: &'a mut KvCache,
-    pub tokens: &'a [u32],
-    /// Logits for every new token (tests, prompt logprobs) instead of only the last.
-    pub all_logits: bool,
 }
 
 fn weight(g: &Gguf, name: &str, cols: usize, rows: Option<usize>) -> Result<Weight, GgufError> {
@@ -271,7 +223,8 @@ impl Model {
         })
     }
 
-    fn rows(&self, w: &Weight) -> &[u8] {
+    /// The bytes of all rows of `w`.
+    pub(crate) fn rows(&self, w: &Weight) -> &[u8] {
         &self.gguf.bytes()[w.offset..w.offset + w.rows * w.row_bytes]
     }
 
@@ -296,218 +249,10 @@ impl Model {
         progress(total, total);
     }
 
-    /// Runs the new tokens of every sequence through the model, appends their keys/values to
-    /// the caches, and returns per sequence the logits of its last token (or of every new
-    /// token, `n_vocab` each, when `all_logits`).
-    pub fn forward(&self, seqs: &mut [SeqInput<'_>]) -> Vec<Vec<f32>> {
-        let c = &self.cfg;
-        let d = c.n_embd;
-        let hd = c.head_dim;
-        let q_dim = c.n_head * hd;
-        let kv_dim = c.n_head_kv * hd;
-        // Flatten: token t belongs to sequence owner[t] at position pos[t].
-        let mut owner = Vec::new();
-        let mut pos = Vec::new();
-        let mut ids = Vec::new();
-        for (s, inp) in seqs.iter().enumerate() {
-            for (i, &t) in inp.tokens.iter().enumerate() {
-                owner.push(s);
-                pos.push(inp.cache.len + i);
-                ids.push(t);
-            }
-        }
-        let n = ids.len();
-        if n == 0 {
-            return vec![Vec::new(); seqs.len()];
-        }
-        let mut x = vec![0f32; n * d];
-        let emb = self.rows(&self.tok_embd);
-        for (t, &id) in ids.iter().enumerate() {
-            let id = (id as usize).min(c.n_vocab - 1);
-            let r = &emb[id * self.tok_embd.row_bytes..(id + 1) * self.tok_embd.row_bytes];
-            dequantize_row(self.tok_embd.ty, r, &mut x[t * d..(t + 1) * d]);
-        }
-        let mut acts: Vec<Q8Act> = vec![Q8Act::default(); n];
-        let mut xn = vec![0f32; n * d];
-        let mut q = vec![0f32; n * q_dim];
-        let mut k = vec![0f32; n * kv_dim];
-        let mut v = vec![0f32; n * kv_dim];
-        let mut att = vec![0f32; n * q_dim];
-        let mut tmp = vec![0f32; n * d];
-        let mut gate = vec![0f32; n * c.n_ff];
-        let mut up = vec![0f32; n * c.n_ff];
-        let mut ff_acts: Vec<Q8Act> = vec![Q8Act::default(); n];
-        let half_rot = c.n_rot / 2;
-        let mut rope = vec![(1f32, 0f32); n * half_rot];
-        for (t, tab) in rope.chunks_exact_mut(half_rot.max(1)).enumerate() {
-            self.rope_table(pos[t], tab);
-        }
-        for (li, l) in self.layers.iter().enumerate() {
-            rms_norm(&x, &l.attn_norm, c.rms_eps, &mut xn, d);
-            quantize_all(&xn, d, &mut acts);
-            self.matmul(&l.wq, &acts, &mut q);
-            self.matmul(&l.wk, &acts, &mut k);
-            self.matmul(&l.wv, &acts, &mut v);
-            for t in 0..n {
-                let tab = &rope[t * half_rot..(t + 1) * half_rot];
-                self.rope(&mut q[t * q_dim..(t + 1) * q_dim], tab);
-                self.rope(&mut k[t * kv_dim..(t + 1) * kv_dim], tab);
-            }
-            for t in 0..n {
-                let cache = &mut *seqs[owner[t]].cache;
-                // Stored at f16 precision, as llama.cpp's default KV cache does, so that long
-                // generations track llama.cpp's numerics.
-                let r = |x: &f32| half::f16::from_f32(*x).to_f32();
-                cache.k[li].extend(k[t * kv_dim..(t + 1) * kv_dim].iter().map(r));
-                cache.v[li].extend(v[t * kv_dim..(t + 1) * kv_dim].iter().map(r));
-            }
-            {
-                let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
-                let group = c.n_head / c.n_head_kv;
-                let scale = 1.0 / (hd as f32).sqrt();
-                // llama.cpp's matmul hands f16 products of more than one query token to
-                // tinyBLAS and a single token's to ggml_vec_dot_f16; their summation orders
-                // differ. Decided per sequence (llama.cpp runs one sequence per batch here), so
-                // a sequence's results never depend on what else shares the batch.
-                let multi: Vec<bool> = seqs.iter().map(|s| s.tokens.len() > 1).collect();
-                let q = &q;
-                chunks(&mut att, hd, |i, out| {
-                    let t = i / c.n_head;
-                    let h = i % c.n_head;
-                    let kvh = h / group;
-                    let cache = caches[owner[t]];
-                    let tiny = multi[owner[t]];
-                    let (kc, vc) = (&cache.k[li], &cache.v[li]);
-                    // llama.cpp with flash attention off: Q converted to f16 times the f16 K
-                    // cache, scaled, ggml's softmax, the probabilities converted to f16 times
-                    // the f16 V cache, each in ggml's order of operations (see `numerics`).
-                    let qh: Vec<f32> = q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd]
-                        .iter()
-                        .map(|x| f16_round(*x))
-                        .collect();
-                    let len = pos[t] + 1;
-                    let mut scores = Vec::with_capacity(len);
-                    let mut max = f32::NEG_INFINITY;
-                    for p in 0..len {
-                        let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        let s = if tiny {
-                            dot_f16_lanes(&qh, kr)
-                        } else {
-                            dot_f16_ggml(&qh, kr)
-                        } * scale;
-                        max = max.max(s);
-                        scores.push(s);
-                    }
-                    for s in scores.iter_mut() {
-                        *s = v_expf(*s - max);
-                    }
-                    // The sum in f64, one 16-lane reduction at a time; then scaled by its
-                    // inverse.
-                    let mut sum = 0f64;
-                    for ch in scores.chunks(LANES) {
-                        let mut l = [0f32; LANES];
-                        l[..ch.len()].copy_from_slice(ch);
-                        sum += reduce16(&l) as f64;
-                    }
-                    let inv = (1.0 / sum) as f32;
-                    // Lanes by position: tinyBLAS uses one 16-lane accumulator, ggml's
-                    // vec_dot four of them in steps of 64 (see `numerics`).
-                    // One accumulator row of `hd` per (chunk, lane), so each position adds a
-                    // contiguous (vectorisable) row; the reduction then reads lanes per dim.
-                    let slots = if tiny { LANES } else { 4 * LANES };
-                    let mut acc = vec![0f32; slots * hd];
-                    for (p, s) in scores.iter().enumerate() {
-                        let w = f16_round(s * inv);
-                        let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        let slot = if tiny {
-                            p % LANES
-                        } else {
-                            ((p / LANES) % 4) * LANES + p % LANES
-                        };
-                        for (a, vv) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(vr) {
-                            *a += w * vv;
-                        }
-                    }
-                    for (j, o) in out.iter_mut().enumerate() {
-                        let lane = |k: usize| -> [f32; LANES] {
-                            std::array::from_fn(|i| acc[(k * LANES + i) * hd + j])
-                        };
-                        *o = if tiny {
-                            reduce16(&lane(0))
-                        } else {
-                            combine4(&[lane(0), lane(1), lane(2), lane(3)])
-                        };
-                    }
-                });
-            }
-            quantize_all(&att, q_dim, &mut acts);
-            self.matmul(&l.wo, &acts, &mut tmp);
-            for (a, b) in x.iter_mut().zip(&tmp) {
-                *a += b;
-            }
-            rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut xn, d);
-            quantize_all(&xn, d, &mut acts);
-            self.matmul(&l.w_gate, &acts, &mut gate);
-            self.matmul(&l.w_up, &acts, &mut up);
-            swiglu(&mut gate, &up);
-            quantize_all(&gate, c.n_ff, &mut ff_acts);
-            self.matmul(&l.w_down, &ff_acts, &mut tmp);
-            for (a, b) in x.iter_mut().zip(&tmp) {
-                *a += b;
-            }
-        }
-        for s in seqs.iter_mut() {
-            s.cache.len += s.tokens.len();
-        }
-        // Logits only for the rows asked for.
-        let mut want: Vec<usize> = Vec::new();
-        let mut t0 = 0;
-        for s in seqs.iter() {
-            let m = s.tokens.len();
-            if m > 0 {
-                if s.all_logits {
-                    want.extend(t0..t0 + m);
-                } else {
-                    want.push(t0 + m - 1);
-                }
-            }
-            t0 += m;
-        }
-        let mut fin = vec![0f32; want.len() * d];
-        let mut fin_acts = vec![Q8Act::default(); want.len()];
-        for (j, &t) in want.iter().enumerate() {
-            rms_norm(
-                &x[t * d..(t + 1) * d],
-                &self.output_norm,
-                c.rms_eps,
-                &mut fin[j * d..(j + 1) * d],
-                d,
-            );
-        }
-        quantize_all(&fin, d, &mut fin_acts);
-        let mut logits = vec![0f32; want.len() * c.n_vocab];
-        self.matmul(&self.output, &fin_acts, &mut logits);
-        let mut out = Vec::with_capacity(seqs.len());
-        let mut j = 0;
-        for s in seqs.iter() {
-            let m = s.tokens.len();
-            let rows = if m == 0 {
-                0
-            } else if s.all_logits {
-                m
-            } else {
-                1
-            };
-            out.push(logits[j * c.n_vocab..(j + rows) * c.n_vocab].to_vec());
-            j += rows;
-        }
-        out
-    }
-
     /// `(cos, sin)` per rotary pair at position `pos`, computed as ggml does: the angle starts
     /// at `pos` and is multiplied by `base^(-2/n_rot)` pair after pair (in f32, so the rounding
     /// matches llama.cpp's, not a per-pair `powf`), divided by the pair's factor, then scaled.
-    fn rope_table(&self, pos: usize, out: &mut [(f32, f32)]) {
+    pub(crate) fn rope_table(&self, pos: usize, out: &mut [(f32, f32)]) {
         let c = &self.cfg;
         let theta_scale = c.rope_base.powf(-2.0 / c.n_rot as f32);
         let freq_scale = 1.0 / c.rope_linear;
@@ -520,44 +265,14 @@ impl Model {
     }
 
     /// Rotates adjacent pairs (GGUF llama tensors are permuted for this "normal" RoPE).
-    fn rope(&self, v: &mut [f32], table: &[(f32, f32)]) {
+    #[inline]
+    pub(crate) fn rope(&self, v: &mut [f32], table: &[(f32, f32)]) {
         for head in v.chunks_exact_mut(self.cfg.head_dim) {
             for (i, &(c, s)) in table.iter().enumerate() {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
                 // GCC contracts ggml's `x0*cos - x1*sin` into one FMA; so do we.
                 head[2 * i] = a.mul_add(c, -(b * s));
                 head[2 * i + 1] = a.mul_add(s, b * c);
-            }
-        }
-    }
-
-    /// `out[t][r] = W[r] · act[t]` for every token `t`, rows spread over the thread pool.
-    fn matmul(&self, w: &Weight, acts: &[Q8Act], out: &mut [f32]) {
-        let data = self.rows(w);
-        let n = acts.len();
-        let rb = w.row_bytes;
-        // Blocks of rows so that a block's weights stay in cache while every token uses them.
-        // A few blocks per thread keep the pool balanced without paying task overhead per row.
-        let block = (w.rows / (rayon::current_num_threads() * 4)).clamp(16, 512);
-        if n == 1 {
-            chunks(&mut out[..w.rows], block, |bi, o| {
-                for (j, y) in o.iter_mut().enumerate() {
-                    let r = bi * block + j;
-                    *y = vec_dot(w.ty, &data[r * rb..(r + 1) * rb], &acts[0]);
-                }
-            });
-            return;
-        }
-        let mut tr = vec![0f32; w.rows * n];
-        chunks(&mut tr, block * n, |bi, o| {
-            for (j, row_out) in o.chunks_mut(n).enumerate() {
-                let r = bi * block + j;
-                vec_dot_many(w.ty, &data[r * rb..(r + 1) * rb], acts, row_out);
-            }
-        });
-        for r in 0..w.rows {
-            for t in 0..n {
-                out[t * w.rows + r] = tr[r * n + t];
             }
         }
     }
@@ -586,40 +301,4 @@ fn llama3_factors(g: &Gguf, arch: &str, cfg: &Config) -> Vec<f32> {
             }
         })
         .collect()
-}
-
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], d: usize) {
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        // As ggml: squares in f32, summed in f64, the mean rounded to f32.
-        let ms = (xr.iter().map(|v| (v * v) as f64).sum::<f64>() / d as f64) as f32;
-        let s = 1.0 / (ms + eps).sqrt();
-        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
-            *o = v * s * g;
-        }
-    }
-}
-
-/// `f(index, chunk)` over `size`-element chunks, on the thread pool, or inline when the pool
-/// has one thread (handing work to a lone pool thread costs a wake-up per call, hundreds per
-/// token).
-fn chunks<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
-    if rayon::current_num_threads() == 1 {
-        data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
-    } else {
-        data.par_chunks_mut(size)
-            .enumerate()
-            .for_each(|(i, c)| f(i, c));
-    }
-}
-
-fn quantize_all(x: &[f32], d: usize, acts: &mut [Q8Act]) {
-    if rayon::current_num_threads() == 1 {
-        acts.iter_mut()
-            .zip(x.chunks(d))
-            .for_each(|(a, r)| a.quantize(r));
-    } else {
-        acts.par_iter_mut()
-            .zip(x.par_chunks(d))
-            .for_each(|(a, r)| a.quantize(r));
-    }
 }

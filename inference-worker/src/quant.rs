@@ -286,6 +286,50 @@ pub fn vec_dot_many(ty: GgmlType, row: &[u8], acts: &[Q8Act], out: &mut [f32]) {
     }
 }
 
+/// `out[j] = row(first + j) · a` for consecutive rows of the matrix `data` (rows of
+/// `row_bytes` bytes), with exactly `vec_dot`'s results, dispatched once for all rows. Q4_1
+/// runs four rows at a time: the activation block is loaded once for all four and their
+/// accumulation chains interleave, where one row alone waits on its own additions.
+pub fn vec_dot_rows(
+    ty: GgmlType,
+    data: &[u8],
+    row_bytes: usize,
+    first: usize,
+    a: &Q8Act,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::rows_dot(ty, data, row_bytes, first, a, out) {
+        return;
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let r = first + j;
+        *o = vec_dot(ty, &data[r * row_bytes..(r + 1) * row_bytes], a);
+    }
+}
+
+/// `out[j * n + t] = row(first + j) · acts[t]` (`n = acts.len()`) for consecutive rows of
+/// the matrix `data`, with exactly `vec_dot`'s results. Q4_1 runs in tiles of two rows by
+/// four activations, sharing each unpacked weight block and each loaded activation block.
+pub fn vec_dot_tile(
+    ty: GgmlType,
+    data: &[u8],
+    row_bytes: usize,
+    first: usize,
+    acts: &[Q8Act],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::tile_dot(ty, data, row_bytes, first, acts, out) {
+        return;
+    }
+    let n = acts.len();
+    for (j, row_out) in out.chunks_mut(n.max(1)).enumerate() {
+        let r = first + j;
+        vec_dot_many(ty, &data[r * row_bytes..(r + 1) * row_bytes], acts, row_out);
+    }
+}
+
 /// Scalar reference dot product.
 pub fn vec_dot_scalar(ty: GgmlType, row: &[u8], a: &Q8Act) -> f32 {
     match ty {
@@ -545,41 +589,69 @@ pub mod simd {
         })
     }
 
-    /// Q4_1 rows times `N` activations at once: each block's nibbles are unpacked once and
-    /// used for every activation. Per activation the operations and their order are exactly
-    /// ggml's (and `dot_q4`'s), so batching changes no bit.
-    macro_rules! q4_1_multi {
+    /// `R` Q4_1 rows times `N` activations at once: each block's nibbles are unpacked once for
+    /// every activation and each activation block loaded once for every row, and the `R × N`
+    /// accumulation chains interleave. Per (row, activation) the operations and their order
+    /// are exactly ggml's (and `dot_q4`'s), so tiling changes no bit.
+    macro_rules! q4_1_tile {
         ($name:ident, $features:literal, $dot:ident) => {
             #[target_feature(enable = $features)]
-            unsafe fn $name<const N: usize>(row: &[u8], a: [&Q8Act; N]) -> [f32; N] {
-                let nb = row.len() / 20;
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut acc_m = [0f32; N];
+            unsafe fn $name<const R: usize, const N: usize>(
+                rows: [&[u8]; R],
+                a: [&Q8Act; N],
+            ) -> [[f32; N]; R] {
+                let nb = rows[0].len() / 20;
+                let mut acc = [[_mm256_setzero_ps(); N]; R];
+                let mut acc_m = [[0f32; N]; R];
                 for b in 0..nb {
-                    let x = &row[b * 20..b * 20 + 20];
-                    // SAFETY: 16 bytes of nibbles.
-                    let w = unsafe { nibbles(&x[4..20]) };
-                    let (d0, m) = (hf(x, 0), hf(x, 2));
-                    for k in 0..N {
-                        // SAFETY: 32 bytes per activation block.
-                        let y = unsafe { load32(&a[k].qs[b * QK..b * QK + QK]) };
-                        let sumi = $dot(w, y);
-                        let d = d0 * a[k].d[b];
-                        acc[k] =
-                            _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[k]);
-                        acc_m[k] += m * a[k].s[b];
+                    // SAFETY: 32 bytes per activation block.
+                    let ys: [__m256i; N] =
+                        std::array::from_fn(|k| unsafe { load32(&a[k].qs[b * QK..b * QK + QK]) });
+                    let ds: [f32; N] = std::array::from_fn(|k| a[k].d[b]);
+                    let ss: [f32; N] = std::array::from_fn(|k| a[k].s[b]);
+                    for r in 0..R {
+                        let x = &rows[r][b * 20..b * 20 + 20];
+                        // SAFETY: 16 bytes of nibbles.
+                        let w = unsafe { nibbles(&x[4..20]) };
+                        let (d0, m) = (hf(x, 0), hf(x, 2));
+                        for k in 0..N {
+                            let sumi = $dot(w, ys[k]);
+                            let d = d0 * ds[k];
+                            acc[r][k] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(d),
+                                _mm256_cvtepi32_ps(sumi),
+                                acc[r][k],
+                            );
+                            acc_m[r][k] += m * ss[k];
+                        }
                     }
                 }
-                std::array::from_fn(|k| hsum(acc[k]) + acc_m[k])
+                std::array::from_fn(|r| std::array::from_fn(|k| hsum(acc[r][k]) + acc_m[r][k]))
             }
         };
     }
-    q4_1_multi!(q4_1_avx2, "avx2,fma,f16c", dot_u8i8);
-    q4_1_multi!(
-        q4_1_vnni,
+    q4_1_tile!(q4_1_tile_avx2, "avx2,fma,f16c", dot_u8i8);
+    q4_1_tile!(
+        q4_1_tile_vnni,
         "avx2,fma,f16c,avx512vnni,avx512vl",
         dot_u8i8_vnni
     );
+
+    /// `R × N` Q4_1 tile; the caller has checked `available()`.
+    fn q4_1_tile<const R: usize, const N: usize>(
+        rows: [&[u8]; R],
+        a: [&Q8Act; N],
+    ) -> [[f32; N]; R] {
+        // SAFETY: `available()` (checked by every caller) and `has_vnni()` confirmed the
+        // features each kernel enables; the kernels index within the rows and activations.
+        unsafe {
+            if has_vnni() {
+                q4_1_tile_vnni(rows, a)
+            } else {
+                q4_1_tile_avx2(rows, a)
+            }
+        }
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
@@ -592,14 +664,142 @@ pub mod simd {
         if !available() {
             return None;
         }
-        // SAFETY: `available()`/`has_vnni()` confirmed the features each kernel enables.
-        Some(unsafe {
-            if has_vnni() {
-                q4_1_vnni(row, a)
-            } else {
-                q4_1_avx2(row, a)
+        let [v] = q4_1_tile([row], a);
+        Some(v)
+    }
+
+    /// `out[j * n + t] = row(first + j) · acts[t]` for Q4_1 (`n = acts.len()`), in 2 × 4
+    /// tiles; false without AVX2 or for another format.
+    pub fn tile_dot(
+        ty: GgmlType,
+        data: &[u8],
+        rb: usize,
+        first: usize,
+        acts: &[Q8Act],
+        out: &mut [f32],
+    ) -> bool {
+        if !available() || ty != GgmlType::Q4_1 {
+            return false;
+        }
+        let n = acts.len();
+        let rows = out.len() / n.max(1);
+        let row = |r: usize| &data[(first + r) * rb..(first + r + 1) * rb];
+        let mut j = 0;
+        while j < rows {
+            let pair = j + 2 <= rows;
+            let mut t = 0;
+            while t < n {
+                let quad = t + 4 <= n;
+                match (pair, quad) {
+                    (true, true) => {
+                        let a = [&acts[t], &acts[t + 1], &acts[t + 2], &acts[t + 3]];
+                        let v = q4_1_tile([row(j), row(j + 1)], a);
+                        for (r, vr) in v.iter().enumerate() {
+                            out[(j + r) * n + t..(j + r) * n + t + 4].copy_from_slice(vr);
+                        }
+                    }
+                    (true, false) => {
+                        let v = q4_1_tile([row(j), row(j + 1)], [&acts[t]]);
+                        out[j * n + t] = v[0][0];
+                        out[(j + 1) * n + t] = v[1][0];
+                    }
+                    (false, true) => {
+                        let a = [&acts[t], &acts[t + 1], &acts[t + 2], &acts[t + 3]];
+                        let [v] = q4_1_tile([row(j)], a);
+                        out[j * n + t..j * n + t + 4].copy_from_slice(&v);
+                    }
+                    (false, false) => {
+                        let [[v]] = q4_1_tile([row(j)], [&acts[t]]);
+                        out[j * n + t] = v;
+                    }
+                }
+                t += if quad { 4 } else { 1 };
             }
-        })
+            j += if pair { 2 } else { 1 };
+        }
+        true
+    }
+
+    /// `R` Q8_0 rows times one activation, as `q4_1_tile`; per row exactly `dot_q8_0` (used
+    /// with one row: see `rows_dot`).
+    macro_rules! q8_0_rows {
+        ($name:ident, $features:literal, $dot:ident) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name<const R: usize>(rows: [&[u8]; R], a: &Q8Act) -> [f32; R] {
+                let nb = rows[0].len() / 34;
+                let mut acc = [_mm256_setzero_ps(); R];
+                for b in 0..nb {
+                    // SAFETY: 32 bytes per activation block.
+                    let y = unsafe { load32(&a.qs[b * QK..b * QK + QK]) };
+                    let ad = a.d[b];
+                    for r in 0..R {
+                        let x = &rows[r][b * 34..b * 34 + 34];
+                        // SAFETY: x[2..34] has 32 bytes.
+                        let w = unsafe { _mm256_loadu_si256(x[2..34].as_ptr() as *const __m256i) };
+                        let sumi = $dot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
+                        let d = hf(x, 0) * ad;
+                        acc[r] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r]);
+                    }
+                }
+                std::array::from_fn(|r| hsum(acc[r]))
+            }
+        };
+    }
+    q8_0_rows!(q8_0_rows_avx2, "avx2,fma,f16c", dot_u8i8);
+    q8_0_rows!(
+        q8_0_rows_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        dot_u8i8_vnni
+    );
+
+    /// `quant::vec_dot_rows` for the formats with a multi-row kernel; false for the others
+    /// (or without AVX2).
+    pub fn rows_dot(
+        ty: GgmlType,
+        data: &[u8],
+        rb: usize,
+        first: usize,
+        a: &Q8Act,
+        out: &mut [f32],
+    ) -> bool {
+        if !available() || !matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) {
+            return false;
+        }
+        let row = |r: usize| &data[r * rb..(r + 1) * rb];
+        let vnni = has_vnni();
+        // SAFETY: `available()`/`has_vnni()` confirmed the features each kernel enables; the
+        // kernels index within the rows and the activation.
+        let four = |r: usize| -> [f32; 4] {
+            let rows = [row(r), row(r + 1), row(r + 2), row(r + 3)];
+            q4_1_tile(rows, [a]).map(|[v]| v)
+        };
+        let one = |r: usize| -> f32 {
+            if ty == GgmlType::Q4_1 {
+                return q4_1_tile([row(r)], [a])[0][0];
+            }
+            // SAFETY: `available()`/`has_vnni()` confirmed the features each kernel enables.
+            let [v] = unsafe {
+                if vnni {
+                    q8_0_rows_vnni([row(r)], a)
+                } else {
+                    q8_0_rows_avx2([row(r)], a)
+                }
+            };
+            v
+        };
+        let mut j = 0;
+        // Q8_0 rows stay one at a time: measured, four interleaved Q8_0 rows streaming from
+        // memory ran at half the speed of one (in cache they were faster); Q4_1 gained from
+        // four either way.
+        while ty == GgmlType::Q4_1 && j + 4 <= out.len() {
+            out[j..j + 4].copy_from_slice(&four(first + j));
+            j += 4;
+        }
+        for (k, o) in out[j..].iter_mut().enumerate() {
+            *o = one(first + j + k);
+        }
+        true
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -912,6 +1112,63 @@ mod tests {
                     (fast - got).abs() <= 1e-3 * (1.0 + got.abs()),
                     "{ty:?} simd {fast} vs scalar {got}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn many_rows_at_once_give_each_row_s_dot_to_the_bit() {
+        let mut rng = Rng(0x2545F4914F6CDD1D);
+        for ty in ALL {
+            let n = 2 * QK_K;
+            let rows = 11;
+            let data: Vec<u8> = (0..rows)
+                .flat_map(|_| random_row(ty, n, &mut rng))
+                .collect();
+            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let mut a = Q8Act::default();
+            a.quantize(&x);
+            let rb = ty.row_bytes(n);
+            for first in [0, 1, 3] {
+                let mut out = vec![0f32; rows - first];
+                vec_dot_rows(ty, &data, rb, first, &a, &mut out);
+                for (j, o) in out.iter().enumerate() {
+                    let r = first + j;
+                    let want = vec_dot(ty, &data[r * rb..(r + 1) * rb], &a);
+                    assert_eq!(o.to_bits(), want.to_bits(), "{ty:?} row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_of_rows_and_activations_give_each_dot_to_the_bit() {
+        let mut rng = Rng(0x5851F42D4C957F2D);
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+            let n = QK_K;
+            let rows = 7;
+            let data: Vec<u8> = (0..rows)
+                .flat_map(|_| random_row(ty, n, &mut rng))
+                .collect();
+            let acts: Vec<Q8Act> = (0..6)
+                .map(|_| {
+                    let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                    let mut a = Q8Act::default();
+                    a.quantize(&x);
+                    a
+                })
+                .collect();
+            let rb = ty.row_bytes(n);
+            let first = 1;
+            let mut out = vec![0f32; (rows - first) * acts.len()];
+            vec_dot_tile(ty, &data, rb, first, &acts, &mut out);
+            for j in 0..rows - first {
+                let r = first + j;
+                for (t, a) in acts.iter().enumerate() {
+                    let want = vec_dot(ty, &data[r * rb..(r + 1) * rb], a);
+                    let got = out[j * acts.len() + t];
+                    assert_eq!(got.to_bits(), want.to_bits(), "{ty:?} row {r} act {t}");
+                }
             }
         }
     }

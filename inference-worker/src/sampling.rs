@@ -64,6 +64,14 @@ impl Rng {
     pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
+    /// The draw [`sample`] needs under `p`: one number per token, none when greedy.
+    pub fn uniform_for(&mut self, p: &SamplingParams) -> f32 {
+        if p.temperature > 0.0 {
+            self.next_f32()
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Log-softmax of `logits` at the given ids, and the top `n` (id, logprob) pairs.
@@ -90,81 +98,325 @@ pub fn logprobs(logits: &[f32], chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>)
     (chosen_lp, top)
 }
 
-/// Picks the next token. `history` is the ids generated (and prompted) so far, for penalties.
-pub fn sample(logits: &[f32], p: &SamplingParams, history: &[u32], rng: &mut Rng) -> u32 {
-    let mut l = logits.to_vec();
-    if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
-        let mut counts: HashMap<u32, u32> = HashMap::new();
-        for &t in history {
-            *counts.entry(t).or_default() += 1;
-        }
-        for (&t, &c) in &counts {
-            let Some(v) = l.get_mut(t as usize) else {
-                continue;
-            };
-            if p.repetition_penalty != 1.0 {
-                *v = if *v > 0.0 {
-                    *v / p.repetition_penalty
-                } else {
-                    *v * p.repetition_penalty
-                };
-            }
-            *v -= c as f32 * p.frequency_penalty + p.presence_penalty;
-        }
+/// Picks the next token. `history` is the ids generated (and prompted) so far, for penalties;
+/// `uniform` is the sequence's next draw in [0, 1) ([`Rng::uniform_for`]: none when greedy).
+///
+/// Penalties, then greedy (temperature 0) or: top-k keeps the `k` highest logits (ties: lower
+/// id first); top-p keeps the fewest of those, most likely first, whose probabilities
+/// (renormalised over the top-k set) reach `top_p`; min-p keeps those at least `min_p` times as
+/// likely as the best; the temperature applies to what is left and `uniform` picks from it,
+/// walking ids in order.
+///
+/// Probabilities are weights `e^(logit - max)` in fixed point (units of 2^-30 of the best
+/// token's, so tokens under a billionth of the best weigh nothing). Sums of integers do not
+/// depend on their order, so the top-p cut is found without sorting the vocabulary: weights
+/// are bucketed by magnitude and only the bucket the cut falls in is sorted ("most likely
+/// first" is by weight, ties by lower id). The result is a function of the inputs alone, the
+/// same in any batch or thread.
+pub fn sample(logits: &[f32], p: &SamplingParams, history: &[u32], uniform: f32) -> u32 {
+    let penalised;
+    let l: &[f32] =
+        if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            penalised = penalise(logits, p, history);
+            &penalised
+        } else {
+            logits
+        };
+    if p.temperature <= 0.0 || l.is_empty() {
+        return argmax(l);
     }
-    if p.temperature <= 0.0 {
-        return argmax(&l);
+    let max = max_of(l);
+    let top_k = p.top_k > 0 && p.top_k < l.len();
+    if !top_k && p.top_p >= 1.0 && p.min_p <= 0.0 {
+        return draw_all(l, max, 1.0 / p.temperature, uniform);
     }
-    // Candidates sorted by logit, then truncated.
-    let mut cand: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, v)| (i as u32, *v)).collect();
-    let k = if p.top_k > 0 {
-        p.top_k.min(cand.len())
-    } else {
-        cand.len()
-    };
-    if k < cand.len() {
-        cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-        cand.truncate(k);
-    }
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let softmax = |c: &[(u32, f32)]| -> Vec<f32> {
-        let m = c[0].1;
-        let e: Vec<f32> = c.iter().map(|x| (x.1 - m).exp()).collect();
-        let s: f32 = e.iter().sum();
-        e.into_iter().map(|x| x / s).collect()
-    };
+    let mut w = vec![0u32; l.len()];
+    fill_weights(l, max, 1.0, &mut w);
+    // The ids still in, in id order (`None`: all of them).
+    let mut kept: Option<Vec<u32>> = top_k.then(|| top_k_ids(l, p.top_k));
     if p.top_p < 1.0 {
-        let probs = softmax(&cand);
-        let mut cum = 0.0;
-        let mut keep = cand.len();
-        for (i, pr) in probs.iter().enumerate() {
-            cum += pr;
-            if cum >= p.top_p {
-                keep = i + 1;
-                break;
+        kept = Some(top_p_keep(&w, kept.as_deref(), p.top_p));
+    }
+    let kept = if p.min_p > 0.0 {
+        let least = (f64::from(p.min_p) * f64::from(ONE)).ceil() as u32;
+        match kept {
+            Some(mut k) => {
+                k.retain(|&i| w[i as usize] >= least);
+                k
+            }
+            None => (0..l.len() as u32)
+                .filter(|&i| w[i as usize] >= least)
+                .collect(),
+        }
+    } else {
+        kept.unwrap_or_default()
+    };
+    draw_kept(l, &kept, max, 1.0 / p.temperature, uniform)
+}
+
+/// The weight of the most likely token.
+const ONE: u32 = 1 << 30;
+
+/// `logits` with llama.cpp's repetition, frequency and presence penalties applied.
+fn penalise(logits: &[f32], p: &SamplingParams, history: &[u32]) -> Vec<f32> {
+    let mut l = logits.to_vec();
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    for &t in history {
+        *counts.entry(t).or_default() += 1;
+    }
+    for (&t, &c) in &counts {
+        let Some(v) = l.get_mut(t as usize) else {
+            continue;
+        };
+        if p.repetition_penalty != 1.0 {
+            *v = if *v > 0.0 {
+                *v / p.repetition_penalty
+            } else {
+                *v * p.repetition_penalty
+            };
+        }
+        *v -= c as f32 * p.frequency_penalty + p.presence_penalty;
+    }
+    l
+}
+
+/// The `k` ids with the highest logits (ties: lower ids first), in id order.
+fn top_k_ids(l: &[f32], k: usize) -> Vec<u32> {
+    // The k-th highest logit, by selection on the values alone; ids above it are in, ids at
+    // it are in by id until there are k.
+    let mut vals = l.to_vec();
+    let (_, kth, _) = vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let kth = *kth;
+    let mut out: Vec<u32> = (0..l.len() as u32)
+        .filter(|&i| l[i as usize].total_cmp(&kth).is_gt())
+        .collect();
+    let room = k - out.len();
+    let ties = (0..l.len() as u32).filter(|&i| l[i as usize].total_cmp(&kth).is_eq());
+    out.extend(ties.take(room));
+    out.sort_unstable();
+    out
+}
+
+/// Magnitude class of a weight, non-decreasing in it: the bit length and the next 3 bits.
+#[inline]
+fn bucket(w: u32) -> usize {
+    let bits = 32 - w.leading_zeros() as usize;
+    if bits <= 4 {
+        w as usize
+    } else {
+        (bits << 3) | ((w >> (bits - 4)) & 7) as usize
+    }
+}
+
+/// The ids top-p keeps from `pool` (`None`: every id), in id order: ranking by weight then
+/// id, the shortest prefix whose weights reach `top_p` of the pool's.
+///
+/// Ids under `(total - goal) / pool size` cannot be in it (together they weigh less than
+/// `total - goal`), and in a language model's distribution that is nearly all of them: they
+/// are skipped 16 at a time. The rest are summed per magnitude bucket (exact integer sums);
+/// walking buckets from the heaviest finds the one where the running sum reaches the goal,
+/// and only its ids are sorted.
+fn top_p_keep(w: &[u32], pool: Option<&[u32]>, top_p: f32) -> Vec<u32> {
+    let (total, n): (u64, usize) = match pool {
+        Some(ids) => (
+            ids.iter().map(|&i| u64::from(w[i as usize])).sum(),
+            ids.len(),
+        ),
+        None => (w.iter().map(|&x| u64::from(x)).sum(), w.len()),
+    };
+    let goal = ((f64::from(top_p) * total as f64).ceil() as u64).clamp(1, total.max(1));
+    let line = u32::try_from((total - goal) / n.max(1) as u64).unwrap_or(u32::MAX);
+    let mut cands: Vec<u32> = match pool {
+        Some(ids) => ids
+            .iter()
+            .copied()
+            .filter(|&i| w[i as usize] >= line)
+            .collect(),
+        None => heavy_ids(w, line),
+    };
+    let mut sums = [0u64; 34 << 3];
+    for &i in &cands {
+        sums[bucket(w[i as usize])] += u64::from(w[i as usize]);
+    }
+    let mut cum = 0u64;
+    let mut at = 0;
+    for b in (0..sums.len()).rev() {
+        if cum + sums[b] >= goal {
+            at = b;
+            break;
+        }
+        cum += sums[b];
+    }
+    let mut edge: Vec<u32> = cands
+        .iter()
+        .copied()
+        .filter(|&i| bucket(w[i as usize]) == at)
+        .collect();
+    edge.sort_unstable_by(|a, b| w[*b as usize].cmp(&w[*a as usize]).then(a.cmp(b)));
+    // With exact sums the goal is reached in this bucket; the default keeps every candidate.
+    let (cw, cid) = edge
+        .iter()
+        .find(|&&i| {
+            cum += u64::from(w[i as usize]);
+            cum >= goal
+        })
+        .map_or((0, u32::MAX), |&i| (w[i as usize], i));
+    cands.retain(|&i| w[i as usize] > cw || (w[i as usize] == cw && i <= cid));
+    cands
+}
+
+/// The ids whose weight is at least `line`, in order; 16-id chunks wholly below it are
+/// skipped after one vectorised comparison, and the rest are compacted without branches.
+fn heavy_ids(w: &[u32], line: u32) -> Vec<u32> {
+    let mut out = vec![0u32; w.len() + 1];
+    let mut k = 0;
+    for (c, chunk) in w.chunks(16).enumerate() {
+        if chunk.iter().fold(0, |m, &x| m.max(x)) < line {
+            continue;
+        }
+        for (j, &x) in chunk.iter().enumerate() {
+            out[k] = (c * 16 + j) as u32;
+            k += usize::from(x >= line);
+        }
+    }
+    out.truncate(k);
+    out
+}
+
+/// Picks from `kept` (in id order) with weights `e^((l - max) / temperature)`.
+fn draw_kept(l: &[f32], kept: &[u32], max: f32, inv_t: f32, uniform: f32) -> u32 {
+    let w: Vec<u32> = kept
+        .iter()
+        .map(|&i| weight(l[i as usize], max, inv_t))
+        .collect();
+    let total: u64 = w.iter().map(|&x| u64::from(x)).sum();
+    let target = (f64::from(uniform) * total as f64) as u64;
+    let mut cum = 0u64;
+    for (i, x) in kept.iter().zip(&w) {
+        cum += u64::from(*x);
+        if target < cum {
+            return *i;
+        }
+    }
+    kept.last().copied().unwrap_or(0)
+}
+
+/// Picks from the whole vocabulary with weights `e^((l - max) / temperature)`, walking ids in
+/// order: first to the 64-id chunk whose running sum passes the target, then within it.
+fn draw_all(l: &[f32], max: f32, inv_t: f32, uniform: f32) -> u32 {
+    let mut w = vec![0u32; l.len()];
+    fill_weights(l, max, inv_t, &mut w);
+    let chunk_sums: Vec<u64> = w
+        .chunks(64)
+        .map(|c| c.iter().map(|&x| u64::from(x)).sum())
+        .collect();
+    let total: u64 = chunk_sums.iter().sum();
+    let target = (f64::from(uniform) * total as f64) as u64;
+    let mut cum = 0u64;
+    for (ci, s) in chunk_sums.iter().enumerate() {
+        if target < cum + s {
+            for (j, x) in w[ci * 64..].iter().take(64).enumerate() {
+                cum += u64::from(*x);
+                if target < cum {
+                    return (ci * 64 + j) as u32;
+                }
             }
         }
-        cand.truncate(keep.max(1));
+        cum += s;
     }
-    if p.min_p > 0.0 {
-        let probs = softmax(&cand);
-        let cut = probs[0] * p.min_p;
-        let keep = probs.iter().take_while(|&&x| x >= cut).count();
-        cand.truncate(keep.max(1));
+    argmax(l)
+}
+
+/// A token's fixed-point weight: `e^((x - max) * inv_t)` in units of 2^-30 (0 for NaN).
+#[inline(always)]
+fn weight(x: f32, max: f32, inv_t: f32) -> u32 {
+    let v = exp_fast((x - max) * inv_t) * ONE as f32;
+    let v = if v > 0.0 { v.min(ONE as f32) } else { 0.0 };
+    // SAFETY: `v` is finite and in [0, 2^30], so its truncation fits an i32. (The checked
+    // conversion does not vectorise.)
+    unsafe { v.to_int_unchecked::<i32>() as u32 }
+}
+
+/// `out[i] = weight(l[i], max, inv_t)`, with FMA instructions where the CPU has them (else
+/// `mul_add` is a library call; the results are the same).
+fn fill_weights(l: &[f32], max: f32, inv_t: f32, out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function enables.
+        unsafe { fill_weights_avx2(l, max, inv_t, out) };
+        return;
     }
-    for c in cand.iter_mut() {
-        c.1 /= p.temperature;
+    fill_weights_plain(l, max, inv_t, out);
+}
+
+#[inline(always)]
+fn fill_weights_plain(l: &[f32], max: f32, inv_t: f32, out: &mut [u32]) {
+    for (o, x) in out.iter_mut().zip(l) {
+        *o = weight(*x, max, inv_t);
     }
-    let probs = softmax(&cand);
-    let r = rng.next_f32();
-    let mut cum = 0.0;
-    for (c, pr) in cand.iter().zip(&probs) {
-        cum += pr;
-        if r < cum {
-            return c.0;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_weights_avx2(l: &[f32], max: f32, inv_t: f32, out: &mut [u32]) {
+    fill_weights_plain(l, max, inv_t, out);
+}
+
+/// The largest logit.
+fn max_of(l: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function enables.
+        return unsafe { max_of_avx2(l) };
+    }
+    max_of_plain(l)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn max_of_avx2(l: &[f32]) -> f32 {
+    max_of_plain(l)
+}
+
+#[inline(always)]
+fn max_of_plain(l: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut it = l.chunks_exact(16);
+    for c in &mut it {
+        for (a, b) in m.iter_mut().zip(c) {
+            *a = a.max(*b);
         }
     }
-    cand[cand.len() - 1].0
+    it.remainder().iter().fold(
+        m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        |a, b| a.max(*b),
+    )
+}
+
+/// `e^x` for `x <= 0`, to a few ulps, for the sampler: ggml's polynomial (`numerics::v_expf`)
+/// with the out-of-range case as a select instead of a branch, so loops over it vectorise.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    let r = f32::from_bits(0x4B40_0000);
+    let z = x.mul_add(f32::from_bits(0x3FB8_AA3B), r);
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35BF_BE8E),
+        (-n).mul_add(f32::from_bits(0x3F31_7200), x),
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3C07_2010)
+        .mul_add(b, f32::from_bits(0x3D2B_9F17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3E2A_AF33).mul_add(b, f32::from_bits(0x3EFF_FEDB)),
+        )
+        .mul_add(u, f32::from_bits(0x3F7F_FFF6).mul_add(b, 1.0));
+    // 2^n from the bits of `z` (which hold `n` in its low mantissa bits), without a
+    // float-to-int conversion; below 2^-126 the result is 0 here (the sampler's weights stop
+    // at 2^-30 of the best).
+    let p2 = f32::from_bits((z.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23);
+    if n < -126.0 { 0.0 } else { j * p2 }
 }
 
 pub fn argmax(l: &[f32]) -> u32 {
@@ -185,13 +437,19 @@ mod tests {
         vec![1.0, 3.0, 2.0, 0.5, 2.9]
     }
 
+    /// `sample` with the sequence's next draw from `rng`, as the engine calls it.
+    fn pick(l: &[f32], p: &SamplingParams, history: &[u32], rng: &mut Rng) -> u32 {
+        let u = rng.uniform_for(p);
+        sample(l, p, history, u)
+    }
+
     #[test]
     fn greedy_takes_the_max() {
         let p = SamplingParams {
             temperature: 0.0,
             ..Default::default()
         };
-        assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(1))), 1);
+        assert_eq!(pick(&logits(), &p, &[], &mut Rng::new(Some(1))), 1);
     }
 
     #[test]
@@ -201,13 +459,13 @@ mod tests {
             presence_penalty: 0.5,
             ..Default::default()
         };
-        assert_eq!(sample(&logits(), &p, &[1], &mut Rng::new(Some(1))), 4);
+        assert_eq!(pick(&logits(), &p, &[1], &mut Rng::new(Some(1))), 4);
         let p = SamplingParams {
             temperature: 0.0,
             repetition_penalty: 2.0,
             ..Default::default()
         };
-        assert_eq!(sample(&logits(), &p, &[1, 4], &mut Rng::new(Some(1))), 2);
+        assert_eq!(pick(&logits(), &p, &[1, 4], &mut Rng::new(Some(1))), 2);
     }
 
     #[test]
@@ -217,22 +475,15 @@ mod tests {
             ..Default::default()
         };
         for s in 0..20 {
-            assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
+            assert_eq!(pick(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
         }
         let p = SamplingParams::default();
-        let a: Vec<u32> = {
+        let run = || -> Vec<u32> {
             let mut r = Rng::new(Some(7));
-            (0..50)
-                .map(|_| sample(&logits(), &p, &[], &mut r))
-                .collect()
+            (0..50).map(|_| pick(&logits(), &p, &[], &mut r)).collect()
         };
-        let b: Vec<u32> = {
-            let mut r = Rng::new(Some(7));
-            (0..50)
-                .map(|_| sample(&logits(), &p, &[], &mut r))
-                .collect()
-        };
-        assert_eq!(a, b);
+        let a = run();
+        assert_eq!(a, run());
         assert!(a.iter().any(|&x| x != a[0]), "temperature 1 should vary");
     }
 
@@ -244,7 +495,7 @@ mod tests {
             ..Default::default()
         };
         for s in 0..20 {
-            assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
+            assert_eq!(pick(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
         }
         // min_p 0.95 keeps tokens within 5% of the best: 1 and 4 (3.0 vs 2.9 -> 0.905 < 0.95).
         let p = SamplingParams {
@@ -252,8 +503,101 @@ mod tests {
             ..Default::default()
         };
         for s in 0..20 {
-            assert_eq!(sample(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
+            assert_eq!(pick(&logits(), &p, &[], &mut Rng::new(Some(s))), 1);
         }
+    }
+
+    #[test]
+    fn draws_follow_the_distribution() {
+        // Two ids at logits ln 3 and 0: probabilities 3/4 and 1/4.
+        let l = [3f32.ln(), 0.0];
+        let p = SamplingParams::default();
+        let mut r = Rng::new(Some(3));
+        let n = 20_000;
+        let zeros = (0..n).filter(|_| pick(&l, &p, &[], &mut r) == 0).count();
+        let share = zeros as f64 / n as f64;
+        assert!((share - 0.75).abs() < 0.02, "{share}");
+    }
+
+    /// The sampler's definition spelled out with a sort of the whole pool.
+    fn by_full_sort(l: &[f32], p: &SamplingParams, uniform: f32) -> u32 {
+        let max = max_of(l);
+        let w: Vec<u32> = l.iter().map(|x| weight(*x, max, 1.0)).collect();
+        let mut pool: Vec<u32> = (0..l.len() as u32).collect();
+        if p.top_k > 0 && p.top_k < l.len() {
+            pool.sort_by(|a, b| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b)));
+            pool.truncate(p.top_k);
+        }
+        let mut kept = pool.clone();
+        if p.top_p < 1.0 {
+            let total: u64 = pool.iter().map(|&i| u64::from(w[i as usize])).sum();
+            let goal = ((f64::from(p.top_p) * total as f64).ceil() as u64).clamp(1, total);
+            kept.sort_by(|a, b| w[*b as usize].cmp(&w[*a as usize]).then(a.cmp(b)));
+            let mut cum = 0u64;
+            let n = kept
+                .iter()
+                .position(|&i| {
+                    cum += u64::from(w[i as usize]);
+                    cum >= goal
+                })
+                .unwrap()
+                + 1;
+            kept.truncate(n);
+        }
+        if p.min_p > 0.0 {
+            kept.retain(|&i| f64::from(w[i as usize]) >= f64::from(p.min_p) * f64::from(ONE));
+        }
+        kept.sort();
+        draw_kept(l, &kept, max, 1.0 / p.temperature, uniform)
+    }
+
+    #[test]
+    fn partial_selection_picks_what_a_full_sort_picks() {
+        let mut r = Rng::new(Some(11));
+        for case in 0..400 {
+            let n = 50 + (r.next_u64() % 3000) as usize;
+            // Peaked, flat, and tied logits.
+            let spread = [0.5f32, 4.0, 12.0][case % 3];
+            let l: Vec<f32> = (0..n)
+                .map(|_| {
+                    let x = r.next_f32() * spread;
+                    if case % 5 == 0 {
+                        (x * 2.0).round() / 2.0
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            let p = SamplingParams {
+                temperature: 0.3 + r.next_f32(),
+                top_p: [1.0, 0.95, 0.5, 0.999][case % 4],
+                top_k: [0, 0, 40, 1][(case / 4) % 4],
+                min_p: [0.0, 0.0, 0.05][case % 3],
+                ..Default::default()
+            };
+            if p.top_p == 1.0 && p.top_k == 0 && p.min_p == 0.0 {
+                continue; // nothing truncates: no selection to check
+            }
+            for _ in 0..5 {
+                let u = r.next_f32();
+                let want = by_full_sort(&l, &p, u);
+                assert_eq!(sample(&l, &p, &[], u), want, "case {case}: {p:?} u {u}");
+            }
+        }
+    }
+
+    #[test]
+    fn exp_fast_is_close_to_exp() {
+        for i in 0..2000 {
+            let x = -(i as f32) * 0.05;
+            let (a, b) = (exp_fast(x), x.exp());
+            assert!(
+                (a - b).abs() <= 4.0 * f32::EPSILON * b + 1e-37,
+                "{x}: {a} vs {b}"
+            );
+        }
+        assert_eq!(exp_fast(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_fast(0.0), 1.0);
     }
 
     #[test]

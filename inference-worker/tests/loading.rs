@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use switchyard_worker::engine::Engine;
+use switchyard_worker::engine::{Engine, EngineOptions};
 use switchyard_worker::models_dir::{SMOLLM2, test_model};
 use switchyard_worker::server::{AppState, Shared, serve};
 
@@ -91,7 +91,7 @@ fn a_loading_worker_reports_progress_and_asks_clients_to_retry_then_serves() {
     };
     let loaded = switchyard_worker::load(&model, |_| {}).unwrap();
     let app = AppState {
-        engine: Engine::start(loaded.model, loaded.tokenizer, 512, 1),
+        engine: Engine::start(loaded.backend, loaded.tokenizer, EngineOptions::new(512, 1)),
         template: loaded.template,
         model_name: "smol".into(),
         started: 0,

@@ -4,7 +4,9 @@
 //! Checked: the prompt tokenizes to the same ids; our greedy choice equals llama.cpp's at every
 //! step up to the first step where llama.cpp's top two logits are within `NEAR_TIE`; over those
 //! steps every top-20 logit agrees within `LOGIT_TOL`. The model is fed llama.cpp's own greedy
-//! ids, so each step compares the same context.
+//! ids, so each step compares the same context. It runs through the engine's seam: the CPU
+//! backend's `forward` over the paged KV cache, with block tables that are deliberately out of
+//! order (the pool is fragmented first), as they are once blocks are reused.
 //!
 //! The fixtures come from llama-cpp-python 0.3.36's default context: flash attention OFF
 //! (its `flash_attn=False` maps to LLAMA_FLASH_ATTN_TYPE_DISABLED, not llama.cpp's CLI default
@@ -33,7 +35,8 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use switchyard_worker::model::{KvCache, SeqInput};
+use switchyard_worker::backend::{BackendOptions, Solo, Want};
+use switchyard_worker::kv::BlockAllocator;
 use switchyard_worker::models_dir::{SMOLLM2, test_model};
 
 /// Max |our logit - llama.cpp logit| over the top-20 of each compared step (measured worst:
@@ -66,8 +69,14 @@ fn greedy_and_logits_match_llama_cpp() {
         fx.len() >= 5,
         "expected 5 fixtures in tests/fixtures (run scripts/reference.py fixtures)"
     );
-    let loaded = switchyard_worker::load(&path, |_| {}).unwrap();
-    let (model, tok) = (&loaded.model, &loaded.tokenizer);
+    let opts = BackendOptions {
+        kv_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let mut loaded = switchyard_worker::load_with(&path, &opts, |_| {}, |_, _| {}).unwrap();
+    let tok = loaded.tokenizer.clone();
+    let backend = &mut *loaded.backend;
+    let mut alloc = fragmented(backend.kv_blocks());
     let mut worst = 0f32;
     let mut compared = 0;
     for f in fx {
@@ -81,7 +90,7 @@ fn greedy_and_logits_match_llama_cpp() {
             .collect();
         let ids = tok.encode(prompt, true, true);
         assert_eq!(ids, want_ids, "{}: prompt tokens differ", f.display());
-        let mut cache = KvCache::new(&model.cfg);
+        let mut seq = Solo::default();
         let mut input = ids.clone();
         for (step, s) in v["steps"].as_array().unwrap().iter().enumerate() {
             let top: Vec<(u32, f32)> = s["top"]
@@ -97,13 +106,7 @@ fn greedy_and_logits_match_llama_cpp() {
                 );
                 break;
             }
-            let logits = model
-                .forward(&mut [SeqInput {
-                    cache: &mut cache,
-                    tokens: &input,
-                    all_logits: false,
-                }])
-                .remove(0);
+            let logits = seq.feed(backend, &mut alloc, &input, Want::Last).unwrap();
             let ours = switchyard_worker::sampling::argmax(&logits);
             let want = s["id"].as_u64().unwrap() as u32;
             assert_eq!(ours, want, "{}: greedy differs at step {step}", f.display());
@@ -120,9 +123,25 @@ fn greedy_and_logits_match_llama_cpp() {
             compared += 1;
             input = vec![want];
         }
+        seq.release(&mut alloc);
     }
+    alloc.check().unwrap();
     eprintln!("compared {compared} steps; worst top-20 logit difference {worst:.4}");
     assert!(compared >= 50, "too few steps compared ({compared})");
+}
+
+/// An allocator whose free list hands out blocks in a scrambled order.
+fn fragmented(n: usize) -> BlockAllocator {
+    let mut a = BlockAllocator::new(n);
+    let mut all: Vec<u32> = (0..n).filter_map(|_| a.allocate()).collect();
+    let mut rng = switchyard_worker::sampling::Rng::new(Some(5));
+    for i in (1..all.len()).rev() {
+        all.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    for b in all {
+        a.release(b);
+    }
+    a
 }
 
 #[test]

@@ -328,6 +328,62 @@ fn busy_port_and_bad_model_fail_clearly() {
 }
 
 #[test]
+fn device_and_kv_cache_flags_are_checked_before_loading() {
+    let Some(model) = test_model(SMOLLM2) else {
+        return;
+    };
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard-worker"))
+            .arg("--model")
+            .arg(&model)
+            .args(["--port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["--device", "cuda:1"]);
+    if cfg!(feature = "cuda") {
+        assert!(e.contains("cuda:1"), "{e}");
+    } else {
+        assert!(e.contains("cuda:1") && e.contains("--features cuda"), "{e}");
+    }
+    assert!(!e.contains("loading"), "failed only after loading: {e}");
+    let e = run(&["--device", "tpu"]);
+    assert!(e.contains("expected `cpu` or `cuda:N`"), "{e}");
+    let e = run(&["--kv-cache-type", "q4_0"]);
+    assert!(e.contains("expected `f16` or `q8_0`"), "{e}");
+}
+
+#[test]
+fn a_repeated_prompt_prefix_is_served_from_the_prefix_cache() {
+    let Some(w) = start(&["--kv-cache-type", "q8_0"]) else {
+        return;
+    };
+    let system = "You are a careful assistant. Answer in one short sentence, and say so when \
+                  you do not know. Never invent sources, names or numbers. ";
+    for q in ["What is the capital of France?", "What colour is the sky?"] {
+        let (s, v) = post(
+            &w,
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}],
+                   "max_tokens": 3, "temperature": 0}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let (_, m) = http(&w, "GET", "/metrics", None);
+    let queried = sample(&m, "switchyard_worker_prefix_cache_queries_total");
+    let hits = sample(&m, "switchyard_worker_prefix_cache_hits_total");
+    // The second request found the system prompt's full blocks (16 tokens each).
+    assert!(
+        hits >= 32.0 && hits % 16.0 == 0.0,
+        "{hits} of {queried}\n{m}"
+    );
+    assert!(hits < queried, "{m}");
+}
+
+#[test]
 fn client_disconnect_cancels_generation() {
     let Some(w) = start(&[]) else { return };
     let mut s = TcpStream::connect(&w.addr).unwrap();
@@ -372,7 +428,14 @@ fn sample(metrics: &str, series: &str) -> f64 {
 
 #[test]
 fn metrics_report_ttft_queue_time_and_kv_cache() {
-    let Some(w) = start(&["--ctx-size", "256", "--max-batch", "2"]) else {
+    let Some(w) = start(&[
+        "--ctx-size",
+        "256",
+        "--max-batch",
+        "2",
+        "--kv-cache-mb",
+        "16",
+    ]) else {
         return;
     };
     for i in 0..3 {
@@ -411,9 +474,13 @@ fn metrics_report_ttft_queue_time_and_kv_cache() {
         let (_, m) = http(&w, "GET", "/metrics", None);
         let cached = sample(&m, "switchyard_worker_kv_cache_tokens");
         let ratio = sample(&m, "switchyard_worker_kv_cache_usage_ratio");
+        let used = sample(&m, "switchyard_worker_kv_cache_blocks_used");
+        let capacity = sample(&m, "switchyard_worker_kv_cache_blocks_capacity");
         if cached > 0.0 && sample(&m, "switchyard_worker_generation_tokens_per_second") > 0.0 {
-            // max_batch 2 x ctx 256 tokens of capacity.
-            assert!((ratio - cached / 512.0).abs() < 1e-9, "{m}");
+            // 16 MiB of f16 cache: 45 blocks of 16 tokens for SmolLM2 (360 KiB each).
+            assert_eq!(capacity, 45.0, "{m}");
+            assert!(used >= (cached / 16.0).ceil(), "{m}");
+            assert!((ratio - used / capacity).abs() < 1e-9, "{m}");
             break;
         }
         assert!(
@@ -437,8 +504,10 @@ fn metrics_report_ttft_queue_time_and_kv_cache() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    // Idle again: nothing cached, nothing generating.
+    // Idle again: no block held (the prompts' full blocks stay cached, free for reuse),
+    // nothing generating.
     assert_eq!(sample(&m, "switchyard_worker_kv_cache_tokens"), 0.0);
+    assert_eq!(sample(&m, "switchyard_worker_kv_cache_blocks_used"), 0.0);
     assert_eq!(sample(&m, "switchyard_worker_kv_cache_usage_ratio"), 0.0);
     assert!(sample(&m, "switchyard_worker_generation_tokens_per_second") >= 0.0);
 }
