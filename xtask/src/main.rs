@@ -12,6 +12,7 @@
 mod c_example;
 mod cuda;
 mod models;
+mod prereqs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -132,6 +133,14 @@ fn test(extra: &[String]) -> Result<(), String> {
 
     plugins::build()?;
 
+    let unmet = prereqs::system_report();
+    let say_unmet = || {
+        for what in &unmet {
+            eprintln!("xtask: not installed here, {what}");
+        }
+    };
+    say_unmet();
+
     let driver = clippy_driver();
     if driver.is_none() {
         if std::env::var("SWITCHYARD_CI").is_ok_and(|v| v == "1") {
@@ -159,5 +168,8 @@ fn test(extra: &[String]) -> Result<(), String> {
         build,
         "cargo build --workspace --all-targets (with clippy's lints)",
     )?;
-    run(t, "cargo test --workspace")
+    let result = run(t, "cargo test --workspace");
+    // Again after the test output, where a reader looks for what did not run.
+    say_unmet();
+    result
 }

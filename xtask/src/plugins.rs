@@ -22,6 +22,7 @@ const PLUGINS: &[&str] = &["complexity-router", "prompt-adapter", "json-validato
 const FIXTURES: &[&str] = &["hostile"];
 
 pub fn build() -> Result<(), String> {
+    crate::prereqs::wasm_target()?;
     let root = root();
     let target_dir = root.join("target").join("wasm");
     build_workspace(&root.join("plugins").join("Cargo.toml"), &target_dir)?;
@@ -109,44 +110,45 @@ fn examples(root: &Path) -> Result<(), String> {
     let wit = root.join("wit");
     let py = root.join("examples").join("python-router");
     if py.exists() {
-        if have("componentize-py", "--version") {
-            let mut c = Command::new("componentize-py");
-            c.current_dir(&py).arg("-d").arg(&wit).args([
-                "-w",
-                "classifier",
-                "componentize",
-                "app",
-                "-o",
-                "router.wasm",
-            ]);
-            run(c, "componentize-py (examples/python-router)")?;
-        } else {
-            missing("componentize-py (pip install componentize-py)")?;
+        match crate::prereqs::componentize_py()? {
+            Ok(componentize_py) => {
+                let mut c = Command::new(componentize_py);
+                c.current_dir(&py).arg("-d").arg(&wit).args([
+                    "-w",
+                    "classifier",
+                    "componentize",
+                    "app",
+                    "-o",
+                    "router.wasm",
+                ]);
+                run(c, "componentize-py (examples/python-router)")?;
+            }
+            Err(what) => missing(&what)?,
         }
     }
     let js = root.join("examples").join("js-router");
     if js.exists() {
-        let cjs = js.join("node_modules").join(".bin").join("componentize-js");
-        if cjs.exists() {
-            // build.mjs runs componentize-js with the same options as its CLI, and makes
-            // the generated argument-passing code faster (see the script's header).
-            let mut c = Command::new("node");
-            c.current_dir(&js)
-                .args(["build.mjs", "--wit"])
-                .arg(&wit)
-                .args(["-o", "router.wasm"]);
-            // Ahead-of-time compilation of the JavaScript (weval) when a weval binary is at
-            // hand: componentize-js would download one from GitHub, so we pass our own.
-            if let Some(weval) = weval() {
-                c.arg("--aot").arg("--weval-bin").arg(&weval);
-                eprintln!(
-                    "xtask: js-router built ahead of time with {}",
-                    weval.display()
-                );
+        match crate::prereqs::componentize_js(&js)? {
+            Ok(_) => {
+                // build.mjs runs componentize-js with the same options as its CLI, and makes
+                // the generated argument-passing code faster (see the script's header).
+                let mut c = Command::new("node");
+                c.current_dir(&js)
+                    .args(["build.mjs", "--wit"])
+                    .arg(&wit)
+                    .args(["-o", "router.wasm"]);
+                // Ahead-of-time compilation of the JavaScript (weval) when a weval binary is at
+                // hand: componentize-js would download one from GitHub, so we pass our own.
+                if let Some(weval) = weval() {
+                    c.arg("--aot").arg("--weval-bin").arg(&weval);
+                    eprintln!(
+                        "xtask: js-router built ahead of time with {}",
+                        weval.display()
+                    );
+                }
+                run(c, "componentize-js (examples/js-router/build.mjs)")?;
             }
-            run(c, "componentize-js (examples/js-router/build.mjs)")?;
-        } else {
-            missing("jco/componentize-js (cd examples/js-router && npm install)")?;
+            Err(what) => missing(&what)?,
         }
     }
     let c = root.join("examples").join("c-router");
