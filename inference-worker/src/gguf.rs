@@ -120,7 +120,8 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        // Checked when the file was read: the product fits.
+        self.dims.iter().fold(1u64, |n, &d| n.wrapping_mul(d))
     }
 }
 
@@ -292,7 +293,10 @@ impl Gguf {
             let off = c.u64(&name)?;
             raw.push((name, dims, ty, off));
         }
-        let data_start = c.pos.div_ceil(alignment) * alignment;
+        let data_start = c
+            .pos
+            .checked_next_multiple_of(alignment)
+            .ok_or_else(|| GgufError::Bad(format!("general.alignment {alignment} overflows")))?;
         let mut tensors = Vec::with_capacity(raw.len());
         let mut index = HashMap::new();
         for (name, dims, ty, off) in raw {
@@ -300,21 +304,33 @@ impl Gguf {
                 name: name.clone(),
                 ty: crate::quant::ggml_type_name(ty),
             })?;
-            let n: u64 = dims.iter().product();
+            // Dimensions come from the file: a product or size that overflows is a bad file,
+            // never a wrapped small size that would pass the bounds check below.
+            let n = dims
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .ok_or_else(|| {
+                    GgufError::Bad(format!("tensor `{name}`: dimensions {dims:?} overflow"))
+                })?;
             if dims[0] % ty.block_len() as u64 != 0 {
                 return Err(GgufError::Bad(format!(
                     "tensor `{name}`: row length {} is not a multiple of the {ty:?} block size",
                     dims[0]
                 )));
             }
-            let size = (n / ty.block_len() as u64) as usize * ty.block_bytes();
+            let size = usize::try_from(n / ty.block_len() as u64)
+                .ok()
+                .and_then(|blocks| blocks.checked_mul(ty.block_bytes()))
+                .ok_or_else(|| {
+                    GgufError::Bad(format!("tensor `{name}`: {n} elements overflow its size"))
+                })?;
             let offset = data_start
-                .checked_add(off as usize)
+                .checked_add(usize::try_from(off).unwrap_or(usize::MAX))
                 .ok_or_else(|| GgufError::Bad(format!("tensor `{name}` offset overflows")))?;
             if offset.checked_add(size).is_none_or(|e| e > buf.len()) {
                 return Err(GgufError::Truncated(format!(
                     "tensor `{name}` needs bytes {offset}..{} but the file has {}",
-                    offset + size,
+                    offset.saturating_add(size),
                     buf.len()
                 )));
             }

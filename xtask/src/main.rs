@@ -8,6 +8,7 @@
 //!   `target/plugin-fixtures/`, and the example policies beside their sources.
 //! - `cuda-tools`, `cuda-check`, `cuda-test [--sanitize]`: the worker's CUDA kernels compiled,
 //!   checked and run on their CPU twin without a GPU (see `cuda`).
+//! - `fuzz [--seconds N] [TARGET...]`: the fuzz targets of `fuzz/` for a bounded time each.
 
 mod c_example;
 mod cuda;
@@ -32,9 +33,10 @@ fn main() -> ExitCode {
         "cuda-tools" => cuda::tools(),
         "cuda-check" => cuda::check(),
         "cuda-test" => cuda::test(rest),
+        "fuzz" => fuzz(rest),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, build everything with clippy's lints, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)\n  plugins          build plugins/*.wasm, test fixtures and example policies\n  cuda-tools       venv with the pinned NVRTC/ptxas wheels (target/cuda-tools)\n  cuda-check       compile the CUDA kernels for sm_80/sm_90, fail on spills or over budget\n  cuda-test [--sanitize]  the CUDA kernels on the CPU twin (ASan/UBSan with --sanitize), linted"
+                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, build everything with clippy's lints, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)\n  plugins          build plugins/*.wasm, test fixtures and example policies\n  cuda-tools       venv with the pinned NVRTC/ptxas wheels (target/cuda-tools)\n  cuda-check       compile the CUDA kernels for sm_80/sm_90, fail on spills or over budget\n  cuda-test [--sanitize]  the CUDA kernels on the CPU twin (ASan/UBSan with --sanitize), linted\n  fuzz [--seconds N] [TARGET...]  mutate each fuzz target's corpus for N seconds (default 30; see fuzz/)"
             );
             Ok(())
         }
@@ -133,7 +135,17 @@ fn test(extra: &[String]) -> Result<(), String> {
 
     plugins::build()?;
 
-    let unmet = prereqs::system_report();
+    let mut unmet = prereqs::system_report();
+    let venv_path = match prereqs::python_openai()? {
+        Ok(bin) => bin,
+        Err(what) if std::env::var("SWITCHYARD_CI").is_ok_and(|v| v == "1") => {
+            return Err(format!("SWITCHYARD_CI=1 but {what} is not installed"));
+        }
+        Err(what) => {
+            unmet.push(format!("{what}: the OpenAI SDK round-trip tests skip"));
+            None
+        }
+    };
     let say_unmet = || {
         for what in &unmet {
             eprintln!("xtask: not installed here, {what}");
@@ -158,6 +170,14 @@ fn test(extra: &[String]) -> Result<(), String> {
     build.args(["build", "--workspace", "--all-targets"]);
     let mut t = cargo();
     t.args(["test", "--workspace"]).args(extra);
+    if let Some(bin) = venv_path {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let paths = std::iter::once(bin).chain(std::env::split_paths(&path));
+        t.env(
+            "PATH",
+            std::env::join_paths(paths).map_err(|e| format!("PATH: {e}"))?,
+        );
+    }
     if let Some(d) = &driver {
         lint(&mut build, d);
         // The same wrapper for the test run, and so for the tests' own `cargo build` of the
@@ -172,4 +192,17 @@ fn test(extra: &[String]) -> Result<(), String> {
     // Again after the test output, where a reader looks for what did not run.
     say_unmet();
     result
+}
+
+/// The fuzz targets (`fuzz/`) for a bounded time each. Built like `test` builds (same
+/// profile, clippy's wrapper when present), so after `cargo xtask test` nothing recompiles.
+fn fuzz(extra: &[String]) -> Result<(), String> {
+    models::fetch_models()?;
+    let mut c = cargo();
+    c.args(["run", "-p", "switchyard-fuzz", "--bin", "fuzz", "--"])
+        .args(extra);
+    if let Some(d) = clippy_driver() {
+        lint(&mut c, &d);
+    }
+    run(c, "fuzz")
 }

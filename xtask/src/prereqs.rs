@@ -7,7 +7,8 @@
 //!
 //! - `wasm32-wasip2` (the plugins): `rustup target add`, for the pinned toolchain.
 //! - componentize-py (the Python example): pip into a private venv under `target/xtask-tools`
-//!   when it is not on the PATH, pinned to the version the example is written against.
+//!   when it is not on the PATH, pinned to the version the example is written against; the
+//!   `openai` SDK (the round-trip tests) into the same venv when python3 lacks it.
 //! - componentize-js (the JavaScript example): `npm ci` from the committed lock file.
 //! - clang + wasi-libc (the C example) and redis-server (the shared-limit tests) come from
 //!   Debian's packages: those are reported with the command that installs them.
@@ -20,6 +21,8 @@ use crate::{root, run};
 pub const WASM_TARGET: &str = "wasm32-wasip2";
 /// The componentize-py the Python example and its bindings are written against.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+/// The OpenAI SDK the round-trip tests drive the gateway and the worker with.
+const OPENAI: &str = "openai==3.63.0";
 
 /// Install the wasm target if the active toolchain lacks it.
 pub fn wasm_target() -> Result<(), String> {
@@ -72,36 +75,64 @@ pub fn componentize_py() -> Result<Result<PathBuf, String>, String> {
     if works("componentize-py", &["--version"]) {
         return Ok(Ok("componentize-py".into()));
     }
-    let venv = tools_dir().join("py");
-    let bin = venv.join("bin").join("componentize-py");
+    let bin = venv_bin().join("componentize-py");
     if works(&bin.to_string_lossy(), &["--version"]) {
         return Ok(Ok(bin));
     }
-    if !works("python3", &["-c", "import venv, ensurepip"]) {
-        return Ok(Err(
-            "componentize-py (needs python3 with venv and pip: apt install python3-venv, or \
-             pip install componentize-py)"
-                .into(),
-        ));
+    match venv_install(COMPONENTIZE_PY)? {
+        Ok(()) => Ok(Ok(bin)),
+        Err(why) => Ok(Err(format!("componentize-py ({why})"))),
     }
-    println!(
-        "xtask: installing {COMPONENTIZE_PY} into {}",
-        venv.display()
-    );
-    let mut c = Command::new("python3");
-    c.args(["-m", "venv"]).arg(&venv);
-    run(c, "python3 -m venv")?;
-    let mut c = Command::new(venv.join("bin").join("python"));
+}
+
+/// The SDK round-trip tests run `python3 -c "import openai"`. When the machine's python3
+/// lacks the package, it goes into our venv, whose `bin` the test run then puts first on the
+/// PATH (returned here). `Ok(Err(reason))` when that is not possible.
+pub fn python_openai() -> Result<Result<Option<PathBuf>, String>, String> {
+    if works("python3", &["-c", "import openai"]) {
+        return Ok(Ok(None));
+    }
+    let python = venv_bin().join("python3");
+    if works(&python.to_string_lossy(), &["-c", "import openai"]) {
+        return Ok(Ok(Some(venv_bin())));
+    }
+    match venv_install(OPENAI)? {
+        Ok(()) => Ok(Ok(Some(venv_bin()))),
+        Err(why) => Ok(Err(format!("the python `openai` package ({why})"))),
+    }
+}
+
+fn venv_bin() -> PathBuf {
+    tools_dir().join("py").join("bin")
+}
+
+/// `pip install` one pinned package into our venv, made on first use. The venv sees the
+/// machine's own site-packages, so python3 from it still finds what is installed there.
+fn venv_install(package: &str) -> Result<Result<(), String>, String> {
+    let venv = tools_dir().join("py");
+    let python = venv_bin().join("python3");
+    if !python.exists() {
+        if !works("python3", &["-c", "import venv, ensurepip"]) {
+            return Ok(Err(
+                "needs python3 with venv and pip: apt install python3-venv".into(),
+            ));
+        }
+        let mut c = Command::new("python3");
+        c.args(["-m", "venv", "--system-site-packages"]).arg(&venv);
+        run(c, "python3 -m venv")?;
+    }
+    println!("xtask: installing {package} into {}", venv.display());
+    let mut c = Command::new(&python);
     c.args([
         "-m",
         "pip",
         "install",
         "--quiet",
         "--disable-pip-version-check",
-        COMPONENTIZE_PY,
+        package,
     ]);
-    run(c, &format!("pip install {COMPONENTIZE_PY}"))?;
-    Ok(Ok(bin))
+    run(c, &format!("pip install {package}"))?;
+    Ok(Ok(()))
 }
 
 /// componentize-js under `examples/js-router/node_modules`, from its lock file when npm is

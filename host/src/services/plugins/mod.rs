@@ -864,6 +864,20 @@ fn validate_applies(when: ValidateWhen, req: &types::Request) -> bool {
     }
 }
 
+/// The WIT conversion as the fuzz targets (`fuzz/`) drive it, on bytes from outside: a
+/// parsed client body to the record plugins see and back to JSON (what `adapt` does with a
+/// plugin's answer), and an upstream answer to the record `validate` sees. The JSON, or the
+/// conversion's error.
+#[doc(hidden)]
+pub fn fuzz_convert(
+    body: &RequestBody,
+    endpoint: Endpoint,
+    answer: &[u8],
+) -> Result<Vec<u8>, CallError> {
+    let _ = convert::response(answer, "backend", "model");
+    convert::request_json(&convert::request(body, endpoint), endpoint)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
