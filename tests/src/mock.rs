@@ -215,9 +215,10 @@ impl MockUpstream {
 
 /// Run a mock server on `listener` until `stop` fires (also used by the standalone binary,
 /// which turns recording off to stay fast).
-pub async fn serve_forever(listener: TcpListener, record: bool) {
+pub async fn serve_forever(listener: TcpListener, record: bool, behaviour: Behaviour) {
     let state = Arc::new(State::default());
     state.record.store(record, Ordering::Relaxed);
+    *state.behaviour.lock().expect("lock") = behaviour;
     let (_tx, rx) = tokio::sync::oneshot::channel();
     serve(listener, state, None, rx).await;
 }

@@ -130,6 +130,9 @@ pub struct BackendSection {
     pub breaker: Option<BreakerSection>,
     /// Pool settings: in-flight limits, queueing, health checks, ejection.
     pub pool: Option<PoolSection>,
+    /// Client request headers sent on to this backend (case-insensitive names; `prefix-*`
+    /// matches a prefix). Replaces the default list; `[]` forwards none.
+    pub forward_headers: Option<Vec<String>>,
 }
 
 /// One `[[routes]]` entry.

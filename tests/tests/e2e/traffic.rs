@@ -29,6 +29,7 @@ listen = "127.0.0.1:0"
 [[backends]]
 name = "primary"
 url = "{primary}"
+forward_headers = ["x-mock"]
 first_byte_timeout_secs = 0.5
 timeout_secs = 2
 {primary_extra}
@@ -36,6 +37,7 @@ timeout_secs = 2
 [[backends]]
 name = "fallback"
 url = "{fallback}"
+forward_headers = ["x-mock"]
 first_byte_timeout_secs = 5
 timeout_secs = 10
 
@@ -288,6 +290,7 @@ listen = "127.0.0.1:0"
 [[backends]]
 name = "pool"
 urls = ["{}", "{}"]
+forward_headers = ["x-mock"]
 first_byte_timeout_secs = 5
 pool = {{ health_interval_secs = 0.2 }}
 
@@ -394,10 +397,12 @@ token_env = "SY_ADMIN"
 [[backends]]
 name = "a"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[backends]]
 name = "b"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[routes]]
 model = "m"
@@ -558,10 +563,12 @@ path = "state.db"
 [[backends]]
 name = "primary"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[backends]]
 name = "local"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[routes]]
 model = "m"
@@ -708,10 +715,12 @@ listen = "127.0.0.1:0"
 [[backends]]
 name = "old"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[backends]]
 name = "new"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[routes]]
 model = "m"
@@ -770,6 +779,7 @@ listen = "127.0.0.1:0"
 [[backends]]
 name = "gpu"
 url = "{}"
+forward_headers = ["x-mock"]
 pool = {{ max_in_flight = 2, queue = 1, queue_timeout_secs = 0.2 }}
 
 [[routes]]
@@ -853,6 +863,7 @@ listen = "127.0.0.1:0"
 [[backends]]
 name = "pool"
 urls = ["{}", "{}"]
+forward_headers = ["x-mock"]
 pool = {{ health_path = "/healthz", health_interval_secs = 0.2 }}
 
 [[routes]]
