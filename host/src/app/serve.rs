@@ -112,8 +112,7 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     server::serve(
         gw.clone(),
         listener,
-        settings.tls,
-        settings.shutdown_grace,
+        &settings,
         async {
             server::shutdown_signal().await;
             gw.set_ready(false);
