@@ -142,11 +142,24 @@ pub async fn serve(
         grace_secs = grace.as_secs_f64(),
         "shutting down: no new connections, draining in-flight requests"
     );
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!("shutdown grace period elapsed; closing remaining connections"),
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(grace, &mut drained).await.is_ok() {
+        tracing::info!("all connections drained");
+        return;
+    }
+    // Streams still running end now with an error event and their ledger row, while the
+    // store is open (the caller closes it when this returns); their connections then close.
+    tracing::warn!("shutdown grace period elapsed; ending the remaining streams");
+    gw.services.cutoff.cut();
+    if tokio::time::timeout(CUTOFF_FLUSH, &mut drained).await.is_err() {
+        tracing::warn!("closing connections still open after their streams were ended");
     }
 }
+
+/// How long connections get to deliver the error event of a stream ended by the shutdown
+/// (a client that stopped reading may never take it).
+const CUTOFF_FLUSH: Duration = Duration::from_secs(1);
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
