@@ -173,17 +173,24 @@ async fn the_gateway_advertises_its_http2_stream_cap() {
     let mock = MockUpstream::start().await;
     let gw = gateway(&mock, "max_h2_streams = 3");
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    // One whole exchange first: the server's SETTINGS precede its first answer.
-    let mut client = client.ready().await.unwrap();
-    let req = Request::get("http://gw/healthz").body(()).unwrap();
-    let (resp, _) = client.send_request(req, true).unwrap();
-    let resp = resp.await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(client.max_concurrent_send_streams(), 3);
+    let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // One whole exchange first (the connection driven here, beside it): the server's
+    // SETTINGS precede its first answer.
+    let exchange = async move {
+        let mut client = client.ready().await.unwrap();
+        let req = Request::get("http://gw/healthz").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        resp.await.unwrap().status()
+    };
+    tokio::pin!(exchange);
+    let status = loop {
+        tokio::select! {
+            s = &mut exchange => break s,
+            c = &mut conn => panic!("the connection ended first: {c:?}"),
+        }
+    };
+    assert_eq!(status, 200);
+    assert_eq!(conn.max_concurrent_send_streams(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
