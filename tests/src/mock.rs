@@ -466,7 +466,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
                 return;
             }
             if b.junk_after == Some(i) {
-                let junk = Bytes::from_static(b"<html><body><h1>502 Bad Gateway</h1></body></html>\n");
+                let junk =
+                    Bytes::from_static(b"<html><body><h1>502 Bad Gateway</h1></body></html>\n");
                 let _ = tx.send(Ok(junk)).await;
                 return;
             }

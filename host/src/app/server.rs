@@ -152,7 +152,10 @@ pub async fn serve(
     // store is open (the caller closes it when this returns); their connections then close.
     tracing::warn!("shutdown grace period elapsed; ending the remaining streams");
     gw.services.cutoff.cut();
-    if tokio::time::timeout(CUTOFF_FLUSH, &mut drained).await.is_err() {
+    if tokio::time::timeout(CUTOFF_FLUSH, &mut drained)
+        .await
+        .is_err()
+    {
         tracing::warn!("closing connections still open after their streams were ended");
     }
 }

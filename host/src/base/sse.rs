@@ -221,7 +221,9 @@ pub fn starts_like_sse(first: &[u8]) -> bool {
         return true;
     }
     let line_end = memchr::memchr(b'\n', body).unwrap_or(body.len());
-    let line = body[..line_end].strip_suffix(b"\r").unwrap_or(&body[..line_end]);
+    let line = body[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&body[..line_end]);
     let complete = line_end < body.len();
     let fields: [&[u8]; 5] = [b"data", b"event", b"id", b"retry", b":"];
     fields.iter().any(|f| {

@@ -997,6 +997,10 @@ async fn a_slow_plugin_does_not_stall_unrelated_connections() {
         "/healthz waited for the plugin calls to end ({answered_at:?} after they started)"
     );
     for s in slow {
-        assert_eq!(s.await.unwrap(), 200, "on_error = continue serves the request");
+        assert_eq!(
+            s.await.unwrap(),
+            200,
+            "on_error = continue serves the request"
+        );
     }
 }

@@ -300,7 +300,12 @@ async fn only_allowlisted_client_headers_travel_beside_the_backend_key() {
     let got = mock.last_request().unwrap().headers;
     assert_eq!(got["openai-organization"], "org-client");
     assert_eq!(got["authorization"], "Bearer sk-backend-key");
-    for h in ["openai-project", "x-internal-hop", "user-agent", "openai-beta"] {
+    for h in [
+        "openai-project",
+        "x-internal-hop",
+        "user-agent",
+        "openai-beta",
+    ] {
         assert!(got.get(h).is_none(), "{h} went upstream: {got:?}");
     }
 }

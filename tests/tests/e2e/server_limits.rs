@@ -57,8 +57,7 @@ async fn read_to_close(conn: &mut TcpStream) -> String {
 /// The OpenAI error body at the end of a raw HTTP/1.1 answer.
 fn error_code(answer: &str) -> Value {
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    serde_json::from_str::<Value>(body).unwrap_or_else(|e| panic!("{e}: {answer}"))["error"]
-        ["code"]
+    serde_json::from_str::<Value>(body).unwrap_or_else(|e| panic!("{e}: {answer}"))["error"]["code"]
         .clone()
 }
 
@@ -74,7 +73,10 @@ async fn a_chunked_body_that_never_ends_is_answered_408_and_the_connection_close
     .await
     .unwrap();
     let answer = read_to_close(&mut conn).await;
-    eprintln!("chunked body never ending: closed after {:?}", started.elapsed());
+    eprintln!(
+        "chunked body never ending: closed after {:?}",
+        started.elapsed()
+    );
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(error_code(&answer), "request_timeout");
     assert_eq!(mock.completions(), 0);
@@ -86,7 +88,8 @@ async fn a_body_sent_a_byte_at_a_time_is_cut_off_at_the_body_deadline() {
     let gw = gateway(&mock, "body_read_timeout_ms = 500");
     let conn = TcpStream::connect(gw.addr).await.unwrap();
     let (mut rd, mut wr) = conn.into_split();
-    let body = br#"{"model":"m","messages":[{"role":"user","content":"a slow body of some length"}]}"#;
+    let body =
+        br#"{"model":"m","messages":[{"role":"user","content":"a slow body of some length"}]}"#;
     let started = Instant::now();
     let writer = tokio::spawn(async move {
         let head = format!(
@@ -137,9 +140,10 @@ async fn http2_streams_without_a_body_are_answered_408() {
     let mock = MockUpstream::start().await;
     let gw = gateway(&mock, "body_read_timeout_ms = 300");
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let started = Instant::now();
     let mut streams = Vec::new();
@@ -165,7 +169,10 @@ async fn http2_streams_without_a_body_are_answered_408() {
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "request_timeout");
     }
-    eprintln!("20 HTTP/2 streams without a body: all answered after {:?}", started.elapsed());
+    eprintln!(
+        "20 HTTP/2 streams without a body: all answered after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,6 +243,9 @@ async fn connections_beyond_the_cap_are_closed_on_accept() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(served, "the freed place was never given to a new connection");
+    assert!(
+        served,
+        "the freed place was never given to a new connection"
+    );
     drop(c);
 }

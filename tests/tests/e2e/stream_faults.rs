@@ -74,7 +74,9 @@ pub fn stop(mut gw: Gateway) {
 /// The stream's last event, parsed: where the gateway puts its error.
 fn last_event(r: &StreamResp) -> Value {
     let events = r.events();
-    let last = events.last().unwrap_or_else(|| panic!("no events: {}", r.body()));
+    let last = events
+        .last()
+        .unwrap_or_else(|| panic!("no events: {}", r.body()));
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last event not JSON ({e}): {last}"))
 }
 
@@ -95,7 +97,8 @@ async fn a_stream_cut_short_without_done_ends_with_an_error_event_and_a_failed_r
     assert_eq!(r.status, 200);
     let last = last_event(&r);
     assert_eq!(
-        last["error"]["code"], "upstream_connection_broken",
+        last["error"]["code"],
+        "upstream_connection_broken",
         "{}",
         r.body()
     );

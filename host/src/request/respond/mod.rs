@@ -32,7 +32,6 @@ use crate::services::observe::telemetry::{AnswerFacts, AttemptSpan};
 use crate::services::upstream::client::forwardable_response_header;
 use crate::services::upstream::pool::Slot;
 
-
 /// One successful upstream response head, and what the attempt that got it holds.
 pub struct Reply {
     pub target: Target,

@@ -342,9 +342,8 @@ impl Loaded {
         // (a guest writing to stdout/stderr, e.g. a Rust panic message) block on the tokio
         // runtime the request runs in. wasmtime unwinds the guest's frames and resumes the
         // panic here; it fails this call only, like a trap.
-        let outcome = off_reactor(|| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut w)))
-        });
+        let outcome =
+            off_reactor(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut w))));
         match outcome {
             Ok(Ok(r)) => {
                 self.give_back(w);

@@ -226,7 +226,12 @@ mod tests {
         ];
         assert_eq!(
             sent_upstream(&backend(None), &client),
-            ["content-type", "openai-beta", "user-agent", "x-stainless-lang"]
+            [
+                "content-type",
+                "openai-beta",
+                "user-agent",
+                "x-stainless-lang"
+            ]
         );
         // A backend's own list replaces the default; `Connection` still rules.
         assert_eq!(
@@ -237,8 +242,7 @@ mod tests {
 
     #[test]
     fn listing_a_header_that_never_travels_is_a_config_error() {
-        let text =
-            validated("forward_headers = [\"Authorization\", \"bad header\"]").unwrap_err();
+        let text = validated("forward_headers = [\"Authorization\", \"bad header\"]").unwrap_err();
         assert!(text.contains("backends[0].forward_headers[0]"), "{text}");
         assert!(text.contains("never forwarded"), "{text}");
         assert!(text.contains("backends[0].forward_headers[1]"), "{text}");
