@@ -150,6 +150,14 @@ impl SseScanner {
             });
             return;
         }
+        let needed = self.partial_line.len() + chunk.len();
+        if needed > self.partial_line.capacity() {
+            // Grow by doubling but never past the cap, so a line near the cap holds its own
+            // size, not twice it.
+            let target = (self.partial_line.capacity() * 2).clamp(needed, self.max_line);
+            self.partial_line
+                .reserve_exact(target - self.partial_line.len());
+        }
         self.partial_line.extend_from_slice(chunk);
     }
 
