@@ -262,7 +262,8 @@ pub fn run_switchyard(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> (i32, 
     )
 }
 
-/// A minimal config with one backend named `mock` and the given routes appended.
+/// A minimal config with one backend named `mock` and the given routes appended. The
+/// backend forwards the client's `x-mock` header (the mock's per-request behaviour).
 pub fn config_with(backend_url: &str, extra: &str) -> String {
     format!(
         r#"[server]
@@ -271,6 +272,7 @@ listen = "127.0.0.1:0"
 [[backends]]
 name = "mock"
 url = "{backend_url}"
+forward_headers = ["x-mock"]
 first_byte_timeout_secs = 5
 timeout_secs = 10
 

@@ -49,6 +49,15 @@ pub struct Behaviour {
     pub break_after: Option<usize>,
     /// Streamed answers: stop sending (but keep the connection) after this many chunks.
     pub stall_after: Option<usize>,
+    /// Streamed answers: end the body cleanly after this many events, as a truncated
+    /// upstream does (no finish chunk, no `data: [DONE]`).
+    pub end_after: Option<usize>,
+    /// Streamed answers: after this many events, send a line that is not SSE (an HTML
+    /// error page, as a proxy in front of the upstream may).
+    pub junk_after: Option<usize>,
+    /// Streamed answers: one `data:` line of this many MiB that never ends (no newline),
+    /// sent in 64 KiB frames, then the end of the body.
+    pub huge_line_mb: Option<usize>,
     /// Send `Retry-After` with error statuses.
     pub retry_after: Option<u32>,
     /// The answer's text (else the request's `mock_content`, else `w0 w1 …`); streamed in
@@ -69,6 +78,9 @@ impl Default for Behaviour {
             chunk_delay: Duration::ZERO,
             break_after: None,
             stall_after: None,
+            end_after: None,
+            junk_after: None,
+            huge_line_mb: None,
             retry_after: None,
             content: None,
         }
@@ -93,6 +105,9 @@ impl Behaviour {
                 "delay_ms" => b.chunk_delay = Duration::from_millis(n),
                 "break_after" => b.break_after = Some(n as usize),
                 "stall_after" => b.stall_after = Some(n as usize),
+                "end_after" => b.end_after = Some(n as usize),
+                "junk_after" => b.junk_after = Some(n as usize),
+                "huge_line_mb" => b.huge_line_mb = Some(n as usize),
                 "retry_after" => b.retry_after = Some(n as u32),
                 _ => {}
             }
@@ -215,9 +230,10 @@ impl MockUpstream {
 
 /// Run a mock server on `listener` until `stop` fires (also used by the standalone binary,
 /// which turns recording off to stay fast).
-pub async fn serve_forever(listener: TcpListener, record: bool) {
+pub async fn serve_forever(listener: TcpListener, record: bool, behaviour: Behaviour) {
     let state = Arc::new(State::default());
     state.record.store(record, Ordering::Relaxed);
+    *state.behaviour.lock().expect("lock") = behaviour;
     let (_tx, rx) = tokio::sync::oneshot::channel();
     serve(listener, state, None, rx).await;
 }
@@ -409,6 +425,30 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     );
     let (tx, rx) = mpsc::channel::<Result<Bytes, Reset>>(4);
     let st = state.clone();
+    if let Some(mb) = b.huge_line_mb {
+        tokio::spawn(async move {
+            let block = Bytes::from(vec![b'a'; 64 * 1024]);
+            let start = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"");
+            if tx.send(Ok(start)).await.is_err() {
+                return;
+            }
+            for _ in 0..mb * 16 {
+                if tx.send(Ok(block.clone())).await.is_err() {
+                    st.disconnects.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        });
+        let mut r = Response::new(MockBody::Right(ChannelBody {
+            rx,
+            state: state.clone(),
+        }));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            "text/event-stream".parse().expect("ct"),
+        );
+        return Ok(r);
+    }
     tokio::spawn(async move {
         for (i, ev) in events.into_iter().enumerate() {
             if i > 0 && !b.chunk_delay.is_zero() {
@@ -420,6 +460,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
             }
             if b.stall_after == Some(i) {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            if b.end_after == Some(i) {
+                // Dropping `tx` ends the body cleanly: a truncated, not a broken, stream.
+                return;
+            }
+            if b.junk_after == Some(i) {
+                let junk =
+                    Bytes::from_static(b"<html><body><h1>502 Bad Gateway</h1></body></html>\n");
+                let _ = tx.send(Ok(junk)).await;
+                return;
             }
             if tx.send(Ok(ev)).await.is_err() {
                 st.disconnects.fetch_add(1, Ordering::Relaxed);

@@ -109,16 +109,10 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     tracing::info!(%addr, "listening");
     // The ready line scripts wait for, on stdout.
     println!("switchyard listening on {scheme}://{addr}");
-    server::serve(
-        gw.clone(),
-        listener,
-        settings.tls,
-        settings.shutdown_grace,
-        async {
-            server::shutdown_signal().await;
-            gw.set_ready(false);
-        },
-    )
+    server::serve(gw.clone(), listener, &settings, async {
+        server::shutdown_signal().await;
+        gw.set_ready(false);
+    })
     .await;
     // Everything queued for the store (ledger rows) is written before the process exits.
     governance.close();

@@ -4,6 +4,12 @@
 //! by ALPN under TLS and by the connection preface in clear text). On SIGTERM or Ctrl-C the
 //! listener closes at once, idle connections are closed, and in-flight requests and streams
 //! get `[server] shutdown_grace_secs` to finish before the process exits.
+//!
+//! What one client may hold is bounded: `[server] max_connections` connections at once
+//! (beyond it a new connection is closed as soon as it is accepted), `max_h2_streams`
+//! concurrent streams on an HTTP/2 connection, 30 s to send a request's headers, and
+//! `body_read_timeout_ms` for its body (the request path's `parse`, on both protocols).
+//! These are read at start; a reload does not change the listener.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,10 +22,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::gateway::Gateway;
 use super::http;
+use crate::config::ServerSettings;
 
 /// Bind the listening socket, with a message that says why when it cannot.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
@@ -34,14 +42,14 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
-/// Serve until `shutdown` resolves, then drain for at most `grace`.
+/// Serve until `shutdown` resolves, then drain for at most `[server] shutdown_grace_secs`.
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    grace: Duration,
+    settings: &ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) {
+    let grace = settings.shutdown_grace;
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -51,9 +59,11 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_h2_streams)
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
-    let tls = tls.map(TlsAcceptor::from);
+    let tls = settings.tls.clone().map(TlsAcceptor::from);
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -70,6 +80,14 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // At the cap a new connection is closed at once: the client sees it refused rather
+        // than waiting in the kernel's queue behind connections that may never end.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            gw.services.metrics.connection_refused();
+            tracing::debug!(%peer, max = settings.max_connections, "connection limit reached; closing the new connection");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let service = service_fn(move |req| {
@@ -81,6 +99,7 @@ pub async fn serve(
         match &tls {
             None => {
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -90,6 +109,7 @@ pub async fn serve(
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let stream = match tokio::time::timeout(
                         Duration::from_secs(10),
                         acceptor.accept(stream),
@@ -122,11 +142,27 @@ pub async fn serve(
         grace_secs = grace.as_secs_f64(),
         "shutting down: no new connections, draining in-flight requests"
     );
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!("shutdown grace period elapsed; closing remaining connections"),
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(grace, &mut drained).await.is_ok() {
+        tracing::info!("all connections drained");
+        return;
+    }
+    // Streams still running end now with an error event and their ledger row, while the
+    // store is open (the caller closes it when this returns); their connections then close.
+    tracing::warn!("shutdown grace period elapsed; ending the remaining streams");
+    gw.services.cutoff.cut();
+    if tokio::time::timeout(CUTOFF_FLUSH, &mut drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing connections still open after their streams were ended");
     }
 }
+
+/// How long connections get to deliver the error event of a stream ended by the shutdown
+/// (a client that stopped reading may never take it).
+const CUTOFF_FLUSH: Duration = Duration::from_secs(1);
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {

@@ -33,6 +33,10 @@ pub enum GatewayError {
     #[error("failed to read the request body: {0}")]
     BodyRead(String),
     #[error(
+        "the request body did not arrive within {secs:.1}s (the server's body_read_timeout_ms); send the whole body promptly"
+    )]
+    BodyTimeout { secs: f64 },
+    #[error(
         "The model `{0}` does not exist or is not routed by this gateway (GET /v1/models lists the models it serves)"
     )]
     UnknownModel(String),
@@ -154,6 +158,7 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             BodyRead(_) => StatusCode::BAD_REQUEST,
+            BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnknownModel(_) | NotFound { .. } => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -192,6 +197,7 @@ impl GatewayError {
             | InvalidParam { .. }
             | BodyTooLarge { .. }
             | BodyRead(_)
+            | BodyTimeout { .. }
             | UnknownModel(_)
             | NotFound { .. }
             | MethodNotAllowed { .. }
@@ -227,6 +233,7 @@ impl GatewayError {
             MissingParam { .. } => "missing_required_parameter",
             InvalidParam { .. } => "invalid_type",
             BodyTooLarge { .. } => "request_too_large",
+            BodyTimeout { .. } => "request_timeout",
             UnknownModel(_) => "model_not_found",
             NotFound { .. } => "unknown_url",
             UpstreamConnect { .. } => "upstream_unreachable",
@@ -273,6 +280,7 @@ impl GatewayError {
             MissingParam { .. } | InvalidParam { .. } => "bad_request",
             BodyTooLarge { .. } => "body_too_large",
             BodyRead(_) => "body_read",
+            BodyTimeout { .. } => "body_timeout",
             UnknownModel(_) => "unknown_model",
             NotFound { .. } | MethodNotAllowed { .. } => "not_found",
             UpstreamConnect { .. } => "upstream_connect",

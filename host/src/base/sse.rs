@@ -43,12 +43,44 @@ pub enum StreamOutcome {
     ClientGone,
     /// Upstream failed or stalled mid-stream; the client got an error event.
     UpstreamFailed(String),
+    /// The gateway's shutdown grace period ended first; the client got an error event.
+    Shutdown,
 }
 
+/// What makes a stream unusable, found on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanProblem {
+    /// A line that is no SSE field (`data:`, `event:`, `id:`, `retry:`, `:comment`), or a
+    /// `data:` payload that is neither a JSON object nor `[DONE]`.
+    NotSse(String),
+    /// A line longer than the cap (`[server] max_event_bytes`) without its end.
+    LineTooLong { limit: usize },
+}
+
+impl std::fmt::Display for ScanProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScanProblem::NotSse(line) => write!(f, "the stream is not server-sent events: {line}"),
+            ScanProblem::LineTooLong { limit } => write!(
+                f,
+                "a line of the stream is longer than {limit} bytes (the server's max_event_bytes)"
+            ),
+        }
+    }
+}
+
+/// Default cap on one line (and one held event) of an upstream stream: far above any
+/// chunk OpenAI-compatible servers send, far below what would let one line exhaust memory.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
 /// Incremental SSE reader: finds complete `data:` lines across frame boundaries.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseScanner {
     partial_line: Vec<u8>,
+    /// The longest line kept while waiting for its end.
+    max_line: usize,
+    /// The first problem found; the relay ends the stream on it.
+    pub problem: Option<ScanProblem>,
     pub usage: Option<Usage>,
     pub saw_done: bool,
     pub events: u64,
@@ -69,9 +101,33 @@ fn string_after<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
     std::str::from_utf8(&rest[..end]).ok()
 }
 
+impl Default for SseScanner {
+    fn default() -> Self {
+        SseScanner::new(DEFAULT_MAX_EVENT_BYTES)
+    }
+}
+
 impl SseScanner {
+    /// A scanner that keeps at most `max_line` bytes of a line waiting for its end.
+    pub fn new(max_line: usize) -> Self {
+        SseScanner {
+            partial_line: Vec::new(),
+            max_line,
+            problem: None,
+            usage: None,
+            saw_done: false,
+            events: 0,
+            content_events: 0,
+            model: None,
+            finish_reasons: Vec::new(),
+        }
+    }
+
     /// Feed the next bytes of the stream.
     pub fn feed(&mut self, mut chunk: &[u8]) {
+        if self.problem.is_some() {
+            return;
+        }
         while let Some(nl) = memchr::memchr(b'\n', chunk) {
             let line = &chunk[..nl];
             if self.partial_line.is_empty() {
@@ -85,18 +141,44 @@ impl SseScanner {
             }
             chunk = &chunk[nl + 1..];
         }
+        if self.partial_line.len() + chunk.len() > self.max_line {
+            // Without its end a line cannot be read; keeping it would let one line without a
+            // newline grow the gateway's memory without bound.
+            self.partial_line = Vec::new();
+            self.flag(ScanProblem::LineTooLong {
+                limit: self.max_line,
+            });
+            return;
+        }
+        let needed = self.partial_line.len() + chunk.len();
+        if needed > self.partial_line.capacity() {
+            // Grow by doubling but never past the cap, so a line near the cap holds its own
+            // size, not twice it.
+            let target = (self.partial_line.capacity() * 2).clamp(needed, self.max_line);
+            self.partial_line
+                .reserve_exact(target - self.partial_line.len());
+        }
         self.partial_line.extend_from_slice(chunk);
     }
 
     fn line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(data) = line.strip_prefix(b"data:") else {
+            if !is_sse_field(line) {
+                self.flag(ScanProblem::NotSse(crate::base::error::snippet(line, 80)));
+            }
             return;
         };
         let data = data.strip_prefix(b" ").unwrap_or(data);
         self.events += 1;
         if data == b"[DONE]" {
             self.saw_done = true;
+            return;
+        }
+        // OpenAI's chunks are JSON objects; checking the first byte keeps this per-event
+        // cost to nothing while catching an HTML page or a bare text dump.
+        if data.trim_ascii_start().first().is_some_and(|b| *b != b'{') {
+            self.flag(ScanProblem::NotSse(crate::base::error::snippet(line, 80)));
             return;
         }
         if let Some(u) = usage_of(data) {
@@ -115,6 +197,51 @@ impl SseScanner {
             self.finish_reasons.push(r.to_owned());
         }
     }
+}
+
+impl SseScanner {
+    fn flag(&mut self, p: ScanProblem) {
+        if self.problem.is_none() {
+            self.problem = Some(p);
+        }
+    }
+}
+
+/// True for a blank line or a line holding an SSE field other than `data` (the
+/// specification's `event`, `id`, `retry`, and `:` comments, which keep-alives use).
+fn is_sse_field(line: &[u8]) -> bool {
+    line.is_empty()
+        || line.starts_with(b":")
+        || line.starts_with(b"event:")
+        || line.starts_with(b"id:")
+        || line.starts_with(b"retry:")
+        || line == b"event"
+        || line == b"id"
+        || line == b"retry"
+}
+
+/// Whether the start of a body (its first frame) can begin an event stream: its first line
+/// is, or starts like, an SSE field. An HTML error page or a JSON object is not.
+pub fn starts_like_sse(first: &[u8]) -> bool {
+    let body = first.strip_prefix("\u{feff}".as_bytes()).unwrap_or(first);
+    let body = body.trim_ascii_start();
+    if body.is_empty() {
+        return true;
+    }
+    let line_end = memchr::memchr(b'\n', body).unwrap_or(body.len());
+    let line = body[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&body[..line_end]);
+    let complete = line_end < body.len();
+    let fields: [&[u8]; 5] = [b"data", b"event", b"id", b"retry", b":"];
+    fields.iter().any(|f| {
+        if line.len() < f.len() && !complete {
+            // The frame ended inside the field name: judge by what arrived.
+            f.starts_with(line)
+        } else {
+            line.starts_with(f)
+        }
+    })
 }
 
 /// Usage from one event's JSON, when it carries a non-null `usage` object. The substring
@@ -211,6 +338,70 @@ mod tests {
         s.feed(b"data: {\"id\":\"c1\",\"model\":\"llama-3\",\"choices\":[{\"delta\":{},\"finish_reason\": \"stop\"}]}\n\n");
         assert_eq!(s.model.as_deref(), Some("llama-3"));
         assert_eq!(s.finish_reasons, vec!["stop".to_string()]);
+    }
+
+    #[test]
+    fn scanner_flags_lines_that_are_not_sse() {
+        let mut s = SseScanner::default();
+        s.feed(b": keep-alive\n\nevent: x\nid: 1\nretry: 10\ndata: {\"a\":1}\n\ndata: [DONE]\n\n");
+        assert_eq!(s.problem, None);
+        for bad in [
+            &b"<html><body>502</body></html>\n"[..],
+            b"data: <<<not json>>>\n",
+            b"{\"error\": 1}\n",
+        ] {
+            let mut s = SseScanner::default();
+            s.feed(bad);
+            assert!(
+                matches!(s.problem, Some(ScanProblem::NotSse(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_at_the_cap_and_not_kept() {
+        let mut s = SseScanner::new(1024);
+        s.feed(b"data: {\"a\":1}\n\ndata: ");
+        let block = [b'x'; 300];
+        for _ in 0..3 {
+            s.feed(&block);
+            assert_eq!(s.problem, None);
+        }
+        s.feed(&block);
+        assert_eq!(s.problem, Some(ScanProblem::LineTooLong { limit: 1024 }));
+        assert!(s.partial_line.capacity() == 0, "the partial line was kept");
+        // Long lines that do end are fine.
+        let mut s = SseScanner::new(1024);
+        for _ in 0..10 {
+            s.feed(b"data: {\"content\":\"");
+            s.feed(&[b'y'; 900]);
+            s.feed(b"\"}\n\n");
+        }
+        assert_eq!(s.problem, None);
+        assert_eq!(s.events, 10);
+    }
+
+    #[test]
+    fn start_of_an_event_stream_is_recognised() {
+        for ok in [
+            &b"data: {}\n\n"[..],
+            b"da",
+            b": ping\n",
+            b"\n\nevent: message\n",
+            b"",
+        ] {
+            assert!(starts_like_sse(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"<<<this is not json>>>"[..],
+            b"{\"id\":\"x\"}",
+            b"<html>",
+            b"dx: 1\n",
+        ] {
+            assert!(!starts_like_sse(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

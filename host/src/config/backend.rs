@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Uri};
+use http::{HeaderName, HeaderValue, Uri};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -54,6 +54,105 @@ pub struct Backend {
     pub tls: BackendTls,
     pub pool: PoolSettings,
     pub breaker: BreakerSettings,
+    /// Which client request headers travel upstream (`forward_headers`).
+    pub forward_headers: ForwardHeaders,
+}
+
+/// Default `forward_headers`: what SDKs send that an upstream may use (content negotiation,
+/// beta features, idempotency, trace context, the SDK's own telemetry), and nothing that
+/// names the caller's account or network (`OpenAI-Organization`, `OpenAI-Project`,
+/// `X-Forwarded-For`, cookies) next to the backend's key.
+pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[
+    "accept",
+    "user-agent",
+    "openai-beta",
+    "idempotency-key",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-stainless-*",
+];
+
+/// Request headers that never travel upstream, listed or not: hop-by-hop and framing
+/// headers (hyper sets framing for the upstream connection itself), the client's
+/// credentials (the backend's key replaces them), and `accept-encoding` (the gateway reads
+/// usage from the answer, so it asks for it uncompressed).
+pub fn never_forwarded(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "authorization"
+            | "api-key"
+            | "x-api-key"
+            | "proxy-authorization"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+            | "content-type"
+            | "accept-encoding"
+            | "expect"
+            | "cookie"
+    ) || name.starts_with("x-switchyard-")
+}
+
+/// A backend's request-header allowlist: exact names and `prefix-*` prefixes, lower case.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardHeaders {
+    names: Vec<HeaderName>,
+    prefixes: Vec<Box<str>>,
+}
+
+impl ForwardHeaders {
+    /// Whether the client's header `name` is on the list (the never-forwarded floor is
+    /// the caller's to apply).
+    pub fn allows(&self, name: &HeaderName) -> bool {
+        self.names.iter().any(|n| n == name)
+            || self
+                .prefixes
+                .iter()
+                .any(|p| name.as_str().starts_with(&**p))
+    }
+
+    /// Parse the list, each problem with its key path.
+    fn parse(list: &[impl AsRef<str>], path: &str, problems: &mut Vec<Problem>) -> Self {
+        let mut out = ForwardHeaders::default();
+        for (i, raw) in list.iter().enumerate() {
+            let raw = raw.as_ref();
+            let at = format!("{path}.forward_headers[{i}]");
+            let lower = raw.trim().to_ascii_lowercase();
+            let (stem, prefix) = match lower.strip_suffix('*') {
+                Some(stem) => (stem.to_string(), true),
+                None => (lower.clone(), false),
+            };
+            if stem.is_empty() || HeaderName::from_bytes(stem.as_bytes()).is_err() {
+                problems.push(Problem::new(
+                    at,
+                    format!("\"{raw}\" is not a header name (or a prefix ending in *)"),
+                ));
+                continue;
+            }
+            if !prefix && never_forwarded(&stem) {
+                problems.push(Problem::new(
+                    at,
+                    format!(
+                        "\"{raw}\" is never forwarded upstream (hop-by-hop, framing, credentials or the gateway's own)"
+                    ),
+                ));
+                continue;
+            }
+            match (prefix, HeaderName::from_bytes(stem.as_bytes())) {
+                (true, _) => out.prefixes.push(stem.into_boxed_str()),
+                (false, Ok(n)) => out.names.push(n),
+                (false, Err(_)) => {}
+            }
+        }
+        out
+    }
 }
 
 /// A backend's extra trust roots: `ca_file`, read and checked at validation.
@@ -424,6 +523,10 @@ pub(super) fn validate_backend(
     let breaker =
         BreakerSettings::from_section(b.breaker.as_ref(), &format!("{path}.breaker"), problems);
     let pool = PoolSettings::from_section(b.pool.as_ref(), &urls, path, problems);
+    let forward_headers = match &b.forward_headers {
+        Some(list) => ForwardHeaders::parse(list, path, problems),
+        None => ForwardHeaders::parse(DEFAULT_FORWARD_HEADERS, path, problems),
+    };
     // Each extra root must be one a TLS client can trust; found here, `check` reports it.
     let mut store = rustls::RootCertStore::empty();
     for cert in &extra_roots {
@@ -451,6 +554,7 @@ pub(super) fn validate_backend(
         },
         pool,
         breaker,
+        forward_headers,
     })
 }
 

@@ -14,8 +14,20 @@ use super::schema::{PluginOverrideSection, PluginsSection};
 pub const DEFAULT_TIMEOUT_MS: u64 = 50;
 /// Default `[plugins] memory_mb`: Python and JavaScript components need tens of MiB.
 pub const DEFAULT_MEMORY_MB: u64 = 128;
-/// Default `[plugins] cache_dir` (relative to the working directory).
-pub const DEFAULT_CACHE_DIR: &str = ".cache/switchyard/plugins";
+/// Default `[plugins] cache_dir`: `$XDG_CACHE_HOME/switchyard/plugins`, else
+/// `$HOME/.cache/switchyard/plugins`; with neither set the cache is off. Never relative to
+/// the working directory: loading cached code runs it, so the folder must be one only the
+/// gateway's user writes (the engine checks that before using it).
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    from("XDG_CACHE_HOME")
+        .or_else(|| from("HOME").map(|h| h.join(".cache")))
+        .map(|base| base.join("switchyard").join("plugins"))
+}
 
 /// What happens to a request when a plugin call fails (trap, timeout, memory, bad return).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +227,7 @@ impl Settings {
         let cache_dir = match &s.cache_dir {
             Some(d) if d.as_os_str().is_empty() => None,
             Some(d) => Some(d.clone()),
-            None => Some(PathBuf::from(DEFAULT_CACHE_DIR)),
+            None => default_cache_dir(),
         };
         let mut headers = Vec::new();
         for (i, h) in s.headers.iter().flatten().enumerate() {

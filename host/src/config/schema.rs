@@ -58,6 +58,17 @@ pub struct ServerSection {
     pub max_body_bytes: Option<u64>,
     /// How long a shutdown waits for in-flight requests and streams, in seconds.
     pub shutdown_grace_secs: Option<f64>,
+    /// Time a client has to send a request's whole body, in milliseconds.
+    pub body_read_timeout_ms: Option<u64>,
+    /// Client connections open at once; more are closed on accept.
+    pub max_connections: Option<u64>,
+    /// Concurrent streams one HTTP/2 client connection may open.
+    pub max_h2_streams: Option<u64>,
+    /// Longest line (and held event) of an upstream stream, in bytes.
+    pub max_event_bytes: Option<u64>,
+    /// Largest upstream answer read whole (complete answers, held streams, shadow
+    /// captures), in bytes.
+    pub max_answer_bytes: Option<u64>,
 }
 
 /// `[plugins]`
@@ -130,6 +141,9 @@ pub struct BackendSection {
     pub breaker: Option<BreakerSection>,
     /// Pool settings: in-flight limits, queueing, health checks, ejection.
     pub pool: Option<PoolSection>,
+    /// Client request headers sent on to this backend (case-insensitive names; `prefix-*`
+    /// matches a prefix). Replaces the default list; `[]` forwards none.
+    pub forward_headers: Option<Vec<String>>,
 }
 
 /// One `[[routes]]` entry.

@@ -1,5 +1,6 @@
-//! `[server]`, validated: the listening address, inbound TLS, the body size limit and the
-//! shutdown grace period.
+//! `[server]`, validated: the listening address, inbound TLS, the body size limit, what a
+//! client may hold (body read time, connections, HTTP/2 streams) and the shutdown grace
+//! period.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -16,6 +17,16 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 /// Default `[server] shutdown_grace_secs`.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: f64 = 30.0;
+/// Default `[server] body_read_timeout_ms`: a 32 MiB body needs about 4 Mbit/s.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 60_000;
+/// Default `[server] max_connections`: far above what a gateway's clients (SDK pools behind
+/// a load balancer) open, well below what exhausts file descriptors raised for a server.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
+/// Default `[server] max_h2_streams`: what common servers allow (nginx 128, Go 250).
+pub const DEFAULT_MAX_H2_STREAMS: u64 = 128;
+/// Default `[server] max_answer_bytes`: 256 MiB, room for a 2048-input embeddings answer
+/// in JSON floats.
+pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
 
 /// `[server]`, resolved.
 #[derive(Debug, Clone)]
@@ -24,6 +35,16 @@ pub struct ServerSettings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Time a client has to send a whole request body.
+    pub body_read_timeout: Duration,
+    /// Client connections served at once.
+    pub max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_h2_streams: u32,
+    /// Longest line (and held event) of an upstream stream.
+    pub max_event_bytes: usize,
+    /// Largest upstream answer read whole.
+    pub max_answer_bytes: usize,
 }
 
 pub(super) fn validate_server(
@@ -72,12 +93,73 @@ pub(super) fn validate_server(
     } else {
         positive_secs(grace, "server.shutdown_grace_secs", problems)
     };
+    let body_ms = positive(
+        s.body_read_timeout_ms,
+        DEFAULT_BODY_READ_TIMEOUT_MS,
+        "server.body_read_timeout_ms",
+        problems,
+    );
+    let max_connections = positive(
+        s.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+        "server.max_connections",
+        problems,
+    );
+    let max_h2_streams = positive(
+        s.max_h2_streams,
+        DEFAULT_MAX_H2_STREAMS,
+        "server.max_h2_streams",
+        problems,
+    )
+    .and_then(|n| match u32::try_from(n) {
+        Ok(n) if n <= i32::MAX as u32 => Some(n),
+        _ => {
+            problems.push(Problem::new(
+                "server.max_h2_streams",
+                format!("{n} is more than HTTP/2 allows (2^31 - 1)"),
+            ));
+            None
+        }
+    });
+    let max_event_bytes = positive(
+        s.max_event_bytes,
+        crate::base::sse::DEFAULT_MAX_EVENT_BYTES as u64,
+        "server.max_event_bytes",
+        problems,
+    );
+    let max_answer_bytes = positive(
+        s.max_answer_bytes,
+        DEFAULT_MAX_ANSWER_BYTES,
+        "server.max_answer_bytes",
+        problems,
+    );
     Some(ServerSettings {
         listen: listen?,
         tls,
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
         shutdown_grace: shutdown_grace?,
+        body_read_timeout: Duration::from_millis(body_ms?),
+        max_connections: usize::try_from(max_connections?).unwrap_or(usize::MAX),
+        max_h2_streams: max_h2_streams?,
+        max_event_bytes: usize::try_from(max_event_bytes?).unwrap_or(usize::MAX),
+        max_answer_bytes: usize::try_from(max_answer_bytes?).unwrap_or(usize::MAX),
     })
+}
+
+/// `value` (or `default` when unset), which must be at least 1.
+fn positive(
+    value: Option<u64>,
+    default: u64,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<u64> {
+    match value.unwrap_or(default) {
+        0 => {
+            problems.push(Problem::new(key, "must be at least 1"));
+            None
+        }
+        n => Some(n),
+    }
 }
 
 fn server_tls(
@@ -130,5 +212,41 @@ fn server_tls(
             ));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validated(text: &str) -> (Option<ServerSettings>, Vec<Problem>) {
+        let section: schema::ServerSection = toml::from_str(text).unwrap();
+        let mut problems = Vec::new();
+        (validate_server(&section, &mut problems), problems)
+    }
+
+    #[test]
+    fn client_limits_have_defaults_and_refuse_zero() {
+        let (s, problems) = validated("");
+        let s = s.unwrap();
+        assert!(problems.is_empty());
+        assert_eq!(
+            s.body_read_timeout,
+            Duration::from_millis(DEFAULT_BODY_READ_TIMEOUT_MS)
+        );
+        assert_eq!(s.max_connections as u64, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(u64::from(s.max_h2_streams), DEFAULT_MAX_H2_STREAMS);
+        let (s, problems) =
+            validated("body_read_timeout_ms = 0\nmax_connections = 0\nmax_h2_streams = 4294967296");
+        assert!(s.is_none());
+        let keys: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.body_read_timeout_ms",
+                "server.max_connections",
+                "server.max_h2_streams"
+            ]
+        );
     }
 }

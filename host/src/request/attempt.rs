@@ -288,6 +288,8 @@ pub async fn attempt(a: AttemptPhase<'_>) -> Result<Exchanged, GatewayError> {
         stream_end,
         // A stream is held until complete when a `validate` plugin asks to judge streams.
         hold_stream: request.stream && pass.validates() && pass.holds_streams(),
+        max_event: snapshot.config.server.max_event_bytes,
+        max_answer: snapshot.config.server.max_answer_bytes,
     };
     let last_tried = std::sync::Mutex::new(None);
     let (result, trail) = run(

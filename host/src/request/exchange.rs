@@ -37,6 +37,10 @@ pub struct Exchange<'a> {
     pub stream_end: Arc<StreamEnd>,
     /// A streamed answer is held until complete (a `validate` plugin judges streams).
     pub hold_stream: bool,
+    /// How much of an upstream answer may be held: `[server] max_event_bytes` for one line
+    /// or event of a stream, `max_answer_bytes` for an answer read whole.
+    pub max_event: usize,
+    pub max_answer: usize,
 }
 
 /// What a relayed stream does when it ends, put in place once the attempt loop knows which
@@ -183,10 +187,11 @@ pub async fn exchange(
             sent,
             endpoint: x.endpoint,
             strip_usage,
+            max_answer: x.max_answer,
         })
         .await
     } else {
-        complete::complete_answer(x.telemetry, &target, &model, resp, sent).await
+        complete::complete_answer(x.telemetry, &target, &model, resp, sent, x.max_answer).await
     };
     let whole = match answer {
         Ok(w) => w,

@@ -1,6 +1,8 @@
 //! Phase `parse`: read the client's body within its size limit and parse the request's
 //! top-level members (zero-copy: see `base::openai`).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, header};
 use http_body_util::{BodyExt, Limited};
@@ -15,18 +17,23 @@ pub async fn parse(
     body: Incoming,
     headers: &HeaderMap,
 ) -> Result<RequestBody, GatewayError> {
-    let bytes = read_body(body, headers, ctx.config().server.max_body_bytes).await?;
+    let server = &ctx.config().server;
+    let (limit, deadline) = (server.max_body_bytes, server.body_read_timeout);
+    let bytes = read_body(body, headers, limit, deadline).await?;
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
     ctx.telemetry.request_model = Some(request.model.clone());
     ctx.telemetry.stream = request.stream;
     Ok(request)
 }
 
-/// Read the client's body, refusing more than `limit` bytes (by header before reading).
+/// Read the client's body, refusing more than `limit` bytes (by header before reading) and
+/// giving up after `deadline`: a body that trickles in (or never ends, or an HTTP/2 stream
+/// that sends headers and nothing else) must not hold a connection and a task forever.
 async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
     limit: usize,
+    deadline: Duration,
 ) -> Result<Bytes, GatewayError> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -36,7 +43,13 @@ async fn read_body(
     {
         return Err(GatewayError::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else {
+        return Err(GatewayError::BodyTimeout {
+            secs: deadline.as_secs_f64(),
+        });
+    };
+    match read {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()

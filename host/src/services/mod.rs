@@ -19,6 +19,7 @@ pub mod plugins;
 pub mod shadow;
 pub mod upstream;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -72,6 +73,37 @@ pub struct Services {
     /// The mirror queue; `None` likewise.
     pub shadow: Option<ShadowEngine>,
     pub tracer: Tracer,
+    /// Ends the streams still relayed when a shutdown's grace period is over.
+    pub cutoff: StreamCutoff,
+}
+
+/// The signal that ends streams still running at the end of a shutdown's grace period, so
+/// each gets its error event and ledger row while the store is still open (rather than
+/// being dropped with the process).
+#[derive(Debug)]
+pub struct StreamCutoff(tokio::sync::watch::Sender<bool>);
+
+impl Default for StreamCutoff {
+    fn default() -> Self {
+        StreamCutoff(tokio::sync::watch::Sender::new(false))
+    }
+}
+
+impl StreamCutoff {
+    /// End every stream now.
+    pub fn cut(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves when [`cut`](Self::cut) is called (never, if it never is).
+    pub fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            if rx.wait_for(|cut| *cut).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 /// What [`Services::new`] is made from.
@@ -95,6 +127,7 @@ impl Services {
             governance: parts.governance,
             shadow: parts.shadow,
             tracer: parts.tracer,
+            cutoff: StreamCutoff::default(),
         }
     }
 

@@ -689,7 +689,14 @@ fn main() {
     let gw_bin = switchyard_tests::binary("switchyard", "switchyard");
 
     let mut mock_cmd = Command::new(mock_bin);
-    mock_cmd.args(["--threads", &args.mock_threads.to_string()]);
+    // Streams get 20 chunks 2 ms apart from the mock's own default, so the gateway need not
+    // forward the `x-mock` header (its `forward_headers` default does not).
+    mock_cmd.args([
+        "--threads",
+        &args.mock_threads.to_string(),
+        "--behaviour",
+        "chunks=20,delay_ms=2",
+    ]);
     let mock = spawn_ready(mock_cmd, "mock-openai listening on ");
     let _ = MOCK_PID.set(mock.child.id());
     TAIL.store(args.tail, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! The mock OpenAI upstream as a standalone server, for the benchmark and manual testing.
 //!
-//! `mock-openai [--listen 127.0.0.1:0] [--record]`: prints `mock-openai listening on
+//! `mock-openai [--listen 127.0.0.1:0] [--record] [--behaviour SPEC]`: prints `mock-openai listening on
 //! http://ADDR` when ready. Without `--record` it skips bookkeeping and answers plain chat
 //! requests with a fixed body, so it costs as little CPU as possible under load.
 
@@ -16,6 +16,10 @@ struct Args {
     /// Worker threads for the runtime (default: tokio's, one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// How every request is answered unless its `x-mock` header says otherwise, in the
+    /// header's syntax (e.g. `chunks=20,delay_ms=2`).
+    #[arg(long, default_value = "")]
+    behaviour: String,
 }
 
 fn main() {
@@ -35,6 +39,10 @@ fn main() {
             });
         let addr = listener.local_addr().expect("addr");
         println!("mock-openai listening on http://{addr}");
-        switchyard_tests::mock::serve_forever(listener, args.record).await;
+        let behaviour = switchyard_tests::mock::Behaviour::parse(
+            &args.behaviour,
+            &switchyard_tests::mock::Behaviour::default(),
+        );
+        switchyard_tests::mock::serve_forever(listener, args.record, behaviour).await;
     });
 }

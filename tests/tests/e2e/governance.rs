@@ -944,11 +944,13 @@ listen = "127.0.0.1:0"
 [[backends]]
 name = "primary"
 url = "{}"
+forward_headers = ["x-mock"]
 breaker = {{ enabled = false }}
 
 [[backends]]
 name = "fallback"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[prices]]
 backend = "fallback"
@@ -1045,10 +1047,12 @@ listen = "127.0.0.1:0"
 [[backends]]
 name = "primary"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[backends]]
 name = "mirror"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[prices]]
 backend = "mirror"

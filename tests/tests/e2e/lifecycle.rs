@@ -136,3 +136,52 @@ fn switchyard_config_env_is_honoured() {
     assert_ne!(code, 0);
     assert!(err.contains("elsewhere.toml"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cut_by_the_grace_period_get_an_error_event_and_a_ledger_row() {
+    let mock = MockUpstream::start().await;
+    mock.set_behaviour(Behaviour {
+        chunks: 100,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let cfg = config_with(
+        &mock.url(),
+        &format!("{ROUTES}\n[state]\npath = \"{}\"\n", db.display()),
+    )
+    .replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nshutdown_grace_secs = 0.5",
+    );
+    let mut gw = Gateway::start(&cfg);
+    let url = gw.url("/v1/chat/completions");
+    let stream = tokio::spawn(async move {
+        Client::new()
+            .post_stream(&url, &json!({"model":"m","stream":true,"messages":[]}), &[])
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.terminate();
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway did not exit");
+    assert!(status.success());
+    let r = stream.await.unwrap();
+    // The client learns why its stream ended, in OpenAI's shape...
+    assert!(!r.broken, "the connection was cut: {}", r.body());
+    let events = r.events();
+    let last: serde_json::Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "shutting_down", "{}", r.body());
+    // ...and the stream has its ledger row, written before the store closed.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(i64, String)> = conn
+        .prepare("SELECT status, outcome FROM ledger")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows, vec![(503, "shutdown".to_string())]);
+}

@@ -14,6 +14,8 @@ mod local_worker;
 mod openai_sdk;
 mod plugins;
 mod proxy;
+mod server_limits;
+mod stream_faults;
 mod streaming;
 mod telemetry;
 mod tls;

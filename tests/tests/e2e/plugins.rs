@@ -955,3 +955,52 @@ async fn python_javascript_and_c_examples_decide_like_the_rust_router() {
         assert_eq!(got, &want, "{label} decided differently");
     }
 }
+
+/// A plugin call computing up to its deadline must not hold up unrelated connections: with
+/// more such calls in flight than the gateway has worker threads, `/healthz` on a new
+/// connection is still answered before the first of those calls reaches its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_plugin_does_not_stall_unrelated_connections() {
+    const DEADLINE_MS: u64 = 5000;
+    let (local, premium) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    plugins::install(&plugins::fixture("hostile"), dir.path(), "hostile");
+    let extra = format!(
+        "timeout_ms = {DEADLINE_MS}\non_error = \"continue\"\n\n[plugins.config.hostile]\nstage = \"classify\"\n"
+    );
+    let gw = Gateway::start(&config(&local, &premium, dir.path(), &extra));
+    // Twice the gateway's async worker threads (one per core), each busy for the deadline.
+    let busy = 2 * std::thread::available_parallelism().map_or(2, |n| n.get().min(16));
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..busy {
+        let url = gw.url("/v1/chat/completions");
+        slow.push(tokio::spawn(async move {
+            Client::new()
+                .post(&url, hostile("loop").to_string(), &[])
+                .await
+                .status
+        }));
+    }
+    // Give the slow requests time to reach their plugin calls.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    let h = Client::new().get(&gw.url("/healthz")).await;
+    let healthz = asked.elapsed();
+    let answered_at = started.elapsed();
+    eprintln!(
+        "{busy} plugin calls spinning for {DEADLINE_MS} ms: /healthz answered in {healthz:?}"
+    );
+    assert_eq!(h.status, 200);
+    assert!(
+        answered_at < Duration::from_millis(DEADLINE_MS),
+        "/healthz waited for the plugin calls to end ({answered_at:?} after they started)"
+    );
+    for s in slow {
+        assert_eq!(
+            s.await.unwrap(),
+            200,
+            "on_error = continue serves the request"
+        );
+    }
+}

@@ -46,9 +46,9 @@ async fn chat_request_and_answer_pass_through_unchanged_but_for_the_model() {
         String::from_utf8_lossy(&got.body),
         body.replace("\"gpt-4o\"", "\"llama-3.1-8b\"")
     );
-    // The client's key never travels upstream; other client headers do.
+    // The client's key never travels upstream, nor its organization (not on the list).
     assert!(got.headers.get("authorization").is_none());
-    assert_eq!(got.headers.get("openai-organization").unwrap(), "org-1");
+    assert!(got.headers.get("openai-organization").is_none());
 
     // The answer comes back as the upstream sent it, vendor fields included.
     let v = resp.json();
@@ -239,4 +239,73 @@ async fn health_ready_and_metrics() {
         "{m}"
     );
     let _: Value = Value::Null;
+}
+
+/// The client headers the probe saw travel beside the backend's key.
+const CLIENT_HEADERS: &[(&str, &str)] = &[
+    ("authorization", "Bearer sk-client-secret"),
+    ("openai-organization", "org-client"),
+    ("openai-project", "proj-client"),
+    ("x-forwarded-for", "10.9.8.7"),
+    ("connection", "keep-alive, x-internal-hop"),
+    ("x-internal-hop", "secret"),
+    ("cookie", "session=abc"),
+    ("user-agent", "OpenAI/Python 1.99"),
+    ("openai-beta", "assistants=v2"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowlisted_client_headers_travel_beside_the_backend_key() {
+    let mock = MockUpstream::start().await;
+    let cfg = |forward: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[backends]]\nname = \"keyed\"\nurl = \"{}\"\napi_key_env = \"SWITCHYARD_TEST_FWD_KEY\"\n{forward}\n[[routes]]\nmodel = \"*\"\ntargets = [{{ backend = \"keyed\" }}]\n",
+            mock.url()
+        )
+    };
+    let env = [("SWITCHYARD_TEST_FWD_KEY", "sk-backend-key")];
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+
+    // The default list: SDK headers pass, the caller's account and network do not.
+    let gw = Gateway::start_with_env(&cfg(""), &env);
+    let r = Client::new()
+        .post_json(&gw.url("/v1/chat/completions"), &body, CLIENT_HEADERS)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = mock.last_request().unwrap().headers;
+    assert_eq!(got["authorization"], "Bearer sk-backend-key");
+    assert_eq!(got["user-agent"], "OpenAI/Python 1.99");
+    assert_eq!(got["openai-beta"], "assistants=v2");
+    for h in [
+        "openai-organization",
+        "openai-project",
+        "x-forwarded-for",
+        "x-internal-hop",
+        "cookie",
+    ] {
+        assert!(got.get(h).is_none(), "{h} went upstream: {got:?}");
+    }
+    drop(gw);
+
+    // A backend's own list replaces the default; a header the client's `Connection` names
+    // stays hop-by-hop even when listed.
+    let gw = Gateway::start_with_env(
+        &cfg("forward_headers = [\"OpenAI-Organization\", \"x-internal-hop\"]"),
+        &env,
+    );
+    let r = Client::new()
+        .post_json(&gw.url("/v1/chat/completions"), &body, CLIENT_HEADERS)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = mock.last_request().unwrap().headers;
+    assert_eq!(got["openai-organization"], "org-client");
+    assert_eq!(got["authorization"], "Bearer sk-backend-key");
+    for h in [
+        "openai-project",
+        "x-internal-hop",
+        "user-agent",
+        "openai-beta",
+    ] {
+        assert!(got.get(h).is_none(), "{h} went upstream: {got:?}");
+    }
 }

@@ -286,6 +286,7 @@ async fn the_shadow_call_is_a_linked_trace_of_its_own() {
 [[backends]]
 name = "shadow"
 url = "{}"
+forward_headers = ["x-mock"]
 
 [[routes]]
 model = "gpt-4o"

@@ -5,7 +5,7 @@ use std::time::Instant;
 use http::Response;
 use hyper::body::Incoming;
 
-use super::{MAX_UPSTREAM_BODY, Whole, collect_upstream, copy_response_headers};
+use super::{Whole, collect_upstream, copy_response_headers};
 use crate::base::body::GatewayBody;
 use crate::base::error::{GatewayError, snippet};
 use crate::base::openai::ResponseProbe;
@@ -13,16 +13,18 @@ use crate::base::respond::stamp;
 use crate::config::Target;
 use crate::services::observe::telemetry::{self, RequestTelemetry};
 
-/// A complete (non-streamed) answer: read it, check it is JSON, relay it byte for byte.
+/// A complete (non-streamed) answer: read it (at most `max_answer` bytes), check it is
+/// JSON, relay it byte for byte.
 pub async fn complete_answer(
     tel: &RequestTelemetry,
     target: &Target,
     model: &str,
     resp: Response<Incoming>,
     sent: Instant,
+    max_answer: usize,
 ) -> Result<Whole, GatewayError> {
     let (parts, body) = resp.into_parts();
-    let bytes = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
+    let bytes = collect_upstream(target, body, max_answer).await?;
     let upstream_time = sent.elapsed();
     let Some(probe) = ResponseProbe::read(&bytes) else {
         return Err(GatewayError::UpstreamGarbage {

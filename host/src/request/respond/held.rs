@@ -18,7 +18,7 @@ use http::{Response, header};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
-use super::{MAX_UPSTREAM_BODY, Whole, collect_upstream, copy_response_headers};
+use super::{Whole, collect_upstream, copy_response_headers};
 use crate::base::Endpoint;
 use crate::base::body::GatewayBody;
 use crate::base::error::GatewayError;
@@ -48,6 +48,8 @@ pub struct HeldArgs<'a> {
     pub endpoint: Endpoint,
     /// Remove the usage chunk the gateway asked for on the client's behalf.
     pub strip_usage: bool,
+    /// The most bytes held (`[server] max_answer_bytes`).
+    pub max_answer: usize,
 }
 
 /// A streamed answer held until complete (`validate_streams = "buffer"`): read it whole,
@@ -61,9 +63,10 @@ pub async fn held_answer(a: HeldArgs<'_>) -> Result<Whole, GatewayError> {
         sent,
         endpoint,
         strip_usage,
+        max_answer,
     } = a;
     let (parts, body) = resp.into_parts();
-    let sse = collect_upstream(target, body, MAX_UPSTREAM_BODY).await?;
+    let sse = collect_upstream(target, body, max_answer).await?;
     let upstream_time = sent.elapsed();
     let held =
         assemble(endpoint, &sse, strip_usage).map_err(|detail| GatewayError::UpstreamBroken {

@@ -32,9 +32,6 @@ use crate::services::observe::telemetry::{AnswerFacts, AttemptSpan};
 use crate::services::upstream::client::forwardable_response_header;
 use crate::services::upstream::pool::Slot;
 
-/// Largest upstream answer the gateway buffers (non-streamed answers and error bodies).
-pub const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
-
 /// One successful upstream response head, and what the attempt that got it holds.
 pub struct Reply {
     pub target: Target,
@@ -60,7 +57,7 @@ pub struct Whole {
     pub events: Option<Bytes>,
 }
 
-/// Read a complete upstream body within the backend's timeout.
+/// Read a complete upstream body within the backend's timeout and `limit` bytes.
 pub(super) async fn collect_upstream(
     target: &Target,
     body: Incoming,
@@ -74,6 +71,14 @@ pub(super) async fn collect_upstream(
             secs: backend.timeout.as_secs_f64(),
         }),
         Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::UpstreamBroken {
+                backend: backend.name.to_string(),
+                detail: format!(
+                    "the answer is larger than {limit} bytes (the server's max_answer_bytes)"
+                ),
+            })
+        }
         Ok(Err(e)) => Err(GatewayError::UpstreamBroken {
             backend: backend.name.to_string(),
             detail: format!("while reading the answer: {}", error_chain(&*e)),

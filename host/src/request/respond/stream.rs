@@ -8,7 +8,11 @@
 //! event is removed, and to remove it cleanly only an event split across two upstream frames
 //! is held until its end arrives. Failures after the stream started end it with one
 //! OpenAI-style error event instead of a cut connection, so SDKs raise an error rather than
-//! returning a silently truncated answer. Dropping the body (the client went away) drops the
+//! returning a silently truncated answer. A stream is complete only with `data: [DONE]` and
+//! a finish reason: an upstream that closes cleanly before them cut the answer short, and a
+//! line that is not SSE means the body is not the stream it claims to be; both end with an
+//! error event and a failed ledger row. A body whose first chunk is not SSE at all fails
+//! before the response is committed, so the attempt loop can still try a fallback. Dropping the body (the client went away) drops the
 //! upstream response, which closes that connection and so cancels generation upstream.
 //!
 //! When the stream ends, however it ends, its summary settles the ledger row, ends the
@@ -27,9 +31,11 @@ use memchr::memmem;
 
 use super::{Reply, copy_response_headers};
 use crate::base::body::GatewayBody;
-use crate::base::error::{GatewayError, error_chain};
+use crate::base::error::{GatewayError, error_chain, snippet};
 use crate::base::respond::stamp;
-use crate::base::sse::{SseScanner, StreamOutcome, StreamSummary, event_end, is_usage_only_event};
+use crate::base::sse::{
+    SseScanner, StreamOutcome, StreamSummary, event_end, is_usage_only_event, starts_like_sse,
+};
 use crate::request::exchange::Exchange;
 use crate::services::governance::{Ending, Settler};
 use crate::services::observe::telemetry::{self, AnswerFacts};
@@ -80,6 +86,17 @@ pub async fn stream_answer(
             },
         }
     };
+    // Nothing has reached the client yet: a body that is no event stream (an HTML page, a
+    // JSON error with a 200) is a failed attempt, and a fallback may still answer.
+    if !starts_like_sse(&first) {
+        return Err(GatewayError::UpstreamGarbage {
+            backend: backend.name.to_string(),
+            detail: format!(
+                "a stream was asked for and the answer is not server-sent events: {}",
+                snippet(&first, 120)
+            ),
+        });
+    }
     let upstream_time = sent.elapsed();
     let metrics = x.services.metrics.clone();
     metrics.overhead(started.elapsed().saturating_sub(upstream_time));
@@ -126,6 +143,10 @@ pub async fn stream_answer(
             error = Some("stream_broken");
             tracing::warn!(route = %route, backend = %backend_label, error = %why, "stream ended early");
         }
+        if s.outcome == StreamOutcome::Shutdown {
+            error = Some("shutting_down");
+            tracing::warn!(route = %route, backend = %backend_label, bytes = s.bytes, "stream ended by the shutdown grace period");
+        }
         let took = started.elapsed();
         metrics.request(&route, &backend_label, 200, took);
         match error {
@@ -167,9 +188,12 @@ pub async fn stream_answer(
         upstream: body,
         first,
         strip_usage: x.request.strip_usage_chunk(true),
+        max_event: x.max_event,
+        max_capture: x.max_answer,
         idle_timeout: backend.timeout,
         backend: backend.name.to_string(),
         started,
+        cutoff: Box::pin(x.services.cutoff.signal()),
         on_end,
     });
     if capturing {
@@ -189,6 +213,7 @@ fn settle_stream(s: Settler, summary: &StreamSummary) -> f64 {
         StreamOutcome::Completed => (200, "ok"),
         StreamOutcome::ClientGone => (499, "cancelled"),
         StreamOutcome::UpstreamFailed(_) => (502, "stream_failed"),
+        StreamOutcome::Shutdown => (503, "shutdown"),
     };
     s.settle(Ending {
         status,
@@ -213,15 +238,23 @@ pub struct StreamBody {
     strip_usage: bool,
     /// Bytes of an event split across frames, held while stripping.
     held: BytesMut,
+    /// The longest event held while stripping (the scanner caps lines alike).
+    max_event: usize,
+    /// The most bytes captured; a longer stream is not compared by the shadow.
+    max_capture: usize,
     idle_timeout: Duration,
     idle: Pin<Box<tokio::time::Sleep>>,
     backend: String,
     started: Instant,
+    cutoff: Cutoff,
     summary: StreamSummary,
     /// A copy of every upstream frame, kept only for streams whose shadow compares them.
     capture: Option<BytesMut>,
     on_end: Option<OnStreamEnd>,
     done: bool,
+    /// The client has the start of a line whose end it has not got (only without
+    /// stripping: stripping relays whole events).
+    mid_line: bool,
 }
 
 /// What a relay is made from.
@@ -231,30 +264,43 @@ pub struct StreamRelay {
     pub first: Bytes,
     /// Remove the usage-only event (the gateway asked for it, the client did not).
     pub strip_usage: bool,
+    /// `[server] max_event_bytes`: the longest line or held event.
+    pub max_event: usize,
+    /// `[server] max_answer_bytes`: the most bytes captured for the shadow comparison.
+    pub max_capture: usize,
     /// The longest pause allowed between two frames.
     pub idle_timeout: Duration,
     pub backend: String,
     /// When the request started (the summary's time to first byte counts from it).
     pub started: Instant,
+    /// Resolves when the shutdown's grace period is over (`services::StreamCutoff`).
+    pub cutoff: Cutoff,
     pub on_end: OnStreamEnd,
 }
+
+/// The shutdown signal a relay watches.
+pub type Cutoff = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl StreamBody {
     pub fn new(r: StreamRelay) -> Self {
         StreamBody {
             upstream: r.upstream,
             first: Some(r.first),
-            scanner: SseScanner::default(),
+            scanner: SseScanner::new(r.max_event),
             strip_usage: r.strip_usage,
             held: BytesMut::new(),
+            max_event: r.max_event,
+            max_capture: r.max_capture,
             idle_timeout: r.idle_timeout,
             idle: Box::pin(tokio::time::sleep(r.idle_timeout)),
             backend: r.backend,
             started: r.started,
+            cutoff: r.cutoff,
             summary: StreamSummary::default(),
             capture: None,
             on_end: Some(r.on_end),
             done: false,
+            mid_line: false,
         }
     }
 
@@ -263,15 +309,29 @@ impl StreamBody {
         self.capture = Some(BytesMut::new());
     }
 
-    /// Scan a frame and decide what of it goes to the client.
-    fn relay(&mut self, frame: Bytes) -> Option<Bytes> {
+    /// Scan a frame and decide what of it goes to the client; an error when the frame shows
+    /// the stream is unusable (it is then not relayed).
+    fn relay(&mut self, frame: Bytes) -> Result<Option<Bytes>, GatewayError> {
         self.scanner.feed(&frame);
+        if let Some(problem) = &self.scanner.problem {
+            return Err(GatewayError::UpstreamGarbage {
+                backend: self.backend.clone(),
+                detail: format!("mid-stream: {problem}"),
+            });
+        }
         if let Some(c) = &mut self.capture {
-            c.extend_from_slice(&frame);
+            if c.len() + frame.len() > self.max_capture {
+                // Too long to compare: the shadow pair is skipped, the stream goes on.
+                tracing::debug!(backend = %self.backend, "stream longer than max_answer_bytes; not captured for the shadow comparison");
+                self.capture = None;
+            } else {
+                c.extend_from_slice(&frame);
+            }
         }
         self.summary.bytes += frame.len() as u64;
         if !self.strip_usage {
-            return Some(frame);
+            self.mid_line = !frame.ends_with(b"\n");
+            return Ok(Some(frame));
         }
         // Fast path: no held bytes, the frame holds only whole events, none of them the
         // usage chunk → relay the frame itself, zero-copy.
@@ -279,7 +339,7 @@ impl StreamBody {
             && (frame.ends_with(b"\n\n") || frame.ends_with(b"\r\n\r\n"))
             && memmem::find(&frame, b"\"choices\":[]").is_none()
         {
-            return Some(frame);
+            return Ok(Some(frame));
         }
         self.held.extend_from_slice(&frame);
         let mut out = BytesMut::new();
@@ -289,11 +349,39 @@ impl StreamBody {
                 out.extend_from_slice(&event);
             }
         }
-        if out.is_empty() {
-            None
-        } else {
-            Some(out.freeze())
+        if self.held.len() > self.max_event {
+            return Err(GatewayError::UpstreamGarbage {
+                backend: self.backend.clone(),
+                detail: format!(
+                    "mid-stream: an event is longer than {} bytes (the server's max_event_bytes)",
+                    self.max_event
+                ),
+            });
         }
+        if out.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(out.freeze()))
+        }
+    }
+
+    /// How the upstream's clean end of the body reads: complete only after `data: [DONE]`
+    /// and a finish reason; otherwise the upstream cut the answer short.
+    fn ending(&self) -> Result<(), GatewayError> {
+        let missing = if !self.scanner.saw_done {
+            "data: [DONE]"
+        } else if self.scanner.finish_reasons.is_empty() {
+            "a finish_reason"
+        } else {
+            return Ok(());
+        };
+        Err(GatewayError::UpstreamBroken {
+            backend: self.backend.clone(),
+            detail: format!(
+                "the stream ended without {missing} after {} events: the answer is incomplete",
+                self.scanner.events
+            ),
+        })
     }
 
     fn finish(&mut self, outcome: StreamOutcome) {
@@ -319,11 +407,25 @@ impl StreamBody {
         err: GatewayError,
     ) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
         tracing::warn!(backend = %self.backend, error = %err, "stream broke off upstream; ending it with an error event");
+        let outcome = StreamOutcome::UpstreamFailed(err.to_string());
+        self.end_with(&err, outcome)
+    }
+
+    /// End the stream with `err` as its last event.
+    fn end_with(
+        &mut self,
+        err: &GatewayError,
+        outcome: StreamOutcome,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
         let mut out = BytesMut::new();
         // Whatever was held is an incomplete event: it cannot be parsed by the client, drop it.
         self.held.clear();
+        if self.mid_line {
+            // The client holds the start of a line: end it, so the error is an event of its own.
+            out.extend_from_slice(b"\n\n");
+        }
         out.extend_from_slice(&err.to_sse_event());
-        self.finish(StreamOutcome::UpstreamFailed(err.to_string()));
+        self.finish(outcome);
         Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
     }
 }
@@ -342,8 +444,10 @@ impl Body for StreamBody {
         }
         if let Some(first) = this.first.take() {
             this.summary.first_byte = Some(this.started.elapsed());
-            if let Some(out) = this.relay(first) {
-                return Poll::Ready(Some(Ok(Frame::data(out))));
+            match this.relay(first) {
+                Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                Ok(None) => {}
+                Err(e) => return this.fail(e),
             }
         }
         loop {
@@ -352,11 +456,11 @@ impl Body for StreamBody {
                     let deadline = tokio::time::Instant::now() + this.idle_timeout;
                     this.idle.as_mut().reset(deadline);
                     match frame.into_data() {
-                        Ok(data) => {
-                            if let Some(out) = this.relay(data) {
-                                return Poll::Ready(Some(Ok(Frame::data(out))));
-                            }
-                        }
+                        Ok(data) => match this.relay(data) {
+                            Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                            Ok(None) => {}
+                            Err(e) => return this.fail(e),
+                        },
                         // Trailers are not part of the OpenAI protocol; ignore them.
                         Err(_) => continue,
                     }
@@ -369,6 +473,9 @@ impl Body for StreamBody {
                     return this.fail(err);
                 }
                 Poll::Ready(None) => {
+                    if let Err(e) = this.ending() {
+                        return this.fail(e);
+                    }
                     if !this.held.is_empty() {
                         let rest = this.held.split().freeze();
                         this.finish(StreamOutcome::Completed);
@@ -378,6 +485,9 @@ impl Body for StreamBody {
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
+                    if this.cutoff.as_mut().poll(cx).is_ready() {
+                        return this.end_with(&GatewayError::ShuttingDown, StreamOutcome::Shutdown);
+                    }
                     if this.idle.as_mut().poll(cx).is_ready() {
                         let err = GatewayError::UpstreamTimeout {
                             backend: this.backend.clone(),

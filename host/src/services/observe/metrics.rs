@@ -123,6 +123,7 @@ pub struct Metrics {
     upstream_errors: DashMap<(Arc<str>, &'static str), AtomicU64>,
     in_flight: AtomicI64,
     client_disconnects: AtomicU64,
+    connections_refused: AtomicU64,
     genai: GenAiMetrics,
     ext: Extensions,
 }
@@ -191,6 +192,7 @@ impl Default for Metrics {
             upstream_errors: DashMap::new(),
             in_flight: AtomicI64::new(0),
             client_disconnects: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
             genai: GenAiMetrics::default(),
             ext: Extensions::default(),
         }
@@ -367,6 +369,11 @@ impl Metrics {
         self.client_disconnects.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A client connection closed on accept: `[server] max_connections` were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Count a request as in flight until the guard drops.
     pub fn in_flight(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -430,6 +437,13 @@ impl Metrics {
             "counter",
             "Streams the client abandoned before the end.",
             self.client_disconnects.load(Ordering::Relaxed),
+        );
+        single(
+            &mut out,
+            "switchyard_connections_refused_total",
+            "counter",
+            "Client connections closed on accept because max_connections were open.",
+            self.connections_refused.load(Ordering::Relaxed),
         );
         self.render_genai(&mut out);
         self.render_extensions(&mut out);

@@ -3,6 +3,13 @@
 //! costs microseconds), epoch interruption driven by one ticker thread, and a disk cache of
 //! compiled code so a restart does not recompile (a Python component takes seconds to
 //! compile and milliseconds to load from the cache).
+//!
+//! Loading cached code is deserialising native code (`unsafe`): whoever can write the cache
+//! can run code in the gateway. So the cache lives in a private folder (created 0700,
+//! refused unless owned by the gateway's user and closed to others; by default under
+//! `$XDG_CACHE_HOME`, not the working directory), each entry is owned by that user, and a
+//! digest of the entry (with the plugin's and engine's identity) is stored beside it and
+//! checked before the code is loaded; an entry that fails any check is compiled afresh.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -138,44 +145,160 @@ impl PluginEngine {
         let Some(dir) = &self.cache_dir else {
             return Ok((Component::new(&self.engine, bytes)?, CacheUse::Off));
         };
-        let path = self.cache_path(dir, bytes);
+        if let Err(why) = private_dir(dir) {
+            tracing::warn!(dir = %dir.display(), "plugin cache not used: {why}");
+            return Ok((Component::new(&self.engine, bytes)?, CacheUse::Off));
+        }
+        let entry = self.cache_entry(dir, bytes);
         // Read whole, not mapped (`deserialize_file`): mapped, the code is paged in from the
         // file as it first runs, and a JavaScript component's first call then took 50–680 ms
         // with a cold page cache (after a reboot, or once the kernel reclaimed the pages),
         // past the call deadline. Read here, off the request path, it is all in memory.
-        if let Ok(code) = std::fs::read(&path) {
-            // SAFETY: the file was written by `Component::serialize` of this same engine
-            // build (the engine's compatibility hash is in the name) into a directory the
-            // operator gave the gateway; wasmtime checks the header and version again.
-            match unsafe { Component::deserialize(&self.engine, &code) } {
-                Ok(c) => return Ok((c, CacheUse::Hit)),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "unusable plugin cache entry; recompiling");
+        match entry.read_verified() {
+            Ok(Some(code)) => {
+                // SAFETY: `read_verified` checked that the entry sits in a folder only this
+                // user can write, is owned by this user and closed to others, and matches the
+                // digest recorded beside it when this engine build serialized it for exactly
+                // these plugin bytes; wasmtime checks the header and version again.
+                match unsafe { Component::deserialize(&self.engine, &code) } {
+                    Ok(c) => return Ok((c, CacheUse::Hit)),
+                    Err(e) => {
+                        tracing::warn!(path = %entry.code.display(), error = %e, "unusable plugin cache entry; recompiling");
+                    }
                 }
+            }
+            Ok(None) => {}
+            Err(why) => {
+                tracing::warn!(path = %entry.code.display(), "plugin cache entry refused ({why}); recompiling");
             }
         }
         let component = Component::new(&self.engine, bytes)?;
         let stored = component
             .serialize()
-            .and_then(|code| Ok(write_atomically(&path, &code)?));
+            .and_then(|code| Ok(entry.write(&code)?));
         if let Err(e) = stored {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write the plugin cache");
+            tracing::warn!(path = %entry.code.display(), error = %e, "cannot write the plugin cache");
         }
         Ok((component, CacheUse::Miss))
     }
 
-    fn cache_path(&self, dir: &Path, bytes: &[u8]) -> PathBuf {
+    fn cache_entry(&self, dir: &Path, bytes: &[u8]) -> CacheEntry {
         let content = Sha256::digest(bytes);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         env!("CARGO_PKG_VERSION").hash(&mut h);
-        let mut name = String::with_capacity(90);
-        for b in &content[..16] {
-            name.push_str(&format!("{b:02x}"));
+        let engine = format!("{:016x}", h.finish());
+        let wasm = hex(&content);
+        let name = format!("{}-{engine}", &wasm[..32]);
+        CacheEntry {
+            code: dir.join(format!("{name}.cwasm")),
+            digest: dir.join(format!("{name}.sha256")),
+            identity: format!("wasm {wasm}\nengine {engine}\n"),
         }
-        name.push_str(&format!("-{:016x}.cwasm", h.finish()));
-        dir.join(name)
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// One compiled plugin in the cache: the code and, beside it, what it must hash to.
+struct CacheEntry {
+    code: PathBuf,
+    digest: PathBuf,
+    /// The plugin's bytes and the engine build it was compiled by, as the digest file
+    /// states them (a hit must be for this plugin and this engine, not just any entry).
+    identity: String,
+}
+
+impl CacheEntry {
+    /// The digest file's text for `code`.
+    fn record(&self, code: &[u8]) -> String {
+        format!("{}code {}\n", self.identity, hex(&Sha256::digest(code)))
+    }
+
+    /// The cached code, if there is an entry and it passes every check; `Err` says which
+    /// check failed.
+    fn read_verified(&self) -> Result<Option<Vec<u8>>, String> {
+        let Ok(code) = std::fs::read(&self.code) else {
+            return Ok(None);
+        };
+        owned_and_closed(&self.code)?;
+        owned_and_closed(&self.digest)?;
+        let recorded = std::fs::read_to_string(&self.digest)
+            .map_err(|e| format!("its digest file cannot be read: {e}"))?;
+        if recorded != self.record(&code) {
+            return Err("its contents do not match the digest recorded beside it".into());
+        }
+        Ok(Some(code))
+    }
+
+    /// Store `code` and its digest, each written whole then renamed into place (the digest
+    /// last: a reader that sees new code with an old digest recompiles).
+    fn write(&self, code: &[u8]) -> std::io::Result<()> {
+        write_atomically(&self.code, code)?;
+        write_atomically(&self.digest, self.record(code).as_bytes())
+    }
+}
+
+/// Make `dir` the cache's private folder: created 0700 when missing; when present, a folder
+/// (not a link) owned by this user, narrowed to 0700 if it was wider. `Err` says why not.
+#[cfg(unix)]
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create it: {e}"))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("it is not a folder (a symbolic link is refused)".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "it belongs to user {} and the gateway runs as {me}: another user could plant code in it",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot make it private (0700): {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create it: {e}"))
+}
+
+/// A cache file must be this user's and writable by no one else.
+#[cfg(unix)]
+fn owned_and_closed(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is not a regular file owned by this user and writable only by it",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn owned_and_closed(_: &Path) -> Result<(), String> {
+    Ok(())
 }
 
 /// The environment variable that turns on a profiler for plugin code.
@@ -203,12 +326,20 @@ pub enum CacheUse {
     Off,
 }
 
+/// Write `data` to a fresh file readable only by this user, then rename it over `path`.
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, data)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -231,6 +362,72 @@ mod tests {
                 .contains("SWITCHYARD_PLUGIN_PROFILER=\"jitdump\""),
             "{e}"
         );
+    }
+
+    /// A component small enough to compile in milliseconds.
+    const COMPONENT: &str = "(component)";
+
+    fn engine_with_cache(dir: &Path) -> Arc<PluginEngine> {
+        let section = crate::config::schema::PluginsSection {
+            dir: Some(PathBuf::from("plugins")),
+            cache_dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        let settings = Settings::validate(&section, &mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        PluginEngine::new(&settings).unwrap()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_cache_folder_is_made_private_and_entries_are_verified_before_loading() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        let engine = engine_with_cache(&dir);
+        let (_, used) = engine.compile(COMPONENT.as_bytes()).unwrap();
+        assert_eq!(used, CacheUse::Miss);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        let (_, used) = engine.compile(COMPONENT.as_bytes()).unwrap();
+        assert_eq!(used, CacheUse::Hit);
+
+        // Code changed behind the gateway's back (same size, one byte flipped) is not loaded.
+        let entry = engine.cache_entry(&dir, COMPONENT.as_bytes());
+        let mut code = std::fs::read(&entry.code).unwrap();
+        let last = code.len() - 1;
+        code[last] ^= 0xff;
+        std::fs::write(&entry.code, &code).unwrap();
+        let (_, used) = engine.compile(COMPONENT.as_bytes()).unwrap();
+        assert_eq!(used, CacheUse::Miss, "a tampered entry was loaded");
+        // Recompiled and stored again: the next start hits.
+        let (_, used) = engine.compile(COMPONENT.as_bytes()).unwrap();
+        assert_eq!(used, CacheUse::Hit);
+
+        // An entry others may write is refused, and so is a folder opened up (narrowed).
+        std::fs::set_permissions(&entry.code, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (_, used) = engine.compile(COMPONENT.as_bytes()).unwrap();
+        assert_eq!(used, CacheUse::Miss);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (_, used) = engine.compile(COMPONENT.as_bytes()).unwrap();
+        assert_eq!(used, CacheUse::Hit);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_cache_folder_that_is_a_link_is_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let engine = engine_with_cache(&link);
+        let (_, used) = engine.compile(COMPONENT.as_bytes()).unwrap();
+        assert_eq!(used, CacheUse::Off);
+        assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
     }
 
     #[test]

@@ -342,7 +342,8 @@ impl Loaded {
         // (a guest writing to stdout/stderr, e.g. a Rust panic message) block on the tokio
         // runtime the request runs in. wasmtime unwinds the guest's frames and resumes the
         // panic here; it fails this call only, like a trap.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut w)));
+        let outcome =
+            off_reactor(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut w))));
         match outcome {
             Ok(Ok(r)) => {
                 self.give_back(w);
@@ -389,6 +390,21 @@ impl Loaded {
             Some(g) => g.call_validate(&mut w.store, req, resp),
             None => Err(wasmtime::format_err!("no validate export")),
         })
+    }
+}
+
+/// Run a plugin call so that it cannot stall other connections. A call may compute for up
+/// to its deadline (`timeout_ms`, up to a minute); on an async worker thread that would hold
+/// up every task queued on that thread, unrelated requests and streams included, and a
+/// few slow calls would stop the gateway. `block_in_place` hands the worker's other tasks to
+/// another thread first; the call itself still runs here, so it borrows the request as it
+/// is. Outside a multi-threaded runtime (tests, the compile watcher) it runs inline.
+fn off_reactor<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

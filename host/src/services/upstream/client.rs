@@ -4,14 +4,15 @@
 //! backend and every config version that uses it (`Upstreams` keeps them), so a live reload
 //! keeps warm connections. TLS is rustls with the platform roots plus webpki roots plus an
 //! optional per-backend CA file; ALPN offers HTTP/2, so an upstream that speaks it gets
-//! multiplexed streams. The client's own credentials never travel upstream: the backend's
-//! key replaces them.
+//! multiplexed streams. Client request headers travel upstream only when the backend's
+//! `forward_headers` allowlist names them; the client's credentials, hop-by-hop headers and
+//! those its `Connection` header names never do: the backend's key replaces the credentials.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -22,6 +23,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::Upstream;
 use crate::base::error::{GatewayError, error_chain};
+use crate::config::backend::never_forwarded;
 use crate::config::{Backend, BackendUrl};
 
 /// The pooled upstream client type.
@@ -70,30 +72,25 @@ pub fn build_client(
     Ok(client)
 }
 
-/// Client headers that never travel upstream: hop-by-hop headers, the client's
-/// credentials, the gateway's own control headers, and `accept-encoding` (the gateway reads
-/// usage from the answer, so it asks for it uncompressed).
-fn forwardable_request_header(name: &str) -> bool {
-    !matches!(
-        name,
-        "host"
-            | "authorization"
-            | "api-key"
-            | "x-api-key"
-            | "proxy-authorization"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "content-type"
-            | "accept-encoding"
-            | "expect"
-            | "cookie"
-    ) && !name.starts_with("x-switchyard-")
+/// Whether a client header goes upstream to `backend`: on the backend's `forward_headers`
+/// list, not on the never-forwarded floor, and not named by the client's `Connection`
+/// header (RFC 9110 §7.6.1: those are hop-by-hop too).
+fn forwardable_request_header(
+    backend: &Backend,
+    name: &HeaderName,
+    connection: Option<&HeaderValue>,
+) -> bool {
+    backend.forward_headers.allows(name)
+        && !never_forwarded(name.as_str())
+        && !connection.is_some_and(|c| names_in_connection(c, name.as_str()))
+}
+
+/// True when the `Connection` header value lists `name` as one of its options.
+fn names_in_connection(connection: &HeaderValue, name: &str) -> bool {
+    connection.to_str().is_ok_and(|v| {
+        v.split(',')
+            .any(|token| token.trim().eq_ignore_ascii_case(name))
+    })
 }
 
 /// Upstream response headers that are not relayed to the client (hop-by-hop and framing;
@@ -124,8 +121,9 @@ pub fn build_request(
     *req.method_mut() = Method::POST;
     *req.uri_mut() = uri.clone();
     let headers = req.headers_mut();
+    let connection = client_headers.get(header::CONNECTION);
     for (name, value) in client_headers {
-        if forwardable_request_header(name.as_str()) {
+        if forwardable_request_header(backend, name, connection) {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -182,25 +180,71 @@ fn classify_client_error(
 mod tests {
     use super::*;
 
+    /// Validate a config of one backend (and a route to it) with `extra` in its table.
+    fn validated(extra: &str) -> Result<crate::config::Runtime, String> {
+        let text = format!(
+            "[[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:9/v1\"\n{extra}\n[[routes]]\nmodel = \"*\"\ntargets = [{{ backend = \"b\" }}]\n"
+        );
+        let file = crate::config::parse(&text).map_err(|p| format!("{p:?}"))?;
+        crate::config::validate(file, crate::config::ConfigSource::Embedded)
+            .map_err(|p| format!("{p:?}"))
+    }
+
+    fn backend(forward: Option<&[&str]>) -> Arc<Backend> {
+        let extra = forward.map_or(String::new(), |l| format!("forward_headers = {l:?}"));
+        validated(&extra).unwrap().backends[0].clone()
+    }
+
+    fn sent_upstream(b: &Backend, client: &[(&str, &str)]) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        for (k, v) in client {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let uri: http::Uri = "http://127.0.0.1:9/v1/chat/completions".parse().unwrap();
+        let req = build_request(b, &uri, Bytes::new(), &h).unwrap();
+        let mut names: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn client_credentials_and_hop_headers_are_not_forwarded() {
-        for h in [
-            "authorization",
-            "x-api-key",
-            "connection",
-            "host",
-            "accept-encoding",
-            "x-switchyard-pin",
-        ] {
-            assert!(!forwardable_request_header(h), "{h}");
-        }
-        for h in [
-            "openai-organization",
-            "openai-beta",
-            "traceparent",
-            "user-agent",
-        ] {
-            assert!(forwardable_request_header(h), "{h}");
-        }
+    fn only_allowlisted_client_headers_go_upstream() {
+        let client = [
+            ("authorization", "Bearer sk-client"),
+            ("openai-organization", "org-1"),
+            ("openai-project", "proj-1"),
+            ("x-forwarded-for", "10.1.2.3"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("cookie", "a=b"),
+            ("user-agent", "OpenAI/Python 1.0"),
+            ("x-stainless-lang", "python"),
+            ("openai-beta", "assistants=v2"),
+        ];
+        assert_eq!(
+            sent_upstream(&backend(None), &client),
+            [
+                "content-type",
+                "openai-beta",
+                "user-agent",
+                "x-stainless-lang"
+            ]
+        );
+        // A backend's own list replaces the default; `Connection` still rules.
+        assert_eq!(
+            sent_upstream(&backend(Some(&["OpenAI-Organization", "x-hop"])), &client),
+            ["content-type", "openai-organization"]
+        );
+    }
+
+    #[test]
+    fn listing_a_header_that_never_travels_is_a_config_error() {
+        let text = validated("forward_headers = [\"Authorization\", \"bad header\"]").unwrap_err();
+        assert!(text.contains("backends[0].forward_headers[0]"), "{text}");
+        assert!(text.contains("never forwarded"), "{text}");
+        assert!(text.contains("backends[0].forward_headers[1]"), "{text}");
     }
 }
