@@ -233,6 +233,8 @@ fn ttft(engine: &Engine, prompt: Vec<u32>) -> Result<Duration, String> {
         logprobs: None,
         events: tx,
         arrived: Instant::now(),
+        constraint: None,
+        special_text: false,
     };
     if !engine.submit(req) {
         return Err("the engine stopped".into());

@@ -17,6 +17,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    /// How tools and tool calls go through this template, and the model's call syntax.
+    pub tools: crate::tools::Prompting,
 }
 
 fn raise_exception(msg: String) -> Result<JValue, Error> {
@@ -78,7 +80,13 @@ impl ChatTemplate {
             env,
             bos: bos.to_string(),
             eos: eos.to_string(),
+            tools: crate::tools::Prompting::new(source, None),
         })
+    }
+
+    /// Overrides the tool-call syntax found in the template (`--tool-call-format`).
+    pub fn set_tool_format(&mut self, format: crate::tools::Format) {
+        self.tools.format = format;
     }
 
     /// Renders the conversation, ending with the assistant prompt when `add_generation_prompt`.

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::backend::{Backend, Output, SampleArgs, SeqStep, Want};
+use crate::backend::{Backend, Output, SampleArgs, SeqStep, Solo, Want};
+use crate::grammar::{Constraint, Grammar, TokenTrie};
 use crate::sampling::{Rng, SamplingParams, logprobs, sample};
 use crate::scheduler::{Limits, Plan, Scheduler, SeqId};
 use crate::tokenizer::{StreamDecoder, TokenId, Tokenizer};
@@ -44,6 +45,61 @@ pub struct GenRequest {
     pub events: UnboundedSender<Event>,
     /// When the server accepted the request (queue time and TTFT count from here).
     pub arrived: std::time::Instant,
+    /// A grammar the output must follow (structured output, forced tool calls): tokens are
+    /// masked to it and generation ends when its value is complete.
+    pub constraint: Option<Arc<Grammar>>,
+    /// Render control tokens as their text (tool-call markers such as `<|python_tag|>` are
+    /// control tokens the tool-call parser must see).
+    pub special_text: bool,
+}
+
+/// How token states pool into one embedding (`--pooling`, else the GGUF's `pooling_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooling {
+    /// The average over every token (the default for causal models).
+    #[default]
+    Mean,
+    /// The last token's state.
+    Last,
+    /// The first token's state.
+    Cls,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Pooling, String> {
+        match s {
+            "mean" => Ok(Pooling::Mean),
+            "last" => Ok(Pooling::Last),
+            "cls" => Ok(Pooling::Cls),
+            _ => Err(format!("`{s}`: expected `mean`, `last` or `cls`")),
+        }
+    }
+}
+
+impl Pooling {
+    /// From a GGUF `pooling_type` (llama.cpp's numbering); `None` for none/unknown.
+    pub fn from_gguf(t: u32) -> Option<Pooling> {
+        match t {
+            1 => Some(Pooling::Mean),
+            2 => Some(Pooling::Cls),
+            3 => Some(Pooling::Last),
+            _ => None,
+        }
+    }
+}
+
+/// Embeddings for some inputs: one L2-normalised vector per input, or why not.
+pub struct EmbedRequest {
+    pub inputs: Vec<Vec<TokenId>>,
+    pub reply: UnboundedSender<Result<Vec<Vec<f32>>, String>>,
+}
+
+/// Work for the engine thread.
+enum Job {
+    Generate(GenRequest),
+    Embed(EmbedRequest),
 }
 
 /// Log-probability information for one generated token.
@@ -199,6 +255,8 @@ pub struct EngineOptions {
     pub step_tokens: usize,
     /// Share the keys and values of equal prompt prefixes.
     pub prefix_caching: bool,
+    /// How embeddings pool token states.
+    pub pooling: Pooling,
 }
 
 impl EngineOptions {
@@ -209,6 +267,7 @@ impl EngineOptions {
             max_batch,
             step_tokens: 512,
             prefix_caching: true,
+            pooling: Pooling::Mean,
         }
     }
 }
@@ -216,7 +275,7 @@ impl EngineOptions {
 /// Handle for submitting work; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    tx: mpsc::Sender<GenRequest>,
+    tx: mpsc::Sender<Job>,
     pub tokenizer: Arc<Tokenizer>,
     pub metrics: Arc<Metrics>,
     pub n_ctx: usize,
@@ -235,6 +294,8 @@ struct Active {
     admitted: Option<Instant>,
     /// When its first token was sampled (TTFT recorded).
     first_token: Option<Instant>,
+    /// The request's grammar state, when it has one.
+    constraint: Option<Constraint>,
 }
 
 impl Engine {
@@ -244,7 +305,7 @@ impl Engine {
         tokenizer: Arc<Tokenizer>,
         opts: EngineOptions,
     ) -> Engine {
-        let (tx, rx) = mpsc::channel::<GenRequest>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let metrics = Arc::new(Metrics::default());
         let m = metrics.clone();
         let tk = tokenizer.clone();
@@ -264,7 +325,12 @@ impl Engine {
     pub fn submit(&self, req: GenRequest) -> bool {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics.queued.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(req).is_ok()
+        self.tx.send(Job::Generate(req)).is_ok()
+    }
+
+    /// Queues an embedding job; false if the engine is gone.
+    pub fn embed(&self, req: EmbedRequest) -> bool {
+        self.tx.send(Job::Embed(req)).is_ok()
     }
 }
 
@@ -278,6 +344,10 @@ struct Loop {
     active: HashMap<SeqId, Active>,
     /// Throughput window for `tokens_per_second`: its start and the tokens since.
     window: (Instant, u64),
+    /// The vocabulary's byte trie, built for the first constrained request.
+    trie: Option<Arc<TokenTrie>>,
+    step_tokens: usize,
+    pooling: Pooling,
 }
 
 /// A sequence's token from this step, with its log-probabilities when asked for.
@@ -306,20 +376,23 @@ impl Loop {
             sched: Scheduler::new(n_blocks, limits),
             active: HashMap::new(),
             window: (Instant::now(), 0),
+            trie: None,
+            step_tokens: opts.step_tokens,
+            pooling: opts.pooling,
         }
     }
 
-    fn run(mut self, rx: mpsc::Receiver<GenRequest>) {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
         loop {
             // Block only when there is nothing to do.
             if self.sched.is_idle() {
                 match rx.recv() {
-                    Ok(r) => self.add(r),
+                    Ok(j) => self.job(j),
                     Err(_) => return,
                 }
             }
-            while let Ok(r) = rx.try_recv() {
-                self.add(r);
+            while let Ok(j) = rx.try_recv() {
+                self.job(j);
             }
             self.drop_cancelled();
             if !self.sched.is_idle() {
@@ -329,8 +402,67 @@ impl Loop {
         }
     }
 
+    fn job(&mut self, j: Job) {
+        match j {
+            Job::Generate(r) => self.add(r),
+            Job::Embed(e) => {
+                let res = self.embed(&e.inputs);
+                let _ = e.reply.send(res);
+            }
+        }
+    }
+
+    /// Embeds `inputs` between steps, as many sequences per forward pass as the step's token
+    /// budget allows, on blocks borrowed from the pool and returned at once.
+    fn embed(&mut self, inputs: &[Vec<TokenId>]) -> Result<Vec<Vec<f32>>, String> {
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut i = 0;
+        while i < inputs.len() {
+            let mut n = 0;
+            let mut j = i;
+            while j < inputs.len() && (j == i || n + inputs[j].len() <= self.step_tokens) {
+                n += inputs[j].len();
+                j += 1;
+            }
+            let mut solos: Vec<Solo> = (i..j).map(|_| Solo::default()).collect();
+            let res = {
+                let mut seqs: Vec<(&mut Solo, &[TokenId])> = solos
+                    .iter_mut()
+                    .zip(&inputs[i..j])
+                    .map(|(s, t)| (s, t.as_slice()))
+                    .collect();
+                Solo::step(
+                    &mut *self.backend,
+                    self.sched.allocator_mut(),
+                    &mut seqs,
+                    Want::Hidden,
+                )
+            };
+            for s in &mut solos {
+                s.release(self.sched.allocator_mut());
+            }
+            let outs = res.map_err(|e| e.to_string())?;
+            for (o, input) in outs.into_iter().zip(&inputs[i..j]) {
+                let Output::Hidden(h) = o else {
+                    return Err("the backend returned no hidden states".into());
+                };
+                out.push(pool(&h, h.len() / input.len().max(1), self.pooling));
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
     fn add(&mut self, req: GenRequest) {
         let rng = Rng::new(req.params.seed);
+        let constraint = req.constraint.clone().map(|g| {
+            let tok = &self.tok;
+            let trie = self
+                .trie
+                .get_or_insert_with(|| Arc::new(TokenTrie::new(tok)))
+                .clone();
+            Constraint::new(g, trie)
+        });
         let id = self.sched.add(req.prompt.clone());
         self.active.insert(
             id,
@@ -342,6 +474,7 @@ impl Loop {
                 generated: 0,
                 admitted: None,
                 first_token: None,
+                constraint,
             },
         );
     }
@@ -461,8 +594,8 @@ impl Loop {
             .filter(|it| it.yields_token)
             .filter_map(|it| {
                 let a = self.active.get_mut(&it.id)?;
-                // Log-probabilities need the logits on the host.
-                if a.req.logprobs.is_some() {
+                // Log-probabilities and grammars need the logits on the host.
+                if a.req.logprobs.is_some() || a.constraint.is_some() {
                     return None;
                 }
                 Some((it.id, a.rng.uniform_for(&a.req.params)))
@@ -492,11 +625,17 @@ impl Loop {
             .filter_map(|(id, out, a)| {
                 let (token, logits) = match out {
                     Output::Token(t) => (t, None),
+                    Output::Logits(l) if a.constraint.is_some() => {
+                        // Nothing fits (a grammar the vocabulary cannot spell): end the answer.
+                        let t = constrained_sample(&l, a, sched.tokens(id))
+                            .unwrap_or_else(|| tok.eog.first().copied().unwrap_or(0));
+                        (t, Some(l))
+                    }
                     Output::Logits(l) => {
                         let u = a.rng.uniform_for(&a.req.params);
                         (sample(&l, &a.req.params, sched.tokens(id), u), Some(l))
                     }
-                    Output::Nothing => return None,
+                    Output::Nothing | Output::Hidden(_) => return None,
                 };
                 let logprob = match (a.req.logprobs, &logits) {
                     (Some(n), Some(l)) => Some(token_logprob(tok, l, token, n)),
@@ -559,6 +698,78 @@ impl Loop {
         // Last: a reader that sees no sequences sees the gauges above cleared.
         m.active.store(running as u64, Ordering::Relaxed);
     }
+}
+
+/// One embedding from `rows` token states of `d` values: pooled, then scaled to unit length.
+fn pool(rows: &[f32], d: usize, how: Pooling) -> Vec<f32> {
+    if d == 0 {
+        return Vec::new();
+    }
+    let n = rows.len() / d;
+    let mut v = match how {
+        Pooling::Mean => {
+            let mut v = vec![0f32; d];
+            for r in rows.chunks_exact(d) {
+                for (a, x) in v.iter_mut().zip(r) {
+                    *a += x;
+                }
+            }
+            let inv = 1.0 / n.max(1) as f32;
+            v.iter_mut().for_each(|a| *a *= inv);
+            v
+        }
+        Pooling::Last => rows[(n.max(1) - 1) * d..].to_vec(),
+        Pooling::Cls => rows[..d.min(rows.len())].to_vec(),
+    };
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        v.iter_mut()
+            .for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    }
+    v
+}
+
+/// The next token under the request's grammar, which takes it: the drawn token when it fits
+/// (and leaves room to finish the value in the tokens left), else one drawn again from the
+/// masked logits; when the budget is only just enough, the shortest way to close. `None`
+/// only if nothing fits (a grammar the vocabulary cannot spell).
+fn constrained_sample(l: &[f32], a: &mut Active, history: &[TokenId]) -> Option<TokenId> {
+    let remaining = a.req.max_tokens.saturating_sub(a.generated).max(1);
+    let c = a.constraint.as_mut()?;
+    let p = &a.req.params;
+    let pick = match c.forced(remaining) {
+        Some(t) => t,
+        None => {
+            let t = sample(l, p, history, a.rng.uniform_for(p));
+            if c.allows(t, remaining - 1) {
+                t
+            } else {
+                let bits = c.mask();
+                let masked: Vec<f32> = l
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        if bits[i / 64] >> (i % 64) & 1 == 1 {
+                            x
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                let t = sample(&masked, p, history, a.rng.uniform_for(p));
+                if c.allows(t, remaining - 1) {
+                    t
+                } else {
+                    c.forced(0)?
+                }
+            }
+        }
+    };
+    c.accept(pick).then_some(pick)
 }
 
 /// The log-probability of `token` and the `n` most likely alternatives, with their text.
@@ -627,7 +838,9 @@ fn deliver(
         finish(a, Finish::Stop);
         return Delivered::Done;
     }
-    a.held.push_str(&a.decoder.push(tok, id));
+    let special = a.req.special_text;
+    a.held
+        .push_str(&a.decoder.push_bytes(&tok.token_bytes(id, special)));
     // A stop string anywhere in the held text ends generation; the stop text is not sent.
     if let Some((pos, _)) = a
         .req
@@ -663,6 +876,11 @@ fn deliver(
     let text: String = a.held.drain(..cut).collect();
     if a.req.events.send(Event::Token { text, logprob }).is_err() {
         return Delivered::Gone;
+    }
+    // A grammar's value is complete: nothing may follow it.
+    if a.constraint.as_ref().is_some_and(Constraint::is_done) {
+        finish(a, Finish::Stop);
+        return Delivered::Done;
     }
     if a.generated >= a.req.max_tokens || at_context_end {
         finish(a, Finish::Length);

@@ -41,6 +41,10 @@ pub struct Tuning {
     pub backend: BackendOptions,
     /// Tokens fed per engine step at most, prompt chunks and decode tokens together.
     pub step_tokens: usize,
+    /// `--tool-call-format`: the model's tool-call syntax (`None`: from its chat template).
+    pub tool_format: Option<crate::tools::Format>,
+    /// `--pooling` for embeddings (`None`: the GGUF's `pooling_type`, else mean).
+    pub pooling: Option<crate::engine::Pooling>,
 }
 
 impl Default for Tuning {
@@ -49,6 +53,8 @@ impl Default for Tuning {
         Tuning {
             backend: BackendOptions::default(),
             step_tokens: 512,
+            tool_format: None,
+            pooling: None,
         }
     }
 }
@@ -205,14 +211,33 @@ pub async fn run_tuned(
                 .file_stem()
                 .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
         });
+    let pooling = tuning
+        .pooling
+        .or_else(|| {
+            loaded
+                .backend
+                .config()
+                .pooling
+                .and_then(crate::engine::Pooling::from_gguf)
+        })
+        .unwrap_or_default();
     let engine_opts = EngineOptions {
         step_tokens: tuning.step_tokens,
+        pooling,
         ..EngineOptions::new(n_ctx, opts.max_batch)
     };
     let engine = Engine::start(loaded.backend, loaded.tokenizer, engine_opts);
+    let mut template = loaded.template;
+    if let Some(f) = tuning.tool_format {
+        template.set_tool_format(f);
+    }
+    log(&format!(
+        "tool calls: {} format",
+        template.tools.format.as_str()
+    ));
     let state = Arc::new(AppState {
         engine,
-        template: loaded.template,
+        template,
         model_name: name,
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -14,6 +14,7 @@ pub mod chat;
 pub mod cuda;
 pub mod engine;
 pub mod gguf;
+pub mod grammar;
 pub mod hub;
 pub mod kv;
 pub mod launch;
@@ -25,6 +26,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod server;
 pub mod tokenizer;
+pub mod tools;
 pub mod trace;
 
 use std::path::Path;

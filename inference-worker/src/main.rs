@@ -56,6 +56,14 @@ struct Args {
     /// `http://host:4318` for HTTP); the span joins the caller's `traceparent`.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// The model's tool-call syntax: `auto` (from the chat template), `llama3`, `mistral` or
+    /// `hermes` (Hermes/Qwen `<tool_call>` tags).
+    #[arg(long, default_value = "auto")]
+    tool_call_format: String,
+    /// How `/v1/embeddings` pools token states: `mean`, `last` or `cls` (default: the GGUF's
+    /// `pooling_type`, else `mean`).
+    #[arg(long)]
+    pooling: Option<String>,
     /// `grpc`, or `http` (OTLP/HTTP protobuf).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
     otlp_protocol: String,
@@ -90,6 +98,14 @@ fn run(args: Args) -> Result<(), String> {
             kv_type,
         },
         step_tokens: args.batch_tokens.max(1),
+        tool_format: match args.tool_call_format.as_str() {
+            "auto" => None,
+            f => Some(f.parse().map_err(|e| format!("--tool-call-format {e}"))?),
+        },
+        pooling: match args.pooling.as_deref() {
+            None => None,
+            Some(p) => Some(p.parse().map_err(|e| format!("--pooling {e}"))?),
+        },
     };
     let protocol = Protocol::parse(&args.otlp_protocol).ok_or_else(|| {
         format!(

@@ -28,6 +28,14 @@ pub struct Config {
     pub n_rot: usize,
     /// Divides positions (linear RoPE scaling).
     pub rope_linear: f32,
+    /// `{arch}.pooling_type` for embeddings (llama.cpp's numbering: 1 mean, 2 cls, 3 last).
+    pub pooling: Option<u32>,
+    /// Experts per mixture-of-experts layer (0: a dense model).
+    pub n_expert: usize,
+    /// Experts each token is routed to.
+    pub n_expert_used: usize,
+    /// Attention looks back this many positions at most, when the model sets a window.
+    pub sliding_window: Option<usize>,
 }
 
 /// A weight matrix: `rows` rows of `cols` elements, row-major, in its file format.
@@ -40,7 +48,20 @@ pub struct Weight {
     pub(crate) row_bytes: usize,
 }
 
-/// One transformer block's weights.
+impl Weight {
+    /// Rows `first..first + n` as a matrix of their own (one expert of a stacked tensor).
+    pub(crate) fn sub_rows(&self, first: usize, n: usize) -> Weight {
+        Weight {
+            offset: self.offset + first * self.row_bytes,
+            rows: n,
+            ..*self
+        }
+    }
+}
+
+/// One transformer block's weights. In a mixture-of-experts model `w_gate`, `w_up` and
+/// `w_down` hold every expert's matrix stacked (expert `e` is rows `e * n` to `(e + 1) * n`),
+/// and `gate_inp` routes tokens to experts.
 pub(crate) struct Layer {
     pub(crate) attn_norm: Vec<f32>,
     pub(crate) wq: Weight,
@@ -51,6 +72,7 @@ pub(crate) struct Layer {
     pub(crate) w_gate: Weight,
     pub(crate) w_up: Weight,
     pub(crate) w_down: Weight,
+    pub(crate) gate_inp: Option<Weight>,
 }
 
 /// A loaded model: its configuration and its weights, in place in the mapped file.
@@ -68,7 +90,8 @@ pub struct Model {
 fn weight(g: &Gguf, name: &str, cols: usize, rows: Option<usize>) -> Result<Weight, GgufError> {
     let (info, _) = g.tensor(name)?;
     let c = info.dims[0] as usize;
-    let r = info.dims.get(1).copied().unwrap_or(1) as usize;
+    // A 3-D tensor (experts' matrices stacked) is its experts' rows one after another.
+    let r = info.dims.iter().skip(1).product::<u64>().max(1) as usize;
     if c != cols || rows.is_some_and(|rr| rr != r) {
         return Err(GgufError::Bad(format!(
             "tensor `{name}` has shape {:?}, expected [{cols}, {}]",
@@ -158,6 +181,15 @@ impl Model {
                 Some("linear") => g.get_f32(&key("rope.scaling.factor")).unwrap_or(1.0),
                 _ => 1.0,
             },
+            pooling: g.get_u64(&key("pooling_type")).map(|v| v as u32),
+            n_expert: g.get_u64(&key("expert_count")).map_or(0, |v| v as usize),
+            n_expert_used: g
+                .get_u64(&key("expert_used_count"))
+                .map_or(0, |v| v as usize),
+            sliding_window: g
+                .get_u64(&key("attention.sliding_window"))
+                .map(|v| v as usize)
+                .filter(|&w| w > 0),
             arch: arch.clone(),
         };
         let tok_embd = weight(&g, "token_embd.weight", n_embd, Some(n_vocab))?;
@@ -168,9 +200,30 @@ impl Model {
         };
         let q_dim = n_head * head_dim;
         let kv_dim = n_head_kv * head_dim;
+        let (n_exp, n_used) = (cfg.n_expert, cfg.n_expert_used);
+        if n_exp > 0 && (n_used == 0 || n_used > n_exp || n_exp > 256) {
+            return Err(GgufError::Bad(format!(
+                "inconsistent experts: {n_exp} experts, {n_used} used per token"
+            )));
+        }
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
+            if n_exp > 0 {
+                layers.push(Layer {
+                    attn_norm: vector(&g, &n("attn_norm"), n_embd)?,
+                    wq: weight(&g, &n("attn_q"), n_embd, Some(q_dim))?,
+                    wk: weight(&g, &n("attn_k"), n_embd, Some(kv_dim))?,
+                    wv: weight(&g, &n("attn_v"), n_embd, Some(kv_dim))?,
+                    wo: weight(&g, &n("attn_output"), q_dim, Some(n_embd))?,
+                    ffn_norm: vector(&g, &n("ffn_norm"), n_embd)?,
+                    w_gate: weight(&g, &n("ffn_gate_exps"), n_embd, Some(n_ff * n_exp))?,
+                    w_up: weight(&g, &n("ffn_up_exps"), n_embd, Some(n_ff * n_exp))?,
+                    w_down: weight(&g, &n("ffn_down_exps"), n_ff, Some(n_embd * n_exp))?,
+                    gate_inp: Some(weight(&g, &n("ffn_gate_inp"), n_embd, Some(n_exp))?),
+                });
+                continue;
+            }
             layers.push(Layer {
                 attn_norm: vector(&g, &n("attn_norm"), n_embd)?,
                 wq: weight(&g, &n("attn_q"), n_embd, Some(q_dim))?,
@@ -181,6 +234,7 @@ impl Model {
                 w_gate: weight(&g, &n("ffn_gate"), n_embd, Some(n_ff))?,
                 w_up: weight(&g, &n("ffn_up"), n_embd, Some(n_ff))?,
                 w_down: weight(&g, &n("ffn_down"), n_ff, Some(n_embd))?,
+                gate_inp: None,
             });
         }
         for w in layers

@@ -173,6 +173,12 @@ impl Scheduler {
         &self.alloc
     }
 
+    /// The allocator, for work outside the schedule (embeddings) that returns its blocks
+    /// before the next step.
+    pub fn allocator_mut(&mut self) -> &mut BlockAllocator {
+        &mut self.alloc
+    }
+
     pub fn counters(&self) -> Counters {
         Counters {
             preemptions: self.preemptions,

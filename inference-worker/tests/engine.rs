@@ -40,6 +40,8 @@ fn request(
         logprobs: None,
         events: tx,
         arrived: Instant::now(),
+        constraint: None,
+        special_text: false,
     };
     (req, rx)
 }

@@ -151,7 +151,7 @@ impl Harness {
                         None => argmax(&l),
                     }
                 }
-                Output::Nothing => panic!("seq {} wanted a token", it.id),
+                Output::Nothing | Output::Hidden(_) => panic!("seq {} wanted a token", it.id),
             };
             if !self.sampling.contains_key(&it.id) {
                 assert_eq!(token, FakeBackend::next_token(&context, VOCAB));

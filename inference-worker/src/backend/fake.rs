@@ -48,6 +48,10 @@ impl FakeBackend {
                 rope_base: 0.0,
                 n_rot: 0,
                 rope_linear: 1.0,
+                pooling: None,
+                n_expert: 0,
+                n_expert_used: 0,
+                sliding_window: None,
             },
             n_blocks,
             slots: vec![None; n_blocks * BLOCK_TOKENS],
@@ -166,6 +170,13 @@ impl Backend for FakeBackend {
                     Output::Token(sample(&l, args.params, args.history, args.uniform))
                 }
                 Want::Token(_) => Output::Logits(Self::logits(&context, n_vocab)),
+                // Each token's "hidden state": its logits over its context, which depend on
+                // every earlier token as a model's do.
+                Want::Hidden => Output::Hidden(
+                    (s.start + 1..=end)
+                        .flat_map(|k| Self::logits(&context[..k], n_vocab))
+                        .collect(),
+                ),
             });
         }
         self.log

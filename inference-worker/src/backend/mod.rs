@@ -116,6 +116,8 @@ pub enum Want<'a> {
     Last,
     /// The logits of every new token (tests, prompt log-probabilities).
     All,
+    /// The final hidden state (after the output norm) of every new token: embeddings.
+    Hidden,
     /// The next token, sampled on the device when the backend can
     /// ([`Backend::samples_on_device`]); others answer with the last token's logits.
     Token(SampleArgs<'a>),
@@ -148,6 +150,8 @@ pub enum Output {
     Nothing,
     /// `n_vocab` logits per token asked for.
     Logits(Vec<f32>),
+    /// `n_embd` values per new token (`Want::Hidden`).
+    Hidden(Vec<f32>),
     Token(TokenId),
 }
 

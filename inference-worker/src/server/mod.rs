@@ -6,6 +6,7 @@
 //! its events as one JSON response or as server-sent events). `metrics` renders `/metrics`.
 //! While the model loads, health, metrics and 503s are answered from the load progress.
 
+mod embed;
 mod metrics;
 mod parse;
 mod respond;
@@ -200,6 +201,18 @@ async fn handle(req: Request<Incoming>, st: Arc<AppState>, sh: &Shared) -> Respo
                 "owned_by": "switchyard", "max_model_len": st.engine.n_ctx,
             }]}),
         ),
+        (&Method::POST, "/v1/embeddings") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return ApiError::bad("body", format!("cannot read body: {e}")).response();
+                }
+            };
+            match embed::embeddings(&body, &st).await {
+                Ok(r) => r,
+                Err(e) => e.response(),
+            }
+        }
         (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/v1/completions") => {
             let chat = path.ends_with("chat/completions");
             let mut span = match &sh.tracer {

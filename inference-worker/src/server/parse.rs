@@ -4,11 +4,15 @@
 //! and log-probabilities. A bad value is a 400 that names its parameter; checks run in that
 //! order, so the first problem in it is the one reported.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::{ApiError, AppState};
+use crate::grammar::Grammar;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
+use crate::tools::{Choice, Tool, ToolRequest};
 
 /// A validated request.
 pub(super) struct Parsed {
@@ -22,17 +26,39 @@ pub(super) struct Parsed {
     pub include_usage: bool,
     /// Top alternatives per token, when log-probabilities were asked for.
     pub logprobs: Option<usize>,
+    /// The offered tools, when the answer may call them (`tool_choice` is not `none`).
+    pub tools: Option<ToolRequest>,
+    /// The grammar the answer must follow (`response_format`, or a forced tool call).
+    pub constraint: Option<Arc<Grammar>>,
 }
 
 /// Validates a `/v1/chat/completions` (`chat`) or `/v1/completions` body.
 pub(super) fn parse(body: &[u8], chat: bool, st: &AppState) -> Result<Parsed, ApiError> {
     let v = envelope(body)?;
     let tok = &st.engine.tokenizer;
+    let tools = if chat { tools(&v)? } else { None };
     let prompt = if chat {
         chat_prompt(&v, st)?
     } else {
         completion_prompt(&v, tok)?
     };
+    let mut constraint = response_format(&v)?;
+    if let Some(t) = &tools
+        && let Some(forced) = t.forced()
+    {
+        let g = st.template.tools.call_grammar(&forced).map_err(|(i, e)| {
+            let at = t
+                .tools
+                .iter()
+                .position(|x| x.name == forced[i].name)
+                .unwrap_or(i);
+            ApiError::bad(
+                &format!("tools[{at}].function.parameters"),
+                format!("tool `{}`: {e}", forced[i].name),
+            )
+        })?;
+        constraint = Some(Arc::new(g));
+    }
     let max_tokens = max_tokens(&v)?;
     let stop = stop(&v)?;
     let params = sampling(&v)?;
@@ -47,7 +73,137 @@ pub(super) fn parse(body: &[u8], chat: bool, st: &AppState) -> Result<Parsed, Ap
         stream,
         include_usage,
         logprobs,
+        tools: tools.filter(|t| t.choice != Choice::None),
+        constraint,
     })
+}
+
+/// `tools` (function tools: a name and a `parameters` schema) and `tool_choice`.
+fn tools(v: &Value) -> Result<Option<ToolRequest>, ApiError> {
+    let list = match v.get("tools") {
+        None | Some(Value::Null) => return no_tool_choice(v),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::bad("tools", "`tools` must be an array")),
+    };
+    let mut tools = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::bad(
+                &format!("{param}.type"),
+                "only tools of type `function` are supported",
+            ));
+        }
+        let f = t.get("function").filter(|f| f.is_object()).ok_or_else(|| {
+            ApiError::bad(&format!("{param}.function"), "`function` must be an object")
+        })?;
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::bad(
+                    &format!("{param}.function.name"),
+                    "`name` is required and must be a non-empty string",
+                )
+            })?;
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+            Some(p) if p.is_object() => p.clone(),
+            Some(_) => {
+                return Err(ApiError::bad(
+                    &format!("{param}.function.parameters"),
+                    "`parameters` must be a JSON schema object",
+                ));
+            }
+        };
+        tools.push(Tool {
+            name: name.to_string(),
+            parameters,
+        });
+    }
+    let choice = match v.get("tool_choice") {
+        None | Some(Value::Null) => Choice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Choice::None,
+            "auto" => Choice::Auto,
+            "required" => Choice::Required,
+            other => {
+                return Err(ApiError::bad(
+                    "tool_choice",
+                    format!(
+                        "`tool_choice` must be `none`, `auto`, `required` or a function, got `{other}`"
+                    ),
+                ));
+            }
+        },
+        Some(o) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "tool_choice",
+                        "a named `tool_choice` is {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    )
+                })?;
+            if !tools.iter().any(|t| t.name == name) {
+                return Err(ApiError::bad(
+                    "tool_choice",
+                    format!("`tool_choice` names `{name}`, which is not in `tools`"),
+                ));
+            }
+            Choice::Named(name.to_string())
+        }
+    };
+    if tools.is_empty() && matches!(choice, Choice::Required) {
+        return Err(ApiError::bad(
+            "tool_choice",
+            "`tool_choice: required` needs at least one tool",
+        ));
+    }
+    Ok(Some(ToolRequest { tools, choice }))
+}
+
+/// Without `tools`, a `tool_choice` other than `none`/`auto` cannot be met.
+fn no_tool_choice(v: &Value) -> Result<Option<ToolRequest>, ApiError> {
+    match v.get("tool_choice") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s == "none" || s == "auto" => Ok(None),
+        Some(_) => Err(ApiError::bad("tool_choice", "`tool_choice` needs `tools`")),
+    }
+}
+
+/// `response_format`: `text`, `json_object`, or `json_schema` (its `schema` compiled to the
+/// grammar the answer is held to; what cannot be enforced is a 400 naming it).
+fn response_format(v: &Value) -> Result<Option<Arc<Grammar>>, ApiError> {
+    let rf = match v.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(rf) => rf,
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Arc::new(Grammar::any_object()))),
+        Some("json_schema") => {
+            let schema = rf
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "response_format.json_schema.schema",
+                        "`json_schema` needs a `schema`",
+                    )
+                })?;
+            let g = Grammar::from_schema(schema)
+                .map_err(|e| ApiError::bad("response_format.json_schema.schema", e.to_string()))?;
+            Ok(Some(Arc::new(g)))
+        }
+        _ => Err(ApiError::bad(
+            "response_format.type",
+            "`response_format.type` must be `text`, `json_object` or `json_schema`",
+        )),
+    }
 }
 
 /// The body as a JSON object with a string `model` (if any) and `n` = 1.
@@ -101,6 +257,7 @@ fn chat_prompt(v: &Value, st: &AppState) -> Result<Vec<u32>, ApiError> {
     {
         return Err(ApiError::bad("tools", "`tools` must be an array"));
     }
+    let norm = st.template.tools.messages(norm, tools);
     let text = st
         .template
         .render(&Value::Array(norm), tools, true)

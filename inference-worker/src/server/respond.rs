@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use super::{ApiError, AppState, Body, json_response, now, parse, request_id};
-use crate::engine::{Event, GenRequest, TokenLogprob};
+use crate::engine::{Event, Finish, GenRequest, TokenLogprob};
+use crate::tools::parse::{Delta, Parser};
 use crate::trace::RequestSpan;
 
 /// A failed request hands its span back so the caller marks it with the error.
@@ -80,6 +81,17 @@ fn prepare(
         None => n_ctx - n_prompt,
     };
     let (tx, rx) = unbounded_channel();
+    let id = request_id(if chat { "chatcmpl" } else { "cmpl" });
+    // Calls are parsed out of the text when tools may be called; a forced call is decoded
+    // under its grammar, so it cannot go wrong and streams as it comes.
+    let forced = p.tools.as_ref().is_some_and(|t| t.forced().is_some());
+    let tool_parser = p.tools.as_ref().map(|_| {
+        Parser::new(
+            st.template.tools.format,
+            forced,
+            &format!("call_{}_", id.trim_start_matches("chatcmpl-")),
+        )
+    });
     let submitted = st.engine.submit(GenRequest {
         prompt: p.prompt,
         params: p.params,
@@ -88,6 +100,8 @@ fn prepare(
         logprobs: p.logprobs,
         events: tx,
         arrived: std::time::Instant::now(),
+        constraint: p.constraint,
+        special_text: p.tools.is_some(),
     });
     if !submitted {
         return Err((
@@ -101,7 +115,6 @@ fn prepare(
             span,
         ));
     }
-    let id = request_id(if chat { "chatcmpl" } else { "cmpl" });
     span.set("gen_ai.response.id", id.clone());
     let ctx = RespCtx {
         id,
@@ -111,6 +124,7 @@ fn prepare(
         logprobs: p.logprobs.is_some(),
         include_usage: p.include_usage,
         span,
+        tool_parser,
     };
     Ok((p.stream, rx, ctx))
 }
@@ -124,6 +138,31 @@ struct RespCtx {
     include_usage: bool,
     /// Ends with the answer (or, dropped with the body, when the client goes away).
     span: RequestSpan,
+    /// Parses tool calls out of the text, when the request offered tools.
+    tool_parser: Option<Parser>,
+}
+
+/// OpenAI's `finish_reason`: `tool_calls` when the answer ended by calling tools.
+fn finish_reason(f: Finish, called: bool) -> &'static str {
+    if called && f == Finish::Stop {
+        "tool_calls"
+    } else {
+        f.as_str()
+    }
+}
+
+/// A streamed chat delta for one parsed piece.
+fn delta_json(d: &Delta) -> Value {
+    match d {
+        Delta::Content(t) => json!({"content": t}),
+        Delta::Start { index, id, name } => json!({"tool_calls": [{
+            "index": index, "id": id, "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }]}),
+        Delta::Args { index, text } => json!({"tool_calls": [{
+            "index": index, "function": {"arguments": text},
+        }]}),
+    }
 }
 
 fn usage(p: usize, c: usize) -> Value {
@@ -155,7 +194,7 @@ fn completion_lp(lps: &[TokenLogprob], offset0: usize) -> Value {
 async fn collect_response(mut rx: UnboundedReceiver<Event>, mut c: RespCtx) -> Response<Body> {
     let mut text = String::new();
     let mut lps = Vec::new();
-    let (mut finish, mut pt, mut ct) = ("stop", 0, 0);
+    let (mut finish, mut pt, mut ct) = (Finish::Stop, 0, 0);
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Token { text: t, logprob } => {
@@ -169,17 +208,50 @@ async fn collect_response(mut rx: UnboundedReceiver<Event>, mut c: RespCtx) -> R
                 timings,
             } => {
                 c.span.finish(f, prompt_tokens, completion_tokens, &timings);
-                finish = f.as_str();
+                finish = f;
                 pt = prompt_tokens;
                 ct = completion_tokens;
                 break;
             }
         }
     }
+    let mut message = json!({"role": "assistant", "content": text});
+    let mut called = false;
+    if let Some(parser) = &mut c.tool_parser {
+        let mut deltas = parser.push(&text);
+        deltas.extend(parser.finish());
+        let content: String = deltas
+            .iter()
+            .filter_map(|d| match d {
+                Delta::Content(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        let calls: Vec<Value> = parser
+            .calls()
+            .iter()
+            .map(|tc| {
+                json!({"id": tc.id, "type": "function",
+                "function": {"name": tc.name, "arguments": tc.arguments}})
+            })
+            .collect();
+        called = !calls.is_empty();
+        message = if called {
+            let content = if content.trim().is_empty() {
+                Value::Null
+            } else {
+                Value::String(content)
+            };
+            json!({"role": "assistant", "content": content, "tool_calls": calls})
+        } else {
+            json!({"role": "assistant", "content": content})
+        };
+    }
+    let finish = finish_reason(finish, called);
     let body = if c.chat {
         json!({
             "id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "choices": [{"index": 0, "message": message,
                 "logprobs": if c.logprobs { chat_lp(&lps) } else { Value::Null },
                 "finish_reason": finish}],
             "usage": usage(pt, ct),
@@ -202,6 +274,18 @@ struct StreamState {
     started: bool,
     finished: bool,
     text_len: usize,
+}
+
+impl StreamState {
+    /// A chat chunk carrying `delta` (and a token's log-probabilities).
+    fn chat_chunk(&self, delta: Value, lp: Option<Vec<TokenLogprob>>) -> Value {
+        json!({
+            "id": self.c.id, "object": "chat.completion.chunk", "created": self.c.created, "model": self.c.model,
+            "choices": [{"index": 0, "delta": delta,
+                "logprobs": match lp { Some(l) if self.c.logprobs => chat_lp(&l), _ => Value::Null },
+                "finish_reason": null}],
+        })
+    }
 }
 
 fn sse(v: &Value) -> Bytes {
@@ -229,6 +313,20 @@ fn stream_response(rx: UnboundedReceiver<Event>, c: RespCtx) -> Response<Body> {
             })));
         }
         match st.rx.recv().await {
+            Some(Event::Token { text, logprob }) if st.c.chat && st.c.tool_parser.is_some() => {
+                let deltas =
+                    st.c.tool_parser
+                        .as_mut()
+                        .map(|p| p.push(&text))
+                        .unwrap_or_default();
+                let mut lp = logprob.map(|l| vec![l]);
+                for d in &deltas {
+                    out.extend_from_slice(&sse(&st.chat_chunk(delta_json(d), lp.take())));
+                }
+                if let Some(l) = lp {
+                    out.extend_from_slice(&sse(&st.chat_chunk(json!({"content": ""}), Some(l))));
+                }
+            }
             Some(Event::Token { text, logprob }) => {
                 if !text.is_empty() || logprob.is_some() {
                     let lps: Vec<TokenLogprob> = logprob.into_iter().collect();
@@ -258,6 +356,15 @@ fn stream_response(rx: UnboundedReceiver<Event>, c: RespCtx) -> Response<Body> {
                 st.finished = true;
                 st.c.span
                     .finish(finish, prompt_tokens, completion_tokens, &timings);
+                let mut called = false;
+                if let Some(p) = st.c.tool_parser.as_mut() {
+                    let rest = p.finish();
+                    called = !p.calls().is_empty();
+                    for d in &rest {
+                        out.extend_from_slice(&sse(&st.chat_chunk(delta_json(d), None)));
+                    }
+                }
+                let reason = finish_reason(finish, called);
                 let u = usage(prompt_tokens, completion_tokens);
                 let obj = if st.c.chat {
                     "chat.completion.chunk"
@@ -265,9 +372,9 @@ fn stream_response(rx: UnboundedReceiver<Event>, c: RespCtx) -> Response<Body> {
                     "text_completion"
                 };
                 let choice = if st.c.chat {
-                    json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish.as_str()})
+                    json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason})
                 } else {
-                    json!({"index": 0, "text": "", "logprobs": null, "finish_reason": finish.as_str()})
+                    json!({"index": 0, "text": "", "logprobs": null, "finish_reason": reason})
                 };
                 // Usage rides on the final chunk always; the separate usage-only chunk is the
                 // one OpenAI sends for `stream_options.include_usage`.

@@ -412,6 +412,10 @@ mod tests {
             rope_base: 10000.0,
             n_rot: head_dim,
             rope_linear: 1.0,
+            pooling: None,
+            n_expert: 0,
+            n_expert_used: 0,
+            sliding_window: None,
         }
     }
 

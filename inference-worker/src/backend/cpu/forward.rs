@@ -207,6 +207,9 @@ fn feed_forward_block((m, team): (&Model, &Team), l: &Layer, x: &mut [f32], b: &
     let c = &m.cfg;
     rms_norm(x, &l.ffn_norm, c.rms_eps, &mut b.xn, c.n_embd);
     quantize_all(team, &b.xn, c.n_embd, &mut b.acts);
+    if let Some(router) = &l.gate_inp {
+        return experts_block((m, team), l, router, x, b);
+    }
     matmul_each(
         team,
         m,
@@ -221,16 +224,130 @@ fn feed_forward_block((m, team): (&Model, &Team), l: &Layer, x: &mut [f32], b: &
     }
 }
 
-/// Logits for the rows each sequence wants (its last, or all of its rows).
+/// The mixture-of-experts feed-forward, as llama.cpp's `build_moe_ffn` computes it for
+/// Mixtral: router logits, softmax over all experts, the top `n_expert_used` by probability
+/// (ties: lower expert first), their probabilities renormalised to sum to one (which is the
+/// softmax over the selected experts), each selected expert's SwiGLU feed-forward scaled by
+/// its weight, summed in selection order, added to `x`.
+fn experts_block(
+    (m, team): (&Model, &Team),
+    l: &Layer,
+    router: &crate::model::Weight,
+    x: &mut [f32],
+    b: &mut Buffers,
+) {
+    let c = &m.cfg;
+    let (d, ff, n_exp, k) = (c.n_embd, c.n_ff, c.n_expert, c.n_expert_used);
+    let n = x.len() / d;
+    let mut logits = vec![0f32; n * n_exp];
+    matmul(team, m, router, &b.acts, &mut logits);
+    // Per token: the selected experts and their weights.
+    let mut chosen: Vec<(usize, f32)> = Vec::with_capacity(n * k);
+    for row in logits.chunks_exact(n_exp) {
+        let probs = softmax(row);
+        let mut order: Vec<usize> = (0..n_exp).collect();
+        order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]).then(i.cmp(&j)));
+        let sum = order[..k].iter().map(|&e| f64::from(probs[e])).sum::<f64>() as f32;
+        chosen.extend(order[..k].iter().map(|&e| (e, probs[e] / sum)));
+    }
+    // Each expert runs once over the tokens routed to it.
+    let mut out = vec![0f32; n * k * d];
+    for e in 0..n_exp {
+        let slots: Vec<usize> = (0..n * k).filter(|&s| chosen[s].0 == e).collect();
+        if slots.is_empty() {
+            continue;
+        }
+        let acts: Vec<Q8Act> = slots.iter().map(|&s| b.acts[s / k].clone()).collect();
+        let r = slots.len();
+        let (mut gate, mut up) = (vec![0f32; r * ff], vec![0f32; r * ff]);
+        let (wg, wu) = (l.w_gate.sub_rows(e * ff, ff), l.w_up.sub_rows(e * ff, ff));
+        matmul_each(team, m, &mut [(&wg, &mut gate), (&wu, &mut up)], &acts);
+        swiglu(&mut gate, &up);
+        let mut ff_acts = vec![Q8Act::default(); r];
+        quantize_all(team, &gate, ff, &mut ff_acts);
+        let mut down = vec![0f32; r * d];
+        matmul(team, m, &l.w_down.sub_rows(e * d, d), &ff_acts, &mut down);
+        for (i, &s) in slots.iter().enumerate() {
+            let w = chosen[s].1;
+            for (o, v) in out[s * d..(s + 1) * d]
+                .iter_mut()
+                .zip(&down[i * d..(i + 1) * d])
+            {
+                *o = v * w;
+            }
+        }
+    }
+    for t in 0..n {
+        let sum = &mut b.tmp[t * d..(t + 1) * d];
+        sum.copy_from_slice(&out[t * k * d..(t * k + 1) * d]);
+        for j in 1..k {
+            let s = t * k + j;
+            for (a, v) in sum.iter_mut().zip(&out[s * d..(s + 1) * d]) {
+                *a += v;
+            }
+        }
+    }
+    for (a, o) in x.iter_mut().zip(&b.tmp) {
+        *a += o;
+    }
+}
+
+/// ggml's row softmax: `exp(x - max)` (its vectorised `expf` over 16 lanes, the C library's
+/// for the rest), the sum in f64 per 16-lane reduction, scaled by the sum's reciprocal.
+fn softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut y = vec![0f32; x.len()];
+    let mut sum = 0f64;
+    let full = x.len() / 16 * 16;
+    for (yc, xc) in y[..full]
+        .chunks_exact_mut(16)
+        .zip(x[..full].chunks_exact(16))
+    {
+        let mut lanes = [0f32; 16];
+        for ((l, o), v) in lanes.iter_mut().zip(yc.iter_mut()).zip(xc) {
+            *o = crate::numerics::v_expf(v - max);
+            *l = *o;
+        }
+        sum += f64::from(crate::numerics::reduce16(&lanes));
+    }
+    for (o, v) in y[full..].iter_mut().zip(&x[full..]) {
+        *o = (v - max).exp();
+        sum += f64::from(*o);
+    }
+    let inv = (1.0 / sum) as f32;
+    y.iter_mut().for_each(|v| *v *= inv);
+    y
+}
+
+/// Logits for the rows each sequence wants (its last, or all of its rows), or the final
+/// hidden states (after the output norm, as llama.cpp's embeddings take them).
 fn logits((m, team): (&Model, &Team), x: &[f32], batch: &[SeqStep<'_>]) -> Vec<Output> {
     let c = &m.cfg;
     let d = c.n_embd;
     let mut want: Vec<usize> = Vec::new();
+    let mut hidden: Vec<Option<Vec<f32>>> = Vec::with_capacity(batch.len());
     let mut t0 = 0;
     for s in batch {
         let n = s.tokens.len();
+        hidden.push(None);
         if n > 0 {
             match s.want {
+                Want::Hidden => {
+                    let mut h = vec![0f32; n * d];
+                    for t in 0..n {
+                        let r = (t0 + t) * d;
+                        rms_norm(
+                            &x[r..r + d],
+                            &m.output_norm,
+                            c.rms_eps,
+                            &mut h[t * d..(t + 1) * d],
+                            d,
+                        );
+                    }
+                    if let Some(last) = hidden.last_mut() {
+                        *last = Some(h);
+                    }
+                }
                 Want::Nothing => {}
                 Want::All => want.extend(t0..t0 + n),
                 Want::Last | Want::Token(_) => want.push(t0 + n - 1),
@@ -249,14 +366,20 @@ fn logits((m, team): (&Model, &Team), x: &[f32], batch: &[SeqStep<'_>]) -> Vec<O
             d,
         );
     }
-    quantize_all(team, &fin, d, &mut acts);
     let mut all = vec![0f32; want.len() * c.n_vocab];
-    matmul(team, m, &m.output, &acts, &mut all);
+    if !want.is_empty() {
+        quantize_all(team, &fin, d, &mut acts);
+        matmul(team, m, &m.output, &acts, &mut all);
+    }
     let mut out = Vec::with_capacity(batch.len());
     let mut j = 0;
-    for s in batch {
+    for (s, h) in batch.iter().zip(hidden) {
+        if let Some(h) = h {
+            out.push(Output::Hidden(h));
+            continue;
+        }
         let rows = match (s.tokens.len(), s.want) {
-            (0, _) | (_, Want::Nothing) => 0,
+            (0, _) | (_, Want::Nothing | Want::Hidden) => 0,
             (n, Want::All) => n,
             _ => 1,
         };
