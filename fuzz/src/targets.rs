@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use switchyard::base::Endpoint;
 use switchyard::base::openai::RequestBody;
-use switchyard::base::sse::{SseScanner, event_end, is_usage_only_event};
+use switchyard::base::sse::{ScanProblem, SseScanner, event_end, is_usage_only_event};
 use switchyard_worker::gguf::Gguf;
 use switchyard_worker::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -210,6 +210,7 @@ type Report = (
     Option<String>,
     Vec<String>,
     Option<(u64, u64)>,
+    Option<ScanProblem>,
 );
 
 fn scan<'a>(frames: impl Iterator<Item = &'a [u8]>) -> Report {
@@ -226,6 +227,7 @@ fn scan<'a>(frames: impl Iterator<Item = &'a [u8]>) -> Report {
         s.usage
             .as_ref()
             .map(|u| (u.prompt_tokens, u.completion_tokens)),
+        s.problem.clone(),
     )
 }
 

@@ -139,6 +139,12 @@ impl SseScanner {
                 full.clear();
                 self.partial_line = full;
             }
+            if self.problem.is_some() {
+                // Nothing after the first problem is read, however the stream was split
+                // into frames: what the scanner reports must not depend on that.
+                self.partial_line.clear();
+                return;
+            }
             chunk = &chunk[nl + 1..];
         }
         if self.partial_line.len() + chunk.len() > self.max_line {
