@@ -150,7 +150,7 @@ async fn http2_streams_without_a_body_are_answered_408() {
     for _ in 0..20 {
         let mut send = send.clone();
         streams.push(tokio::spawn(async move {
-            let req = Request::post(format!("http://gw/v1/chat/completions"))
+            let req = Request::post("http://gw/v1/chat/completions")
                 .header("content-type", "application/json")
                 .body(Silent)
                 .unwrap();
@@ -190,11 +190,9 @@ async fn the_gateway_advertises_its_http2_stream_cap() {
         resp.await.unwrap().status()
     };
     tokio::pin!(exchange);
-    let status = loop {
-        tokio::select! {
-            s = &mut exchange => break s,
-            c = &mut conn => panic!("the connection ended first: {c:?}"),
-        }
+    let status = tokio::select! {
+        s = &mut exchange => s,
+        c = &mut conn => panic!("the connection ended first: {c:?}"),
     };
     assert_eq!(status, 200);
     assert_eq!(conn.max_concurrent_send_streams(), 3);
