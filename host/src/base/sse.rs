@@ -73,6 +73,9 @@ impl std::fmt::Display for ScanProblem {
 /// chunk OpenAI-compatible servers send, far below what would let one line exhaust memory.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
+/// A partial line longer than this is given its whole cap at once (see `SseScanner::feed`).
+pub const LONG_LINE: usize = 64 * 1024;
+
 /// Incremental SSE reader: finds complete `data:` lines across frame boundaries.
 #[derive(Debug)]
 pub struct SseScanner {
@@ -158,9 +161,14 @@ impl SseScanner {
         }
         let needed = self.partial_line.len() + chunk.len();
         if needed > self.partial_line.capacity() {
-            // Grow by doubling but never past the cap, so a line near the cap holds its own
-            // size, not twice it.
-            let target = (self.partial_line.capacity() * 2).clamp(needed, self.max_line);
+            // A long line gets room up to the cap at once: grown by doubling, every size it
+            // outgrew would stay resident in the allocator for a while (about six times the
+            // cap in all); reserved once, only the pages it fills are.
+            let target = if needed > LONG_LINE {
+                self.max_line
+            } else {
+                (self.partial_line.capacity() * 2).clamp(needed, self.max_line)
+            };
             self.partial_line
                 .reserve_exact(target - self.partial_line.len());
         }

@@ -34,7 +34,8 @@ use crate::base::body::GatewayBody;
 use crate::base::error::{GatewayError, error_chain, snippet};
 use crate::base::respond::stamp;
 use crate::base::sse::{
-    SseScanner, StreamOutcome, StreamSummary, event_end, is_usage_only_event, starts_like_sse,
+    LONG_LINE, SseScanner, StreamOutcome, StreamSummary, event_end, is_usage_only_event,
+    starts_like_sse,
 };
 use crate::request::exchange::Exchange;
 use crate::services::governance::{Ending, Settler};
@@ -340,6 +341,11 @@ impl StreamBody {
             && memmem::find(&frame, b"\"choices\":[]").is_none()
         {
             return Ok(Some(frame));
+        }
+        let needed = self.held.len() + frame.len();
+        if needed > self.held.capacity() && needed > LONG_LINE && needed <= self.max_event {
+            // Room up to the cap at once, as the scanner does for a long line.
+            self.held.reserve(self.max_event - self.held.len());
         }
         self.held.extend_from_slice(&frame);
         let mut out = BytesMut::new();

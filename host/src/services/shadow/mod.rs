@@ -226,8 +226,11 @@ async fn run(mut job: Job) -> Finished {
     let served = std::mem::replace(&mut job.served, Served::Complete(None));
     let config = job.config.clone();
     let mut span = std::mem::take(&mut job.span);
-    span.inject(&mut job.headers);
-    let (mut pair, shadow) = ask_shadow(job).await;
+    // The gateway's own trace context, set on the request after the client's headers are
+    // filtered (a backend's `forward_headers` need not list `traceparent`).
+    let mut trace = http::HeaderMap::new();
+    span.inject(&mut trace);
+    let (mut pair, shadow) = ask_shadow(job, trace).await;
     if let Some(status) = pair.shadow_status {
         span.set("http.response.status_code", i64::from(status));
     }
@@ -320,7 +323,7 @@ pub fn finish(f: Finished, stats: &Stats, governance: Option<&Governance>) -> st
 }
 
 /// Send the shadow request and read its answer.
-async fn ask_shadow(job: Job) -> (store::Pair, Option<Bytes>) {
+async fn ask_shadow(job: Job, trace: http::HeaderMap) -> (store::Pair, Option<Bytes>) {
     let backend = &job.upstream.backend;
     let mut pair = store::Pair {
         ts_ms: job
@@ -344,7 +347,10 @@ async fn ask_shadow(job: Job) -> (store::Pair, Option<Bytes>) {
         return (pair, None);
     };
     let req = match client::build_request(backend, url.uri(job.endpoint), job.body, &job.headers) {
-        Ok(r) => r,
+        Ok(mut r) => {
+            r.headers_mut().extend(trace);
+            r
+        }
         Err(e) => {
             pair.shadow_error = Some(e.to_string());
             return (pair, None);
