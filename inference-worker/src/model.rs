@@ -34,8 +34,6 @@ pub struct Config {
     pub n_expert: usize,
     /// Experts each token is routed to.
     pub n_expert_used: usize,
-    /// Attention looks back this many positions at most, when the model sets a window.
-    pub sliding_window: Option<usize>,
 }
 
 /// A weight matrix: `rows` rows of `cols` elements, row-major, in its file format.
@@ -186,10 +184,6 @@ impl Model {
             n_expert_used: g
                 .get_u64(&key("expert_used_count"))
                 .map_or(0, |v| v as usize),
-            sliding_window: g
-                .get_u64(&key("attention.sliding_window"))
-                .map(|v| v as usize)
-                .filter(|&w| w > 0),
             arch: arch.clone(),
         };
         let tok_embd = weight(&g, "token_embd.weight", n_embd, Some(n_vocab))?;

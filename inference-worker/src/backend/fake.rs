@@ -51,7 +51,6 @@ impl FakeBackend {
                 pooling: None,
                 n_expert: 0,
                 n_expert_used: 0,
-                sliding_window: None,
             },
             n_blocks,
             slots: vec![None; n_blocks * BLOCK_TOKENS],

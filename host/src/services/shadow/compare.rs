@@ -7,6 +7,10 @@
 //! - similarity: 1 − normalised Levenshtein distance over word tokens, 0.0 to 1.0: how
 //!   close two free-text answers are, robust to small rewordings.
 //!
+//! Tool calls are compared as structure, not text: two answers that call tools agree when
+//! they call the same functions in the same order with equal argument JSON (ids, key order
+//! and whitespace ignored), whether the answers came whole or streamed as `delta.tool_calls`.
+//!
 //! A pair *agrees* when it matches exactly, is JSON-equal, or its similarity reaches
 //! [`AGREE_SIMILARITY`]. The report counts agreement from these stored columns only, so
 //! its figures can be recomputed from the table.
@@ -23,13 +27,27 @@ const MAX_TOKENS: usize = 2048;
 /// The comparable content of an answer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Extracted {
-    /// The answer text: message contents (chat), texts (completions), joined; tool calls
-    /// as their JSON.
+    /// The answer text: message contents (chat), texts (completions), joined.
     pub text: String,
+    /// The tool calls, in order, each `{"name": ..., "arguments": <parsed JSON>}` (arguments
+    /// that are not JSON stay a string); empty when the answer called none.
+    pub tool_calls: Vec<Value>,
     /// Embeddings: the vectors, compared as JSON.
     pub json: Option<Value>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+}
+
+impl Extracted {
+    /// The answer as stored for reading: its text, then each tool call's JSON on a line.
+    pub fn answer_text(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if !self.text.is_empty() || self.tool_calls.is_empty() {
+            parts.push(self.text.clone());
+        }
+        parts.extend(self.tool_calls.iter().map(Value::to_string));
+        parts.join("\n")
+    }
 }
 
 /// Read what is compared out of an OpenAI answer body.
@@ -50,15 +68,9 @@ pub fn extract(body: &[u8]) -> Option<Extracted> {
             }
             if let Some(calls) = c["message"]["tool_calls"].as_array() {
                 for call in calls {
-                    // Ids are random per answer; the function and its arguments are the answer.
                     let f = &call["function"];
-                    let args: Value = f["arguments"]
-                        .as_str()
-                        .and_then(|a| serde_json::from_str(a).ok())
-                        .unwrap_or_else(|| f["arguments"].clone());
-                    parts.push(
-                        serde_json::json!({"name": f["name"], "arguments": args}).to_string(),
-                    );
+                    out.tool_calls
+                        .push(structural_call(&f["name"], &f["arguments"]));
                 }
             }
         }
@@ -71,9 +83,22 @@ pub fn extract(body: &[u8]) -> Option<Extracted> {
     Some(out)
 }
 
-/// The text of a streamed answer, from its SSE bytes.
+/// A call as compared: its function and its arguments parsed (ids are random per answer;
+/// the function and its arguments are the answer).
+fn structural_call(name: &Value, arguments: &Value) -> Value {
+    let args: Value = arguments
+        .as_str()
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_else(|| arguments.clone());
+    serde_json::json!({"name": name, "arguments": args})
+}
+
+/// The text and tool calls of a streamed answer, from its SSE bytes (a call's `arguments`
+/// arrive in pieces under its `index`).
 pub fn extract_stream(sse: &[u8]) -> Extracted {
     let mut out = Extracted::default();
+    // Per call index: name and the arguments text so far, in order of first appearance.
+    let mut calls: Vec<(u64, String, String)> = Vec::new();
     for line in sse.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(data) = line.strip_prefix(b"data:") else {
@@ -90,6 +115,22 @@ pub fn extract_stream(sse: &[u8]) -> Extracted {
                 } else if let Some(t) = c["text"].as_str() {
                     out.text.push_str(t);
                 }
+                for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                    let index = tc["index"].as_u64().unwrap_or(0);
+                    let at = match calls.iter().position(|(i, ..)| *i == index) {
+                        Some(at) => at,
+                        None => {
+                            calls.push((index, String::new(), String::new()));
+                            calls.len() - 1
+                        }
+                    };
+                    if let Some(n) = tc["function"]["name"].as_str() {
+                        calls[at].1.push_str(n);
+                    }
+                    if let Some(a) = tc["function"]["arguments"].as_str() {
+                        calls[at].2.push_str(a);
+                    }
+                }
             }
         }
         if let Some(p) = v["usage"]["prompt_tokens"].as_u64() {
@@ -97,6 +138,10 @@ pub fn extract_stream(sse: &[u8]) -> Extracted {
             out.completion_tokens = v["usage"]["completion_tokens"].as_u64();
         }
     }
+    out.tool_calls = calls
+        .into_iter()
+        .map(|(_, name, args)| structural_call(&Value::String(name), &Value::String(args)))
+        .collect();
     out
 }
 
@@ -122,6 +167,16 @@ pub fn compare(a: &Extracted, b: &Extracted) -> Comparison {
         };
     }
     let (ta, tb) = (a.text.trim(), b.text.trim());
+    if !a.tool_calls.is_empty() || !b.tool_calls.is_empty() {
+        // Calling tools is the answer: the same calls agree whatever text comes with them.
+        let eq = a.tool_calls == b.tool_calls;
+        return Comparison {
+            exact: eq && ta == tb,
+            json_equal: Some(eq),
+            similarity: if eq { 1.0 } else { 0.0 },
+            agree: eq,
+        };
+    }
     let exact = ta == tb;
     let json_equal = match (
         serde_json::from_str::<Value>(ta),
@@ -199,6 +254,51 @@ mod tests {
         assert!(c.similarity > 0.85 && c.similarity < 1.0, "{c:?}");
         let c = compare(&text("yes"), &text("no, absolutely not"));
         assert!(c.similarity < 0.2 && !c.agree, "{c:?}");
+    }
+
+    #[test]
+    fn tool_calls_compare_as_structure_whole_or_streamed() {
+        let whole = br#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[
+            {"id":"call_a","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\", \"unit\": \"c\"}"}},
+            {"id":"call_b","type":"function","function":{"name":"get_time","arguments":"{}"}}]}}]}"#;
+        let a = extract(whole).unwrap();
+        // Other ids, key order and spacing; the first call's arguments in three pieces.
+        let sse = [
+            r#"{"choices":[{"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"x","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"unit\":\"c\","}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"city\":\"Paris\""}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"y","function":{"name":"get_time","arguments":"{ }"}}]},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ]
+        .iter()
+        .map(|d| format!("data: {d}\n\n"))
+        .collect::<String>();
+        let b = extract_stream(sse.as_bytes());
+        assert_eq!(b.tool_calls.len(), 2, "{b:?}");
+        let c = compare(&a, &b);
+        assert_eq!(c.json_equal, Some(true), "{a:?} vs {b:?}");
+        assert!(c.agree && c.exact, "{c:?}");
+
+        // Another argument value, another function, or a missing call disagree.
+        let other_city = extract(
+            &String::from_utf8_lossy(whole)
+                .replace("Paris", "Lyon")
+                .into_bytes(),
+        )
+        .unwrap();
+        assert!(!compare(&a, &other_city).agree);
+        let other_fn = extract(
+            &String::from_utf8_lossy(whole)
+                .replace("get_time", "get_date")
+                .into_bytes(),
+        )
+        .unwrap();
+        assert!(!compare(&a, &other_fn).agree);
+        let text_only =
+            extract(br#"{"choices":[{"message":{"content":"It is sunny in Paris."}}]}"#).unwrap();
+        let c = compare(&a, &text_only);
+        assert!(!c.agree && c.json_equal == Some(false), "{c:?}");
     }
 
     #[test]

@@ -282,14 +282,14 @@ pub fn finish(f: Finished, stats: &Stats, governance: Option<&Governance>) -> st
                 pair.shadow_error = Some(format!("not a JSON answer: {}", snippet(bytes, 120)));
             }
             Some(sx) => {
-                pair.shadow_answer = Some(sx.text.clone());
+                pair.shadow_answer = Some(sx.answer_text());
                 pair.shadow_prompt_tokens = sx.prompt_tokens;
                 pair.shadow_completion_tokens = sx.completion_tokens;
             }
         }
     }
     if let Some(p) = &primary {
-        pair.primary_answer = Some(p.text.clone());
+        pair.primary_answer = Some(p.answer_text());
         pair.primary_prompt_tokens = p.prompt_tokens;
         pair.primary_completion_tokens = p.completion_tokens;
         if let Some(s) = &shadow_x {

@@ -415,7 +415,6 @@ mod tests {
             pooling: None,
             n_expert: 0,
             n_expert_used: 0,
-            sliding_window: None,
         }
     }
 
