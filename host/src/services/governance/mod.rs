@@ -168,7 +168,8 @@ fn seed_budgets(store: &Store, limiter: &Limiter) {
                 limiter.seed(&c.name, c.bucket, micros);
             }
             if let Some(t) = team {
-                *teams.entry(t).or_default() += micros;
+                let sum = teams.entry(t).or_default();
+                *sum = sum.saturating_add(micros);
             }
         }
         for (t, micros) in teams {
@@ -294,7 +295,8 @@ async fn admit(gov: &Governance, a: Admission<'_>, acct: &mut Account) -> Result
             .or_else(|| request.get::<u64>("max_tokens"))
             .unwrap_or(cfg.reserve_tokens)
     };
-    let reserve_tokens = acct.prompt_estimate + max_out;
+    // Saturating: a `max_tokens` near 2^64 must be refused, not wrap to a small reservation.
+    let reserve_tokens = acct.prompt_estimate.saturating_add(max_out);
     let price = cfg.price(a.backend, a.model);
     let reserve_usd = price
         .map(|p| p.cost(acct.prompt_estimate, max_out))
@@ -503,16 +505,16 @@ impl Settler {
         row.estimated = estimated;
         self.gov.write_row(row);
 
-        let tokens = i64::try_from(tokens_in + tokens_out).unwrap_or(i64::MAX);
+        let tokens = i64::try_from(tokens_in.saturating_add(tokens_out)).unwrap_or(i64::MAX);
         let cost_micros = micros(cost);
         let corrections: Vec<(Held, i64)> = a
             .held_tokens
             .iter()
-            .map(|(h, _)| (h.clone(), tokens - h.cost))
+            .map(|(h, _)| (h.clone(), tokens.saturating_sub(h.cost)))
             .chain(
                 a.held_budget
                     .iter()
-                    .map(|(h, _)| (h.clone(), cost_micros - h.cost)),
+                    .map(|(h, _)| (h.clone(), cost_micros.saturating_sub(h.cost))),
             )
             .filter(|(_, d)| *d != 0)
             .collect();

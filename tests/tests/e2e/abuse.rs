@@ -1,0 +1,129 @@
+//! What a hostile client or a careless upstream tries against the gateway's limits and
+//! accounting: label cardinality, limit bypasses, absurd usage, ledger fill, admin token
+//! guessing, and a store that lost its keys.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_tests::client::{Client, Resp};
+use switchyard_tests::mock::MockUpstream;
+use switchyard_tests::{Gateway, config_with, run_switchyard};
+
+fn create_key(cfg: &Path, args: &[&str]) -> String {
+    let mut all = vec![
+        "keys",
+        "create",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_switchyard(&all, cfg.parent().unwrap(), &[]);
+    assert_eq!(code, 0, "keys create failed: {err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    v["key"].as_str().unwrap().to_string()
+}
+
+/// A config in its own folder (so the CLI can create keys before the gateway starts), with
+/// its store at `gov.db` there, every model of `mock` priced, and a catch-all route.
+fn governed(mock: &MockUpstream, extra: &str) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gov.db");
+    let text = config_with(
+        &mock.url(),
+        &format!(
+            r#"
+[state]
+path = "{}"
+
+[[prices]]
+backend = "mock"
+model = "*"
+input_per_1m = 1.0
+output_per_1m = 2.0
+
+[[routes]]
+model = "*"
+targets = [{{ backend = "mock" }}]
+
+{extra}
+"#,
+            db.display()
+        ),
+    );
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    (dir, cfg, db, text)
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+fn assert_error(r: &Resp, status: u16, code: &str) -> Value {
+    assert_eq!(r.status, status, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], code, "{v}");
+    v
+}
+
+fn ledger_rows(db: &Path) -> Vec<HashMap<String, Value>> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT status, outcome, tokens_in, tokens_out, cost_usd FROM ledger ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| {
+        let mut m = HashMap::new();
+        m.insert("status".into(), json!(r.get::<_, i64>(0)?));
+        m.insert("outcome".into(), json!(r.get::<_, String>(1)?));
+        m.insert("tokens_in".into(), json!(r.get::<_, i64>(2)?));
+        m.insert("tokens_out".into(), json!(r.get::<_, i64>(3)?));
+        m.insert("cost_usd".into(), json!(r.get::<_, f64>(4)?));
+        Ok(m)
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn stop(mut gw: Gateway) {
+    gw.terminate();
+    assert!(
+        gw.wait_exit(Duration::from_secs(20)).is_some(),
+        "gateway did not exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_or_repeated_max_tokens_cannot_slip_past_a_token_limit() {
+    let mock = MockUpstream::start().await;
+    let (_dir, cfg, _db, text) = governed(&mock, "");
+    let key = create_key(&cfg, &["--team", "t", "--tpm", "1000"]);
+    let gw = Gateway::start(&text);
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+    let auth = bearer(&key);
+    let headers = [("authorization", auth.as_str())];
+
+    // 2^64-1 must not wrap the reservation to a few tokens.
+    let body = r#"{"model":"m","max_tokens":18446744073709551615,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = c.post(&url, body, &headers).await;
+    let v = assert_error(&r, 429, "rate_limit_exceeded");
+    assert_eq!(v["error"]["type"], "tokens");
+
+    // `max_tokens` twice: judged on one, sent with the other. Refused, naming the key.
+    let body = r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}],"max_tokens":100000}"#;
+    let r = c.post(&url, body, &headers).await;
+    let v = assert_error(&r, 400, "duplicate_key");
+    assert_eq!(v["error"]["param"], "max_tokens");
+    assert_eq!(mock.served(), 0, "a refused request reached the upstream");
+
+    // A fair request still passes.
+    let body = r#"{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = c.post(&url, body, &headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    stop(gw);
+}
+
