@@ -127,3 +127,46 @@ async fn huge_or_repeated_max_tokens_cannot_slip_past_a_token_limit() {
     stop(gw);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_floods_are_counted_not_written_to_the_ledger() {
+    let mock = MockUpstream::start().await;
+    let (_dir, cfg, db, text) = governed(&mock, "");
+    let key = create_key(&cfg, &["--team", "t"]);
+    let gw = Gateway::start(&text);
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    for i in 0..200 {
+        let wrong = format!("Bearer sk-sy-{:048x}", i);
+        let headers: &[(&str, &str)] = if i % 2 == 0 {
+            &[]
+        } else {
+            &[("authorization", wrong.as_str())]
+        };
+        let r = c.post(&url, body, headers).await;
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    let r = c
+        .post(&url, body, &[("authorization", &bearer(&key))])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let metrics = c.get(&gw.url("/metrics")).await.text();
+    assert!(
+        metrics.contains("switchyard_refused_total{reason=\"auth\"} 200"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "switchyard_requests_total{route=\"none\",backend=\"none\",status=\"401\"} 200"
+        )
+    );
+    stop(gw);
+    let rows = ledger_rows(&db);
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the authenticated request is a row: {rows:?}"
+    );
+    assert_eq!(rows[0]["status"], 200);
+}
+

@@ -1,4 +1,5 @@
-//! The cost ledger: one row per upstream attempt and per refused request, and the queries
+//! The cost ledger: one row per upstream attempt and per request refused after
+//! authentication (401s are only counted, in `switchyard_refused_total`), and the queries
 //! behind `switchyard spend`.
 //!
 //! A row says who (key, team, tags), where (route, backend, model, kind: primary, fallback,

@@ -63,6 +63,10 @@ pub struct Governance {
 /// What governance knows about one request.
 #[derive(Debug, Default)]
 pub struct Account {
+    /// The caller passed `authenticate` (with a key, or with client auth off). A request
+    /// refused before that gets no ledger row: anyone can send those, as fast as they like,
+    /// and `switchyard_refused_total{reason="auth"}` counts them.
+    pub authenticated: bool,
     pub key: Option<Arc<KeyRecord>>,
     pub tags: Vec<String>,
     pub stream: bool,
@@ -448,7 +452,7 @@ impl Governance {
     /// Take the request's account for settling; `None` when it is already settled.
     pub fn settler(self: &Arc<Self>, account: &mut Account, labels: Labels<'_>) -> Option<Settler> {
         let account = std::mem::take(account);
-        if account.settled {
+        if account.settled || !account.authenticated {
             return None;
         }
         let age = labels.started.elapsed();
