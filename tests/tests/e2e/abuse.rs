@@ -170,3 +170,70 @@ async fn unauthenticated_floods_are_counted_not_written_to_the_ledger() {
     assert_eq!(rows[0]["status"], 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_model_names_never_become_metric_labels() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&config_with(
+        &mock.url(),
+        r#"
+[[routes]]
+model = "named"
+targets = [{ backend = "mock", model = "upstream-named" }]
+
+[[routes]]
+model = "*"
+targets = [{ backend = "mock" }]
+"#,
+    ));
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+    let chat =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let r = c.post_json(&url, &chat("named"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = c.get(&gw.url("/metrics")).await.text().len();
+    // 10,000 distinct names of ~200 bytes, 16 at a time.
+    const NAMES: usize = 10_000;
+    let filler = "x".repeat(190);
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (c, url, filler) = (c.clone(), url.clone(), filler.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (t..NAMES).step_by(16) {
+                let model = format!("client-{i}-{filler}");
+                let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+                let r = c.post_json(&url, &body, &[]).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let metrics = c.get(&gw.url("/metrics")).await.text();
+    eprintln!(
+        "/metrics: {before} bytes before, {} after {NAMES} distinct client model names",
+        metrics.len()
+    );
+    assert!(
+        !metrics.contains("client-"),
+        "a client's model became a label"
+    );
+    assert!(metrics.contains("gen_ai_request_model=\"other\""));
+    // Configured names keep their own label.
+    assert!(metrics.contains("gen_ai_request_model=\"upstream-named\""));
+    // The names add one label value's series, not one per name.
+    assert!(metrics.len() < 1024 * 1024, "{} bytes", metrics.len());
+    assert!(
+        metrics.len() < before + 64 * 1024,
+        "{} bytes before, {} after",
+        before,
+        metrics.len()
+    );
+
+    // An over-long model name is refused, naming the field.
+    let r = c.post_json(&url, &chat(&"m".repeat(257)), &[]).await;
+    let v = assert_error(&r, 400, "string_above_max_length");
+    assert_eq!(v["error"]["param"], "model");
+}
+

@@ -507,7 +507,7 @@ impl Settler {
         row.ttft_ms = end.ttft_ms;
         row.outcome = end.outcome;
         row.estimated = estimated;
-        self.gov.write_row(row);
+        self.gov.write_row(&self.runtime, row);
 
         let tokens = i64::try_from(tokens_in.saturating_add(tokens_out)).unwrap_or(i64::MAX);
         let cost_micros = micros(cost);
@@ -543,13 +543,14 @@ impl Settler {
 }
 
 impl Governance {
-    /// Write a ledger row and add its cost to `switchyard_cost_usd_total{backend,model}`.
-    fn write_row(&self, row: Row) {
+    /// Write a ledger row and add its cost to `switchyard_cost_usd_total{backend,model}`,
+    /// the model labelled as `rt` names it (`Runtime::metric_model`).
+    fn write_row(&self, rt: &Runtime, row: Row) {
         if row.cost_usd > 0.0
             && let (Some(b), Some(m)) = (&row.backend, &row.model)
         {
             self.metrics
-                .cost(&Arc::from(b.as_str()), &Arc::from(m.as_str()), row.cost_usd);
+                .cost(&Arc::from(b.as_str()), &rt.metric_model(m), row.cost_usd);
         }
         ledger::record(&self.store, row);
     }
@@ -583,7 +584,7 @@ impl Governance {
             self.metrics
                 .shadow_result(&Arc::from(call.route), &Arc::from(call.backend), result);
         }
-        self.write_row(row);
+        self.write_row(rt, row);
     }
 }
 
@@ -634,7 +635,8 @@ fn record_attempts(gov: &Governance, route: Option<&str>, acct: &mut Account, st
         row.kind = kind_of(i, s);
         row.stream = a.stream;
         row.outcome = s.outcome.clone();
-        gov.write_row(row);
+        // No model and no cost: nothing to count beside the row.
+        ledger::record(&gov.store, row);
     }
     if let Some(last) = real.last() {
         acct.kind = kind_of(real.len() - 1, last);
