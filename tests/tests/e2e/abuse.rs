@@ -237,3 +237,66 @@ targets = [{ backend = "mock" }]
     assert_eq!(v["error"]["param"], "model");
 }
 
+const ADMIN_TOKEN: &str = "abuse-admin-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_upstream_usage_is_clamped_flagged_and_reports_still_add_up() {
+    let mock = MockUpstream::start().await;
+    let (dir, cfg, db, text) = governed(&mock, "[admin]\ntoken_env = \"SY_ABUSE_ADMIN\"\n");
+    let key = create_key(&cfg, &["--team", "t", "--tpm", "100000000"]);
+    let gw = Gateway::start_with_env(&text, &[("SY_ABUSE_ADMIN", ADMIN_TOKEN)]);
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+    let auth = bearer(&key);
+    // 2^62 tokens each: two such rows overflow an integer SUM.
+    let lie = [
+        ("authorization", auth.as_str()),
+        ("x-mock", "usage=4611686018427387904"),
+    ];
+    let body = r#"{"model":"m","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..2 {
+        let r = c.post(&url, body, &lie).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // The key's token window was charged the clamped count, not 2^62: it still admits.
+    let r = c
+        .post(&url, body, &[("authorization", auth.as_str())])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c
+        .get_with(
+            &gw.url("/admin/spend?by=team"),
+            &[("authorization", &bearer(ADMIN_TOKEN))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    stop(gw);
+
+    let rows = ledger_rows(&db);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let flags: Vec<i64> = conn
+        .prepare("SELECT usage_clamped FROM ledger ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(flags, [1, 1, 0]);
+    for r in &rows[..2] {
+        // Completion at most `max_tokens`; prompt at most the body's bytes plus slack.
+        assert_eq!(r["tokens_out"], 50, "{r:?}");
+        let tin = r["tokens_in"].as_i64().unwrap();
+        assert!(tin <= body.len() as i64 + 65_536, "{r:?}");
+        assert!(r["cost_usd"].as_f64().unwrap() < 1.0, "{r:?}");
+    }
+    let (code, out, err) = run_switchyard(
+        &["spend", "--json", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let rep: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep["total"]["requests"], 3);
+}
+

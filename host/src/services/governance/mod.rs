@@ -82,9 +82,72 @@ pub struct Account {
     pub usage: Option<Usage>,
     /// Completion tokens estimated from a complete answer without usage.
     pub completion_estimate: Option<u64>,
+    /// The most tokens this request could have used; an upstream's report beyond it is
+    /// clamped (and the row flagged `usage_clamped`).
+    pub usage_cap: UsageCap,
     /// Which attempt answered (or failed last): primary, retry or fallback.
     pub kind: ledger::Kind,
     settled: bool,
+}
+
+/// The most tokens a request could have used, set at admission: what an upstream reports
+/// beyond it is not believed. Without a cap (a request never admitted) nothing is clamped.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageCap {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+impl Default for UsageCap {
+    fn default() -> Self {
+        UsageCap {
+            prompt: u64::MAX,
+            completion: u64::MAX,
+        }
+    }
+}
+
+/// Prompt tokens believed beyond one per byte of the body: chat-template tokens and images
+/// sent by URL cost tokens that the body's bytes do not show.
+pub const PROMPT_SLACK_TOKENS: u64 = 65_536;
+/// Completion tokens believed per choice when the request sets no `max_tokens` (no model
+/// writes more in one answer).
+pub const MAX_COMPLETION_TOKENS: u64 = 1 << 20;
+/// Choices (`n`) believed per request.
+const MAX_CHOICES: u64 = 128;
+
+impl UsageCap {
+    /// The cap for a body of `body_len` bytes asking for `max_out` tokens per choice (the
+    /// client's `max_tokens`, if any) and `n` choices.
+    pub fn of(body_len: usize, max_out: Option<u64>, n: Option<u64>) -> UsageCap {
+        let per_choice = max_out
+            .unwrap_or(MAX_COMPLETION_TOKENS)
+            .min(MAX_COMPLETION_TOKENS);
+        UsageCap {
+            prompt: (body_len as u64).saturating_add(PROMPT_SLACK_TOKENS),
+            completion: per_choice.saturating_mul(n.unwrap_or(1).clamp(1, MAX_CHOICES)),
+        }
+    }
+
+    /// `u` within the cap, and whether it had to be clamped.
+    pub fn apply(&self, u: Usage) -> (Usage, bool) {
+        let prompt = u.prompt_tokens.min(self.prompt);
+        let completion = u.completion_tokens.min(self.completion);
+        let clamped = prompt != u.prompt_tokens || completion != u.completion_tokens;
+        let total = if clamped {
+            prompt.saturating_add(completion)
+        } else {
+            u.total_tokens
+        };
+        (
+            Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                total_tokens: total,
+            },
+            clamped,
+        )
+    }
 }
 
 impl Governance {
@@ -287,18 +350,19 @@ async fn admit(gov: &Governance, a: Admission<'_>, acct: &mut Account) -> Result
     acct.prompt_estimate = estimate_tokens(a.upstream_body_len);
     acct.body = Some(request.bytes().clone());
     acct.endpoint = Some(a.endpoint);
-    let Some(key) = acct.key.clone() else {
-        return Ok(());
-    };
-    let team = cfg.teams.get(&key.team).copied().unwrap_or_default();
-    let max_out = if a.endpoint == Endpoint::Embeddings {
-        0
+    let client_max = if a.endpoint == Endpoint::Embeddings {
+        Some(0)
     } else {
         request
             .get::<u64>("max_completion_tokens")
             .or_else(|| request.get::<u64>("max_tokens"))
-            .unwrap_or(cfg.reserve_tokens)
     };
+    acct.usage_cap = UsageCap::of(a.upstream_body_len, client_max, request.get::<u64>("n"));
+    let Some(key) = acct.key.clone() else {
+        return Ok(());
+    };
+    let team = cfg.teams.get(&key.team).copied().unwrap_or_default();
+    let max_out = client_max.unwrap_or(cfg.reserve_tokens);
     // Saturating: a `max_tokens` near 2^64 must be refused, not wrap to a small reservation.
     let reserve_tokens = acct.prompt_estimate.saturating_add(max_out);
     let price = cfg.price(a.backend, a.model);
@@ -474,8 +538,20 @@ impl Settler {
     pub fn settle(mut self, end: Ending) -> f64 {
         self.account.settled = true;
         let a = &self.account;
-        let (tokens_in, tokens_out, estimated) = match (end.usage, end.reached_upstream) {
-            (Some(u), _) => (u.prompt_tokens, u.completion_tokens, false),
+        let reported = end.usage.map(|u| a.usage_cap.apply(u));
+        let clamped = reported.is_some_and(|(_, c)| c);
+        if clamped && let Some(u) = end.usage {
+            tracing::warn!(
+                backend = self.backend.as_deref().unwrap_or("-"),
+                prompt_tokens = u.prompt_tokens,
+                completion_tokens = u.completion_tokens,
+                cap_prompt = a.usage_cap.prompt,
+                cap_completion = a.usage_cap.completion,
+                "upstream reported more tokens than the request could use; clamped"
+            );
+        }
+        let (tokens_in, tokens_out, estimated) = match (reported, end.reached_upstream) {
+            (Some((u, _)), _) => (u.prompt_tokens, u.completion_tokens, false),
             (None, false) => (0, 0, false),
             (None, true) => match end.completion_estimate {
                 // Something was generated (or the upstream answered): bill the prompt too.
@@ -507,6 +583,7 @@ impl Settler {
         row.ttft_ms = end.ttft_ms;
         row.outcome = end.outcome;
         row.estimated = estimated;
+        row.usage_clamped = clamped;
         self.gov.write_row(&self.runtime, row);
 
         let tokens = i64::try_from(tokens_in.saturating_add(tokens_out)).unwrap_or(i64::MAX);
