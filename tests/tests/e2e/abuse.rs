@@ -300,3 +300,91 @@ async fn absurd_upstream_usage_is_clamped_flagged_and_reports_still_add_up() {
     assert_eq!(rep["total"]["requests"], 3);
 }
 
+/// Run `switchyard serve` on `cfg` and wait for it to exit by itself: its exit code and
+/// stderr, or `None` if it was still running (it started) after 20 s.
+fn serve_refuses(cfg: &Path) -> Option<(i32, String)> {
+    use std::io::Read;
+    let mut child =
+        std::process::Command::new(switchyard_tests::binary("switchyard", "switchyard"))
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .current_dir(cfg.parent().unwrap())
+            .env_remove("SWITCHYARD_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return Some((status.code().unwrap_or(-1), err));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_keys_does_not_turn_auth_off() {
+    let mock = MockUpstream::start().await;
+    let (_dir, cfg, db, text) = governed(&mock, "");
+    let key = create_key(&cfg, &["--team", "t"]);
+    let gw = Gateway::start(&text);
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let r = c
+        .post(&url, body, &[("authorization", &bearer(&key))])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Every key deleted behind the gateway's back: auth stays on.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("DELETE FROM keys", []).unwrap();
+    // Past the key cache's refresh (500 ms), twice over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = c.post(&url, body, &[]).await;
+    assert_error(&r, 401, "missing_api_key");
+    stop(gw);
+
+    // And it refuses to start on a store that recorded keys but holds none.
+    let (code, err) = serve_refuses(&cfg).expect("the gateway started without its keys");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("recorded that client auth is on") && err.contains("keys create"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auth_required_without_keys_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\nrequired = true\n\n[state]\npath = \"{}\"\n\n[[backends]]\nname = \"m\"\nurl = \"http://127.0.0.1:9/v1\"\n\n[[routes]]\nmodel = \"*\"\ntargets = [{{ backend = \"m\" }}]\n",
+            dir.path().join("fresh.db").display()
+        ),
+    )
+    .unwrap();
+    let (code, err) = serve_refuses(&cfg).expect("started with auth required and no keys");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("[auth] required = true") && err.contains("holds no keys"),
+        "{err}"
+    );
+    // With a key it starts.
+    create_key(&cfg, &["--team", "t"]);
+    let gw = Gateway::start(&std::fs::read_to_string(&cfg).unwrap());
+    stop(gw);
+}
+

@@ -36,9 +36,10 @@ pub const KEY_PREFIX: &str = "sk-sy-";
 const KEY_HEX_LEN: usize = 48;
 
 /// The `keys` table and the change counter the cache polls.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "keys-1",
-    sql: "CREATE TABLE keys (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "keys-1",
+        sql: "CREATE TABLE keys (
             id TEXT PRIMARY KEY,
             hash TEXT NOT NULL UNIQUE,
             prefix TEXT NOT NULL,
@@ -59,7 +60,18 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             UPDATE governance_meta SET v = v + 1 WHERE k = 'keys_version'; END;
           CREATE TRIGGER keys_ad AFTER DELETE ON keys BEGIN
             UPDATE governance_meta SET v = v + 1 WHERE k = 'keys_version'; END;",
-}];
+    },
+    // The decision that client auth is on, kept once the first key is created: deleting
+    // the keys (or a store emptied by hand) must not silently open the gateway. Stores that
+    // already hold keys get it at once.
+    Migration {
+        name: "keys-2-auth-on",
+        sql: "INSERT OR IGNORE INTO governance_meta (k, v)
+            SELECT 'auth_on', 1 WHERE EXISTS (SELECT 1 FROM keys);
+          CREATE TRIGGER keys_auth_on AFTER INSERT ON keys BEGIN
+            INSERT OR IGNORE INTO governance_meta (k, v) VALUES ('auth_on', 1); END;",
+    },
+];
 
 /// A stored key (never the secret).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -209,16 +221,28 @@ fn keys_version(conn: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
+/// Whether the store recorded that client auth is on (a key was created in it once).
+fn auth_recorded(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM governance_meta WHERE k = 'auth_on' AND v = 1)",
+        [],
+        |r| r.get(0),
+    )
+}
+
 /// Every key in memory, by the hash of its secret.
 #[derive(Debug, Default)]
 pub struct KeySnapshot {
     version: i64,
     by_hash: HashMap<[u8; 32], Arc<KeyRecord>>,
+    /// The store recorded that client auth is on, whatever keys it holds now.
+    auth_recorded: bool,
 }
 
 impl KeySnapshot {
     fn load(conn: &Connection) -> rusqlite::Result<KeySnapshot> {
         let version = keys_version(conn)?;
+        let auth_recorded = auth_recorded(conn)?;
         let mut stmt = conn.prepare(SELECT)?;
         let mut by_hash = HashMap::new();
         for r in stmt.query_map([], record_of)? {
@@ -227,12 +251,32 @@ impl KeySnapshot {
                 by_hash.insert(h, Arc::new(rec));
             }
         }
-        Ok(KeySnapshot { version, by_hash })
+        Ok(KeySnapshot {
+            version,
+            by_hash,
+            auth_recorded,
+        })
     }
 
-    /// True once any key (even a revoked one) exists.
+    /// True once client auth is on: a key (even a revoked one) exists, or one did (the
+    /// store keeps that decision).
     pub fn any(&self) -> bool {
-        !self.by_hash.is_empty()
+        self.auth_recorded || !self.by_hash.is_empty()
+    }
+
+    /// How many keys the store holds (revoked ones included).
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Whether the store holds no key at all.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// Whether the store recorded that client auth is on.
+    pub fn auth_recorded(&self) -> bool {
+        self.auth_recorded
     }
 }
 

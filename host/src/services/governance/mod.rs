@@ -157,7 +157,11 @@ impl Governance {
         let store = Store::open(&path, store::DEFAULT_QUEUE).map_err(|e| e.to_string())?;
         let keys = KeyCache::open(&path).map_err(|e| e.to_string())?;
         let gov_cfg = &rt.governance;
-        let auth_on = gov_cfg.auth_required || keys.snapshot().any();
+        let snap = keys.snapshot();
+        if let Some(why) = missing_keys(gov_cfg.auth_required, &snap, &path) {
+            return Err(why);
+        }
+        let auth_on = gov_cfg.auth_required || snap.any();
         if !auth_on && !rt.server.listen.ip().is_loopback() && !gov_cfg.allow_unauthenticated {
             return Err(format!(
                 "refusing to listen on {} without client authentication: create a key \
@@ -216,6 +220,35 @@ impl Governance {
             );
         }
     }
+}
+
+/// Why the gateway must not start: keys are expected (`[auth] required`, or the store
+/// recorded that a key was created in it) but the store holds none. Starting would either
+/// refuse every caller or, worse, serve everyone unauthenticated after a store was lost,
+/// emptied or replaced.
+fn missing_keys(
+    required: bool,
+    snap: &keys::KeySnapshot,
+    path: &std::path::Path,
+) -> Option<String> {
+    if !snap.is_empty() {
+        return None;
+    }
+    let store = path.display();
+    if snap.auth_recorded() {
+        return Some(format!(
+            "refusing to start: the store {store} recorded that client auth is on (keys were \
+             created in it) but it holds no keys now; restore the store's keys, or create one \
+             (switchyard keys create --team T)"
+        ));
+    }
+    required.then(|| {
+        format!(
+            "refusing to start: [auth] required = true but the store {store} holds no keys; \
+             create one first (switchyard keys create --team T), or point [state] path at the \
+             store that holds them"
+        )
+    })
 }
 
 /// Budgets in memory start from the ledger's spend this day and month, so a restart does
