@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::gateway::Gateway;
-use super::http;
+use super::http::{self, Conn, Surface};
 
 /// Bind the listening socket, with a message that says why when it cannot.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
@@ -34,14 +34,25 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
+/// One listening socket and what it serves.
+pub struct Listening {
+    pub listener: TcpListener,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub surface: Surface,
+}
+
 /// Serve until `shutdown` resolves, then drain for at most `grace`.
 pub async fn serve(
     gw: Arc<Gateway>,
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    listening: Listening,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Listening {
+        listener,
+        tls,
+        surface,
+    } = listening;
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -72,9 +83,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
+        let conn = Conn { peer, surface };
         let service = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(http::handle(gw, req).await) }
+            async move { Ok::<_, Infallible>(http::handle(gw, req, conn).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

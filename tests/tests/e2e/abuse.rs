@@ -388,3 +388,101 @@ fn auth_required_without_keys_refuses_to_start() {
     stop(gw);
 }
 
+fn admin_config(mock: &MockUpstream, admin_extra: &str) -> String {
+    config_with(
+        &mock.url(),
+        &format!(
+            "[admin]\ntoken_env = \"SY_ABUSE_ADMIN\"\n{admin_extra}\n\n[[routes]]\nmodel = \"*\"\ntargets = [{{ backend = \"mock\" }}]\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_admin_tokens_are_throttled_and_key_values_are_checked() {
+    use http::Method;
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start_with_env(&admin_config(&mock, ""), &[("SY_ABUSE_ADMIN", ADMIN_TOKEN)]);
+    let c = Client::new();
+    let url = gw.url("/admin/breakers");
+    let good = bearer(ADMIN_TOKEN);
+    let get = |token: String| {
+        let c = &c;
+        let url = &url;
+        async move { c.get_with(url, &[("authorization", token.as_str())]).await }
+    };
+    // A few typos are free; then each wrong token blocks the address for longer.
+    for i in 0..6 {
+        let r = get(format!("Bearer wrong-token-number-{i}")).await;
+        assert_error(&r, 401, "invalid_admin_token");
+    }
+    let r = get("Bearer wrong-token-number-7".into()).await;
+    assert_error(&r, 429, "admin_throttled");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=300).contains(&retry), "{retry}");
+    // While blocked, not even the right token is checked.
+    assert_error(&get(good.clone()).await, 429, "admin_throttled");
+    tokio::time::sleep(Duration::from_secs(retry) + Duration::from_millis(200)).await;
+    let r = get(good.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Key settings are checked, each refusal naming its field.
+    let keys = gw.url("/admin/keys");
+    let post = |body: &'static str| {
+        let c = &c;
+        let keys = &keys;
+        let good = &good;
+        async move {
+            c.send(
+                Method::POST,
+                keys,
+                body,
+                &[("authorization", good.as_str())],
+            )
+            .await
+        }
+    };
+    for (body, field) in [
+        (r#"{"team":"a","rpm":18446744073709551615}"#, "rpm"),
+        (r#"{"team":"a","tpm":0}"#, "tpm"),
+        (r#"{"team":"   "}"#, "team"),
+        (r#"{"team":"a","budget_daily":-1}"#, "budget_daily"),
+    ] {
+        let r = post(body).await;
+        let v = assert_error(&r, 400, "invalid_value");
+        assert_eq!(v["error"]["param"], field, "{body}: {v}");
+    }
+    let r = post(r#"{"team":"a","rpm":9223372036854775807}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["rpm"], 9223372036854775807_u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_can_have_a_listener_of_its_own() {
+    let mock = MockUpstream::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = Gateway::start_with_env(
+        &admin_config(&mock, &format!("listen = \"127.0.0.1:{port}\"")),
+        &[("SY_ABUSE_ADMIN", ADMIN_TOKEN)],
+    );
+    assert!(gw.wait_for_log("admin API listening", Duration::from_secs(5)));
+    let c = Client::new();
+    let good = bearer(ADMIN_TOKEN);
+    let auth = [("authorization", good.as_str())];
+    // Not on the public port any more.
+    let r = c.get_with(&gw.url("/admin/breakers"), &auth).await;
+    assert_error(&r, 404, "unknown_url");
+    // On its own port, and nothing else is.
+    let admin = format!("http://127.0.0.1:{port}");
+    let r = c.get_with(&format!("{admin}/admin/breakers"), &auth).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.get(&format!("{admin}/v1/models")).await;
+    assert_eq!(r.status, 404);
+    // The public port still serves the API.
+    let r = c.get(&gw.url("/v1/models")).await;
+    assert_eq!(r.status, 200);
+    stop(gw);
+}

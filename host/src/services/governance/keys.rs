@@ -136,11 +136,66 @@ pub struct NewKey {
     pub limits: Limits,
 }
 
+/// The largest rate limit a key holds: what SQLite's INTEGER stores.
+pub const MAX_LIMIT: u64 = i64::MAX as u64;
+/// The longest team name and tag, in bytes.
+const MAX_NAME_BYTES: usize = 128;
+
+impl NewKey {
+    /// Every setting within range: else the field at fault and why (the admin API answers
+    /// 400 naming it, the CLI prints it).
+    pub fn check(&self) -> Result<(), GatewayError> {
+        let invalid =
+            |param: &'static str, reason: String| Err(GatewayError::InvalidValue { param, reason });
+        let team = self.team.trim();
+        if team.is_empty() {
+            return invalid("team", "a key needs a team: it must not be blank".into());
+        }
+        if team.len() > MAX_NAME_BYTES {
+            return invalid("team", format!("at most {MAX_NAME_BYTES} bytes"));
+        }
+        if self
+            .tags
+            .iter()
+            .any(|t| t.trim().is_empty() || t.len() > MAX_NAME_BYTES)
+        {
+            return invalid(
+                "tags",
+                format!("each tag must be non-blank and at most {MAX_NAME_BYTES} bytes"),
+            );
+        }
+        for (param, v) in [("rpm", self.limits.rpm), ("tpm", self.limits.tpm)] {
+            if let Some(v) = v
+                && !(1..=MAX_LIMIT).contains(&v)
+            {
+                return invalid(
+                    param,
+                    format!(
+                        "must be between 1 and {MAX_LIMIT} (leave it out for no limit), got {v}"
+                    ),
+                );
+            }
+        }
+        for (param, v) in [
+            ("budget_daily", self.limits.budget_daily),
+            ("budget_monthly", self.limits.budget_monthly),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return invalid(
+                    param,
+                    format!("must be a non-negative number of USD, got {v}"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Create a key; returns the record and the secret (shown once, never stored).
 pub fn create_key(conn: &Connection, new: &NewKey) -> Result<(KeyRecord, String), String> {
-    if new.team.trim().is_empty() {
-        return Err("a key needs a team (--team)".into());
-    }
+    new.check().map_err(|e| e.to_string())?;
     let secret = format!("{KEY_PREFIX}{}", random_hex(KEY_HEX_LEN / 2)?);
     let id = format!("key_{}", random_hex(6)?);
     let rec = KeyRecord {
@@ -161,8 +216,9 @@ pub fn create_key(conn: &Connection, new: &NewKey) -> Result<(KeyRecord, String)
             rec.prefix,
             rec.team,
             serde_json::to_string(&rec.tags).unwrap_or_else(|_| "[]".into()),
-            rec.limits.rpm.map(|v| v as i64),
-            rec.limits.tpm.map(|v| v as i64),
+            // In range (`NewKey::check`); saturating all the same, never wrapping.
+            rec.limits.rpm.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+            rec.limits.tpm.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
             rec.limits.budget_daily,
             rec.limits.budget_monthly,
             rec.created_ms,
