@@ -21,7 +21,9 @@ use switchyard::base::Endpoint;
 use switchyard::base::openai::{RequestBody, ResponseProbe};
 use switchyard::config::{LogFormat, Peer, TelemetrySettings};
 use switchyard::services::observe::metrics::Metrics;
-use switchyard::services::observe::telemetry::{self, AttemptSpan, RequestTelemetry, Tracer};
+use switchyard::services::observe::telemetry::{
+    self, AttemptModel, AttemptSpan, RequestTelemetry, Tracer,
+};
 
 const REQUEST: &str = r#"{"model":"gpt-4o","max_tokens":64,"temperature":0.3,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France?"}]}"#;
 const ANSWER: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1,"model":"llama-3.1-8b","choices":[{"index":0,"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":29,"completion_tokens":5,"total_tokens":34}}"#;
@@ -87,7 +89,10 @@ fn main() {
             Endpoint::ChatCompletions,
             &backend,
             &peer,
-            &model,
+            AttemptModel {
+                sent: &model,
+                metric_label: model.clone(),
+            },
             params,
         );
         let mut upstream = HeaderMap::new();

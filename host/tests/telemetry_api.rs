@@ -81,7 +81,10 @@ fn the_span_api_builds_one_tree_per_request() {
         Endpoint::ChatCompletions,
         &backend,
         &switchyard::config::Peer::of("http://10.0.0.5:9001/v1"),
-        &model,
+        switchyard::services::observe::telemetry::AttemptModel {
+            sent: &model,
+            metric_label: model.clone(),
+        },
         RequestParams {
             max_tokens: Some(5),
             temperature: Some(0.0),

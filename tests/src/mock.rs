@@ -5,7 +5,8 @@
 //! request it receives, and counts streams whose reader went away. A test picks a
 //! behaviour for all requests (`MockUpstream::set_behaviour`) or per request with the
 //! `x-mock` header (forwarded by the gateway like any client header), e.g.
-//! `x-mock: status=500`, `x-mock: chunks=20,delay_ms=5`, `x-mock: reset`.
+//! `x-mock: status=500`, `x-mock: chunks=20,delay_ms=5`, `x-mock: reset`,
+//! `x-mock: usage=4611686018427387904`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -63,6 +64,9 @@ pub struct Behaviour {
     /// The answer's text (else the request's `mock_content`, else `w0 w1 …`); streamed in
     /// `chunks` pieces.
     pub content: Option<String>,
+    /// Complete answers report this many prompt and completion tokens (a broken or
+    /// hostile upstream's usage).
+    pub usage: Option<u64>,
 }
 
 impl Default for Behaviour {
@@ -83,6 +87,7 @@ impl Default for Behaviour {
             huge_line_mb: None,
             retry_after: None,
             content: None,
+            usage: None,
         }
     }
 }
@@ -109,6 +114,7 @@ impl Behaviour {
                 "junk_after" => b.junk_after = Some(n as usize),
                 "huge_line_mb" => b.huge_line_mb = Some(n as usize),
                 "retry_after" => b.retry_after = Some(n as u32),
+                "usage" => b.usage = Some(n),
                 _ => {}
             }
         }
@@ -404,7 +410,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     let tools = chat && req["tools"].as_array().is_some_and(|t| !t.is_empty());
     let prompt_tokens = (body.len() / 4).max(1) as u64;
     if !stream {
-        return Ok(json_response(complete(
+        let mut answer = complete(
             chat,
             tools,
             &req,
@@ -412,7 +418,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
             prompt_tokens,
             &pieces(b.content.as_deref(), &req, b.chunks).concat(),
             b.chunks,
-        )));
+        );
+        if let Some(n) = b.usage {
+            answer["usage"] =
+                json!({"prompt_tokens": n, "completion_tokens": n, "total_tokens": n});
+        }
+        return Ok(json_response(answer));
     }
     let events = stream_events(
         chat,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::admin::throttle::AdminThrottle;
 use super::reload::Control;
 use crate::config::Runtime;
 use crate::services::{Services, Snapshot};
@@ -12,6 +13,11 @@ pub struct Gateway {
     pub services: Arc<Services>,
     /// Config history: reload and rollback.
     pub control: Control,
+    /// Wrong admin tokens, per client address.
+    pub admin_throttle: AdminThrottle,
+    /// The admin API has a listener of its own (`[admin] listen` at start), so the public
+    /// port does not serve it.
+    admin_listener: AtomicBool,
     ready: AtomicBool,
 }
 
@@ -20,6 +26,8 @@ impl Gateway {
         Arc::new(Gateway {
             services,
             control: Control::default(),
+            admin_throttle: AdminThrottle::default(),
+            admin_listener: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         })
     }
@@ -37,6 +45,15 @@ impl Gateway {
     /// `/readyz`: config and plugins are loaded and the listener is up.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn has_admin_listener(&self) -> bool {
+        self.admin_listener.load(Ordering::Acquire)
+    }
+
+    /// The admin API got its own listener: the public port stops serving it.
+    pub fn set_admin_listener(&self) {
+        self.admin_listener.store(true, Ordering::Release);
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -2,8 +2,11 @@
 //!
 //! The OpenAI endpoints the gateway proxies go to the request path (`request::handle`); the
 //! gateway's own endpoints (`/v1/models`, `/healthz`, `/readyz`, `/metrics`) are answered
-//! here, and `/admin/*` goes to the admin API behind its token check.
+//! here, and `/admin/*` goes to the admin API behind its token check: on `[admin] listen`
+//! when it has a listener of its own (which serves nothing else), else on the public port to
+//! loopback clients only.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,14 +23,49 @@ use crate::base::respond::{json, text};
 use crate::request;
 use crate::services::upstream::health;
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `[server] listen`: the OpenAI API, the gateway's own endpoints, and the admin API
+    /// (to loopback clients) unless it has a listener of its own.
+    Public,
+    /// `[admin] listen`: the admin API only.
+    Admin,
+}
+
+/// The connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub surface: Surface,
+}
+
 /// Entry point for every HTTP request the server accepts.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBody> {
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Response<GatewayBody> {
     let method = req.method().clone();
     let path = req.uri().path();
+    let is_admin = path.starts_with(endpoint::ADMIN_PREFIX);
+    if conn.surface == Surface::Admin {
+        if is_admin {
+            return admin_request(gw, req, conn).await;
+        }
+        return not_found(&method, path);
+    }
     if method == Method::POST
         && let Some(endpoint) = Endpoint::from_path(path)
     {
         return request::handle(&gw.services, req, endpoint).await;
+    }
+    if is_admin {
+        // With a listener of its own, the admin API is not on the public port at all;
+        // without one, only this machine's clients reach it.
+        if gw.has_admin_listener() {
+            return not_found(&method, path);
+        }
+        if !is_loopback(conn.peer.ip()) {
+            return GatewayError::AdminNotLocal.to_response();
+        }
+        return admin_request(gw, req, conn).await;
     }
     match (path, &method) {
         (endpoint::MODELS, &Method::GET) => json(
@@ -35,16 +73,6 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             openai::models_list(gw.runtime().model_names()),
         ),
         (endpoint::HEALTHZ, &Method::GET) => text(StatusCode::OK, "ok\n"),
-        (p, _) if p.starts_with(endpoint::ADMIN_PREFIX) => {
-            if let Some(refusal) = admin::refusal(&gw.runtime(), &req) {
-                return refusal;
-            }
-            if p.starts_with("/admin/keys") || p.starts_with("/admin/spend") {
-                admin::keys::handle(gw, req).await
-            } else {
-                admin::handle(gw, req).await
-            }
-        }
         (endpoint::READYZ, &Method::GET) => {
             if gw.is_ready() {
                 text(StatusCode::OK, "ready\n")
@@ -103,5 +131,47 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             path: path.to_string(),
         }
         .to_response(),
+    }
+}
+
+/// An `/admin/*` request, once the listener allows it.
+async fn admin_request(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    conn: Conn,
+) -> Response<GatewayBody> {
+    admin::entry(gw, req, conn.peer.ip()).await
+}
+
+fn not_found(method: &Method, path: &str) -> Response<GatewayBody> {
+    GatewayError::NotFound {
+        method: method.to_string(),
+        path: path.to_string(),
+    }
+    .to_response()
+}
+
+/// A client on this machine (an IPv4 loopback address seen through an IPv6 socket too).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_this_machine_in_either_family() {
+        for ip in ["127.0.0.1", "127.8.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "0.0.0.0", "::ffff:10.0.0.1", "2001:db8::1"] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

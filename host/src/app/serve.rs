@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::gateway::Gateway;
+use super::http::Surface;
 use super::{reload, server};
 use crate::config::{Runtime, StateSettings};
 use crate::services::governance::Governance;
@@ -51,6 +52,17 @@ pub async fn run(runtime: Runtime) -> ExitCode {
             .collect();
         tracing::info!(route = %r.name, targets = %targets.join(", "), "route");
     }
+    // The admin API's own listener, bound with the main one so a taken port fails the start.
+    let admin_listener = match runtime.admin.as_ref().and_then(|a| a.listen) {
+        Some(at) => match server::bind(at).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: [admin] listen: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let governance = match Governance::start(&runtime, metrics.clone()).await {
         Ok(g) => g,
@@ -106,14 +118,53 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     } else {
         "http"
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = admin_listener.map(|l| {
+        gw.set_admin_listener();
+        if let Ok(at) = l.local_addr() {
+            tracing::info!(%at, "admin API listening");
+        }
+        let mut stop = stop_rx.clone();
+        let gw = gw.clone();
+        // The same limits as the public port; plain HTTP (it listens on loopback by default).
+        let admin_settings = settings.clone();
+        tokio::spawn(async move {
+            server::serve(
+                gw,
+                server::Listening {
+                    listener: l,
+                    tls: None,
+                    surface: Surface::Admin,
+                },
+                &admin_settings,
+                async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                },
+            )
+            .await
+        })
+    });
     tracing::info!(%addr, "listening");
     // The ready line scripts wait for, on stdout.
     println!("switchyard listening on {scheme}://{addr}");
-    server::serve(gw.clone(), listener, &settings, async {
-        server::shutdown_signal().await;
-        gw.set_ready(false);
-    })
+    server::serve(
+        gw.clone(),
+        server::Listening {
+            listener,
+            tls: settings.tls.clone(),
+            surface: Surface::Public,
+        },
+        &settings,
+        async {
+            server::shutdown_signal().await;
+            gw.set_ready(false);
+            let _ = stop_tx.send(true);
+        },
+    )
     .await;
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
     // Everything queued for the store (ledger rows) is written before the process exits.
     governance.close();
     tracer.shutdown().await;

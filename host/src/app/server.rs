@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::gateway::Gateway;
-use super::http;
+use super::http::{self, Conn, Surface};
 use crate::config::ServerSettings;
 
 /// Bind the listening socket, with a message that says why when it cannot.
@@ -42,13 +42,25 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
+/// One listening socket and what it serves.
+pub struct Listening {
+    pub listener: TcpListener,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub surface: Surface,
+}
+
 /// Serve until `shutdown` resolves, then drain for at most `[server] shutdown_grace_secs`.
 pub async fn serve(
     gw: Arc<Gateway>,
-    listener: TcpListener,
+    listening: Listening,
     settings: &ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Listening {
+        listener,
+        tls,
+        surface,
+    } = listening;
     let grace = settings.shutdown_grace;
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -62,7 +74,7 @@ pub async fn serve(
         .max_concurrent_streams(settings.max_h2_streams)
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
-    let tls = settings.tls.clone().map(TlsAcceptor::from);
+    let tls = tls.map(TlsAcceptor::from);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -90,9 +102,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
+        let conn = Conn { peer, surface };
         let service = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(http::handle(gw, req).await) }
+            async move { Ok::<_, Infallible>(http::handle(gw, req, conn).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -28,6 +28,15 @@ pub enum GatewayError {
         param: &'static str,
         expected: &'static str,
     },
+    /// A top-level member named twice: the gateway and the upstream could read different
+    /// values (JSON parsers disagree on which one wins), so neither is trusted.
+    #[error("request body has the top-level key '{0}' more than once; send each member once")]
+    DuplicateKey(String),
+    #[error("'{param}' is longer than the limit of {max} bytes")]
+    ParamTooLong { param: &'static str, max: usize },
+    /// A value of the right type that is out of range or blank (admin API inputs).
+    #[error("invalid value for '{param}': {reason}")]
+    InvalidValue { param: &'static str, reason: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("failed to read the request body: {0}")]
@@ -125,6 +134,12 @@ pub enum GatewayError {
     #[error("Incorrect admin token")]
     AdminUnauthorized,
     #[error(
+        "the admin API answers only clients on this machine here; set [admin] listen to serve it on an address of its own"
+    )]
+    AdminNotLocal,
+    #[error("too many failed admin tokens from this address; retry after {retry_after_secs}s")]
+    AdminThrottled { retry_after_secs: u64 },
+    #[error(
         "Rate limit reached for {scope}: {limit} {what} per minute, this request needs {requested}. Retry after {retry_after_secs}s"
     )]
     RateLimited {
@@ -154,9 +169,13 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            BadJson { .. } | NotAnObject | MissingParam { .. } | InvalidParam { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            BadJson { .. }
+            | NotAnObject
+            | MissingParam { .. }
+            | InvalidParam { .. }
+            | DuplicateKey(_)
+            | ParamTooLong { .. }
+            | InvalidValue { .. } => StatusCode::BAD_REQUEST,
             BodyRead(_) => StatusCode::BAD_REQUEST,
             BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -179,8 +198,10 @@ impl GatewayError {
             | AuthRevoked { .. }
             | AdminTokenMissing
             | AdminUnauthorized => StatusCode::UNAUTHORIZED,
-            AdminDisabled => StatusCode::FORBIDDEN,
-            RateLimited { .. } | BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AdminDisabled | AdminNotLocal => StatusCode::FORBIDDEN,
+            RateLimited { .. } | BudgetExceeded { .. } | AdminThrottled { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             PluginFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             PluginRejected { .. } => StatusCode::BAD_GATEWAY,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -195,6 +216,9 @@ impl GatewayError {
             | NotAnObject
             | MissingParam { .. }
             | InvalidParam { .. }
+            | DuplicateKey(_)
+            | ParamTooLong { .. }
+            | InvalidValue { .. }
             | BodyTooLarge { .. }
             | BodyRead(_)
             | BodyTimeout { .. }
@@ -202,7 +226,7 @@ impl GatewayError {
             | NotFound { .. }
             | MethodNotAllowed { .. }
             | PinUnknownBackend(_) => "invalid_request_error",
-            PinNotAllowed { .. } | AdminDisabled => "permission_error",
+            PinNotAllowed { .. } | AdminDisabled | AdminNotLocal => "permission_error",
             AnswerRejected { .. } => "upstream_error",
             Saturated { .. } | CircuitOpen { .. } => "server_error",
             UpstreamConnect { .. }
@@ -218,6 +242,7 @@ impl GatewayError {
             | AuthRevoked { .. }
             | AdminTokenMissing
             | AdminUnauthorized => "invalid_request_error",
+            AdminThrottled { .. } => "requests",
             RateLimited { what, .. } => what,
             BudgetExceeded { .. } => "insufficient_quota",
             PluginRejected { .. } => "upstream_error",
@@ -232,6 +257,9 @@ impl GatewayError {
             BadJson { .. } | NotAnObject => "invalid_json",
             MissingParam { .. } => "missing_required_parameter",
             InvalidParam { .. } => "invalid_type",
+            DuplicateKey(_) => "duplicate_key",
+            ParamTooLong { .. } => "string_above_max_length",
+            InvalidValue { .. } => "invalid_value",
             BodyTooLarge { .. } => "request_too_large",
             BodyTimeout { .. } => "request_timeout",
             UnknownModel(_) => "model_not_found",
@@ -251,8 +279,10 @@ impl GatewayError {
             AuthMalformed | AuthUnknown => "invalid_api_key",
             AuthRevoked { .. } => "revoked_api_key",
             AdminDisabled => "admin_disabled",
+            AdminNotLocal => "admin_not_local",
             AdminTokenMissing => "missing_admin_token",
             AdminUnauthorized => "invalid_admin_token",
+            AdminThrottled { .. } => "admin_throttled",
             RateLimited { .. } => "rate_limit_exceeded",
             BudgetExceeded { .. } => "budget_exceeded",
             LimitsUnavailable(_) => "limits_unavailable",
@@ -266,7 +296,11 @@ impl GatewayError {
     fn param(&self) -> Option<&str> {
         use GatewayError::*;
         match self {
-            MissingParam { param } | InvalidParam { param, .. } => Some(param),
+            MissingParam { param }
+            | InvalidParam { param, .. }
+            | ParamTooLong { param, .. }
+            | InvalidValue { param, .. } => Some(param),
+            DuplicateKey(key) => Some(key),
             UnknownModel(_) => Some("model"),
             _ => None,
         }
@@ -277,7 +311,11 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BadJson { .. } | NotAnObject => "bad_json",
-            MissingParam { .. } | InvalidParam { .. } => "bad_request",
+            MissingParam { .. }
+            | InvalidParam { .. }
+            | DuplicateKey(_)
+            | ParamTooLong { .. }
+            | InvalidValue { .. } => "bad_request",
             BodyTooLarge { .. } => "body_too_large",
             BodyRead(_) => "body_read",
             BodyTimeout { .. } => "body_timeout",
@@ -297,7 +335,10 @@ impl GatewayError {
             PluginRejected { .. } => "answer_rejected",
             Internal(_) => "internal",
             AuthMissing | AuthMalformed | AuthUnknown | AuthRevoked { .. } => "unauthorized",
-            AdminDisabled | AdminTokenMissing | AdminUnauthorized => "admin_unauthorized",
+            AdminDisabled | AdminTokenMissing | AdminUnauthorized | AdminNotLocal => {
+                "admin_unauthorized"
+            }
+            AdminThrottled { .. } => "admin_throttled",
             RateLimited { .. } => "rate_limited",
             BudgetExceeded { .. } => "budget_exceeded",
             LimitsUnavailable(_) => "limits_unavailable",
@@ -360,7 +401,8 @@ impl GatewayError {
         }
         | GatewayError::BudgetExceeded {
             retry_after_secs, ..
-        } = self
+        }
+        | GatewayError::AdminThrottled { retry_after_secs } = self
         {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

@@ -20,6 +20,15 @@ use serde_json::value::RawValue;
 use crate::base::Endpoint;
 use crate::base::error::GatewayError;
 
+/// The longest `model` a client may send, in bytes. Model names are short (OpenAI's longest
+/// is under 64 bytes); the cap keeps one request from putting megabytes into every place
+/// the name travels (logs, spans, the ledger).
+pub const MAX_MODEL_BYTES: usize = 256;
+
+/// Top-level members counted beyond which duplicates are found with a hash set instead of
+/// comparing every pair (a request body has a dozen or so).
+const PAIRWISE_MAX: usize = 32;
+
 /// A parsed request body: the bytes and where each top-level member sits in them.
 #[derive(Debug, Clone)]
 pub struct RequestBody {
@@ -118,6 +127,9 @@ impl RequestBody {
                 });
             }
         };
+        if let Some(key) = first_duplicate(&members.0) {
+            return Err(GatewayError::DuplicateKey(key.to_owned()));
+        }
         let mut fields = Vec::with_capacity(members.0.len());
         let mut model = None;
         let mut stream = false;
@@ -134,6 +146,12 @@ impl RequestBody {
             match k {
                 "model" => {
                     model = Some(match serde_json::from_str::<String>(text) {
+                        Ok(m) if m.len() > MAX_MODEL_BYTES => {
+                            return Err(GatewayError::ParamTooLong {
+                                param: "model",
+                                max: MAX_MODEL_BYTES,
+                            });
+                        }
                         Ok(m) if !m.is_empty() => m,
                         Ok(_) => return Err(GatewayError::MissingParam { param: "model" }),
                         Err(_) => {
@@ -303,6 +321,26 @@ impl RequestBody {
     pub fn strip_usage_chunk(&self, force_usage: bool) -> bool {
         force_usage && self.stream && !self.client_include_usage
     }
+}
+
+/// The first top-level key that appears twice. serde_json keeps the last of duplicates and
+/// other parsers the first, so the gateway (which judges `max_tokens`, `model`, `stream`)
+/// and the upstream could each read a different value. Only the top level is checked: that
+/// is all the gateway interprets.
+fn first_duplicate<'a>(members: &'a [(KeyText<'_>, &RawValue)]) -> Option<&'a str> {
+    if members.len() <= PAIRWISE_MAX {
+        for (i, (a, _)) in members.iter().enumerate() {
+            if members[..i].iter().any(|(b, _)| a.0 == b.0) {
+                return Some(&a.0);
+            }
+        }
+        return None;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(members.len());
+    members
+        .iter()
+        .map(|(k, _)| &*k.0)
+        .find(|k| !seen.insert(*k))
 }
 
 fn payload_key_static(endpoint: Endpoint) -> &'static str {
@@ -667,6 +705,39 @@ mod tests {
             })
         ));
         assert!(matches!(parse(r#"[1,2]"#), Err(GatewayError::NotAnObject)));
+    }
+
+    #[test]
+    fn duplicate_top_level_keys_are_refused_naming_the_key() {
+        match parse(r#"{"model":"m","messages":[],"max_tokens":1,"max_tokens":99999}"#) {
+            Err(GatewayError::DuplicateKey(k)) => assert_eq!(k, "max_tokens"),
+            other => panic!("{other:?}"),
+        }
+        // The same key spelled with an escape is the same key.
+        assert!(matches!(
+            parse(r#"{"model":"m","messages":[],"mod\u0065l":"n"}"#),
+            Err(GatewayError::DuplicateKey(k)) if k == "model"
+        ));
+        // Past the pairwise limit, the hash set finds it too.
+        let mut many: String = (0..100).map(|i| format!("\"k{i}\":{i},")).collect();
+        many.push_str(r#""k7":0,"#);
+        let body = format!(r#"{{{many}"model":"m","messages":[]}}"#);
+        assert!(matches!(parse(&body), Err(GatewayError::DuplicateKey(k)) if k == "k7"));
+        // Nested duplicates are the upstream's business.
+        assert!(parse(r#"{"model":"m","messages":[{"role":"user","role":"user"}]}"#).is_ok());
+    }
+
+    #[test]
+    fn an_over_long_model_name_is_refused_naming_the_field() {
+        let long = "m".repeat(MAX_MODEL_BYTES + 1);
+        let e = parse(&format!(r#"{{"model":"{long}","messages":[]}}"#)).unwrap_err();
+        assert!(matches!(
+            e,
+            GatewayError::ParamTooLong { param: "model", .. }
+        ));
+        assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+        let ok = "m".repeat(MAX_MODEL_BYTES);
+        assert!(parse(&format!(r#"{{"model":"{ok}","messages":[]}}"#)).is_ok());
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! `[admin]`, validated: the admin API's token (kept as its SHA-256 only), how many config
-//! versions are kept for rollback, and whether the config file is watched.
+//! `[admin]`, validated: the admin API's token (kept as its SHA-256 only), where it listens,
+//! how many config versions are kept for rollback, and whether the config file is watched.
+
+use std::net::{SocketAddr, ToSocketAddrs};
 
 use super::Problem;
 use super::schema::AdminSection;
@@ -15,6 +17,9 @@ pub struct AdminSettings {
     token_sha256: Option<[u8; 32]>,
     pub keep_versions: usize,
     pub watch: bool,
+    /// `[admin] listen`: the admin API's own listener. `None`: it is served on the main
+    /// listener, to loopback clients only.
+    pub listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for AdminSettings {
@@ -24,6 +29,7 @@ impl std::fmt::Debug for AdminSettings {
             .field("token", &self.token_sha256.map(|_| "<redacted>"))
             .field("keep_versions", &self.keep_versions)
             .field("watch", &self.watch)
+            .field("listen", &self.listen)
             .finish()
     }
 }
@@ -65,10 +71,23 @@ impl AdminSettings {
                 "must be at least 2 (the current version and one to roll back to)",
             ));
         }
+        let listen = s.listen.as_deref().and_then(|text| {
+            match text.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(addr)) => Some(addr),
+                Ok(None) | Err(_) => {
+                    problems.push(Problem::new(
+                        "admin.listen",
+                        format!("\"{text}\" is not a host:port address"),
+                    ));
+                    None
+                }
+            }
+        });
         Some(AdminSettings {
             token_sha256,
             keep_versions,
             watch: s.watch.unwrap_or(true),
+            listen,
         })
     }
 }

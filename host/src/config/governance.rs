@@ -137,6 +137,15 @@ impl GovConfig {
         )
     }
 
+    /// Model names the `[[prices]]` entries name (not `"*"`).
+    pub fn priced_models(&self) -> impl Iterator<Item = &str> {
+        self.prices
+            .values()
+            .flat_map(HashMap::keys)
+            .map(String::as_str)
+            .filter(|m| *m != "*")
+    }
+
     /// The route's baseline (premium) price, if configured.
     pub fn baseline(&self, route: &str) -> Option<Price> {
         self.baselines.get(route).copied()

@@ -1,6 +1,6 @@
 //! [`Runtime`]: one validated config version, the snapshot every reader loads once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,6 +16,38 @@ use super::state::StateSettings;
 use super::telemetry::TelemetrySettings;
 use super::traffic::TrafficSettings;
 
+/// The metric label of every model name the config does not name.
+pub const OTHER_MODEL: &str = "other";
+
+/// The model names `routes` and `gov` name, for [`Runtime::metric_model`].
+pub(super) fn metric_models(routes: &[Arc<Route>], gov: &GovConfig) -> HashSet<Arc<str>> {
+    let mut out: HashSet<Arc<str>> = HashSet::new();
+    for r in routes {
+        if &*r.name != "*" {
+            out.insert(r.name.clone());
+        }
+        let overrides = r.flags.overrides.iter().flat_map(|o| &o.targets);
+        let shadow = r.shadow.iter().map(|s| &s.target);
+        for t in r
+            .targets
+            .iter()
+            .chain(&r.fallback)
+            .chain(overrides)
+            .chain(shadow)
+        {
+            if let Some(m) = &t.model {
+                out.insert(m.clone());
+            }
+        }
+    }
+    for m in gov.priced_models() {
+        if !out.contains(m) {
+            out.insert(Arc::from(m));
+        }
+    }
+    out
+}
+
 /// A validated configuration: one version of the config, as the rest of the gateway reads it.
 /// Data only; the live objects built from it (upstream clients and URL state, plugins) belong
 /// to `services`, which pairs each version with them in a `services::Snapshot`.
@@ -28,6 +60,9 @@ pub struct Runtime {
     pub routes: Vec<Arc<Route>>,
     pub(super) route_index: HashMap<String, usize>,
     pub(super) catch_all: Option<usize>,
+    /// Every model name the config itself names: the only model label values metrics use.
+    pub(super) metric_models: HashSet<Arc<str>>,
+    pub(super) other_model: Arc<str>,
     pub plugins_dir: Option<PathBuf>,
     /// `[plugins]`, checked; `None` when the file has no `[plugins] dir`.
     pub plugins: Option<Arc<PluginSettings>>,
@@ -54,6 +89,17 @@ impl Runtime {
     /// Route names clients can ask for (the catch-all `*` is not a model name).
     pub fn model_names(&self) -> impl Iterator<Item = &str> {
         self.routes.iter().map(|r| &*r.name).filter(|n| *n != "*")
+    }
+
+    /// The label metrics give the model `sent` upstream: the name itself when the config
+    /// names it (a route, a target's or fallback's model, a priced model), else
+    /// [`OTHER_MODEL`]. A client's free text on a `*` route would otherwise mint new series
+    /// without bound.
+    pub fn metric_model(&self, sent: &str) -> Arc<str> {
+        self.metric_models
+            .get(sent)
+            .unwrap_or(&self.other_model)
+            .clone()
     }
 
     pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {

@@ -295,6 +295,9 @@ pub struct AdminSection {
     pub keep_versions: Option<usize>,
     /// Reload when the config file changes. Default true.
     pub watch: Option<bool>,
+    /// A listener of its own for the admin API (plain HTTP). Unset: the admin API is served
+    /// on `[server] listen`, to loopback clients only.
+    pub listen: Option<String>,
 }
 
 /// `[local_worker]`, as written.

@@ -117,6 +117,8 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         source,
         server,
         backends,
+        metric_models: super::runtime::metric_models(&routes, &governance),
+        other_model: std::sync::Arc::from(super::runtime::OTHER_MODEL),
         routes,
         route_index,
         catch_all,
@@ -221,6 +223,36 @@ targets = [{ backend = "local" }]
             "http://127.0.0.1:9001/v1/chat/completions"
         );
         assert_eq!(b.urls[1].authority, "127.0.0.1:9002");
+    }
+
+    #[test]
+    fn metric_model_labels_are_names_the_config_gives() {
+        let rt = load_str(
+            r#"
+[[backends]]
+name = "local"
+url = "http://127.0.0.1:9001/v1"
+[[prices]]
+backend = "local"
+model = "priced"
+input_per_1m = 1.0
+output_per_1m = 1.0
+[[routes]]
+model = "gpt-4o"
+targets = [{ backend = "local", model = "llama" }]
+fallback = [{ backend = "local", model = "qwen" }]
+[[routes]]
+model = "*"
+targets = [{ backend = "local" }]
+"#,
+            ConfigSource::Embedded,
+        )
+        .unwrap();
+        for named in ["gpt-4o", "llama", "qwen", "priced"] {
+            assert_eq!(&*rt.metric_model(named), named);
+        }
+        assert_eq!(&*rt.metric_model("whatever-a-client-sent"), "other");
+        assert_eq!(&*rt.metric_model("*"), "other");
     }
 
     #[test]

@@ -279,6 +279,7 @@ pub async fn attempt(a: AttemptPhase<'_>) -> Result<Exchanged, GatewayError> {
     candidates.extend(route.fallback.iter().map(candidate));
     let x = Exchange {
         services,
+        config: &snapshot.config,
         endpoint: ctx.endpoint,
         started: ctx.started,
         route: route.name.clone(),

@@ -1,7 +1,8 @@
 //! Phase `authenticate`: the caller's virtual key, before the body is read.
 //!
 //! With client auth on (a key exists, or `[auth] required`), a request without a valid key
-//! ends here with 401; the key check is a span of its own.
+//! ends here with 401; the key check is a span of its own. Such a refusal is counted in the
+//! metrics but never becomes a ledger row (only an authenticated account is settled).
 
 use http::HeaderMap;
 
@@ -16,6 +17,7 @@ pub fn authenticate(
     headers: &HeaderMap,
 ) -> Result<(), GatewayError> {
     let Some(gov) = &services.governance else {
+        ctx.account.authenticated = true;
         return Ok(());
     };
     let cfg = &ctx.snapshot.config.governance;
@@ -35,5 +37,6 @@ pub fn authenticate(
         );
     }
     ctx.account.key = key;
+    ctx.account.authenticated = true;
     Ok(())
 }

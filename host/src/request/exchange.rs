@@ -15,10 +15,10 @@ use super::respond::{self, Reply, complete, held, stream};
 use crate::base::body::GatewayBody;
 use crate::base::openai::{RequestBody, Usage};
 use crate::base::{Endpoint, GatewayError};
-use crate::config::Target;
+use crate::config::{Runtime, Target};
 use crate::services::Services;
 use crate::services::governance::Settler;
-use crate::services::observe::telemetry::{self, AttemptSpan, RequestTelemetry};
+use crate::services::observe::telemetry::{self, AttemptModel, AttemptSpan, RequestTelemetry};
 use crate::services::shadow::CaptureSlot;
 use crate::services::upstream::client;
 use crate::services::upstream::pool::Slot;
@@ -26,6 +26,8 @@ use crate::services::upstream::pool::Slot;
 /// What every attempt of one request shares.
 pub struct Exchange<'a> {
     pub services: &'a Services,
+    /// The config the request runs under.
+    pub config: &'a Runtime,
     pub endpoint: Endpoint,
     pub started: Instant,
     pub route: Arc<str>,
@@ -124,7 +126,10 @@ pub async fn exchange(
         x.endpoint,
         &target.backend.name,
         &url.peer,
-        &model,
+        AttemptModel {
+            sent: &model,
+            metric_label: x.config.metric_model(&model),
+        },
         telemetry::request_params(x.telemetry, request, x.endpoint),
     );
     span.inject(upstream_req.headers_mut());

@@ -5,6 +5,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod cli;
 mod concurrency;
 mod errors;

@@ -68,6 +68,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
                 Ok(n) => n,
                 Err(m) => return bad(m),
             };
+            if let Err(e) = new.check() {
+                return e.to_response();
+            }
             let resp = blocking(gov.clone(), move |conn| {
                 let (rec, secret) = auth::create_key(conn, &new)?;
                 let mut v = rec.to_json();
@@ -139,11 +142,7 @@ fn parse_new_key(body: &[u8]) -> Result<NewKey, String> {
         budget_monthly: Option<f64>,
     }
     let b: Body = serde_json::from_slice(body).map_err(|e| format!("invalid key request: {e}"))?;
-    for v in [b.budget_daily, b.budget_monthly].into_iter().flatten() {
-        if !(v.is_finite() && v >= 0.0) {
-            return Err("budgets must be non-negative numbers of USD".into());
-        }
-    }
+    // Ranges are checked by `NewKey::check`, for the CLI too.
     Ok(NewKey {
         team: b.team,
         tags: b.tags,

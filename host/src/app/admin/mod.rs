@@ -12,12 +12,17 @@
 //! SHA-256 is kept, and [`refusal`], the one gate in front of every `/admin/*` endpoint
 //! (the governance ones too), compares digests, so response times say nothing about the
 //! token's bytes.
+//! Wrong tokens are throttled per client address ([`throttle`]). The API is served on
+//! `[admin] listen` when set (and then not on the public port), else on `[server] listen`
+//! to loopback clients only.
 //! `switchyard rollback` and `switchyard reload` are thin clients of this API (`cli::admin`).
 
 pub mod keys;
+pub mod throttle;
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Instant, UNIX_EPOCH};
 
 use http::{Method, Request, Response, StatusCode};
 
@@ -53,23 +58,57 @@ fn control_error(e: &ControlError) -> Response<GatewayBody> {
     )
 }
 
-/// The gate in front of every `/admin/*` endpoint, traffic and governance alike: the
-/// refusal to send (it is logged), or `None` when the request carries the admin token.
-pub fn refusal(
+/// Every `/admin/*` request, traffic and governance alike, from client address `peer`:
+/// the failed-token throttle, the token check, then the endpoint.
+pub async fn entry(
+    gw: Arc<Gateway>,
+    req: Request<hyper::body::Incoming>,
+    peer: IpAddr,
+) -> Response<GatewayBody> {
+    if let Some(refused) = refusal(&gw, &gw.runtime(), &req, peer) {
+        return refused;
+    }
+    let p = req.uri().path();
+    if p.starts_with("/admin/keys") || p.starts_with("/admin/spend") {
+        keys::handle(gw, req).await
+    } else {
+        handle(gw, req).await
+    }
+}
+
+/// The gate in front of every `/admin/*` endpoint: the refusal to send (it is logged), or
+/// `None` when the request carries the admin token and its address is not blocked.
+fn refusal(
+    gw: &Gateway,
     rt: &Runtime,
     req: &Request<hyper::body::Incoming>,
+    peer: IpAddr,
 ) -> Option<Response<GatewayBody>> {
-    let token = rt.admin.as_ref().and_then(|a| a.token_sha256());
-    let e = authenticate_admin(req.headers(), token).err()?;
-    tracing::info!(path = %req.uri().path(), kind = e.kind(), "admin request refused");
+    let now = Instant::now();
+    let e = match gw.admin_throttle.check(peer, now) {
+        Err(retry_after_secs) => GatewayError::AdminThrottled { retry_after_secs },
+        Ok(()) => {
+            let token = rt.admin.as_ref().and_then(|a| a.token_sha256());
+            match authenticate_admin(req.headers(), token) {
+                Ok(()) => {
+                    gw.admin_throttle.succeeded(peer);
+                    return None;
+                }
+                Err(e) => {
+                    if matches!(e, GatewayError::AdminUnauthorized) {
+                        gw.admin_throttle.failed(peer, now);
+                    }
+                    e
+                }
+            }
+        }
+    };
+    tracing::info!(path = %req.uri().path(), %peer, kind = e.kind(), "admin request refused");
     Some(e.to_response())
 }
 
 /// Answer one traffic `/admin/...` request (the token already checked: [`refusal`]).
-pub async fn handle(
-    gw: Arc<Gateway>,
-    req: Request<hyper::body::Incoming>,
-) -> Response<GatewayBody> {
+async fn handle(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Response<GatewayBody> {
     let path = req.uri().path().to_string();
     match (path.as_str(), req.method()) {
         ("/admin/breakers", &Method::GET) => json(

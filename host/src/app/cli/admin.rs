@@ -39,11 +39,17 @@ pub fn call(action: &str, config_path: Option<PathBuf>, url: Option<String>) -> 
     let base = url
         .or_else(|| std::env::var(ADMIN_URL_ENV).ok().filter(|v| !v.is_empty()))
         .or_else(|| {
-            let listen = file
+            // The admin API's own listener (plain HTTP) when it has one.
+            let admin_listen = file
                 .as_ref()
-                .and_then(|f| f.server.listen.clone())
+                .and_then(|f| f.admin.as_ref())
+                .and_then(|a| a.listen.clone());
+            let listen = admin_listen
+                .clone()
+                .or_else(|| file.as_ref().and_then(|f| f.server.listen.clone()))
                 .unwrap_or_else(|| "127.0.0.1:8080".to_string()); // the documented default
-            let tls = file.as_ref().is_some_and(|f| f.server.tls_cert.is_some());
+            let tls = admin_listen.is_none()
+                && file.as_ref().is_some_and(|f| f.server.tls_cert.is_some());
             (!listen.ends_with(":0"))
                 .then(|| format!("{}://{listen}", if tls { "https" } else { "http" }))
         });

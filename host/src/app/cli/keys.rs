@@ -287,11 +287,12 @@ fn totals(lines: &[SpendLine]) -> SpendLine {
         ..Default::default()
     };
     for l in lines {
-        t.requests += l.requests;
-        t.errors += l.errors;
-        t.tokens_in += l.tokens_in;
-        t.tokens_out += l.tokens_out;
-        t.estimated_rows += l.estimated_rows;
+        // Saturating: an upstream's absurd usage must not fail the report.
+        t.requests = t.requests.saturating_add(l.requests);
+        t.errors = t.errors.saturating_add(l.errors);
+        t.tokens_in = t.tokens_in.saturating_add(l.tokens_in);
+        t.tokens_out = t.tokens_out.saturating_add(l.tokens_out);
+        t.estimated_rows = t.estimated_rows.saturating_add(l.estimated_rows);
         t.cost_usd += l.cost_usd;
         t.baseline_usd += l.baseline_usd;
         t.savings_usd += l.savings_usd;

@@ -36,9 +36,10 @@ pub const KEY_PREFIX: &str = "sk-sy-";
 const KEY_HEX_LEN: usize = 48;
 
 /// The `keys` table and the change counter the cache polls.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "keys-1",
-    sql: "CREATE TABLE keys (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "keys-1",
+        sql: "CREATE TABLE keys (
             id TEXT PRIMARY KEY,
             hash TEXT NOT NULL UNIQUE,
             prefix TEXT NOT NULL,
@@ -59,7 +60,18 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             UPDATE governance_meta SET v = v + 1 WHERE k = 'keys_version'; END;
           CREATE TRIGGER keys_ad AFTER DELETE ON keys BEGIN
             UPDATE governance_meta SET v = v + 1 WHERE k = 'keys_version'; END;",
-}];
+    },
+    // The decision that client auth is on, kept once the first key is created: deleting
+    // the keys (or a store emptied by hand) must not silently open the gateway. Stores that
+    // already hold keys get it at once.
+    Migration {
+        name: "keys-2-auth-on",
+        sql: "INSERT OR IGNORE INTO governance_meta (k, v)
+            SELECT 'auth_on', 1 WHERE EXISTS (SELECT 1 FROM keys);
+          CREATE TRIGGER keys_auth_on AFTER INSERT ON keys BEGIN
+            INSERT OR IGNORE INTO governance_meta (k, v) VALUES ('auth_on', 1); END;",
+    },
+];
 
 /// A stored key (never the secret).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -124,11 +136,66 @@ pub struct NewKey {
     pub limits: Limits,
 }
 
+/// The largest rate limit a key holds: what SQLite's INTEGER stores.
+pub const MAX_LIMIT: u64 = i64::MAX as u64;
+/// The longest team name and tag, in bytes.
+const MAX_NAME_BYTES: usize = 128;
+
+impl NewKey {
+    /// Every setting within range: else the field at fault and why (the admin API answers
+    /// 400 naming it, the CLI prints it).
+    pub fn check(&self) -> Result<(), GatewayError> {
+        let invalid =
+            |param: &'static str, reason: String| Err(GatewayError::InvalidValue { param, reason });
+        let team = self.team.trim();
+        if team.is_empty() {
+            return invalid("team", "a key needs a team: it must not be blank".into());
+        }
+        if team.len() > MAX_NAME_BYTES {
+            return invalid("team", format!("at most {MAX_NAME_BYTES} bytes"));
+        }
+        if self
+            .tags
+            .iter()
+            .any(|t| t.trim().is_empty() || t.len() > MAX_NAME_BYTES)
+        {
+            return invalid(
+                "tags",
+                format!("each tag must be non-blank and at most {MAX_NAME_BYTES} bytes"),
+            );
+        }
+        for (param, v) in [("rpm", self.limits.rpm), ("tpm", self.limits.tpm)] {
+            if let Some(v) = v
+                && !(1..=MAX_LIMIT).contains(&v)
+            {
+                return invalid(
+                    param,
+                    format!(
+                        "must be between 1 and {MAX_LIMIT} (leave it out for no limit), got {v}"
+                    ),
+                );
+            }
+        }
+        for (param, v) in [
+            ("budget_daily", self.limits.budget_daily),
+            ("budget_monthly", self.limits.budget_monthly),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return invalid(
+                    param,
+                    format!("must be a non-negative number of USD, got {v}"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Create a key; returns the record and the secret (shown once, never stored).
 pub fn create_key(conn: &Connection, new: &NewKey) -> Result<(KeyRecord, String), String> {
-    if new.team.trim().is_empty() {
-        return Err("a key needs a team (--team)".into());
-    }
+    new.check().map_err(|e| e.to_string())?;
     let secret = format!("{KEY_PREFIX}{}", random_hex(KEY_HEX_LEN / 2)?);
     let id = format!("key_{}", random_hex(6)?);
     let rec = KeyRecord {
@@ -149,8 +216,9 @@ pub fn create_key(conn: &Connection, new: &NewKey) -> Result<(KeyRecord, String)
             rec.prefix,
             rec.team,
             serde_json::to_string(&rec.tags).unwrap_or_else(|_| "[]".into()),
-            rec.limits.rpm.map(|v| v as i64),
-            rec.limits.tpm.map(|v| v as i64),
+            // In range (`NewKey::check`); saturating all the same, never wrapping.
+            rec.limits.rpm.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+            rec.limits.tpm.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
             rec.limits.budget_daily,
             rec.limits.budget_monthly,
             rec.created_ms,
@@ -209,16 +277,28 @@ fn keys_version(conn: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
+/// Whether the store recorded that client auth is on (a key was created in it once).
+fn auth_recorded(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM governance_meta WHERE k = 'auth_on' AND v = 1)",
+        [],
+        |r| r.get(0),
+    )
+}
+
 /// Every key in memory, by the hash of its secret.
 #[derive(Debug, Default)]
 pub struct KeySnapshot {
     version: i64,
     by_hash: HashMap<[u8; 32], Arc<KeyRecord>>,
+    /// The store recorded that client auth is on, whatever keys it holds now.
+    auth_recorded: bool,
 }
 
 impl KeySnapshot {
     fn load(conn: &Connection) -> rusqlite::Result<KeySnapshot> {
         let version = keys_version(conn)?;
+        let auth_recorded = auth_recorded(conn)?;
         let mut stmt = conn.prepare(SELECT)?;
         let mut by_hash = HashMap::new();
         for r in stmt.query_map([], record_of)? {
@@ -227,12 +307,32 @@ impl KeySnapshot {
                 by_hash.insert(h, Arc::new(rec));
             }
         }
-        Ok(KeySnapshot { version, by_hash })
+        Ok(KeySnapshot {
+            version,
+            by_hash,
+            auth_recorded,
+        })
     }
 
-    /// True once any key (even a revoked one) exists.
+    /// True once client auth is on: a key (even a revoked one) exists, or one did (the
+    /// store keeps that decision).
     pub fn any(&self) -> bool {
-        !self.by_hash.is_empty()
+        self.auth_recorded || !self.by_hash.is_empty()
+    }
+
+    /// How many keys the store holds (revoked ones included).
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Whether the store holds no key at all.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// Whether the store recorded that client auth is on.
+    pub fn auth_recorded(&self) -> bool {
+        self.auth_recorded
     }
 }
 

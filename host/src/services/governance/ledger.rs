@@ -1,4 +1,5 @@
-//! The cost ledger: one row per upstream attempt and per refused request, and the queries
+//! The cost ledger: one row per upstream attempt and per request refused after
+//! authentication (401s are only counted, in `switchyard_refused_total`), and the queries
 //! behind `switchyard spend`.
 //!
 //! A row says who (key, team, tags), where (route, backend, model, kind: primary, fallback,
@@ -55,6 +56,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: "DROP INDEX IF EXISTS ledger_team_ts;
           DROP INDEX IF EXISTS ledger_key_ts;",
     },
+    // Rows whose upstream reported more tokens than the request could have used, counted
+    // at the most it could (an upstream's usage is not trusted blindly).
+    Migration {
+        name: "ledger-3-usage-clamped",
+        sql: "ALTER TABLE ledger ADD COLUMN usage_clamped INTEGER NOT NULL DEFAULT 0;",
+    },
 ];
 
 /// Which attempt of a request a row describes.
@@ -102,6 +109,8 @@ pub struct Row {
     pub outcome: String,
     /// Token counts are the gateway's estimate, not the upstream's report.
     pub estimated: bool,
+    /// The upstream reported more tokens than the request could use: counted at the cap.
+    pub usage_clamped: bool,
 }
 
 impl Row {
@@ -126,6 +135,7 @@ impl Row {
             status,
             outcome: "ok".into(),
             estimated: false,
+            usage_clamped: false,
         }
     }
 }
@@ -134,8 +144,9 @@ impl Row {
 pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO ledger (ts_ms, key_id, team, tags, route, backend, model, kind, stream,
-            tokens_in, tokens_out, cost_usd, baseline_usd, latency_ms, ttft_ms, status, outcome, estimated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            tokens_in, tokens_out, cost_usd, baseline_usd, latency_ms, ttft_ms, status, outcome, estimated,
+            usage_clamped)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?;
     let tags = serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into());
     stmt.execute(params![
@@ -157,6 +168,7 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
         r.status,
         r.outcome,
         r.estimated,
+        r.usage_clamped,
     ])?;
     Ok(())
 }
@@ -233,8 +245,8 @@ fn spend_sql(by: Option<GroupBy>) -> String {
         "ledger l"
     };
     format!(
-        "SELECT {group_expr}, l.route, COUNT(*), SUM(l.status >= 400), SUM(l.tokens_in), SUM(l.tokens_out),
-                SUM(l.estimated), TOTAL(l.cost_usd), TOTAL(l.baseline_usd)
+        "SELECT {group_expr}, l.route, COUNT(*), SUM(l.status >= 400), TOTAL(l.tokens_in),
+                TOTAL(l.tokens_out), SUM(l.estimated), TOTAL(l.cost_usd), TOTAL(l.baseline_usd)
          FROM {from} WHERE l.ts_ms >= ?1
          GROUP BY 1, 2 ORDER BY TOTAL(l.cost_usd) DESC, 1, 2"
     )
@@ -257,8 +269,10 @@ pub fn spend(
             route: r.get(1)?,
             requests: r.get::<_, i64>(2)?.max(0) as u64,
             errors: r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as u64,
-            tokens_in: r.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as u64,
-            tokens_out: r.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as u64,
+            // TOTAL (a float) where SUM of integers would fail with "integer overflow";
+            // `as` saturates.
+            tokens_in: r.get::<_, f64>(4)?.max(0.0) as u64,
+            tokens_out: r.get::<_, f64>(5)?.max(0.0) as u64,
             estimated_rows: r.get::<_, Option<i64>>(6)?.unwrap_or(0).max(0) as u64,
             cost_usd: cost,
             baseline_usd: baseline,
@@ -334,6 +348,31 @@ mod tests {
         let total: f64 = all.iter().map(|l| l.cost_usd).sum();
         assert!((total - 3.5).abs() < 1e-9);
         assert!(spend(&conn, None, now_ms() + 60_000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sums_past_the_integer_range_do_not_fail_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db"), 100).unwrap();
+        for _ in 0..3 {
+            let mut r = Row::new("r", 200);
+            r.team = Some("a".into());
+            r.tokens_in = u64::MAX;
+            r.tokens_out = 1 << 62;
+            r.cost_usd = 1e300;
+            assert!(store.submit(Write::Ledger(Box::new(r))));
+        }
+        assert!(store.flush(std::time::Duration::from_secs(5)));
+        let conn = store.connect().unwrap();
+        for by in [None, Some(GroupBy::Team), Some(GroupBy::Tag)] {
+            let lines = spend(&conn, by, 0).unwrap();
+            if by != Some(GroupBy::Tag) {
+                assert_eq!(lines[0].tokens_in, u64::MAX);
+                assert_eq!(lines[0].requests, 3);
+            }
+        }
+        let by_key = spend_by_key_and_team(&conn, 0).unwrap();
+        assert_eq!(by_key[0].2, i64::MAX);
     }
 
     /// Each index costs every row on the writer thread, so the ledger keeps only the one its

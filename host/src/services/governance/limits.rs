@@ -327,9 +327,9 @@ impl Limiter {
                     }
                     if let Some(mut c) = map.get_mut(&h.name) {
                         if c.bucket == h.bucket {
-                            c.cur = (c.cur + delta).max(0);
+                            c.cur = c.cur.saturating_add(*delta).max(0);
                         } else if c.bucket == h.bucket + 1 {
-                            c.prev = (c.prev + delta).max(0);
+                            c.prev = c.prev.saturating_add(*delta).max(0);
                         }
                     }
                 }
@@ -344,7 +344,7 @@ impl Limiter {
             let mut c = map.entry(name.to_string()).or_default();
             c.roll(bucket);
             if c.bucket == bucket {
-                c.cur += amount;
+                c.cur = c.cur.saturating_add(amount);
             }
         }
     }
@@ -361,7 +361,7 @@ fn admit_memory(
             e.roll(c.bucket);
             let (prev, cur) = (e.prev as f64, e.cur as f64);
             if e.bucket == c.bucket && !refused(c, prev, cur) {
-                e.cur += c.cost;
+                e.cur = e.cur.saturating_add(c.cost);
                 Ok(())
             } else {
                 Err(Box::new(Refusal {
@@ -383,7 +383,7 @@ fn admit_memory(
                     if let Some(mut e) = map.get_mut(&h.name)
                         && e.bucket == h.bucket
                     {
-                        e.cur = (e.cur - h.cost).max(0);
+                        e.cur = e.cur.saturating_sub(h.cost).max(0);
                     }
                 }
                 return Err(r);

@@ -63,6 +63,10 @@ pub struct Governance {
 /// What governance knows about one request.
 #[derive(Debug, Default)]
 pub struct Account {
+    /// The caller passed `authenticate` (with a key, or with client auth off). A request
+    /// refused before that gets no ledger row: anyone can send those, as fast as they like,
+    /// and `switchyard_refused_total{reason="auth"}` counts them.
+    pub authenticated: bool,
     pub key: Option<Arc<KeyRecord>>,
     pub tags: Vec<String>,
     pub stream: bool,
@@ -78,9 +82,72 @@ pub struct Account {
     pub usage: Option<Usage>,
     /// Completion tokens estimated from a complete answer without usage.
     pub completion_estimate: Option<u64>,
+    /// The most tokens this request could have used; an upstream's report beyond it is
+    /// clamped (and the row flagged `usage_clamped`).
+    pub usage_cap: UsageCap,
     /// Which attempt answered (or failed last): primary, retry or fallback.
     pub kind: ledger::Kind,
     settled: bool,
+}
+
+/// The most tokens a request could have used, set at admission: what an upstream reports
+/// beyond it is not believed. Without a cap (a request never admitted) nothing is clamped.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageCap {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+impl Default for UsageCap {
+    fn default() -> Self {
+        UsageCap {
+            prompt: u64::MAX,
+            completion: u64::MAX,
+        }
+    }
+}
+
+/// Prompt tokens believed beyond one per byte of the body: chat-template tokens and images
+/// sent by URL cost tokens that the body's bytes do not show.
+pub const PROMPT_SLACK_TOKENS: u64 = 65_536;
+/// Completion tokens believed per choice when the request sets no `max_tokens` (no model
+/// writes more in one answer).
+pub const MAX_COMPLETION_TOKENS: u64 = 1 << 20;
+/// Choices (`n`) believed per request.
+const MAX_CHOICES: u64 = 128;
+
+impl UsageCap {
+    /// The cap for a body of `body_len` bytes asking for `max_out` tokens per choice (the
+    /// client's `max_tokens`, if any) and `n` choices.
+    pub fn of(body_len: usize, max_out: Option<u64>, n: Option<u64>) -> UsageCap {
+        let per_choice = max_out
+            .unwrap_or(MAX_COMPLETION_TOKENS)
+            .min(MAX_COMPLETION_TOKENS);
+        UsageCap {
+            prompt: (body_len as u64).saturating_add(PROMPT_SLACK_TOKENS),
+            completion: per_choice.saturating_mul(n.unwrap_or(1).clamp(1, MAX_CHOICES)),
+        }
+    }
+
+    /// `u` within the cap, and whether it had to be clamped.
+    pub fn apply(&self, u: Usage) -> (Usage, bool) {
+        let prompt = u.prompt_tokens.min(self.prompt);
+        let completion = u.completion_tokens.min(self.completion);
+        let clamped = prompt != u.prompt_tokens || completion != u.completion_tokens;
+        let total = if clamped {
+            prompt.saturating_add(completion)
+        } else {
+            u.total_tokens
+        };
+        (
+            Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                total_tokens: total,
+            },
+            clamped,
+        )
+    }
 }
 
 impl Governance {
@@ -90,7 +157,11 @@ impl Governance {
         let store = Store::open(&path, store::DEFAULT_QUEUE).map_err(|e| e.to_string())?;
         let keys = KeyCache::open(&path).map_err(|e| e.to_string())?;
         let gov_cfg = &rt.governance;
-        let auth_on = gov_cfg.auth_required || keys.snapshot().any();
+        let snap = keys.snapshot();
+        if let Some(why) = missing_keys(gov_cfg.auth_required, &snap, &path) {
+            return Err(why);
+        }
+        let auth_on = gov_cfg.auth_required || snap.any();
         if !auth_on && !rt.server.listen.ip().is_loopback() && !gov_cfg.allow_unauthenticated {
             return Err(format!(
                 "refusing to listen on {} without client authentication: create a key \
@@ -151,6 +222,35 @@ impl Governance {
     }
 }
 
+/// Why the gateway must not start: keys are expected (`[auth] required`, or the store
+/// recorded that a key was created in it) but the store holds none. Starting would either
+/// refuse every caller or, worse, serve everyone unauthenticated after a store was lost,
+/// emptied or replaced.
+fn missing_keys(
+    required: bool,
+    snap: &keys::KeySnapshot,
+    path: &std::path::Path,
+) -> Option<String> {
+    if !snap.is_empty() {
+        return None;
+    }
+    let store = path.display();
+    if snap.auth_recorded() {
+        return Some(format!(
+            "refusing to start: the store {store} recorded that client auth is on (keys were \
+             created in it) but it holds no keys now; restore the store's keys, or create one \
+             (switchyard keys create --team T)"
+        ));
+    }
+    required.then(|| {
+        format!(
+            "refusing to start: [auth] required = true but the store {store} holds no keys; \
+             create one first (switchyard keys create --team T), or point [state] path at the \
+             store that holds them"
+        )
+    })
+}
+
 /// Budgets in memory start from the ledger's spend this day and month, so a restart does
 /// not hand out a fresh budget.
 fn seed_budgets(store: &Store, limiter: &Limiter) {
@@ -168,7 +268,8 @@ fn seed_budgets(store: &Store, limiter: &Limiter) {
                 limiter.seed(&c.name, c.bucket, micros);
             }
             if let Some(t) = team {
-                *teams.entry(t).or_default() += micros;
+                let sum = teams.entry(t).or_default();
+                *sum = sum.saturating_add(micros);
             }
         }
         for (t, micros) in teams {
@@ -282,19 +383,21 @@ async fn admit(gov: &Governance, a: Admission<'_>, acct: &mut Account) -> Result
     acct.prompt_estimate = estimate_tokens(a.upstream_body_len);
     acct.body = Some(request.bytes().clone());
     acct.endpoint = Some(a.endpoint);
-    let Some(key) = acct.key.clone() else {
-        return Ok(());
-    };
-    let team = cfg.teams.get(&key.team).copied().unwrap_or_default();
-    let max_out = if a.endpoint == Endpoint::Embeddings {
-        0
+    let client_max = if a.endpoint == Endpoint::Embeddings {
+        Some(0)
     } else {
         request
             .get::<u64>("max_completion_tokens")
             .or_else(|| request.get::<u64>("max_tokens"))
-            .unwrap_or(cfg.reserve_tokens)
     };
-    let reserve_tokens = acct.prompt_estimate + max_out;
+    acct.usage_cap = UsageCap::of(a.upstream_body_len, client_max, request.get::<u64>("n"));
+    let Some(key) = acct.key.clone() else {
+        return Ok(());
+    };
+    let team = cfg.teams.get(&key.team).copied().unwrap_or_default();
+    let max_out = client_max.unwrap_or(cfg.reserve_tokens);
+    // Saturating: a `max_tokens` near 2^64 must be refused, not wrap to a small reservation.
+    let reserve_tokens = acct.prompt_estimate.saturating_add(max_out);
     let price = cfg.price(a.backend, a.model);
     let reserve_usd = price
         .map(|p| p.cost(acct.prompt_estimate, max_out))
@@ -446,7 +549,7 @@ impl Governance {
     /// Take the request's account for settling; `None` when it is already settled.
     pub fn settler(self: &Arc<Self>, account: &mut Account, labels: Labels<'_>) -> Option<Settler> {
         let account = std::mem::take(account);
-        if account.settled {
+        if account.settled || !account.authenticated {
             return None;
         }
         let age = labels.started.elapsed();
@@ -468,8 +571,20 @@ impl Settler {
     pub fn settle(mut self, end: Ending) -> f64 {
         self.account.settled = true;
         let a = &self.account;
-        let (tokens_in, tokens_out, estimated) = match (end.usage, end.reached_upstream) {
-            (Some(u), _) => (u.prompt_tokens, u.completion_tokens, false),
+        let reported = end.usage.map(|u| a.usage_cap.apply(u));
+        let clamped = reported.is_some_and(|(_, c)| c);
+        if clamped && let Some(u) = end.usage {
+            tracing::warn!(
+                backend = self.backend.as_deref().unwrap_or("-"),
+                prompt_tokens = u.prompt_tokens,
+                completion_tokens = u.completion_tokens,
+                cap_prompt = a.usage_cap.prompt,
+                cap_completion = a.usage_cap.completion,
+                "upstream reported more tokens than the request could use; clamped"
+            );
+        }
+        let (tokens_in, tokens_out, estimated) = match (reported, end.reached_upstream) {
+            (Some((u, _)), _) => (u.prompt_tokens, u.completion_tokens, false),
             (None, false) => (0, 0, false),
             (None, true) => match end.completion_estimate {
                 // Something was generated (or the upstream answered): bill the prompt too.
@@ -501,18 +616,19 @@ impl Settler {
         row.ttft_ms = end.ttft_ms;
         row.outcome = end.outcome;
         row.estimated = estimated;
-        self.gov.write_row(row);
+        row.usage_clamped = clamped;
+        self.gov.write_row(&self.runtime, row);
 
-        let tokens = i64::try_from(tokens_in + tokens_out).unwrap_or(i64::MAX);
+        let tokens = i64::try_from(tokens_in.saturating_add(tokens_out)).unwrap_or(i64::MAX);
         let cost_micros = micros(cost);
         let corrections: Vec<(Held, i64)> = a
             .held_tokens
             .iter()
-            .map(|(h, _)| (h.clone(), tokens - h.cost))
+            .map(|(h, _)| (h.clone(), tokens.saturating_sub(h.cost)))
             .chain(
                 a.held_budget
                     .iter()
-                    .map(|(h, _)| (h.clone(), cost_micros - h.cost)),
+                    .map(|(h, _)| (h.clone(), cost_micros.saturating_sub(h.cost))),
             )
             .filter(|(_, d)| *d != 0)
             .collect();
@@ -537,13 +653,14 @@ impl Settler {
 }
 
 impl Governance {
-    /// Write a ledger row and add its cost to `switchyard_cost_usd_total{backend,model}`.
-    fn write_row(&self, row: Row) {
+    /// Write a ledger row and add its cost to `switchyard_cost_usd_total{backend,model}`,
+    /// the model labelled as `rt` names it (`Runtime::metric_model`).
+    fn write_row(&self, rt: &Runtime, row: Row) {
         if row.cost_usd > 0.0
             && let (Some(b), Some(m)) = (&row.backend, &row.model)
         {
             self.metrics
-                .cost(&Arc::from(b.as_str()), &Arc::from(m.as_str()), row.cost_usd);
+                .cost(&Arc::from(b.as_str()), &rt.metric_model(m), row.cost_usd);
         }
         ledger::record(&self.store, row);
     }
@@ -577,7 +694,7 @@ impl Governance {
             self.metrics
                 .shadow_result(&Arc::from(call.route), &Arc::from(call.backend), result);
         }
-        self.write_row(row);
+        self.write_row(rt, row);
     }
 }
 
@@ -628,7 +745,8 @@ fn record_attempts(gov: &Governance, route: Option<&str>, acct: &mut Account, st
         row.kind = kind_of(i, s);
         row.stream = a.stream;
         row.outcome = s.outcome.clone();
-        gov.write_row(row);
+        // No model and no cost: nothing to count beside the row.
+        ledger::record(&gov.store, row);
     }
     if let Some(last) = real.last() {
         acct.kind = kind_of(real.len() - 1, last);

@@ -786,8 +786,16 @@ pub struct AttemptSpan {
     unsampled: Option<SpanContext>,
     started: Instant,
     operation: &'static str,
+    /// The model's metric label (never the client's free text: see [`AttemptModel`]).
     model: Arc<str>,
     backend: Arc<str>,
+}
+
+/// The model of one attempt: the name sent upstream, which the span carries, and the label
+/// the GenAI metrics use for it (`Runtime::metric_model`), so a client cannot mint series.
+pub struct AttemptModel<'a> {
+    pub sent: &'a Arc<str>,
+    pub metric_label: Arc<str>,
 }
 
 impl AttemptSpan {
@@ -797,9 +805,13 @@ impl AttemptSpan {
         endpoint: Endpoint,
         backend: &Arc<str>,
         peer: &Peer,
-        model: &Arc<str>,
+        model: AttemptModel<'_>,
         params: RequestParams<'_>,
     ) -> AttemptSpan {
+        let AttemptModel {
+            sent: model,
+            metric_label,
+        } = model;
         let operation = endpoint.operation();
         let span = if t.is_tracing() {
             // Room for everything `succeeded` adds too, so the buffer never grows (unless
@@ -840,7 +852,7 @@ impl AttemptSpan {
             unsampled,
             started: Instant::now(),
             operation,
-            model: model.clone(),
+            model: metric_label,
             backend: backend.clone(),
         }
     }
@@ -999,7 +1011,10 @@ mod tests {
             Endpoint::ChatCompletions,
             &b,
             &Peer::of("http://h:1/v1"),
-            &b,
+            AttemptModel {
+                sent: &b,
+                metric_label: b.clone(),
+            },
             RequestParams::default(),
         );
         a.inject(&mut h);
