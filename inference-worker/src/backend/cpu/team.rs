@@ -7,10 +7,12 @@
 //! condition variable) after a stretch with no work, as between requests. The calling thread
 //! works too. Measured on 2 cores, decode ran 6-7% faster than on rayon's pool.
 //!
-//! One loop at a time: [`Team::run`] publishes `n` task indices under a new epoch; every
-//! member claims indices with a compare-and-swap on `(epoch, next index)`, so a helper that
-//! arrives late can never claim a task of a loop that already ended, and the loop ends when
-//! the count of finished tasks reaches `n`.
+//! One loop at a time: [`Team::run`] publishes the loop as one word, `(epoch, n, next
+//! index)`; every member claims indices with a compare-and-swap on that word, so a helper
+//! that arrives late can never claim a task of a loop that already ended, nor judge an index
+//! against another loop's `n` (the task count lives in the same word as the epoch for that
+//! reason: read apart, a helper could pair the old epoch with the next loop's larger count
+//! and run a task twice). The loop ends when the count of finished tasks reaches `n`.
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,10 +30,14 @@ const YIELDS: u32 = 64;
 /// that was descheduled on a busy machine).
 const WAIT_SPINS: u32 = 1 << 10;
 
+/// Bits of the task count and of the next index in the state word; the epoch takes the rest.
+const INDEX_BITS: u32 = 24;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+const EPOCH_SHIFT: u32 = 2 * INDEX_BITS;
+
 struct Shared {
-    /// `epoch << 32 | next task index`.
+    /// `epoch << 48 | n << 24 | next task index`.
     state: AtomicU64,
-    n_tasks: AtomicU32,
     finished: AtomicU32,
     /// The current loop's body: a pointer to the caller's `Job`, valid while the loop runs.
     job: AtomicPtr<Job<'static>>,
@@ -53,7 +59,6 @@ impl Team {
     pub(crate) fn new(threads: usize) -> Team {
         let shared = Arc::new(Shared {
             state: AtomicU64::new(0),
-            n_tasks: AtomicU32::new(0),
             finished: AtomicU32::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
             sleepers: AtomicUsize::new(0),
@@ -84,8 +89,16 @@ impl Team {
             (0..n).for_each(f);
             return;
         }
+        if n as u64 > INDEX_MASK {
+            // More tasks than the state word counts: in loops of the most it does.
+            let max = INDEX_MASK as usize;
+            for base in (0..n).step_by(max) {
+                self.run(max.min(n - base), &|i| f(base + i));
+            }
+            return;
+        }
         let s = &*self.shared;
-        let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+        let n32 = n as u32;
         let job: Job<'_> = f;
         // SAFETY: only the lifetime is erased. Helpers dereference the pointer only after
         // claiming a task of this loop (see `claim`), and this function returns only once
@@ -94,15 +107,18 @@ impl Team {
             std::mem::transmute::<*const Job<'_>, *mut Job<'static>>(&job as *const Job<'_>)
         };
         s.job.store(job_ptr, Ordering::Relaxed);
-        s.n_tasks.store(n32, Ordering::Relaxed);
         s.finished.store(0, Ordering::Relaxed);
-        let epoch = (s.state.load(Ordering::Relaxed) >> 32) + 1;
-        s.state.store(epoch << 32, Ordering::SeqCst);
+        // The epoch wraps; a helper asleep through exactly 2^16 loops only misses loops.
+        let epoch = ((s.state.load(Ordering::Relaxed) >> EPOCH_SHIFT) + 1) & 0xffff;
+        s.state.store(
+            epoch << EPOCH_SHIFT | u64::from(n32) << INDEX_BITS,
+            Ordering::SeqCst,
+        );
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = s.lock.lock();
             s.wake.notify_all();
         }
-        while let Some(i) = claim(s, epoch, n32) {
+        while let Some(i) = claim(s, epoch) {
             f(i as usize);
             s.finished.fetch_add(1, Ordering::Release);
         }
@@ -133,20 +149,21 @@ impl Drop for Team {
     }
 }
 
-/// The next task index of loop `epoch` (of `n`), or `None` when there is none left or the
-/// loop is over.
-fn claim(s: &Shared, epoch: u64, n: u32) -> Option<u32> {
+/// The next task index of loop `epoch`, or `None` when there is none left or the loop is
+/// over.
+fn claim(s: &Shared, epoch: u64) -> Option<u32> {
     let mut cur = s.state.load(Ordering::Acquire);
     loop {
-        let i = cur as u32;
-        if cur >> 32 != epoch || i >= n {
+        let i = cur & INDEX_MASK;
+        let n = (cur >> INDEX_BITS) & INDEX_MASK;
+        if cur >> EPOCH_SHIFT != epoch || i >= n {
             return None;
         }
         match s
             .state
             .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => return Some(i),
+            Ok(_) => return Some(i as u32),
             Err(now) => cur = now,
         }
     }
@@ -158,7 +175,7 @@ fn helper(s: &Shared) {
         // Wait for a loop newer than the last one seen: spin, then sleep.
         let mut spins = 0u32;
         let epoch = loop {
-            let e = s.state.load(Ordering::Acquire) >> 32;
+            let e = s.state.load(Ordering::Acquire) >> EPOCH_SHIFT;
             if e != seen {
                 break e;
             }
@@ -176,15 +193,16 @@ fn helper(s: &Shared) {
             }
             let mut g = s.lock.lock().unwrap_or_else(|p| p.into_inner());
             s.sleepers.fetch_add(1, Ordering::SeqCst);
-            while s.state.load(Ordering::SeqCst) >> 32 == seen && !s.stop.load(Ordering::SeqCst) {
+            while s.state.load(Ordering::SeqCst) >> EPOCH_SHIFT == seen
+                && !s.stop.load(Ordering::SeqCst)
+            {
                 g = s.wake.wait(g).unwrap_or_else(|p| p.into_inner());
             }
             s.sleepers.fetch_sub(1, Ordering::SeqCst);
             spins = 0;
         };
         seen = epoch;
-        let n = s.n_tasks.load(Ordering::Acquire);
-        while let Some(i) = claim(s, epoch, n) {
+        while let Some(i) = claim(s, epoch) {
             // SAFETY: a claimed task keeps its loop (and so the caller's `Job`) alive until
             // `finished` counts it; see `Team::run`.
             let job = unsafe { &*s.job.load(Ordering::Acquire) };
