@@ -9,10 +9,12 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use tokio::sync::{Semaphore, watch};
+
 use super::gateway::Gateway;
 use super::http::Surface;
 use super::{reload, server};
-use crate::config::{Runtime, StateSettings};
+use crate::config::{Runtime, ServerSettings, StateSettings};
 use crate::services::governance::Governance;
 use crate::services::observe::metrics::Metrics;
 use crate::services::observe::telemetry;
@@ -82,7 +84,7 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         StateSettings::store_path(runtime.state.as_ref()),
         Some(governance.clone()),
     );
-    let upstreams = Upstreams::default();
+    let upstreams = Upstreams::with_shards(settings.threads);
     let snapshot = match Snapshot::build(Arc::new(runtime), &upstreams) {
         Ok(s) => s,
         Err(e) => {
@@ -118,7 +120,7 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     } else {
         "http"
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let admin_task = admin_listener.map(|l| {
         gw.set_admin_listener();
         if let Ok(at) = l.local_addr() {
@@ -135,6 +137,7 @@ pub async fn run(runtime: Runtime) -> ExitCode {
                     listener: l,
                     tls: None,
                     surface: Surface::Admin,
+                    connections: Arc::new(Semaphore::new(admin_settings.max_connections)),
                 },
                 &admin_settings,
                 async move {
@@ -144,24 +147,25 @@ pub async fn run(runtime: Runtime) -> ExitCode {
             .await
         })
     });
-    tracing::info!(%addr, "listening");
+    let shards = match start_shards(&gw, listener, &settings, &stop_rx) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot start the serving threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(%addr, threads = settings.threads, "listening");
     // The ready line scripts wait for, on stdout.
     println!("switchyard listening on {scheme}://{addr}");
-    server::serve(
-        gw.clone(),
-        server::Listening {
-            listener,
-            tls: settings.tls.clone(),
-            surface: Surface::Public,
-        },
-        &settings,
-        async {
-            server::shutdown_signal().await;
-            gw.set_ready(false);
-            let _ = stop_tx.send(true);
-        },
-    )
-    .await;
+    server::shutdown_signal().await;
+    gw.set_ready(false);
+    let _ = stop_tx.send(true);
+    for (rt, served) in shards {
+        let _ = served.await;
+        // Each shard has drained (or cut off) its connections; what is left on its runtime
+        // (idle upstream connections) goes with it.
+        rt.shutdown_background();
+    }
     if let Some(t) = admin_task {
         let _ = t.await;
     }
@@ -169,6 +173,59 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     governance.close();
     tracer.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// The public listener served by `[server] threads` shards: each a runtime with one worker
+/// thread, accepting on its own handle of the one listening socket (the kernel hands each
+/// new connection to one of them) and serving its connections' requests on that thread.
+/// On a stop each drains its own connections within the grace period.
+fn start_shards(
+    gw: &Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    settings: &ServerSettings,
+    stop: &watch::Receiver<bool>,
+) -> std::io::Result<Vec<(tokio::runtime::Runtime, tokio::task::JoinHandle<()>)>> {
+    let listener = listener.into_std()?;
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
+    let mut shards = Vec::with_capacity(settings.threads);
+    for index in 0..settings.threads {
+        let handle = listener.try_clone()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("switchyard-shard-{index}"))
+            .on_thread_start(move || crate::base::shard::enter(index))
+            .enable_all()
+            .build()?;
+        let gw = gw.clone();
+        let settings = settings.clone();
+        let connections = connections.clone();
+        let mut stop = stop.clone();
+        let served = rt.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(handle) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(shard = index, error = %e, "cannot listen on this serving thread");
+                    return;
+                }
+            };
+            server::serve(
+                gw,
+                server::Listening {
+                    listener,
+                    tls: settings.tls.clone(),
+                    surface: Surface::Public,
+                    connections,
+                },
+                &settings,
+                async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                },
+            )
+            .await;
+        });
+        shards.push((rt, served));
+    }
+    Ok(shards)
 }
 
 /// `[local_worker]`: fetching and loading happen on the worker's own thread; the gateway

@@ -47,6 +47,9 @@ pub struct Listening {
     pub listener: TcpListener,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub surface: Surface,
+    /// Permits for the connections open at once (`[server] max_connections`), shared by
+    /// every shard accepting on the same port.
+    pub connections: Arc<Semaphore>,
 }
 
 /// Serve until `shutdown` resolves, then drain for at most `[server] shutdown_grace_secs`.
@@ -60,6 +63,7 @@ pub async fn serve(
         listener,
         tls,
         surface,
+        connections,
     } = listening;
     let grace = settings.shutdown_grace;
     let mut builder = Builder::new(TokioExecutor::new());
@@ -75,7 +79,6 @@ pub async fn serve(
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     let tls = tls.map(TlsAcceptor::from);
-    let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 

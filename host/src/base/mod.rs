@@ -3,7 +3,8 @@
 //! The one error type and its mapping to the wire (`error`), the OpenAI wire format the
 //! gateway reads (`openai`) and the event streams it scans (`sse`), the endpoints it serves
 //! (`endpoint`), the response body type and the helpers that build responses (`body`,
-//! `respond`), and two small utilities (`clock`, `digest`). Nothing here imports from the
+//! `respond`), which serving thread runs the caller (`shard`), and two small utilities
+//! (`clock`, `digest`). Nothing here imports from the
 //! rest of the crate.
 
 pub mod body;
@@ -13,6 +14,7 @@ pub mod endpoint;
 pub mod error;
 pub mod openai;
 pub mod respond;
+pub mod shard;
 pub mod sse;
 
 pub use endpoint::Endpoint;

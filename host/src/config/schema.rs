@@ -69,6 +69,9 @@ pub struct ServerSection {
     /// Largest upstream answer read whole (complete answers, held streams, shadow
     /// captures), in bytes.
     pub max_answer_bytes: Option<u64>,
+    /// Threads that serve client connections, each with its own event loop and upstream
+    /// connections (default: one per CPU).
+    pub threads: Option<u64>,
 }
 
 /// `[plugins]`

@@ -28,6 +28,14 @@ pub const DEFAULT_MAX_H2_STREAMS: u64 = 128;
 /// in JSON floats.
 pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Most `[server] threads`: beyond a machine's cores extra threads only add switching.
+const MAX_THREADS: u64 = 1024;
+
+/// Default `[server] threads`: one per CPU the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// `[server]`, resolved.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -45,6 +53,9 @@ pub struct ServerSettings {
     pub max_event_bytes: usize,
     /// Largest upstream answer read whole.
     pub max_answer_bytes: usize,
+    /// Serving threads (`[server] threads`): each accepts connections and serves them, their
+    /// requests and their upstream connections on itself.
+    pub threads: usize,
 }
 
 pub(super) fn validate_server(
@@ -133,8 +144,25 @@ pub(super) fn validate_server(
         "server.max_answer_bytes",
         problems,
     );
+    let threads = positive(
+        s.threads,
+        default_threads() as u64,
+        "server.threads",
+        problems,
+    )
+    .and_then(|n| {
+        if n > MAX_THREADS {
+            problems.push(Problem::new(
+                "server.threads",
+                format!("{n} is more than {MAX_THREADS}"),
+            ));
+            return None;
+        }
+        Some(n as usize)
+    });
     Some(ServerSettings {
         listen: listen?,
+        threads: threads?,
         tls,
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
         shutdown_grace: shutdown_grace?,

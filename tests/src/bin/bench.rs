@@ -2,7 +2,7 @@
 //! gateway, so the difference is what the gateway adds.
 //!
 //! ```text
-//! cargo run --release -p switchyard-tests --bin bench -- [--duration 5] [--concurrency 8,64]
+//! cargo run --release -p switchyard-tests --bin bench -- [--duration 5] [--concurrency 1,8,64]
 //!     [--rates 2000,5000] [--stream-concurrency 8] [--config-extra FILE]
 //!     [--otlp-sink grpc|http] [--gateway-log warn] [--tail]
 //!     [--interleave [--b-extra FILE] [--b-gateway PATH] [--sink-for a|b|both] [--slice 0.5]]
@@ -42,7 +42,7 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
     /// Closed-loop concurrency levels.
-    #[arg(long, value_delimiter = ',', default_value = "8,64")]
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     concurrency: Vec<usize>,
     /// Open-loop request rates (requests/s; 0 skips the open-loop phases).
     #[arg(long, value_delimiter = ',', default_value = "2000,5000")]

@@ -154,7 +154,10 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             p.display()
         ),
     }
+    // Client connections are served on runtimes of their own (`[server] threads`); this
+    // one runs startup, the admin listener, reloads, health checks and shadow calls.
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

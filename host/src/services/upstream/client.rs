@@ -145,7 +145,7 @@ pub async fn send(
     req: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let backend = &upstream.backend;
-    let fut = upstream.client.request(req);
+    let fut = upstream.client().request(req);
     match tokio::time::timeout(backend.first_byte_timeout, fut).await {
         Err(_) => Err(GatewayError::UpstreamTimeout {
             backend: backend.name.to_string(),

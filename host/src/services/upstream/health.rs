@@ -55,7 +55,7 @@ async fn check_one(up: Arc<Upstream>, url: Arc<UrlState>, uri: Uri) {
     }
     let timeout = up.backend.pool.health_interval.min(Duration::from_secs(2));
     let ok = matches!(
-        tokio::time::timeout(timeout, up.client.request(req)).await,
+        tokio::time::timeout(timeout, up.client().request(req)).await,
         Ok(Ok(r)) if r.status().is_success()
     );
     url.set_health(ok);

@@ -27,12 +27,34 @@ use crate::config::{Backend, Runtime};
 use client::HttpClient;
 use pool::UrlState;
 
-/// One backend of one config version, live: its settings, its client and its URLs' state.
+/// One backend of one config version, live: its settings, its clients and its URLs' state.
 pub struct Upstream {
     pub backend: Arc<Backend>,
-    pub client: HttpClient,
+    clients: Arc<ShardClients>,
     /// Live state of each URL, parallel to `backend.urls`.
     pub urls: Vec<Arc<UrlState>>,
+}
+
+impl Upstream {
+    /// The client for the calling thread's shard (see [`crate::base::shard`]).
+    pub fn client(&self) -> &HttpClient {
+        self.clients.get()
+    }
+}
+
+/// One client per serving shard, and one for threads of no shard: a pooled connection is
+/// used by the runtime that opened it.
+pub struct ShardClients {
+    shards: Vec<HttpClient>,
+    other: HttpClient,
+}
+
+impl ShardClients {
+    fn get(&self) -> &HttpClient {
+        crate::base::shard::current()
+            .and_then(|i| self.shards.get(i))
+            .unwrap_or(&self.other)
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -48,7 +70,9 @@ type ClientKey = (Duration, Option<std::path::PathBuf>);
 
 /// Everything upstream that outlives a config version.
 pub struct Upstreams {
-    clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    clients: Mutex<HashMap<ClientKey, Arc<ShardClients>>>,
+    /// Serving shards (`[server] threads` at start): each gets its own clients.
+    shards: usize,
     /// The platform's CA roots, read on first use.
     native_roots: OnceLock<Vec<CertificateDer<'static>>>,
     urls: Mutex<HashMap<(String, String), Arc<UrlState>>>,
@@ -60,17 +84,23 @@ pub struct Upstreams {
 
 impl Default for Upstreams {
     fn default() -> Self {
+        Upstreams::with_shards(0)
+    }
+}
+
+impl Upstreams {
+    /// Upstreams whose clients are kept per serving shard, `shards` of them.
+    pub fn with_shards(shards: usize) -> Self {
         Upstreams {
             clients: Mutex::new(HashMap::new()),
+            shards,
             native_roots: OnceLock::new(),
             urls: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             traffic: traffic::Traffic::default(),
         }
     }
-}
 
-impl Upstreams {
     /// The live backends of `rt`, in its order (`Upstream` i serves `rt.backends[i]`).
     /// Fails only when a backend's TLS roots cannot make a client, which validation checks
     /// beforehand.
@@ -80,8 +110,8 @@ impl Upstreams {
             .map(|b| {
                 Ok(Arc::new(Upstream {
                     backend: b.clone(),
-                    client: self
-                        .client(b)
+                    clients: self
+                        .clients(b)
                         .map_err(|e| format!("backend {}: {e}", b.name))?,
                     urls: b
                         .urls
@@ -93,7 +123,7 @@ impl Upstreams {
             .collect()
     }
 
-    fn client(&self, b: &Backend) -> Result<HttpClient, String> {
+    fn clients(&self, b: &Backend) -> Result<Arc<ShardClients>, String> {
         let key = (b.connect_timeout, b.tls.ca_file.clone());
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(&key) {
@@ -102,7 +132,13 @@ impl Upstreams {
         let native = self
             .native_roots
             .get_or_init(|| rustls_native_certs::load_native_certs().certs);
-        let c = client::build_client(b.connect_timeout, native, &b.tls.extra_roots)?;
+        let build = || client::build_client(b.connect_timeout, native, &b.tls.extra_roots);
+        let c = Arc::new(ShardClients {
+            shards: (0..self.shards)
+                .map(|_| build())
+                .collect::<Result<_, _>>()?,
+            other: build()?,
+        });
         map.insert(key, c.clone());
         Ok(c)
     }
