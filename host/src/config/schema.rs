@@ -144,6 +144,9 @@ pub struct BackendSection {
     /// Client request headers sent on to this backend (case-insensitive names; `prefix-*`
     /// matches a prefix). Replaces the default list; `[]` forwards none.
     pub forward_headers: Option<Vec<String>>,
+    /// What one worker (URL) of this backend costs an hour, in USD: its cost per token is
+    /// derived from this and the throughput the worker reports on `/metrics`.
+    pub gpu_hour_usd: Option<f64>,
 }
 
 /// One `[[routes]]` entry.

@@ -14,6 +14,7 @@
 //! it), loaded once per request and replaced atomically by a reload.
 
 pub mod governance;
+pub mod judge;
 pub mod observe;
 pub mod plugins;
 pub mod shadow;

@@ -44,6 +44,8 @@ enum Command {
     Keys(keys::KeysCmd),
     /// Cost, tokens, requests and savings from the ledger.
     Spend(keys::SpendArgs),
+    /// Score targets on a dataset against a baseline; gates for CI (exit 1 when one fails).
+    Eval(crate::app::eval::EvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +103,7 @@ pub fn main() -> ExitCode {
         }) => shadow::report(config.config, route, since, price, json),
         Command::Keys(k) => keys::keys(k),
         Command::Spend(a) => keys::spend(a),
+        Command::Eval(a) => crate::app::eval::main(a),
     }
 }
 
