@@ -13,6 +13,7 @@ use super::gateway::Gateway;
 use super::http::Surface;
 use super::{reload, server};
 use crate::config::{Runtime, StateSettings};
+use crate::services::capture::CaptureEngine;
 use crate::services::governance::Governance;
 use crate::services::observe::metrics::Metrics;
 use crate::services::observe::telemetry;
@@ -82,6 +83,11 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         StateSettings::store_path(runtime.state.as_ref()),
         Some(governance.clone()),
     );
+    let plugins = Arc::new(Plugins::default());
+    let capture = CaptureEngine::start(
+        StateSettings::store_path(runtime.state.as_ref()),
+        plugins.clone(),
+    );
     let upstreams = Upstreams::default();
     let snapshot = match Snapshot::build(Arc::new(runtime), &upstreams) {
         Ok(s) => s,
@@ -94,9 +100,10 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         snapshot,
         upstreams,
         metrics,
-        plugins: Arc::new(Plugins::default()),
+        plugins,
         governance: Some(governance.clone()),
         shadow: Some(shadow),
+        capture: Some(capture),
         tracer: tracer.clone(),
     }));
     let gw = Gateway::new(services.clone());

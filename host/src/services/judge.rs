@@ -13,22 +13,8 @@ use super::upstream::{Upstream, client};
 use crate::base::Endpoint;
 use crate::base::openai::Usage;
 
-/// The rubric used when none is given: what a good answer is, and the reply format the
-/// score is read from.
-pub const DEFAULT_RUBRIC: &str = "You are grading an AI assistant's answer against a reference answer.
-
-Question:
-{question}
-
-Reference answer:
-{reference}
-
-Answer to grade:
-{answer}
-
-Judge whether the answer is correct, complete and as useful as the reference. Ignore differences of wording and format that do not change the meaning. Score from 1 (wrong or useless) to 10 (as good as the reference or better).
-
-Reply with one JSON object and nothing else: {\"score\": <1-10>, \"reason\": \"<one sentence>\"}";
+/// The rubric used when none is given (config data: `shadow.judge` defaults to it too).
+pub use crate::config::route::DEFAULT_JUDGE_RUBRIC as DEFAULT_RUBRIC;
 
 /// The placeholders a rubric template may use.
 const PLACEHOLDERS: [&str; 3] = ["{question}", "{reference}", "{answer}"];

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
+mod capture;
 mod cli;
 mod concurrency;
 mod errors;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub mod admin;
+pub mod capture;
 pub mod keys;
 pub mod shadow;
 
@@ -44,6 +45,9 @@ enum Command {
     Keys(keys::KeysCmd),
     /// Cost, tokens, requests and savings from the ledger.
     Spend(keys::SpendArgs),
+    /// Captured traffic (`routes[].capture`): `capture export`.
+    #[command(subcommand)]
+    Capture(CaptureCommand),
     /// Score targets on a dataset against a baseline; gates for CI (exit 1 when one fails).
     Eval(crate::app::eval::EvalArgs),
 }
@@ -79,6 +83,24 @@ enum ShadowCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CaptureCommand {
+    /// Captured pairs as `switchyard eval` dataset lines (expected = the served answer).
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this route (the model name clients send).
+        #[arg(long, value_name = "R")]
+        route: Option<String>,
+        /// Only pairs since T: 30m, 2h, 7d, unix seconds, or YYYY-MM-DD[THH:MM:SSZ].
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// At most the N most recent pairs.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+}
+
 #[derive(Debug, Args)]
 struct ConfigArg {
     /// Config file [default: $SWITCHYARD_CONFIG, then ./switchyard.toml, then built in]
@@ -104,6 +126,12 @@ pub fn main() -> ExitCode {
         Command::Keys(k) => keys::keys(k),
         Command::Spend(a) => keys::spend(a),
         Command::Eval(a) => crate::app::eval::main(a),
+        Command::Capture(CaptureCommand::Export {
+            config,
+            route,
+            since,
+            limit,
+        }) => capture::export(config.config, route, since, limit),
     }
 }
 

@@ -93,7 +93,7 @@ pub enum Served {
 }
 
 /// A served stream, once it ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StreamServed {
     /// The whole event stream, when it completed.
     pub sse: Option<Bytes>,
@@ -101,14 +101,23 @@ pub struct StreamServed {
     pub took: Duration,
 }
 
-/// Where a served stream delivers its copy; shared by the attempts of one request (only
-/// the one that gets served uses it).
-pub type CaptureSlot = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<StreamServed>>>>;
+/// Where a served stream delivers its copy (to the shadow job, the capture job, or both);
+/// shared by the attempts of one request (only the one that gets served uses it).
+pub type CaptureSlot = Arc<std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<StreamServed>>>>;
 
 /// A capture slot and the receiving end for the shadow job.
 pub fn capture_channel() -> (CaptureSlot, tokio::sync::oneshot::Receiver<StreamServed>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    (Arc::new(std::sync::Mutex::new(Some(tx))), rx)
+    (Arc::new(std::sync::Mutex::new(vec![tx])), rx)
+}
+
+/// Another receiver of the served stream's copy on `slot`.
+pub fn also_deliver(slot: &CaptureSlot) -> tokio::sync::oneshot::Receiver<StreamServed> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if let Ok(mut g) = slot.lock() {
+        g.push(tx);
+    }
+    rx
 }
 
 /// One mirrored request, as the request path hands it over.
