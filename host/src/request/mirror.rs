@@ -119,5 +119,9 @@ pub fn send(
         served,
         primary_latency: exchanged.upstream_time,
         trace: &ctx.telemetry.parent(),
+        judge_upstream: sh
+            .judge
+            .as_ref()
+            .map(|j| Arc::clone(ctx.snapshot.upstream(&j.target.backend))),
     });
 }

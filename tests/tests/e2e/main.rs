@@ -18,6 +18,7 @@ mod openai_sdk;
 mod plugins;
 mod proxy;
 mod server_limits;
+mod shadow_judge;
 mod stream_faults;
 mod streaming;
 mod telemetry;

@@ -72,6 +72,8 @@ pub enum Kind {
     Fallback,
     Retry,
     Shadow,
+    /// An LLM judge's call scoring a shadow pair (`routes[].shadow.judge`).
+    Judge,
 }
 
 impl Kind {
@@ -81,6 +83,7 @@ impl Kind {
             Kind::Fallback => "fallback",
             Kind::Retry => "retry",
             Kind::Shadow => "shadow",
+            Kind::Judge => "judge",
         }
     }
 }

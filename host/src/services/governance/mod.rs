@@ -698,6 +698,27 @@ impl Governance {
     }
 }
 
+impl Governance {
+    /// The ledger row of one shadow-judge call, priced at the judge's backend and model.
+    pub fn record_judge(&self, rt: &Runtime, call: ShadowCall<'_>) {
+        let mut row = Row::new(call.route, call.status.unwrap_or(502));
+        row.ts_ms = call.ts_ms;
+        row.backend = Some(call.backend.to_string());
+        row.model = Some(call.model.to_string());
+        row.kind = ledger::Kind::Judge;
+        row.tokens_in = call.tokens_in;
+        row.tokens_out = call.tokens_out;
+        row.latency_ms = call.latency_ms;
+        row.outcome = if call.failed {
+            "judge_failed".into()
+        } else {
+            "ok".into()
+        };
+        price_row(rt, &mut row);
+        self.write_row(rt, row);
+    }
+}
+
 /// Attempts that spent nothing upstream: not ledger rows.
 fn skipped(outcome: &str) -> bool {
     matches!(

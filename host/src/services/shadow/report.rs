@@ -34,6 +34,13 @@ pub struct RouteReport {
     pub shadow_completion_tokens: u64,
     pub primary_cost_usd: Option<f64>,
     pub shadow_cost_usd: Option<f64>,
+    /// Pairs the shadow judge scored, and those it was asked about but gave no score.
+    pub judged: u64,
+    pub judge_errors: u64,
+    /// Mean judge score (1–10), its 10th percentile, and the share of scores ≥ 8.
+    pub judge_mean: Option<f64>,
+    pub judge_p10: Option<f64>,
+    pub judge_share_at_least_8: Option<f64>,
 }
 
 /// Parse `--since`: `90s`, `30m`, `2h`, `7d`, unix seconds, `YYYY-MM-DD` or
@@ -214,7 +221,36 @@ pub fn compute(
             *rep.shadow_cost_usd.get_or_insert(0.0) += (sp as f64 * i + sc as f64 * o) / 1e6;
         }
     }
+    let mut judged: HashMap<String, Vec<f64>> = HashMap::new();
+    if super::store::has_judge_columns(conn) {
+        let mut st = conn.prepare(
+            "SELECT route, judge_score, judge_error IS NOT NULL FROM shadow_pairs
+             WHERE ts_ms >= ?1 AND (?2 IS NULL OR route = ?2)
+               AND (judge_score IS NOT NULL OR judge_error IS NOT NULL)",
+        )?;
+        let mut rows = st.query(rusqlite::params![since_ms, route])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            let score: Option<f64> = r.get(1)?;
+            match score {
+                Some(s) => judged.entry(name).or_default().push(s),
+                None => {
+                    if let Some(rep) = by.iter_mut().find(|x| x.route == name) {
+                        rep.judge_errors += 1;
+                    }
+                }
+            }
+        }
+    }
     for rep in &mut by {
+        if let Some(scores) = judged.get_mut(&rep.route) {
+            let n = scores.len();
+            rep.judged = n as u64;
+            rep.judge_mean = Some(scores.iter().sum::<f64>() / n as f64);
+            rep.judge_share_at_least_8 =
+                Some(scores.iter().filter(|s| **s >= 8.0).count() as f64 / n as f64);
+            rep.judge_p10 = pct(scores, 0.10);
+        }
         if let Some((p, s)) = lat.get_mut(&rep.route) {
             rep.primary_latency_p50_ms = pct(p, 0.5);
             rep.primary_latency_p99_ms = pct(p, 0.99);
@@ -289,6 +325,22 @@ pub fn print(path: &std::path::Path, since: Option<&str>, reports: &[RouteReport
             ms(r.shadow_latency_p99_ms),
             delta(r.primary_latency_p99_ms, r.shadow_latency_p99_ms),
         );
+        match (r.judge_mean, r.judge_p10, r.judge_share_at_least_8) {
+            (Some(mean), Some(p10), Some(share)) => println!(
+                "  judge: {} pair(s) scored, mean {mean:.2}/10, p10 {p10:.1}, {:.1}% at 8 or above{}",
+                r.judged,
+                share * 100.0,
+                if r.judge_errors > 0 {
+                    format!(", {} unscored (judge errors)", r.judge_errors)
+                } else {
+                    String::new()
+                }
+            ),
+            _ if r.judge_errors > 0 => {
+                println!("  judge: no scores ({} judge errors)", r.judge_errors)
+            }
+            _ => {}
+        }
         println!(
             "  tokens in/out {}/{} → {}/{}",
             r.primary_prompt_tokens,
