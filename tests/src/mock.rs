@@ -159,6 +159,9 @@ struct State {
     script: Mutex<Option<Script>>,
     /// Extra `/metrics` text (a worker's counters, for derived prices).
     metrics: Mutex<String>,
+    /// Emulated worker counters: (busy seconds per completion, prompt tokens, generated
+    /// tokens, busy seconds), reported on `/metrics` as a switchyard-worker does.
+    worker: Mutex<Option<(f64, f64, f64, f64)>>,
 }
 
 /// A scripted answer: the request's JSON to the answer's text, or `None`.
@@ -232,6 +235,12 @@ impl MockUpstream {
     /// Answer completions with `f(request)` where it returns text.
     pub fn set_script(&self, f: impl Fn(&Value) -> Option<String> + Send + Sync + 'static) {
         *self.state.script.lock().expect("lock") = Some(Arc::new(f));
+    }
+
+    /// Report worker counters on `/metrics`: each complete answer adds its usage's tokens
+    /// and `busy_secs` of busy time.
+    pub fn emulate_worker(&self, busy_secs: f64) {
+        *self.state.worker.lock().expect("lock") = Some((busy_secs, 0.0, 0.0, 0.0));
     }
 
     /// What `GET /metrics` answers (a worker's Prometheus text).
@@ -414,7 +423,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         return Ok(r);
     }
     if parts.method == Method::GET && path == "/metrics" {
-        let text = state.metrics.lock().expect("lock").clone();
+        let mut text = state.metrics.lock().expect("lock").clone();
+        if let Some((_, p, g, busy)) = *state.worker.lock().expect("lock") {
+            text.push_str(&format!(
+                "switchyard_worker_prompt_tokens_total {p}\nswitchyard_worker_generation_tokens_total {g}\nswitchyard_worker_busy_seconds_total {busy}\n"
+            ));
+        }
         return Ok(Response::new(MockBody::Left(Full::new(Bytes::from(text)))));
     }
     if parts.method == Method::GET && path.ends_with("/models") {
@@ -460,6 +474,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         if let Some(n) = b.usage {
             answer["usage"] =
                 json!({"prompt_tokens": n, "completion_tokens": n, "total_tokens": n});
+        }
+        if let Some(w) = state.worker.lock().expect("lock").as_mut() {
+            w.1 += answer["usage"]["prompt_tokens"].as_f64().unwrap_or(0.0);
+            w.2 += answer["usage"]["completion_tokens"].as_f64().unwrap_or(0.0);
+            w.3 += w.0;
         }
         return Ok(json_response(answer));
     }

@@ -106,6 +106,12 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         capture: Some(capture),
         tracer: tracer.clone(),
     }));
+    // Self-hosted backends priced by `gpu_hour_usd`: their workers' throughput, polled
+    // (a reload may add one, so the poller always runs; without such backends it idles).
+    let s = services.clone();
+    governance
+        .derived_prices
+        .spawn(move || s.snapshot().upstreams.to_vec());
     let gw = Gateway::new(services.clone());
     // Live reload and health checks.
     reload::spawn_background(&gw);

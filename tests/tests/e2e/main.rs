@@ -12,6 +12,7 @@ mod concurrency;
 mod errors;
 mod eval;
 mod governance;
+mod gpu_cost;
 mod lifecycle;
 mod local_worker;
 mod openai_sdk;

@@ -222,6 +222,35 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// The per-token price a `gpu_hour_usd` backend's workers give now (their counters since
+/// start), or why there is none yet. `check` never fails on it: a worker may be down.
+fn derived_price(rt: &Runtime, b: &crate::config::Backend, gpu_hour_usd: f64) -> String {
+    use crate::services::upstream::{Upstreams, throughput};
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return "unknown (no async runtime)".into();
+    };
+    runtime.block_on(async {
+        let ups = match Upstreams::default().build(rt) {
+            Ok(u) => u,
+            Err(e) => return format!("unknown ({e})"),
+        };
+        match throughput::lifetime_price(&ups[b.index], gpu_hour_usd).await {
+            Ok(Some((p, s))) => format!(
+                "${:.4} per 1M tokens (derived: {} tokens in {:.1} s busy, {:.0} tokens/s)",
+                p.input_per_1m,
+                s.prompt_tokens + s.generated_tokens,
+                s.busy_seconds,
+                (s.prompt_tokens + s.generated_tokens) / s.busy_seconds.max(1e-9)
+            ),
+            Ok(None) => "not known yet (the workers report no work)".into(),
+            Err(e) => format!("not known yet ({e})"),
+        }
+    })
+}
+
 fn print_summary(rt: &Runtime) {
     println!("config: {} is valid", rt.source);
     let tls = if rt.server.tls.is_some() {
@@ -239,6 +268,12 @@ fn print_summary(rt: &Runtime) {
             ""
         };
         println!("  {}: {}{key}", b.name, urls.join(", "));
+        if let Some(g) = b.gpu_hour_usd {
+            println!(
+                "    price: derived from gpu_hour_usd ${g}/h per worker: {}",
+                derived_price(rt, b, g)
+            );
+        }
     }
     println!("routes:");
     for r in &rt.routes {

@@ -188,9 +188,10 @@ impl Meters {
 }
 
 /// The serving gateway's derived prices: each `gpu_hour_usd` backend's workers scraped every
-/// [`POLL`], the price taken over the samples of the last [`WINDOW`]. Read by the ledger when
-/// it prices a row; a backend without a measured window yet has no price (cost 0, and the
-/// row says the cost is unknown rather than inventing one).
+/// [`POLL`], the price taken over the samples of the last [`WINDOW`] (at the first scrape,
+/// over the worker's life so far). Read by the ledger when it prices a row; a backend
+/// whose worker has not been read yet, or has done no work, has no price (cost 0, not
+/// marked derived) rather than an invented one.
 #[derive(Debug, Default)]
 pub struct LivePrices {
     prices: RwLock<HashMap<String, Price>>,
@@ -207,6 +208,25 @@ impl LivePrices {
             .read()
             .ok()
             .and_then(|m| m.get(backend).copied())
+    }
+
+    /// `switchyard_derived_price_usd_per_1m_tokens{backend}`: the price in force.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let prices = self.prices.read().map(|m| m.clone()).unwrap_or_default();
+        if prices.is_empty() {
+            return;
+        }
+        out.push_str("# HELP switchyard_derived_price_usd_per_1m_tokens Price per million tokens (prompt or generated) derived from gpu_hour_usd and the workers' measured throughput.\n# TYPE switchyard_derived_price_usd_per_1m_tokens gauge\n");
+        let mut names: Vec<_> = prices.iter().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        for (b, p) in names {
+            let _ = writeln!(
+                out,
+                "switchyard_derived_price_usd_per_1m_tokens{{backend=\"{b}\"}} {}",
+                p.input_per_1m
+            );
+        }
     }
 
     fn set(&self, backend: &str, p: Price) {
@@ -237,9 +257,13 @@ impl LivePrices {
                     }
                     h.push((now, s));
                     h.retain(|(t, _)| now.duration_since(*t) <= WINDOW);
-                    if let (Some((_, first)), Some((_, last))) = (h.first(), h.last())
-                        && let Some(c) = per_token_usd(gpu, *first, *last)
-                    {
+                    let from = match h.as_slice() {
+                        [_] => Sample::default(),
+                        [(_, first), ..] => *first,
+                        [] => continue,
+                    };
+                    // A window without work keeps the last price.
+                    if let Some(c) = per_token_usd(gpu, from, s) {
                         me.set(&up.backend.name, price_of(c));
                     }
                 }
