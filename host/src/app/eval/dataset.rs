@@ -114,3 +114,34 @@ fn content_text(c: &Value) -> String {
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_dataset_loads_with_its_metrics() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/eval");
+        let ex = load(&root.join("dataset.jsonl")).unwrap();
+        assert_eq!(ex.len(), 17);
+        let count = |m: Metric| ex.iter().filter(|e| e.metric == Some(m)).count();
+        assert_eq!(
+            (
+                count(Metric::Label),
+                count(Metric::Json),
+                count(Metric::RougeL),
+                count(Metric::Judge)
+            ),
+            (10, 3, 2, 2)
+        );
+        // Extraction answers are written as JSON objects; they are kept as JSON text.
+        let inv = ex.iter().find(|e| e.id == "invoice-1").unwrap();
+        assert!(serde_json::from_str::<Value>(inv.expected.as_deref().unwrap()).is_ok());
+        assert!(inv.request.contains_key("response_format"));
+        assert!(!inv.request.contains_key("expected") && !inv.request.contains_key("metric"));
+        let text = std::fs::read_to_string(root.join("switchyard.toml")).unwrap();
+        crate::config::parse(&text).unwrap();
+        let rubric = std::fs::read_to_string(root.join("rubric.txt")).unwrap();
+        crate::services::judge::check_rubric(&rubric).unwrap();
+    }
+}
