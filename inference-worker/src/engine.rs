@@ -181,6 +181,9 @@ pub struct Metrics {
     pub prefix_hits: AtomicU64,
     /// Generated tokens per second over the last second of work (0 when idle), as f64 bits.
     pub tokens_per_second: AtomicU64,
+    /// Microseconds the engine spent working (forward steps and embeddings), so a gateway
+    /// can price tokens by the GPU time they took (`gpu_hour_usd`).
+    pub busy_micros: AtomicU64,
     /// Time from arrival to the first generated token.
     pub ttft: Histogram,
     /// Time from arrival to admission into the running batch.
@@ -396,7 +399,9 @@ impl Loop {
             }
             self.drop_cancelled();
             if !self.sched.is_idle() {
+                let t = Instant::now();
                 self.step();
+                self.busy(t);
             }
             self.update_gauges();
         }
@@ -406,7 +411,9 @@ impl Loop {
         match j {
             Job::Generate(r) => self.add(r),
             Job::Embed(e) => {
+                let t = Instant::now();
                 let res = self.embed(&e.inputs);
+                self.busy(t);
                 let _ = e.reply.send(res);
             }
         }
@@ -672,6 +679,11 @@ impl Loop {
                 self.sched.finish(p.id);
             }
         }
+    }
+
+    fn busy(&self, since: Instant) {
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.m.busy_micros.fetch_add(us, Ordering::Relaxed);
     }
 
     fn update_gauges(&mut self) {

@@ -458,6 +458,10 @@ fn metrics_report_ttft_queue_time_and_kv_cache() {
         sample(&m, "switchyard_worker_queue_time_seconds_count"),
         3.0
     );
+    // Busy time: what a gateway's `gpu_hour_usd` is spread over, with the token counters.
+    let busy = sample(&m, "switchyard_worker_busy_seconds_total");
+    assert!(busy > 0.0 && busy < 600.0, "busy {busy}");
+    assert!(sample(&m, "switchyard_worker_generation_tokens_total") >= 3.0);
     // The model load is reported done, with how long it took.
     assert_eq!(sample(&m, "switchyard_worker_model_loaded"), 1.0);
     assert_eq!(

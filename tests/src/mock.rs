@@ -7,6 +7,10 @@
 //! `x-mock` header (forwarded by the gateway like any client header), e.g.
 //! `x-mock: status=500`, `x-mock: chunks=20,delay_ms=5`, `x-mock: reset`,
 //! `x-mock: usage=4611686018427387904`.
+//!
+//! Per-model scripted answers (eval fixtures): a request's `mock_answers` object maps model
+//! names to the answer text; `MockUpstream::set_script` installs a function of the request
+//! that may answer instead (a judge that reads its prompt).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -138,7 +142,7 @@ impl Recorded {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     behaviour: Mutex<Behaviour>,
     requests: Mutex<Vec<Recorded>>,
@@ -151,7 +155,17 @@ struct State {
     kill: tokio::sync::Notify,
     /// `GET /healthz` answers 503 (completions still work): a failing health check.
     unhealthy: std::sync::atomic::AtomicBool,
+    /// Answers computed from the request (`set_script`); `None` from it: the usual answer.
+    script: Mutex<Option<Script>>,
+    /// Extra `/metrics` text (a worker's counters, for derived prices).
+    metrics: Mutex<String>,
+    /// Emulated worker counters: (busy seconds per completion, prompt tokens, generated
+    /// tokens, busy seconds), reported on `/metrics` as a switchyard-worker does.
+    worker: Mutex<Option<(f64, f64, f64, f64)>>,
 }
+
+/// A scripted answer: the request's JSON to the answer's text, or `None`.
+pub type Script = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
 
 /// A running mock upstream. Stops when dropped.
 pub struct MockUpstream {
@@ -216,6 +230,22 @@ impl MockUpstream {
     /// Make `GET /healthz` answer 503 (or 200 again) while everything else keeps working.
     pub fn set_healthy(&self, healthy: bool) {
         self.state.unhealthy.store(!healthy, Ordering::Relaxed);
+    }
+
+    /// Answer completions with `f(request)` where it returns text.
+    pub fn set_script(&self, f: impl Fn(&Value) -> Option<String> + Send + Sync + 'static) {
+        *self.state.script.lock().expect("lock") = Some(Arc::new(f));
+    }
+
+    /// Report worker counters on `/metrics`: each complete answer adds its usage's tokens
+    /// and `busy_secs` of busy time.
+    pub fn emulate_worker(&self, busy_secs: f64) {
+        *self.state.worker.lock().expect("lock") = Some((busy_secs, 0.0, 0.0, 0.0));
+    }
+
+    /// What `GET /metrics` answers (a worker's Prometheus text).
+    pub fn set_metrics(&self, text: &str) {
+        *self.state.metrics.lock().expect("lock") = text.to_string();
     }
 
     /// Completion requests received (health checks and model lists not counted).
@@ -392,6 +422,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         }
         return Ok(r);
     }
+    if parts.method == Method::GET && path == "/metrics" {
+        let mut text = state.metrics.lock().expect("lock").clone();
+        if let Some((_, p, g, busy)) = *state.worker.lock().expect("lock") {
+            text.push_str(&format!(
+                "switchyard_worker_prompt_tokens_total {p}\nswitchyard_worker_generation_tokens_total {g}\nswitchyard_worker_busy_seconds_total {busy}\n"
+            ));
+        }
+        return Ok(Response::new(MockBody::Left(Full::new(Bytes::from(text)))));
+    }
     if parts.method == Method::GET && path.ends_with("/models") {
         return Ok(json_response(
             json!({"object":"list","data":[{"id":"mock-model","object":"model","created":0,"owned_by":"mock"}]}),
@@ -409,6 +448,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     let chat = path.ends_with("/chat/completions");
     let tools = chat && req["tools"].as_array().is_some_and(|t| !t.is_empty());
     let prompt_tokens = (body.len() / 4).max(1) as u64;
+    let script = state.script.lock().expect("lock").clone();
+    let scripted = script.and_then(|f| f(&req)).or_else(|| {
+        req["mock_answers"][model.as_str()]
+            .as_str()
+            .map(str::to_string)
+    });
+    let b = match scripted {
+        Some(text) => Behaviour {
+            content: Some(text),
+            ..b
+        },
+        None => b,
+    };
     if !stream {
         let mut answer = complete(
             chat,
@@ -422,6 +474,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         if let Some(n) = b.usage {
             answer["usage"] =
                 json!({"prompt_tokens": n, "completion_tokens": n, "total_tokens": n});
+        }
+        if let Some(w) = state.worker.lock().expect("lock").as_mut() {
+            w.1 += answer["usage"]["prompt_tokens"].as_f64().unwrap_or(0.0);
+            w.2 += answer["usage"]["completion_tokens"].as_f64().unwrap_or(0.0);
+            w.3 += w.0;
         }
         return Ok(json_response(answer));
     }

@@ -88,6 +88,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
             if let Some(shadow) = &s.shadow {
                 shadow.render_metrics(&mut text);
             }
+            if let Some(capture) = &s.capture {
+                capture.render_metrics(&mut text);
+            }
             s.plugins.metrics.render(&mut text);
             if let Some(g) = &s.governance {
                 g.render_metrics(&mut text);

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod eval;
 pub mod gateway;
 pub mod http;
 #[cfg(feature = "local-worker")]

@@ -15,6 +15,7 @@ use super::gateway::Gateway;
 use super::http::Surface;
 use super::{reload, server};
 use crate::config::{Runtime, ServerSettings, StateSettings};
+use crate::services::capture::CaptureEngine;
 use crate::services::governance::Governance;
 use crate::services::observe::metrics::Metrics;
 use crate::services::observe::telemetry;
@@ -84,6 +85,11 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         StateSettings::store_path(runtime.state.as_ref()),
         Some(governance.clone()),
     );
+    let plugins = Arc::new(Plugins::default());
+    let capture = CaptureEngine::start(
+        StateSettings::store_path(runtime.state.as_ref()),
+        plugins.clone(),
+    );
     let upstreams = Upstreams::with_shards(settings.threads);
     let snapshot = match Snapshot::build(Arc::new(runtime), &upstreams) {
         Ok(s) => s,
@@ -96,11 +102,18 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         snapshot,
         upstreams,
         metrics,
-        plugins: Arc::new(Plugins::default()),
+        plugins,
         governance: Some(governance.clone()),
         shadow: Some(shadow),
+        capture: Some(capture),
         tracer: tracer.clone(),
     }));
+    // Self-hosted backends priced by `gpu_hour_usd`: their workers' throughput, polled
+    // (a reload may add one, so the poller always runs; without such backends it idles).
+    let s = services.clone();
+    governance
+        .derived_prices
+        .spawn(move || s.snapshot().upstreams.to_vec());
     let gw = Gateway::new(services.clone());
     // Live reload and health checks.
     reload::spawn_background(&gw);

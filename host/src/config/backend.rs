@@ -56,6 +56,8 @@ pub struct Backend {
     pub breaker: BreakerSettings,
     /// Which client request headers travel upstream (`forward_headers`).
     pub forward_headers: ForwardHeaders,
+    /// `gpu_hour_usd`: USD per hour per worker; tokens are priced by measured throughput.
+    pub gpu_hour_usd: Option<f64>,
 }
 
 /// Default `forward_headers`: what SDKs send that an upstream may use (content negotiation,
@@ -537,10 +539,21 @@ pub(super) fn validate_backend(
             ));
         }
     }
+    let gpu_hour_usd = match b.gpu_hour_usd {
+        Some(v) if !(v.is_finite() && v >= 0.0) => {
+            problems.push(Problem::new(
+                format!("{path}.gpu_hour_usd"),
+                format!("must be a non-negative number of USD per hour, got {v}"),
+            ));
+            None
+        }
+        v => v,
+    };
     if problems.len() > before {
         return None;
     }
     Some(Backend {
+        gpu_hour_usd,
         index,
         name: Arc::from(name),
         urls,

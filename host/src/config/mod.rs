@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use backend::{Backend, BackendUrl, BreakerSettings, Peer, PoolSettings};
 pub use default::{describe as describe_default, embedded_default_toml};
-pub use route::{Route, Shadow, Target};
+pub use route::{Capture, Route, Shadow, ShadowJudge, Target};
 pub use runtime::Runtime;
 pub use server::ServerSettings;
 pub use state::StateSettings;

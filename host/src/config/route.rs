@@ -10,6 +10,23 @@ use super::Problem;
 use super::backend::Backend;
 use super::schema;
 
+/// The rubric used when none is given: what a good answer is, and the reply format the
+/// score is read from.
+pub const DEFAULT_JUDGE_RUBRIC: &str = "You are grading an AI assistant's answer against a reference answer.
+
+Question:
+{question}
+
+Reference answer:
+{reference}
+
+Answer to grade:
+{answer}
+
+Judge whether the answer is correct, complete and as useful as the reference. Ignore differences of wording and format that do not change the meaning. Score from 1 (wrong or useless) to 10 (as good as the reference or better).
+
+Reply with one JSON object and nothing else: {\"score\": <1-10>, \"reason\": \"<one sentence>\"}";
+
 /// A target of a route: a backend and the model name sent to it.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -31,6 +48,22 @@ impl Target {
 pub struct Shadow {
     pub target: Target,
     pub sample: f64,
+    /// The judge scoring a sample of the pairs.
+    pub judge: Option<ShadowJudge>,
+}
+
+/// `shadow.judge`, resolved: the judge's target, the share of pairs judged, the rubric text.
+#[derive(Debug, Clone)]
+pub struct ShadowJudge {
+    pub target: Target,
+    pub sample: f64,
+    pub rubric: Arc<str>,
+}
+
+/// `capture`, resolved.
+#[derive(Debug, Clone, Copy)]
+pub struct Capture {
+    pub sample: f64,
 }
 
 /// One `[[routes]]` entry, resolved.
@@ -42,6 +75,8 @@ pub struct Route {
     pub total_weight: u32,
     pub fallback: Vec<Target>,
     pub shadow: Option<Shadow>,
+    /// Request/answer pairs stored for golden sets.
+    pub capture: Option<Capture>,
     /// Overrides, pinning and retries.
     pub flags: RouteFlags,
 }
@@ -285,7 +320,23 @@ pub(super) fn validate_route(
             declared,
             problems,
         )
-        .map(|target| Shadow { target, sample })
+        .map(|target| Shadow {
+            target,
+            sample,
+            judge: s.judge.as_ref().and_then(|j| {
+                validate_judge(j, &format!("{sp}.judge"), backends, declared, problems)
+            }),
+        })
+    });
+    let capture = r.capture.as_ref().map(|c| {
+        let sample = c.sample.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&sample) {
+            problems.push(Problem::new(
+                format!("{path}.capture.sample"),
+                format!("must be between 0.0 and 1.0, got {sample}"),
+            ));
+        }
+        Capture { sample }
     });
     let flags = RouteFlags::build(r, path, problems, |t, tp, problems| {
         resolve_target(
@@ -307,6 +358,63 @@ pub(super) fn validate_route(
         total_weight,
         fallback,
         shadow,
+        capture,
         flags,
+    })
+}
+
+fn validate_judge(
+    j: &schema::JudgeSection,
+    path: &str,
+    backends: &[Arc<Backend>],
+    declared: &HashSet<&str>,
+    problems: &mut Vec<Problem>,
+) -> Option<ShadowJudge> {
+    let sample = j.sample.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample) {
+        problems.push(Problem::new(
+            format!("{path}.sample"),
+            format!("must be between 0.0 and 1.0, got {sample}"),
+        ));
+    }
+    if j.model.as_deref().is_none() {
+        problems.push(Problem::new(format!("{path}.model"), "is required"));
+    }
+    let rubric = match &j.rubric {
+        None => DEFAULT_JUDGE_RUBRIC.to_string(),
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(t) if t.contains("{answer}") => t,
+            Ok(_) => {
+                problems.push(Problem::new(
+                    format!("{path}.rubric"),
+                    format!(
+                        "{}: no {{answer}} placeholder: the judge would not see the answer",
+                        f.display()
+                    ),
+                ));
+                return None;
+            }
+            Err(e) => {
+                problems.push(Problem::new(
+                    format!("{path}.rubric"),
+                    format!("{}: {e}", f.display()),
+                ));
+                return None;
+            }
+        },
+    };
+    let target = resolve_target(
+        j.backend.as_deref(),
+        j.model.as_deref(),
+        1,
+        path,
+        backends,
+        declared,
+        problems,
+    )?;
+    Some(ShadowJudge {
+        target,
+        sample,
+        rubric: Arc::from(rubric),
     })
 }

@@ -147,6 +147,9 @@ pub struct BackendSection {
     /// Client request headers sent on to this backend (case-insensitive names; `prefix-*`
     /// matches a prefix). Replaces the default list; `[]` forwards none.
     pub forward_headers: Option<Vec<String>>,
+    /// What one worker (URL) of this backend costs an hour, in USD: its cost per token is
+    /// derived from this and the throughput the worker reports on `/metrics`.
+    pub gpu_hour_usd: Option<f64>,
 }
 
 /// One `[[routes]]` entry.
@@ -170,6 +173,29 @@ pub struct RouteSection {
     pub pin_teams: Vec<String>,
     /// The premium price this route's traffic is compared against (`switchyard spend`).
     pub baseline: Option<BaselineSection>,
+    /// Store a sample of request/answer pairs as golden-set material (`switchyard capture
+    /// export`).
+    pub capture: Option<CaptureSection>,
+}
+
+/// `capture = { sample = 0.05 }` on a route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSection {
+    /// Fraction of requests captured, 0.0 to 1.0.
+    pub sample: Option<f64>,
+}
+
+/// `shadow.judge = { backend, model, sample, rubric }`: an LLM judge scoring shadow pairs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSection {
+    pub backend: Option<String>,
+    pub model: Option<String>,
+    /// Fraction of shadow pairs judged, 0.0 to 1.0. Default 1.0.
+    pub sample: Option<f64>,
+    /// A rubric template file ({question}, {reference}, {answer}); default built in.
+    pub rubric: Option<PathBuf>,
 }
 
 /// A weighted target of a route.
@@ -199,6 +225,8 @@ pub struct ShadowSection {
     pub model: Option<String>,
     /// Fraction of requests mirrored, 0.0 to 1.0.
     pub sample: Option<f64>,
+    /// Score a sample of the pairs with an LLM judge.
+    pub judge: Option<JudgeSection>,
 }
 
 /// `[telemetry]`

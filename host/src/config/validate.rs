@@ -87,6 +87,17 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         .telemetry
         .as_ref()
         .map(|t| validate_telemetry(t, &mut problems));
+    // Captured pairs hold prompts and answers: the same opt-in as content on spans.
+    if !telemetry.as_ref().is_some_and(|t| t.capture_content) {
+        for (i, r) in file.routes.iter().enumerate() {
+            if r.capture.is_some() {
+                problems.push(Problem::new(
+                    format!("routes[{i}].capture"),
+                    "stores prompts and answers: set [telemetry] capture_content = true to allow it",
+                ));
+            }
+        }
+    }
     let state = file
         .state
         .as_ref()

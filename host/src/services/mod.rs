@@ -13,7 +13,9 @@
 //! version in force is a [`Snapshot`] (the validated config and the live upstreams built for
 //! it), loaded once per request and replaced atomically by a reload.
 
+pub mod capture;
 pub mod governance;
+pub mod judge;
 pub mod observe;
 pub mod plugins;
 pub mod shadow;
@@ -72,6 +74,8 @@ pub struct Services {
     pub governance: Option<Arc<Governance>>,
     /// The mirror queue; `None` likewise.
     pub shadow: Option<ShadowEngine>,
+    /// The capture queue (`routes[].capture`); `None` likewise.
+    pub capture: Option<capture::CaptureEngine>,
     pub tracer: Tracer,
     /// Ends the streams still relayed when a shutdown's grace period is over.
     pub cutoff: StreamCutoff,
@@ -114,6 +118,7 @@ pub struct ServicesParts {
     pub plugins: Arc<Plugins>,
     pub governance: Option<Arc<Governance>>,
     pub shadow: Option<ShadowEngine>,
+    pub capture: Option<capture::CaptureEngine>,
     pub tracer: Tracer,
 }
 
@@ -126,6 +131,7 @@ impl Services {
             plugins: parts.plugins,
             governance: parts.governance,
             shadow: parts.shadow,
+            capture: parts.capture,
             tracer: parts.tracer,
             cutoff: StreamCutoff::default(),
         }
@@ -143,6 +149,7 @@ impl Services {
             plugins: Arc::new(Plugins::default()),
             governance: None,
             shadow: None,
+            capture: None,
             tracer: Tracer::off(),
         }))
     }

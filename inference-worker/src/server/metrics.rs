@@ -51,6 +51,12 @@ pub(super) fn serving(st: &AppState, sh: &Shared) -> Response<Body> {
         c(&m.generated_tokens),
     );
     put(
+        "busy_seconds_total",
+        "counter",
+        "Seconds the engine spent working (forward steps, embeddings): with the token counters, the worker's throughput per second of busy time.",
+        g(&m.busy_micros) as f64 / 1e6,
+    );
+    put(
         "cancelled_total",
         "counter",
         "Requests cancelled by client disconnect.",

@@ -6,16 +6,20 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
+mod capture;
 mod cli;
 mod concurrency;
 mod errors;
+mod eval;
 mod governance;
+mod gpu_cost;
 mod lifecycle;
 mod local_worker;
 mod openai_sdk;
 mod plugins;
 mod proxy;
 mod server_limits;
+mod shadow_judge;
 mod stream_faults;
 mod streaming;
 mod telemetry;

@@ -293,6 +293,7 @@ fn totals(lines: &[SpendLine]) -> SpendLine {
         t.tokens_in = t.tokens_in.saturating_add(l.tokens_in);
         t.tokens_out = t.tokens_out.saturating_add(l.tokens_out);
         t.estimated_rows = t.estimated_rows.saturating_add(l.estimated_rows);
+        t.derived_rows = t.derived_rows.saturating_add(l.derived_rows);
         t.cost_usd += l.cost_usd;
         t.baseline_usd += l.baseline_usd;
         t.savings_usd += l.savings_usd;
@@ -378,6 +379,12 @@ pub fn spend(a: SpendArgs) -> ExitCode {
     let est: u64 = lines.iter().map(|l| l.estimated_rows).sum();
     if est > 0 {
         println!("({est} rows have estimated token counts: the upstream reported no usage)");
+    }
+    let derived: u64 = lines.iter().map(|l| l.derived_rows).sum();
+    if derived > 0 {
+        println!(
+            "({derived} rows have derived costs: gpu_hour_usd spread over the workers' measured throughput)"
+        );
     }
     ExitCode::SUCCESS
 }

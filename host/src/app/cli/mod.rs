@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub mod admin;
+pub mod capture;
 pub mod keys;
 pub mod shadow;
 
@@ -44,6 +45,11 @@ enum Command {
     Keys(keys::KeysCmd),
     /// Cost, tokens, requests and savings from the ledger.
     Spend(keys::SpendArgs),
+    /// Captured traffic (`routes[].capture`): `capture export`.
+    #[command(subcommand)]
+    Capture(CaptureCommand),
+    /// Score targets on a dataset against a baseline; gates for CI (exit 1 when one fails).
+    Eval(crate::app::eval::EvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +83,24 @@ enum ShadowCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CaptureCommand {
+    /// Captured pairs as `switchyard eval` dataset lines (expected = the served answer).
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this route (the model name clients send).
+        #[arg(long, value_name = "R")]
+        route: Option<String>,
+        /// Only pairs since T: 30m, 2h, 7d, unix seconds, or YYYY-MM-DD[THH:MM:SSZ].
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// At most the N most recent pairs.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+}
+
 #[derive(Debug, Args)]
 struct ConfigArg {
     /// Config file [default: $SWITCHYARD_CONFIG, then ./switchyard.toml, then built in]
@@ -101,6 +125,13 @@ pub fn main() -> ExitCode {
         }) => shadow::report(config.config, route, since, price, json),
         Command::Keys(k) => keys::keys(k),
         Command::Spend(a) => keys::spend(a),
+        Command::Eval(a) => crate::app::eval::main(a),
+        Command::Capture(CaptureCommand::Export {
+            config,
+            route,
+            since,
+            limit,
+        }) => capture::export(config.config, route, since, limit),
     }
 }
 
@@ -194,6 +225,35 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// The per-token price a `gpu_hour_usd` backend's workers give now (their counters since
+/// start), or why there is none yet. `check` never fails on it: a worker may be down.
+fn derived_price(rt: &Runtime, b: &crate::config::Backend, gpu_hour_usd: f64) -> String {
+    use crate::services::upstream::{Upstreams, throughput};
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return "unknown (no async runtime)".into();
+    };
+    runtime.block_on(async {
+        let ups = match Upstreams::default().build(rt) {
+            Ok(u) => u,
+            Err(e) => return format!("unknown ({e})"),
+        };
+        match throughput::lifetime_price(&ups[b.index], gpu_hour_usd).await {
+            Ok(Some((p, s))) => format!(
+                "${:.4} per 1M tokens (derived: {} tokens in {:.1} s busy, {:.0} tokens/s)",
+                p.input_per_1m,
+                s.prompt_tokens + s.generated_tokens,
+                s.busy_seconds,
+                (s.prompt_tokens + s.generated_tokens) / s.busy_seconds.max(1e-9)
+            ),
+            Ok(None) => "not known yet (the workers report no work)".into(),
+            Err(e) => format!("not known yet ({e})"),
+        }
+    })
+}
+
 fn print_summary(rt: &Runtime) {
     println!("config: {} is valid", rt.source);
     let tls = if rt.server.tls.is_some() {
@@ -211,6 +271,12 @@ fn print_summary(rt: &Runtime) {
             ""
         };
         println!("  {}: {}{key}", b.name, urls.join(", "));
+        if let Some(g) = b.gpu_hour_usd {
+            println!(
+                "    price: derived from gpu_hour_usd ${g}/h per worker: {}",
+                derived_price(rt, b, g)
+            );
+        }
     }
     println!("routes:");
     for r in &rt.routes {

@@ -108,6 +108,8 @@ pub fn report(
         );
         return ExitCode::FAILURE;
     }
+    // `gpu_hour_usd` backends: the prices the ledger derived for them.
+    price_map.load_derived(&conn, since_ms);
     match compute(&conn, route.as_deref(), since_ms, &price_map) {
         Ok(reports) => {
             if json {

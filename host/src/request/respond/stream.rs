@@ -118,20 +118,23 @@ pub async fn stream_answer(
             .ok()
             .and_then(|mut g| g.take())
             .map(|settler| settle_stream(settler, &s));
-        if let Some(tx) = end
+        let receivers = end
             .capture
             .as_ref()
-            .and_then(|c| c.lock().ok().and_then(|mut g| g.take()))
-        {
-            let sse = if s.outcome == StreamOutcome::Completed {
-                s.captured.clone()
-            } else {
-                None
-            };
-            let _ = tx.send(StreamServed {
-                sse,
+            .and_then(|c| c.lock().ok().map(|mut g| std::mem::take(&mut *g)))
+            .unwrap_or_default();
+        if !receivers.is_empty() {
+            let served = StreamServed {
+                sse: if s.outcome == StreamOutcome::Completed {
+                    s.captured.clone()
+                } else {
+                    None
+                },
                 took: started.elapsed(),
-            });
+            };
+            for tx in receivers {
+                let _ = tx.send(served.clone());
+            }
         }
         let mut error = None;
         if s.outcome == StreamOutcome::ClientGone {

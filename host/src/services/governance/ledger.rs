@@ -62,6 +62,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledger-3-usage-clamped",
         sql: "ALTER TABLE ledger ADD COLUMN usage_clamped INTEGER NOT NULL DEFAULT 0;",
     },
+    // Rows priced by a self-hosted backend's `gpu_hour_usd` and measured throughput rather
+    // than a `[[prices]]` entry: reports mark their cost as derived.
+    Migration {
+        name: "ledger-4-cost-derived",
+        sql: "ALTER TABLE ledger ADD COLUMN cost_derived INTEGER NOT NULL DEFAULT 0;",
+    },
 ];
 
 /// Which attempt of a request a row describes.
@@ -72,6 +78,8 @@ pub enum Kind {
     Fallback,
     Retry,
     Shadow,
+    /// An LLM judge's call scoring a shadow pair (`routes[].shadow.judge`).
+    Judge,
 }
 
 impl Kind {
@@ -81,6 +89,7 @@ impl Kind {
             Kind::Fallback => "fallback",
             Kind::Retry => "retry",
             Kind::Shadow => "shadow",
+            Kind::Judge => "judge",
         }
     }
 }
@@ -111,6 +120,8 @@ pub struct Row {
     pub estimated: bool,
     /// The upstream reported more tokens than the request could use: counted at the cap.
     pub usage_clamped: bool,
+    /// The cost comes from `gpu_hour_usd` and the worker's measured throughput.
+    pub cost_derived: bool,
 }
 
 impl Row {
@@ -136,6 +147,7 @@ impl Row {
             outcome: "ok".into(),
             estimated: false,
             usage_clamped: false,
+            cost_derived: false,
         }
     }
 }
@@ -145,8 +157,8 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO ledger (ts_ms, key_id, team, tags, route, backend, model, kind, stream,
             tokens_in, tokens_out, cost_usd, baseline_usd, latency_ms, ttft_ms, status, outcome, estimated,
-            usage_clamped)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            usage_clamped, cost_derived)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?;
     let tags = serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into());
     stmt.execute(params![
@@ -169,6 +181,7 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
         r.outcome,
         r.estimated,
         r.usage_clamped,
+        r.cost_derived,
     ])?;
     Ok(())
 }
@@ -224,6 +237,8 @@ pub struct SpendLine {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub estimated_rows: u64,
+    /// Rows whose cost is derived from `gpu_hour_usd` and measured worker throughput.
+    pub derived_rows: u64,
     pub cost_usd: f64,
     pub baseline_usd: f64,
     pub savings_usd: f64,
@@ -246,7 +261,8 @@ fn spend_sql(by: Option<GroupBy>) -> String {
     };
     format!(
         "SELECT {group_expr}, l.route, COUNT(*), SUM(l.status >= 400), TOTAL(l.tokens_in),
-                TOTAL(l.tokens_out), SUM(l.estimated), TOTAL(l.cost_usd), TOTAL(l.baseline_usd)
+                TOTAL(l.tokens_out), SUM(l.estimated), TOTAL(l.cost_usd), TOTAL(l.baseline_usd),
+                SUM(l.cost_derived)
          FROM {from} WHERE l.ts_ms >= ?1
          GROUP BY 1, 2 ORDER BY TOTAL(l.cost_usd) DESC, 1, 2"
     )
@@ -274,6 +290,7 @@ pub fn spend(
             tokens_in: r.get::<_, f64>(4)?.max(0.0) as u64,
             tokens_out: r.get::<_, f64>(5)?.max(0.0) as u64,
             estimated_rows: r.get::<_, Option<i64>>(6)?.unwrap_or(0).max(0) as u64,
+            derived_rows: r.get::<_, Option<i64>>(9)?.unwrap_or(0).max(0) as u64,
             cost_usd: cost,
             baseline_usd: baseline,
             savings_usd: baseline - cost,

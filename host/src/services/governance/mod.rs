@@ -38,6 +38,7 @@ use crate::base::openai::{RequestBody, Usage};
 use crate::base::{Endpoint, GatewayError};
 use crate::config::governance::GovConfig;
 use crate::config::{Runtime, StateSettings};
+use crate::services::upstream::throughput::{self, LivePrices};
 use keys::{KeyCache, KeyRecord};
 use ledger::Row;
 use limits::{Check, Held, Limiter, What};
@@ -58,6 +59,8 @@ pub struct Governance {
     refused_auth: AtomicU64,
     refused_rate: AtomicU64,
     refused_budget: AtomicU64,
+    /// Per-token prices derived from `gpu_hour_usd` and measured worker throughput.
+    pub derived_prices: Arc<LivePrices>,
 }
 
 /// What governance knows about one request.
@@ -193,6 +196,7 @@ impl Governance {
             refused_auth: AtomicU64::new(0),
             refused_rate: AtomicU64::new(0),
             refused_budget: AtomicU64::new(0),
+            derived_prices: Arc::new(LivePrices::default()),
         }))
     }
 
@@ -204,6 +208,7 @@ impl Governance {
     /// Prometheus lines for governance.
     pub fn render_metrics(&self, out: &mut String) {
         store::render_metrics(&self.store.stats, out);
+        self.derived_prices.render_metrics(out);
         let _ = writeln!(
             out,
             "# HELP switchyard_refused_total Requests refused by governance.\n# TYPE switchyard_refused_total counter"
@@ -610,7 +615,7 @@ impl Settler {
         row.kind = a.kind;
         row.tokens_in = tokens_in;
         row.tokens_out = tokens_out;
-        price_row(&self.runtime, &mut row);
+        price_row(&self.runtime, Some(&self.gov.derived_prices), &mut row);
         let cost = row.cost_usd;
         row.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         row.ttft_ms = end.ttft_ms;
@@ -682,7 +687,7 @@ impl Governance {
         } else {
             "ok".into()
         };
-        price_row(rt, &mut row);
+        price_row(rt, Some(&self.derived_prices), &mut row);
         // Shadow agreement, by route and shadow backend.
         let result = match (call.failed, call.agreed) {
             (true, _) => Some("error"),
@@ -694,6 +699,27 @@ impl Governance {
             self.metrics
                 .shadow_result(&Arc::from(call.route), &Arc::from(call.backend), result);
         }
+        self.write_row(rt, row);
+    }
+}
+
+impl Governance {
+    /// The ledger row of one shadow-judge call, priced at the judge's backend and model.
+    pub fn record_judge(&self, rt: &Runtime, call: ShadowCall<'_>) {
+        let mut row = Row::new(call.route, call.status.unwrap_or(502));
+        row.ts_ms = call.ts_ms;
+        row.backend = Some(call.backend.to_string());
+        row.model = Some(call.model.to_string());
+        row.kind = ledger::Kind::Judge;
+        row.tokens_in = call.tokens_in;
+        row.tokens_out = call.tokens_out;
+        row.latency_ms = call.latency_ms;
+        row.outcome = if call.failed {
+            "judge_failed".into()
+        } else {
+            "ok".into()
+        };
+        price_row(rt, Some(&self.derived_prices), &mut row);
         self.write_row(rt, row);
     }
 }
@@ -753,17 +779,19 @@ fn record_attempts(gov: &Governance, route: Option<&str>, acct: &mut Account, st
     }
 }
 
-/// Fill `row.cost_usd` and `row.baseline_usd` from the config's prices: set `route`,
+/// Fill `row.cost_usd` and `row.baseline_usd` from the config's prices (else, for a
+/// `gpu_hour_usd` backend, the price derived from its workers' throughput): set `route`,
 /// `backend`, `model` and the token counts first.
-pub fn price_row(rt: &Runtime, row: &mut Row) {
+pub fn price_row(rt: &Runtime, derived: Option<&LivePrices>, row: &mut Row) {
     let cfg = &rt.governance;
-    row.cost_usd = match (&row.backend, &row.model) {
-        (Some(b), Some(m)) => cfg
-            .price(b, m)
-            .map(|p| p.cost(row.tokens_in, row.tokens_out)),
+    let price = match (&row.backend, &row.model) {
+        (Some(b), Some(m)) => throughput::price(rt, derived, b, m),
         _ => None,
-    }
-    .unwrap_or(0.0);
+    };
+    row.cost_derived = price.is_some_and(|(_, d)| d);
+    row.cost_usd = price
+        .map(|(p, _)| p.cost(row.tokens_in, row.tokens_out))
+        .unwrap_or(0.0);
     row.baseline_usd = cfg
         .baseline(&row.route)
         .map(|p| p.cost(row.tokens_in, row.tokens_out))

@@ -36,7 +36,11 @@ pub struct Migration {
 }
 
 /// Every module's migrations, applied in this order, each once.
-pub const MIGRATIONS: &[&[Migration]] = &[super::keys::MIGRATIONS, super::ledger::MIGRATIONS];
+pub const MIGRATIONS: &[&[Migration]] = &[
+    super::keys::MIGRATIONS,
+    super::ledger::MIGRATIONS,
+    crate::services::capture::MIGRATIONS,
+];
 
 /// A write run inside the writer's current transaction.
 pub type WriteFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
@@ -122,7 +126,10 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_ms INTEGER NOT NULL)",
     )?;
-    let tx = conn.transaction()?;
+    // Immediate: the gateway's writers open the file on their own connections (ledger,
+    // captures); one migrating at a time, the others wait on the busy timeout and then find
+    // the work done, instead of racing to apply the same migration.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     for group in MIGRATIONS {
         for m in *group {
             let done: bool = tx.query_row(

@@ -17,6 +17,11 @@
 //! frames (only that request, only while it streams) and hands it to the shadow job when
 //! it ends, so streamed answers are compared too; a stream that did not complete is
 //! recorded without a comparison.
+//!
+//! With `shadow.judge`, a sample of the pairs whose both answers are in is scored by an LLM
+//! judge in the same background task (reference = the served answer, answer = the
+//! shadow's); the score and reason are stored with the pair, observed on
+//! `switchyard_shadow_judge_score`, and the judge call is a ledger row of kind `judge`.
 
 pub mod compare;
 pub mod report;
@@ -32,12 +37,13 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 
 use super::governance::{Governance, ShadowCall};
+use super::judge;
 use super::observe::telemetry::{self, SpanParent};
 use super::upstream::{Upstream, client};
 use crate::base::Endpoint;
 use crate::base::error::snippet;
 use crate::base::openai::RequestBody;
-use crate::config::{Route, Runtime, Shadow, Target};
+use crate::config::{Route, Runtime, Shadow, ShadowJudge, Target};
 
 /// Jobs waiting for a shadow request; beyond this, mirrors are dropped (and counted).
 const QUEUE: usize = 1024;
@@ -55,6 +61,27 @@ pub struct Stats {
     pub failed: AtomicU64,
     pub recorded: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Judge scores by (route, shadow backend).
+    pub judge: std::sync::Mutex<std::collections::BTreeMap<(String, String), JudgeHistogram>>,
+}
+
+/// `switchyard_shadow_judge_score`: buckets at each whole score 1..=10.
+#[derive(Debug, Default, Clone)]
+pub struct JudgeHistogram {
+    /// `le` = 1, 2, …, 10 (cumulative when rendered).
+    pub buckets: [u64; 10],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl JudgeHistogram {
+    pub fn observe(&mut self, score: f64) {
+        if let Some(i) = (0..10).find(|i| score <= (i + 1) as f64) {
+            self.buckets[i] += 1;
+        }
+        self.sum += score;
+        self.count += 1;
+    }
 }
 
 /// The mirror queue, owned by the gateway's services; its background task and the store
@@ -82,6 +109,8 @@ struct Job {
     at: SystemTime,
     /// The shadow call's span: its own trace, linked to the request's span.
     span: telemetry::Span,
+    /// The judge and its live backend, when the route's shadow has one.
+    judge: Option<(ShadowJudge, Arc<Upstream>)>,
 }
 
 /// The served answer, as the shadow job gets it.
@@ -93,7 +122,7 @@ pub enum Served {
 }
 
 /// A served stream, once it ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StreamServed {
     /// The whole event stream, when it completed.
     pub sse: Option<Bytes>,
@@ -101,14 +130,23 @@ pub struct StreamServed {
     pub took: Duration,
 }
 
-/// Where a served stream delivers its copy; shared by the attempts of one request (only
-/// the one that gets served uses it).
-pub type CaptureSlot = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<StreamServed>>>>;
+/// Where a served stream delivers its copy (to the shadow job, the capture job, or both);
+/// shared by the attempts of one request (only the one that gets served uses it).
+pub type CaptureSlot = Arc<std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<StreamServed>>>>;
 
 /// A capture slot and the receiving end for the shadow job.
 pub fn capture_channel() -> (CaptureSlot, tokio::sync::oneshot::Receiver<StreamServed>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    (Arc::new(std::sync::Mutex::new(Some(tx))), rx)
+    (Arc::new(std::sync::Mutex::new(vec![tx])), rx)
+}
+
+/// Another receiver of the served stream's copy on `slot`.
+pub fn also_deliver(slot: &CaptureSlot) -> tokio::sync::oneshot::Receiver<StreamServed> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if let Ok(mut g) = slot.lock() {
+        g.push(tx);
+    }
+    rx
 }
 
 /// One mirrored request, as the request path hands it over.
@@ -125,6 +163,8 @@ pub struct Mirror<'a> {
     pub served: Served,
     pub primary_latency: Duration,
     pub trace: &'a SpanParent,
+    /// The judge's live backend (of the request's config version), when `shadow.judge` is set.
+    pub judge_upstream: Option<Arc<Upstream>>,
 }
 
 impl ShadowEngine {
@@ -171,6 +211,7 @@ impl ShadowEngine {
             primary_latency: m.primary_latency,
             at: SystemTime::now(),
             span,
+            judge: shadow.judge.clone().zip(m.judge_upstream),
         };
         match self.tx.try_send(job) {
             Ok(()) => {
@@ -219,12 +260,30 @@ pub struct Finished {
     served: Option<Bytes>,
     shadow: Option<Bytes>,
     config: Arc<Runtime>,
+    /// The judge call, for its ledger row.
+    judge_call: Option<JudgeCall>,
+}
+
+/// One judge call, as the ledger records it.
+struct JudgeCall {
+    backend: String,
+    model: String,
+    tokens_in: u64,
+    tokens_out: u64,
+    latency_ms: f64,
+    status: Option<u16>,
+    failed: bool,
 }
 
 /// Send one shadow request and wait for the served answer to be complete.
 async fn run(mut job: Job) -> Finished {
     let served = std::mem::replace(&mut job.served, Served::Complete(None));
     let config = job.config.clone();
+    let judge_job = job
+        .judge
+        .take()
+        .filter(|(j, _)| j.sample >= 1.0 || fastrand::f64() < j.sample)
+        .map(|j| (j, job.body.clone()));
     let mut span = std::mem::take(&mut job.span);
     // The gateway's own trace context, set on the request after the client's headers are
     // filtered (a backend's `forward_headers` need not list `traceparent`).
@@ -250,12 +309,108 @@ async fn run(mut job: Job) -> Finished {
             _ => None,
         },
     };
+    let judge_call = match (judge_job, &served, &shadow) {
+        (Some(((j, up), request)), Some(s), Some(sh)) => {
+            Some(judge_pair(&j, &up, &request, (s, sh), &mut pair).await)
+        }
+        _ => None,
+    };
     Finished {
         pair,
         served,
         shadow,
         config,
+        judge_call,
     }
+}
+
+/// Ask the judge to score the shadow's answer against the served one; the verdict goes on
+/// the pair. Only pairs whose both answers are in are judged.
+async fn judge_pair(
+    j: &ShadowJudge,
+    up: &Upstream,
+    request: &Bytes,
+    (served, shadow): (&Bytes, &Bytes),
+    pair: &mut store::Pair,
+) -> JudgeCall {
+    let text = |b: &[u8]| {
+        if pair.stream {
+            Some(compare::extract_stream(b).answer_text())
+        } else {
+            compare::extract(b).map(|x| x.answer_text())
+        }
+    };
+    let model = j.target.model.as_deref().unwrap_or_default().to_string();
+    let mut call = JudgeCall {
+        backend: j.target.backend.name.to_string(),
+        model: model.clone(),
+        tokens_in: 0,
+        tokens_out: 0,
+        latency_ms: 0.0,
+        status: None,
+        failed: true,
+    };
+    let (Some(reference), Some(answer)) = (text(served), text(shadow)) else {
+        pair.judge_error = Some("an answer could not be read".into());
+        return call;
+    };
+    let question = question_of(request);
+    let prompt = judge::render(&j.rubric, &question, &reference, &answer);
+    match judge::call(
+        up,
+        crate::base::Endpoint::ChatCompletions,
+        judge::request_body(&model, &prompt),
+        &HeaderMap::new(),
+    )
+    .await
+    {
+        Err(e) => pair.judge_error = Some(e),
+        Ok(c) => {
+            call.status = Some(c.status);
+            call.latency_ms = c.latency_ms;
+            match judge::answer_text(&c.body) {
+                Err(e) => pair.judge_error = Some(e),
+                Ok((reply, usage)) => {
+                    if let Some(u) = usage {
+                        call.tokens_in = u.prompt_tokens;
+                        call.tokens_out = u.completion_tokens;
+                    }
+                    call.failed = false;
+                    match judge::parse_verdict(&reply) {
+                        Ok(v) => {
+                            pair.judge_score = Some(v.score);
+                            pair.judge_reason = Some(v.reason);
+                        }
+                        Err(e) => pair.judge_error = Some(e),
+                    }
+                }
+            }
+        }
+    }
+    call
+}
+
+/// The last user message of a chat request (the question the judge is shown).
+fn question_of(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    let Some(msgs) = v["messages"].as_array() else {
+        return v["prompt"].as_str().unwrap_or_default().to_string();
+    };
+    msgs.iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(|m| match &m["content"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        })
+        .unwrap_or_default()
 }
 
 /// Parse both answers and compare them: the row to store. The shadow call's ledger row is
@@ -266,6 +421,7 @@ pub fn finish(f: Finished, stats: &Stats, governance: Option<&Governance>) -> st
         served,
         shadow,
         config,
+        judge_call,
     } = f;
     let extract = |b: &[u8]| {
         if pair.stream {
@@ -318,6 +474,31 @@ pub fn finish(f: Finished, stats: &Stats, governance: Option<&Governance>) -> st
                 agreed: pair.comparison.as_ref().map(|c| c.agree),
             },
         );
+        if let Some(j) = &judge_call {
+            g.record_judge(
+                &config,
+                ShadowCall {
+                    route: &pair.route,
+                    backend: &j.backend,
+                    model: &j.model,
+                    ts_ms: pair.ts_ms,
+                    stream: false,
+                    status: j.status,
+                    tokens_in: j.tokens_in,
+                    tokens_out: j.tokens_out,
+                    latency_ms: j.latency_ms,
+                    failed: j.failed,
+                    agreed: None,
+                },
+            );
+        }
+    }
+    if let Some(score) = pair.judge_score
+        && let Ok(mut h) = stats.judge.lock()
+    {
+        h.entry((pair.route.clone(), pair.shadow_backend.clone()))
+            .or_default()
+            .observe(score);
     }
     pair
 }
@@ -394,6 +575,13 @@ async fn ask_shadow(job: Job, trace: http::HeaderMap) -> (store::Pair, Option<By
     (pair, Some(bytes))
 }
 
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn render_stats(s: &Stats, out: &mut String) {
     use std::fmt::Write;
     let _ = write!(
@@ -410,4 +598,27 @@ fn render_stats(s: &Stats, out: &mut String) {
         s.recorded.load(Ordering::Relaxed),
         s.store_errors.load(Ordering::Relaxed),
     );
+    let hist = s.judge.lock().map(|h| h.clone()).unwrap_or_default();
+    out.push_str("# HELP switchyard_shadow_judge_score The shadow judge's scores (1-10) of shadow answers against the served ones, by route and shadow backend.\n# TYPE switchyard_shadow_judge_score histogram\n");
+    for ((route, backend), h) in &hist {
+        let labels = format!(
+            "route=\"{}\",backend=\"{}\"",
+            escape_label(route),
+            escape_label(backend)
+        );
+        let mut cum = 0;
+        for (i, n) in h.buckets.iter().enumerate() {
+            cum += n;
+            let _ = writeln!(
+                out,
+                "switchyard_shadow_judge_score_bucket{{{labels},le=\"{}\"}} {cum}",
+                i + 1
+            );
+        }
+        let _ = writeln!(
+            out,
+            "switchyard_shadow_judge_score_bucket{{{labels},le=\"+Inf\"}} {}\nswitchyard_shadow_judge_score_sum{{{labels}}} {}\nswitchyard_shadow_judge_score_count{{{labels}}} {}",
+            h.count, h.sum, h.count
+        );
+    }
 }

@@ -34,6 +34,16 @@ pub struct RouteReport {
     pub shadow_completion_tokens: u64,
     pub primary_cost_usd: Option<f64>,
     pub shadow_cost_usd: Option<f64>,
+    /// The cost is derived from `gpu_hour_usd` and measured throughput (the ledger's price).
+    pub primary_cost_derived: bool,
+    pub shadow_cost_derived: bool,
+    /// Pairs the shadow judge scored, and those it was asked about but gave no score.
+    pub judged: u64,
+    pub judge_errors: u64,
+    /// Mean judge score (1–10), its 10th percentile, and the share of scores ≥ 8.
+    pub judge_mean: Option<f64>,
+    pub judge_p10: Option<f64>,
+    pub judge_share_at_least_8: Option<f64>,
 }
 
 /// Parse `--since`: `90s`, `30m`, `2h`, `7d`, unix seconds, `YYYY-MM-DD` or
@@ -102,6 +112,9 @@ fn pct(v: &mut [f64], p: f64) -> Option<f64> {
 pub struct Prices {
     by_model: HashMap<String, (f64, f64)>,
     config: Option<crate::config::governance::GovConfig>,
+    /// (backend, model) → USD per million tokens, as the ledger derived it from
+    /// `gpu_hour_usd` (its rows' cost over their tokens).
+    derived: HashMap<(String, String), f64>,
 }
 
 impl Prices {
@@ -119,11 +132,45 @@ impl Prices {
             .insert(model.into(), (input_per_1m, output_per_1m));
     }
 
-    fn get(&self, backend: &str, model: &str) -> Option<(f64, f64)> {
-        self.by_model.get(model).copied().or_else(|| {
-            let p = self.config.as_ref()?.price(backend, model)?;
-            Some((p.input_per_1m, p.output_per_1m))
-        })
+    /// Load the derived prices of `gpu_hour_usd` backends from the ledger's rows since
+    /// `since_ms` (a store without the ledger or the column has none).
+    pub fn load_derived(&mut self, conn: &rusqlite::Connection, since_ms: i64) {
+        let Ok(mut st) = conn.prepare(
+            "SELECT backend, model, TOTAL(cost_usd), TOTAL(tokens_in + tokens_out) FROM ledger
+             WHERE cost_derived = 1 AND ts_ms >= ?1 GROUP BY 1, 2",
+        ) else {
+            return;
+        };
+        let Ok(rows) = st.query_map([since_ms], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, f64>(2)?,
+                r.get::<_, f64>(3)?,
+            ))
+        }) else {
+            return;
+        };
+        for (b, m, cost, tokens) in rows.flatten() {
+            if let (Some(b), Some(m)) = (b, m)
+                && tokens > 0.0
+            {
+                self.derived.insert((b, m), cost / tokens * 1e6);
+            }
+        }
+    }
+
+    /// (input, output) per million tokens, and whether the price is derived.
+    fn get(&self, backend: &str, model: &str) -> Option<(f64, f64, bool)> {
+        if let Some((i, o)) = self.by_model.get(model) {
+            return Some((*i, *o, false));
+        }
+        if let Some(p) = self.config.as_ref().and_then(|c| c.price(backend, model)) {
+            return Some((p.input_per_1m, p.output_per_1m, false));
+        }
+        self.derived
+            .get(&(backend.to_string(), model.to_string()))
+            .map(|p| (*p, *p, true))
     }
 }
 
@@ -207,14 +254,45 @@ pub fn compute(
         rep.shadow_prompt_tokens += sp;
         rep.shadow_completion_tokens += sc;
         let (pb, sb): (String, String) = (r.get(18)?, r.get(19)?);
-        if let Some((i, o)) = prices.get(&pb, &pm) {
+        if let Some((i, o, d)) = prices.get(&pb, &pm) {
             *rep.primary_cost_usd.get_or_insert(0.0) += (pp as f64 * i + pc as f64 * o) / 1e6;
+            rep.primary_cost_derived |= d;
         }
-        if let Some((i, o)) = prices.get(&sb, &sm) {
+        if let Some((i, o, d)) = prices.get(&sb, &sm) {
             *rep.shadow_cost_usd.get_or_insert(0.0) += (sp as f64 * i + sc as f64 * o) / 1e6;
+            rep.shadow_cost_derived |= d;
+        }
+    }
+    let mut judged: HashMap<String, Vec<f64>> = HashMap::new();
+    if super::store::has_judge_columns(conn) {
+        let mut st = conn.prepare(
+            "SELECT route, judge_score, judge_error IS NOT NULL FROM shadow_pairs
+             WHERE ts_ms >= ?1 AND (?2 IS NULL OR route = ?2)
+               AND (judge_score IS NOT NULL OR judge_error IS NOT NULL)",
+        )?;
+        let mut rows = st.query(rusqlite::params![since_ms, route])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            let score: Option<f64> = r.get(1)?;
+            match score {
+                Some(s) => judged.entry(name).or_default().push(s),
+                None => {
+                    if let Some(rep) = by.iter_mut().find(|x| x.route == name) {
+                        rep.judge_errors += 1;
+                    }
+                }
+            }
         }
     }
     for rep in &mut by {
+        if let Some(scores) = judged.get_mut(&rep.route) {
+            let n = scores.len();
+            rep.judged = n as u64;
+            rep.judge_mean = Some(scores.iter().sum::<f64>() / n as f64);
+            rep.judge_share_at_least_8 =
+                Some(scores.iter().filter(|s| **s >= 8.0).count() as f64 / n as f64);
+            rep.judge_p10 = pct(scores, 0.10);
+        }
         if let Some((p, s)) = lat.get_mut(&rep.route) {
             rep.primary_latency_p50_ms = pct(p, 0.5);
             rep.primary_latency_p99_ms = pct(p, 0.99);
@@ -289,6 +367,22 @@ pub fn print(path: &std::path::Path, since: Option<&str>, reports: &[RouteReport
             ms(r.shadow_latency_p99_ms),
             delta(r.primary_latency_p99_ms, r.shadow_latency_p99_ms),
         );
+        match (r.judge_mean, r.judge_p10, r.judge_share_at_least_8) {
+            (Some(mean), Some(p10), Some(share)) => println!(
+                "  judge: {} pair(s) scored, mean {mean:.2}/10, p10 {p10:.1}, {:.1}% at 8 or above{}",
+                r.judged,
+                share * 100.0,
+                if r.judge_errors > 0 {
+                    format!(", {} unscored (judge errors)", r.judge_errors)
+                } else {
+                    String::new()
+                }
+            ),
+            _ if r.judge_errors > 0 => {
+                println!("  judge: no scores ({} judge errors)", r.judge_errors)
+            }
+            _ => {}
+        }
         println!(
             "  tokens in/out {}/{} → {}/{}",
             r.primary_prompt_tokens,
@@ -298,7 +392,17 @@ pub fn print(path: &std::path::Path, since: Option<&str>, reports: &[RouteReport
         );
         match (r.primary_cost_usd, r.shadow_cost_usd) {
             (Some(a), Some(b)) => println!(
-                "  cost ${a:.4} → ${b:.4} ({:+.1}%)",
+                "  cost ${a:.4}{} → ${b:.4}{} ({:+.1}%)",
+                if r.primary_cost_derived {
+                    " (derived)"
+                } else {
+                    ""
+                },
+                if r.shadow_cost_derived {
+                    " (derived)"
+                } else {
+                    ""
+                },
                 if a > 0.0 { 100.0 * (b - a) / a } else { 0.0 }
             ),
             _ => println!(

@@ -46,6 +46,11 @@ pub struct Pair {
     pub comparison: Option<Comparison>,
     pub validate_verdict: Option<String>,
     pub shadow_error: Option<String>,
+    /// The shadow judge's score (1–10) of the shadow's answer against the served one.
+    pub judge_score: Option<f64>,
+    pub judge_reason: Option<String>,
+    /// The pair was sent to the judge, which gave no score (failed call, unreadable reply).
+    pub judge_error: Option<String>,
 }
 
 /// The table, created if missing.
@@ -79,6 +84,25 @@ CREATE TABLE IF NOT EXISTS shadow_pairs (
 CREATE INDEX IF NOT EXISTS shadow_pairs_route_ts ON shadow_pairs (route, ts_ms);
 ";
 
+/// The judge's columns (`routes[].shadow.judge`), added to a table made before they
+/// existed; plain columns so a rollout guard can query scores by route, backend and time.
+const JUDGE_COLUMNS: &str = "
+ALTER TABLE shadow_pairs ADD COLUMN judge_score REAL;
+ALTER TABLE shadow_pairs ADD COLUMN judge_reason TEXT;
+ALTER TABLE shadow_pairs ADD COLUMN judge_error TEXT;
+";
+const JUDGE_INDEX: &str = "CREATE INDEX IF NOT EXISTS shadow_pairs_judged ON shadow_pairs (route, shadow_backend, ts_ms) WHERE judge_score IS NOT NULL;";
+
+/// Whether the table has the judge's columns (a store written by an older gateway has not).
+pub fn has_judge_columns(conn: &Connection) -> bool {
+    conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('shadow_pairs') WHERE name = 'judge_score'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .is_ok_and(|n| n > 0)
+}
+
 /// Open the store file with WAL and the table in place.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -86,6 +110,16 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
+    if !has_judge_columns(&conn) {
+        let tx =
+            rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
+        // Another writer may have added them meanwhile: check again under the lock.
+        if !has_judge_columns(&tx) {
+            tx.execute_batch(JUDGE_COLUMNS)?;
+        }
+        tx.commit()?;
+    }
+    conn.execute_batch(JUDGE_INDEX)?;
     Ok(conn)
 }
 
@@ -159,8 +193,9 @@ fn insert(conn: &mut Connection, pairs: &[Pair]) -> rusqlite::Result<()> {
              shadow_backend, shadow_model, primary_latency_ms, shadow_latency_ms, shadow_status,
              primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens,
              shadow_completion_tokens, primary_answer, shadow_answer, exact_match, json_equal,
-             similarity, agree, validate_verdict, shadow_error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+             similarity, agree, validate_verdict, shadow_error, judge_score, judge_reason,
+             judge_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
         )?;
         for p in pairs {
             let c = p.comparison;
@@ -188,6 +223,9 @@ fn insert(conn: &mut Connection, pairs: &[Pair]) -> rusqlite::Result<()> {
                 c.map(|c| c.agree),
                 p.validate_verdict,
                 p.shadow_error,
+                p.judge_score,
+                p.judge_reason,
+                p.judge_error,
             ])?;
         }
     }

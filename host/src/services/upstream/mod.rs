@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod client;
 pub mod health;
 pub mod pool;
+pub mod throughput;
 pub mod traffic;
 
 use std::collections::HashMap;
