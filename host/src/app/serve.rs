@@ -100,6 +100,8 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         tracer: tracer.clone(),
     }));
     let gw = Gateway::new(services.clone());
+    // Staged rollouts move on a thread of their own, off the request path.
+    crate::services::rollout::controller::spawn(&services);
     // Live reload and health checks.
     reload::spawn_background(&gw);
     // `/readyz` turns ready only once the plugins are loaded.

@@ -1,5 +1,5 @@
 //! The `switchyard` command line: `serve`, `check`, and the commands that read the store or
-//! call a running gateway (`keys`, `spend`, `shadow report`, `reload`, `rollback`).
+//! call a running gateway (`keys`, `spend`, `shadow report`, `rollout`, `reload`, `rollback`).
 //!
 //! Every subcommand takes `--config PATH`; without it the config is `$SWITCHYARD_CONFIG`,
 //! then `./switchyard.toml`, then the embedded default (which the first log line says).
@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod admin;
 pub mod keys;
+pub mod rollout;
 pub mod shadow;
 
 use crate::config::{self, ConfigSource, LogFormat, Runtime};
@@ -44,6 +45,9 @@ enum Command {
     Keys(keys::KeysCmd),
     /// Cost, tokens, requests and savings from the ledger.
     Spend(keys::SpendArgs),
+    /// Staged rollouts: `status` (from the store), `pause|resume|promote|abort ROUTE`.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCmd),
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +105,7 @@ pub fn main() -> ExitCode {
         }) => shadow::report(config.config, route, since, price, json),
         Command::Keys(k) => keys::keys(k),
         Command::Spend(a) => keys::spend(a),
+        Command::Rollout(r) => rollout::rollout(r),
     }
 }
 

@@ -36,7 +36,12 @@ pub struct Migration {
 }
 
 /// Every module's migrations, applied in this order, each once.
-pub const MIGRATIONS: &[&[Migration]] = &[super::keys::MIGRATIONS, super::ledger::MIGRATIONS];
+pub const MIGRATIONS: &[&[Migration]] = &[
+    super::keys::MIGRATIONS,
+    super::ledger::MIGRATIONS,
+    super::feedback::MIGRATIONS,
+    crate::services::rollout::state::MIGRATIONS,
+];
 
 /// A write run inside the writer's current transaction.
 pub type WriteFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
