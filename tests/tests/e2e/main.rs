@@ -15,6 +15,7 @@ mod local_worker;
 mod openai_sdk;
 mod plugins;
 mod proxy;
+mod rollout;
 mod server_limits;
 mod stream_faults;
 mod streaming;
