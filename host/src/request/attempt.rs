@@ -176,6 +176,7 @@ where
                 break 'candidates;
             }
             if url.breaker.admit(&backend.breaker, now) == Admit::No {
+                trail.chosen_failed |= ci == 0;
                 trail.push(traffic, backend, Some(idx), "skipped_breaker_open");
                 tried.push(idx);
                 last_err.get_or_insert(GatewayError::CircuitOpen {

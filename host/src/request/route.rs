@@ -10,6 +10,12 @@
 //! route lists the caller's team in `pin_teams`; anyone else gets 403, so a pin can never be
 //! used to bypass a migration.
 //!
+//! A route with a `rollout` first sends the candidate its share (the controller's weight,
+//! one atomic load); the rest goes through the route's own split. With `sticky` both draws
+//! come from a hash of the caller, so a caller keeps its target (and only ever moves to the
+//! candidate as a rollout's weight grows); pinned and overridden requests are not part of a
+//! rollout.
+//!
 //! With virtual keys the caller is the authenticated key, and identity headers are ignored
 //! (any client could set them); without keys the gateway trusts its network and takes the
 //! caller from `x-switchyard-team` / `x-switchyard-key`.
@@ -336,6 +342,60 @@ overrides = [
         assert_eq!(pick(&headers(&[("x-switchyard-team", "other")])), "old");
         assert_eq!(pick(&headers(&[("x-feature", "summarise-v2")])), "new");
         assert_eq!(pick(&headers(&[("x-feature", "summarise-v1")])), "old");
+    }
+
+    #[test]
+    fn sticky_callers_keep_one_of_the_plain_weighted_targets() {
+        let rt = load_str(
+            r#"
+[[backends]]
+name = "a"
+url = "http://127.0.0.1:1/v1"
+[[backends]]
+name = "b"
+url = "http://127.0.0.1:2/v1"
+[[routes]]
+model = "m"
+sticky = "header:x-user"
+targets = [{ backend = "a", weight = 70 }, { backend = "b", weight = 30 }]
+"#,
+            ConfigSource::Embedded,
+        )
+        .unwrap();
+        let r = rt.route_for("m").unwrap();
+        let mut on_b = 0;
+        for u in 0..1000 {
+            let mut h = headers(&[]);
+            h.insert("x-user", format!("user-{u}").parse().unwrap());
+            let caller = Caller::from_headers(&h);
+            let first = choose(r, &caller, &h, &rt.backends)
+                .unwrap()
+                .backend
+                .name
+                .clone();
+            for _ in 0..5 {
+                assert_eq!(
+                    choose(r, &caller, &h, &rt.backends).unwrap().backend.name,
+                    first
+                );
+            }
+            if &*first == "b" {
+                on_b += 1;
+            }
+        }
+        assert!((240..360).contains(&on_b), "{on_b} of 1000 callers on b");
+        // Without the header each request draws afresh.
+        let h = headers(&[]);
+        let names: std::collections::HashSet<_> = (0..200)
+            .map(|_| {
+                choose(r, &Caller::default(), &h, &rt.backends)
+                    .unwrap()
+                    .backend
+                    .name
+                    .clone()
+            })
+            .collect();
+        assert_eq!(names.len(), 2);
     }
 
     #[test]

@@ -117,23 +117,29 @@ pub fn insert(conn: &Connection, f: &Feedback) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Mean feedback per target (`backend/model`) and route, for requests since `since_ms`:
-/// `(target, route, mean, count)`.
-pub fn by_target(
-    conn: &Connection,
-    since_ms: i64,
-) -> rusqlite::Result<Vec<(Option<String>, String, f64, u64)>> {
+/// One target's mean feedback on one route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetFeedback {
+    /// `backend/model` (`None` for rows without both).
+    pub target: Option<String>,
+    pub route: String,
+    pub mean: f64,
+    pub count: u64,
+}
+
+/// Mean feedback per target (`backend/model`) and route, for requests since `since_ms`.
+pub fn by_target(conn: &Connection, since_ms: i64) -> rusqlite::Result<Vec<TargetFeedback>> {
     let mut stmt = conn.prepare(
         "SELECT backend || '/' || model, route, AVG(score), COUNT(*) FROM feedback
          WHERE request_ts_ms >= ?1 GROUP BY 1, 2",
     )?;
     let rows = stmt.query_map([since_ms], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get::<_, Option<f64>>(2)?.unwrap_or(0.0),
-            r.get::<_, i64>(3)?.max(0) as u64,
-        ))
+        Ok(TargetFeedback {
+            target: r.get(0)?,
+            route: r.get(1)?,
+            mean: r.get::<_, Option<f64>>(2)?.unwrap_or(0.0),
+            count: r.get::<_, i64>(3)?.max(0) as u64,
+        })
     })?;
     rows.collect()
 }

@@ -303,13 +303,13 @@ pub fn spend(
     })?;
     let mut lines: Vec<SpendLine> = rows.collect::<rusqlite::Result<_>>()?;
     if by == Some(GroupBy::Target) {
-        for (target, route, mean, n) in super::feedback::by_target(conn, since_ms)? {
+        for f in super::feedback::by_target(conn, since_ms)? {
             if let Some(l) = lines
                 .iter_mut()
-                .find(|l| l.group == target && l.route == route)
+                .find(|l| l.group == f.target && l.route == f.route)
             {
-                l.feedback_mean = Some(mean);
-                l.feedback_count = Some(n);
+                l.feedback_mean = Some(f.mean);
+                l.feedback_count = Some(f.count);
             }
         }
     }
