@@ -239,6 +239,9 @@ fn split(
         }
         None => None,
     };
+    if route.targets.len() == 1 {
+        return (route.targets[0].clone(), arm);
+    }
     let total = route.total_weight.max(1);
     let draw = point.map_or_else(|| fastrand::u32(0..total), |p| p.target_draw(total));
     (

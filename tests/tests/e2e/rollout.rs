@@ -568,10 +568,33 @@ rollout = { candidate = { backend = "new" }, steps = [20, 50, 100], step_secs = 
         .await;
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "rollout_not_found");
-    // Promote completes at once.
-    let done = act("promote").await;
+    // `switchyard rollout promote` (the admin API's client) completes at once.
+    let cli = |action: &str| {
+        run_switchyard(
+            &[
+                "rollout",
+                action,
+                "m",
+                "--config",
+                gw.config_path.to_str().unwrap(),
+                "--url",
+                &gw.url(""),
+            ],
+            dir.path(),
+            &[(ADMIN_ENV, ADMIN_TOKEN)],
+        )
+    };
+    let (code, out, err) = cli("promote");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("complete at 100"), "{out}");
+    let done = rollout(&c, &gw).await.unwrap();
     assert_eq!(done["state"], "complete");
     assert_eq!(done["weight"], 100.0);
+    assert_eq!(history(&done).last().unwrap().2, "promoted by operator");
+    // A finished rollout cannot be aborted: the CLI says why and fails.
+    let (code, _, err) = cli("abort");
+    assert_eq!(code, 1);
+    assert!(err.contains("is complete: cannot abort"), "{err}");
 }
 
 /// Create a key with the CLI; (secret, id).
