@@ -592,3 +592,129 @@ async fn post_with_retries(
     }
     tracing::warn!(%url, error = %last, tries = WEBHOOK_TRIES, "rollout webhook failed");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigSource, load_str};
+    use crate::services::rollout::{Arm, Outcome};
+
+    fn routes(guard: &str) -> Vec<Arc<Route>> {
+        load_str(
+            &format!(
+                r#"
+[[backends]]
+name = "old"
+url = "http://127.0.0.1:1/v1"
+[[backends]]
+name = "new"
+url = "http://127.0.0.1:2/v1"
+[[routes]]
+model = "m"
+targets = [{{ backend = "old" }}]
+rollout = {{ candidate = {{ backend = "new" }}, steps = [10, 100], step_secs = 0.001, min_requests = 5, guard = {{ {guard} }} }}
+"#
+            ),
+            ConfigSource::Embedded,
+        )
+        .unwrap()
+        .routes
+        .clone()
+    }
+
+    fn feed(r: &Rollouts, cand: Outcome, n: usize) {
+        for _ in 0..n {
+            r.record("m", Arm::Candidate, cand);
+            r.record(
+                "m",
+                Arm::Incumbent,
+                Outcome::Served(Duration::from_millis(5)),
+            );
+        }
+    }
+
+    fn state(r: &Rollouts) -> (State, f64, Vec<String>) {
+        let s = r.statuses();
+        let (rec, h) = &s[0];
+        (
+            rec.state,
+            rec.weight,
+            h.iter().map(|e| e.to.clone()).collect(),
+        )
+    }
+
+    #[test]
+    fn a_healthy_candidate_advances_only_with_enough_requests_and_completes() {
+        let rs = routes("max_error_rate = 0.01");
+        let r = Rollouts::default();
+        r.control(&rs, None, None);
+        assert_eq!(r.weight_bp("m"), 1000);
+        std::thread::sleep(Duration::from_millis(5));
+        // Too few candidate requests: the step holds however long it lasted.
+        feed(&r, Outcome::Served(Duration::from_millis(5)), 4);
+        r.control(&rs, None, None);
+        assert_eq!(state(&r).1, 10.0);
+        feed(&r, Outcome::Served(Duration::from_millis(5)), 1);
+        r.control(&rs, None, None);
+        assert_eq!(state(&r).1, 100.0);
+        assert_eq!(r.weight_bp("m"), 10_000);
+        std::thread::sleep(Duration::from_millis(5));
+        // At 100 % the incumbents have no traffic: the last step's window is the reference.
+        for _ in 0..5 {
+            r.record(
+                "m",
+                Arm::Candidate,
+                Outcome::Served(Duration::from_millis(5)),
+            );
+        }
+        r.control(&rs, None, None);
+        let (st, w, h) = state(&r);
+        assert_eq!((st, w), (State::Complete, 100.0));
+        assert_eq!(h, ["10%", "100%", "complete"]);
+    }
+
+    #[test]
+    fn a_breach_rolls_back_at_once_and_missing_data_never_passes() {
+        let rs = routes("max_error_rate = 0.01, min_feedback = 0.5");
+        let r = Rollouts::default();
+        r.control(&rs, None, None);
+        std::thread::sleep(Duration::from_millis(5));
+        // Healthy, but no feedback: no data, so no advance.
+        feed(&r, Outcome::Served(Duration::from_millis(5)), 20);
+        r.control(&rs, None, None);
+        let s = r.statuses();
+        let g = s[0]
+            .0
+            .guards
+            .iter()
+            .find(|g| g.name == "min_feedback")
+            .unwrap();
+        assert_eq!((g.value, g.ok), (None, None));
+        assert_eq!(state(&r).0, State::Running);
+        assert_eq!(state(&r).1, 10.0);
+        // Failures: rolled back on this tick, not at the step's end.
+        feed(&r, Outcome::Failed, 5);
+        r.control(&rs, None, None);
+        let (st, w, h) = state(&r);
+        assert_eq!((st, w), (State::RolledBack, 0.0));
+        assert_eq!(r.weight_bp("m"), 0);
+        assert!(
+            r.statuses()[0]
+                .1
+                .last()
+                .unwrap()
+                .reason
+                .contains("max_error_rate")
+        );
+        assert_eq!(h.last().unwrap(), "rolled_back");
+        // Over: nothing moves it, and operator actions are refused.
+        assert!(matches!(
+            r.act("m", Action::Resume, None),
+            Err(ActError::WrongState { .. })
+        ));
+        assert!(matches!(
+            r.act("x", Action::Abort, None),
+            Err(ActError::NoRollout(_))
+        ));
+    }
+}
