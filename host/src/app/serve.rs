@@ -167,7 +167,9 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     if let Some(t) = admin_task {
         let _ = t.await;
     }
-    // Everything queued for the store (ledger rows) is written before the process exits.
+    // The rollouts' last counts, then everything queued for the store (ledger rows) is
+    // written before the process exits.
+    services.rollouts.save_all(&governance.store);
     governance.close();
     tracer.shutdown().await;
     ExitCode::SUCCESS

@@ -403,7 +403,19 @@ async fn a_restart_resumes_the_same_step_and_a_reload_keeps_it_until_the_rollout
     })
     .await;
     load.stop().await;
-    let before = rollout(&c, &gw).await.unwrap_or(before);
+    // A few requests into the step (fewer than it needs to end).
+    for _ in 0..16 {
+        let r = c
+            .post_json(&gw.url("/v1/chat/completions"), &chat(), &[])
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let before = wait_for(&c, &gw, Duration::from_secs(30), "counts in step 2", |s| {
+        s["window"]["candidate"]["requests"].as_u64().unwrap_or(0) > 0
+            && s["window"]["incumbent"]["requests"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert_eq!(before["step"], 2);
     assert_eq!(before["state"], "running");
     assert_eq!(before["weight"], 50.0);
     gw.terminate();
@@ -417,6 +429,10 @@ async fn a_restart_resumes_the_same_step_and_a_reload_keeps_it_until_the_rollout
     assert_eq!(after["weight"], 50.0);
     assert_eq!(after["fingerprint"], before["fingerprint"]);
     assert_eq!(after["step_started"], before["step_started"]);
+    // The step's counts came along (saved at shutdown), so the window goes on.
+    let counted = |s: &Value| s["window"]["candidate"]["requests"].as_u64().unwrap();
+    assert!(counted(&before) > 0, "{before:#}");
+    assert!(counted(&after) >= counted(&before), "{before:#}\n{after:#}");
     assert_eq!(history(&after), history(&before));
     assert!(
         gw.log().contains("rollout resumed from the store"),

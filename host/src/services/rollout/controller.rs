@@ -272,6 +272,16 @@ impl Run {
         self.history.push(entry);
     }
 
+    /// The step's window from the counters (and what a restart carried over) into the record.
+    fn measure(&mut self) -> (ArmStats, ArmStats) {
+        let snap = self.live.snapshot();
+        let cand = stats(&snap[0].since(&self.baseline[0]), self.carried[0]);
+        let inc = stats(&snap[1].since(&self.baseline[1]), self.carried[1]);
+        self.rec.window.candidate = cand;
+        self.rec.window.incumbent = inc;
+        (cand, inc)
+    }
+
     /// One look at the counters: update the window and guards, then advance, roll back or
     /// wait.
     fn tick(&mut self, env: &Env<'_>, conn: Option<&Connection>) {
@@ -279,11 +289,7 @@ impl Run {
             return;
         }
         let now = Instant::now();
-        let snap = self.live.snapshot();
-        let cand = stats(&snap[0].since(&self.baseline[0]), self.carried[0]);
-        let inc = stats(&snap[1].since(&self.baseline[1]), self.carried[1]);
-        self.rec.window.candidate = cand;
-        self.rec.window.incumbent = inc;
+        let (cand, inc) = self.measure();
         // At 100 % the incumbents get no traffic; the last step in which they had some is
         // the reference.
         let reference = match self.rec.window.reference {
@@ -411,6 +417,23 @@ impl Rollouts {
             .collect();
         out.sort_by(|a, b| a.0.route.cmp(&b.0.route));
         out
+    }
+
+    /// Save every running rollout's window now (at shutdown: the store closes after this,
+    /// writing what is queued), so a restart resumes the step with all of its counts.
+    pub fn save_all(&self, store: &Store) {
+        let Ok(mut runs) = self.runs.lock() else {
+            return;
+        };
+        for run in runs.values_mut() {
+            if run.rec.state.is_final() {
+                continue;
+            }
+            run.measure();
+            run.rec.updated_ms = now_ms();
+            let rec = run.rec.clone();
+            store.submit(Write::Other(Box::new(move |c| state::save(c, &rec))));
+        }
     }
 
     /// Apply an operator's action to `route`'s rollout; its status after.
