@@ -6,7 +6,7 @@
 //! behaviour for all requests (`MockUpstream::set_behaviour`) or per request with the
 //! `x-mock` header (forwarded by the gateway like any client header), e.g.
 //! `x-mock: status=500`, `x-mock: chunks=20,delay_ms=5`, `x-mock: reset`,
-//! `x-mock: usage=4611686018427387904`.
+//! `x-mock: usage=4611686018427387904`, `x-mock: fail_percent=30`.
 //!
 //! Per-model scripted answers (eval fixtures): a request's `mock_answers` object maps model
 //! names to the answer text; `MockUpstream::set_script` installs a function of the request
@@ -71,6 +71,9 @@ pub struct Behaviour {
     /// Complete answers report this many prompt and completion tokens (a broken or
     /// hostile upstream's usage).
     pub usage: Option<u64>,
+    /// Answer this percent of completion requests with a 500, spread evenly (of any 10
+    /// consecutive requests at 30 %, exactly 3 fail).
+    pub fail_percent: Option<u32>,
 }
 
 impl Default for Behaviour {
@@ -92,6 +95,7 @@ impl Default for Behaviour {
             retry_after: None,
             content: None,
             usage: None,
+            fail_percent: None,
         }
     }
 }
@@ -119,6 +123,7 @@ impl Behaviour {
                 "huge_line_mb" => b.huge_line_mb = Some(n as usize),
                 "retry_after" => b.retry_after = Some(n as u32),
                 "usage" => b.usage = Some(n),
+                "fail_percent" => b.fail_percent = Some(n as u32),
                 _ => {}
             }
         }
@@ -162,6 +167,8 @@ struct State {
     /// Emulated worker counters: (busy seconds per completion, prompt tokens, generated
     /// tokens, busy seconds), reported on `/metrics` as a switchyard-worker does.
     worker: Mutex<Option<(f64, f64, f64, f64)>>,
+    /// Completion requests seen under `fail_percent`.
+    fail_seq: AtomicU64,
 }
 
 /// A scripted answer: the request's JSON to the answer's text, or `None`.
@@ -376,7 +383,18 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     if !b.first_byte_delay.is_zero() {
         tokio::time::sleep(b.first_byte_delay).await;
     }
-    if let Some(status) = b.status {
+    let mut status = b.status;
+    if let Some(pct) = b.fail_percent
+        && parts.method == Method::POST
+    {
+        let n = state.fail_seq.fetch_add(1, Ordering::Relaxed);
+        let pct = u64::from(pct.min(100));
+        // Request n fails when the running count of failures due steps up at n.
+        if (n + 1) * pct / 100 > n * pct / 100 {
+            status = Some(500);
+        }
+    }
+    if let Some(status) = status {
         let body = if b.html_error {
             Bytes::from_static(b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>")
         } else {

@@ -1,7 +1,7 @@
 //! The HTTP surface: which handler answers which path.
 //!
 //! The OpenAI endpoints the gateway proxies go to the request path (`request::handle`); the
-//! gateway's own endpoints (`/v1/models`, `/healthz`, `/readyz`, `/metrics`) are answered
+//! gateway's own endpoints (`/v1/models`, `/v1/feedback`, `/healthz`, `/readyz`, `/metrics`) are answered
 //! here, and `/admin/*` goes to the admin API behind its token check: on `[admin] listen`
 //! when it has a listener of its own (which serves nothing else), else on the public port to
 //! loopback clients only.
@@ -14,6 +14,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use super::admin;
+use super::feedback;
 use super::gateway::Gateway;
 use crate::base::GatewayError;
 use crate::base::body::GatewayBody;
@@ -56,6 +57,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
     {
         return request::handle(&gw.services, req, endpoint).await;
     }
+    if method == Method::POST && path == endpoint::FEEDBACK {
+        return feedback::handle(&gw.services, req).await;
+    }
     if is_admin {
         // With a listener of its own, the admin API is not on the public port at all;
         // without one, only this machine's clients reach it.
@@ -95,6 +99,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
             if let Some(g) = &s.governance {
                 g.render_metrics(&mut text);
             }
+            s.rollouts.render_metrics(&mut text);
             let mut r = Response::new(GatewayBody::from(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -120,7 +125,11 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
             if Endpoint::from_path(p).is_some()
                 || matches!(
                     p,
-                    endpoint::MODELS | endpoint::HEALTHZ | endpoint::READYZ | endpoint::METRICS
+                    endpoint::MODELS
+                        | endpoint::HEALTHZ
+                        | endpoint::READYZ
+                        | endpoint::METRICS
+                        | endpoint::FEEDBACK
                 ) =>
         {
             GatewayError::MethodNotAllowed {

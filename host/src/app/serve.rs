@@ -115,6 +115,8 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         .derived_prices
         .spawn(move || s.snapshot().upstreams.to_vec());
     let gw = Gateway::new(services.clone());
+    // Staged rollouts move on a thread of their own, off the request path.
+    crate::services::rollout::controller::spawn(&services);
     // Live reload and health checks.
     reload::spawn_background(&gw);
     // `/readyz` turns ready only once the plugins are loaded.
@@ -182,7 +184,9 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     if let Some(t) = admin_task {
         let _ = t.await;
     }
-    // Everything queued for the store (ledger rows) is written before the process exits.
+    // The rollouts' last counts, then everything queued for the store (ledger rows) is
+    // written before the process exits.
+    services.rollouts.save_all(&governance.store);
     governance.close();
     tracer.shutdown().await;
     ExitCode::SUCCESS

@@ -12,6 +12,8 @@ pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 /// `GET /metrics`: Prometheus text format.
 pub const METRICS: &str = "/metrics";
+/// Caller feedback on an answer (`app::feedback`).
+pub const FEEDBACK: &str = "/v1/feedback";
 /// Prefix of the admin API.
 pub const ADMIN_PREFIX: &str = "/admin/";
 

@@ -160,6 +160,17 @@ pub enum GatewayError {
     },
     #[error("{0}")]
     LimitsUnavailable(String),
+    /// `POST /v1/feedback` names a request that is not the caller's (or does not exist):
+    /// the same answer either way, so ids of other callers' requests cannot be probed.
+    #[error(
+        "no request `{0}` of yours: feedback names the x-switchyard-request-id of one of your own requests"
+    )]
+    UnknownRequestId(String),
+    /// An admin action on a rollout that does not exist or cannot take it.
+    #[error("{0}")]
+    RolloutNotFound(String),
+    #[error("{0}")]
+    RolloutConflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -179,7 +190,10 @@ impl GatewayError {
             BodyRead(_) => StatusCode::BAD_REQUEST,
             BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            UnknownModel(_) | NotFound { .. } => StatusCode::NOT_FOUND,
+            UnknownModel(_) | NotFound { .. } | UnknownRequestId(_) | RolloutNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            RolloutConflict(_) => StatusCode::CONFLICT,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             UpstreamConnect { .. }
             | UpstreamBroken { .. }
@@ -225,6 +239,9 @@ impl GatewayError {
             | UnknownModel(_)
             | NotFound { .. }
             | MethodNotAllowed { .. }
+            | UnknownRequestId(_)
+            | RolloutNotFound(_)
+            | RolloutConflict(_)
             | PinUnknownBackend(_) => "invalid_request_error",
             PinNotAllowed { .. } | AdminDisabled | AdminNotLocal => "permission_error",
             AnswerRejected { .. } => "upstream_error",
@@ -264,6 +281,9 @@ impl GatewayError {
             BodyTimeout { .. } => "request_timeout",
             UnknownModel(_) => "model_not_found",
             NotFound { .. } => "unknown_url",
+            UnknownRequestId(_) => "request_not_found",
+            RolloutNotFound(_) => "rollout_not_found",
+            RolloutConflict(_) => "rollout_state",
             UpstreamConnect { .. } => "upstream_unreachable",
             UpstreamBroken { .. } => "upstream_connection_broken",
             UpstreamTimeout { .. } => "upstream_timeout",
@@ -302,6 +322,7 @@ impl GatewayError {
             | InvalidValue { param, .. } => Some(param),
             DuplicateKey(key) => Some(key),
             UnknownModel(_) => Some("model"),
+            UnknownRequestId(_) => Some("request_id"),
             _ => None,
         }
     }
@@ -320,7 +341,8 @@ impl GatewayError {
             BodyRead(_) => "body_read",
             BodyTimeout { .. } => "body_timeout",
             UnknownModel(_) => "unknown_model",
-            NotFound { .. } | MethodNotAllowed { .. } => "not_found",
+            NotFound { .. } | MethodNotAllowed { .. } | UnknownRequestId(_) => "not_found",
+            RolloutNotFound(_) | RolloutConflict(_) => "rollout",
             UpstreamConnect { .. } => "upstream_connect",
             UpstreamBroken { .. } => "upstream_broken",
             UpstreamTimeout { .. } => "upstream_timeout",

@@ -11,6 +11,7 @@ mod default;
 pub mod governance;
 pub mod local_worker;
 pub mod plugins;
+pub mod rollout;
 pub mod route;
 pub mod runtime;
 pub mod schema;

@@ -8,6 +8,7 @@ use http::HeaderName;
 
 use super::Problem;
 use super::backend::Backend;
+use super::rollout::{Rollout, Sticky, validate_rollout};
 use super::schema;
 
 /// The rubric used when none is given: what a good answer is, and the reply format the
@@ -79,6 +80,10 @@ pub struct Route {
     pub capture: Option<Capture>,
     /// Overrides, pinning and retries.
     pub flags: RouteFlags,
+    /// A staged rollout of a candidate target (`routes[].rollout`).
+    pub rollout: Option<Arc<Rollout>>,
+    /// Which caller identity keeps a caller on one target (`routes[].sticky`).
+    pub sticky: Option<Sticky>,
 }
 
 /// Check everything; on success the runtime, else every problem found.
@@ -349,6 +354,32 @@ pub(super) fn validate_route(
             problems,
         )
     });
+    let sticky = r.sticky.as_deref().and_then(|s| match Sticky::parse(s) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.push(Problem::new(format!("{path}.sticky"), e));
+            None
+        }
+    });
+    let rollout = r.rollout.as_ref().and_then(|ro| {
+        validate_rollout(
+            ro,
+            &format!("{path}.rollout"),
+            r.shadow.is_some(),
+            problems,
+            |c, cp, problems| {
+                resolve_target(
+                    c.backend.as_deref(),
+                    c.model.as_deref(),
+                    1,
+                    cp,
+                    backends,
+                    declared,
+                    problems,
+                )
+            },
+        )
+    });
     if problems.len() > before {
         return None;
     }
@@ -360,6 +391,8 @@ pub(super) fn validate_route(
         shadow,
         capture,
         flags,
+        rollout: rollout.map(Arc::new),
+        sticky,
     })
 }
 

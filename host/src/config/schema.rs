@@ -176,6 +176,10 @@ pub struct RouteSection {
     /// Store a sample of request/answer pairs as golden-set material (`switchyard capture
     /// export`).
     pub capture: Option<CaptureSection>,
+    /// A staged rollout of a candidate target, moved through its steps by the gateway.
+    pub rollout: Option<RolloutSection>,
+    /// Sticky split: `"key"`, `"team"` or `"header:NAME"` keeps each caller on one target.
+    pub sticky: Option<String>,
 }
 
 /// `capture = { sample = 0.05 }` on a route.
@@ -198,6 +202,32 @@ pub struct JudgeSection {
     pub rubric: Option<PathBuf>,
 }
 
+/// `routes[].rollout`: a candidate moved through `steps` (percent of the route's traffic).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSection {
+    pub candidate: Option<FallbackSection>,
+    #[serde(default)]
+    pub steps: Vec<f64>,
+    pub step_secs: Option<f64>,
+    pub min_requests: Option<u64>,
+    pub guard: Option<GuardSection>,
+    /// URL that receives a JSON POST for each transition.
+    pub webhook: Option<String>,
+}
+
+/// `routes[].rollout.guard`: the limits a candidate must hold at each step.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSection {
+    pub max_error_rate: Option<f64>,
+    pub max_p99_increase_ms: Option<f64>,
+    pub max_reject_rate: Option<f64>,
+    pub min_agreement: Option<f64>,
+    pub min_judge_score: Option<f64>,
+    pub min_feedback: Option<f64>,
+}
+
 /// A weighted target of a route.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,7 +240,7 @@ pub struct TargetSection {
 }
 
 /// A fallback target, tried in order.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackSection {
     pub backend: Option<String>,

@@ -43,6 +43,7 @@ use crate::base::openai::RequestBody;
 use crate::config::{Target, TrafficSettings};
 use crate::services::Services;
 use crate::services::plugins::Pass;
+use crate::services::rollout::Outcome;
 use crate::services::upstream::Upstream;
 use crate::services::upstream::breaker::Admit;
 use crate::services::upstream::pool::Slot;
@@ -146,6 +147,7 @@ where
             let idx = match up.pick(&tried, now) {
                 Some(i) => i,
                 None if tried.is_empty() => {
+                    trail.chosen_failed |= ci == 0;
                     trail.push(traffic, backend, None, "skipped_breaker_open");
                     last_err.get_or_insert(GatewayError::CircuitOpen {
                         backend: target.backend.name.to_string(),
@@ -174,6 +176,7 @@ where
                 break 'candidates;
             }
             if url.breaker.admit(&backend.breaker, now) == Admit::No {
+                trail.chosen_failed |= ci == 0;
                 trail.push(traffic, backend, Some(idx), "skipped_breaker_open");
                 tried.push(idx);
                 last_err.get_or_insert(GatewayError::CircuitOpen {
@@ -204,6 +207,7 @@ where
                     if let (Some(v), Some(body)) = (validator, answer.complete_body())
                         && let Verdict::Reject(why) = v.validate(target, body)
                     {
+                        trail.chosen_rejected |= ci == 0;
                         trail.push(traffic, backend, Some(idx), "rejected_by_validate");
                         last_err = Some(GatewayError::AnswerRejected {
                             backend: target.backend.name.to_string(),
@@ -222,6 +226,7 @@ where
                         let refused = matches!(e, GatewayError::UpstreamConnect { .. });
                         url.failure(pool, refused, now);
                     }
+                    trail.chosen_failed |= ci == 0;
                     trail.push(traffic, backend, Some(idx), outcome_of(&e));
                     tried.push(idx);
                     last_err = Some(e);
@@ -239,6 +244,21 @@ where
     }
     let err = last_err.unwrap_or_else(|| GatewayError::Internal("no target to try".into()));
     (Err(err), trail)
+}
+
+/// How the chosen target fared, for its rollout arm: a failure counts even when a fallback
+/// then served the request; the latency is the chosen target's answer (the whole answer
+/// when complete, its start when streamed), measured from the loop's start.
+fn rollout_outcome(trail: &Trail, started: Instant) -> Outcome {
+    if trail.chosen_failed {
+        Outcome::Failed
+    } else if trail.chosen_rejected {
+        Outcome::Rejected
+    } else if trail.answered_by == Some(0) {
+        Outcome::Served(started.elapsed())
+    } else {
+        Outcome::Other
+    }
 }
 
 /// What the attempt phase works with.
@@ -293,6 +313,7 @@ pub async fn attempt(a: AttemptPhase<'_>) -> Result<Exchanged, GatewayError> {
         max_answer: snapshot.config.server.max_answer_bytes,
     };
     let last_tried = std::sync::Mutex::new(None);
+    let loop_started = std::time::Instant::now();
     let (result, trail) = run(
         Loop {
             candidates: &candidates,
@@ -317,6 +338,11 @@ pub async fn attempt(a: AttemptPhase<'_>) -> Result<Exchanged, GatewayError> {
     if let Ok(Some(t)) = last_tried.into_inner() {
         ctx.upstream_model = Some(Arc::from(t.upstream_model(&request.model)));
         ctx.target = Some(t);
+    }
+    if let Some(arm) = ctx.rollout_arm {
+        services
+            .rollouts
+            .record(&route.name, arm, rollout_outcome(&trail, loop_started));
     }
     if let Some(gov) = &services.governance {
         gov.record_attempts(Some(&route.name), &mut ctx.account, &trail.steps);

@@ -11,6 +11,7 @@ use crate::services::Snapshot;
 use crate::services::governance::Account;
 use crate::services::observe::metrics;
 use crate::services::observe::telemetry::RequestTelemetry;
+use crate::services::rollout::Arm;
 
 /// One request's state, filled in by the phases in order.
 pub struct RequestCtx {
@@ -32,6 +33,9 @@ pub struct RequestCtx {
     pub account: Account,
     /// The request's server span and access-log record.
     pub telemetry: RequestTelemetry,
+    /// Which side of the route's rollout the request was sent to (`route`), if it was part
+    /// of one.
+    pub rollout_arm: Option<Arm>,
 }
 
 impl RequestCtx {
@@ -47,6 +51,7 @@ impl RequestCtx {
             attempts: None,
             account: Account::default(),
             telemetry,
+            rollout_arm: None,
         }
     }
 

@@ -39,6 +39,7 @@ use hyper::body::Incoming;
 use crate::base::body::GatewayBody;
 use crate::base::{Endpoint, GatewayError};
 use crate::services::Services;
+use crate::services::governance::feedback;
 use crate::services::observe::telemetry::RequestTelemetry;
 use context::RequestCtx;
 use exchange::{Answer, StreamEnd};
@@ -58,8 +59,16 @@ pub async fn handle(
         req.headers(),
     );
     let mut ctx = RequestCtx::new(services.snapshot(), endpoint, telemetry);
+    // Names the request for `POST /v1/feedback`: on every response and ledger row.
+    let request_id = feedback::new_request_id(crate::base::clock::now_ms());
+    let header = http::HeaderValue::from_str(&request_id).ok();
+    ctx.account.request_id = Some(Arc::from(request_id));
     let result = process(services, &mut ctx, req).await;
-    finish::finish(services, &mut ctx, result)
+    let mut resp = finish::finish(services, &mut ctx, result);
+    if let Some(h) = header {
+        resp.headers_mut().insert(feedback::HEADER_REQUEST_ID, h);
+    }
+    resp
 }
 
 /// The phases, in order.
@@ -75,7 +84,7 @@ async fn process(
     let routing_started = SystemTime::now();
     let mut pass = classify::start_pass(services, ctx, &request, headers);
     let decision = classify::classify(services, ctx, &mut pass)?;
-    let chosen = route::route(ctx, decision, &request, headers)?;
+    let chosen = route::route(&services.rollouts, ctx, decision, &request, headers)?;
     admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
     let _in_flight = services.plugins.stats.start(&chosen.backend.name);
     let (mirroring, capture) = mirror::sample(services, ctx, &request);

@@ -29,7 +29,7 @@ pub async fn parse(
 /// Read the client's body, refusing more than `limit` bytes (by header before reading) and
 /// giving up after `deadline`: a body that trickles in (or never ends, or an HTTP/2 stream
 /// that sends headers and nothing else) must not hold a connection and a task forever.
-async fn read_body(
+pub(crate) async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
     limit: usize,

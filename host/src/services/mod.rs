@@ -5,6 +5,7 @@
 //! ├── upstream     clients, pools, breakers, health, retry budget  (per backend URL)
 //! ├── governance   keys, limits, budgets, the ledger and its store
 //! ├── plugins      the WebAssembly engine, the loaded plugins, one request's plugin pass
+//! ├── rollout      staged rollouts: live weights, outcome counters, the controller
 //! ├── shadow       the mirror queue, comparison and the pairs' store
 //! └── observe      metrics, traces, the access log
 //! ```
@@ -18,6 +19,7 @@ pub mod governance;
 pub mod judge;
 pub mod observe;
 pub mod plugins;
+pub mod rollout;
 pub mod shadow;
 pub mod upstream;
 
@@ -79,6 +81,8 @@ pub struct Services {
     pub tracer: Tracer,
     /// Ends the streams still relayed when a shutdown's grace period is over.
     pub cutoff: StreamCutoff,
+    /// Staged rollouts: the weights the request path reads and the counters it bumps.
+    pub rollouts: rollout::Rollouts,
 }
 
 /// The signal that ends streams still running at the end of a shutdown's grace period, so
@@ -134,6 +138,7 @@ impl Services {
             capture: parts.capture,
             tracer: parts.tracer,
             cutoff: StreamCutoff::default(),
+            rollouts: rollout::Rollouts::default(),
         }
     }
 

@@ -18,6 +18,7 @@ mod local_worker;
 mod openai_sdk;
 mod plugins;
 mod proxy;
+mod rollout;
 mod server_limits;
 mod shadow_judge;
 mod stream_faults;

@@ -5,6 +5,8 @@
 //! POST /admin/rollback   restore the previous kept version (409 when there is none)
 //! GET  /admin/config     the kept versions and which one is in force
 //! GET  /admin/breakers   breaker, health and load of every backend URL
+//! GET  /admin/rollouts   every rollout's state, guards and history
+//! POST /admin/rollouts/{pause,resume,promote,abort}   {"route": R}: act on R's rollout
 //! ```
 //!
 //! The token is read from the environment variable named by `[admin] token_env`; without
@@ -33,6 +35,8 @@ use crate::base::body::GatewayBody;
 use crate::base::respond;
 use crate::config::Runtime;
 use crate::services::governance::keys::authenticate_admin;
+use crate::services::rollout::controller::{ActError, Action};
+use crate::services::rollout::status;
 use crate::services::upstream::health;
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<GatewayBody> {
@@ -107,6 +111,51 @@ fn refusal(
     Some(e.to_response())
 }
 
+/// `POST /admin/rollouts/{pause|resume|promote|abort}` with `{"route": "..."}`.
+const ROLLOUT_ACTION: &str = "/admin/rollouts/";
+
+/// An operator's action on a route's rollout; the rollout's status after it.
+async fn rollout_action(
+    gw: &Gateway,
+    action: &str,
+    req: Request<hyper::body::Incoming>,
+) -> Response<GatewayBody> {
+    let Some(act) = Action::parse(action) else {
+        return GatewayError::NotFound {
+            method: "POST".into(),
+            path: format!("{ROLLOUT_ACTION}{action}"),
+        }
+        .to_response();
+    };
+    let rt = gw.runtime();
+    let (parts, body) = req.into_parts();
+    let body = match crate::request::parse::read_body(
+        body,
+        &parts.headers,
+        64 * 1024,
+        rt.server.body_read_timeout,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return e.to_response(),
+    };
+    let route = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["route"].as_str().map(str::to_string));
+    let Some(route) = route else {
+        return GatewayError::MissingParam { param: "route" }.to_response();
+    };
+    let store = gw.services.governance.as_ref().map(|g| g.store.clone());
+    match gw.services.rollouts.act(&route, act, store.as_deref()) {
+        Ok((rec, history)) => json(StatusCode::OK, status::to_json(&rec, &history)),
+        Err(e @ ActError::NoRollout(_)) => {
+            GatewayError::RolloutNotFound(e.to_string()).to_response()
+        }
+        Err(e) => GatewayError::RolloutConflict(e.to_string()).to_response(),
+    }
+}
+
 /// Answer one traffic `/admin/...` request (the token already checked: [`refusal`]).
 async fn handle(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Response<GatewayBody> {
     let path = req.uri().path().to_string();
@@ -156,6 +205,13 @@ async fn handle(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Respon
             ),
             Err(e) => control_error(&e),
         },
+        ("/admin/rollouts", &Method::GET) => json(
+            StatusCode::OK,
+            status::list_json(&gw.services.rollouts.statuses()),
+        ),
+        (p, &Method::POST) if p.starts_with(ROLLOUT_ACTION) => {
+            rollout_action(&gw, &p[ROLLOUT_ACTION.len()..], req).await
+        }
         (p, m) => GatewayError::NotFound {
             method: m.to_string(),
             path: p.to_string(),

@@ -17,6 +17,36 @@ pub const ADMIN_URL_ENV: &str = "SWITCHYARD_ADMIN_URL";
 
 /// `switchyard rollback` / `switchyard reload`: call the running gateway's admin API.
 pub fn call(action: &str, config_path: Option<PathBuf>, url: Option<String>) -> ExitCode {
+    match post(action, None, config_path, url) {
+        Ok(v) => {
+            match action {
+                "rollback" => println!(
+                    "rolled back: config version {} is in force (was {})",
+                    v["version"], v["from"]
+                ),
+                _ if v["reloaded"] == true => println!(
+                    "reloaded: config version {} is in force (was {})",
+                    v["version"], v["previous"]
+                ),
+                _ => println!("unchanged: config version {} is in force", v["version"]),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// POST `/admin/{action}` (with a JSON `body`, if any) to the running gateway; its JSON
+/// answer, or a message saying why not.
+pub fn post(
+    action: &str,
+    body: Option<serde_json::Value>,
+    config_path: Option<PathBuf>,
+    url: Option<String>,
+) -> Result<serde_json::Value, String> {
     let source = config::locate(config_path.as_deref());
     // Only the shape is needed (listen address, token variable): the running gateway
     // validates for itself, and this machine may lack the backends' API keys.
@@ -24,14 +54,10 @@ pub fn call(action: &str, config_path: Option<PathBuf>, url: Option<String>) -> 
         config::ConfigSource::File(p) => match std::fs::read_to_string(p) {
             Ok(t) => match config::parse(&t) {
                 Ok(f) => Some(f),
-                Err(e) => {
-                    eprintln!("error: {}: {}: {}", p.display(), e.path, e.message);
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return Err(format!("{}: {}: {}", p.display(), e.path, e.message)),
             },
             Err(e) => {
-                eprintln!("error: {}: cannot read the config file: {e}", p.display());
-                return ExitCode::FAILURE;
+                return Err(format!("{}: cannot read the config file: {e}", p.display()));
             }
         },
         config::ConfigSource::Embedded => None,
@@ -54,40 +80,34 @@ pub fn call(action: &str, config_path: Option<PathBuf>, url: Option<String>) -> 
                 .then(|| format!("{}://{listen}", if tls { "https" } else { "http" }))
         });
     let Some(base) = base else {
-        eprintln!(
-            "error: the config listens on port 0; pass --url http://HOST:PORT (or set {ADMIN_URL_ENV})"
-        );
-        return ExitCode::FAILURE;
+        return Err(format!(
+            "the config listens on port 0; pass --url http://HOST:PORT (or set {ADMIN_URL_ENV})"
+        ));
     };
     let token_env = file
         .as_ref()
         .and_then(|f| f.admin.as_ref())
         .and_then(|a| a.token_env.clone());
     let Some(token_env) = token_env else {
-        eprintln!(
-            "error: {source}: [admin] token_env is not set, so the gateway's admin API is off"
-        );
-        return ExitCode::FAILURE;
+        return Err(format!(
+            "{source}: [admin] token_env is not set, so the gateway's admin API is off"
+        ));
     };
     let Ok(token) = std::env::var(&token_env) else {
-        eprintln!("error: environment variable {token_env} (from [admin] token_env) is not set");
-        return ExitCode::FAILURE;
+        return Err(format!(
+            "environment variable {token_env} (from [admin] token_env) is not set"
+        ));
     };
     let url = format!("{}/admin/{action}", base.trim_end_matches('/'));
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let result = rt.block_on(async {
         let native = rustls_native_certs::load_native_certs().certs;
         let client = build_client(std::time::Duration::from_secs(5), &native, &[])?;
-        let mut req = Request::new(Full::new(Bytes::new()));
+        let payload = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let mut req = Request::new(Full::new(payload));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
         let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
@@ -108,19 +128,7 @@ pub fn call(action: &str, config_path: Option<PathBuf>, url: Option<String>) -> 
     });
     match result {
         Ok((status, body)) if status.is_success() => {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            match action {
-                "rollback" => println!(
-                    "rolled back: config version {} is in force (was {})",
-                    v["version"], v["from"]
-                ),
-                _ if v["reloaded"] == true => println!(
-                    "reloaded: config version {} is in force (was {})",
-                    v["version"], v["previous"]
-                ),
-                _ => println!("unchanged: config version {} is in force", v["version"]),
-            }
-            ExitCode::SUCCESS
+            Ok(serde_json::from_slice(&body).unwrap_or_default())
         }
         Ok((status, body)) => {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -128,12 +136,8 @@ pub fn call(action: &str, config_path: Option<PathBuf>, url: Option<String>) -> 
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            eprintln!("error: {action} failed (HTTP {}): {msg}", status.as_u16());
-            ExitCode::FAILURE
+            Err(format!("{action} failed (HTTP {}): {msg}", status.as_u16()))
         }
-        Err(e) => {
-            eprintln!("error: cannot reach the gateway's admin API: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => Err(format!("cannot reach the gateway's admin API: {e}")),
     }
 }

@@ -83,8 +83,9 @@ pub struct RevokeArgs {
 pub struct SpendArgs {
     #[command(flatten)]
     pub cfg: ConfigOpt,
-    /// Group by team, key, tag, model or route (savings are always per route).
-    #[arg(long, value_name = "team|key|tag|model|route")]
+    /// Group by team, key, tag, model, target or route (savings are always per route);
+    /// `target` adds the mean caller feedback (`POST /v1/feedback`) of each.
+    #[arg(long, value_name = "team|key|tag|model|target|route")]
     pub by: Option<String>,
     /// Only rows since T: `24h`, `7d`, `30m`, a date `2026-11-30`, `2026-11-30T12:00:00Z`,
     /// or Unix milliseconds.
@@ -110,7 +111,7 @@ pub fn store_file(cfg: Option<&Path>) -> Result<PathBuf, String> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE)))
 }
 
-fn open(cfg: &ConfigOpt) -> Result<rusqlite::Connection, String> {
+pub(super) fn open(cfg: &ConfigOpt) -> Result<rusqlite::Connection, String> {
     let path = store_file(cfg.config.as_deref())?;
     store::open_and_migrate(&path).map_err(|e| e.to_string())
 }
@@ -309,7 +310,7 @@ pub fn spend(a: SpendArgs) -> ExitCode {
             Some(b) => Some(b),
             None => {
                 return fail(format!(
-                    "--by: unknown grouping \"{s}\" (team, key, tag, model or route)"
+                    "--by: unknown grouping \"{s}\" (team, key, tag, model, target or route)"
                 ));
             }
         },
@@ -335,6 +336,7 @@ pub fn spend(a: SpendArgs) -> ExitCode {
     }
     let head = by.map_or("", GroupBy::as_str);
     let show_group = by.is_some() && by != Some(GroupBy::Route);
+    let show_feedback = by == Some(GroupBy::Target);
     let row = |group: &str, l: &SpendLine| {
         let pct = if l.baseline_usd > 0.0 {
             format!("{:.1}%", 100.0 * l.savings_usd / l.baseline_usd)
@@ -344,7 +346,7 @@ pub fn spend(a: SpendArgs) -> ExitCode {
         if show_group {
             print!("{group:<20} ");
         }
-        println!(
+        print!(
             "{:<20} {:>9} {:>7} {:>12} {:>12} {:>12.4} {:>12.4} {:>12.4} {:>7}",
             l.route,
             l.requests,
@@ -356,11 +358,18 @@ pub fn spend(a: SpendArgs) -> ExitCode {
             l.savings_usd,
             pct
         );
+        if show_feedback {
+            match (l.feedback_mean, l.feedback_count) {
+                (Some(m), Some(n)) => print!(" {:>9}", format!("{m:.2} ({n})")),
+                _ => print!(" {:>9}", "-"),
+            }
+        }
+        println!();
     };
     if show_group {
         print!("{head:<20} ");
     }
-    println!(
+    print!(
         "{:<20} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>12} {:>7}",
         "route",
         "requests",
@@ -372,6 +381,10 @@ pub fn spend(a: SpendArgs) -> ExitCode {
         "savings",
         "saved"
     );
+    if show_feedback {
+        print!(" {:>9}", "feedback");
+    }
+    println!();
     for l in &lines {
         row(l.group.as_deref().unwrap_or("-"), l);
     }

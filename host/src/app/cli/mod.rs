@@ -1,5 +1,5 @@
 //! The `switchyard` command line: `serve`, `check`, and the commands that read the store or
-//! call a running gateway (`keys`, `spend`, `shadow report`, `reload`, `rollback`).
+//! call a running gateway (`keys`, `spend`, `shadow report`, `rollout`, `reload`, `rollback`).
 //!
 //! Every subcommand takes `--config PATH`; without it the config is `$SWITCHYARD_CONFIG`,
 //! then `./switchyard.toml`, then the embedded default (which the first log line says).
@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod admin;
 pub mod capture;
 pub mod keys;
+pub mod rollout;
 pub mod shadow;
 
 use crate::config::{self, ConfigSource, LogFormat, Runtime};
@@ -50,6 +51,9 @@ enum Command {
     Capture(CaptureCommand),
     /// Score targets on a dataset against a baseline; gates for CI (exit 1 when one fails).
     Eval(crate::app::eval::EvalArgs),
+    /// Staged rollouts: `status` (from the store), `pause|resume|promote|abort ROUTE`.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCmd),
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +136,7 @@ pub fn main() -> ExitCode {
             since,
             limit,
         }) => capture::export(config.config, route, since, limit),
+        Command::Rollout(r) => rollout::rollout(r),
     }
 }
 

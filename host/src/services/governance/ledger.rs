@@ -68,6 +68,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledger-4-cost-derived",
         sql: "ALTER TABLE ledger ADD COLUMN cost_derived INTEGER NOT NULL DEFAULT 0;",
     },
+    // The request's `x-switchyard-request-id`, which feedback names (`feedback::find` reads
+    // it through `ledger_ts`: the id carries the request's time).
+    Migration {
+        name: "ledger-5-request-id",
+        sql: "ALTER TABLE ledger ADD COLUMN request_id TEXT;",
+    },
 ];
 
 /// Which attempt of a request a row describes.
@@ -122,6 +128,8 @@ pub struct Row {
     pub usage_clamped: bool,
     /// The cost comes from `gpu_hour_usd` and the worker's measured throughput.
     pub cost_derived: bool,
+    /// The request's `x-switchyard-request-id`.
+    pub request_id: Option<String>,
 }
 
 impl Row {
@@ -148,6 +156,7 @@ impl Row {
             estimated: false,
             usage_clamped: false,
             cost_derived: false,
+            request_id: None,
         }
     }
 }
@@ -157,8 +166,8 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO ledger (ts_ms, key_id, team, tags, route, backend, model, kind, stream,
             tokens_in, tokens_out, cost_usd, baseline_usd, latency_ms, ttft_ms, status, outcome, estimated,
-            usage_clamped, cost_derived)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            usage_clamped, cost_derived, request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )?;
     let tags = serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into());
     stmt.execute(params![
@@ -182,6 +191,7 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
         r.estimated,
         r.usage_clamped,
         r.cost_derived,
+        r.request_id,
     ])?;
     Ok(())
 }
@@ -200,6 +210,8 @@ pub enum GroupBy {
     Tag,
     Model,
     Route,
+    /// `backend/model`, like `Model`, with the mean caller feedback of each.
+    Target,
 }
 
 impl GroupBy {
@@ -210,6 +222,7 @@ impl GroupBy {
             "tag" => GroupBy::Tag,
             "model" => GroupBy::Model,
             "route" => GroupBy::Route,
+            "target" => GroupBy::Target,
             _ => return None,
         })
     }
@@ -221,6 +234,7 @@ impl GroupBy {
             GroupBy::Tag => "tag",
             GroupBy::Model => "model",
             GroupBy::Route => "route",
+            GroupBy::Target => "target",
         }
     }
 }
@@ -242,6 +256,12 @@ pub struct SpendLine {
     pub cost_usd: f64,
     pub baseline_usd: f64,
     pub savings_usd: f64,
+    /// Mean caller feedback (0..1) on this group's answers (`--by target` only; `None`
+    /// without feedback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback_mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback_count: Option<u64>,
 }
 
 /// The query behind [`spend`]: a range scan of `ledger_ts`, grouped in the scan.
@@ -250,7 +270,7 @@ fn spend_sql(by: Option<GroupBy>) -> String {
         None | Some(GroupBy::Route) => "NULL",
         Some(GroupBy::Team) => "l.team",
         Some(GroupBy::Key) => "l.key_id",
-        Some(GroupBy::Model) => "l.backend || '/' || l.model",
+        Some(GroupBy::Model) | Some(GroupBy::Target) => "l.backend || '/' || l.model",
         Some(GroupBy::Tag) => "t.value",
     };
     let from = if by == Some(GroupBy::Tag) {
@@ -294,9 +314,23 @@ pub fn spend(
             cost_usd: cost,
             baseline_usd: baseline,
             savings_usd: baseline - cost,
+            feedback_mean: None,
+            feedback_count: None,
         })
     })?;
-    rows.collect()
+    let mut lines: Vec<SpendLine> = rows.collect::<rusqlite::Result<_>>()?;
+    if by == Some(GroupBy::Target) {
+        for f in super::feedback::by_target(conn, since_ms)? {
+            if let Some(l) = lines
+                .iter_mut()
+                .find(|l| l.group == f.target && l.route == f.route)
+            {
+                l.feedback_mean = Some(f.mean);
+                l.feedback_count = Some(f.count);
+            }
+        }
+    }
+    Ok(lines)
 }
 
 /// The query behind [`spend_by_key_and_team`], a range scan of `ledger_ts` like [`spend_sql`].
@@ -419,6 +453,7 @@ mod tests {
             GroupBy::Tag,
             GroupBy::Model,
             GroupBy::Route,
+            GroupBy::Target,
         ] {
             queries.push(spend_sql(Some(by)));
         }

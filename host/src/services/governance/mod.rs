@@ -18,6 +18,7 @@
 //! a prompt. Rows with estimates have `estimated = 1`. Reservations at admission always use
 //! the byte estimate of the whole body, which is cheap and errs high.
 
+pub mod feedback;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
@@ -90,6 +91,8 @@ pub struct Account {
     pub usage_cap: UsageCap,
     /// Which attempt answered (or failed last): primary, retry or fallback.
     pub kind: ledger::Kind,
+    /// The request's `x-switchyard-request-id`, on each of its ledger rows.
+    pub request_id: Option<Arc<str>>,
     settled: bool,
 }
 
@@ -622,6 +625,7 @@ impl Settler {
         row.outcome = end.outcome;
         row.estimated = estimated;
         row.usage_clamped = clamped;
+        row.request_id = a.request_id.as_deref().map(str::to_string);
         self.gov.write_row(&self.runtime, row);
 
         let tokens = i64::try_from(tokens_in.saturating_add(tokens_out)).unwrap_or(i64::MAX);
@@ -771,6 +775,7 @@ fn record_attempts(gov: &Governance, route: Option<&str>, acct: &mut Account, st
         row.kind = kind_of(i, s);
         row.stream = a.stream;
         row.outcome = s.outcome.clone();
+        row.request_id = a.request_id.as_deref().map(str::to_string);
         // No model and no cost: nothing to count beside the row.
         ledger::record(&gov.store, row);
     }

@@ -40,6 +40,8 @@ pub const MIGRATIONS: &[&[Migration]] = &[
     super::keys::MIGRATIONS,
     super::ledger::MIGRATIONS,
     crate::services::capture::MIGRATIONS,
+    super::feedback::MIGRATIONS,
+    crate::services::rollout::state::MIGRATIONS,
 ];
 
 /// A write run inside the writer's current transaction.

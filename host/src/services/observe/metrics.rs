@@ -615,7 +615,7 @@ impl Drop for InFlight {
 }
 
 /// Escape a label value per the text exposition format.
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     if !v.contains(['\\', '"', '\n']) {
         return v.to_string();
     }

@@ -118,6 +118,10 @@ pub struct Trail {
     pub steps: Vec<Step>,
     /// Index (0 = the chosen target) of the candidate that answered.
     pub answered_by: Option<usize>,
+    /// The chosen target failed (or its breaker was open), whoever answered in the end.
+    pub chosen_failed: bool,
+    /// The chosen target's answer was rejected by a `validate` check.
+    pub chosen_rejected: bool,
 }
 
 impl Trail {
