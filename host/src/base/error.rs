@@ -37,6 +37,10 @@ pub enum GatewayError {
     /// A value of the right type that is out of range or blank (admin API inputs).
     #[error("invalid value for '{param}': {reason}")]
     InvalidValue { param: &'static str, reason: String },
+    /// A member of a translated protocol (Responses, Anthropic Messages) the gateway cannot
+    /// carry to the chosen target; `param` is its path in the client's body.
+    #[error("'{param}': {reason}")]
+    Unsupported { param: String, reason: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("failed to read the request body: {0}")]
@@ -175,7 +179,8 @@ impl GatewayError {
             | InvalidParam { .. }
             | DuplicateKey(_)
             | ParamTooLong { .. }
-            | InvalidValue { .. } => StatusCode::BAD_REQUEST,
+            | InvalidValue { .. }
+            | Unsupported { .. } => StatusCode::BAD_REQUEST,
             BodyRead(_) => StatusCode::BAD_REQUEST,
             BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -219,6 +224,7 @@ impl GatewayError {
             | DuplicateKey(_)
             | ParamTooLong { .. }
             | InvalidValue { .. }
+            | Unsupported { .. }
             | BodyTooLarge { .. }
             | BodyRead(_)
             | BodyTimeout { .. }
@@ -260,6 +266,7 @@ impl GatewayError {
             DuplicateKey(_) => "duplicate_key",
             ParamTooLong { .. } => "string_above_max_length",
             InvalidValue { .. } => "invalid_value",
+            Unsupported { .. } => "unsupported_parameter",
             BodyTooLarge { .. } => "request_too_large",
             BodyTimeout { .. } => "request_timeout",
             UnknownModel(_) => "model_not_found",
@@ -300,7 +307,7 @@ impl GatewayError {
             | InvalidParam { param, .. }
             | ParamTooLong { param, .. }
             | InvalidValue { param, .. } => Some(param),
-            DuplicateKey(key) => Some(key),
+            DuplicateKey(key) | Unsupported { param: key, .. } => Some(key),
             UnknownModel(_) => Some("model"),
             _ => None,
         }
@@ -315,7 +322,8 @@ impl GatewayError {
             | InvalidParam { .. }
             | DuplicateKey(_)
             | ParamTooLong { .. }
-            | InvalidValue { .. } => "bad_request",
+            | InvalidValue { .. }
+            | Unsupported { .. } => "bad_request",
             BodyTooLarge { .. } => "body_too_large",
             BodyRead(_) => "body_read",
             BodyTimeout { .. } => "body_timeout",

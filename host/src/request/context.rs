@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 
 use crate::base::Endpoint;
+use crate::base::protocols::{Echo, Protocol};
 use crate::config::{Route, Runtime, Target};
 use crate::services::Snapshot;
 use crate::services::governance::Account;
@@ -15,6 +16,10 @@ use crate::services::observe::telemetry::RequestTelemetry;
 /// One request's state, filled in by the phases in order.
 pub struct RequestCtx {
     pub endpoint: Endpoint,
+    /// The API the client called (its body is translated to `endpoint`'s when not OpenAI's).
+    pub protocol: Protocol,
+    /// What the translated answer repeats of the client's request.
+    pub echo: Echo,
     pub started: Instant,
     /// The config version (with its live upstreams) this request runs under, start to finish.
     pub snapshot: Arc<Snapshot>,
@@ -38,6 +43,8 @@ impl RequestCtx {
     pub fn new(snapshot: Arc<Snapshot>, endpoint: Endpoint, telemetry: RequestTelemetry) -> Self {
         RequestCtx {
             endpoint,
+            protocol: Protocol::OpenAi,
+            echo: Echo::default(),
             started: Instant::now(),
             snapshot,
             route: None,
@@ -48,6 +55,11 @@ impl RequestCtx {
             account: Account::default(),
             telemetry,
         }
+    }
+
+    /// The path the client called (for logs and spans).
+    pub fn client_path(&self) -> &'static str {
+        self.protocol.path().unwrap_or(self.endpoint.path())
     }
 
     /// The config this request runs under.

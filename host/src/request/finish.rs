@@ -134,7 +134,7 @@ fn record(services: &Services, ctx: &mut RequestCtx, status: StatusCode, error: 
         &ctx.telemetry,
         &telemetry::AccessRecord {
             method: "POST",
-            path: ctx.endpoint.path(),
+            path: ctx.client_path(),
             route: &route,
             backend: &backend,
             upstream_model: ctx.upstream_model.as_deref().unwrap_or("-"),

@@ -26,6 +26,7 @@ pub mod exchange;
 pub mod finish;
 pub mod mirror;
 pub mod parse;
+pub mod protocol;
 pub mod respond;
 pub mod route;
 pub mod validate;
@@ -37,6 +38,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::base::body::GatewayBody;
+use crate::base::protocols::Protocol;
 use crate::base::{Endpoint, GatewayError};
 use crate::services::Services;
 use crate::services::observe::telemetry::RequestTelemetry;
@@ -60,6 +62,30 @@ pub async fn handle(
     let mut ctx = RequestCtx::new(services.snapshot(), endpoint, telemetry);
     let result = process(services, &mut ctx, req).await;
     finish::finish(services, &mut ctx, result)
+}
+
+/// One request in another client protocol (Responses, Anthropic Messages): the same phases
+/// over its body translated to chat/completions, and the answer translated back.
+pub async fn handle_protocol(
+    services: &Arc<Services>,
+    mut req: Request<Incoming>,
+    protocol: Protocol,
+) -> Response<GatewayBody> {
+    let _in_flight = services.metrics.in_flight();
+    if protocol == Protocol::Messages {
+        protocol::accept_x_api_key(req.headers_mut());
+    }
+    let telemetry = RequestTelemetry::start(
+        &services.tracer,
+        req.method(),
+        protocol.path().unwrap_or(Endpoint::ChatCompletions.path()),
+        req.headers(),
+    );
+    let mut ctx = RequestCtx::new(services.snapshot(), Endpoint::ChatCompletions, telemetry);
+    ctx.protocol = protocol;
+    let result = process(services, &mut ctx, req).await;
+    let resp = finish::finish(services, &mut ctx, result);
+    protocol::translate_answer(resp, protocol, std::mem::take(&mut ctx.echo)).await
 }
 
 /// The phases, in order.

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
+mod anthropic_sdk;
 mod cli;
 mod concurrency;
 mod errors;
@@ -14,6 +15,7 @@ mod lifecycle;
 mod local_worker;
 mod openai_sdk;
 mod plugins;
+mod protocols;
 mod proxy;
 mod server_limits;
 mod stream_faults;
