@@ -99,6 +99,17 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         shadow: Some(shadow),
         tracer: tracer.clone(),
     }));
+    if let Some(url) = services
+        .snapshot()
+        .config
+        .state
+        .as_ref()
+        .and_then(|s| s.redis.clone())
+        && let Err(e) = services.cache.connect_redis(&url).await
+    {
+        eprintln!("error: [state] redis (the response cache): {e}");
+        return ExitCode::FAILURE;
+    }
     let gw = Gateway::new(services.clone());
     // Live reload and health checks.
     reload::spawn_background(&gw);

@@ -44,6 +44,8 @@ pub struct Route {
     pub shadow: Option<Shadow>,
     /// Overrides, pinning and retries.
     pub flags: RouteFlags,
+    /// The exact response cache, when the route has one.
+    pub cache: Option<super::cache::RouteCache>,
 }
 
 /// Check everything; on success the runtime, else every problem found.
@@ -298,10 +300,15 @@ pub(super) fn validate_route(
             problems,
         )
     });
+    let cache = r
+        .cache
+        .as_ref()
+        .and_then(|c| super::cache::validate_route_cache(c, path, problems));
     if problems.len() > before {
         return None;
     }
     Some(Route {
+        cache,
         name: Arc::from(name),
         targets,
         total_weight,

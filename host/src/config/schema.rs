@@ -42,6 +42,26 @@ pub struct ConfigFile {
     pub teams: Vec<TeamSection>,
     #[serde(default)]
     pub prices: Vec<PriceSection>,
+    /// `[cache]`: the exact response cache's store.
+    #[serde(default)]
+    pub cache: Option<CacheSection>,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// The memory store's size in bytes (not used with `[state] redis`).
+    pub max_bytes: Option<u64>,
+}
+
+/// A route's `cache = { ttl_secs, deterministic_only }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSection {
+    pub ttl_secs: Option<u64>,
+    /// Cache only `temperature = 0` or seeded requests (default true).
+    pub deterministic_only: Option<bool>,
 }
 
 /// `[server]`
@@ -167,6 +187,8 @@ pub struct RouteSection {
     pub pin_teams: Vec<String>,
     /// The premium price this route's traffic is compared against (`switchyard spend`).
     pub baseline: Option<BaselineSection>,
+    /// The exact response cache for this route's answers.
+    pub cache: Option<RouteCacheSection>,
 }
 
 /// A weighted target of a route.

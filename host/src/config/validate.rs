@@ -87,6 +87,11 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         .telemetry
         .as_ref()
         .map(|t| validate_telemetry(t, &mut problems));
+    let cache = file
+        .cache
+        .as_ref()
+        .map(|c| super::cache::validate_cache(c, &mut problems))
+        .unwrap_or_default();
     let state = file
         .state
         .as_ref()
@@ -130,6 +135,7 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         traffic,
         local_worker,
         governance,
+        cache,
     })
 }
 

@@ -37,6 +37,8 @@ pub struct RequestCtx {
     pub account: Account,
     /// The request's server span and access-log record.
     pub telemetry: RequestTelemetry,
+    /// Answered from the response cache.
+    pub cache_hit: bool,
 }
 
 impl RequestCtx {
@@ -54,6 +56,7 @@ impl RequestCtx {
             attempts: None,
             account: Account::default(),
             telemetry,
+            cache_hit: false,
         }
     }
 

@@ -104,6 +104,7 @@ fn settle(
             completion_estimate,
             ttft_ms: None,
             reached_upstream: reached && error.is_none(),
+            cached: ctx.cache_hit,
         })
     })
 }

@@ -20,6 +20,7 @@
 pub mod admit;
 pub mod attempt;
 pub mod authenticate;
+pub mod cache;
 pub mod classify;
 pub mod context;
 pub mod exchange;
@@ -103,10 +104,16 @@ async fn process(
     let decision = classify::classify(services, ctx, &mut pass)?;
     let chosen = route::route(ctx, decision, &request, headers)?;
     admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
+    let caching = cache::lookup(services, ctx, &request, headers, &chosen).await?;
+    if let cache::Lookup::Hit(answer) = caching {
+        return Ok(answer);
+    }
+    let (cache_capture, cache_served) = caching.capture(&request);
     let _in_flight = services.plugins.stats.start(&chosen.backend.name);
     let (mirroring, capture) = mirror::sample(services, ctx, &request);
     let stream_end = Arc::new(StreamEnd {
         capture,
+        cache_capture,
         ..StreamEnd::default()
     });
     let validator = pass
@@ -122,7 +129,7 @@ async fn process(
         stream_end: stream_end.clone(),
     })
     .await?;
-    let exchanged = respond::respond(respond::RespondPhase {
+    let mut exchanged = respond::respond(respond::RespondPhase {
         services,
         ctx,
         request: &request,
@@ -130,6 +137,14 @@ async fn process(
         validator,
         stream_end: &stream_end,
     });
+    cache::keep(
+        services,
+        ctx,
+        caching,
+        &request,
+        &mut exchanged,
+        cache_served,
+    );
     if let Some(m) = mirroring {
         mirror::send(services, ctx, m, &request, headers, &exchanged);
     }

@@ -13,6 +13,7 @@
 //! version in force is a [`Snapshot`] (the validated config and the live upstreams built for
 //! it), loaded once per request and replaced atomically by a reload.
 
+pub mod cache;
 pub mod governance;
 pub mod observe;
 pub mod plugins;
@@ -75,6 +76,8 @@ pub struct Services {
     pub tracer: Tracer,
     /// Ends the streams still relayed when a shutdown's grace period is over.
     pub cutoff: StreamCutoff,
+    /// The exact response cache (routes opt in with their `cache`).
+    pub cache: Arc<cache::ResponseCache>,
 }
 
 /// The signal that ends streams still running at the end of a shutdown's grace period, so
@@ -128,6 +131,7 @@ impl Services {
             shadow: parts.shadow,
             tracer: parts.tracer,
             cutoff: StreamCutoff::default(),
+            cache: Arc::default(),
         }
     }
 

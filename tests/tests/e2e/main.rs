@@ -7,6 +7,7 @@
 
 mod abuse;
 mod anthropic_sdk;
+mod cache;
 mod cli;
 mod concurrency;
 mod errors;

@@ -62,6 +62,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledger-3-usage-clamped",
         sql: "ALTER TABLE ledger ADD COLUMN usage_clamped INTEGER NOT NULL DEFAULT 0;",
     },
+    // Answers served from the response cache: `kind = 'cache'`, no cost, and what the
+    // upstream would have charged as the saving.
+    Migration {
+        name: "ledger-4-cache-saved",
+        sql: "ALTER TABLE ledger ADD COLUMN saved_usd REAL NOT NULL DEFAULT 0;",
+    },
 ];
 
 /// Which attempt of a request a row describes.
@@ -72,6 +78,8 @@ pub enum Kind {
     Fallback,
     Retry,
     Shadow,
+    /// Answered from the response cache.
+    Cache,
 }
 
 impl Kind {
@@ -81,6 +89,7 @@ impl Kind {
             Kind::Fallback => "fallback",
             Kind::Retry => "retry",
             Kind::Shadow => "shadow",
+            Kind::Cache => "cache",
         }
     }
 }
@@ -111,6 +120,8 @@ pub struct Row {
     pub estimated: bool,
     /// The upstream reported more tokens than the request could use: counted at the cap.
     pub usage_clamped: bool,
+    /// A cache hit: what the answer would have cost.
+    pub saved_usd: f64,
 }
 
 impl Row {
@@ -136,6 +147,7 @@ impl Row {
             outcome: "ok".into(),
             estimated: false,
             usage_clamped: false,
+            saved_usd: 0.0,
         }
     }
 }
@@ -145,8 +157,8 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO ledger (ts_ms, key_id, team, tags, route, backend, model, kind, stream,
             tokens_in, tokens_out, cost_usd, baseline_usd, latency_ms, ttft_ms, status, outcome, estimated,
-            usage_clamped)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            usage_clamped, saved_usd)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?;
     let tags = serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into());
     stmt.execute(params![
@@ -169,6 +181,7 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
         r.outcome,
         r.estimated,
         r.usage_clamped,
+        r.saved_usd,
     ])?;
     Ok(())
 }
