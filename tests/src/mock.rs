@@ -67,6 +67,8 @@ pub struct Behaviour {
     /// Complete answers report this many prompt and completion tokens (a broken or
     /// hostile upstream's usage).
     pub usage: Option<u64>,
+    /// `GET /v1/models` reports this `max_model_len` (as the worker does).
+    pub context_window: Option<u64>,
 }
 
 impl Default for Behaviour {
@@ -88,6 +90,7 @@ impl Default for Behaviour {
             retry_after: None,
             content: None,
             usage: None,
+            context_window: None,
         }
     }
 }
@@ -393,9 +396,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         return Ok(r);
     }
     if parts.method == Method::GET && path.ends_with("/models") {
-        return Ok(json_response(
-            json!({"object":"list","data":[{"id":"mock-model","object":"model","created":0,"owned_by":"mock"}]}),
-        ));
+        let mut model = json!({"id":"mock-model","object":"model","created":0,"owned_by":"mock"});
+        if let Some(n) = b.context_window {
+            model["max_model_len"] = json!(n);
+        }
+        return Ok(json_response(json!({"object":"list","data":[model]})));
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = req["model"].as_str().unwrap_or("unknown").to_string();

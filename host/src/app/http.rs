@@ -105,6 +105,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
             }
             s.plugins.metrics.render(&mut text);
             s.cache.render_metrics(&mut text);
+            s.context.render_metrics(&mut text);
             if let Some(g) = &s.governance {
                 g.render_metrics(&mut text);
             }

@@ -41,6 +41,17 @@ pub enum GatewayError {
     /// carry to the chosen target; `param` is its path in the client's body.
     #[error("'{param}': {reason}")]
     Unsupported { param: String, reason: String },
+    /// The prompt and the completion asked for do not fit the target's context window, and
+    /// the route has no `context_fallback` that they fit.
+    #[error(
+        "This model's maximum context length is {window} tokens. However, you requested {requested} tokens ({prompt} in the messages, {completion} in the completion). Please reduce the length of the messages or completion."
+    )]
+    ContextLengthExceeded {
+        window: u64,
+        requested: u64,
+        prompt: u64,
+        completion: u64,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("failed to read the request body: {0}")]
@@ -180,7 +191,8 @@ impl GatewayError {
             | DuplicateKey(_)
             | ParamTooLong { .. }
             | InvalidValue { .. }
-            | Unsupported { .. } => StatusCode::BAD_REQUEST,
+            | Unsupported { .. }
+            | ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
             BodyRead(_) => StatusCode::BAD_REQUEST,
             BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -225,6 +237,7 @@ impl GatewayError {
             | ParamTooLong { .. }
             | InvalidValue { .. }
             | Unsupported { .. }
+            | ContextLengthExceeded { .. }
             | BodyTooLarge { .. }
             | BodyRead(_)
             | BodyTimeout { .. }
@@ -267,6 +280,7 @@ impl GatewayError {
             ParamTooLong { .. } => "string_above_max_length",
             InvalidValue { .. } => "invalid_value",
             Unsupported { .. } => "unsupported_parameter",
+            ContextLengthExceeded { .. } => "context_length_exceeded",
             BodyTooLarge { .. } => "request_too_large",
             BodyTimeout { .. } => "request_timeout",
             UnknownModel(_) => "model_not_found",
@@ -309,6 +323,7 @@ impl GatewayError {
             | InvalidValue { param, .. } => Some(param),
             DuplicateKey(key) | Unsupported { param: key, .. } => Some(key),
             UnknownModel(_) => Some("model"),
+            ContextLengthExceeded { .. } => Some("messages"),
             _ => None,
         }
     }
@@ -324,6 +339,7 @@ impl GatewayError {
             | ParamTooLong { .. }
             | InvalidValue { .. }
             | Unsupported { .. } => "bad_request",
+            ContextLengthExceeded { .. } => "context_length_exceeded",
             BodyTooLarge { .. } => "body_too_large",
             BodyRead(_) => "body_read",
             BodyTimeout { .. } => "body_timeout",

@@ -189,6 +189,8 @@ pub struct RouteSection {
     pub baseline: Option<BaselineSection>,
     /// The exact response cache for this route's answers.
     pub cache: Option<RouteCacheSection>,
+    /// Where a request too long for the chosen target's `context_window` goes.
+    pub context_fallback: Option<FallbackSection>,
 }
 
 /// A weighted target of a route.
@@ -200,6 +202,9 @@ pub struct TargetSection {
     pub model: Option<String>,
     /// Relative weight; default 1.
     pub weight: Option<u32>,
+    /// The model's context window in tokens (prompt + completion); a longer request goes to
+    /// the route's `context_fallback` or is refused before any upstream call.
+    pub context_window: Option<u64>,
 }
 
 /// A fallback target, tried in order.
@@ -208,6 +213,7 @@ pub struct TargetSection {
 pub struct FallbackSection {
     pub backend: Option<String>,
     pub model: Option<String>,
+    pub context_window: Option<u64>,
 }
 
 /// A mirrored target whose answers are recorded, never served.

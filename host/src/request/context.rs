@@ -39,6 +39,8 @@ pub struct RequestCtx {
     pub telemetry: RequestTelemetry,
     /// Answered from the response cache.
     pub cache_hit: bool,
+    /// The target passed over for its context window (phase `fit`), for the attempts trail.
+    pub context_skipped: Option<Arc<str>>,
 }
 
 impl RequestCtx {
@@ -57,6 +59,7 @@ impl RequestCtx {
             account: Account::default(),
             telemetry,
             cache_hit: false,
+            context_skipped: None,
         }
     }
 

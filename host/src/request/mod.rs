@@ -25,6 +25,7 @@ pub mod classify;
 pub mod context;
 pub mod exchange;
 pub mod finish;
+pub mod fit;
 pub mod mirror;
 pub mod parse;
 pub mod protocol;
@@ -103,6 +104,7 @@ async fn process(
     let mut pass = classify::start_pass(services, ctx, &request, headers);
     let decision = classify::classify(services, ctx, &mut pass)?;
     let chosen = route::route(ctx, decision, &request, headers)?;
+    let chosen = fit::fit(services, ctx, &request, chosen)?;
     admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
     let caching = cache::lookup(services, ctx, &request, headers, &chosen).await?;
     if let cache::Lookup::Hit(answer) = caching {
@@ -128,7 +130,9 @@ async fn process(
         validator: validator.as_ref(),
         stream_end: stream_end.clone(),
     })
-    .await?;
+    .await;
+    fit::note_in_attempts(ctx);
+    let exchanged = exchanged?;
     let mut exchanged = respond::respond(respond::RespondPhase {
         services,
         ctx,

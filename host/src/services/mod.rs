@@ -14,6 +14,7 @@
 //! it), loaded once per request and replaced atomically by a reload.
 
 pub mod cache;
+pub mod context;
 pub mod governance;
 pub mod observe;
 pub mod plugins;
@@ -78,6 +79,8 @@ pub struct Services {
     pub cutoff: StreamCutoff,
     /// The exact response cache (routes opt in with their `cache`).
     pub cache: Arc<cache::ResponseCache>,
+    /// Context windows the backends reported, and the overflow counts.
+    pub context: Arc<context::ContextWindows>,
 }
 
 /// The signal that ends streams still running at the end of a shutdown's grace period, so
@@ -132,6 +135,7 @@ impl Services {
             tracer: parts.tracer,
             cutoff: StreamCutoff::default(),
             cache: Arc::default(),
+            context: Arc::default(),
         }
     }
 

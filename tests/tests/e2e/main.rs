@@ -10,6 +10,7 @@ mod anthropic_sdk;
 mod cache;
 mod cli;
 mod concurrency;
+mod context_window;
 mod errors;
 mod governance;
 mod lifecycle;
