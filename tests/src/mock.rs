@@ -74,6 +74,8 @@ pub struct Behaviour {
     /// Answer this percent of completion requests with a 500, spread evenly (of any 10
     /// consecutive requests at 30 %, exactly 3 fail).
     pub fail_percent: Option<u32>,
+    /// `GET /v1/models` reports this `max_model_len` (as the worker does).
+    pub context_window: Option<u64>,
 }
 
 impl Default for Behaviour {
@@ -96,6 +98,7 @@ impl Default for Behaviour {
             content: None,
             usage: None,
             fail_percent: None,
+            context_window: None,
         }
     }
 }
@@ -450,9 +453,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         return Ok(Response::new(MockBody::Left(Full::new(Bytes::from(text)))));
     }
     if parts.method == Method::GET && path.ends_with("/models") {
-        return Ok(json_response(
-            json!({"object":"list","data":[{"id":"mock-model","object":"model","created":0,"owned_by":"mock"}]}),
-        ));
+        let mut model = json!({"id":"mock-model","object":"model","created":0,"owned_by":"mock"});
+        if let Some(n) = b.context_window {
+            model["max_model_len"] = json!(n);
+        }
+        return Ok(json_response(json!({"object":"list","data":[model]})));
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = req["model"].as_str().unwrap_or("unknown").to_string();

@@ -142,7 +142,7 @@ fn test(extra: &[String]) -> Result<(), String> {
             return Err(format!("SWITCHYARD_CI=1 but {what} is not installed"));
         }
         Err(what) => {
-            unmet.push(format!("{what}: the OpenAI SDK round-trip tests skip"));
+            unmet.push(format!("{what}: the SDK round-trip tests skip"));
             None
         }
     };

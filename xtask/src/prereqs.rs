@@ -23,6 +23,10 @@ pub const WASM_TARGET: &str = "wasm32-wasip2";
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 /// The OpenAI SDK the round-trip tests drive the gateway and the worker with.
 const OPENAI: &str = "openai==3.63.0";
+/// The Anthropic SDK the Messages API round-trip test drives the gateway with.
+const ANTHROPIC: &str = "anthropic==2.17.0";
+/// What the SDK round-trip tests import.
+const SDK_IMPORT: &str = "import openai, anthropic";
 
 /// Install the wasm target if the active toolchain lacks it.
 pub fn wasm_target() -> Result<(), String> {
@@ -85,21 +89,23 @@ pub fn componentize_py() -> Result<Result<PathBuf, String>, String> {
     }
 }
 
-/// The SDK round-trip tests run `python3 -c "import openai"`. When the machine's python3
-/// lacks the package, it goes into our venv, whose `bin` the test run then puts first on the
+/// The SDK round-trip tests run `python3 -c "import openai"` (and `anthropic`). When the
+/// machine's python3 lacks a package, both go into our venv, whose `bin` the test run then puts first on the
 /// PATH (returned here). `Ok(Err(reason))` when that is not possible.
 pub fn python_openai() -> Result<Result<Option<PathBuf>, String>, String> {
-    if works("python3", &["-c", "import openai"]) {
+    if works("python3", &["-c", SDK_IMPORT]) {
         return Ok(Ok(None));
     }
     let python = venv_bin().join("python3");
-    if works(&python.to_string_lossy(), &["-c", "import openai"]) {
+    if works(&python.to_string_lossy(), &["-c", SDK_IMPORT]) {
         return Ok(Ok(Some(venv_bin())));
     }
-    match venv_install(OPENAI)? {
-        Ok(()) => Ok(Ok(Some(venv_bin()))),
-        Err(why) => Ok(Err(format!("the python `openai` package ({why})"))),
+    for package in [OPENAI, ANTHROPIC] {
+        if let Err(why) = venv_install(package)? {
+            return Ok(Err(format!("the python `{package}` package ({why})")));
+        }
     }
+    Ok(Ok(Some(venv_bin())))
 }
 
 fn venv_bin() -> PathBuf {

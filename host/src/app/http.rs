@@ -20,6 +20,7 @@ use crate::base::GatewayError;
 use crate::base::body::GatewayBody;
 use crate::base::endpoint::{self, Endpoint};
 use crate::base::openai;
+use crate::base::protocols::{self, Protocol};
 use crate::base::respond::{json, text};
 use crate::request;
 use crate::services::upstream::health;
@@ -57,8 +58,20 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
     {
         return request::handle(&gw.services, req, endpoint).await;
     }
-    if method == Method::POST && path == endpoint::FEEDBACK {
-        return feedback::handle(&gw.services, req).await;
+    if method == Method::POST {
+        match path {
+            endpoint::FEEDBACK => return feedback::handle(&gw.services, req).await,
+            protocols::RESPONSES => {
+                return request::handle_protocol(&gw.services, req, Protocol::Responses).await;
+            }
+            protocols::MESSAGES => {
+                return request::handle_protocol(&gw.services, req, Protocol::Messages).await;
+            }
+            protocols::COUNT_TOKENS => {
+                return request::protocol::count_tokens(&gw.services, req).await;
+            }
+            _ => {}
+        }
     }
     if is_admin {
         // With a listener of its own, the admin API is not on the public port at all;
@@ -96,6 +109,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
                 capture.render_metrics(&mut text);
             }
             s.plugins.metrics.render(&mut text);
+            s.cache.render_metrics(&mut text);
+            s.context.render_metrics(&mut text);
             if let Some(g) = &s.governance {
                 g.render_metrics(&mut text);
             }
@@ -123,6 +138,10 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
         }
         (p, _)
             if Endpoint::from_path(p).is_some()
+                || matches!(
+                    p,
+                    protocols::RESPONSES | protocols::MESSAGES | protocols::COUNT_TOKENS
+                )
                 || matches!(
                     p,
                     endpoint::MODELS

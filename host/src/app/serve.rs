@@ -114,6 +114,18 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     governance
         .derived_prices
         .spawn(move || s.snapshot().upstreams.to_vec());
+    if let Some(url) = services
+        .snapshot()
+        .config
+        .state
+        .as_ref()
+        .and_then(|s| s.redis.clone())
+        && let Err(e) = services.cache.connect_redis(&url).await
+    {
+        eprintln!("error: [state] redis (the response cache): {e}");
+        return ExitCode::FAILURE;
+    }
+    services.context.discover(&services.snapshot().upstreams);
     let gw = Gateway::new(services.clone());
     // Staged rollouts move on a thread of their own, off the request path.
     crate::services::rollout::controller::spawn(&services);

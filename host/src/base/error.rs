@@ -37,6 +37,21 @@ pub enum GatewayError {
     /// A value of the right type that is out of range or blank (admin API inputs).
     #[error("invalid value for '{param}': {reason}")]
     InvalidValue { param: &'static str, reason: String },
+    /// A member of a translated protocol (Responses, Anthropic Messages) the gateway cannot
+    /// carry to the chosen target; `param` is its path in the client's body.
+    #[error("'{param}': {reason}")]
+    Unsupported { param: String, reason: String },
+    /// The prompt and the completion asked for do not fit the target's context window, and
+    /// the route has no `context_fallback` that they fit.
+    #[error(
+        "This model's maximum context length is {window} tokens. However, you requested {requested} tokens ({prompt} in the messages, {completion} in the completion). Please reduce the length of the messages or completion."
+    )]
+    ContextLengthExceeded {
+        window: u64,
+        requested: u64,
+        prompt: u64,
+        completion: u64,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("failed to read the request body: {0}")]
@@ -186,7 +201,9 @@ impl GatewayError {
             | InvalidParam { .. }
             | DuplicateKey(_)
             | ParamTooLong { .. }
-            | InvalidValue { .. } => StatusCode::BAD_REQUEST,
+            | InvalidValue { .. }
+            | Unsupported { .. }
+            | ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
             BodyRead(_) => StatusCode::BAD_REQUEST,
             BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -233,6 +250,8 @@ impl GatewayError {
             | DuplicateKey(_)
             | ParamTooLong { .. }
             | InvalidValue { .. }
+            | Unsupported { .. }
+            | ContextLengthExceeded { .. }
             | BodyTooLarge { .. }
             | BodyRead(_)
             | BodyTimeout { .. }
@@ -277,6 +296,8 @@ impl GatewayError {
             DuplicateKey(_) => "duplicate_key",
             ParamTooLong { .. } => "string_above_max_length",
             InvalidValue { .. } => "invalid_value",
+            Unsupported { .. } => "unsupported_parameter",
+            ContextLengthExceeded { .. } => "context_length_exceeded",
             BodyTooLarge { .. } => "request_too_large",
             BodyTimeout { .. } => "request_timeout",
             UnknownModel(_) => "model_not_found",
@@ -320,9 +341,10 @@ impl GatewayError {
             | InvalidParam { param, .. }
             | ParamTooLong { param, .. }
             | InvalidValue { param, .. } => Some(param),
-            DuplicateKey(key) => Some(key),
+            DuplicateKey(key) | Unsupported { param: key, .. } => Some(key),
             UnknownModel(_) => Some("model"),
             UnknownRequestId(_) => Some("request_id"),
+            ContextLengthExceeded { .. } => Some("messages"),
             _ => None,
         }
     }
@@ -336,7 +358,9 @@ impl GatewayError {
             | InvalidParam { .. }
             | DuplicateKey(_)
             | ParamTooLong { .. }
-            | InvalidValue { .. } => "bad_request",
+            | InvalidValue { .. }
+            | Unsupported { .. } => "bad_request",
+            ContextLengthExceeded { .. } => "context_length_exceeded",
             BodyTooLarge { .. } => "body_too_large",
             BodyRead(_) => "body_read",
             BodyTimeout { .. } => "body_timeout",

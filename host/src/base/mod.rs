@@ -13,6 +13,7 @@ pub mod digest;
 pub mod endpoint;
 pub mod error;
 pub mod openai;
+pub mod protocols;
 pub mod respond;
 pub mod shard;
 pub mod sse;

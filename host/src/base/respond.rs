@@ -9,6 +9,9 @@ use super::body::GatewayBody;
 pub const HEADER_BACKEND: &str = "x-switchyard-backend";
 /// Response header naming the model sent upstream.
 pub const HEADER_MODEL: &str = "x-switchyard-model";
+/// Response header saying how the response cache answered: `hit`, `miss` or `bypass` (on
+/// routes with a cache only).
+pub const HEADER_CACHE: &str = "x-switchyard-cache";
 /// Response header listing every upstream attempt: `backend@host:port outcome, ...`.
 pub const HEADER_ATTEMPTS: &str = "x-switchyard-attempts";
 

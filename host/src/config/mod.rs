@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod cache;
 mod default;
 pub mod governance;
 pub mod local_worker;

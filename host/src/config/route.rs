@@ -84,6 +84,30 @@ pub struct Route {
     pub rollout: Option<Arc<Rollout>>,
     /// Which caller identity keeps a caller on one target (`routes[].sticky`).
     pub sticky: Option<Sticky>,
+    /// The exact response cache, when the route has one.
+    pub cache: Option<super::cache::RouteCache>,
+    /// Where a request too long for the chosen target's context window goes.
+    pub context_fallback: Option<Target>,
+    /// The context windows the route's targets declare (`context_window`).
+    pub context_windows: Vec<ContextWindow>,
+}
+
+/// A target's declared context window.
+#[derive(Debug, Clone)]
+pub struct ContextWindow {
+    pub backend: Arc<str>,
+    pub model: Option<Arc<str>>,
+    pub tokens: u64,
+}
+
+impl Route {
+    /// The context window declared for `t`, if any.
+    pub fn context_window(&self, t: &Target) -> Option<u64> {
+        self.context_windows
+            .iter()
+            .find(|w| w.backend == t.backend.name && w.model == t.model)
+            .map(|w| w.tokens)
+    }
 }
 
 /// Check everything; on success the runtime, else every problem found.
@@ -380,10 +404,71 @@ pub(super) fn validate_route(
             },
         )
     });
+    let cache = r
+        .cache
+        .as_ref()
+        .and_then(|c| super::cache::validate_route_cache(c, path, problems));
+    let mut context_windows = Vec::new();
+    let declared_windows = r
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                format!("{path}.targets[{i}]"),
+                t.backend.as_deref(),
+                t.model.as_deref(),
+                t.context_window,
+            )
+        })
+        .chain(r.fallback.iter().enumerate().map(|(j, f)| {
+            (
+                format!("{path}.fallback[{j}]"),
+                f.backend.as_deref(),
+                f.model.as_deref(),
+                f.context_window,
+            )
+        }))
+        .chain(r.context_fallback.iter().map(|f| {
+            (
+                format!("{path}.context_fallback"),
+                f.backend.as_deref(),
+                f.model.as_deref(),
+                f.context_window,
+            )
+        }));
+    for (at, backend, model, window) in declared_windows {
+        match (window, backend) {
+            (Some(0), _) => problems.push(Problem::new(
+                format!("{at}.context_window"),
+                "must be at least 1 token",
+            )),
+            (Some(tokens), Some(b)) => context_windows.push(ContextWindow {
+                backend: Arc::from(b),
+                model: model.map(Arc::from),
+                tokens,
+            }),
+            _ => {}
+        }
+    }
+    let context_fallback = r.context_fallback.as_ref().and_then(|f| {
+        resolve_target(
+            f.backend.as_deref(),
+            f.model.as_deref(),
+            1,
+            &format!("{path}.context_fallback"),
+            backends,
+            declared,
+            problems,
+        )
+    });
     if problems.len() > before {
         return None;
     }
     Some(Route {
+        cache,
+        context_fallback,
+        context_windows,
         name: Arc::from(name),
         targets,
         total_weight,

@@ -75,6 +75,8 @@ pub struct Runtime {
     /// `[local_worker]`: started once at `serve` (a reload does not restart it).
     pub local_worker: Option<LocalWorkerSettings>,
     pub governance: GovConfig,
+    /// `[cache]`: the response cache's memory store (routes opt in with their `cache`).
+    pub cache: super::cache::CacheSettings,
 }
 
 impl Runtime {

@@ -42,6 +42,26 @@ pub struct ConfigFile {
     pub teams: Vec<TeamSection>,
     #[serde(default)]
     pub prices: Vec<PriceSection>,
+    /// `[cache]`: the exact response cache's store.
+    #[serde(default)]
+    pub cache: Option<CacheSection>,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// The memory store's size in bytes (not used with `[state] redis`).
+    pub max_bytes: Option<u64>,
+}
+
+/// A route's `cache = { ttl_secs, deterministic_only }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSection {
+    pub ttl_secs: Option<u64>,
+    /// Cache only `temperature = 0` or seeded requests (default true).
+    pub deterministic_only: Option<bool>,
 }
 
 /// `[server]`
@@ -180,6 +200,10 @@ pub struct RouteSection {
     pub rollout: Option<RolloutSection>,
     /// Sticky split: `"key"`, `"team"` or `"header:NAME"` keeps each caller on one target.
     pub sticky: Option<String>,
+    /// The exact response cache for this route's answers.
+    pub cache: Option<RouteCacheSection>,
+    /// Where a request too long for the chosen target's `context_window` goes.
+    pub context_fallback: Option<FallbackSection>,
 }
 
 /// `capture = { sample = 0.05 }` on a route.
@@ -237,6 +261,9 @@ pub struct TargetSection {
     pub model: Option<String>,
     /// Relative weight; default 1.
     pub weight: Option<u32>,
+    /// The model's context window in tokens (prompt + completion); a longer request goes to
+    /// the route's `context_fallback` or is refused before any upstream call.
+    pub context_window: Option<u64>,
 }
 
 /// A fallback target, tried in order.
@@ -245,6 +272,7 @@ pub struct TargetSection {
 pub struct FallbackSection {
     pub backend: Option<String>,
     pub model: Option<String>,
+    pub context_window: Option<u64>,
 }
 
 /// A mirrored target whose answers are recorded, never served.

@@ -98,6 +98,11 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
             }
         }
     }
+    let cache = file
+        .cache
+        .as_ref()
+        .map(|c| super::cache::validate_cache(c, &mut problems))
+        .unwrap_or_default();
     let state = file
         .state
         .as_ref()
@@ -141,6 +146,7 @@ pub fn validate(file: ConfigFile, source: ConfigSource) -> Result<Runtime, Vec<P
         traffic,
         local_worker,
         governance,
+        cache,
     })
 }
 

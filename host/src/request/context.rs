@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 
 use crate::base::Endpoint;
+use crate::base::protocols::{Echo, Protocol};
 use crate::config::{Route, Runtime, Target};
 use crate::services::Snapshot;
 use crate::services::governance::Account;
@@ -16,6 +17,10 @@ use crate::services::rollout::Arm;
 /// One request's state, filled in by the phases in order.
 pub struct RequestCtx {
     pub endpoint: Endpoint,
+    /// The API the client called (its body is translated to `endpoint`'s when not OpenAI's).
+    pub protocol: Protocol,
+    /// What the translated answer repeats of the client's request.
+    pub echo: Echo,
     pub started: Instant,
     /// The config version (with its live upstreams) this request runs under, start to finish.
     pub snapshot: Arc<Snapshot>,
@@ -36,12 +41,18 @@ pub struct RequestCtx {
     /// Which side of the route's rollout the request was sent to (`route`), if it was part
     /// of one.
     pub rollout_arm: Option<Arm>,
+    /// Answered from the response cache.
+    pub cache_hit: bool,
+    /// The target passed over for its context window (phase `fit`), for the attempts trail.
+    pub context_skipped: Option<Arc<str>>,
 }
 
 impl RequestCtx {
     pub fn new(snapshot: Arc<Snapshot>, endpoint: Endpoint, telemetry: RequestTelemetry) -> Self {
         RequestCtx {
             endpoint,
+            protocol: Protocol::OpenAi,
+            echo: Echo::default(),
             started: Instant::now(),
             snapshot,
             route: None,
@@ -52,7 +63,14 @@ impl RequestCtx {
             account: Account::default(),
             telemetry,
             rollout_arm: None,
+            cache_hit: false,
+            context_skipped: None,
         }
+    }
+
+    /// The path the client called (for logs and spans).
+    pub fn client_path(&self) -> &'static str {
+        self.protocol.path().unwrap_or(self.endpoint.path())
     }
 
     /// The config this request runs under.

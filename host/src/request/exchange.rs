@@ -55,6 +55,8 @@ pub struct StreamEnd {
     pub telemetry: Mutex<Option<RequestTelemetry>>,
     /// Where the shadow comparison waits for the served stream (sampled requests only).
     pub capture: Option<CaptureSlot>,
+    /// Where the response cache waits for the served stream (a cache miss only).
+    pub cache_capture: Option<CaptureSlot>,
 }
 
 /// An answer as the client will get it.

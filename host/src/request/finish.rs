@@ -104,6 +104,7 @@ fn settle(
             completion_estimate,
             ttft_ms: None,
             reached_upstream: reached && error.is_none(),
+            cached: ctx.cache_hit,
         })
     })
 }
@@ -134,7 +135,7 @@ fn record(services: &Services, ctx: &mut RequestCtx, status: StatusCode, error: 
         &ctx.telemetry,
         &telemetry::AccessRecord {
             method: "POST",
-            path: ctx.endpoint.path(),
+            path: ctx.client_path(),
             route: &route,
             backend: &backend,
             upstream_model: ctx.upstream_model.as_deref().unwrap_or("-"),

@@ -20,12 +20,15 @@
 pub mod admit;
 pub mod attempt;
 pub mod authenticate;
+pub mod cache;
 pub mod classify;
 pub mod context;
 pub mod exchange;
 pub mod finish;
+pub mod fit;
 pub mod mirror;
 pub mod parse;
+pub mod protocol;
 pub mod respond;
 pub mod route;
 pub mod validate;
@@ -37,6 +40,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::base::body::GatewayBody;
+use crate::base::protocols::Protocol;
 use crate::base::{Endpoint, GatewayError};
 use crate::services::Services;
 use crate::services::governance::feedback;
@@ -71,6 +75,30 @@ pub async fn handle(
     resp
 }
 
+/// One request in another client protocol (Responses, Anthropic Messages): the same phases
+/// over its body translated to chat/completions, and the answer translated back.
+pub async fn handle_protocol(
+    services: &Arc<Services>,
+    mut req: Request<Incoming>,
+    protocol: Protocol,
+) -> Response<GatewayBody> {
+    let _in_flight = services.metrics.in_flight();
+    if protocol == Protocol::Messages {
+        protocol::accept_x_api_key(req.headers_mut());
+    }
+    let telemetry = RequestTelemetry::start(
+        &services.tracer,
+        req.method(),
+        protocol.path().unwrap_or(Endpoint::ChatCompletions.path()),
+        req.headers(),
+    );
+    let mut ctx = RequestCtx::new(services.snapshot(), Endpoint::ChatCompletions, telemetry);
+    ctx.protocol = protocol;
+    let result = process(services, &mut ctx, req).await;
+    let resp = finish::finish(services, &mut ctx, result);
+    protocol::translate_answer(resp, protocol, std::mem::take(&mut ctx.echo)).await
+}
+
 /// The phases, in order.
 async fn process(
     services: &Services,
@@ -85,11 +113,18 @@ async fn process(
     let mut pass = classify::start_pass(services, ctx, &request, headers);
     let decision = classify::classify(services, ctx, &mut pass)?;
     let chosen = route::route(&services.rollouts, ctx, decision, &request, headers)?;
+    let chosen = fit::fit(services, ctx, &request, chosen)?;
     admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
+    let caching = cache::lookup(services, ctx, &request, headers, &chosen).await?;
+    if let cache::Lookup::Hit(answer) = caching {
+        return Ok(answer);
+    }
+    let (cache_capture, cache_served) = caching.capture(&request);
     let _in_flight = services.plugins.stats.start(&chosen.backend.name);
     let (mirroring, capture) = mirror::sample(services, ctx, &request);
     let stream_end = Arc::new(StreamEnd {
         capture,
+        cache_capture,
         ..StreamEnd::default()
     });
     let validator = pass
@@ -104,8 +139,10 @@ async fn process(
         validator: validator.as_ref(),
         stream_end: stream_end.clone(),
     })
-    .await?;
-    let exchanged = respond::respond(respond::RespondPhase {
+    .await;
+    fit::note_in_attempts(ctx);
+    let exchanged = exchanged?;
+    let mut exchanged = respond::respond(respond::RespondPhase {
         services,
         ctx,
         request: &request,
@@ -113,6 +150,14 @@ async fn process(
         validator,
         stream_end: &stream_end,
     });
+    cache::keep(
+        services,
+        ctx,
+        caching,
+        &request,
+        &mut exchanged,
+        cache_served,
+    );
     if let Some(m) = mirroring {
         mirror::send(services, ctx, m, &request, headers, &exchanged);
     }

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use super::context::RequestCtx;
 use crate::base::error::{GatewayError, error_chain};
 use crate::base::openai::RequestBody;
+use crate::base::protocols::{self, Protocol};
 
 pub async fn parse(
     ctx: &mut RequestCtx,
@@ -19,7 +20,12 @@ pub async fn parse(
 ) -> Result<RequestBody, GatewayError> {
     let server = &ctx.config().server;
     let (limit, deadline) = (server.max_body_bytes, server.body_read_timeout);
-    let bytes = read_body(body, headers, limit, deadline).await?;
+    let mut bytes = read_body(body, headers, limit, deadline).await?;
+    if ctx.protocol != Protocol::OpenAi {
+        let translated = protocols::to_chat(ctx.protocol, &bytes)?;
+        bytes = translated.chat;
+        ctx.echo = translated.echo;
+    }
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
     ctx.telemetry.request_model = Some(request.model.clone());
     ctx.telemetry.stream = request.stream;
@@ -29,7 +35,7 @@ pub async fn parse(
 /// Read the client's body, refusing more than `limit` bytes (by header before reading) and
 /// giving up after `deadline`: a body that trickles in (or never ends, or an HTTP/2 stream
 /// that sends headers and nothing else) must not hold a connection and a task forever.
-pub(crate) async fn read_body(
+pub async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
     limit: usize,

@@ -15,6 +15,8 @@
 //! it), loaded once per request and replaced atomically by a reload.
 
 pub mod capture;
+pub mod cache;
+pub mod context;
 pub mod governance;
 pub mod judge;
 pub mod observe;
@@ -83,6 +85,10 @@ pub struct Services {
     pub cutoff: StreamCutoff,
     /// Staged rollouts: the weights the request path reads and the counters it bumps.
     pub rollouts: rollout::Rollouts,
+    /// The exact response cache (routes opt in with their `cache`).
+    pub cache: Arc<cache::ResponseCache>,
+    /// Context windows the backends reported, and the overflow counts.
+    pub context: Arc<context::ContextWindows>,
 }
 
 /// The signal that ends streams still running at the end of a shutdown's grace period, so
@@ -139,6 +145,8 @@ impl Services {
             tracer: parts.tracer,
             cutoff: StreamCutoff::default(),
             rollouts: rollout::Rollouts::default(),
+            cache: Arc::default(),
+            context: Arc::default(),
         }
     }
 

@@ -5,7 +5,8 @@
 //! cargo run --release -p switchyard-tests --bin bench -- [--duration 5] [--concurrency 1,8,64]
 //!     [--rates 2000,5000] [--stream-concurrency 8] [--config-extra FILE]
 //!     [--otlp-sink grpc|http] [--gateway-log warn] [--tail]
-//!     [--interleave [--b-extra FILE] [--b-gateway PATH] [--sink-for a|b|both] [--slice 0.5]]
+//!     [--interleave [--b-extra FILE] [--b-gateway PATH] [--b-cache] [--sink-for a|b|both]
+//!     [--slice 0.5]]
 //! ```
 //!
 //! It starts `mock-openai` and `switchyard` (release builds) as separate processes, and
@@ -79,6 +80,12 @@ struct Args {
     /// TOML appended to gateway B's config with `--interleave`.
     #[arg(long, value_name = "FILE")]
     b_extra: Option<PathBuf>,
+    /// With `--interleave`: gateway B's route has the response cache on
+    /// (`cache = { ttl_secs = 3600, deterministic_only = false }`), so after its first request
+    /// B answers every request from the cache while A goes to the (zero-latency) mock: the
+    /// hit path against the miss path.
+    #[arg(long)]
+    b_cache: bool,
     /// Gateway B's binary with `--interleave` (to compare two builds), instead of A's.
     #[arg(long, value_name = "PATH")]
     b_gateway: Option<PathBuf>,
@@ -663,8 +670,8 @@ fn main() {
         );
         std::process::exit(2);
     }
-    if (args.b_extra.is_some() || args.b_gateway.is_some()) && !args.interleave {
-        eprintln!("--b-extra and --b-gateway configure gateway B of --interleave");
+    if (args.b_extra.is_some() || args.b_gateway.is_some() || args.b_cache) && !args.interleave {
+        eprintln!("--b-extra, --b-gateway and --b-cache configure gateway B of --interleave");
         std::process::exit(2);
     }
     let (sink_a, sink_b) = match (args.interleave, args.sink_for.as_str()) {
@@ -733,6 +740,18 @@ fn main() {
     }
     if let Some(extra) = &args.b_extra {
         cfg_b.push_str(&extra_toml(extra));
+    }
+    if args.b_cache {
+        let route = "model = \"bench-model\" }]\n";
+        cfg_b = cfg_b.replacen(
+            route,
+            &format!("{route}cache = {{ ttl_secs = 3600, deterministic_only = false }}\n"),
+            1,
+        );
+        assert!(
+            cfg_b.contains("cache = {"),
+            "the bench route was not found in B's config"
+        );
     }
     let cfg_path = dir.path().join("bench.toml");
     if args.governance {

@@ -7,8 +7,11 @@
 
 mod abuse;
 mod capture;
+mod anthropic_sdk;
+mod cache;
 mod cli;
 mod concurrency;
+mod context_window;
 mod errors;
 mod eval;
 mod governance;
@@ -17,6 +20,7 @@ mod lifecycle;
 mod local_worker;
 mod openai_sdk;
 mod plugins;
+mod protocols;
 mod proxy;
 mod rollout;
 mod server_limits;

@@ -122,3 +122,93 @@ targets = [{ backend = "mock" }]
         gw.log()
     );
 }
+
+const RESPONSES_SCRIPT: &str = r#"
+import json, os
+from openai import OpenAI
+from pydantic import BaseModel
+
+client = OpenAI(base_url=os.environ["BASE_URL"], api_key="sk-anything", max_retries=0)
+
+# Plain.
+r = client.responses.create(model="gpt-4o", input="hi", instructions="be brief")
+assert r.output_text == "w0 w1 w2 w3 w4 ", r
+assert r.usage.output_tokens == 5 and r.usage.input_tokens > 0, r.usage
+
+# Streamed, through the SDK's stream helper (it checks the event sequence as it goes).
+with client.responses.stream(model="gpt-4o", input="hi") as stream:
+    deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+    final = stream.get_final_response()
+assert "".join(deltas) == "w0 w1 w2 w3 w4 ", deltas
+assert final.output_text == "w0 w1 w2 w3 w4 " and final.usage.output_tokens == 5, final
+
+# Streamed without the helper.
+events = [e.type for e in client.responses.create(model="gpt-4o", input="hi", stream=True)]
+assert events[0] == "response.created" and events[-1] == "response.completed", events
+
+# A function tool, whole and streamed.
+tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}]
+r = client.responses.create(model="gpt-4o", input="weather", tools=tools)
+call = [o for o in r.output if o.type == "function_call"][0]
+assert call.name == "get_weather" and json.loads(call.arguments)["location"] == "Paris, France", r
+with client.responses.stream(model="gpt-4o", input="weather", tools=tools) as stream:
+    args = "".join(e.delta for e in stream if e.type == "response.function_call_arguments.delta")
+    final = stream.get_final_response()
+assert json.loads(args)["unit"] == "celsius", args
+assert final.output[0].arguments == args, final
+
+# A JSON schema format, parsed by the SDK.
+class Answer(BaseModel):
+    city: str
+    temp: int
+r = client.responses.parse(model="gpt-4o", input="json", text_format=Answer,
+    extra_body={"mock_content": '{"city": "Paris", "temp": 21}'})
+assert r.output_parsed == Answer(city="Paris", temp=21), r
+
+# Stored state is refused with a 400 the SDK raises as BadRequestError.
+import openai
+try:
+    client.responses.create(model="gpt-4o", input="hi", previous_response_id="resp_123")
+    raise SystemExit("expected BadRequestError")
+except openai.BadRequestError as e:
+    assert "previous_response_id" in str(e), e
+print("OK")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_sdk_responses_api_over_a_chat_only_upstream() {
+    if skip_unless(python_with_openai(), "python3 with the `openai` package") {
+        return;
+    }
+    let mock = MockUpstream::start().await;
+    let routes = r#"
+[[routes]]
+model = "gpt-4o"
+targets = [{ backend = "mock", model = "llama-3.1-8b" }]
+"#;
+    let gw = Gateway::start(&config_with(&mock.url(), routes));
+    let base = gw.url("/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(["-c", RESPONSES_SCRIPT])
+            .env("BASE_URL", base)
+            .output()
+            .expect("run python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}\ngateway log:\n{}",
+        gw.log()
+    );
+    // Every call reached the upstream as chat/completions.
+    assert!(
+        mock.requests()
+            .iter()
+            .filter(|r| r.method == http::Method::POST)
+            .all(|r| r.path == "/v1/chat/completions")
+    );
+}

@@ -107,7 +107,7 @@ pub async fn stream_answer(
     let route = x.route.clone();
     let backend_label = target.backend.name.clone();
     let end = x.stream_end.clone();
-    let capturing = end.capture.is_some();
+    let capturing = end.capture.is_some() || end.cache_capture.is_some();
     let tel_endpoint = x.endpoint;
     let on_end = Box::new(move |s: StreamSummary| {
         // The URL's in-flight slot is held until the stream ends.
@@ -118,11 +118,12 @@ pub async fn stream_answer(
             .ok()
             .and_then(|mut g| g.take())
             .map(|settler| settle_stream(settler, &s));
-        let receivers = end
-            .capture
-            .as_ref()
-            .and_then(|c| c.lock().ok().map(|mut g| std::mem::take(&mut *g)))
-            .unwrap_or_default();
+        let receivers: Vec<_> = [&end.capture, &end.cache_capture]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.lock().ok().map(|mut g| std::mem::take(&mut *g)))
+            .flatten()
+            .collect();
         if !receivers.is_empty() {
             let served = StreamServed {
                 sse: if s.outcome == StreamOutcome::Completed {
@@ -226,6 +227,7 @@ fn settle_stream(s: Settler, summary: &StreamSummary) -> f64 {
         completion_estimate: Some(summary.content_events),
         ttft_ms: summary.first_byte.map(|d| d.as_secs_f64() * 1000.0),
         reached_upstream: true,
+        cached: false,
     })
 }
 

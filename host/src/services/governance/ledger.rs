@@ -74,6 +74,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledger-5-request-id",
         sql: "ALTER TABLE ledger ADD COLUMN request_id TEXT;",
     },
+    // Answers served from the response cache: `kind = 'cache'`, no cost, and what the
+    // upstream would have charged as the saving.
+    Migration {
+        name: "ledger-6-cache-saved",
+        sql: "ALTER TABLE ledger ADD COLUMN saved_usd REAL NOT NULL DEFAULT 0;",
+    },
 ];
 
 /// Which attempt of a request a row describes.
@@ -86,6 +92,8 @@ pub enum Kind {
     Shadow,
     /// An LLM judge's call scoring a shadow pair (`routes[].shadow.judge`).
     Judge,
+    /// Answered from the response cache.
+    Cache,
 }
 
 impl Kind {
@@ -96,6 +104,7 @@ impl Kind {
             Kind::Retry => "retry",
             Kind::Shadow => "shadow",
             Kind::Judge => "judge",
+            Kind::Cache => "cache",
         }
     }
 }
@@ -130,6 +139,8 @@ pub struct Row {
     pub cost_derived: bool,
     /// The request's `x-switchyard-request-id`.
     pub request_id: Option<String>,
+    /// A cache hit: what the answer would have cost.
+    pub saved_usd: f64,
 }
 
 impl Row {
@@ -157,6 +168,7 @@ impl Row {
             usage_clamped: false,
             cost_derived: false,
             request_id: None,
+            saved_usd: 0.0,
         }
     }
 }
@@ -166,8 +178,8 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO ledger (ts_ms, key_id, team, tags, route, backend, model, kind, stream,
             tokens_in, tokens_out, cost_usd, baseline_usd, latency_ms, ttft_ms, status, outcome, estimated,
-            usage_clamped, cost_derived, request_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+            usage_clamped, cost_derived, request_id, saved_usd)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
     )?;
     let tags = serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into());
     stmt.execute(params![
@@ -192,6 +204,7 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
         r.usage_clamped,
         r.cost_derived,
         r.request_id,
+        r.saved_usd,
     ])?;
     Ok(())
 }

@@ -529,6 +529,9 @@ pub struct Ending {
     pub ttft_ms: Option<f64>,
     /// The upstream was reached (so the prompt was sent and may be billed).
     pub reached_upstream: bool,
+    /// Answered from the response cache: nothing is billed, and what the answer would have
+    /// cost is the row's saving.
+    pub cached: bool,
 }
 
 /// A request's account and labels, held until its answer ends (a stream settles when it
@@ -619,6 +622,11 @@ impl Settler {
         row.tokens_in = tokens_in;
         row.tokens_out = tokens_out;
         price_row(&self.runtime, Some(&self.gov.derived_prices), &mut row);
+        if end.cached {
+            row.kind = ledger::Kind::Cache;
+            row.saved_usd = row.cost_usd;
+            row.cost_usd = 0.0;
+        }
         let cost = row.cost_usd;
         row.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         row.ttft_ms = end.ttft_ms;

@@ -1,0 +1,154 @@
+//! Context windows: those backends report for their models (the worker's `/v1/models` says
+//! `max_model_len`), discovered off the request path, and how often a request too long for
+//! its target went to the route's `context_fallback` or was refused.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+
+use super::upstream::Upstream;
+
+/// What a request too long for its target's window became.
+#[derive(Debug, Clone, Copy)]
+pub enum Overflow {
+    /// Sent to the route's `context_fallback`.
+    Fallback,
+    /// Refused with 400 `context_length_exceeded`.
+    Rejected,
+}
+
+#[derive(Default)]
+pub struct ContextWindows {
+    /// Backend name → (model id → window), as the backend reported them.
+    discovered: RwLock<HashMap<Arc<str>, HashMap<String, u64>>>,
+    counts: Mutex<HashMap<(Arc<str>, &'static str), Arc<AtomicU64>>>,
+}
+
+impl ContextWindows {
+    /// The window `backend` reported for `model` (or for its only model: a worker serves
+    /// one and answers to any name).
+    pub fn discovered(&self, backend: &str, model: &str) -> Option<u64> {
+        let map = self.discovered.read().ok()?;
+        let models = map.get(backend)?;
+        models.get(model).copied().or_else(|| {
+            (models.len() == 1)
+                .then(|| models.values().next().copied())
+                .flatten()
+        })
+    }
+
+    /// Ask every backend's first URL for its models' context windows, once.
+    pub fn discover(self: &Arc<Self>, upstreams: &[Arc<Upstream>]) {
+        for up in upstreams {
+            let Some(url) = up.backend.urls.first() else {
+                continue;
+            };
+            let mut req = Request::new(Full::new(Bytes::new()));
+            *req.method_mut() = Method::GET;
+            *req.uri_mut() = url.models_uri.clone();
+            if let Some(auth) = &up.backend.auth {
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, auth.clone());
+            }
+            let (this, up) = (self.clone(), up.clone());
+            tokio::spawn(async move {
+                let Ok(Ok(resp)) =
+                    tokio::time::timeout(Duration::from_secs(5), up.client.request(req)).await
+                else {
+                    return;
+                };
+                if !resp.status().is_success() {
+                    return;
+                }
+                let Ok(Ok(body)) =
+                    tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await
+                else {
+                    return;
+                };
+                let windows = windows_in(&body.to_bytes());
+                if windows.is_empty() {
+                    return;
+                }
+                tracing::info!(backend = %up.backend.name, ?windows, "context windows discovered");
+                if let Ok(mut map) = this.discovered.write() {
+                    map.insert(up.backend.name.clone(), windows);
+                }
+            });
+        }
+    }
+
+    pub fn count(&self, route: &Arc<str>, what: Overflow) {
+        let label = match what {
+            Overflow::Fallback => "fallback",
+            Overflow::Rejected => "rejected",
+        };
+        let c = {
+            let Ok(mut m) = self.counts.lock() else {
+                return;
+            };
+            m.entry((route.clone(), label)).or_default().clone()
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        let Ok(m) = self.counts.lock() else { return };
+        if m.is_empty() {
+            return;
+        }
+        let mut rows: Vec<_> = m.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        out.push_str("# HELP switchyard_context_overflow_total Requests longer than their target's context window, by what became of them (fallback or rejected).\n# TYPE switchyard_context_overflow_total counter\n");
+        for ((route, what), n) in rows {
+            let _ = writeln!(
+                out,
+                "switchyard_context_overflow_total{{route=\"{}\",outcome=\"{what}\"}} {}",
+                route.replace('\\', "\\\\").replace('"', "\\\""),
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// Model id → context window from a `/v1/models` answer: `max_model_len` (the worker,
+/// vLLM), `context_length` or `context_window` (other servers).
+fn windows_in(body: &[u8]) -> HashMap<String, u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut out = HashMap::new();
+    for m in v["data"].as_array().into_iter().flatten() {
+        let (Some(id), Some(n)) = (
+            m["id"].as_str(),
+            ["max_model_len", "context_length", "context_window"]
+                .iter()
+                .find_map(|k| m[*k].as_u64()),
+        ) else {
+            continue;
+        };
+        out.insert(id.to_owned(), n);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_read_from_a_models_list() {
+        let w = windows_in(
+            br#"{"object":"list","data":[{"id":"smollm2","object":"model","max_model_len":2048},{"id":"x"}]}"#,
+        );
+        assert_eq!(w.get("smollm2"), Some(&2048));
+        assert_eq!(w.len(), 1);
+        let c = ContextWindows::default();
+        c.discovered.write().unwrap().insert(Arc::from("local"), w);
+        assert_eq!(c.discovered("local", "any-name"), Some(2048));
+        assert_eq!(c.discovered("other", "smollm2"), None);
+    }
+}

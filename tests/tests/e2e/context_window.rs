@@ -1,0 +1,124 @@
+//! Context-window fallback: a prompt longer than the chosen target's window goes to the
+//! route's `context_fallback`; without one it is a 400 before any upstream call.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_tests::client::Client;
+use switchyard_tests::mock::{Behaviour, MockUpstream};
+use switchyard_tests::{Gateway, config_with};
+
+fn chat(model: &str, words: usize) -> Value {
+    json!({"model": model, "max_tokens": 10,
+        "messages": [{"role": "user", "content": "word ".repeat(words)}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_prompts_go_to_the_context_fallback_or_are_refused_before_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let routes = r#"
+[[routes]]
+model = "small"
+targets = [{ backend = "mock", model = "small-8k", context_window = 200 }]
+context_fallback = { backend = "mock", model = "big-128k" }
+
+[[routes]]
+model = "strict"
+targets = [{ backend = "mock", model = "small-8k", context_window = 200 }]
+"#;
+    let gw = Gateway::start(&config_with(&mock.url(), routes));
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+
+    // Fits: the chosen target.
+    let r = c.post_json(&url, &chat("small", 10), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock.last_request().unwrap().json()["model"], "small-8k");
+
+    // Too long (prompt + max_tokens over 200): the context fallback, named in the trail.
+    let r = c.post_json(&url, &chat("small", 400), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock.last_request().unwrap().json()["model"], "big-128k");
+    let trail = r.header("x-switchyard-attempts").unwrap();
+    assert!(
+        trail.starts_with("mock context_window_exceeded, mock@"),
+        "{trail}"
+    );
+
+    // The same through the Anthropic surface (the translated request is what is counted).
+    let r = c
+        .post_json(
+            &gw.url("/v1/messages"),
+            &json!({"model": "small", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "word ".repeat(400)}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock.last_request().unwrap().json()["model"], "big-128k");
+
+    // No fallback: a 400 from the gateway, and the upstream never asked.
+    let before = mock.completions();
+    let r = c.post_json(&url, &chat("strict", 400), &[]).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "context_length_exceeded");
+    assert!(e["message"].as_str().unwrap().contains("200 tokens"), "{e}");
+    assert_eq!(mock.completions(), before);
+    // max_tokens counts: a short prompt asking for more than the window is refused too.
+    let r = c
+        .post_json(
+            &url,
+            &json!({"model": "strict", "max_tokens": 500,
+            "messages": [{"role": "user", "content": "hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    let metrics = c.get(&gw.url("/metrics")).await.text();
+    assert!(
+        metrics
+            .contains("switchyard_context_overflow_total{route=\"small\",outcome=\"fallback\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("switchyard_context_overflow_total{route=\"strict\",outcome=\"rejected\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_reported_window_is_used_when_the_target_declares_none() {
+    let mock = MockUpstream::start().await;
+    mock.set_behaviour(Behaviour {
+        context_window: Some(100),
+        ..Behaviour::default()
+    });
+    let routes = r#"
+[[routes]]
+model = "local"
+targets = [{ backend = "mock" }]
+"#;
+    let gw = Gateway::start(&config_with(&mock.url(), routes));
+    let c = Client::new();
+    let url = gw.url("/v1/chat/completions");
+    // Discovery runs off the request path at start: wait until it took effect.
+    let start = Instant::now();
+    loop {
+        let r = c.post_json(&url, &chat("local", 400), &[]).await;
+        if r.status == 400 {
+            assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+            assert!(r.text().contains("100 tokens"), "{}", r.text());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the window was not discovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = c.post_json(&url, &chat("local", 5), &[]).await;
+    assert_eq!(r.status, 200);
+}
