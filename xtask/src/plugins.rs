@@ -18,7 +18,12 @@ use std::process::Command;
 use crate::{cargo, root, run};
 
 /// First-party plugins: crate name, output file stem.
-const PLUGINS: &[&str] = &["complexity-router", "prompt-adapter", "json-validator"];
+const PLUGINS: &[&str] = &[
+    "complexity-router",
+    "prompt-adapter",
+    "json-validator",
+    "learned-router",
+];
 const FIXTURES: &[&str] = &["hostile"];
 
 pub fn build() -> Result<(), String> {

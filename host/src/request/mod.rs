@@ -77,6 +77,9 @@ async fn process(
     let decision = classify::classify(services, ctx, &mut pass)?;
     let chosen = route::route(ctx, decision, &request, headers)?;
     admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
+    // Tags a `classify` plugin added (`prompt_version:v2`, `router:local`) go on the
+    // ledger row, so `spend --by tag` compares them.
+    ctx.account.add_tags(pass.tags());
     let _in_flight = services.plugins.stats.start(&chosen.backend.name);
     let (mirroring, capture) = mirror::sample(services, ctx, &request);
     let stream_end = Arc::new(StreamEnd {

@@ -9,6 +9,7 @@ mod abuse;
 mod cli;
 mod concurrency;
 mod errors;
+mod first_party;
 mod governance;
 mod lifecycle;
 mod local_worker;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod admin;
 pub mod keys;
+pub mod router;
 pub mod shadow;
 
 use crate::config::{self, ConfigSource, LogFormat, Runtime};
@@ -44,6 +45,9 @@ enum Command {
     Keys(keys::KeysCmd),
     /// Cost, tokens, requests and savings from the ledger.
     Spend(keys::SpendArgs),
+    /// The learned router: `router train`.
+    #[command(subcommand)]
+    Router(router::RouterCmd),
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +105,7 @@ pub fn main() -> ExitCode {
         }) => shadow::report(config.config, route, since, price, json),
         Command::Keys(k) => keys::keys(k),
         Command::Spend(a) => keys::spend(a),
+        Command::Router(r) => router::router(r),
     }
 }
 
