@@ -23,6 +23,8 @@ const PLUGINS: &[&str] = &[
     "prompt-adapter",
     "json-validator",
     "learned-router",
+    "prompt-versions",
+    "pii-mask",
 ];
 const FIXTURES: &[&str] = &["hostile"];
 
