@@ -150,3 +150,319 @@ targets = {{ local = {{ backend = "local", model = "llama-3.1-8b" }}, premium = 
     );
     stop(gw);
 }
+
+// ---------------------------------------------------------------------------------------
+// prompt-versions
+
+fn prompts_config(db: &Path, v2_text: &str) -> String {
+    format!(
+        r#"
+[plugins.config.prompt-versions.prompts.support.versions.v1]
+weight = 70
+system = "You are Acme support (v1). The customer is {{customer}}."
+
+[plugins.config.prompt-versions.prompts.support.versions.v2]
+weight = 30
+system = "{v2_text}"
+
+[plugins.config.prompt-versions.prompts.sales]
+sticky = true
+[plugins.config.prompt-versions.prompts.sales.versions.a]
+system = "Sales prompt A."
+[plugins.config.prompt-versions.prompts.sales.versions.b]
+system = "Sales prompt B."
+
+[state]
+path = "{}"
+"#,
+        db.display()
+    )
+}
+
+/// The system prompt the upstream received for request `i` (tagged `metadata.req`).
+fn systems_by_request(mock: &MockUpstream) -> std::collections::HashMap<String, String> {
+    mock.requests()
+        .iter()
+        .filter_map(|r| {
+            let v = r.json();
+            let req = v["metadata"]["req"].as_str()?.to_string();
+            let first = &v["messages"][0];
+            assert_eq!(first["role"], "system", "{v}");
+            assert_eq!(
+                v["messages"].as_array().unwrap().len(),
+                2,
+                "client system replaced"
+            );
+            Some((req, first["content"].as_str()?.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_versions_split_by_weight_stick_to_callers_reach_the_ledger_and_reload() {
+    let (local, premium, dir) = setup(&["prompt-versions"]).await;
+    let db = dir.path().join("ledger.db");
+    const V2: &str = "Acme support v2 for {customer} on the {plan} plan.";
+    let text = config(
+        &local,
+        &premium,
+        &dir.path().join("plugins"),
+        &prompts_config(&db, V2),
+    );
+    let gw = Gateway::start(&text);
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+    const N: usize = 1000;
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    for i in 0..N {
+        let (c, url, sem) = (c.clone(), url.clone(), sem.clone());
+        tasks.spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            let body = json!({"model": "gpt-4o", "messages": [
+                {"role": "system", "content": "client's own system prompt"},
+                {"role": "user", "content": format!("my order {i} has not arrived")}],
+                "metadata": {"prompt": "support", "customer": "Ann", "plan": "Pro", "req": format!("s{i}")}});
+            let r = c.post_json(&url, &body, &[]).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let systems = systems_by_request(&premium);
+    let v1 = systems
+        .values()
+        .filter(|s| *s == "You are Acme support (v1). The customer is Ann.")
+        .count();
+    let v2 = systems
+        .values()
+        .filter(|s| *s == "Acme support v2 for Ann on the Pro plan.")
+        .count();
+    assert_eq!(
+        v1 + v2,
+        N,
+        "every request got one of the versions, rendered"
+    );
+    let share = v1 as f64 / N as f64;
+    assert!(
+        (share - 0.70).abs() <= 0.03,
+        "v1 got {share} of the traffic, want 0.70 ± 0.03"
+    );
+
+    // Sticky: each caller (`user`) keeps one version of `sales` across its requests.
+    let mut seen = std::collections::HashSet::new();
+    for caller in 0..12 {
+        let mut versions = std::collections::HashSet::new();
+        for i in 0..8 {
+            let tag = format!("c{caller}-{i}");
+            let body = json!({"model": "gpt-4o", "user": format!("caller-{caller}"),
+                "messages": [{"role": "user", "content": format!("quote for {i} seats")}],
+                "metadata": {"prompt": "sales", "req": tag.clone()}});
+            let r = chat(&gw, &body, &[]).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            versions.insert(systems_by_request(&premium)[&tag].clone());
+        }
+        assert_eq!(versions.len(), 1, "caller {caller} switched: {versions:?}");
+        seen.extend(versions);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "twelve callers should not all land on one version"
+    );
+
+    // The prompts change with the config file.
+    std::fs::write(&gw.config_path, text.replace(V2, "Reloaded v2 prompt.")).unwrap();
+    let mut reloaded = false;
+    for i in 0..200 {
+        let tag = format!("r{i}");
+        let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": format!("reload probe {i}")}],
+            "metadata": {"prompt": "support", "customer": "Ann", "req": tag.clone()}});
+        assert_eq!(chat(&gw, &body, &[]).await.status, 200);
+        if systems_by_request(&premium)[&tag] == "Reloaded v2 prompt." {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "the new v2 prompt never reached the upstream");
+    stop(gw);
+
+    // `spend --by tag` shows both versions with the requests each served.
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let (code, out, err) = run_switchyard(
+        &[
+            "spend",
+            "--by",
+            "tag",
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let rep: Value = serde_json::from_str(&out).unwrap();
+    let requests = |tag: &str| -> u64 {
+        rep["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["group"] == tag)
+            .map(|l| l["requests"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(requests("prompt_version:v1") >= v1 as u64, "{out}");
+    assert!(requests("prompt_version:v2") >= v2 as u64, "{out}");
+    assert!(requests("prompt:support") >= N as u64, "{out}");
+}
+
+// ---------------------------------------------------------------------------------------
+// pii-mask
+
+const PII_CONFIG: &str = r#"
+[plugins.config.pii-mask]
+external_backends = ["openai"]
+
+[plugins.overrides.pii-mask]
+validate_streams = "buffer"
+on_error = "reject"
+"#;
+
+fn fixture() -> Value {
+    let text =
+        std::fs::read_to_string(workspace_root().join("tests/fixtures/pii/messages.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The streamed answer's text, joined from its content deltas.
+fn streamed_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pii_never_reaches_the_external_upstream_and_comes_back_complete_and_streamed() {
+    let (local, premium, dir) = setup(&["pii-mask"]).await;
+    let gw = Gateway::start(&config(
+        &local,
+        &premium,
+        &dir.path().join("plugins"),
+        PII_CONFIG,
+    ));
+    let fx = fixture();
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+    const CHUNKS: usize = 40;
+    let mut split_placeholders = 0;
+    for (i, m) in fx["seeded"].as_array().unwrap().iter().enumerate() {
+        let text = m["text"].as_str().unwrap();
+        let values: Vec<&str> = m["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let body = json!({"model": "gpt-4o", "mock_echo": true,
+            "messages": [{"role": "user", "content": text}]});
+        // Complete.
+        let r = c.post_json(&url, &body, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            text,
+            "message {i}: the client gets every original back"
+        );
+        let sent = premium.requests().last().unwrap().json();
+        let upstream_text = sent["messages"][0]["content"].as_str().unwrap().to_string();
+        for v in &values {
+            assert!(
+                !upstream_text.contains(v),
+                "message {i}: {v} reached the upstream: {upstream_text}"
+            );
+        }
+        assert!(
+            upstream_text.contains('<'),
+            "no placeholder in {upstream_text}"
+        );
+        // Streamed, the echo cut into 40 pieces: placeholders land across chunk borders.
+        let mut stream_body = body.clone();
+        stream_body["stream"] = json!(true);
+        let r = c
+            .post_stream(
+                &url,
+                &stream_body,
+                &[("x-mock", &format!("chunks={CHUNKS}"))],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            streamed_text(&r.json_events()),
+            text,
+            "message {i}, streamed"
+        );
+        let chars: Vec<char> = upstream_text.chars().collect();
+        let step = chars.len().div_ceil(CHUNKS).max(1);
+        let mut at = 0;
+        for piece in chars.chunks(step) {
+            let piece: String = piece.iter().collect();
+            let (open, close) = (piece.rfind('<'), piece.rfind('>'));
+            if open.is_some_and(|o| close.is_none_or(|c| c < o)) {
+                split_placeholders += 1;
+            }
+            at += piece.len();
+        }
+        assert_eq!(at, upstream_text.len());
+    }
+    assert!(
+        split_placeholders >= 20,
+        "only {split_placeholders} placeholders were split across chunks"
+    );
+    // Clean messages: no false positive, the upstream sees them unchanged.
+    for m in fx["clean"].as_array().unwrap() {
+        let text = m.as_str().unwrap();
+        let body = json!({"model": "gpt-4o", "mock_echo": true,
+            "messages": [{"role": "user", "content": text}]});
+        let r = c.post_json(&url, &body, &[]).await;
+        assert_eq!(r.status, 200);
+        let sent = premium.requests().last().unwrap().json();
+        assert_eq!(sent["messages"][0]["content"], text, "false positive");
+        assert_eq!(r.json()["choices"][0]["message"]["content"], text);
+    }
+    let metrics = Client::new().get(&gw.url("/metrics")).await.text();
+    for entity in ["email", "phone", "card", "iban", "ssn", "ip"] {
+        assert!(
+            metrics.contains(&format!(r#"plugin="pii-mask",name="masked_{entity}"}}"#)),
+            "no masked_{entity} counter"
+        );
+    }
+    stop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pii_goes_unmasked_to_local_backends_and_stays_masked_with_restore_off() {
+    let (local, premium, dir) = setup(&["pii-mask"]).await;
+    let extra = "\n[plugins.config.pii-mask]\nexternal_backends = [\"openai\"]\nrestore = false\n";
+    let text = config(&local, &premium, &dir.path().join("plugins"), extra).replace(
+        "[[routes]]\nmodel = \"*\"",
+        "[[routes]]\nmodel = \"llama\"\ntargets = [{ backend = \"local\" }]\n\n[[routes]]\nmodel = \"*\"",
+    );
+    let gw = Gateway::start(&text);
+    let msg = "I am ann@example.com, card 4111 1111 1111 1111";
+    let body = json!({"model": "llama", "mock_echo": true, "messages": [{"role": "user", "content": msg}]});
+    let r = chat(&gw, &body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(local.requests()[0].json()["messages"][0]["content"], msg);
+    let body = json!({"model": "gpt-4o", "mock_echo": true, "messages": [{"role": "user", "content": msg}]});
+    let r = chat(&gw, &body, &[]).await;
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "I am <EMAIL_1>, card <CARD_1>"
+    );
+    stop(gw);
+}
