@@ -53,8 +53,16 @@ impl<'a> Input<'a> {
                     ),
                     _ => {}
                 }
-                if m.get("tool_calls").is_some_and(|c| !c.is_null())
-                    || m.get("role").and_then(Value::as_str) == Some("tool")
+                let has_calls = m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| !c.is_empty());
+                // The gateway reads the legacy `function` role as `tool`.
+                if has_calls
+                    || matches!(
+                        m.get("role").and_then(Value::as_str),
+                        Some("tool" | "function")
+                    )
                 {
                     input.has_tools = true;
                 }

@@ -212,7 +212,7 @@ fn luhn(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The number has the prefix and length of a card network (Visa, Mastercard, Amex,

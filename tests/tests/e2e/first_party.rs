@@ -315,9 +315,16 @@ async fn prompt_versions_split_by_weight_stick_to_callers_reach_the_ledger_and_r
             .map(|l| l["requests"].as_u64().unwrap())
             .sum()
     };
-    assert!(requests("prompt_version:v1") >= v1 as u64, "{out}");
-    assert!(requests("prompt_version:v2") >= v2 as u64, "{out}");
-    assert!(requests("prompt:support") >= N as u64, "{out}");
+    let summary = format!(
+        "prompt_version:v1 {}, prompt_version:v2 {}, prompt:support {}",
+        requests("prompt_version:v1"),
+        requests("prompt_version:v2"),
+        requests("prompt:support")
+    );
+    // The reload probes add requests to v1 or v2 beyond the measured 1,000.
+    assert!(requests("prompt_version:v1") >= v1 as u64, "{summary}");
+    assert!(requests("prompt_version:v2") >= v2 as u64, "{summary}");
+    assert!(requests("prompt:support") >= N as u64, "{summary}");
 }
 
 // ---------------------------------------------------------------------------------------
