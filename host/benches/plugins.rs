@@ -43,6 +43,17 @@ instances = "{instances}"
 [plugins.config.complexity-router]
 local_model = "llama-3.1-8b"
 premium_model = "gpt-4o"
+[plugins.config.learned-router]
+model = {{ from_file = "{model}" }}
+targets = {{ local = {{ backend = "local", model = "llama-3.1-8b" }}, premium = {{ backend = "openai", model = "gpt-4o" }} }}
+[plugins.config.prompt-versions.prompts.support.versions.v1]
+weight = 70
+system = "You are Acme support. The customer is {{customer}}."
+[plugins.config.prompt-versions.prompts.support.versions.v2]
+weight = 30
+system = "Acme support v2 for {{customer}}."
+[plugins.config.pii-mask]
+external_backends = ["openai"]
 [[backends]]
 name = "local"
 url = "http://127.0.0.1:9/v1"
@@ -55,6 +66,7 @@ targets = [{{ backend = "openai" }}]
 "#,
         dir.display(),
         cache.display(),
+        model = root().join("examples/router/router.json").display(),
     );
     match load_str(&text, ConfigSource::Embedded) {
         Ok(rt) => rt,
@@ -62,11 +74,21 @@ targets = [{{ backend = "openai" }}]
     }
 }
 
+/// The first-party plugins (`plugins/*.wasm`), benchmarked under their own names.
+const FIRST_PARTY: &[&str] = &[
+    "complexity-router",
+    "prompt-adapter",
+    "json-validator",
+    "learned-router",
+    "prompt-versions",
+    "pii-mask",
+];
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-const REQUEST: &str = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant. Be brief."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"temperature":0.2,"response_format":{"type":"json_object"},"user":"bench"}"#;
+const REQUEST: &str = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant. Be brief."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"temperature":0.2,"response_format":{"type":"json_object"},"user":"bench","metadata":{"prompt":"support","customer":"Ann"}}"#;
 const ANSWER: &[u8] = br#"{"id":"x","object":"chat.completion","model":"llama","choices":[{"index":0,"message":{"role":"assistant","content":"{\"capital\":\"Paris\"}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":5,"total_tokens":35}}"#;
 
 /// A runtime with `file` as the only plugin, named `name`, loaded; `None` if it cannot be
@@ -189,7 +211,8 @@ fn bench_stage(
     cache: &Path,
     instances: &str,
 ) {
-    let name = if stage == "classify" {
+    // The example policies run as `complexity-router`, with its config.
+    let name = if stage == "classify" && !FIRST_PARTY.contains(&label) {
         "complexity-router"
     } else {
         label
@@ -318,6 +341,11 @@ fn main() {
         ("complexity-router", "classify"),
         ("prompt-adapter", "adapt"),
         ("json-validator", "validate"),
+        ("learned-router", "classify"),
+        ("prompt-versions", "classify"),
+        ("prompt-versions", "adapt"),
+        ("pii-mask", "adapt"),
+        ("pii-mask", "validate"),
     ];
     for instances in ["pooled", "per-call"] {
         for (name, stage) in rust.into_iter().filter(|(n, _)| wanted(n)) {

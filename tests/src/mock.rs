@@ -658,9 +658,13 @@ pub fn tool_arguments() -> &'static str {
 
 /// The answer's text in `n` pieces (one per streamed chunk, one token each): the
 /// behaviour's `content`, else the request's `mock_content` (plugin tests script JSON
-/// answers), else `w0 w1 …`.
+/// answers), else with `"mock_echo": true` the last message's text as received (what a
+/// rewriting plugin sent on), else `w0 w1 …`.
 fn pieces(content: Option<&str>, req: &Value, n: usize) -> Vec<String> {
-    let Some(text) = content.or(req["mock_content"].as_str()) else {
+    let echo = (req["mock_echo"] == Value::Bool(true))
+        .then(|| req["messages"].as_array()?.last()?["content"].as_str())
+        .flatten();
+    let Some(text) = content.or(req["mock_content"].as_str()).or(echo) else {
         return words(n);
     };
     let chars: Vec<char> = text.chars().collect();

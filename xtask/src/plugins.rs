@@ -18,7 +18,14 @@ use std::process::Command;
 use crate::{cargo, root, run};
 
 /// First-party plugins: crate name, output file stem.
-const PLUGINS: &[&str] = &["complexity-router", "prompt-adapter", "json-validator"];
+const PLUGINS: &[&str] = &[
+    "complexity-router",
+    "prompt-adapter",
+    "json-validator",
+    "learned-router",
+    "prompt-versions",
+    "pii-mask",
+];
 const FIXTURES: &[&str] = &["hostile"];
 
 pub fn build() -> Result<(), String> {

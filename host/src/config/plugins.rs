@@ -243,7 +243,10 @@ impl Settings {
         for (name, table) in s.config.iter().flatten() {
             let values = table
                 .iter()
-                .map(|(k, v)| (k.clone(), value_text(v)))
+                .map(|(k, v)| {
+                    let path = format!("plugins.config.{name}.{k}");
+                    (k.clone(), config_value(&path, v, problems))
+                })
                 .collect();
             config.insert(name.clone(), Arc::new(values));
         }
@@ -284,6 +287,36 @@ impl Settings {
             .values()
             .map(|l| l.timeout)
             .fold(self.defaults.timeout, Duration::min)
+    }
+}
+
+/// A config value's text: `{ from_file = "PATH" }` is the file's content (read on every load
+/// and reload, so a model or prompt file changes with the config; a relative path is
+/// relative to the working directory, like `dir`), anything else as [`value_text`].
+fn config_value(path: &str, v: &toml::Value, problems: &mut Vec<Problem>) -> String {
+    let file = match v {
+        toml::Value::Table(t) if t.len() == 1 => t.get("from_file"),
+        _ => None,
+    };
+    match file {
+        Some(toml::Value::String(file)) => match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                problems.push(Problem::new(
+                    format!("{path}.from_file"),
+                    format!("cannot read {file:?}: {e}"),
+                ));
+                String::new()
+            }
+        },
+        Some(_) => {
+            problems.push(Problem::new(
+                format!("{path}.from_file"),
+                "must be a file path (a string)",
+            ));
+            String::new()
+        }
+        None => value_text(v),
     }
 }
 
@@ -441,6 +474,30 @@ targets = [{ backend = "b" }]
         assert_eq!(c["list"], r#"["a","b"]"#);
         assert!(s.config_for("other").is_empty());
         assert_eq!(s.defaults.timeout.as_millis(), 50);
+    }
+
+    #[test]
+    fn a_from_file_value_is_the_files_text_and_a_missing_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("router.json");
+        std::fs::write(&model, r#"{"format":1}"#).unwrap();
+        let text = |file: &std::path::Path| {
+            format!(
+                "[plugins]\ndir = \"p\"\n[plugins.config.learned-router]\nmodel = {{ from_file = {:?} }}\n\n[[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:9/v1\"\n\n[[routes]]\nmodel = \"*\"\ntargets = [{{ backend = \"b\" }}]\n",
+                file.display().to_string()
+            )
+        };
+        let rt = load_str(&text(&model), ConfigSource::Embedded).unwrap();
+        let c = rt.plugins.as_ref().unwrap().config_for("learned-router");
+        assert_eq!(c["model"], r#"{"format":1}"#);
+        let err = load_str(&text(&dir.path().join("gone.json")), ConfigSource::Embedded)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plugins.config.learned-router.model.from_file")
+                && err.contains("gone.json"),
+            "{err}"
+        );
     }
 }
 

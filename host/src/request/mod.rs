@@ -115,6 +115,9 @@ async fn process(
     let chosen = route::route(&services.rollouts, ctx, decision, &request, headers)?;
     let chosen = fit::fit(services, ctx, &request, chosen)?;
     admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
+    // Tags a `classify` plugin added (`prompt_version:v2`, `router:local`) go on the
+    // ledger row, so `spend --by tag` compares them.
+    ctx.account.add_tags(pass.tags());
     let caching = cache::lookup(services, ctx, &request, headers, &chosen).await?;
     if let cache::Lookup::Hit(answer) = caching {
         return Ok(answer);

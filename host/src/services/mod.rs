@@ -174,6 +174,7 @@ impl Services {
 
     /// Put a version in force; requests in flight keep the one they loaded.
     pub fn install(&self, snapshot: Arc<Snapshot>) {
+        self.plugins.reconfigure(&snapshot.config);
         self.snapshot.store(snapshot);
     }
 }

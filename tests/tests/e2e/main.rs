@@ -14,6 +14,7 @@ mod concurrency;
 mod context_window;
 mod errors;
 mod eval;
+mod first_party;
 mod governance;
 mod gpu_cost;
 mod lifecycle;

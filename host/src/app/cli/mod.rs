@@ -13,6 +13,7 @@ pub mod admin;
 pub mod capture;
 pub mod keys;
 pub mod rollout;
+pub mod router;
 pub mod shadow;
 
 use crate::config::{self, ConfigSource, LogFormat, Runtime};
@@ -54,6 +55,9 @@ enum Command {
     /// Staged rollouts: `status` (from the store), `pause|resume|promote|abort ROUTE`.
     #[command(subcommand)]
     Rollout(rollout::RolloutCmd),
+    /// The learned router: `router train`.
+    #[command(subcommand)]
+    Router(router::RouterCmd),
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +141,7 @@ pub fn main() -> ExitCode {
             limit,
         }) => capture::export(config.config, route, since, limit),
         Command::Rollout(r) => rollout::rollout(r),
+        Command::Router(r) => router::router(r),
     }
 }
 

@@ -341,6 +341,23 @@ fn collect_tags(
     tags
 }
 
+impl Account {
+    /// Add tags decided after admission's own (a `classify` plugin's), under the same limits
+    /// as the key's, header's and metadata's tags, so the ledger row carries them.
+    pub fn add_tags(&mut self, more: &[String]) {
+        for t in more {
+            let t = t.trim();
+            if !t.is_empty()
+                && t.len() <= MAX_TAG_LEN
+                && self.tags.len() < MAX_TAGS
+                && !self.tags.iter().any(|x| x == t)
+            {
+                self.tags.push(t.to_string());
+            }
+        }
+    }
+}
+
 /// `ceil(bytes / 4)`: the byte-based token estimate.
 pub fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)

@@ -230,6 +230,39 @@ impl Plugins {
         })
     }
 
+    /// A config version whose `[plugins.config.*]` values differ from the loaded ones: load
+    /// every plugin again with the new values (compiled code comes from the engine's cache),
+    /// since a plugin reads its values once per instance. Prompt tables and models thus
+    /// change with a config reload or rollback; the other `[plugins]` keys keep the values
+    /// the gateway started with. Returns whether the set was swapped.
+    pub fn reconfigure(&self, rt: &Runtime) -> bool {
+        let current = self.current();
+        let (Some(old), Some(new)) = (&current.settings, &rt.plugins) else {
+            return false;
+        };
+        if old.config == new.config {
+            return false;
+        }
+        let settings = Arc::new(Settings {
+            config: new.config.clone(),
+            ..(**old).clone()
+        });
+        match self.load_all(&settings) {
+            Ok(report) => {
+                tracing::info!(
+                    loaded = report.loaded.len(),
+                    failed = report.failed.len(),
+                    "plugins reloaded with the new [plugins.config] values"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "plugins not reloaded; the loaded ones stay");
+                false
+            }
+        }
+    }
+
     /// Look at the folder once; reload what changed. Returns whether the set was swapped.
     pub fn rescan(&self) -> bool {
         let current = self.current();

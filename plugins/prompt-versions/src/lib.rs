@@ -1,0 +1,419 @@
+//! `prompt-versions` (stages `classify` + `adapt`): versioned system prompts, split by weight
+//! across traffic, with each request's version on its ledger row.
+//!
+//! A request names its prompt in `metadata.prompt` (`"metadata": {"prompt": "support"}`).
+//! The plugin picks one of the prompt's versions by weight, `classify` tags the request
+//! `prompt:<name>` and `prompt_version:<version>` (the ledger row carries them: `switchyard
+//! spend --by tag` compares the versions), and `adapt` puts the version's system prompt in
+//! the request, its `{variables}` filled from the request's `metadata`.
+//!
+//! The pick is a hash, not a coin: both stages (separate calls, possibly on different
+//! instances) arrive at the same version without sharing state, and a retried request gets
+//! the version it had. Without `sticky` the hash is of the request's content (different
+//! requests split by weight); with `sticky` it is of the caller, the request's `user`
+//! member (else `metadata.user`), so a caller keeps its version across requests. Put
+//! `prompt-versions` before other `adapt` plugins in `[plugins] order`: they may rewrite the
+//! messages the hash reads.
+//!
+//! Config keys (`[plugins.config.prompt-versions]`):
+//!
+//! | key | default | meaning |
+//! | --- | --- | --- |
+//! | `prompts.<name>.versions.<version>.system` | (required) | the version's system prompt; `{var}` is replaced by `metadata.var` (a string or number), unknown variables stay as written |
+//! | `prompts.<name>.versions.<version>.weight` | `1` | its share of traffic (relative to the other versions; `0` takes it out) |
+//! | `prompts.<name>.mode` | `"replace"` | `"replace"`: the client's system/developer messages are removed and the version's put first; `"inject"`: the version's is put before the client's |
+//! | `prompts.<name>.sticky` | `sticky` | pick per caller instead of per request |
+//! | `sticky` | `false` | the default of every prompt's `sticky` |
+//!
+//! `prompts` may also be `{ from_file = "prompts.json" }` (the same table as JSON). The
+//! values change with a config reload. Metrics (`switchyard_plugin_counter_total{plugin=
+//! "prompt-versions"}`): `picked_<name>_<version>`, `unknown_prompt`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde_json::{Map, Value};
+use switchyard_sdk::host::{Level, config, counter_add, log};
+use switchyard_sdk::{
+    Adapt, BackendStatus, Caller, Classify, ContentPart, Decision, Message, Request, Role, Target,
+};
+
+pub struct PromptVersions;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Replace,
+    Inject,
+}
+
+#[derive(Debug)]
+struct Version {
+    name: String,
+    weight: f64,
+    system: String,
+}
+
+#[derive(Debug)]
+struct Prompt {
+    mode: Mode,
+    sticky: bool,
+    versions: Vec<Version>,
+    total: f64,
+}
+
+type Prompts = Vec<(String, Prompt)>;
+
+fn load() -> Result<Prompts, String> {
+    let default_sticky = match config("sticky").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(format!("`sticky` must be true or false, got {other:?}")),
+    };
+    let Some(text) = config("prompts") else {
+        return Ok(Vec::new());
+    };
+    let table: Map<String, Value> =
+        serde_json::from_str(&text).map_err(|_| "`prompts` must be a table of prompts")?;
+    let mut prompts = Vec::new();
+    for (name, p) in table {
+        let at = format!("prompts.{name}");
+        let mode = match p.get("mode").map(|m| m.as_str()) {
+            None | Some(Some("replace")) => Mode::Replace,
+            Some(Some("inject")) => Mode::Inject,
+            _ => return Err(format!("`{at}.mode` must be \"replace\" or \"inject\"")),
+        };
+        let sticky = match p.get("sticky") {
+            None => default_sticky,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(format!("`{at}.sticky` must be true or false")),
+        };
+        let versions_table = p
+            .get("versions")
+            .and_then(Value::as_object)
+            .filter(|v| !v.is_empty())
+            .ok_or(format!("`{at}.versions` must be a table of versions"))?;
+        let mut versions = Vec::new();
+        for (v, body) in versions_table {
+            let system = body
+                .get("system")
+                .and_then(Value::as_str)
+                .ok_or(format!("`{at}.versions.{v}.system` must be a string"))?;
+            let weight = match body.get("weight") {
+                None => 1.0,
+                Some(w) => w
+                    .as_f64()
+                    .filter(|w| w.is_finite() && *w >= 0.0)
+                    .ok_or(format!(
+                        "`{at}.versions.{v}.weight` must be a number, 0 or more"
+                    ))?,
+            };
+            versions.push(Version {
+                name: v.clone(),
+                weight,
+                system: system.to_string(),
+            });
+        }
+        let total: f64 = versions.iter().map(|v| v.weight).sum();
+        if total <= 0.0 {
+            return Err(format!("`{at}.versions`: every weight is 0"));
+        }
+        prompts.push((
+            name,
+            Prompt {
+                mode,
+                sticky,
+                versions,
+                total,
+            },
+        ));
+    }
+    Ok(prompts)
+}
+
+thread_local! {
+    static PROMPTS: RefCell<Option<Rc<Prompts>>> = const { RefCell::new(None) };
+}
+
+/// This instance's prompts, read on first use. A broken table traps the call after logging
+/// why, so the gateway counts the failure and applies `on_error`.
+fn prompts() -> Rc<Prompts> {
+    PROMPTS.with(|p| {
+        if let Some(p) = p.borrow().as_ref() {
+            return p.clone();
+        }
+        let loaded = match load() {
+            Ok(l) => Rc::new(l),
+            Err(e) => {
+                log(Level::Error, &e);
+                panic!("{e}");
+            }
+        };
+        *p.borrow_mut() = Some(loaded.clone());
+        loaded
+    })
+}
+
+/// 64-bit FNV-1a, then a finaliser (splitmix64) so nearby inputs land far apart.
+struct Hash(u64);
+
+impl Hash {
+    fn new() -> Hash {
+        Hash(0xcbf2_9ce4_8422_2325)
+    }
+    fn add(&mut self, bytes: &[u8]) -> &mut Hash {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator, so ("ab", "c") and ("a", "bc") differ.
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        self
+    }
+    fn finish(&self) -> u64 {
+        let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// The request's top-level members other than the typed ones (`user`, `metadata`, ...).
+fn extra(req: &Request) -> Map<String, Value> {
+    serde_json::from_str(&req.extra).unwrap_or_default()
+}
+
+/// Who the caller is, as far as both stages can tell: `user`, else `metadata.user`.
+fn caller_id(extra: &Map<String, Value>) -> Option<String> {
+    extra
+        .get("user")
+        .and_then(Value::as_str)
+        .or_else(|| extra.get("metadata")?.get("user")?.as_str())
+        .map(str::to_string)
+}
+
+/// What the unsticky pick hashes: the conversation and the other members.
+fn fingerprint(req: &Request, h: &mut Hash) {
+    for m in &req.messages {
+        h.add(&[m.role as u8]);
+        for p in &m.content {
+            if let ContentPart::Text(t) = p {
+                h.add(t.as_bytes());
+            }
+        }
+    }
+    if let Some(p) = &req.prompt {
+        h.add(p.as_bytes());
+    }
+    h.add(req.extra.as_bytes());
+}
+
+/// The prompt the request names and the version it gets.
+fn choose<'p>(
+    prompts: &'p Prompts,
+    req: &Request,
+    extra: &Map<String, Value>,
+) -> Option<(&'p str, &'p Prompt, &'p Version)> {
+    let name = extra.get("metadata")?.get("prompt")?.as_str()?;
+    let Some((name, prompt)) = prompts.iter().find(|(n, _)| n == name) else {
+        counter_add("unknown_prompt", 1);
+        return None;
+    };
+    let mut h = Hash::new();
+    h.add(name.as_bytes());
+    match caller_id(extra).filter(|_| prompt.sticky) {
+        Some(id) => h.add(id.as_bytes()),
+        None => {
+            fingerprint(req, &mut h);
+            &mut h
+        }
+    };
+    // The top 53 bits as a uniform number in [0, 1).
+    let u = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    let mut at = u * prompt.total;
+    let version = prompt
+        .versions
+        .iter()
+        .find(|v| {
+            if at < v.weight {
+                return true;
+            }
+            at -= v.weight;
+            false
+        })
+        .or_else(|| prompt.versions.iter().rev().find(|v| v.weight > 0.0))?;
+    Some((name, prompt, version))
+}
+
+/// `{var}` replaced by `metadata.var` (strings and numbers); anything else stays.
+fn render(template: &str, metadata: Option<&Value>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after.find('}');
+        let var = close
+            .map(|c| &after[..c])
+            .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        let value = var.and_then(|v| match metadata?.get(v)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        });
+        match (value, close) {
+            (Some(value), Some(c)) => {
+                out.push_str(&value);
+                rest = &after[c + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl Classify for PromptVersions {
+    fn classify(req: Request, _who: Caller, _backends: Vec<BackendStatus>) -> Decision {
+        let prompts = prompts();
+        let extra = extra(&req);
+        let Some((name, _, version)) = choose(&prompts, &req, &extra) else {
+            return Decision::none();
+        };
+        counter_add(&format!("picked_{name}_{}", version.name), 1);
+        Decision::none()
+            .tag(&format!("prompt:{name}"))
+            .tag(&format!("prompt_version:{}", version.name))
+            .because(&format!("prompt {name} version {}", version.name))
+    }
+}
+
+impl Adapt for PromptVersions {
+    fn adapt(mut req: Request, _target: Target) -> Option<Request> {
+        let prompts = prompts();
+        let extra = extra(&req);
+        let (_, prompt, version) = choose(&prompts, &req, &extra)?;
+        let system = render(&version.system, extra.get("metadata"));
+        if prompt.mode == Mode::Replace {
+            req.messages
+                .retain(|m| !matches!(m.role, Role::System | Role::Developer));
+        }
+        req.messages.insert(0, Message::text(Role::System, &system));
+        Some(req)
+    }
+}
+
+switchyard_sdk::export_classify!(PromptVersions);
+switchyard_sdk::export_adapt!(PromptVersions);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_sdk::testing::*;
+
+    const PROMPTS: &str = r#"{"support":{"versions":{
+        "v1":{"weight":70,"system":"You help {customer} with Acme."},
+        "v2":{"weight":30,"system":"Acme support. Customer: {customer}. Plan: {plan}."}}}}"#;
+
+    fn request(text: &str, meta: Value) -> Request {
+        let mut r = chat(&[(Role::System, "client system"), (Role::User, text)]);
+        r.extra = serde_json::json!({ "metadata": meta }).to_string();
+        r
+    }
+
+    fn target() -> Target {
+        Target {
+            backend: "openai".into(),
+            model: "gpt-4o".into(),
+        }
+    }
+
+    #[test]
+    fn both_stages_agree_and_the_split_follows_the_weights() {
+        reset();
+        set_config("prompts", PROMPTS);
+        let mut v1 = 0;
+        for i in 0..2000 {
+            let req = request(
+                &format!("question {i}"),
+                serde_json::json!({"prompt": "support", "customer": "Ann"}),
+            );
+            let d = PromptVersions::classify(req.clone(), caller(), vec![]);
+            let version = d.tags[1]
+                .strip_prefix("prompt_version:")
+                .unwrap()
+                .to_string();
+            let out = PromptVersions::adapt(req, target()).unwrap();
+            assert_eq!(out.messages[0].role, Role::System);
+            assert_eq!(
+                out.messages.len(),
+                2,
+                "the client's system prompt is replaced"
+            );
+            let system = out.messages[0].text_content();
+            if version == "v1" {
+                assert_eq!(system, "You help Ann with Acme.");
+                v1 += 1;
+            } else {
+                assert_eq!(system, "Acme support. Customer: Ann. Plan: {plan}.");
+            }
+        }
+        let share = v1 as f64 / 2000.0;
+        assert!((share - 0.7).abs() < 0.03, "v1 share {share}");
+    }
+
+    #[test]
+    fn sticky_callers_keep_their_version() {
+        reset();
+        set_config("prompts", PROMPTS);
+        set_config("sticky", "true");
+        for user in ["u1", "u2", "u3", "u4", "u5"] {
+            let versions: std::collections::HashSet<String> = (0..20)
+                .map(|i| {
+                    let mut req =
+                        request(&format!("q{i}"), serde_json::json!({"prompt": "support"}));
+                    req.extra =
+                        serde_json::json!({"user": user, "metadata": {"prompt": "support"}})
+                            .to_string();
+                    PromptVersions::classify(req, caller(), vec![]).tags[1].clone()
+                })
+                .collect();
+            assert_eq!(versions.len(), 1, "{user}: {versions:?}");
+        }
+    }
+
+    #[test]
+    fn inject_keeps_the_clients_system_prompt_and_unknown_prompts_change_nothing() {
+        reset();
+        set_config(
+            "prompts",
+            r#"{"s":{"mode":"inject","versions":{"a":{"system":"first"}}}}"#,
+        );
+        let out =
+            PromptVersions::adapt(request("hi", serde_json::json!({"prompt": "s"})), target())
+                .unwrap();
+        let texts: Vec<String> = out.messages.iter().map(Message::text_content).collect();
+        assert_eq!(texts, ["first", "client system", "hi"]);
+        let req = request("hi", serde_json::json!({"prompt": "other"}));
+        assert!(PromptVersions::adapt(req.clone(), target()).is_none());
+        assert!(
+            PromptVersions::classify(req, caller(), vec![])
+                .tags
+                .is_empty()
+        );
+        assert_eq!(counter("unknown_prompt"), 2);
+    }
+
+    #[test]
+    fn a_bad_table_names_the_key() {
+        reset();
+        set_config(
+            "prompts",
+            r#"{"s":{"versions":{"a":{"weight":-1,"system":"x"}}}}"#,
+        );
+        assert!(load().unwrap_err().contains("prompts.s.versions.a.weight"));
+    }
+}
