@@ -6,7 +6,7 @@
 //! Weights are random bytes in the tensor's own format, with every scale field set so that a
 //! matrix keeps the RMS of its input (`gain` 1; the output matrix has gain 3 so logits have
 //! clear gaps). The vocabulary is bytes: `<unk>`, `<s>`, `</s>`, the 256 byte tokens
-//! `<0x00>`..`<0xFF>`, then unused fillers up to the shape's vocabulary size, so any text
+//! `<0x00>`..`<0xFF>`, the word boundary `▁`, then unused fillers up to the shape's vocabulary size, so any text
 //! tokenizes (byte fallback) and every token id decodes.
 
 use std::io::{self, Write};
@@ -229,6 +229,9 @@ fn metadata(spec: &Spec) -> Writer {
         tokens.push(format!("<0x{b:02X}>"));
         types.push(6);
     }
+    // SentencePiece's word boundary, so spaces decode as spaces.
+    tokens.push("\u{2581}".into());
+    types.push(1);
     while tokens.len() < s.n_vocab {
         tokens.push(format!("<unused{}>", tokens.len()));
         types.push(5);
@@ -264,6 +267,7 @@ fn metadata(spec: &Spec) -> Writer {
         .kv("tokenizer.ggml.bos_token_id", Value::U32(1))
         .kv("tokenizer.ggml.eos_token_id", Value::U32(2))
         .kv("tokenizer.ggml.unknown_token_id", Value::U32(0))
+        .kv("tokenizer.ggml.add_space_prefix", Value::Bool(false))
         .kv(
             "tokenizer.chat_template",
             Value::Str(

@@ -10,168 +10,30 @@
 // Test code: a failed unwrap is a test failure with its message.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+#[path = "support/gpu.rs"]
+mod support;
 
-use switchyard_worker::backend::cpu::CpuBackend;
-use switchyard_worker::backend::{Backend, KvCacheType, Output, SampleArgs, Solo, Want};
-use switchyard_worker::cuda::forward::{GpuBackend, GpuModel, GpuOptions};
+use support::{FORMATS, assert_close, backends, greedy_run, prompt};
+use switchyard_worker::backend::{Backend, KvCacheType, Solo, Want};
 use switchyard_worker::cuda::twin::TwinGpu;
-use switchyard_worker::gguf::Gguf;
 use switchyard_worker::kv::BlockAllocator;
-use switchyard_worker::model::Model;
 use switchyard_worker::quant::GgmlType;
-use switchyard_worker::sampling::{SamplingParams, argmax};
-use switchyard_worker::synth::{self, Shape, Spec};
+use switchyard_worker::synth::{Shape, Spec};
 
-fn model(spec: &Spec) -> Model {
-    let g = Arc::new(Gguf::from_bytes(synth::bytes(spec).unwrap()).unwrap());
-    Model::load(g).unwrap()
-}
-
-fn backends(spec: &Spec, kv: KvCacheType, max_tokens: usize) -> (CpuBackend, GpuBackend<TwinGpu>) {
-    let cpu = CpuBackend::new(model(spec), kv, 4 << 20).unwrap();
-    let opts = GpuOptions {
-        kv_bytes: Some(4 << 20),
-        kv_type: kv,
-        max_tokens,
-        max_positions: 256,
-        graphs: true,
-    };
-    let mut seen = Vec::new();
-    let gpu = GpuModel::load(TwinGpu::new(1 << 30), &model(spec), &opts, &mut |d, t| {
-        seen.push((d, t))
-    })
-    .unwrap();
-    // Load progress: increasing, ending at the total.
-    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
-    assert!(seen.last().is_some_and(|&(d, t)| d == t && t > 0));
-    (cpu, GpuBackend(gpu))
-}
-
-fn logits(o: &Output) -> &[f32] {
-    match o {
-        Output::Logits(l) => l,
-        other => panic!("expected logits, got {other:?}"),
-    }
-}
-
-/// Logits agree to within 2 % of their spread (summation orders differ; 8-bit activation
-/// rounding can amplify a last-bit difference), and pick the same token.
-fn assert_close(cpu: &[f32], gpu: &[f32], what: &str) {
-    assert_eq!(cpu.len(), gpu.len(), "{what}: length");
-    let (lo, hi) = cpu
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    let diff = cpu
-        .iter()
-        .zip(gpu)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(
-        diff <= 0.02 * (hi - lo),
-        "{what}: logits differ by {diff} (spread {})",
-        hi - lo
-    );
-    assert_eq!(argmax(cpu), argmax(gpu), "{what}: greedy token");
-}
-
-fn prompt(len: usize, salt: u32) -> Vec<u32> {
-    (0..len as u32)
-        .map(|i| 3 + (i * 37 + salt * 11) % 500)
-        .collect()
-}
-
-const GREEDY: SamplingParams = SamplingParams {
-    temperature: 0.0,
-    top_p: 1.0,
-    top_k: 0,
-    min_p: 0.0,
-    repetition_penalty: 1.0,
-    frequency_penalty: 0.0,
-    presence_penalty: 0.0,
-    seed: None,
-};
-
-/// Two sequences (a 21-token and a 5-token prompt) decoded greedily together for `steps`
-/// steps; the CPU samples from its logits, the twin on the device.
-fn greedy_run(spec: &Spec, kv: KvCacheType, steps: usize) {
-    let what = format!("{:?} (attn_v {:?}) KV {kv}", spec.ty, spec.v_ty);
-    let (mut cpu, mut gpu) = backends(spec, kv, 16);
-    let mut ac = BlockAllocator::new(cpu.kv_blocks());
-    let mut ag = BlockAllocator::new(gpu.kv_blocks());
-    let prompts = [prompt(21, 1), prompt(5, 2)];
-    let mut cs = [Solo::default(), Solo::default()];
-    let mut gs = [Solo::default(), Solo::default()];
-    let mut last = Vec::new();
-    let mut prompt_logits = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
-        let c = cs[i].feed(&mut cpu, &mut ac, p, Want::Last).unwrap();
-        let g = gs[i].feed(&mut gpu, &mut ag, p, Want::Last).unwrap();
-        assert_close(&c, &g, &format!("{what}: prompt {i}"));
-        last.push(argmax(&c));
-        prompt_logits.push(g);
-    }
-    let mut toks = [vec![last[0]], vec![last[1]]];
-    for step in 0..steps {
-        let (a, b) = cs.split_at_mut(1);
-        let (n0, n1) = ([toks[0][step]], [toks[1][step]]);
-        let out = Solo::step(
-            &mut cpu,
-            &mut ac,
-            &mut [(&mut a[0], &n0[..]), (&mut b[0], &n1[..])],
-            Want::Last,
-        )
-        .unwrap();
-        let want: Vec<u32> = out.iter().map(|o| argmax(logits(o))).collect();
-        let (ga, gb) = gs.split_at_mut(1);
-        let args = SampleArgs {
-            params: &GREEDY,
-            history: &[],
-            uniform: 0.0,
-        };
-        let got = Solo::step(
-            &mut gpu,
-            &mut ag,
-            &mut [(&mut ga[0], &n0[..]), (&mut gb[0], &n1[..])],
-            Want::Token(args),
-        )
-        .unwrap();
-        let got: Vec<u32> = got
-            .iter()
-            .map(|o| match o {
-                Output::Token(t) => *t,
-                other => panic!("{what}: expected a token, got {other:?}"),
-            })
-            .collect();
-        assert_eq!(got, want, "{what}: step {step}");
-        toks[0].push(want[0]);
-        toks[1].push(want[1]);
-    }
-    // The two prompts' logits differ: a forward that ignored its input would agree on them.
-    assert!(
-        toks[0] != toks[1] || prompt_logits[0] != prompt_logits[1],
-        "{what}: both sequences got the same answers"
-    );
+fn twin() -> TwinGpu {
+    TwinGpu::new(1 << 30)
 }
 
 #[test]
 fn twin_forward_matches_the_cpu_backend_in_every_format() {
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-        GgmlType::F16,
-    ] {
+    for ty in FORMATS {
         let spec = Spec {
             shape: Shape::tiny(),
             ty,
             v_ty: None,
             seed: 3,
         };
-        greedy_run(&spec, KvCacheType::F16, 3);
+        greedy_run(&spec, KvCacheType::F16, 3, twin());
     }
 }
 
@@ -184,13 +46,13 @@ fn twin_forward_with_mixed_formats_and_a_q8_0_cache() {
         v_ty: Some(GgmlType::Q6_K),
         seed: 4,
     };
-    greedy_run(&spec, KvCacheType::F16, 3);
+    greedy_run(&spec, KvCacheType::F16, 3, twin());
     let spec = Spec {
         ty: GgmlType::Q8_0,
         v_ty: None,
         ..spec
     };
-    greedy_run(&spec, KvCacheType::Q8_0, 3);
+    greedy_run(&spec, KvCacheType::Q8_0, 3, twin());
 }
 
 #[test]
@@ -202,7 +64,7 @@ fn steps_over_the_capacity_run_in_pieces_with_every_logit() {
         seed: 5,
     };
     // Capacity 16: a 40-token prompt wanting every logit runs as 16 + 16 + 8.
-    let (mut cpu, mut gpu) = backends(&spec, KvCacheType::F16, 16);
+    let (mut cpu, mut gpu) = backends(&spec, KvCacheType::F16, 16, twin());
     let mut ac = BlockAllocator::new(cpu.kv_blocks());
     let mut ag = BlockAllocator::new(gpu.kv_blocks());
     let p = prompt(40, 3);
@@ -231,7 +93,7 @@ fn bad_steps_are_errors() {
         v_ty: None,
         seed: 6,
     };
-    let (_, mut gpu) = backends(&spec, KvCacheType::F16, 16);
+    let (_, mut gpu) = backends(&spec, KvCacheType::F16, 16, twin());
     let n = gpu.kv_blocks() as u32;
     let step = switchyard_worker::backend::SeqStep {
         blocks: &[n],
