@@ -1,7 +1,7 @@
 //! Benchmarks of the worker's backends, each printed as JSON lines.
 //!
 //! `cargo run --release -p switchyard-worker --example bench -- [--threads N] [--model FILE]
-//! [--device cpu|cuda:N] [--kv-mb N] [--json] [WHAT...]`
+//! [--device cpu|cuda:N] [--kv-mb N] [--kv-cache-type f16|q8_0] [--json] [WHAT...]`
 //!
 //! `--model` is any GGUF (default SmolLM2 from the model cache; `examples/gen_gguf.rs` writes
 //! random-weight ones of a given shape and type); `--device` the backend (`cuda:N` needs the
@@ -11,7 +11,7 @@
 //!   CPU backend, next to llama.cpp's (`scripts/reference.py bench`, same file, same threads,
 //!   when llama-cpp-python is installed), in `--runs` (3) alternating runs, then the median of
 //!   each side. `--prompt-tokens 128 --gen 64 --batch 1` (`--batch N`: N sequences decode
-//!   together; llama.cpp's side is always one sequence; `--ours-only` skips llama.cpp, for
+//!   together, `--batch 1,64` each in turn; llama.cpp's side is always one sequence; `--ours-only` skips llama.cpp, for
 //!   profiling).
 //! - `prefix`: time to first token of two requests through the engine that share a
 //!   `--prefix-tokens` (1000) token prefix and differ in their last few tokens: the first
@@ -122,14 +122,18 @@ fn load() -> Result<switchyard_worker::Loaded, String> {
 
 fn load_on(device: Device) -> Result<switchyard_worker::Loaded, String> {
     let kv_mb = text_arg("--kv-mb").and_then(|v| v.parse::<usize>().ok());
+    let kv_type = text_arg("--kv-cache-type")
+        .unwrap_or_else(|| "f16".into())
+        .parse()
+        .map_err(|e| format!("--kv-cache-type {e}"))?;
     let opts = BackendOptions {
         device,
+        kv_type,
         kv_bytes: match (kv_mb, device) {
             (Some(mb), _) => Some(mb << 20),
             (None, Device::Cpu) => Some(KV_BYTES),
             (None, Device::Cuda(_)) => None,
         },
-        ..Default::default()
     };
     let path = model_path();
     let l = switchyard_worker::load_with(&path, &opts, |_| {}, |_, _| {})?;
@@ -164,7 +168,13 @@ fn median(v: &mut [f64]) -> f64 {
 fn throughput(threads: usize) -> Result<(), String> {
     let n_prompt = arg("--prompt-tokens", 128);
     let n_gen = arg("--gen", 64);
-    let batch = arg("--batch", 1).max(1);
+    // `--batch 1,64`: each batch size in turn on one loaded model.
+    let batches: Vec<usize> = text_arg("--batch")
+        .unwrap_or_else(|| "1".into())
+        .split(',')
+        .map(|b| b.trim().parse::<usize>().map(|b| b.max(1)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--batch: {e}"))?;
     let runs = arg("--runs", 3).max(1);
     let dev = device()?;
     let mut l = load()?;
@@ -178,40 +188,42 @@ fn throughput(threads: usize) -> Result<(), String> {
     // llama.cpp's side runs SmolLM2 on the CPU (scripts/reference.py); GPU figures come from
     // scripts/llama_cpp_gpu.sh.
     let reference_too = dev == Device::Cpu && text_arg("--model").is_none();
-    let (mut ours_p, mut ours_d, mut ref_p, mut ref_d) = (vec![], vec![], vec![], vec![]);
-    for run in 0..runs {
-        let (p, d) = ours(&mut l, &ids, n_gen, batch)?;
-        if !json_only() {
-            println!(
-                "{{\"run\": {run}, \"engine\": \"switchyard-worker ({dev})\", \"threads\": {threads}, \"simd\": {}, \"prompt_tokens\": {}, \"prefill_tok_s\": {p:.1}, \"gen_tokens\": {n_gen}, \"batch\": {batch}, \"decode_tok_s\": {d:.1}}}",
-                cfg!(target_arch = "x86_64") && switchyard_worker::quant::simd_available(),
-                ids.len()
+    for batch in batches {
+        let (mut ours_p, mut ours_d, mut ref_p, mut ref_d) = (vec![], vec![], vec![], vec![]);
+        for run in 0..runs {
+            let (p, d) = ours(&mut l, &ids, n_gen, batch)?;
+            if !json_only() {
+                println!(
+                    "{{\"run\": {run}, \"engine\": \"switchyard-worker ({dev})\", \"threads\": {threads}, \"simd\": {}, \"prompt_tokens\": {}, \"prefill_tok_s\": {p:.1}, \"gen_tokens\": {n_gen}, \"batch\": {batch}, \"decode_tok_s\": {d:.1}}}",
+                    cfg!(target_arch = "x86_64") && switchyard_worker::quant::simd_available(),
+                    ids.len()
+                );
+            }
+            ours_p.push(p);
+            ours_d.push(d);
+            if std::env::args().any(|a| a == "--ours-only") || !reference_too {
+                continue;
+            }
+            if let Some((p, d)) = reference(threads, n_prompt, n_gen) {
+                ref_p.push(p);
+                ref_d.push(d);
+            }
+        }
+        let (op, od) = (median(&mut ours_p), median(&mut ours_d));
+        print!(
+            "{{\"median_of\": {runs}, \"device\": \"{dev}\", \"model\": {:?}, \"threads\": {threads}, \"prompt_tokens\": {n_prompt}, \"gen_tokens\": {n_gen}, \"batch\": {batch}, \"ours\": {{\"prefill_tok_s\": {op:.1}, \"decode_tok_s\": {od:.1}}}",
+            model_path().display().to_string()
+        );
+        if ref_p.len() == runs {
+            let (rp, rd) = (median(&mut ref_p), median(&mut ref_d));
+            print!(
+                ", \"llama_cpp\": {{\"prefill_tok_s\": {rp:.1}, \"decode_tok_s\": {rd:.1}}}, \"ratio\": {{\"prefill\": {:.2}, \"decode\": {:.2}}}",
+                op / rp,
+                od / rd
             );
         }
-        ours_p.push(p);
-        ours_d.push(d);
-        if std::env::args().any(|a| a == "--ours-only") || !reference_too {
-            continue;
-        }
-        if let Some((p, d)) = reference(threads, n_prompt, n_gen) {
-            ref_p.push(p);
-            ref_d.push(d);
-        }
+        println!("}}");
     }
-    let (op, od) = (median(&mut ours_p), median(&mut ours_d));
-    print!(
-        "{{\"median_of\": {runs}, \"device\": \"{dev}\", \"model\": {:?}, \"threads\": {threads}, \"prompt_tokens\": {n_prompt}, \"gen_tokens\": {n_gen}, \"batch\": {batch}, \"ours\": {{\"prefill_tok_s\": {op:.1}, \"decode_tok_s\": {od:.1}}}",
-        model_path().display().to_string()
-    );
-    if ref_p.len() == runs {
-        let (rp, rd) = (median(&mut ref_p), median(&mut ref_d));
-        print!(
-            ", \"llama_cpp\": {{\"prefill_tok_s\": {rp:.1}, \"decode_tok_s\": {rd:.1}}}, \"ratio\": {{\"prefill\": {:.2}, \"decode\": {:.2}}}",
-            op / rp,
-            od / rd
-        );
-    }
-    println!("}}");
     Ok(())
 }
 
