@@ -398,9 +398,17 @@ pub mod writer {
     #[derive(Default)]
     pub struct Writer {
         kv: Vec<(String, Value)>,
-        /// (name, dims, type, data, data length): data is empty for a tensor only declared
-        /// ([`Writer::declare`]), whose bytes the caller streams after [`Writer::header`].
-        tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>, usize)>,
+        tensors: Vec<Entry>,
+    }
+
+    /// A tensor to write: `data` is empty for one only declared ([`Writer::declare`]), whose
+    /// `len` bytes the caller streams after [`Writer::header`].
+    struct Entry {
+        name: String,
+        dims: Vec<u64>,
+        ty: GgmlType,
+        data: Vec<u8>,
+        len: usize,
     }
 
     fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -457,9 +465,13 @@ pub mod writer {
             self
         }
         pub fn tensor(mut self, name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> Self {
-            let len = data.len();
-            self.tensors
-                .push((name.to_string(), dims.to_vec(), ty, data, len));
+            self.tensors.push(Entry {
+                name: name.to_string(),
+                dims: dims.to_vec(),
+                ty,
+                len: data.len(),
+                data,
+            });
             self
         }
         /// A tensor whose bytes are streamed after [`Writer::header`] (files too large to hold
@@ -467,8 +479,13 @@ pub mod writer {
         pub fn declare(mut self, name: &str, dims: &[u64], ty: GgmlType) -> Self {
             let rows: u64 = dims.iter().skip(1).product();
             let len = ty.row_bytes(dims.first().copied().unwrap_or(0) as usize) * rows as usize;
-            self.tensors
-                .push((name.to_string(), dims.to_vec(), ty, Vec::new(), len));
+            self.tensors.push(Entry {
+                name: name.to_string(),
+                dims: dims.to_vec(),
+                ty,
+                data: Vec::new(),
+                len,
+            });
             self
         }
         /// Everything before the first tensor's bytes (metadata, tensor table, alignment).
@@ -483,15 +500,15 @@ pub mod writer {
                 put_value(&mut out, v);
             }
             let mut off = 0u64;
-            for (name, dims, ty, _, len) in &self.tensors {
-                put_str(&mut out, name);
-                out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-                for d in dims {
+            for t in &self.tensors {
+                put_str(&mut out, &t.name);
+                out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+                for d in &t.dims {
                     out.extend_from_slice(&d.to_le_bytes());
                 }
-                out.extend_from_slice(&(*ty as u32).to_le_bytes());
+                out.extend_from_slice(&(t.ty as u32).to_le_bytes());
                 out.extend_from_slice(&off.to_le_bytes());
-                off += (*len as u64).div_ceil(32) * 32;
+                off += (t.len as u64).div_ceil(32) * 32;
             }
             while !out.len().is_multiple_of(32) {
                 out.push(0);
@@ -500,8 +517,8 @@ pub mod writer {
         }
         pub fn finish(self) -> Vec<u8> {
             let mut out = self.header();
-            for (_, _, _, data, _) in &self.tensors {
-                out.extend_from_slice(data);
+            for t in &self.tensors {
+                out.extend_from_slice(&t.data);
                 while !out.len().is_multiple_of(32) {
                     out.push(0);
                 }

@@ -126,6 +126,11 @@ impl CudaGpu {
                 .map_err(drv(&format!("loading kernels `{}`", m.name)))?;
             g.modules.push(module);
         }
+        // Every kernel up front: a missing one is a load error, and no module lookup happens
+        // later (some driver calls are not allowed while a graph is being captured).
+        for k in super::launch::all_kernels() {
+            g.function(&k)?;
+        }
         Ok(g)
     }
 

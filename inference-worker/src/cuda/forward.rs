@@ -210,7 +210,7 @@ fn check_shape(c: &Config) -> Result<(), BackendError> {
             c.n_embd, c.n_ff, qkv
         ));
     }
-    if c.n_rot % 2 != 0 {
+    if !c.n_rot.is_multiple_of(2) {
         return bad(format!("odd RoPE dimension {}", c.n_rot));
     }
     Ok(())
@@ -621,8 +621,11 @@ impl<G: Gpu> GpuModel<G> {
                     Some(&g) => g,
                     None => {
                         if self.gpu.begin_capture().map_err(err)? {
-                            self.launches(n, split, &p.wanted).map_err(err)?;
-                            let g = self.gpu.end_capture().map_err(err)?;
+                            let recorded = self.launches(n, split, &p.wanted);
+                            // End the capture whatever happened, so the stream runs again.
+                            let g = self.gpu.end_capture().map_err(err);
+                            recorded.map_err(err)?;
+                            let g = g?;
                             self.graphs.insert(key, g);
                             g
                         } else {
