@@ -1,12 +1,17 @@
-//! CPU benchmarks on SmolLM2, each printed as JSON lines.
+//! Benchmarks of the worker's backends, each printed as JSON lines.
 //!
-//! `cargo run --release -p switchyard-worker --example bench -- [--threads N] [WHAT...]`
+//! `cargo run --release -p switchyard-worker --example bench -- [--threads N] [--model FILE]
+//! [--device cpu|cuda:N] [--kv-mb N] [--kv-cache-type f16|q8_0] [--json] [WHAT...]`
+//!
+//! `--model` is any GGUF (default SmolLM2 from the model cache; `examples/gen_gguf.rs` writes
+//! random-weight ones of a given shape and type); `--device` the backend (`cuda:N` needs the
+//! `cuda` feature); `--json` prints only each benchmark's summary line.
 //!
 //! - `throughput` (the default): prefill and decode tokens/second of one sequence through the
 //!   CPU backend, next to llama.cpp's (`scripts/reference.py bench`, same file, same threads,
 //!   when llama-cpp-python is installed), in `--runs` (3) alternating runs, then the median of
 //!   each side. `--prompt-tokens 128 --gen 64 --batch 1` (`--batch N`: N sequences decode
-//!   together; llama.cpp's side is always one sequence; `--ours-only` skips llama.cpp, for
+//!   together, `--batch 1,64` each in turn; llama.cpp's side is always one sequence; `--ours-only` skips llama.cpp, for
 //!   profiling).
 //! - `prefix`: time to first token of two requests through the engine that share a
 //!   `--prefix-tokens` (1000) token prefix and differ in their last few tokens: the first
@@ -14,11 +19,17 @@
 //!   prefix caching off, for comparison.
 //! - `sampling`: the engine's sampling of `--seqs` (64) sequences at temperature 0.8, top_p 0.95,
 //!   on real SmolLM2 logits, in parallel across sequences as the engine does it, per sequence.
+//! - `bandwidth`: the memory-bandwidth roofline of the `--device`: on a GPU a device-to-device
+//!   copy of 1 GiB (bytes read + written per second), on the CPU a parallel read of 1 GiB.
+//! - `parity` (or `--parity`): the `--device` against the CPU backend on `--model`: the last
+//!   logits of a `--prompt-tokens` prompt (largest difference against their spread) and
+//!   `--gen` greedy tokens each; exits non-zero unless the tokens agree and the logits are
+//!   within 2 % of their spread. pp512 is `throughput --prompt-tokens 512`.
 
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
-use switchyard_worker::backend::{BackendOptions, Solo, Want};
+use switchyard_worker::backend::{BackendOptions, Device, Output, SampleArgs, Solo, Want};
 use switchyard_worker::engine::{Engine, EngineOptions, Event, GenRequest};
 use switchyard_worker::kv::BlockAllocator;
 use switchyard_worker::models_dir::{SMOLLM2, models_dir};
@@ -37,17 +48,46 @@ fn wants(what: &str) -> bool {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let named: Vec<&String> = a
         .iter()
-        .filter(|x| ["throughput", "prefix", "sampling"].contains(&x.as_str()))
+        .filter(|x| {
+            ["throughput", "prefix", "sampling", "bandwidth", "parity"].contains(&x.as_str())
+        })
         .collect();
+    if what == "parity" && a.iter().any(|x| x == "--parity") {
+        return true;
+    }
     if named.is_empty() {
-        what == "throughput"
+        what == "throughput" && !a.iter().any(|x| x == "--parity")
     } else {
         named.iter().any(|x| x.as_str() == what)
     }
 }
 
-/// 1 GiB of f16 KV cache: room for every benchmark here.
+/// 1 GiB of f16 KV cache on the CPU: room for every benchmark here. On a GPU the default is
+/// the free memory (`--kv-mb` sets either).
 const KV_BYTES: usize = 1 << 30;
+
+fn text_arg(name: &str) -> Option<String> {
+    let a: Vec<String> = std::env::args().collect();
+    a.iter()
+        .position(|x| x == name)
+        .and_then(|i| a.get(i + 1))
+        .cloned()
+}
+
+fn device() -> Result<Device, String> {
+    text_arg("--device")
+        .unwrap_or_else(|| "cpu".into())
+        .parse()
+        .map_err(|e| format!("--device {e}"))
+}
+
+fn json_only() -> bool {
+    std::env::args().any(|a| a == "--json")
+}
+
+fn model_path() -> std::path::PathBuf {
+    text_arg("--model").map_or_else(|| models_dir().join(SMOLLM2), Into::into)
+}
 
 fn main() -> Result<(), String> {
     let threads = arg(
@@ -67,15 +107,38 @@ fn main() -> Result<(), String> {
     if wants("sampling") {
         sampling()?;
     }
+    if wants("bandwidth") {
+        bandwidth(device()?)?;
+    }
+    if wants("parity") {
+        parity()?;
+    }
     Ok(())
 }
 
 fn load() -> Result<switchyard_worker::Loaded, String> {
+    load_on(device()?)
+}
+
+fn load_on(device: Device) -> Result<switchyard_worker::Loaded, String> {
+    let kv_mb = text_arg("--kv-mb").and_then(|v| v.parse::<usize>().ok());
+    let kv_type = text_arg("--kv-cache-type")
+        .unwrap_or_else(|| "f16".into())
+        .parse()
+        .map_err(|e| format!("--kv-cache-type {e}"))?;
     let opts = BackendOptions {
-        kv_bytes: Some(KV_BYTES),
-        ..Default::default()
+        device,
+        kv_type,
+        kv_bytes: match (kv_mb, device) {
+            (Some(mb), _) => Some(mb << 20),
+            (None, Device::Cpu) => Some(KV_BYTES),
+            (None, Device::Cuda(_)) => None,
+        },
     };
-    switchyard_worker::load_with(&models_dir().join(SMOLLM2), &opts, |_| {}, |_, _| {})
+    let path = model_path();
+    let l = switchyard_worker::load_with(&path, &opts, |_| {}, |_, _| {})?;
+    eprintln!("bench: {} on {}", path.display(), l.backend.describe());
+    Ok(l)
 }
 
 /// The benchmark prompt: the sentence llama.cpp's side uses, cut to `n` tokens.
@@ -86,6 +149,17 @@ fn prompt(l: &switchyard_worker::Loaded, n: usize) -> Vec<u32> {
     ids
 }
 
+const GREEDY: SamplingParams = SamplingParams {
+    temperature: 0.0,
+    top_p: 1.0,
+    top_k: 0,
+    min_p: 0.0,
+    repetition_penalty: 1.0,
+    frequency_penalty: 0.0,
+    presence_penalty: 0.0,
+    seed: None,
+};
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -94,41 +168,62 @@ fn median(v: &mut [f64]) -> f64 {
 fn throughput(threads: usize) -> Result<(), String> {
     let n_prompt = arg("--prompt-tokens", 128);
     let n_gen = arg("--gen", 64);
-    let batch = arg("--batch", 1).max(1);
+    // `--batch 1,64`: each batch size in turn on one loaded model.
+    let batches: Vec<usize> = text_arg("--batch")
+        .unwrap_or_else(|| "1".into())
+        .split(',')
+        .map(|b| b.trim().parse::<usize>().map(|b| b.max(1)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--batch: {e}"))?;
     let runs = arg("--runs", 3).max(1);
+    let dev = device()?;
     let mut l = load()?;
     let ids = prompt(&l, n_prompt);
-    let (mut ours_p, mut ours_d, mut ref_p, mut ref_d) = (vec![], vec![], vec![], vec![]);
-    for run in 0..runs {
-        let (p, d) = ours(&mut l, &ids, n_gen, batch)?;
-        println!(
-            "{{\"run\": {run}, \"engine\": \"switchyard-worker (cpu)\", \"threads\": {threads}, \"simd\": {}, \"prompt_tokens\": {}, \"prefill_tok_s\": {p:.1}, \"gen_tokens\": {n_gen}, \"batch\": {batch}, \"decode_tok_s\": {d:.1}}}",
-            cfg!(target_arch = "x86_64") && switchyard_worker::quant::simd_available(),
+    if ids.len() < n_prompt {
+        return Err(format!(
+            "the prompt has {} tokens, not {n_prompt}",
             ids.len()
-        );
-        ours_p.push(p);
-        ours_d.push(d);
-        if std::env::args().any(|a| a == "--ours-only") {
-            continue;
-        }
-        if let Some((p, d)) = reference(threads, n_prompt, n_gen) {
-            ref_p.push(p);
-            ref_d.push(d);
-        }
+        ));
     }
-    let (op, od) = (median(&mut ours_p), median(&mut ours_d));
-    print!(
-        "{{\"median_of\": {runs}, \"threads\": {threads}, \"ours\": {{\"prefill_tok_s\": {op:.1}, \"decode_tok_s\": {od:.1}}}"
-    );
-    if ref_p.len() == runs {
-        let (rp, rd) = (median(&mut ref_p), median(&mut ref_d));
+    // llama.cpp's side runs SmolLM2 on the CPU (scripts/reference.py); GPU figures come from
+    // scripts/llama_cpp_gpu.sh.
+    let reference_too = dev == Device::Cpu && text_arg("--model").is_none();
+    for batch in batches {
+        let (mut ours_p, mut ours_d, mut ref_p, mut ref_d) = (vec![], vec![], vec![], vec![]);
+        for run in 0..runs {
+            let (p, d) = ours(&mut l, &ids, n_gen, batch)?;
+            if !json_only() {
+                println!(
+                    "{{\"run\": {run}, \"engine\": \"switchyard-worker ({dev})\", \"threads\": {threads}, \"simd\": {}, \"prompt_tokens\": {}, \"prefill_tok_s\": {p:.1}, \"gen_tokens\": {n_gen}, \"batch\": {batch}, \"decode_tok_s\": {d:.1}}}",
+                    cfg!(target_arch = "x86_64") && switchyard_worker::quant::simd_available(),
+                    ids.len()
+                );
+            }
+            ours_p.push(p);
+            ours_d.push(d);
+            if std::env::args().any(|a| a == "--ours-only") || !reference_too {
+                continue;
+            }
+            if let Some((p, d)) = reference(threads, n_prompt, n_gen) {
+                ref_p.push(p);
+                ref_d.push(d);
+            }
+        }
+        let (op, od) = (median(&mut ours_p), median(&mut ours_d));
         print!(
-            ", \"llama_cpp\": {{\"prefill_tok_s\": {rp:.1}, \"decode_tok_s\": {rd:.1}}}, \"ratio\": {{\"prefill\": {:.2}, \"decode\": {:.2}}}",
-            op / rp,
-            od / rd
+            "{{\"median_of\": {runs}, \"device\": \"{dev}\", \"model\": {:?}, \"threads\": {threads}, \"prompt_tokens\": {n_prompt}, \"gen_tokens\": {n_gen}, \"batch\": {batch}, \"ours\": {{\"prefill_tok_s\": {op:.1}, \"decode_tok_s\": {od:.1}}}",
+            model_path().display().to_string()
         );
+        if ref_p.len() == runs {
+            let (rp, rd) = (median(&mut ref_p), median(&mut ref_d));
+            print!(
+                ", \"llama_cpp\": {{\"prefill_tok_s\": {rp:.1}, \"decode_tok_s\": {rd:.1}}}, \"ratio\": {{\"prefill\": {:.2}, \"decode\": {:.2}}}",
+                op / rp,
+                od / rd
+            );
+        }
+        println!("}}");
     }
-    println!("}}");
     Ok(())
 }
 
@@ -164,11 +259,18 @@ fn ours(
             .zip(&toks)
             .map(|(s, t)| (s, &t[..]))
             .collect();
-        let out = Solo::step(be, &mut alloc, &mut step, Want::Last).map_err(e)?;
+        // Greedy, sampled on the device where the backend can (only token ids come back).
+        let args = SampleArgs {
+            params: &GREEDY,
+            history: &[],
+            uniform: 0.0,
+        };
+        let out = Solo::step(be, &mut alloc, &mut step, Want::Token(args)).map_err(e)?;
         last = out
             .iter()
             .map(|o| match o {
-                switchyard_worker::backend::Output::Logits(l) => argmax(l),
+                Output::Logits(l) => argmax(l),
+                Output::Token(t) => *t,
                 _ => 0,
             })
             .collect();
@@ -360,4 +462,102 @@ fn thread_cpu_ns() -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The memory-bandwidth roofline of `dev` (see the module docs).
+fn bandwidth(dev: Device) -> Result<(), String> {
+    const BYTES: usize = 1 << 30;
+    let reps = arg("--reps", 20).max(1);
+    let gbs = match dev {
+        Device::Cpu => {
+            let v: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+            let mut best = 0f64;
+            for _ in 0..reps.min(5) {
+                let t = Instant::now();
+                let s: u64 = v.par_chunks(1 << 16).map(|c| c.iter().sum::<u64>()).sum();
+                std::hint::black_box(s);
+                best = best.max(BYTES as f64 / t.elapsed().as_secs_f64() / 1e9);
+            }
+            best
+        }
+        Device::Cuda(n) => gpu_bandwidth(n, BYTES, reps)?,
+    };
+    println!(
+        "{{\"bandwidth\": {{\"device\": \"{dev}\", \"bytes\": {BYTES}, \"gb_s\": {gbs:.1}}}}}"
+    );
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_bandwidth(ordinal: usize, bytes: usize, reps: usize) -> Result<f64, String> {
+    use switchyard_worker::cuda::device::Gpu;
+    use switchyard_worker::cuda::driver::CudaGpu;
+    let e = |e: switchyard_worker::cuda::device::GpuError| e.to_string();
+    let mut g = CudaGpu::new(ordinal).map_err(e)?;
+    let a = g.alloc(bytes, "probe").map_err(e)?;
+    let b = g.alloc(bytes, "probe").map_err(e)?;
+    g.copy(b, a, bytes).map_err(e)?;
+    let ((), ms) = g
+        .time(|g| {
+            for _ in 0..reps {
+                g.copy(b, a, bytes)?;
+            }
+            Ok(())
+        })
+        .map_err(e)?;
+    // Each copy reads and writes `bytes`.
+    Ok(2.0 * (bytes * reps) as f64 / (f64::from(ms) / 1e3) / 1e9)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_bandwidth(ordinal: usize, _bytes: usize, _reps: usize) -> Result<f64, String> {
+    Err(format!(
+        "--device cuda:{ordinal}: this build has no CUDA backend (rebuild with `--features cuda`)"
+    ))
+}
+
+/// `--device` against the CPU backend on `--model` (see the module docs).
+fn parity() -> Result<(), String> {
+    let dev = device()?;
+    let n_prompt = arg("--prompt-tokens", 24);
+    let n_gen = arg("--gen", 16);
+    let mut cpu = load_on(Device::Cpu)?;
+    let mut gpu = load_on(dev)?;
+    let ids = prompt(&cpu, n_prompt);
+    let e = |e: switchyard_worker::backend::BackendError| e.to_string();
+    let run = |l: &mut switchyard_worker::Loaded| -> Result<(Vec<f32>, Vec<u32>), String> {
+        let be = &mut *l.backend;
+        let mut alloc = BlockAllocator::new(be.kv_blocks());
+        let mut s = Solo::default();
+        let first = s.feed(be, &mut alloc, &ids, Want::Last).map_err(e)?;
+        let mut toks = vec![argmax(&first)];
+        for _ in 1..n_gen {
+            let last = [*toks.last().unwrap_or(&0)];
+            let l = s.feed(be, &mut alloc, &last, Want::Last).map_err(e)?;
+            toks.push(argmax(&l));
+        }
+        Ok((first, toks))
+    };
+    let (cl, ct) = run(&mut cpu)?;
+    let (gl, gt) = run(&mut gpu)?;
+    let spread =
+        cl.iter().copied().fold(f32::MIN, f32::max) - cl.iter().copied().fold(f32::MAX, f32::min);
+    let diff = cl
+        .iter()
+        .zip(&gl)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let same = ct.iter().zip(&gt).take_while(|(a, b)| a == b).count();
+    let pass = same == ct.len() && diff <= 0.02 * spread && cl.len() == gl.len();
+    println!(
+        "{{\"parity\": {{\"device\": \"{dev}\", \"model\": {:?}, \"prompt_tokens\": {}, \"max_logit_diff\": {diff:.5}, \"logit_spread\": {spread:.3}, \"greedy_tokens_equal\": {same}, \"greedy_tokens\": {}, \"pass\": {pass}}}}}",
+        model_path().display().to_string(),
+        ids.len(),
+        ct.len()
+    );
+    if pass {
+        Ok(())
+    } else {
+        Err(format!("parity failed: cpu {ct:?} vs {dev} {gt:?}"))
+    }
 }

@@ -398,7 +398,17 @@ pub mod writer {
     #[derive(Default)]
     pub struct Writer {
         kv: Vec<(String, Value)>,
-        tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)>,
+        tensors: Vec<Entry>,
+    }
+
+    /// A tensor to write: `data` is empty for one only declared ([`Writer::declare`]), whose
+    /// `len` bytes the caller streams after [`Writer::header`].
+    struct Entry {
+        name: String,
+        dims: Vec<u64>,
+        ty: GgmlType,
+        data: Vec<u8>,
+        len: usize,
     }
 
     fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -455,11 +465,31 @@ pub mod writer {
             self
         }
         pub fn tensor(mut self, name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> Self {
-            self.tensors
-                .push((name.to_string(), dims.to_vec(), ty, data));
+            self.tensors.push(Entry {
+                name: name.to_string(),
+                dims: dims.to_vec(),
+                ty,
+                len: data.len(),
+                data,
+            });
             self
         }
-        pub fn finish(self) -> Vec<u8> {
+        /// A tensor whose bytes are streamed after [`Writer::header`] (files too large to hold
+        /// in memory), in declaration order, each padded to 32 bytes.
+        pub fn declare(mut self, name: &str, dims: &[u64], ty: GgmlType) -> Self {
+            let rows: u64 = dims.iter().skip(1).product();
+            let len = ty.row_bytes(dims.first().copied().unwrap_or(0) as usize) * rows as usize;
+            self.tensors.push(Entry {
+                name: name.to_string(),
+                dims: dims.to_vec(),
+                ty,
+                data: Vec::new(),
+                len,
+            });
+            self
+        }
+        /// Everything before the first tensor's bytes (metadata, tensor table, alignment).
+        pub fn header(&self) -> Vec<u8> {
             let mut out = b"GGUF".to_vec();
             out.extend_from_slice(&3u32.to_le_bytes());
             out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
@@ -470,23 +500,25 @@ pub mod writer {
                 put_value(&mut out, v);
             }
             let mut off = 0u64;
-            let mut offs = Vec::new();
-            for (name, dims, ty, data) in &self.tensors {
-                put_str(&mut out, name);
-                out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-                for d in dims {
+            for t in &self.tensors {
+                put_str(&mut out, &t.name);
+                out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+                for d in &t.dims {
                     out.extend_from_slice(&d.to_le_bytes());
                 }
-                out.extend_from_slice(&(*ty as u32).to_le_bytes());
+                out.extend_from_slice(&(t.ty as u32).to_le_bytes());
                 out.extend_from_slice(&off.to_le_bytes());
-                offs.push(off);
-                off += (data.len() as u64).div_ceil(32) * 32;
+                off += (t.len as u64).div_ceil(32) * 32;
             }
             while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
-            for (_, _, _, data) in &self.tensors {
-                out.extend_from_slice(data);
+            out
+        }
+        pub fn finish(self) -> Vec<u8> {
+            let mut out = self.header();
+            for t in &self.tensors {
+                out.extend_from_slice(&t.data);
                 while !out.len().is_multiple_of(32) {
                     out.push(0);
                 }

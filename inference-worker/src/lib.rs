@@ -25,6 +25,7 @@ pub mod quant;
 pub mod sampling;
 pub mod scheduler;
 pub mod server;
+pub mod synth;
 pub mod tokenizer;
 pub mod tools;
 pub mod trace;

@@ -89,6 +89,12 @@ pub fn test(args: &[String]) -> Result<(), String> {
             "cuda_twin",
             "--test",
             "cuda_kernels",
+            // The whole CUDA forward on the twin against the CPU backend, and the GPU tests
+            // (which skip without SWITCHYARD_GPU=1 but for the no-driver error).
+            "--test",
+            "cuda_forward",
+            "--test",
+            "cuda_gpu",
         ]);
     }
     if let Some(d) = crate::clippy_driver() {

@@ -270,7 +270,7 @@ pub fn load(
 ) -> Result<Box<dyn Backend>, BackendError> {
     match opts.device {
         Device::Cpu => Ok(Box::new(cpu::CpuBackend::load(gguf, opts, read)?)),
-        Device::Cuda(ordinal) => cuda::load(ordinal, gguf, opts),
+        Device::Cuda(ordinal) => cuda::load(ordinal, gguf, opts, read),
     }
 }
 

@@ -8,6 +8,10 @@
 //! test everywhere.
 
 pub mod abi;
+pub mod device;
+#[cfg(feature = "cuda")]
+pub mod driver;
+pub mod forward;
 #[cfg(feature = "cuda")]
 pub mod kernels;
 pub mod launch;

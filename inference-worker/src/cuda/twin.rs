@@ -4,6 +4,7 @@
 
 use std::ffi::{CStr, CString, c_char, c_void};
 
+use super::device::{DevPtr, Gpu, GpuError};
 use super::launch::Launch;
 
 unsafe extern "C" {
@@ -69,4 +70,124 @@ pub fn kernels() -> Vec<String> {
     }
     v.sort();
     v
+}
+
+/// The twin as a [`Gpu`]: allocations are host memory, launches run the kernels' source on
+/// CPU threads, in order, to completion.
+#[derive(Default)]
+pub struct TwinGpu {
+    /// Live allocations by start address (16-byte aligned words, as device memory is).
+    bufs: std::collections::BTreeMap<u64, Vec<u128>>,
+    /// Bytes allocated so far.
+    used: usize,
+    /// The memory the twin pretends to have.
+    capacity: usize,
+}
+
+impl TwinGpu {
+    /// A twin "device" of `capacity` bytes.
+    pub fn new(capacity: usize) -> TwinGpu {
+        TwinGpu {
+            capacity,
+            ..Default::default()
+        }
+    }
+
+    /// The allocation holding `[p, p + n)`, or an error naming the range.
+    fn range(&mut self, p: u64, n: usize) -> Result<*mut u8, GpuError> {
+        let (start, buf) = self
+            .bufs
+            .range_mut(..=p)
+            .next_back()
+            .ok_or_else(|| GpuError::Bad(format!("twin: {p:#x} is not device memory")))?;
+        let off = (p - start) as usize;
+        if off + n > buf.len() * 16 {
+            return Err(GpuError::Bad(format!(
+                "twin: [{p:#x}, +{n}) runs past its allocation of {} bytes",
+                buf.len() * 16
+            )));
+        }
+        // SAFETY: `off + n` is within the allocation.
+        Ok(unsafe { buf.as_mut_ptr().cast::<u8>().add(off) })
+    }
+}
+
+impl Gpu for TwinGpu {
+    fn describe(&self) -> String {
+        format!("CPU twin ({} MiB)", self.capacity >> 20)
+    }
+
+    fn sm_count(&self) -> usize {
+        8
+    }
+
+    fn free_bytes(&self) -> Result<usize, GpuError> {
+        Ok(self.capacity.saturating_sub(self.used))
+    }
+
+    fn alloc(&mut self, bytes: usize, what: &str) -> Result<DevPtr, GpuError> {
+        if self.used + bytes > self.capacity {
+            return Err(GpuError::OutOfMemory {
+                what: what.into(),
+                bytes,
+            });
+        }
+        let mut v = vec![0u128; bytes.div_ceil(16).max(1)];
+        let p = v.as_mut_ptr() as u64;
+        self.bufs.insert(p, v);
+        self.used += bytes;
+        Ok(p)
+    }
+
+    fn upload(&mut self, dst: DevPtr, src: &[u8]) -> Result<(), GpuError> {
+        let d = self.range(dst, src.len())?;
+        // SAFETY: `d` has room for `src.len()` bytes (checked) and host memory never
+        // overlaps a twin allocation the caller borrows immutably.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), d, src.len()) };
+        Ok(())
+    }
+
+    fn download(&mut self, src: DevPtr, dst: &mut [u8]) -> Result<(), GpuError> {
+        let s = self.range(src, dst.len())?;
+        // SAFETY: as in `upload`.
+        unsafe { std::ptr::copy_nonoverlapping(s, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    unsafe fn launch_raw(&mut self, l: &Launch, params: &[u8]) -> Result<(), GpuError> {
+        // The kernel reads its block as its struct: give it 8-byte alignment.
+        let mut words = vec![0u64; params.len().div_ceil(8)];
+        // SAFETY: `words` holds at least `params.len()` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                params.as_ptr(),
+                words.as_mut_ptr().cast::<u8>(),
+                params.len(),
+            )
+        };
+        let name = CString::new(l.kernel.as_str())
+            .map_err(|_| GpuError::Bad(format!("kernel name {:?}", l.kernel)))?;
+        // SAFETY: the caller vouches for the addresses in the block; the twin checks its size.
+        let rc = unsafe {
+            sy_twin_launch(
+                name.as_ptr(),
+                l.grid.as_ptr(),
+                l.block.as_ptr(),
+                words.as_ptr().cast(),
+                params.len() as u32,
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            -1 => Err(GpuError::Bad(
+                TwinError::NoKernel(l.kernel.clone()).to_string(),
+            )),
+            -2 => Err(GpuError::Bad(
+                TwinError::ParamsSize(l.kernel.clone()).to_string(),
+            )),
+            _ => Err(GpuError::Bad(
+                TwinError::Geometry(l.kernel.clone()).to_string(),
+            )),
+        }
+    }
 }
