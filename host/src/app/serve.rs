@@ -90,7 +90,7 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         StateSettings::store_path(runtime.state.as_ref()),
         plugins.clone(),
     );
-    let upstreams = Upstreams::with_shards(settings.threads);
+    let upstreams = Upstreams::with_shards(settings.threads.unwrap_or(0));
     let snapshot = match Snapshot::build(Arc::new(runtime), &upstreams) {
         Ok(s) => s,
         Err(e) => {
@@ -174,24 +174,47 @@ pub async fn run(runtime: Runtime) -> ExitCode {
             .await
         })
     });
-    let shards = match start_shards(&gw, listener, &settings, &stop_rx) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot start the serving threads: {e}");
-            return ExitCode::FAILURE;
-        }
+    let stopping = async {
+        server::shutdown_signal().await;
+        gw.set_ready(false);
+        let _ = stop_tx.send(true);
     };
-    tracing::info!(%addr, threads = settings.threads, "listening");
-    // The ready line scripts wait for, on stdout.
-    println!("switchyard listening on {scheme}://{addr}");
-    server::shutdown_signal().await;
-    gw.set_ready(false);
-    let _ = stop_tx.send(true);
-    for (rt, served) in shards {
-        let _ = served.await;
-        // Each shard has drained (or cut off) its connections; what is left on its runtime
-        // (idle upstream connections) goes with it.
-        rt.shutdown_background();
+    match settings.threads {
+        None => {
+            tracing::info!(%addr, "listening");
+            // The ready line scripts wait for, on stdout.
+            println!("switchyard listening on {scheme}://{addr}");
+            server::serve(
+                gw.clone(),
+                server::Listening {
+                    listener,
+                    tls: settings.tls.clone(),
+                    surface: Surface::Public,
+                    connections: Arc::new(Semaphore::new(settings.max_connections)),
+                },
+                &settings,
+                stopping,
+            )
+            .await;
+        }
+        Some(threads) => {
+            let shards = match start_shards(&gw, listener, &settings, threads, &stop_rx) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot start the serving threads: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(%addr, threads, "listening");
+            println!("switchyard listening on {scheme}://{addr}");
+            stopping.await;
+            for (rt, served) in shards {
+                let _ = served.await;
+                // Each shard has drained (or cut off) its connections; what is left on its
+                // runtime (idle upstream connections) goes with it.
+                rt.shutdown_background();
+            }
+        }
     }
     if let Some(t) = admin_task {
         let _ = t.await;
@@ -212,12 +235,13 @@ fn start_shards(
     gw: &Arc<Gateway>,
     listener: tokio::net::TcpListener,
     settings: &ServerSettings,
+    threads: usize,
     stop: &watch::Receiver<bool>,
 ) -> std::io::Result<Vec<(tokio::runtime::Runtime, tokio::task::JoinHandle<()>)>> {
     let listener = listener.into_std()?;
     let connections = Arc::new(Semaphore::new(settings.max_connections));
-    let mut shards = Vec::with_capacity(settings.threads);
-    for index in 0..settings.threads {
+    let mut shards = Vec::with_capacity(threads);
+    for index in 0..threads {
         let handle = listener.try_clone()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

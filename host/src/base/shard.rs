@@ -1,7 +1,7 @@
 //! Which serving thread ("shard") the current code runs on.
 //!
-//! The gateway serves client connections on `[server] threads` shards, each a one-worker
-//! runtime with its own event loop. A request, its plugin calls and its upstream
+//! With `[server] threads = N` the gateway serves client connections on N shards, each a
+//! one-worker runtime with its own event loop. A request, its plugin calls and its upstream
 //! connection stay on the shard that accepted the connection: nothing crosses threads, so
 //! nothing wakes another thread. Upstream clients are kept per shard (a pooled connection's
 //! task lives on the runtime that opened it; checked out from another shard, every read

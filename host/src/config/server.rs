@@ -31,11 +31,6 @@ pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
 /// Most `[server] threads`: beyond a machine's cores extra threads only add switching.
 const MAX_THREADS: u64 = 1024;
 
-/// Default `[server] threads`: one per CPU the process may use.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// `[server]`, resolved.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -54,8 +49,9 @@ pub struct ServerSettings {
     /// Largest upstream answer read whole.
     pub max_answer_bytes: usize,
     /// Serving threads (`[server] threads`): each accepts connections and serves them, their
-    /// requests and their upstream connections on itself.
-    pub threads: usize,
+    /// requests and their upstream connections on itself. `None`: one runtime whose worker
+    /// threads (one per CPU) share all connections and steal work from each other.
+    pub threads: Option<usize>,
 }
 
 pub(super) fn validate_server(
@@ -144,22 +140,21 @@ pub(super) fn validate_server(
         "server.max_answer_bytes",
         problems,
     );
-    let threads = positive(
-        s.threads,
-        default_threads() as u64,
-        "server.threads",
-        problems,
-    )
-    .and_then(|n| {
-        if n > MAX_THREADS {
+    let threads = match s.threads {
+        None => Some(None),
+        Some(0) => {
+            problems.push(Problem::new("server.threads", "must be at least 1"));
+            None
+        }
+        Some(n) if n > MAX_THREADS => {
             problems.push(Problem::new(
                 "server.threads",
                 format!("{n} is more than {MAX_THREADS}"),
             ));
-            return None;
+            None
         }
-        Some(n as usize)
-    });
+        Some(n) => Some(Some(n as usize)),
+    };
     Some(ServerSettings {
         listen: listen?,
         threads: threads?,
@@ -276,5 +271,16 @@ mod tests {
                 "server.max_h2_streams"
             ]
         );
+    }
+
+    #[test]
+    fn threads_is_opt_in_and_refuses_zero_and_absurd_counts() {
+        assert_eq!(validated("").0.unwrap().threads, None);
+        assert_eq!(validated("threads = 2").0.unwrap().threads, Some(2));
+        for bad in ["threads = 0", "threads = 100000"] {
+            let (s, problems) = validated(bad);
+            assert!(s.is_none(), "{bad}");
+            assert_eq!(problems[0].path, "server.threads", "{bad}");
+        }
     }
 }

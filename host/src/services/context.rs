@@ -59,7 +59,7 @@ impl ContextWindows {
             let (this, up) = (self.clone(), up.clone());
             tokio::spawn(async move {
                 let Ok(Ok(resp)) =
-                    tokio::time::timeout(Duration::from_secs(5), up.client.request(req)).await
+                    tokio::time::timeout(Duration::from_secs(5), up.client().request(req)).await
                 else {
                     return;
                 };

@@ -14,8 +14,8 @@
 //! version in force is a [`Snapshot`] (the validated config and the live upstreams built for
 //! it), loaded once per request and replaced atomically by a reload.
 
-pub mod capture;
 pub mod cache;
+pub mod capture;
 pub mod context;
 pub mod governance;
 pub mod judge;

@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
-mod capture;
 mod anthropic_sdk;
 mod cache;
+mod capture;
 mod cli;
 mod concurrency;
 mod context_window;

@@ -309,3 +309,48 @@ async fn only_allowlisted_client_headers_travel_beside_the_backend_key() {
         assert!(got.get(h).is_none(), "{h} went upstream: {got:?}");
     }
 }
+
+/// `[server] threads`: connections spread over serving threads, each with its own upstream
+/// pool; every answer, complete or streamed, arrives whole whichever thread served it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_threads_answer_every_connection_whole() {
+    let mock = MockUpstream::start().await;
+    let cfg =
+        config_with(&mock.url(), routes()).replacen("[server]\n", "[server]\nthreads = 3\n", 1);
+    let gw = Gateway::start(&cfg);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let url = gw.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            // A client of its own: a connection of its own, to some serving thread.
+            let client = Client::new();
+            for j in 0..5 {
+                let stream = (i + j) % 2 == 0;
+                let body = json!({"model": "gpt-4o", "stream": stream,
+                    "messages": [{"role": "user", "content": format!("client {i} request {j}")}]});
+                if stream {
+                    let r = client.post_stream(&url, &body, &[]).await;
+                    assert_eq!(r.status, 200);
+                    assert!(!r.broken, "client {i} request {j}: stream cut");
+                    let text: Vec<u8> = r.frames.concat();
+                    assert!(
+                        String::from_utf8_lossy(&text).contains("data: [DONE]"),
+                        "client {i} request {j}: no [DONE]"
+                    );
+                } else {
+                    let r = client.post_json(&url, &body, &[]).await;
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    assert_eq!(r.json()["model"], "llama-3.1-8b");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let metrics = Client::new().get(&gw.url("/metrics")).await.text();
+    assert!(
+        metrics.contains("switchyard_requests_total"),
+        "metrics after the load: {metrics:.300}"
+    );
+}

@@ -195,13 +195,14 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             p.display()
         ),
     }
-    // Client connections are served on runtimes of their own (`[server] threads`); this
-    // one runs startup, the admin listener, reloads, health checks and shadow calls.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    // With `[server] threads` client connections are served on runtimes of their own and
+    // this one runs startup, the admin listener, reloads, health checks and shadow calls;
+    // without it, this one serves everything on a worker thread per CPU.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if runtime.server.threads.is_some() {
+        builder.worker_threads(1);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -97,7 +97,7 @@ pub async fn scrape_url(up: &Upstream, base: &str) -> Result<Sample, String> {
         req.headers_mut()
             .insert(http::header::AUTHORIZATION, auth.clone());
     }
-    let resp = tokio::time::timeout(Duration::from_secs(5), up.client.request(req))
+    let resp = tokio::time::timeout(Duration::from_secs(5), up.client().request(req))
         .await
         .map_err(|_| format!("{uri}: timed out"))?
         .map_err(|e| format!("{uri}: {e}"))?;
