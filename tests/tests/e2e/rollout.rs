@@ -398,7 +398,7 @@ async fn a_restart_resumes_the_same_step_and_a_reload_keeps_it_until_the_rollout
     // Drive it into its second step, then stop the traffic: without candidate requests the
     // step cannot end.
     let load = Load::start(gw.url("/v1/chat/completions"), 2);
-    let before = wait_for(&c, &gw, Duration::from_secs(60), "step 2", |s| {
+    wait_for(&c, &gw, Duration::from_secs(60), "step 2", |s| {
         s["step"] == 2
     })
     .await;
