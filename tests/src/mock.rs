@@ -67,7 +67,8 @@ pub struct Behaviour {
     /// Complete answers report this many prompt and completion tokens (a broken or
     /// hostile upstream's usage).
     pub usage: Option<u64>,
-    /// `GET /v1/models` reports this `max_model_len` (as the worker does).
+    /// `GET /v1/models` reports this `max_model_len`, and `POST /tokenize` counts a chat
+    /// request's words as its tokens (as the worker serves both).
     pub context_window: Option<u64>,
 }
 
@@ -403,6 +404,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         return Ok(json_response(json!({"object":"list","data":[model]})));
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if path == "/tokenize" && b.context_window.is_some() {
+        // As the worker's: its "tokenizer" counts the words of the messages.
+        let words: usize = req["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["content"].as_str())
+            .map(|c| c.split_whitespace().count())
+            .sum();
+        return Ok(json_response(
+            json!({"count": words, "max_model_len": b.context_window}),
+        ));
+    }
     let model = req["model"].as_str().unwrap_or("unknown").to_string();
     let stream = req["stream"].as_bool().unwrap_or(false);
     let include_usage = req["stream_options"]["include_usage"]

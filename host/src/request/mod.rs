@@ -104,7 +104,7 @@ async fn process(
     let mut pass = classify::start_pass(services, ctx, &request, headers);
     let decision = classify::classify(services, ctx, &mut pass)?;
     let chosen = route::route(ctx, decision, &request, headers)?;
-    let chosen = fit::fit(services, ctx, &request, chosen)?;
+    let chosen = fit::fit(services, ctx, &request, chosen).await?;
     admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
     let caching = cache::lookup(services, ctx, &request, headers, &chosen).await?;
     if let cache::Lookup::Hit(answer) = caching {

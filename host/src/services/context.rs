@@ -23,10 +23,15 @@ pub enum Overflow {
     Rejected,
 }
 
+/// How long the gateway waits for a backend's `/tokenize` before estimating instead.
+const TOKENIZE_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Default)]
 pub struct ContextWindows {
     /// Backend name → (model id → window), as the backend reported them.
     discovered: RwLock<HashMap<Arc<str>, HashMap<String, u64>>>,
+    /// Backends whose `POST /tokenize` failed: not asked again (the estimate is used).
+    no_tokenize: RwLock<std::collections::HashSet<Arc<str>>>,
     counts: Mutex<HashMap<(Arc<str>, &'static str), Arc<AtomicU64>>>,
 }
 
@@ -80,6 +85,53 @@ impl ContextWindows {
                     map.insert(up.backend.name.clone(), windows);
                 }
             });
+        }
+    }
+
+    /// The prompt's tokens as the backend itself counts them (`POST /tokenize`, which the
+    /// worker and vLLM serve), for backends that reported their window; `None` to estimate.
+    pub async fn count_remote(&self, up: &Upstream, body: &Bytes) -> Option<u64> {
+        let name = &up.backend.name;
+        if !self.discovered.read().ok()?.contains_key(name)
+            || self.no_tokenize.read().ok()?.contains(name)
+        {
+            return None;
+        }
+        let models = &up.backend.urls.first()?.models_uri;
+        let uri = http::Uri::builder()
+            .scheme(models.scheme()?.clone())
+            .authority(models.authority()?.clone())
+            .path_and_query("/tokenize")
+            .build()
+            .ok()?;
+        let mut req = Request::new(Full::new(body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(auth) = &up.backend.auth {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, auth.clone());
+        }
+        let counted = async {
+            let resp = up.client.request(req).await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).ok()?["count"].as_u64()
+        };
+        match tokio::time::timeout(TOKENIZE_TIMEOUT, counted).await {
+            Ok(Some(n)) => Some(n),
+            _ => {
+                tracing::info!(backend = %name, "the backend's /tokenize did not answer; its prompts are estimated from now on");
+                if let Ok(mut s) = self.no_tokenize.write() {
+                    s.insert(name.clone());
+                }
+                None
+            }
         }
     }
 
