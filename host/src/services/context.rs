@@ -26,13 +26,16 @@ pub enum Overflow {
 /// How long the gateway waits for a backend's `/tokenize` before estimating instead.
 const TOKENIZE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A counter's labels: the route and what became of the request.
+type OverflowLabels = (Arc<str>, &'static str);
+
 #[derive(Default)]
 pub struct ContextWindows {
     /// Backend name → (model id → window), as the backend reported them.
     discovered: RwLock<HashMap<Arc<str>, HashMap<String, u64>>>,
     /// Backends whose `POST /tokenize` failed: not asked again (the estimate is used).
     no_tokenize: RwLock<std::collections::HashSet<Arc<str>>>,
-    counts: Mutex<HashMap<(Arc<str>, &'static str), Arc<AtomicU64>>>,
+    counts: Mutex<HashMap<OverflowLabels, Arc<AtomicU64>>>,
 }
 
 impl ContextWindows {
