@@ -110,7 +110,8 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         eprintln!("error: [state] redis (the response cache): {e}");
         return ExitCode::FAILURE;
     }
-    services.context.discover(&services.snapshot().upstreams);
+    let snap = services.snapshot();
+    services.context.discover(&snap.config, &snap.upstreams);
     let gw = Gateway::new(services.clone());
     // Live reload and health checks.
     reload::spawn_background(&gw);

@@ -2,7 +2,7 @@
 //! `max_model_len`), discovered off the request path, and how often a request too long for
 //! its target went to the route's `context_fallback` or was refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,6 +13,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
 use super::upstream::Upstream;
+use crate::config::Runtime;
 
 /// What a request too long for its target's window became.
 #[derive(Debug, Clone, Copy)]
@@ -51,43 +52,58 @@ impl ContextWindows {
         })
     }
 
-    /// Ask every backend's first URL for its models' context windows, once.
-    pub fn discover(self: &Arc<Self>, upstreams: &[Arc<Upstream>]) {
-        for up in upstreams {
-            let Some(url) = up.backend.urls.first() else {
-                continue;
-            };
-            let mut req = Request::new(Full::new(Bytes::new()));
-            *req.method_mut() = Method::GET;
-            *req.uri_mut() = url.models_uri.clone();
-            if let Some(auth) = &up.backend.auth {
-                req.headers_mut()
-                    .insert(http::header::AUTHORIZATION, auth.clone());
+    /// Ask the backends whose windows matter for their models' context windows: those of
+    /// routes with a `context_fallback`, and the `[local_worker]`'s. Other backends are not
+    /// asked (a request the gateway did not need is traffic an upstream did not expect).
+    /// A backend that is not up yet (the local worker loads after the gateway starts) is
+    /// asked again every 2 s for up to 5 minutes.
+    pub fn discover(self: &Arc<Self>, rt: &Runtime, upstreams: &[Arc<Upstream>]) {
+        let mut wanted: HashSet<&str> = HashSet::new();
+        for r in rt.routes.iter().filter(|r| r.context_fallback.is_some()) {
+            for t in r
+                .targets
+                .iter()
+                .chain(&r.fallback)
+                .chain(&r.context_fallback)
+            {
+                wanted.insert(&t.backend.name);
             }
+        }
+        if let Some(lw) = &rt.local_worker {
+            let at = lw.listen.to_string();
+            for b in &rt.backends {
+                if b.urls.iter().any(|u| u.authority == at) {
+                    wanted.insert(&b.name);
+                }
+            }
+        }
+        for up in upstreams
+            .iter()
+            .filter(|u| wanted.contains(&*u.backend.name))
+        {
             let (this, up) = (self.clone(), up.clone());
             tokio::spawn(async move {
-                let Ok(Ok(resp)) =
-                    tokio::time::timeout(Duration::from_secs(5), up.client.request(req)).await
-                else {
-                    return;
-                };
-                if !resp.status().is_success() {
-                    return;
-                }
-                let Ok(Ok(body)) =
-                    tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await
-                else {
-                    return;
-                };
-                let windows = windows_in(&body.to_bytes());
-                if windows.is_empty() {
-                    return;
-                }
-                tracing::info!(backend = %up.backend.name, ?windows, "context windows discovered");
-                if let Ok(mut map) = this.discovered.write() {
-                    map.insert(up.backend.name.clone(), windows);
+                for _ in 0..150 {
+                    if let Some(body) = models_list(&up).await {
+                        this.learn(&up, &body);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             });
+        }
+    }
+
+    fn learn(&self, up: &Upstream, body: &[u8]) {
+        {
+            let windows = windows_in(body);
+            if windows.is_empty() {
+                return;
+            }
+            tracing::info!(backend = %up.backend.name, ?windows, "context windows discovered");
+            if let Ok(mut map) = self.discovered.write() {
+                map.insert(up.backend.name.clone(), windows);
+            }
         }
     }
 
@@ -169,6 +185,30 @@ impl ContextWindows {
             );
         }
     }
+}
+
+/// A backend's `GET /v1/models` answer (its first URL), or `None` while it does not give one.
+async fn models_list(up: &Upstream) -> Option<Bytes> {
+    let url = up.backend.urls.first()?;
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = url.models_uri.clone();
+    if let Some(auth) = &up.backend.auth {
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, auth.clone());
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(5), up.client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .ok()?
+        .ok()?;
+    Some(body.to_bytes())
 }
 
 /// Model id → context window from a `/v1/models` answer: `max_model_len` (the worker,
