@@ -66,6 +66,16 @@ pub async fn fit(
     let Some(limit) = window(services, ctx, request, &chosen) else {
         return Ok(chosen);
     };
+    // A token is at least a byte of the text, and the body's JSON framing outweighs the
+    // chat template's markers: a body whose bytes fit fits, without counting (or asking the
+    // backend's /tokenize).
+    let completion = request
+        .get::<u64>("max_completion_tokens")
+        .or_else(|| request.get::<u64>("max_tokens"))
+        .unwrap_or(0);
+    if (request.bytes().len() as u64).saturating_add(completion) <= limit {
+        return Ok(chosen);
+    }
     let n = need(services, ctx, request, &chosen).await;
     let requested = n.prompt.saturating_add(n.completion);
     if requested <= limit {
