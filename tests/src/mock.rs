@@ -74,7 +74,8 @@ pub struct Behaviour {
     /// Answer this percent of completion requests with a 500, spread evenly (of any 10
     /// consecutive requests at 30 %, exactly 3 fail).
     pub fail_percent: Option<u32>,
-    /// `GET /v1/models` reports this `max_model_len` (as the worker does).
+    /// `GET /v1/models` reports this `max_model_len`, and `POST /tokenize` counts a chat
+    /// request's words as its tokens (as the worker serves both).
     pub context_window: Option<u64>,
 }
 
@@ -460,6 +461,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         return Ok(json_response(json!({"object":"list","data":[model]})));
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if path == "/tokenize" && b.context_window.is_some() {
+        // As the worker's: its "tokenizer" counts the words of the messages.
+        let words: usize = req["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["content"].as_str())
+            .map(|c| c.split_whitespace().count())
+            .sum();
+        return Ok(json_response(
+            json!({"count": words, "max_model_len": b.context_window}),
+        ));
+    }
     let model = req["model"].as_str().unwrap_or("unknown").to_string();
     let stream = req["stream"].as_bool().unwrap_or(false);
     let include_usage = req["stream_options"]["include_usage"]

@@ -125,7 +125,8 @@ pub async fn run(runtime: Runtime) -> ExitCode {
         eprintln!("error: [state] redis (the response cache): {e}");
         return ExitCode::FAILURE;
     }
-    services.context.discover(&services.snapshot().upstreams);
+    let snap = services.snapshot();
+    services.context.discover(&snap.config, &snap.upstreams);
     let gw = Gateway::new(services.clone());
     // Staged rollouts move on a thread of their own, off the request path.
     crate::services::rollout::controller::spawn(&services);

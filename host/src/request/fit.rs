@@ -2,8 +2,9 @@
 //!
 //! The window is the target's `context_window`, else what its backend reported on
 //! `/v1/models` (the worker's `max_model_len`). The prompt is counted with the target
-//! model's tokenizer where the gateway has it (tiktoken for OpenAI models), else estimated
-//! from the body's bytes; the completion is the request's `max_completion_tokens` or
+//! model's tokenizer where the gateway has it (tiktoken for OpenAI models), else by the
+//! backend's own `POST /tokenize` when it reported its window (the worker, vLLM), else
+//! estimated from the body's bytes; the completion is the request's `max_completion_tokens` or
 //! `max_tokens`. A request that does not fit goes to the route's `context_fallback` (when
 //! it fits there) instead of failing upstream; without one it is a 400
 //! `context_length_exceeded` before any upstream call. A request whose target has no known
@@ -25,11 +26,19 @@ struct Need {
     completion: u64,
 }
 
-fn need(ctx: &RequestCtx, request: &RequestBody, t: &Target) -> Need {
+async fn need(services: &Services, ctx: &RequestCtx, request: &RequestBody, t: &Target) -> Need {
     let model = t.upstream_model(&request.model);
     let body = request.bytes();
-    let prompt = tokens::count_prompt(model, ctx.endpoint, body)
-        .unwrap_or_else(|| estimate_tokens(body.len()));
+    let prompt = match tokens::count_prompt(model, ctx.endpoint, body) {
+        Some(n) => n,
+        None => {
+            let up = ctx.snapshot.upstream(&t.backend);
+            match services.context.count_remote(up, body).await {
+                Some(n) => n,
+                None => estimate_tokens(body.len()),
+            }
+        }
+    };
     let completion = request
         .get::<u64>("max_completion_tokens")
         .or_else(|| request.get::<u64>("max_tokens"))
@@ -48,7 +57,7 @@ fn window(services: &Services, ctx: &RequestCtx, request: &RequestBody, t: &Targ
         })
 }
 
-pub fn fit(
+pub async fn fit(
     services: &Services,
     ctx: &mut RequestCtx,
     request: &RequestBody,
@@ -57,7 +66,17 @@ pub fn fit(
     let Some(limit) = window(services, ctx, request, &chosen) else {
         return Ok(chosen);
     };
-    let n = need(ctx, request, &chosen);
+    // A token is at least a byte of the text, and the body's JSON framing outweighs the
+    // chat template's markers: a body whose bytes fit fits, without counting (or asking the
+    // backend's /tokenize).
+    let completion = request
+        .get::<u64>("max_completion_tokens")
+        .or_else(|| request.get::<u64>("max_tokens"))
+        .unwrap_or(0);
+    if (request.bytes().len() as u64).saturating_add(completion) <= limit {
+        return Ok(chosen);
+    }
+    let n = need(services, ctx, request, &chosen).await;
     let requested = n.prompt.saturating_add(n.completion);
     if requested <= limit {
         return Ok(chosen);
@@ -68,7 +87,7 @@ pub fn fit(
         let fits = match window(services, ctx, request, &fb) {
             None => true,
             Some(w) => {
-                let n = need(ctx, request, &fb);
+                let n = need(services, ctx, request, &fb).await;
                 n.prompt.saturating_add(n.completion) <= w
             }
         };

@@ -113,7 +113,7 @@ async fn process(
     let mut pass = classify::start_pass(services, ctx, &request, headers);
     let decision = classify::classify(services, ctx, &mut pass)?;
     let chosen = route::route(&services.rollouts, ctx, decision, &request, headers)?;
-    let chosen = fit::fit(services, ctx, &request, chosen)?;
+    let chosen = fit::fit(services, ctx, &request, chosen).await?;
     admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
     // Tags a `classify` plugin added (`prompt_version:v2`, `router:local`) go on the
     // ledger row, so `spend --by tag` compares them.

@@ -2,7 +2,7 @@
 //! `max_model_len`), discovered off the request path, and how often a request too long for
 //! its target went to the route's `context_fallback` or was refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,6 +13,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
 use super::upstream::Upstream;
+use crate::config::Runtime;
 
 /// What a request too long for its target's window became.
 #[derive(Debug, Clone, Copy)]
@@ -23,11 +24,19 @@ pub enum Overflow {
     Rejected,
 }
 
+/// How long the gateway waits for a backend's `/tokenize` before estimating instead.
+const TOKENIZE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A counter's labels: the route and what became of the request.
+type OverflowLabels = (Arc<str>, &'static str);
+
 #[derive(Default)]
 pub struct ContextWindows {
     /// Backend name → (model id → window), as the backend reported them.
     discovered: RwLock<HashMap<Arc<str>, HashMap<String, u64>>>,
-    counts: Mutex<HashMap<(Arc<str>, &'static str), Arc<AtomicU64>>>,
+    /// Backends whose `POST /tokenize` failed: not asked again (the estimate is used).
+    no_tokenize: RwLock<std::collections::HashSet<Arc<str>>>,
+    counts: Mutex<HashMap<OverflowLabels, Arc<AtomicU64>>>,
 }
 
 impl ContextWindows {
@@ -43,43 +52,105 @@ impl ContextWindows {
         })
     }
 
-    /// Ask every backend's first URL for its models' context windows, once.
-    pub fn discover(self: &Arc<Self>, upstreams: &[Arc<Upstream>]) {
-        for up in upstreams {
-            let Some(url) = up.backend.urls.first() else {
-                continue;
-            };
-            let mut req = Request::new(Full::new(Bytes::new()));
-            *req.method_mut() = Method::GET;
-            *req.uri_mut() = url.models_uri.clone();
-            if let Some(auth) = &up.backend.auth {
-                req.headers_mut()
-                    .insert(http::header::AUTHORIZATION, auth.clone());
+    /// Ask the backends whose windows matter for their models' context windows: those of
+    /// routes with a `context_fallback`, and the `[local_worker]`'s. Other backends are not
+    /// asked (a request the gateway did not need is traffic an upstream did not expect).
+    /// A backend that is not up yet (the local worker loads after the gateway starts) is
+    /// asked again every 2 s for up to 5 minutes.
+    pub fn discover(self: &Arc<Self>, rt: &Runtime, upstreams: &[Arc<Upstream>]) {
+        let mut wanted: HashSet<&str> = HashSet::new();
+        for r in rt.routes.iter().filter(|r| r.context_fallback.is_some()) {
+            for t in r
+                .targets
+                .iter()
+                .chain(&r.fallback)
+                .chain(&r.context_fallback)
+            {
+                wanted.insert(&t.backend.name);
             }
+        }
+        if let Some(lw) = &rt.local_worker {
+            let at = lw.listen.to_string();
+            for b in &rt.backends {
+                if b.urls.iter().any(|u| u.authority == at) {
+                    wanted.insert(&b.name);
+                }
+            }
+        }
+        for up in upstreams
+            .iter()
+            .filter(|u| wanted.contains(&*u.backend.name))
+        {
             let (this, up) = (self.clone(), up.clone());
             tokio::spawn(async move {
-                let Ok(Ok(resp)) =
-                    tokio::time::timeout(Duration::from_secs(5), up.client().request(req)).await
-                else {
-                    return;
-                };
-                if !resp.status().is_success() {
-                    return;
-                }
-                let Ok(Ok(body)) =
-                    tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await
-                else {
-                    return;
-                };
-                let windows = windows_in(&body.to_bytes());
-                if windows.is_empty() {
-                    return;
-                }
-                tracing::info!(backend = %up.backend.name, ?windows, "context windows discovered");
-                if let Ok(mut map) = this.discovered.write() {
-                    map.insert(up.backend.name.clone(), windows);
+                for _ in 0..150 {
+                    if let Some(body) = models_list(&up).await {
+                        this.learn(&up, &body);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             });
+        }
+    }
+
+    fn learn(&self, up: &Upstream, body: &[u8]) {
+        {
+            let windows = windows_in(body);
+            if windows.is_empty() {
+                return;
+            }
+            tracing::info!(backend = %up.backend.name, ?windows, "context windows discovered");
+            if let Ok(mut map) = self.discovered.write() {
+                map.insert(up.backend.name.clone(), windows);
+            }
+        }
+    }
+
+    /// The prompt's tokens as the backend itself counts them (`POST /tokenize`, which the
+    /// worker and vLLM serve), for backends that reported their window; `None` to estimate.
+    pub async fn count_remote(&self, up: &Upstream, body: &Bytes) -> Option<u64> {
+        let name = &up.backend.name;
+        if !self.discovered.read().ok()?.contains_key(name)
+            || self.no_tokenize.read().ok()?.contains(name)
+        {
+            return None;
+        }
+        let models = &up.backend.urls.first()?.models_uri;
+        let uri = http::Uri::builder()
+            .scheme(models.scheme()?.clone())
+            .authority(models.authority()?.clone())
+            .path_and_query("/tokenize")
+            .build()
+            .ok()?;
+        let mut req = Request::new(Full::new(body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(auth) = &up.backend.auth {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, auth.clone());
+        }
+        let counted = async {
+            let resp = up.client().request(req).await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).ok()?["count"].as_u64()
+        };
+        match tokio::time::timeout(TOKENIZE_TIMEOUT, counted).await {
+            Ok(Some(n)) => Some(n),
+            _ => {
+                tracing::info!(backend = %name, "the backend's /tokenize did not answer; its prompts are estimated from now on");
+                if let Ok(mut s) = self.no_tokenize.write() {
+                    s.insert(name.clone());
+                }
+                None
+            }
         }
     }
 
@@ -114,6 +185,30 @@ impl ContextWindows {
             );
         }
     }
+}
+
+/// A backend's `GET /v1/models` answer (its first URL), or `None` while it does not give one.
+async fn models_list(up: &Upstream) -> Option<Bytes> {
+    let url = up.backend.urls.first()?;
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = url.models_uri.clone();
+    if let Some(auth) = &up.backend.auth {
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, auth.clone());
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(5), up.client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .ok()?
+        .ok()?;
+    Some(body.to_bytes())
 }
 
 /// Model id → context window from a `/v1/models` answer: `max_model_len` (the worker,

@@ -201,6 +201,18 @@ async fn handle(req: Request<Incoming>, st: Arc<AppState>, sh: &Shared) -> Respo
                 "owned_by": "switchyard", "max_model_len": st.engine.n_ctx,
             }]}),
         ),
+        (&Method::POST, "/tokenize") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return ApiError::bad("body", format!("cannot read body: {e}")).response();
+                }
+            };
+            match parse::tokenize(&body, &st) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => e.response(),
+            }
+        }
         (&Method::POST, "/v1/embeddings") => {
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),

@@ -226,6 +226,30 @@ fn envelope(body: &[u8]) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// `POST /tokenize`: the tokens a request's prompt is (a chat request's `messages` and
+/// `tools` through the chat template, a completion's `prompt`, or a bare `text`), counted as
+/// the engine will count them, with the context window they must fit (vLLM's shape).
+pub(super) fn tokenize(body: &[u8], st: &AppState) -> Result<Value, ApiError> {
+    let v = envelope(body)?;
+    let tokens = if v.get("messages").is_some() {
+        chat_prompt(&v, st)?
+    } else if v.get("prompt").is_some() {
+        completion_prompt(&v, &st.engine.tokenizer)?
+    } else if let Some(text) = v.get("text").and_then(Value::as_str) {
+        st.engine.tokenizer.encode(text, false, true)
+    } else {
+        return Err(ApiError::bad(
+            "messages",
+            "send `messages` (a chat request), `prompt` or `text`",
+        ));
+    };
+    Ok(serde_json::json!({
+        "count": tokens.len(),
+        "max_model_len": st.engine.n_ctx,
+        "tokens": tokens,
+    }))
+}
+
 /// `messages` (and `tools`) rendered by the model's chat template, then tokenized.
 fn chat_prompt(v: &Value, st: &AppState) -> Result<Vec<u32>, ApiError> {
     let msgs = v

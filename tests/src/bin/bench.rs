@@ -820,14 +820,19 @@ fn main() {
             };
             println!("A = the gateway{}", traced(sink_a));
             println!(
-                "B = {}{}{}",
+                "B = {}{}{}{}",
                 args.b_gateway
                     .as_ref()
                     .map_or("the same gateway".to_string(), |p| p.display().to_string()),
                 traced(sink_b),
                 args.b_extra
                     .as_ref()
-                    .map_or(String::new(), |f| format!(" + {}", f.display()))
+                    .map_or(String::new(), |f| format!(" + {}", f.display())),
+                if args.b_cache {
+                    " + the route's response cache (every request after the first a hit)"
+                } else {
+                    ""
+                }
             );
             for &c in &args.concurrency {
                 let slice = Duration::from_secs_f64(args.slice);

@@ -96,10 +96,12 @@ async fn a_backends_reported_window_is_used_when_the_target_declares_none() {
         context_window: Some(100),
         ..Behaviour::default()
     });
+    // The window is asked for because the route has a context fallback.
     let routes = r#"
 [[routes]]
 model = "local"
-targets = [{ backend = "mock" }]
+targets = [{ backend = "mock", model = "small" }]
+context_fallback = { backend = "mock", model = "big", context_window = 1000000 }
 "#;
     let gw = Gateway::start(&config_with(&mock.url(), routes));
     let c = Client::new();
@@ -108,9 +110,8 @@ targets = [{ backend = "mock" }]
     let start = Instant::now();
     loop {
         let r = c.post_json(&url, &chat("local", 400), &[]).await;
-        if r.status == 400 {
-            assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
-            assert!(r.text().contains("100 tokens"), "{}", r.text());
+        assert_eq!(r.status, 200, "{}", r.text());
+        if mock.last_request().unwrap().json()["model"] == "big" {
             break;
         }
         assert!(
@@ -119,6 +120,100 @@ targets = [{ backend = "mock" }]
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = c.post_json(&url, &chat("local", 5), &[]).await;
-    assert_eq!(r.status, 200);
+    // Counted by the backend's /tokenize (one token a word here): 60 words and 10 to
+    // generate fit 100, where the byte estimate (~4 bytes a token) would not.
+    let body = chat("local", 60);
+    assert!(body.to_string().len() / 4 + 10 > 100);
+    let r = c.post_json(&url, &body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock.last_request().unwrap().json()["model"], "small");
+    assert!(mock.requests().iter().any(|r| r.path == "/tokenize"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_window_and_tokenizer_decide_and_the_fallback_answers() {
+    let Some(model) = switchyard_tests::smollm2() else {
+        return;
+    };
+    let worker = switchyard_tests::Worker::start(&model, &["--ctx-size", "256"]);
+    let mock = MockUpstream::start().await;
+    let c = Client::new();
+    let msgs = json!([{"role": "user", "content": "What is the capital of France?"}]);
+
+    // The worker's /tokenize counts a chat request's prompt as its completions do.
+    let t = c
+        .post_json(
+            &format!("http://{}/tokenize", worker.addr),
+            &json!({"messages": msgs}),
+            &[],
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.text());
+    assert_eq!(t.json()["max_model_len"], 256);
+    let r = c
+        .post_json(
+            &format!("{}/chat/completions", worker.base_url()),
+            &json!({"messages": msgs, "max_tokens": 1}),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        t.json()["count"],
+        r.json()["usage"]["prompt_tokens"],
+        "{}",
+        r.text()
+    );
+
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[[backends]]
+name = "local"
+url = "{}"
+timeout_secs = 60
+
+[[backends]]
+name = "mock"
+url = "{}"
+
+[[routes]]
+model = "chat"
+targets = [{{ backend = "local" }}]
+context_fallback = {{ backend = "mock", model = "big" }}
+"#,
+        worker.base_url(),
+        mock.url()
+    ));
+    let url = gw.url("/v1/chat/completions");
+    // Over 256 tokens: the fallback answers (once the window is discovered; until then the
+    // worker itself refuses with its own 400).
+    let long = json!({"model": "chat", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "Paris is lovely. ".repeat(100)}]});
+    let start = Instant::now();
+    loop {
+        let r = c.post_json(&url, &long, &[]).await;
+        if r.status == 200 {
+            assert_eq!(r.header("x-switchyard-backend"), Some("mock"));
+            assert_eq!(mock.last_request().unwrap().json()["model"], "big");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A short one is the worker's.
+    let r = c
+        .post_json(
+            &url,
+            &json!({"model": "chat", "max_tokens": 4, "messages": msgs}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-backend"), Some("local"));
 }
