@@ -65,8 +65,8 @@ fi
 # --- the machine ------------------------------------------------------------------------------------
 say "GPU"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory,clocks.max.sm --format=csv 2>&1 | tee "$WORK/gpu.txt"
-GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-record gpu ok "{\"name\": \"${GPU_NAME:-unknown}\"}"
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+if [ -n "$GPU_NAME" ]; then record gpu ok "{\"name\": \"$GPU_NAME\"}"; else fail gpu; fi
 command -v nvcc >/dev/null && nvcc --version | tail -2
 
 say "memory bandwidth (device-to-device copy of 1 GiB)"
@@ -183,6 +183,7 @@ if [ -n "$LLAMA_PID" ]; then
 fi
 
 say "summary"
-python3 "$SCRIPTS/gpu_summary.py" "$RES" || FAILED=1
+if [ "$QUICK" = 1 ]; then SPEED=--no-speed; else SPEED=; fi
+python3 "$SCRIPTS/gpu_summary.py" "$RES" $SPEED || FAILED=1
 echo "total $(($(date +%s) - START)) s; results in $RES"
 exit $FAILED
