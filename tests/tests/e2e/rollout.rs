@@ -391,14 +391,17 @@ async fn a_candidate_300ms_slower_rolls_back_on_the_p99_guard() {
 async fn a_restart_resumes_the_same_step_and_a_reload_keeps_it_until_the_rollout_is_edited() {
     let (old, new) = (MockUpstream::start().await, MockUpstream::start().await);
     let dir = tempfile::tempdir().unwrap();
-    let rollout_line = r#"rollout = { candidate = { backend = "new" }, steps = [10, 50, 100], step_secs = 1, min_requests = 40 }"#;
+    // `min_requests` far above what the load sends between entering step 2 and stopping
+    // (a status poll runs the CLI: tens of milliseconds on a loaded machine), so step 2
+    // cannot end by itself, before the restart or after it.
+    let rollout_line = r#"rollout = { candidate = { backend = "new" }, steps = [10, 50, 100], step_secs = 1, min_requests = 400 }"#;
     let text = config(dir.path(), &old, &new, rollout_line);
     let c = Client::new();
     let mut gw = start(&text);
     // Drive it into its second step, then stop the traffic: without candidate requests the
     // step cannot end.
     let load = Load::start(gw.url("/v1/chat/completions"), 2);
-    wait_for(&c, &gw, Duration::from_secs(60), "step 2", |s| {
+    wait_for(&c, &gw, Duration::from_secs(120), "step 2", |s| {
         s["step"] == 2
     })
     .await;
@@ -416,6 +419,10 @@ async fn a_restart_resumes_the_same_step_and_a_reload_keeps_it_until_the_rollout
     })
     .await;
     assert_eq!(before["step"], 2);
+    assert!(
+        before["window"]["candidate"]["requests"].as_u64().unwrap() < 400,
+        "the load ran on too long into step 2 for this test: {before:#}"
+    );
     assert_eq!(before["state"], "running");
     assert_eq!(before["weight"], 50.0);
     gw.terminate();
