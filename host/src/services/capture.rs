@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use rusqlite::{Connection, params};
@@ -210,15 +210,29 @@ fn writer(path: PathBuf, rx: Receiver<Ready>, stats: Arc<Stats>, plugins: Arc<Pl
     // Opened on the first capture: a gateway that captures nothing never touches the file.
     let mut conn: Option<Connection> = None;
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    // Background priority, as the ledger's writer: the serving threads come first.
+    let _ = switchyard_otlp::pipeline::lower_thread_priority();
+    // A full batch last time: more are waiting, no need to let them gather.
+    let mut behind = false;
     while let Ok(first) = rx.recv() {
+        // Let the window's pairs gather before working on them: a pair handed over while this
+        // thread waited would wake it, and at a few hundred captures a second those wake-ups
+        // cost the serving threads more than the inserts do.
+        if !behind {
+            std::thread::sleep(BATCH_WINDOW);
+        }
         batch.extend(row(&plugins, first, &stats));
-        let deadline = Instant::now() + BATCH_WINDOW;
-        while batch.len() < BATCH_MAX {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(r) => batch.extend(row(&plugins, r, &stats)),
+        let mut taken = 1;
+        while taken < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(r) => {
+                    taken += 1;
+                    batch.extend(row(&plugins, r, &stats));
+                }
                 Err(_) => break,
             }
         }
+        behind = taken == BATCH_MAX;
         if batch.is_empty() {
             continue;
         }
