@@ -3,9 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
-
-use rusqlite::OptionalExtension;
+use std::time::SystemTime;
 
 use crate::config;
 use crate::config::state::DEFAULT_STORE;
@@ -50,38 +48,15 @@ pub fn export(
             return ExitCode::from(2);
         }
     };
-    if !path.exists() {
-        eprintln!(
-            "error: {}: no store file yet ([state] path); nothing was captured",
-            path.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    let conn = match rusqlite::Connection::open_with_flags(
+    let conn = match super::open_report_store(
         &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        "captures",
+        "nothing was captured",
+        "nothing was captured (routes[].capture)",
     ) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    let _ = conn.busy_timeout(Duration::from_secs(5));
-    let has_table = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'captures'",
-            [],
-            |_| Ok(()),
-        )
-        .optional();
-    if !matches!(has_table, Ok(Some(()))) {
-        eprintln!(
-            "error: {}: no captures table: nothing was captured (routes[].capture)",
-            path.display()
-        );
-        return ExitCode::FAILURE;
-    }
     let filter = ExportFilter {
         route: route.as_deref(),
         since_ms,

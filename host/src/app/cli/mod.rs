@@ -351,3 +351,40 @@ fn print_summary(rt: &Runtime) {
         );
     }
 }
+
+/// The store opened read-only for a report over `table`, or the exit code after saying why
+/// there is nothing to report: no store file yet (`no_file`), or no such table (`no_table`).
+fn open_report_store(
+    path: &std::path::Path,
+    table: &str,
+    no_file: &str,
+    no_table: &str,
+) -> Result<rusqlite::Connection, ExitCode> {
+    use rusqlite::OptionalExtension;
+    if !path.exists() {
+        eprintln!(
+            "error: {}: no store file yet ([state] path); {no_file}",
+            path.display()
+        );
+        return Err(ExitCode::FAILURE);
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| {
+                eprintln!("error: {}: {e}", path.display());
+                ExitCode::FAILURE
+            })?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    let has_table = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |_| Ok(()),
+        )
+        .optional();
+    if !matches!(has_table, Ok(Some(()))) {
+        eprintln!("error: {}: no {table} table: {no_table}", path.display());
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(conn)
+}

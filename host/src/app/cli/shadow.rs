@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
-
-use rusqlite::OptionalExtension;
+use std::time::SystemTime;
 
 use crate::config;
 use crate::config::state::DEFAULT_STORE;
@@ -76,38 +74,15 @@ pub fn report(
             }
         }
     }
-    if !path.exists() {
-        eprintln!(
-            "error: {}: no store file yet ([state] path); no shadow pairs were recorded",
-            path.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    let conn = match rusqlite::Connection::open_with_flags(
+    let conn = match super::open_report_store(
         &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        "shadow_pairs",
+        "no shadow pairs were recorded",
+        "no shadow pairs were recorded",
     ) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    let _ = conn.busy_timeout(Duration::from_secs(5));
-    let has_table = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'shadow_pairs'",
-            [],
-            |_| Ok(()),
-        )
-        .optional();
-    if !matches!(has_table, Ok(Some(()))) {
-        eprintln!(
-            "error: {}: no shadow_pairs table: no shadow pairs were recorded",
-            path.display()
-        );
-        return ExitCode::FAILURE;
-    }
     // `gpu_hour_usd` backends: the prices the ledger derived for them.
     price_map.load_derived(&conn, since_ms);
     match compute(&conn, route.as_deref(), since_ms, &price_map) {
