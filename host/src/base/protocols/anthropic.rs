@@ -135,25 +135,8 @@ pub fn request_to_chat(mut req: Map<String, Value>) -> Result<Translated, Gatewa
     ] {
         req.remove(key);
     }
-    let stream = req.remove("stream");
-    // Members the gateway does not interpret travel on, as they would for chat.
-    for (k, v) in std::mem::take(&mut req) {
-        chat.entry(k).or_insert(v);
-    }
-    match stream {
-        Some(Value::Bool(true)) => {
-            chat.insert("stream".into(), Value::Bool(true));
-            // `message_delta` carries the usage.
-            chat.insert("stream_options".into(), json!({"include_usage": true}));
-        }
-        Some(Value::Bool(false)) | Some(Value::Null) | None => {}
-        Some(_) => {
-            return Err(GatewayError::InvalidParam {
-                param: "stream",
-                expected: "a boolean",
-            });
-        }
-    }
+    // `message_delta` carries the usage of a stream.
+    super::carry_rest(&mut chat, req)?;
     Ok(Translated {
         chat: Bytes::from(Value::Object(chat).to_string()),
         echo: Echo::default(),

@@ -111,6 +111,36 @@ pub fn stream_translator(protocol: Protocol, echo: Echo) -> Option<Box<dyn Strea
 }
 
 /// A bad member of the client's body, named by its path.
+/// The members of the client's request left in `req` travel on as they would for chat; a
+/// streamed request asks the upstream for its usage, which the translated stream's last
+/// event carries.
+fn carry_rest(
+    chat: &mut serde_json::Map<String, Value>,
+    mut req: serde_json::Map<String, Value>,
+) -> Result<(), GatewayError> {
+    let stream = req.remove("stream");
+    for (k, v) in req {
+        chat.entry(k).or_insert(v);
+    }
+    match stream {
+        Some(Value::Bool(true)) => {
+            chat.insert("stream".into(), Value::Bool(true));
+            chat.insert(
+                "stream_options".into(),
+                serde_json::json!({"include_usage": true}),
+            );
+        }
+        Some(Value::Bool(false)) | Some(Value::Null) | None => {}
+        Some(_) => {
+            return Err(GatewayError::InvalidParam {
+                param: "stream",
+                expected: "a boolean",
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn bad(param: impl Into<String>, reason: impl Into<String>) -> GatewayError {
     GatewayError::Unsupported {
         param: param.into(),

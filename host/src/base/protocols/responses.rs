@@ -158,26 +158,9 @@ pub fn request_to_chat(mut req: Map<String, Value>) -> Result<Translated, Gatewa
     for key in DROPPED {
         req.remove(*key);
     }
-    let stream = req.remove("stream");
-    // Members the gateway does not interpret travel on, as they would for chat (vendor
-    // extras, `service_tier`, `prompt_cache_key`, ...).
-    for (k, v) in std::mem::take(&mut req) {
-        chat.entry(k).or_insert(v);
-    }
-    match stream {
-        Some(Value::Bool(true)) => {
-            chat.insert("stream".into(), Value::Bool(true));
-            // The translated stream ends with `response.completed` and its usage.
-            chat.insert("stream_options".into(), json!({"include_usage": true}));
-        }
-        Some(Value::Bool(false)) | Some(Value::Null) | None => {}
-        Some(_) => {
-            return Err(GatewayError::InvalidParam {
-                param: "stream",
-                expected: "a boolean",
-            });
-        }
-    }
+    // Vendor extras, `service_tier`, `prompt_cache_key`, ...; the translated stream ends
+    // with `response.completed` and its usage.
+    super::carry_rest(&mut chat, req)?;
     Ok(Translated {
         chat: Bytes::from(Value::Object(chat).to_string()),
         echo,
