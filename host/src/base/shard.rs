@@ -8,7 +8,9 @@
 //! would wake the opening shard), and this marker says which one a caller gets. It is set
 //! on every thread a shard's runtime starts, its blocking threads included (a plugin call
 //! moved off the event loop keeps its shard). Threads of no shard (startup, the admin
-//! listener, health checks, shadow calls) read `None`.
+//! listener, health checks) read `None`. The background thread that sends shadow and judge
+//! calls marks itself [`BACKGROUND`]: its connections must be its own, or a served request
+//! could be handed a connection whose I/O runs on a low-priority thread.
 
 use std::cell::Cell;
 
@@ -16,7 +18,10 @@ thread_local! {
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// Mark the calling thread as one of shard `index`'s.
+/// The marker of the background thread (shadow and judge calls): no serving shard has it.
+pub const BACKGROUND: usize = usize::MAX;
+
+/// Mark the calling thread as one of shard `index`'s (or [`BACKGROUND`]).
 pub fn enter(index: usize) {
     CURRENT.with(|c| c.set(Some(index)));
 }

@@ -4,7 +4,8 @@
 //! ```text
 //! request path:  served answer ─► sample? ─► try_send(job) onto a bounded queue ─► done
 //!                                             (full: job dropped, counted)
-//! background:    queue ─► shadow request (≤ 64 at once, I/O only) ─► store channel
+//! background:    queue ─► shadow request (≤ 64 at once, I/O only, on the shadow-calls
+//!                thread at background priority) ─► store channel
 //!                store thread ─► parse, compare, validate ─► SQLite `shadow_pairs`,
 //!                one transaction per batch
 //! ```
@@ -174,7 +175,28 @@ impl ShadowEngine {
         let stats = Arc::new(Stats::default());
         let store_tx = store::spawn_writer(store_path, stats.clone(), governance);
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        tokio::spawn(dispatch(rx, store_tx, stats.clone()));
+        let dispatch_stats = stats.clone();
+        // Shadow and judge calls run on a thread of their own at background priority, with
+        // connections of their own: a mirrored call never takes a core or a pooled
+        // connection from a served request. When the CPU is saturated they fall behind, the
+        // queue fills and samples are dropped and counted, which is the right trade for
+        // traffic nobody waits for.
+        let spawned = std::thread::Builder::new()
+            .name("shadow-calls".into())
+            .spawn(move || {
+                let _ = switchyard_otlp::pipeline::lower_thread_priority();
+                crate::base::shard::enter(crate::base::shard::BACKGROUND);
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(dispatch(rx, store_tx, dispatch_stats)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the shadow call runtime; shadow requests will not be sent"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the shadow call thread; shadow requests will not be sent");
+        }
         ShadowEngine { tx, stats }
     }
 

@@ -145,6 +145,8 @@ fn writer(
     stats: Arc<Stats>,
     governance: Option<Arc<Governance>>,
 ) {
+    // Background priority, as the ledger's writer: the serving threads come first.
+    let _ = switchyard_otlp::pipeline::lower_thread_priority();
     // Opened on the first pair: a gateway without shadow traffic never creates the file.
     let mut conn: Option<Connection> = None;
     let mut batch = Vec::with_capacity(BATCH_MAX);

@@ -43,18 +43,21 @@ impl Upstream {
     }
 }
 
-/// One client per serving shard, and one for threads of no shard: a pooled connection is
-/// used by the runtime that opened it.
+/// One client per serving shard, one for the background thread and one for threads of no
+/// shard: a pooled connection is used by the runtime that opened it.
 pub struct ShardClients {
     shards: Vec<HttpClient>,
+    background: HttpClient,
     other: HttpClient,
 }
 
 impl ShardClients {
     fn get(&self) -> &HttpClient {
-        crate::base::shard::current()
-            .and_then(|i| self.shards.get(i))
-            .unwrap_or(&self.other)
+        match crate::base::shard::current() {
+            Some(crate::base::shard::BACKGROUND) => &self.background,
+            Some(i) => self.shards.get(i).unwrap_or(&self.other),
+            None => &self.other,
+        }
     }
 }
 
@@ -138,6 +141,7 @@ impl Upstreams {
             shards: (0..self.shards)
                 .map(|_| build())
                 .collect::<Result<_, _>>()?,
+            background: build()?,
             other: build()?,
         });
         map.insert(key, c.clone());
