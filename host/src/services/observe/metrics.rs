@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
+use crate::base::CounterMap;
 
 use crate::base::openai::Usage;
 
@@ -117,10 +117,10 @@ type RouteBackend = (Arc<str>, Arc<str>);
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct Metrics {
-    requests: DashMap<(Arc<str>, Arc<str>, u16), AtomicU64>,
-    duration: DashMap<RouteBackend, Histogram>,
+    requests: CounterMap<(Arc<str>, Arc<str>, u16), AtomicU64>,
+    duration: CounterMap<RouteBackend, Histogram>,
     overhead: Histogram,
-    upstream_errors: DashMap<(Arc<str>, &'static str), AtomicU64>,
+    upstream_errors: CounterMap<(Arc<str>, &'static str), AtomicU64>,
     in_flight: AtomicI64,
     client_disconnects: AtomicU64,
     connections_refused: AtomicU64,
@@ -135,12 +135,12 @@ type GenAiKey = (&'static str, Arc<str>, Arc<str>);
 #[derive(Debug, Default)]
 struct GenAiMetrics {
     /// `gen_ai.client.operation.duration`, with `error.type` ("" when it succeeded).
-    operation: DashMap<(GenAiKey, &'static str), Histogram>,
+    operation: CounterMap<(GenAiKey, &'static str), Histogram>,
     /// `gen_ai.client.token.usage`, with the token type (`input`, `output`).
-    tokens: DashMap<(GenAiKey, &'static str), Histogram>,
-    first_token: DashMap<GenAiKey, Histogram>,
-    per_output_token: DashMap<GenAiKey, Histogram>,
-    upstream: DashMap<Arc<str>, Histogram>,
+    tokens: CounterMap<(GenAiKey, &'static str), Histogram>,
+    first_token: CounterMap<GenAiKey, Histogram>,
+    per_output_token: CounterMap<GenAiKey, Histogram>,
+    upstream: CounterMap<Arc<str>, Histogram>,
 }
 
 /// Metrics fed by the other subsystems (plugins, governance, shadow, telemetry export)
@@ -149,9 +149,9 @@ struct GenAiMetrics {
 #[derive(Debug, Default)]
 struct Extensions {
     /// Nano-dollars, so that adding is one atomic instruction.
-    cost_nano_usd: DashMap<(Arc<str>, Arc<str>), AtomicU64>,
-    plugin_duration: DashMap<(Arc<str>, &'static str), Histogram>,
-    shadow: DashMap<(Arc<str>, Arc<str>, &'static str), AtomicU64>,
+    cost_nano_usd: CounterMap<(Arc<str>, Arc<str>), AtomicU64>,
+    plugin_duration: CounterMap<(Arc<str>, &'static str), Histogram>,
+    shadow: CounterMap<(Arc<str>, Arc<str>, &'static str), AtomicU64>,
     spans_exported: AtomicU64,
     spans_dropped: AtomicU64,
     span_export_failures: AtomicU64,
@@ -159,7 +159,7 @@ struct Extensions {
 
 /// Add `n` to the counter at `key`, creating it on first use (the hot path is a read lock
 /// on one shard and an atomic add).
-fn bump<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, key: K, n: u64) {
+fn bump<K: std::hash::Hash + Eq>(map: &CounterMap<K, AtomicU64>, key: K, n: u64) {
     if let Some(c) = map.get(&key) {
         c.fetch_add(n, Ordering::Relaxed);
         return;
@@ -171,7 +171,7 @@ fn bump<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, key: K, n: u64) {
 
 /// The histogram at `key`, created with `make` on first use.
 fn hist<K: std::hash::Hash + Eq>(
-    map: &DashMap<K, Histogram>,
+    map: &CounterMap<K, Histogram>,
     key: K,
     make: fn() -> Histogram,
     f: impl FnOnce(&Histogram),
@@ -186,10 +186,10 @@ fn hist<K: std::hash::Hash + Eq>(
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            requests: DashMap::new(),
-            duration: DashMap::new(),
+            requests: CounterMap::default(),
+            duration: CounterMap::default(),
             overhead: Histogram::new(OVERHEAD_BUCKETS),
-            upstream_errors: DashMap::new(),
+            upstream_errors: CounterMap::default(),
             in_flight: AtomicI64::new(0),
             client_disconnects: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dashmap::DashMap;
+use crate::base::CounterMap;
 
 use super::bindings::host::Level;
 use crate::services::observe::metrics::{header, single};
@@ -112,14 +112,14 @@ struct Histogram {
 /// Metrics plugins emit and the gateway keeps about plugins.
 #[derive(Default)]
 pub struct PluginMetrics {
-    counters: DashMap<(Arc<str>, String), AtomicU64>,
-    histograms: DashMap<(Arc<str>, String), Histogram>,
+    counters: CounterMap<(Arc<str>, String), AtomicU64>,
+    histograms: CounterMap<(Arc<str>, String), Histogram>,
     /// Failed calls by (plugin, stage, kind).
-    errors: DashMap<(Arc<str>, &'static str, &'static str), AtomicU64>,
+    errors: CounterMap<(Arc<str>, &'static str, &'static str), AtomicU64>,
     /// Calls by (plugin, stage).
-    calls: DashMap<(Arc<str>, &'static str), AtomicU64>,
+    calls: CounterMap<(Arc<str>, &'static str), AtomicU64>,
     /// Load failures by plugin.
-    load_errors: DashMap<Arc<str>, AtomicU64>,
+    load_errors: CounterMap<Arc<str>, AtomicU64>,
     pub reloads: AtomicU64,
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use dashmap::DashMap;
+use crate::base::CounterMap;
 
 use super::bindings::types::{BackendStatus, Health};
 use crate::config::Runtime;
@@ -30,7 +30,7 @@ struct Stat {
 /// Per-backend observations, keyed by backend name.
 #[derive(Default)]
 pub struct BackendStats {
-    by_name: DashMap<Arc<str>, Arc<Stat>>,
+    by_name: CounterMap<Arc<str>, Arc<Stat>>,
 }
 
 /// Counts a request in flight to a backend until dropped.

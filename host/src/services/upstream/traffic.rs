@@ -5,6 +5,7 @@
 //! after a request's first spends one. Under a full outage retries stop, breakers open, and
 //! the fallback is reached without a wasted attempt.
 
+use crate::base::CounterMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use crate::config::{Backend, TrafficSettings};
 #[derive(Debug, Default)]
 pub struct Traffic {
     pub budget: RetryBudget,
-    attempts: dashmap::DashMap<(Arc<str>, String), AtomicU64>,
+    attempts: CounterMap<(Arc<str>, String), AtomicU64>,
 }
 
 impl Traffic {
