@@ -9,7 +9,9 @@
 //! spend --by tag` compares the versions); `adapt` puts that version's system prompt in the
 //! request, its `{variables}` filled from the request's `metadata`. The pick travels from
 //! `classify` to `adapt` in the request's plugin state (contract `0.2`), so both stages, and
-//! every retry or fallback of the request, use the same version.
+//! every retry or fallback of the request, use the same version. Where no `classify` ran
+//! (`switchyard eval` only adapts), `adapt` picks from the request itself: by
+//! `metadata.prompt` and, for sticky prompts, `user` / `metadata.user`.
 //!
 //! The pick is a hash, not a coin, so it needs no state across requests: a retried request
 //! gets the version it had. Without `sticky` the hash is of the request's content
@@ -294,10 +296,15 @@ fn choose<'p>(
     Some((name, version))
 }
 
-/// The pick `classify` left for this request: (prompt, version), both still configured.
-fn picked(prompts: &Prompts) -> Option<(&Prompt, &Version)> {
+/// The pick `classify` left for this request: `None` when no `classify` ran, `Some(None)`
+/// when it ran and picked nothing, else (prompt, version).
+fn picked(prompts: &Prompts) -> Option<Option<(&Prompt, &Version)>> {
     let raw = request_get(PICK)?;
-    let text = std::str::from_utf8(&raw).ok()?;
+    Some(parse_pick(prompts, &raw))
+}
+
+fn parse_pick<'p>(prompts: &'p Prompts, raw: &[u8]) -> Option<(&'p Prompt, &'p Version)> {
+    let text = std::str::from_utf8(raw).ok()?;
     let (name, version) = text.split_once('\n')?;
     let (_, prompt) = prompts.prompts.iter().find(|(n, _)| n == name)?;
     let v = prompt.versions.iter().find(|v| v.name == version)?;
@@ -339,6 +346,8 @@ impl Classify for PromptVersions {
     fn classify(req: Request, who: Caller, _backends: Vec<BackendStatus>) -> Decision {
         let prompts = prompts();
         let extra = extra(&req);
+        // Left even when nothing is picked: `adapt` then knows `classify` ran.
+        request_set(PICK, b"");
         let Some((name, version)) = choose(&prompts, &req, &who, &extra) else {
             return Decision::none();
         };
@@ -355,7 +364,19 @@ impl Adapt for PromptVersions {
     fn adapt(mut req: Request, _target: Target) -> Option<Request> {
         let prompts = prompts();
         let extra = extra(&req);
-        let (prompt, version) = picked(&prompts)?;
+        // No pick when `classify` did not run for this request (`switchyard eval` adapts
+        // without classifying): the pick from the request alone, by `metadata.prompt`.
+        let (prompt, version) = picked(&prompts).unwrap_or_else(|| {
+            let anonymous = Caller {
+                key_id: None,
+                team: None,
+                tags: Vec::new(),
+                headers: Vec::new(),
+            };
+            let (name, version) = choose(&prompts, &req, &anonymous, &extra)?;
+            let (_, prompt) = prompts.prompts.iter().find(|(n, _)| n == name)?;
+            Some((prompt, version))
+        })?;
         let system = render(&version.system, extra.get("metadata"));
         if prompt.mode == Mode::Replace {
             req.messages
@@ -481,7 +502,7 @@ mod tests {
     }
 
     #[test]
-    fn adapt_applies_the_version_classify_picked_and_nothing_without_a_pick() {
+    fn adapt_applies_the_version_classify_picked() {
         reset();
         set_config("prompts", PROMPTS);
         let req = request(
@@ -497,8 +518,18 @@ mod tests {
             "Acme support. Customer: Bo. Plan: {plan}."
         };
         assert_eq!(out.messages[0].text_content(), want);
+        // Without a pick (no classify ran), adapt picks the same from the request itself.
         new_request();
-        assert!(PromptVersions::adapt(req, target()).is_none());
+        let out = PromptVersions::adapt(req, target()).unwrap();
+        assert_eq!(out.messages[0].text_content(), want);
+        // A pick from a header or a key is one adapt cannot make alone: classify's counts.
+        let mut who = caller();
+        who.headers = vec![("x-switchyard-prompt".into(), "support".into())];
+        let plain = chat(&[(Role::User, "hi")]);
+        new_request();
+        assert!(PromptVersions::adapt(plain.clone(), target()).is_none());
+        PromptVersions::classify(plain.clone(), who, vec![]);
+        assert!(PromptVersions::adapt(plain, target()).is_some());
     }
 
     #[test]

@@ -154,6 +154,151 @@ targets = {{ local = {{ backend = "local", model = "llama-3.1-8b" }}, premium = 
     stop(gw);
 }
 
+/// The loop capture → eval → train → route: `switchyard eval --emit-labels` labels each
+/// example of the router's example set with the cheapest target that answered it right
+/// (the local model knows only the easy answers, the premium one all), `router train`
+/// learns from those labels, and `learned-router` routes new requests by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_emit_labels_trains_a_router_that_routes() {
+    let (local, premium, dir) = setup(&["learned-router"]).await;
+    // The local model gives one canned answer, right only for the easy questions.
+    const CANNED: &str = "Please see the help centre.";
+    let mut canned = Behaviour::default();
+    canned.content = Some(CANNED.into());
+    local.set_behaviour(canned);
+    let source =
+        std::fs::read_to_string(workspace_root().join("examples/router/labeled.jsonl")).unwrap();
+    let mut dataset = String::new();
+    let mut want = Vec::new();
+    for (n, line) in source.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let messages = v["messages"].clone();
+        let last = messages.as_array().unwrap().last().unwrap()["content"].clone();
+        // The premium mock echoes the question: right exactly when it is the reference.
+        let (expected, label) = match v["label"].as_str().unwrap() {
+            "local" => (json!(CANNED), "local"),
+            _ => (last, "openai"),
+        };
+        want.push(label);
+        let ex = json!({"id": format!("ex{n}"), "messages": messages, "mock_echo": true,
+            "expected": expected, "metric": "exact"});
+        dataset.push_str(&format!("{ex}\n"));
+    }
+    let data = dir.path().join("dataset.jsonl");
+    std::fs::write(&data, dataset).unwrap();
+    let eval_config = format!(
+        r#"[[backends]]
+name = "local"
+url = "{}"
+
+[[backends]]
+name = "openai"
+url = "{}"
+
+[[routes]]
+model = "*"
+targets = [{{ backend = "openai" }}]
+
+[[prices]]
+backend = "local"
+model = "llama-3.1-8b"
+input_per_1m = 0.1
+output_per_1m = 0.2
+
+[[prices]]
+backend = "openai"
+model = "gpt-4o"
+input_per_1m = 2.5
+output_per_1m = 10.0
+"#,
+        local.url(),
+        premium.url()
+    );
+    let cfg = dir.path().join("eval.toml");
+    std::fs::write(&cfg, eval_config).unwrap();
+    let labels = dir.path().join("labels.jsonl");
+    let (code, _, err) = run_switchyard(
+        &[
+            "eval",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--dataset",
+            data.to_str().unwrap(),
+            "--baseline",
+            "openai:gpt-4o",
+            "--target",
+            "local:llama-3.1-8b",
+            "--json",
+            "--emit-labels",
+            labels.to_str().unwrap(),
+        ],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("labels: 320 examples labelled"), "{err}");
+    let emitted: Vec<Value> = std::fs::read_to_string(&labels)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<&str> = emitted
+        .iter()
+        .map(|l| l["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got, want,
+        "each example labelled with the cheapest right target"
+    );
+    assert!(emitted[0]["request"]["messages"].is_array());
+
+    let model = dir.path().join("router.json");
+    let (code, out, err) = run_switchyard(
+        &[
+            "router",
+            "train",
+            "--data",
+            labels.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+        ],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("held-out accuracy"), "{out}");
+
+    let extra = format!(
+        r#"
+[plugins.config.learned-router]
+model = {{ from_file = "{}" }}
+threshold = 0.6
+targets = {{ local = {{ backend = "local", model = "llama-3.1-8b" }}, openai = {{ backend = "openai", model = "gpt-4o" }} }}
+"#,
+        model.display()
+    );
+    let gw = Gateway::start(&config(
+        &local,
+        &premium,
+        &dir.path().join("plugins"),
+        &extra,
+    ));
+    let cases = [
+        ("How do I change my password?", "local"),
+        (
+            "Our webhook consumer in Go drops events under load; here is the handler:\n```\nfunc h(w http.ResponseWriter, r *http.Request) { go process(r.Body) }\n```\nExplain the race and rewrite it safely.",
+            "openai",
+        ),
+    ];
+    for (text, want) in cases {
+        let body = json!({"model": "support", "messages": [{"role": "user", "content": text}]});
+        let r = chat(&gw, &body, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-switchyard-backend"), Some(want), "{text}");
+    }
+    stop(gw);
+}
+
 // ---------------------------------------------------------------------------------------
 // prompt-versions
 
