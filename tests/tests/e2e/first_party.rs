@@ -163,9 +163,10 @@ async fn eval_emit_labels_trains_a_router_that_routes() {
     let (local, premium, dir) = setup(&["learned-router"]).await;
     // The local model gives one canned answer, right only for the easy questions.
     const CANNED: &str = "Please see the help centre.";
-    let mut canned = Behaviour::default();
-    canned.content = Some(CANNED.into());
-    local.set_behaviour(canned);
+    local.set_behaviour(Behaviour {
+        content: Some(CANNED.into()),
+        ..Behaviour::default()
+    });
     let source =
         std::fs::read_to_string(workspace_root().join("examples/router/labeled.jsonl")).unwrap();
     let mut dataset = String::new();
