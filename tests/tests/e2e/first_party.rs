@@ -216,8 +216,29 @@ output_per_1m = 10.0
         premium.url()
     );
     let cfg = dir.path().join("eval.toml");
-    std::fs::write(&cfg, eval_config).unwrap();
     let labels = dir.path().join("labels.jsonl");
+    // Labels rank targets by cost: a target without a price stops the eval before it sends.
+    let unpriced = eval_config.replace("model = \"llama-3.1-8b\"", "model = \"other\"");
+    std::fs::write(&cfg, unpriced).unwrap();
+    let (code, _, err) = run_switchyard(
+        &[
+            "eval",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--dataset",
+            data.to_str().unwrap(),
+            "--target",
+            "local:llama-3.1-8b",
+            "--emit-labels",
+            labels.to_str().unwrap(),
+        ],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("local:llama-3.1-8b has no price"), "{err}");
+    assert!(local.requests().is_empty() && !labels.exists());
+    std::fs::write(&cfg, eval_config).unwrap();
     let (code, _, err) = run_switchyard(
         &[
             "eval",
