@@ -1,6 +1,6 @@
 //! What the gateway offers a policy: a log tagged with the plugin's name, counters and
-//! histograms, the plugin's `[plugins.config.<name>]` values, and a small per-plugin
-//! key-value store.
+//! histograms, the plugin's `[plugins.config.<name>]` values, a small per-plugin
+//! key-value store, and (contract `0.2`) values kept for the request in flight.
 //!
 //! Inside the gateway these call the host imports. Compiled natively (unit tests), they
 //! read and write the [`crate::testing`] state instead, so policies are testable with
@@ -114,5 +114,27 @@ pub fn kv_delete(key: &str) {
     #[cfg(not(target_arch = "wasm32"))]
     crate::testing::with_state(|s| {
         s.kv.remove(key);
+    });
+}
+
+/// Read a value this plugin kept for the request in flight ([`request_set`]), from any of
+/// its stages. Contract `0.2`.
+#[cfg(not(feature = "wit-0-1"))]
+pub fn request_get(key: &str) -> Option<Vec<u8>> {
+    #[cfg(target_arch = "wasm32")]
+    return imports::request_get(key);
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testing::with_state(|s| s.request.get(key).cloned());
+}
+
+/// Keep a value for the rest of the request in flight (this plugin only; dropped when the
+/// request ends). Contract `0.2`.
+#[cfg(not(feature = "wit-0-1"))]
+pub fn request_set(key: &str, value: &[u8]) {
+    #[cfg(target_arch = "wasm32")]
+    imports::request_set(key, value);
+    #[cfg(not(target_arch = "wasm32"))]
+    crate::testing::with_state(|s| {
+        s.request.insert(key.to_string(), value.to_vec());
     });
 }

@@ -8,10 +8,11 @@
 //! | classify | [`Classify`] | [`export_classify!`] | before routing: may pick the route/target, add tags |
 //! | adapt | [`Adapt`] | [`export_adapt!`] | after routing: may rewrite the request for the target |
 //! | validate | [`Validate`] | [`export_validate!`] | on a complete answer: accept, reject, replace |
+//! | chunks | `Chunks` | `export_chunks!` | on each piece of a streamed answer's text (contract `0.2`) |
 //!
 //! [`export_policy!`] exports all three from one type. The types ([`Request`], [`Message`],
 //! [`Decision`], ...) are generated from `wit/plugin.wit`; [`host`] wraps what the gateway
-//! offers (log, metrics, config, key-value store); [`helpers`] has the reads most policies
+//! offers (log, metrics, config, key-value store, per-request state); [`helpers`] has the reads most policies
 //! need; [`testing`] lets you unit-test a policy natively, with `cargo test`, without Wasm.
 //!
 //! ```ignore
@@ -31,7 +32,65 @@
 
 /// Generated bindings, one module per world. The types live in `classifier` and are shared
 /// by the others (`with`), so a `Request` is the same type whichever stage you implement.
+///
+/// By default a policy is built against the contract `switchyard:plugin@0.2.0`
+/// (`wit/v0.2/plugin.wit`: per-request state and the `chunks` stage). The feature `wit-0-1`
+/// builds it against `0.1.0` instead, for gateways that only know `0.1`.
 #[doc(hidden)]
+#[cfg(not(feature = "wit-0-1"))]
+pub mod bindings {
+    pub mod classifier {
+        wit_bindgen::generate!({
+            path: "../wit/v0.2",
+            world: "classifier",
+            pub_export_macro: true,
+            export_macro_name: "export_classifier",
+            default_bindings_module: "switchyard_sdk::bindings::classifier",
+            generate_all,
+        });
+    }
+    pub mod adapter {
+        wit_bindgen::generate!({
+            path: "../wit/v0.2",
+            world: "adapter",
+            pub_export_macro: true,
+            export_macro_name: "export_adapter",
+            default_bindings_module: "switchyard_sdk::bindings::adapter",
+            with: {
+                "switchyard:plugin/types@0.2.0": crate::bindings::classifier::switchyard::plugin::types,
+                "switchyard:plugin/host@0.2.0": crate::bindings::classifier::switchyard::plugin::host,
+            },
+        });
+    }
+    pub mod validator {
+        wit_bindgen::generate!({
+            path: "../wit/v0.2",
+            world: "validator",
+            pub_export_macro: true,
+            export_macro_name: "export_validator",
+            default_bindings_module: "switchyard_sdk::bindings::validator",
+            with: {
+                "switchyard:plugin/types@0.2.0": crate::bindings::classifier::switchyard::plugin::types,
+                "switchyard:plugin/host@0.2.0": crate::bindings::classifier::switchyard::plugin::host,
+            },
+        });
+    }
+    pub mod streamer {
+        wit_bindgen::generate!({
+            path: "../wit/v0.2",
+            world: "streamer",
+            pub_export_macro: true,
+            export_macro_name: "export_streamer",
+            default_bindings_module: "switchyard_sdk::bindings::streamer",
+            with: {
+                                "switchyard:plugin/host@0.2.0": crate::bindings::classifier::switchyard::plugin::host,
+            },
+        });
+    }
+}
+
+#[doc(hidden)]
+#[cfg(feature = "wit-0-1")]
 pub mod bindings {
     pub mod classifier {
         wit_bindgen::generate!({
@@ -84,6 +143,9 @@ pub use bindings::classifier::switchyard::plugin::types::{
 pub use bindings::adapter::exports::switchyard::plugin::adapt::Guest as Adapt;
 /// Stage `classify`: decide route, target and tags before routing.
 pub use bindings::classifier::exports::switchyard::plugin::classify::Guest as Classify;
+/// Stage `chunks` (contract `0.2`): rewrite a streamed answer's text piece by piece.
+#[cfg(not(feature = "wit-0-1"))]
+pub use bindings::streamer::exports::switchyard::plugin::chunks::Guest as Chunks;
 /// Stage `validate`: accept, reject or replace a complete answer.
 pub use bindings::validator::exports::switchyard::plugin::validate::Guest as Validate;
 
@@ -177,6 +239,16 @@ macro_rules! export_validate {
         // Native builds (unit tests with `testing`) have no component to export from.
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::validator::export_validator!($t with_types_in $crate::bindings::validator);
+    };
+}
+
+/// Export a [`Chunks`] implementation as this component's `chunks` stage (contract `0.2`).
+#[macro_export]
+macro_rules! export_chunks {
+    ($t:ident) => {
+        // Native builds (unit tests with `testing`) have no component to export from.
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::streamer::export_streamer!($t with_types_in $crate::bindings::streamer);
     };
 }
 

@@ -26,6 +26,8 @@ pub struct HostState {
     pub counters: HashMap<String, u64>,
     pub values: Vec<(String, f64)>,
     pub kv: HashMap<String, Vec<u8>>,
+    /// The request in flight's values (`host::request_set`); [`new_request`] clears them.
+    pub request: HashMap<String, Vec<u8>>,
 }
 
 thread_local! {
@@ -40,6 +42,12 @@ pub fn with_state<R>(f: impl FnOnce(&mut HostState) -> R) -> R {
 /// Forget every config value, log line, counter and stored key.
 pub fn reset() {
     with_state(|s| *s = HostState::default());
+}
+
+/// Start another request: forget the values kept for the one before (`host::request_set`),
+/// as the gateway does between requests.
+pub fn new_request() {
+    with_state(|s| s.request.clear());
 }
 
 /// Set a config value (as `[plugins.config.<name>] key = value` would).

@@ -309,6 +309,7 @@ pub async fn attempt(a: AttemptPhase<'_>) -> Result<Exchanged, GatewayError> {
         stream_end,
         // A stream is held until complete when a `validate` plugin asks to judge streams.
         hold_stream: request.stream && pass.validates() && pass.holds_streams(),
+        chunks: request.stream.then(|| pass.chunk_hook()).flatten(),
         max_event: snapshot.config.server.max_event_bytes,
         max_answer: snapshot.config.server.max_answer_bytes,
     };

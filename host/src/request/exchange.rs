@@ -19,6 +19,7 @@ use crate::config::{Runtime, Target};
 use crate::services::Services;
 use crate::services::governance::Settler;
 use crate::services::observe::telemetry::{self, AttemptModel, AttemptSpan, RequestTelemetry};
+use crate::services::plugins::ChunkHook;
 use crate::services::shadow::CaptureSlot;
 use crate::services::upstream::client;
 use crate::services::upstream::pool::Slot;
@@ -39,6 +40,8 @@ pub struct Exchange<'a> {
     pub stream_end: Arc<StreamEnd>,
     /// A streamed answer is held until complete (a `validate` plugin judges streams).
     pub hold_stream: bool,
+    /// The `chunks` plugins a relayed stream's text goes through (WIT `0.2`).
+    pub chunks: Option<ChunkHook>,
     /// How much of an upstream answer may be held: `[server] max_event_bytes` for one line
     /// or event of a stream, `max_answer_bytes` for an answer read whole.
     pub max_event: usize,

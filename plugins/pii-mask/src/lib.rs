@@ -14,9 +14,14 @@
 //! client's original request and masks it again to rebuild the mapping (the masking is
 //! deterministic), so no state is shared between the stages or kept after the answer.
 //!
-//! Streamed answers are restored when the gateway holds them until complete: give the plugin
-//! `validate_streams = "buffer"` in `[plugins.overrides.pii-mask]`. A placeholder split
-//! across chunks is then whole again, and the restored answer is streamed to the client.
+//! Streamed answers are restored as they are relayed, chunk by chunk (the `chunks` stage,
+//! contract `0.2`): `adapt` keeps the request's mapping in the request's plugin state, and
+//! each piece of text goes to the client with its placeholders restored. Only a possible
+//! start of a placeholder at a piece's end (`<EMA`) is held back, until the next piece shows
+//! whether it is one; a placeholder split across chunks is thus restored whole, and the
+//! stream is never buffered. (With `validate_streams = "buffer"` in
+//! `[plugins.overrides.pii-mask]` the gateway instead holds the stream until complete and
+//! `validate` restores it whole.)
 //!
 //! Config keys (`[plugins.config.pii-mask]`):
 //!
@@ -38,8 +43,10 @@ use std::rc::Rc;
 
 use regex::Regex;
 use serde_json::Value;
-use switchyard_sdk::host::{Level, config, config_list, config_or, counter_add, log};
-use switchyard_sdk::{Adapt, ContentPart, Request, Response, Target, Validate, Verdict};
+use switchyard_sdk::host::{
+    Level, config, config_list, config_or, counter_add, log, request_get, request_set,
+};
+use switchyard_sdk::{Adapt, Chunks, ContentPart, Request, Response, Target, Validate, Verdict};
 
 pub struct PiiMask;
 
@@ -441,9 +448,20 @@ fn restore_value(v: &mut Value, originals: &HashMap<&str, &str>) -> u64 {
     }
 }
 
+/// Where `adapt` keeps the request's mapping for `chunks`: JSON `[[placeholder, original]]`.
+const MAPPING: &str = "mapping";
+
+/// The request state key of the text held back for choice `choice`.
+fn held_key(choice: u32) -> String {
+    format!("held_{choice}")
+}
+
 impl Adapt for PiiMask {
     fn adapt(mut req: Request, target: Target) -> Option<Request> {
         let s = settings();
+        // Each attempt adapts afresh: an attempt to a backend that is not external (a
+        // fallback) sends the originals, and its answer has no placeholders to restore.
+        request_set(MAPPING, b"");
         if !s.external.contains(&target.backend) {
             return None;
         }
@@ -454,7 +472,71 @@ impl Adapt for PiiMask {
         for (label, n) in &map.masked {
             counter_add(&format!("masked_{}", label.to_ascii_lowercase()), *n);
         }
+        if s.restore {
+            let json = serde_json::to_vec(&map.entries).unwrap_or_default();
+            request_set(MAPPING, &json);
+        }
         Some(req)
+    }
+}
+
+/// Restore the placeholders in `text`, the next piece of a streamed answer, joined to what
+/// was held back before it. Returns what can go to the client now and what to hold: a
+/// tail that is the start of a placeholder (`<EMAIL_`) waits for the next piece, unless
+/// this is the last.
+fn restore_piece(
+    entries: &[(String, String)],
+    held: &str,
+    text: &str,
+    last: bool,
+) -> (String, String, u64) {
+    let mut buf = String::with_capacity(held.len() + text.len());
+    buf.push_str(held);
+    buf.push_str(text);
+    // A placeholder has one `<`, its first character: only a tail from the last `<` can be
+    // an unfinished one.
+    let cut = match buf.rfind('<') {
+        Some(at) if !last => {
+            let tail = &buf[at..];
+            let unfinished = entries
+                .iter()
+                .any(|(p, _)| p.len() > tail.len() && p.starts_with(tail));
+            if unfinished { at } else { buf.len() }
+        }
+        _ => buf.len(),
+    };
+    let keep = buf.split_off(cut);
+    let originals: HashMap<&str, &str> = entries
+        .iter()
+        .map(|(p, o)| (p.as_str(), o.as_str()))
+        .collect();
+    let mut v = Value::String(buf);
+    let n = restore_value(&mut v, &originals);
+    let Value::String(out) = v else {
+        unreachable!("restore_value keeps a string a string")
+    };
+    (out, keep, n)
+}
+
+impl Chunks for PiiMask {
+    fn on_chunk(choice: u32, text: String, last: bool) -> String {
+        let Some(raw) = request_get(MAPPING).filter(|m| !m.is_empty()) else {
+            return text;
+        };
+        let Ok(entries) = serde_json::from_slice::<Vec<(String, String)>>(&raw) else {
+            return text;
+        };
+        let key = held_key(choice);
+        let held = request_get(&key).unwrap_or_default();
+        let held = String::from_utf8_lossy(&held);
+        let (out, keep, n) = restore_piece(&entries, &held, &text, last);
+        if !(keep.is_empty() && held.is_empty()) {
+            request_set(&key, keep.as_bytes());
+        }
+        if n > 0 {
+            counter_add("restored", n);
+        }
+        out
     }
 }
 
@@ -489,6 +571,7 @@ impl Validate for PiiMask {
 
 switchyard_sdk::export_adapt!(PiiMask);
 switchyard_sdk::export_validate!(PiiMask);
+switchyard_sdk::export_chunks!(PiiMask);
 
 #[cfg(test)]
 mod tests {
@@ -595,6 +678,47 @@ mod tests {
         set_config("restore", "false");
         SETTINGS.with(|s| s.borrow_mut().take());
         assert!(matches!(PiiMask::validate(req, resp), Verdict::Accept));
+    }
+
+    /// Every way of cutting an answer into two or three streamed pieces gives the client
+    /// the restored answer, and nothing but a placeholder's possible start is ever held.
+    #[test]
+    fn streamed_pieces_are_restored_whatever_the_cuts() {
+        reset();
+        set_config("external_backends", r#"["openai"]"#);
+        SETTINGS.with(|s| s.borrow_mut().take());
+        let req = chat(&[(Role::User, "mail bob@example.com or call +14155550123")]);
+        let target = Target {
+            backend: "openai".into(),
+            model: "gpt-4o".into(),
+        };
+        let answer = "Sure <EMAIL_1>, I will call <PHONE_1>. a<b, 1 < 2 and <EMAIL_9> stay.";
+        let want = "Sure bob@example.com, I will call +14155550123. a<b, 1 < 2 and <EMAIL_9> stay.";
+        let cuts: Vec<usize> = (0..=answer.len()).collect();
+        for &i in &cuts {
+            for &j in &cuts[i..] {
+                new_request();
+                PiiMask::adapt(req.clone(), target.clone()).unwrap();
+                let pieces = [&answer[..i], &answer[i..j], &answer[j..]];
+                let mut got = String::new();
+                for (n, p) in pieces.iter().enumerate() {
+                    let out = PiiMask::on_chunk(0, p.to_string(), n == 2);
+                    // Held text is at most a placeholder's start, never a whole one.
+                    let held = request_get(&held_key(0)).unwrap_or_default();
+                    assert!(held.len() < "<PHONE_1>".len(), "held {held:?} at {i},{j}");
+                    got.push_str(&out);
+                }
+                assert_eq!(got, want, "cut at {i} and {j}");
+            }
+        }
+        // A request that went out unmasked (a local fallback) streams back untouched.
+        new_request();
+        let local = Target {
+            backend: "local".into(),
+            model: "llama".into(),
+        };
+        assert!(PiiMask::adapt(req, local).is_none());
+        assert_eq!(PiiMask::on_chunk(0, "<EMAIL_1".into(), false), "<EMAIL_1");
     }
 
     /// The end-to-end fixture, natively: every planted value masked, clean text untouched.

@@ -1,19 +1,24 @@
 //! `prompt-versions` (stages `classify` + `adapt`): versioned system prompts, split by weight
 //! across traffic, with each request's version on its ledger row.
 //!
-//! A request names its prompt in `metadata.prompt` (`"metadata": {"prompt": "support"}`).
-//! The plugin picks one of the prompt's versions by weight, `classify` tags the request
+//! A request names its prompt in `metadata.prompt` (`"metadata": {"prompt": "support"}`) or
+//! in the header `x-switchyard-prompt: support` (the operator lets plugins see it:
+//! `[plugins] headers = ["x-switchyard-prompt"]`; `metadata.prompt` wins when both are
+//! given). `classify` picks one of the prompt's versions by weight and tags the request
 //! `prompt:<name>` and `prompt_version:<version>` (the ledger row carries them: `switchyard
-//! spend --by tag` compares the versions), and `adapt` puts the version's system prompt in
-//! the request, its `{variables}` filled from the request's `metadata`.
+//! spend --by tag` compares the versions); `adapt` puts that version's system prompt in the
+//! request, its `{variables}` filled from the request's `metadata`. The pick travels from
+//! `classify` to `adapt` in the request's plugin state (contract `0.2`), so both stages, and
+//! every retry or fallback of the request, use the same version. Where no `classify` ran
+//! (`switchyard eval` only adapts), `adapt` picks from the request itself: by
+//! `metadata.prompt` and, for sticky prompts, `user` / `metadata.user`.
 //!
-//! The pick is a hash, not a coin: both stages (separate calls, possibly on different
-//! instances) arrive at the same version without sharing state, and a retried request gets
-//! the version it had. Without `sticky` the hash is of the request's content (different
-//! requests split by weight); with `sticky` it is of the caller, the request's `user`
-//! member (else `metadata.user`), so a caller keeps its version across requests. Put
-//! `prompt-versions` before other `adapt` plugins in `[plugins] order`: they may rewrite the
-//! messages the hash reads.
+//! The pick is a hash, not a coin, so it needs no state across requests: a retried request
+//! gets the version it had. Without `sticky` the hash is of the request's content
+//! (different requests split by weight); with `sticky` it is of the caller: the request's
+//! `user` member, else `metadata.user`, else the virtual key the request came with. A
+//! caller thus keeps its version across requests, and across gateway restarts and replicas.
+//! A sticky prompt's request with no caller at all is split by content.
 //!
 //! Config keys (`[plugins.config.prompt-versions]`):
 //!
@@ -24,6 +29,7 @@
 //! | `prompts.<name>.mode` | `"replace"` | `"replace"`: the client's system/developer messages are removed and the version's put first; `"inject"`: the version's is put before the client's |
 //! | `prompts.<name>.sticky` | `sticky` | pick per caller instead of per request |
 //! | `sticky` | `false` | the default of every prompt's `sticky` |
+//! | `header` | `"x-switchyard-prompt"` | the request header that may name the prompt (lower case; it must also be in `[plugins] headers`) |
 //!
 //! `prompts` may also be `{ from_file = "prompts.json" }` (the same table as JSON). The
 //! values change with a config reload. Metrics (`switchyard_plugin_counter_total{plugin=
@@ -33,7 +39,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use serde_json::{Map, Value};
-use switchyard_sdk::host::{Level, config, counter_add, log};
+use switchyard_sdk::host::{Level, config, counter_add, log, request_get, request_set};
 use switchyard_sdk::{
     Adapt, BackendStatus, Caller, Classify, ContentPart, Decision, Message, Request, Role, Target,
 };
@@ -61,9 +67,31 @@ struct Prompt {
     total: f64,
 }
 
-type Prompts = Vec<(String, Prompt)>;
+#[derive(Debug, Default)]
+struct Prompts {
+    prompts: Vec<(String, Prompt)>,
+    /// The header that may name the prompt.
+    header: String,
+}
+
+/// The header that names a prompt when `metadata.prompt` does not.
+const DEFAULT_HEADER: &str = "x-switchyard-prompt";
+
+/// Where `classify` leaves its pick for `adapt` (the request's plugin state).
+const PICK: &str = "pick";
 
 fn load() -> Result<Prompts, String> {
+    let header = config("header")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|| DEFAULT_HEADER.to_string());
+    if header.is_empty() {
+        return Err("`header` must name a header".into());
+    }
+    let prompts = load_prompts()?;
+    Ok(Prompts { prompts, header })
+}
+
+fn load_prompts() -> Result<Vec<(String, Prompt)>, String> {
     let default_sticky = match config("sticky").as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -183,13 +211,35 @@ fn extra(req: &Request) -> Map<String, Value> {
     serde_json::from_str(&req.extra).unwrap_or_default()
 }
 
-/// Who the caller is, as far as both stages can tell: `user`, else `metadata.user`.
-fn caller_id(extra: &Map<String, Value>) -> Option<String> {
-    extra
+/// Who the caller is: `user`, else `metadata.user`, else the virtual key.
+fn caller_id(extra: &Map<String, Value>, who: &Caller) -> Option<String> {
+    let user = extra
         .get("user")
         .and_then(Value::as_str)
-        .or_else(|| extra.get("metadata")?.get("user")?.as_str())
-        .map(str::to_string)
+        .or_else(|| extra.get("metadata")?.get("user")?.as_str());
+    match user {
+        Some(u) => Some(format!("user:{u}")),
+        None => who.key_id.as_ref().map(|k| format!("key:{k}")),
+    }
+}
+
+/// The prompt the request names: `metadata.prompt`, else the prompt header.
+fn prompt_name<'r>(
+    extra: &'r Map<String, Value>,
+    who: &'r Caller,
+    header: &str,
+) -> Option<&'r str> {
+    if let Some(name) = extra
+        .get("metadata")
+        .and_then(|m| m.get("prompt"))
+        .and_then(Value::as_str)
+    {
+        return Some(name);
+    }
+    who.headers
+        .iter()
+        .find(|(h, _)| h == header)
+        .map(|(_, v)| v.trim())
 }
 
 /// What the unsticky pick hashes: the conversation and the other members.
@@ -212,16 +262,17 @@ fn fingerprint(req: &Request, h: &mut Hash) {
 fn choose<'p>(
     prompts: &'p Prompts,
     req: &Request,
+    who: &Caller,
     extra: &Map<String, Value>,
-) -> Option<(&'p str, &'p Prompt, &'p Version)> {
-    let name = extra.get("metadata")?.get("prompt")?.as_str()?;
-    let Some((name, prompt)) = prompts.iter().find(|(n, _)| n == name) else {
+) -> Option<(&'p str, &'p Version)> {
+    let name = prompt_name(extra, who, &prompts.header)?;
+    let Some((name, prompt)) = prompts.prompts.iter().find(|(n, _)| n == name) else {
         counter_add("unknown_prompt", 1);
         return None;
     };
     let mut h = Hash::new();
     h.add(name.as_bytes());
-    match caller_id(extra).filter(|_| prompt.sticky) {
+    match caller_id(extra, who).filter(|_| prompt.sticky) {
         Some(id) => h.add(id.as_bytes()),
         None => {
             fingerprint(req, &mut h);
@@ -242,7 +293,22 @@ fn choose<'p>(
             false
         })
         .or_else(|| prompt.versions.iter().rev().find(|v| v.weight > 0.0))?;
-    Some((name, prompt, version))
+    Some((name, version))
+}
+
+/// The pick `classify` left for this request: `None` when no `classify` ran, `Some(None)`
+/// when it ran and picked nothing, else (prompt, version).
+fn picked(prompts: &Prompts) -> Option<Option<(&Prompt, &Version)>> {
+    let raw = request_get(PICK)?;
+    Some(parse_pick(prompts, &raw))
+}
+
+fn parse_pick<'p>(prompts: &'p Prompts, raw: &[u8]) -> Option<(&'p Prompt, &'p Version)> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let (name, version) = text.split_once('\n')?;
+    let (_, prompt) = prompts.prompts.iter().find(|(n, _)| n == name)?;
+    let v = prompt.versions.iter().find(|v| v.name == version)?;
+    Some((prompt, v))
 }
 
 /// `{var}` replaced by `metadata.var` (strings and numbers); anything else stays.
@@ -277,12 +343,15 @@ fn render(template: &str, metadata: Option<&Value>) -> String {
 }
 
 impl Classify for PromptVersions {
-    fn classify(req: Request, _who: Caller, _backends: Vec<BackendStatus>) -> Decision {
+    fn classify(req: Request, who: Caller, _backends: Vec<BackendStatus>) -> Decision {
         let prompts = prompts();
         let extra = extra(&req);
-        let Some((name, _, version)) = choose(&prompts, &req, &extra) else {
+        // Left even when nothing is picked: `adapt` then knows `classify` ran.
+        request_set(PICK, b"");
+        let Some((name, version)) = choose(&prompts, &req, &who, &extra) else {
             return Decision::none();
         };
+        request_set(PICK, format!("{name}\n{}", version.name).as_bytes());
         counter_add(&format!("picked_{name}_{}", version.name), 1);
         Decision::none()
             .tag(&format!("prompt:{name}"))
@@ -295,7 +364,19 @@ impl Adapt for PromptVersions {
     fn adapt(mut req: Request, _target: Target) -> Option<Request> {
         let prompts = prompts();
         let extra = extra(&req);
-        let (_, prompt, version) = choose(&prompts, &req, &extra)?;
+        // No pick when `classify` did not run for this request (`switchyard eval` adapts
+        // without classifying): the pick from the request alone, by `metadata.prompt`.
+        let (prompt, version) = picked(&prompts).unwrap_or_else(|| {
+            let anonymous = Caller {
+                key_id: None,
+                team: None,
+                tags: Vec::new(),
+                headers: Vec::new(),
+            };
+            let (name, version) = choose(&prompts, &req, &anonymous, &extra)?;
+            let (_, prompt) = prompts.prompts.iter().find(|(n, _)| n == name)?;
+            Some((prompt, version))
+        })?;
         let system = render(&version.system, extra.get("metadata"));
         if prompt.mode == Mode::Replace {
             req.messages
@@ -341,6 +422,7 @@ mod tests {
                 &format!("question {i}"),
                 serde_json::json!({"prompt": "support", "customer": "Ann"}),
             );
+            new_request();
             let d = PromptVersions::classify(req.clone(), caller(), vec![]);
             let version = d.tags[1]
                 .strip_prefix("prompt_version:")
@@ -385,6 +467,71 @@ mod tests {
         }
     }
 
+    /// A request through both stages, as the gateway runs them: the version it got.
+    fn through(req: Request, who: Caller) -> Option<Request> {
+        new_request();
+        PromptVersions::classify(req.clone(), who, vec![]);
+        PromptVersions::adapt(req, target())
+    }
+
+    #[test]
+    fn virtual_keys_are_sticky_callers_and_the_header_names_the_prompt() {
+        reset();
+        set_config("prompts", PROMPTS);
+        set_config("sticky", "true");
+        let mut seen = std::collections::HashSet::new();
+        for key in 0..12 {
+            let mut who = caller();
+            who.key_id = Some(format!("key-{key}"));
+            who.headers = vec![("x-switchyard-prompt".into(), "support".into())];
+            let versions: std::collections::HashSet<String> = (0..10)
+                .map(|i| {
+                    let mut req = chat(&[(Role::User, &format!("question {i}"))]);
+                    req.extra = r#"{"metadata":{"customer":"Ann","plan":"Pro"}}"#.into();
+                    through(req, who.clone()).unwrap().messages[0].text_content()
+                })
+                .collect();
+            assert_eq!(versions.len(), 1, "key-{key}: {versions:?}");
+            seen.extend(versions);
+        }
+        assert_eq!(seen.len(), 2, "twelve keys all on one version: {seen:?}");
+        // Without the header (or with another one) nothing names a prompt.
+        let mut who = caller();
+        who.headers = vec![("x-other".into(), "support".into())];
+        assert!(through(chat(&[(Role::User, "hi")]), who).is_none());
+    }
+
+    #[test]
+    fn adapt_applies_the_version_classify_picked() {
+        reset();
+        set_config("prompts", PROMPTS);
+        let req = request(
+            "hi",
+            serde_json::json!({"prompt": "support", "customer": "Bo"}),
+        );
+        new_request();
+        let d = PromptVersions::classify(req.clone(), caller(), vec![]);
+        let out = PromptVersions::adapt(req.clone(), target()).unwrap();
+        let want = if d.tags[1] == "prompt_version:v1" {
+            "You help Bo with Acme."
+        } else {
+            "Acme support. Customer: Bo. Plan: {plan}."
+        };
+        assert_eq!(out.messages[0].text_content(), want);
+        // Without a pick (no classify ran), adapt picks the same from the request itself.
+        new_request();
+        let out = PromptVersions::adapt(req, target()).unwrap();
+        assert_eq!(out.messages[0].text_content(), want);
+        // A pick from a header or a key is one adapt cannot make alone: classify's counts.
+        let mut who = caller();
+        who.headers = vec![("x-switchyard-prompt".into(), "support".into())];
+        let plain = chat(&[(Role::User, "hi")]);
+        new_request();
+        assert!(PromptVersions::adapt(plain.clone(), target()).is_none());
+        PromptVersions::classify(plain.clone(), who, vec![]);
+        assert!(PromptVersions::adapt(plain, target()).is_some());
+    }
+
     #[test]
     fn inject_keeps_the_clients_system_prompt_and_unknown_prompts_change_nothing() {
         reset();
@@ -392,13 +539,11 @@ mod tests {
             "prompts",
             r#"{"s":{"mode":"inject","versions":{"a":{"system":"first"}}}}"#,
         );
-        let out =
-            PromptVersions::adapt(request("hi", serde_json::json!({"prompt": "s"})), target())
-                .unwrap();
+        let out = through(request("hi", serde_json::json!({"prompt": "s"})), caller()).unwrap();
         let texts: Vec<String> = out.messages.iter().map(Message::text_content).collect();
         assert_eq!(texts, ["first", "client system", "hi"]);
         let req = request("hi", serde_json::json!({"prompt": "other"}));
-        assert!(PromptVersions::adapt(req.clone(), target()).is_none());
+        assert!(through(req.clone(), caller()).is_none());
         assert!(
             PromptVersions::classify(req, caller(), vec![])
                 .tags

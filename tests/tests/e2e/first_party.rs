@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchyard_tests::client::{Client, Resp};
-use switchyard_tests::mock::MockUpstream;
+use switchyard_tests::mock::{Behaviour, MockUpstream};
 use switchyard_tests::{Gateway, plugins, run_switchyard, workspace_root};
 
 /// Two backends (`local`, `openai`), every model routed to `openai`, the first-party
@@ -151,6 +151,173 @@ targets = {{ local = {{ backend = "local", model = "llama-3.1-8b" }}, premium = 
             .collect::<Vec<_>>()
             .join("\n")
     );
+    stop(gw);
+}
+
+/// The loop capture → eval → train → route: `switchyard eval --emit-labels` labels each
+/// example of the router's example set with the cheapest target that answered it right
+/// (the local model knows only the easy answers, the premium one all), `router train`
+/// learns from those labels, and `learned-router` routes new requests by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_emit_labels_trains_a_router_that_routes() {
+    let (local, premium, dir) = setup(&["learned-router"]).await;
+    // The local model gives one canned answer, right only for the easy questions.
+    const CANNED: &str = "Please see the help centre.";
+    local.set_behaviour(Behaviour {
+        content: Some(CANNED.into()),
+        ..Behaviour::default()
+    });
+    let source =
+        std::fs::read_to_string(workspace_root().join("examples/router/labeled.jsonl")).unwrap();
+    let mut dataset = String::new();
+    let mut want = Vec::new();
+    for (n, line) in source.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let messages = v["messages"].clone();
+        let last = messages.as_array().unwrap().last().unwrap()["content"].clone();
+        // The premium mock echoes the question: right exactly when it is the reference.
+        let (expected, label) = match v["label"].as_str().unwrap() {
+            "local" => (json!(CANNED), "local"),
+            _ => (last, "openai"),
+        };
+        want.push(label);
+        let ex = json!({"id": format!("ex{n}"), "messages": messages, "mock_echo": true,
+            "expected": expected, "metric": "exact"});
+        dataset.push_str(&format!("{ex}\n"));
+    }
+    let data = dir.path().join("dataset.jsonl");
+    std::fs::write(&data, dataset).unwrap();
+    let eval_config = format!(
+        r#"[[backends]]
+name = "local"
+url = "{}"
+
+[[backends]]
+name = "openai"
+url = "{}"
+
+[[routes]]
+model = "*"
+targets = [{{ backend = "openai" }}]
+
+[[prices]]
+backend = "local"
+model = "llama-3.1-8b"
+input_per_1m = 0.1
+output_per_1m = 0.2
+
+[[prices]]
+backend = "openai"
+model = "gpt-4o"
+input_per_1m = 2.5
+output_per_1m = 10.0
+"#,
+        local.url(),
+        premium.url()
+    );
+    let cfg = dir.path().join("eval.toml");
+    let labels = dir.path().join("labels.jsonl");
+    // Labels rank targets by cost: a target without a price stops the eval before it sends.
+    let unpriced = eval_config.replace("model = \"llama-3.1-8b\"", "model = \"other\"");
+    std::fs::write(&cfg, unpriced).unwrap();
+    let (code, _, err) = run_switchyard(
+        &[
+            "eval",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--dataset",
+            data.to_str().unwrap(),
+            "--target",
+            "local:llama-3.1-8b",
+            "--emit-labels",
+            labels.to_str().unwrap(),
+        ],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("local:llama-3.1-8b has no price"), "{err}");
+    assert!(local.requests().is_empty() && !labels.exists());
+    std::fs::write(&cfg, eval_config).unwrap();
+    let (code, _, err) = run_switchyard(
+        &[
+            "eval",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--dataset",
+            data.to_str().unwrap(),
+            "--baseline",
+            "openai:gpt-4o",
+            "--target",
+            "local:llama-3.1-8b",
+            "--json",
+            "--emit-labels",
+            labels.to_str().unwrap(),
+        ],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("labels: 320 examples labelled"), "{err}");
+    let emitted: Vec<Value> = std::fs::read_to_string(&labels)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<&str> = emitted
+        .iter()
+        .map(|l| l["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got, want,
+        "each example labelled with the cheapest right target"
+    );
+    assert!(emitted[0]["request"]["messages"].is_array());
+
+    let model = dir.path().join("router.json");
+    let (code, out, err) = run_switchyard(
+        &[
+            "router",
+            "train",
+            "--data",
+            labels.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+        ],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("held-out accuracy"), "{out}");
+
+    let extra = format!(
+        r#"
+[plugins.config.learned-router]
+model = {{ from_file = "{}" }}
+threshold = 0.6
+targets = {{ local = {{ backend = "local", model = "llama-3.1-8b" }}, openai = {{ backend = "openai", model = "gpt-4o" }} }}
+"#,
+        model.display()
+    );
+    let gw = Gateway::start(&config(
+        &local,
+        &premium,
+        &dir.path().join("plugins"),
+        &extra,
+    ));
+    let cases = [
+        ("How do I change my password?", "local"),
+        (
+            "Our webhook consumer in Go drops events under load; here is the handler:\n```\nfunc h(w http.ResponseWriter, r *http.Request) { go process(r.Body) }\n```\nExplain the race and rewrite it safely.",
+            "openai",
+        ),
+    ];
+    for (text, want) in cases {
+        let body = json!({"model": "support", "messages": [{"role": "user", "content": text}]});
+        let r = chat(&gw, &body, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-switchyard-backend"), Some(want), "{text}");
+    }
     stop(gw);
 }
 
@@ -330,6 +497,67 @@ async fn prompt_versions_split_by_weight_stick_to_callers_reach_the_ledger_and_r
     assert!(requests("prompt:support") >= N as u64, "{summary}");
 }
 
+/// The prompt named by the `x-switchyard-prompt` header, sticky per virtual key: every key
+/// keeps one version across its requests, and the keys split across both versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_versions_by_header_stick_to_virtual_keys() {
+    let (local, premium, dir) = setup(&["prompt-versions"]).await;
+    let extra = format!(
+        r#"headers = ["x-switchyard-prompt"]
+
+[plugins.config.prompt-versions.prompts.sales]
+sticky = true
+[plugins.config.prompt-versions.prompts.sales.versions.a]
+system = "Sales prompt A."
+[plugins.config.prompt-versions.prompts.sales.versions.b]
+system = "Sales prompt B."
+
+[state]
+path = "{}"
+"#,
+        dir.path().join("keys.db").display()
+    );
+    let text = config(&local, &premium, &dir.path().join("plugins"), &extra);
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let keys: Vec<String> = (0..12)
+        .map(|k| {
+            let team = format!("team-{k}");
+            let args = ["keys", "create", "--team", &team, "--json", "--config"];
+            let mut args = args.to_vec();
+            args.push(cfg.to_str().unwrap());
+            let (code, out, err) = run_switchyard(&args, dir.path(), &[]);
+            assert_eq!(code, 0, "keys create: {err}");
+            let v: Value = serde_json::from_str(out.trim()).unwrap();
+            v["key"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let gw = Gateway::start(&text);
+    let mut seen = std::collections::HashSet::new();
+    for (k, key) in keys.iter().enumerate() {
+        let auth = format!("Bearer {key}");
+        let mut versions = std::collections::HashSet::new();
+        for i in 0..6 {
+            let tag = format!("k{k}-{i}");
+            let body = json!({"model": "gpt-4o",
+                "messages": [{"role": "user", "content": format!("quote {i}")}],
+                "metadata": {"req": tag.clone()}});
+            let r = chat(
+                &gw,
+                &body,
+                &[("authorization", &auth), ("x-switchyard-prompt", "sales")],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            versions.insert(systems_by_request(&premium)[&tag].clone());
+        }
+        assert_eq!(versions.len(), 1, "key team-{k} switched: {versions:?}");
+        seen.extend(versions);
+    }
+    assert_eq!(seen.len(), 2, "twelve keys all on one version: {seen:?}");
+    stop(gw);
+}
+
 // ---------------------------------------------------------------------------------------
 // pii-mask
 
@@ -356,19 +584,46 @@ fn streamed_text(events: &[Value]) -> String {
         .collect()
 }
 
+/// How the streamed answers of [`pii_round_trip`] reach the client.
+#[derive(Clone, Copy, PartialEq)]
+enum Streamed {
+    /// `validate_streams = "buffer"`: held until complete, restored whole by `validate`.
+    Held,
+    /// The `chunks` stage (WIT 0.2): relayed chunk by chunk, restored on the way.
+    ChunkByChunk,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pii_never_reaches_the_external_upstream_and_comes_back_complete_and_streamed() {
+    pii_round_trip(PII_CONFIG, Streamed::Held).await;
+}
+
+/// Without `validate_streams = "buffer"` the stream is not held: `pii-mask`'s `chunks`
+/// stage restores each chunk as it passes, placeholders split across chunks included, and
+/// the client gets the upstream's chunks (not one re-streamed whole answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pii_streamed_answers_are_restored_chunk_by_chunk_without_holding_the_stream() {
+    let unheld = "\n[plugins.config.pii-mask]\nexternal_backends = [\"openai\"]\n\n[plugins.overrides.pii-mask]\non_error = \"reject\"\n";
+    pii_round_trip(unheld, Streamed::ChunkByChunk).await;
+}
+
+async fn pii_round_trip(plugin_config: &str, streamed: Streamed) {
     let (local, premium, dir) = setup(&["pii-mask"]).await;
     let gw = Gateway::start(&config(
         &local,
         &premium,
         &dir.path().join("plugins"),
-        PII_CONFIG,
+        plugin_config,
     ));
     let fx = fixture();
     let url = gw.url("/v1/chat/completions");
     let c = Client::new();
     const CHUNKS: usize = 40;
+    // The gateway does not forward `x-mock`: the upstream itself cuts answers into 40.
+    premium.set_behaviour(Behaviour::parse(
+        &format!("chunks={CHUNKS}"),
+        &Behaviour::default(),
+    ));
     let mut split_placeholders = 0;
     for (i, m) in fx["seeded"].as_array().unwrap().iter().enumerate() {
         let text = m["text"].as_str().unwrap();
@@ -411,11 +666,18 @@ async fn pii_never_reaches_the_external_upstream_and_comes_back_complete_and_str
             )
             .await;
         assert_eq!(r.status, 200);
-        assert_eq!(
-            streamed_text(&r.json_events()),
-            text,
-            "message {i}, streamed"
-        );
+        let events = r.json_events();
+        assert_eq!(streamed_text(&events), text, "message {i}, streamed");
+        if streamed == Streamed::ChunkByChunk {
+            let pieces = events
+                .iter()
+                .filter(|e| e["choices"][0]["delta"]["content"].is_string())
+                .count();
+            assert!(
+                pieces >= CHUNKS / 2,
+                "message {i}: {pieces} content events; the stream was re-sent whole"
+            );
+        }
         let chars: Vec<char> = upstream_text.chars().collect();
         let step = chars.len().div_ceil(CHUNKS).max(1);
         let mut at = 0;
@@ -474,5 +736,42 @@ async fn pii_goes_unmasked_to_local_backends_and_stays_masked_with_restore_off()
         r.json()["choices"][0]["message"]["content"],
         "I am <EMAIL_1>, card <CARD_1>"
     );
+    stop(gw);
+}
+
+/// A component built against the contract `0.1.0` (the hostile fixture, built with the
+/// SDK's `wit-0-1`) loads and runs beside `0.2.0` ones in the same gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_wit_0_1_still_loads_beside_0_2_plugins() {
+    let (local, premium, dir) = setup(&["pii-mask"]).await;
+    let old = plugins::fixture("hostile");
+    let exports = |path: &Path, version: &str| {
+        let bytes = std::fs::read(path).unwrap();
+        let name = format!("switchyard:plugin/validate@{version}");
+        bytes.windows(name.len()).any(|w| w == name.as_bytes())
+    };
+    assert!(exports(&old, "0.1.0") && !exports(&old, "0.2.0"));
+    let pii = dir.path().join("plugins").join("pii-mask.wasm");
+    assert!(exports(&pii, "0.2.0") && !exports(&pii, "0.1.0"));
+    plugins::install(&old, &dir.path().join("plugins"), "hostile");
+    let extra = "\n[plugins.config.hostile]\nstage = \"validate\"\n[plugins.config.pii-mask]\nexternal_backends = [\"openai\"]\n";
+    let gw = Gateway::start(&config(
+        &local,
+        &premium,
+        &dir.path().join("plugins"),
+        extra,
+    ));
+    // The 0.1 plugin's `validate` runs: its replacement is the answer.
+    let body = json!({"model": "gpt-4o", "x_hostile": "replace",
+        "messages": [{"role": "user", "content": "mail ann@example.com"}]});
+    let r = chat(&gw, &body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "replaced by policy"
+    );
+    // The 0.2 plugin's stages run in the same request path.
+    let sent = premium.requests().last().unwrap().json();
+    assert_eq!(sent["messages"][0]["content"], "mail <EMAIL_1>");
     stop(gw);
 }

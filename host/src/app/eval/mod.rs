@@ -16,6 +16,7 @@ pub mod dataset;
 #[cfg(test)]
 mod fixtures;
 pub mod gate;
+pub mod labels;
 pub mod report;
 pub mod score;
 
@@ -82,6 +83,18 @@ pub struct EvalArgs {
     /// Also write examples.jsonl and report.html into DIR.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Write training labels for `switchyard router train --data`: per example, the
+    /// cheapest target whose score met --label-threshold (every target needs a price).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub emit_labels: Option<PathBuf>,
+    /// The least score (0 to 1) that makes a target's answer good enough for a label.
+    #[arg(
+        long,
+        value_name = "SCORE",
+        default_value_t = 0.8,
+        requires = "emit_labels"
+    )]
+    pub label_threshold: f64,
 }
 
 /// A usage or config error: exit 2.
@@ -226,6 +239,9 @@ impl Plan {
             Some(p) => format!("--rubric {}: {e}", p.display()),
             None => e,
         })?;
+        if args.emit_labels.is_some() {
+            check_labels(args, rt, &specs)?;
+        }
         let gates = args
             .gate
             .iter()
@@ -247,6 +263,24 @@ impl Plan {
             gates,
         })
     }
+}
+
+/// `--emit-labels` ranks targets by cost: each needs a price, and the threshold is a score.
+fn check_labels(args: &EvalArgs, rt: &Runtime, specs: &[Spec]) -> Result<(), String> {
+    let t = args.label_threshold;
+    if !(0.0..=1.0).contains(&t) {
+        return Err(format!("--label-threshold {t}: a score from 0 to 1"));
+    }
+    for s in specs {
+        let b = &s.target.backend;
+        if rt.governance.price(&b.name, &s.model).is_none() && b.gpu_hour_usd.is_none() {
+            return Err(format!(
+                "--emit-labels labels each example with the cheapest good target, and {} has no price: add a [[prices]] entry for backend \"{}\" model \"{}\" (or gpu_hour_usd on the backend)",
+                s.name, b.name, s.model
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the tasks of a run share.
@@ -598,6 +632,26 @@ async fn run(args: EvalArgs, rt: Arc<Runtime>, plan: Plan) -> ExitCode {
             return usage(format!("--out {e}"));
         }
     }
+    if let Some(path) = &args.emit_labels {
+        match emit_labels(path, &args, &specs, &ctx.examples, &answers) {
+            Ok(w) => {
+                let per: Vec<String> = w
+                    .per_label
+                    .iter()
+                    .map(|(l, n)| format!("{l} {n}"))
+                    .collect();
+                eprintln!(
+                    "labels: {} examples labelled ({}), {} with no target at score >= {} left out; written to {}",
+                    w.labelled,
+                    per.join(", "),
+                    w.unlabelled,
+                    args.label_threshold,
+                    path.display()
+                );
+            }
+            Err(e) => return usage(e),
+        }
+    }
     if args.json {
         println!("{}", report::document(baseline_name, &reports));
     } else {
@@ -609,6 +663,34 @@ async fn run(args: EvalArgs, rt: Arc<Runtime>, plan: Plan) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn emit_labels(
+    path: &std::path::Path,
+    args: &EvalArgs,
+    specs: &[Spec],
+    examples: &[Example],
+    answers: &[Vec<Outcome>],
+) -> Result<labels::Written, String> {
+    let candidates: Vec<labels::Candidate<'_>> = specs
+        .iter()
+        .map(|s| labels::Candidate {
+            name: &s.name,
+            backend: &s.target.backend.name,
+        })
+        .collect();
+    let names = labels::label_names(&candidates);
+    let chosen = labels::choose(answers, examples.len(), args.label_threshold);
+    let ids: Vec<&str> = examples.iter().map(|e| e.id.as_str()).collect();
+    let requests: Vec<&serde_json::Map<String, Value>> =
+        examples.iter().map(|e| &e.request).collect();
+    labels::write(labels::EmitArgs {
+        path,
+        ids: &ids,
+        requests: &requests,
+        labels: &names,
+        chosen: &chosen,
+    })
 }
 
 /// The price of `model` on the target's backend: `[[prices]]`, else derived from

@@ -40,6 +40,7 @@ use crate::base::sse::{
 use crate::request::exchange::Exchange;
 use crate::services::governance::{Ending, Settler};
 use crate::services::observe::telemetry::{self, AnswerFacts};
+use crate::services::plugins::ChunkHook;
 use crate::services::shadow::StreamServed;
 
 /// A streamed answer: wait for the first chunk (so a failure before any byte can still be
@@ -200,6 +201,7 @@ pub async fn stream_answer(
         started,
         cutoff: Box::pin(x.services.cutoff.signal()),
         on_end,
+        chunks: x.chunks.clone(),
     });
     if capturing {
         stream.capture();
@@ -231,6 +233,81 @@ fn settle_stream(s: Settler, summary: &StreamSummary) -> f64 {
     })
 }
 
+/// An event with each choice's text (chat `delta.content`, completions `text`) replaced by
+/// what the `chunks` plugins return for it; `None` when the event has no such text (kept as
+/// it came). A choice's `finish_reason` marks its last piece, so what a plugin held back is
+/// sent with it.
+fn rewrite_text(hook: &ChunkHook, event: &[u8]) -> Result<Option<Vec<u8>>, GatewayError> {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return Ok(None);
+    };
+    // An event's data may span several `data:` lines, joined by newlines.
+    let mut data = String::new();
+    let mut lines = 0;
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data:") {
+            if lines > 0 {
+                data.push('\n');
+            }
+            data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            lines += 1;
+        }
+    }
+    if lines == 0 || data.trim() == "[DONE]" {
+        return Ok(None);
+    }
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&data) else {
+        return Ok(None);
+    };
+    let Some(choices) = v.get_mut("choices").and_then(|c| c.as_array_mut()) else {
+        return Ok(None);
+    };
+    let mut changed = false;
+    for (n, c) in choices.iter_mut().enumerate() {
+        let index = c
+            .get("index")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(n as u32);
+        let last = c.get("finish_reason").is_some_and(|f| !f.is_null());
+        // Chat streams carry text in `delta.content`, completions in `text`.
+        let slot = if c.get("delta").is_some_and(serde_json::Value::is_object) {
+            c.get_mut("delta")
+                .and_then(serde_json::Value::as_object_mut)
+                .map(|d| d.entry("content").or_insert(serde_json::Value::Null))
+        } else {
+            c.as_object_mut()
+                .map(|o| o.entry("text").or_insert(serde_json::Value::Null))
+        };
+        let Some(slot) = slot else { continue };
+        let piece = slot.as_str().unwrap_or("");
+        if piece.is_empty() && !last {
+            continue;
+        }
+        let new = hook.on_chunk(index, piece, last)?;
+        if new != piece {
+            *slot = serde_json::Value::String(new);
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(data.len() + 16);
+    // Other fields (`event:`, `id:`) stay as they were.
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("data:"))
+    {
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(v.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    Ok(Some(out))
+}
+
 /// Called once when a stream ends, however it ends.
 pub type OnStreamEnd = Box<dyn FnOnce(StreamSummary) + Send + 'static>;
 
@@ -257,6 +334,8 @@ pub struct StreamBody {
     /// A copy of every upstream frame, kept only for streams whose shadow compares them.
     capture: Option<BytesMut>,
     on_end: Option<OnStreamEnd>,
+    /// The `chunks` plugins each event's text goes through (then events are relayed whole).
+    chunks: Option<ChunkHook>,
     done: bool,
     /// The client has the start of a line whose end it has not got (only without
     /// stripping: stripping relays whole events).
@@ -282,6 +361,8 @@ pub struct StreamRelay {
     /// Resolves when the shutdown's grace period is over (`services::StreamCutoff`).
     pub cutoff: Cutoff,
     pub on_end: OnStreamEnd,
+    /// The `chunks` plugins (WIT `0.2`) the text goes through on its way.
+    pub chunks: Option<ChunkHook>,
 }
 
 /// The shutdown signal a relay watches.
@@ -305,6 +386,7 @@ impl StreamBody {
             summary: StreamSummary::default(),
             capture: None,
             on_end: Some(r.on_end),
+            chunks: r.chunks,
             done: false,
             mid_line: false,
         }
@@ -335,13 +417,14 @@ impl StreamBody {
             }
         }
         self.summary.bytes += frame.len() as u64;
-        if !self.strip_usage {
+        if !self.strip_usage && self.chunks.is_none() {
             self.mid_line = !frame.ends_with(b"\n");
             return Ok(Some(frame));
         }
         // Fast path: no held bytes, the frame holds only whole events, none of them the
-        // usage chunk → relay the frame itself, zero-copy.
-        if self.held.is_empty()
+        // usage chunk, and no plugin rewrites text → relay the frame itself, zero-copy.
+        if self.chunks.is_none()
+            && self.held.is_empty()
             && (frame.ends_with(b"\n\n") || frame.ends_with(b"\r\n\r\n"))
             && memmem::find(&frame, b"\"choices\":[]").is_none()
         {
@@ -356,8 +439,15 @@ impl StreamBody {
         let mut out = BytesMut::new();
         while let Some(end) = event_end(&self.held) {
             let event = self.held.split_to(end);
-            if !is_usage_only_event(&event) {
-                out.extend_from_slice(&event);
+            if self.strip_usage && is_usage_only_event(&event) {
+                continue;
+            }
+            match &self.chunks {
+                Some(hook) => match rewrite_text(hook, &event)? {
+                    Some(new) => out.extend_from_slice(&new),
+                    None => out.extend_from_slice(&event),
+                },
+                None => out.extend_from_slice(&event),
             }
         }
         if self.held.len() > self.max_event {

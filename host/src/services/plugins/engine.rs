@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::Policy;
+use super::bindings::{Policy, v2};
 use super::exec::State;
 use crate::config::plugins::Settings;
 
@@ -109,6 +109,8 @@ impl PluginEngine {
         // each store gets has no preopened files, no sockets and frozen clocks.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        // Both contract versions' imports: a component built against either links.
+        v2::Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();

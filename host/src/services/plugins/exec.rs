@@ -16,7 +16,7 @@ use wasmtime::component::{Component, Instance, InstancePre, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, adapt, classify, host, types, validate};
+use super::bindings::{self, adapt, classify, host, types, v2, validate};
 use super::engine::PluginEngine;
 use super::hostapi::PluginHost;
 use crate::config::plugins::PluginOptions;
@@ -36,7 +36,14 @@ pub struct State {
     table: ResourceTable,
     limits: StoreLimits,
     pub host: Arc<PluginHost>,
+    /// The request's state for this plugin (`request-get`/`request-set`, WIT `0.2`), set
+    /// for the length of one call: instances are shared by requests, the state is not.
+    scratch: Option<Scratch>,
 }
+
+/// One plugin's values for one request (`host.request-set`): made by the request's plugin
+/// pass, dropped with it.
+pub type Scratch = Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>;
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -73,12 +80,54 @@ impl host::Host for State {
     }
 }
 
+impl v2::host::Host for State {
+    fn log(&mut self, level: v2::host::Level, message: String) {
+        let level = match level {
+            v2::host::Level::Debug => host::Level::Debug,
+            v2::host::Level::Info => host::Level::Info,
+            v2::host::Level::Warn => host::Level::Warn,
+            v2::host::Level::Error => host::Level::Error,
+        };
+        self.host.log(level, &message);
+    }
+    fn counter_add(&mut self, name: String, delta: u64) {
+        self.host.counter_add(&name, delta);
+    }
+    fn histogram_record(&mut self, name: String, value: f64) {
+        self.host.histogram_record(&name, value);
+    }
+    fn config_get(&mut self, key: String) -> Option<String> {
+        self.host.config.get(&key).cloned()
+    }
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.host.kv_get(&key)
+    }
+    fn kv_set(&mut self, key: String, value: Vec<u8>) {
+        self.host.kv_set(key, value);
+    }
+    fn kv_delete(&mut self, key: String) {
+        self.host.kv_delete(&key);
+    }
+    fn request_get(&mut self, key: String) -> Option<Vec<u8>> {
+        let scratch = self.scratch.as_ref()?.lock().ok()?;
+        scratch.get(&key).cloned()
+    }
+    fn request_set(&mut self, key: String, value: Vec<u8>) {
+        // Outside a request (the load-time instantiation) there is nothing to keep it for.
+        if let Some(mut scratch) = self.scratch.as_ref().and_then(|s| s.lock().ok()) {
+            scratch.insert(key, value);
+        }
+    }
+}
+
 /// The stages a component exports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stages {
     pub classify: bool,
     pub adapt: bool,
     pub validate: bool,
+    /// `chunks` (WIT `0.2`): a hook on each piece of a streamed answer's text.
+    pub chunks: bool,
 }
 
 impl Stages {
@@ -92,6 +141,9 @@ impl Stages {
         }
         if self.validate {
             v.push("validate");
+        }
+        if self.chunks {
+            v.push("chunks");
         }
         v
     }
@@ -166,20 +218,64 @@ pub fn describe(e: &wasmtime::Error) -> String {
     out
 }
 
-/// Export lookups for each stage, done once per plugin version.
-struct Indices {
-    classify: Option<classify::GuestIndices>,
-    adapt: Option<adapt::GuestIndices>,
-    validate: Option<validate::GuestIndices>,
+/// Export lookups for each stage, done once per plugin version: the contract version the
+/// component was built against decides which bindings call it.
+enum Indices {
+    V1 {
+        classify: Option<classify::GuestIndices>,
+        adapt: Option<adapt::GuestIndices>,
+        validate: Option<validate::GuestIndices>,
+    },
+    V2 {
+        classify: Option<v2::classify::GuestIndices>,
+        adapt: Option<v2::adapt::GuestIndices>,
+        validate: Option<v2::validate::GuestIndices>,
+        chunks: Option<v2::chunks::GuestIndices>,
+    },
+}
+
+/// A live instance's stage functions.
+enum Funcs {
+    V1 {
+        classify: Option<classify::Guest>,
+        adapt: Option<adapt::Guest>,
+        validate: Option<validate::Guest>,
+    },
+    V2 {
+        classify: Option<v2::classify::Guest>,
+        adapt: Option<v2::adapt::Guest>,
+        validate: Option<v2::validate::Guest>,
+        chunks: Option<v2::chunks::Guest>,
+    },
 }
 
 /// A live instance with its stage functions resolved.
 struct Warm {
     store: Store<State>,
-    classify: Option<classify::Guest>,
-    adapt: Option<adapt::Guest>,
-    validate: Option<validate::Guest>,
+    funcs: Funcs,
     uses: u32,
+}
+
+/// `Some(f())` when the component exports `name`.
+fn lookup<T>(
+    component: &Component,
+    name: &str,
+    f: impl FnOnce() -> wasmtime::Result<T>,
+) -> wasmtime::Result<Option<T>> {
+    match component.get_export_index(None, name) {
+        Some(_) => f().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `Some(i.load(..))` for a stage the component exports.
+macro_rules! load {
+    ($i:expr, $store:expr, $instance:expr) => {
+        match $i {
+            Some(i) => Some(i.load(&mut *$store, $instance)?),
+            None => None,
+        }
+    };
 }
 
 /// One loaded version of one plugin.
@@ -209,26 +305,61 @@ impl Loaded {
     ) -> wasmtime::Result<Loaded> {
         let pre = engine.linker.instantiate_pre(component)?;
         let deadline_ticks = engine.ticks(options.timeout);
-        let has = |n: &str| component.get_export_index(None, n).is_some();
-        let indices = Indices {
-            classify: has(bindings::CLASSIFY_EXPORT)
-                .then(|| classify::GuestIndices::new(&pre))
-                .transpose()?,
-            adapt: has(bindings::ADAPT_EXPORT)
-                .then(|| adapt::GuestIndices::new(&pre))
-                .transpose()?,
-            validate: has(bindings::VALIDATE_EXPORT)
-                .then(|| validate::GuestIndices::new(&pre))
-                .transpose()?,
-        };
-        let stages = Stages {
-            classify: indices.classify.is_some(),
-            adapt: indices.adapt.is_some(),
-            validate: indices.validate.is_some(),
+        let c = component;
+        let v2 = [
+            v2::CLASSIFY_EXPORT,
+            v2::ADAPT_EXPORT,
+            v2::VALIDATE_EXPORT,
+            v2::CHUNKS_EXPORT,
+        ]
+        .iter()
+        .any(|n| c.get_export_index(None, n).is_some());
+        let (indices, stages) = if v2 {
+            let classify = lookup(c, v2::CLASSIFY_EXPORT, || {
+                v2::classify::GuestIndices::new(&pre)
+            })?;
+            let adapt = lookup(c, v2::ADAPT_EXPORT, || v2::adapt::GuestIndices::new(&pre))?;
+            let validate = lookup(c, v2::VALIDATE_EXPORT, || {
+                v2::validate::GuestIndices::new(&pre)
+            })?;
+            let chunks = lookup(c, v2::CHUNKS_EXPORT, || v2::chunks::GuestIndices::new(&pre))?;
+            let stages = Stages {
+                classify: classify.is_some(),
+                adapt: adapt.is_some(),
+                validate: validate.is_some(),
+                chunks: chunks.is_some(),
+            };
+            let indices = Indices::V2 {
+                classify,
+                adapt,
+                validate,
+                chunks,
+            };
+            (indices, stages)
+        } else {
+            let classify = lookup(c, bindings::CLASSIFY_EXPORT, || {
+                classify::GuestIndices::new(&pre)
+            })?;
+            let adapt = lookup(c, bindings::ADAPT_EXPORT, || adapt::GuestIndices::new(&pre))?;
+            let validate = lookup(c, bindings::VALIDATE_EXPORT, || {
+                validate::GuestIndices::new(&pre)
+            })?;
+            let stages = Stages {
+                classify: classify.is_some(),
+                adapt: adapt.is_some(),
+                validate: validate.is_some(),
+                chunks: false,
+            };
+            let indices = Indices::V1 {
+                classify,
+                adapt,
+                validate,
+            };
+            (indices, stages)
         };
         if stages == Stages::default() {
             return Err(wasmtime::format_err!(
-                "the component exports none of the stages (switchyard:plugin/classify, adapt or validate @0.1.0); is it built against wit/plugin.wit?"
+                "the component exports none of the stages (switchyard:plugin/classify, adapt, validate @0.1.0 or @0.2.0, chunks @0.2.0); is it built against wit/plugin.wit or wit/v0.2/plugin.wit?"
             ));
         }
         let loaded = Loaded {
@@ -267,6 +398,7 @@ impl Loaded {
                 .trap_on_grow_failure(true)
                 .build(),
             host: self.host.clone(),
+            scratch: None,
         };
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -281,28 +413,35 @@ impl Loaded {
             .pre
             .instantiate(&mut store)
             .map_err(|e| CallError::from_wasm(&e, FailureKind::Instantiate))?;
-        let funcs = (|| -> wasmtime::Result<_> {
-            let c = match &self.indices.classify {
-                Some(i) => Some(i.load(&mut store, &instance)?),
-                None => None,
-            };
-            let a = match &self.indices.adapt {
-                Some(i) => Some(i.load(&mut store, &instance)?),
-                None => None,
-            };
-            let v = match &self.indices.validate {
-                Some(i) => Some(i.load(&mut store, &instance)?),
-                None => None,
-            };
-            Ok((c, a, v))
-        })();
-        let (classify, adapt, validate) =
-            funcs.map_err(|e| CallError::from_wasm(&e, FailureKind::Instantiate))?;
+        let store_ref = &mut store;
+        let funcs = (|| -> wasmtime::Result<Funcs> {
+            Ok(match &self.indices {
+                Indices::V1 {
+                    classify,
+                    adapt,
+                    validate,
+                } => Funcs::V1 {
+                    classify: load!(classify, store_ref, &instance),
+                    adapt: load!(adapt, store_ref, &instance),
+                    validate: load!(validate, store_ref, &instance),
+                },
+                Indices::V2 {
+                    classify,
+                    adapt,
+                    validate,
+                    chunks,
+                } => Funcs::V2 {
+                    classify: load!(classify, store_ref, &instance),
+                    adapt: load!(adapt, store_ref, &instance),
+                    validate: load!(validate, store_ref, &instance),
+                    chunks: load!(chunks, store_ref, &instance),
+                },
+            })
+        })()
+        .map_err(|e| CallError::from_wasm(&e, FailureKind::Instantiate))?;
         Ok(Warm {
             store,
-            classify,
-            adapt,
-            validate,
+            funcs,
             uses: 0,
         })
     }
@@ -346,11 +485,16 @@ impl Loaded {
     /// back to the full hand-off cost at 64 concurrent requests). Running again is sound: a
     /// plugin call is a function of its inputs in a sandbox with no clock and no I/O, and
     /// the cut-off instance is dropped.
-    fn call<R>(&self, f: impl Fn(&mut Warm) -> wasmtime::Result<R>) -> Result<R, CallError> {
+    fn call<R>(
+        &self,
+        scratch: &Scratch,
+        f: impl Fn(&mut Warm) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut deadline = self.deadline_ticks;
         if INLINE_TICKS < deadline {
             let mut w = self.take()?;
+            w.store.data_mut().scratch = Some(scratch.clone());
             w.store.set_epoch_deadline(INLINE_TICKS);
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut w)));
             match &outcome {
@@ -361,6 +505,7 @@ impl Loaded {
             }
         }
         let mut w = self.take()?;
+        w.store.data_mut().scratch = Some(scratch.clone());
         w.store.set_epoch_deadline(deadline);
         let outcome =
             off_reactor(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut w))));
@@ -370,9 +515,10 @@ impl Loaded {
     /// The result of a call; the instance goes back to the pool only after a clean one.
     fn settle<R>(
         &self,
-        w: Warm,
+        mut w: Warm,
         outcome: std::thread::Result<wasmtime::Result<R>>,
     ) -> Result<R, CallError> {
+        w.store.data_mut().scratch = None;
         // A host function may panic under a guest's call: the WASI blocking stream calls
         // (a guest writing to stdout/stderr, e.g. a Rust panic message) block on the tokio
         // runtime the request runs in. wasmtime unwinds the guest's frames and resumes the
@@ -393,35 +539,65 @@ impl Loaded {
 
     pub fn classify(
         &self,
+        scratch: &Scratch,
         req: &types::Request,
         who: &types::Caller,
         backends: &[types::BackendStatus],
     ) -> Result<types::Decision, CallError> {
-        self.call(|w| match &w.classify {
-            Some(g) => g.call_classify(&mut w.store, req, who, backends),
-            None => Err(wasmtime::format_err!("no classify export")),
+        self.call(scratch, |w| match &w.funcs {
+            Funcs::V1 {
+                classify: Some(g), ..
+            } => g.call_classify(&mut w.store, req, who, backends),
+            Funcs::V2 {
+                classify: Some(g), ..
+            } => g.call_classify(&mut w.store, req, who, backends),
+            _ => Err(wasmtime::format_err!("no classify export")),
         })
     }
 
     pub fn adapt(
         &self,
+        scratch: &Scratch,
         req: &types::Request,
         target: &types::Target,
     ) -> Result<Option<types::Request>, CallError> {
-        self.call(|w| match &w.adapt {
-            Some(g) => g.call_adapt(&mut w.store, req, target),
-            None => Err(wasmtime::format_err!("no adapt export")),
+        self.call(scratch, |w| match &w.funcs {
+            Funcs::V1 { adapt: Some(g), .. } => g.call_adapt(&mut w.store, req, target),
+            Funcs::V2 { adapt: Some(g), .. } => g.call_adapt(&mut w.store, req, target),
+            _ => Err(wasmtime::format_err!("no adapt export")),
         })
     }
 
     pub fn validate(
         &self,
+        scratch: &Scratch,
         req: &types::Request,
         resp: &types::Response,
     ) -> Result<types::Verdict, CallError> {
-        self.call(|w| match &w.validate {
-            Some(g) => g.call_validate(&mut w.store, req, resp),
-            None => Err(wasmtime::format_err!("no validate export")),
+        self.call(scratch, |w| match &w.funcs {
+            Funcs::V1 {
+                validate: Some(g), ..
+            } => g.call_validate(&mut w.store, req, resp),
+            Funcs::V2 {
+                validate: Some(g), ..
+            } => g.call_validate(&mut w.store, req, resp),
+            _ => Err(wasmtime::format_err!("no validate export")),
+        })
+    }
+
+    /// Stage `chunks` (WIT `0.2`): the text the client gets for a piece of a streamed answer.
+    pub fn on_chunk(
+        &self,
+        scratch: &Scratch,
+        choice: u32,
+        text: &str,
+        last: bool,
+    ) -> Result<String, CallError> {
+        self.call(scratch, |w| match &w.funcs {
+            Funcs::V2 {
+                chunks: Some(g), ..
+            } => g.call_on_chunk(&mut w.store, choice, text, last),
+            _ => Err(wasmtime::format_err!("no chunks export")),
         })
     }
 }

@@ -35,6 +35,7 @@ use http::HeaderMap;
 
 pub use crate::config::plugins::{OnError, PluginOptions, Settings, ValidateWhen};
 pub use engine::{CacheUse, PluginEngine};
+use exec::Scratch;
 pub use exec::{CallError, FailureKind, Stages};
 pub use hostapi::PluginMetrics;
 pub use stats::{BackendStats, InFlight};
@@ -440,6 +441,10 @@ pub struct Pass {
     /// attempt adapts this original, so it is built once per request.
     request: Option<types::Request>,
     caller: types::Caller,
+    /// Each plugin's state for this request (`host.request-set`, WIT `0.2`), by its
+    /// position in `set.plugins`. Shared with the stream's [`ChunkHook`], which outlives
+    /// the pass.
+    scratch: Arc<[Scratch]>,
 }
 
 impl Pass {
@@ -475,8 +480,10 @@ impl Pass {
                 }
             }
         }
+        let scratch = set.plugins.iter().map(|_| Scratch::default()).collect();
         Pass {
             set,
+            scratch,
             metrics: plugins.metrics.clone(),
             trace: telemetry::SpanParent::default(),
             gateway_metrics: None,
@@ -587,14 +594,16 @@ impl Pass {
         }
         let backends = stats.snapshot(rt);
         let set = self.set.clone();
-        for p in set.plugins.iter().filter(|p| p.loaded.stages.classify) {
+        let scratches = self.scratch.clone();
+        let with_scratch = set.plugins.iter().zip(scratches.iter());
+        for (p, scratch) in with_scratch.filter(|(p, _)| p.loaded.stages.classify) {
             let result = self.observe(
                 &self.trace,
                 p,
                 "classify",
                 || {
                     p.loaded
-                        .classify(req, &self.caller, &backends)
+                        .classify(scratch, req, &self.caller, &backends)
                         .and_then(|d| resolve(rt, d))
                 },
                 |(route, target, _)| {
@@ -651,7 +660,8 @@ impl Pass {
         };
         let mut changed = None;
         let mut rewritten: Option<types::Request> = None;
-        for p in self.set.plugins.iter().filter(|p| p.loaded.stages.adapt) {
+        let with_scratch = self.set.plugins.iter().zip(self.scratch.iter());
+        for (p, scratch) in with_scratch.filter(|(p, _)| p.loaded.stages.adapt) {
             let Some(req) = rewritten.as_ref().or(self.request.as_ref()) else {
                 break;
             };
@@ -661,7 +671,7 @@ impl Pass {
                 p,
                 "adapt",
                 || {
-                    p.loaded.adapt(req, &t).and_then(|new| match new {
+                    p.loaded.adapt(scratch, req, &t).and_then(|new| match new {
                         None => Ok(None),
                         Some(new) => {
                             let json = convert::request_json(&new, endpoint)?;
@@ -695,13 +705,15 @@ impl Pass {
         self.validators().next().is_some()
     }
 
-    /// The plugins whose `validate` this request's answers go to, in order.
-    fn validators(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+    /// The plugins whose `validate` this request's answers go to, in order, with their
+    /// state for the request.
+    fn validators(&self) -> impl Iterator<Item = (&Arc<Plugin>, &Scratch)> {
         let req = self
             .request
             .as_ref()
             .filter(|_| self.set.any(|s| s.validate));
-        self.set.plugins.iter().filter(move |p| {
+        let with_scratch = self.set.plugins.iter().zip(self.scratch.iter());
+        with_scratch.filter(move |(p, _)| {
             req.is_some_and(|r| {
                 p.loaded.stages.validate && validate_applies(p.loaded.options.validate_when, r)
             })
@@ -712,7 +724,25 @@ impl Pass {
     /// (some `validate` plugin has `validate_streams = "buffer"`); otherwise streams are
     /// relayed as they come and not validated.
     pub fn holds_streams(&self) -> bool {
-        self.validators().any(|p| p.loaded.options.hold_streams)
+        self.validators()
+            .any(|(p, _)| p.loaded.options.hold_streams)
+    }
+
+    /// The `chunks` plugins (WIT `0.2`) a streamed answer's text goes through as it is
+    /// relayed; `None` when there are none, or the stream is held for `validate` instead.
+    pub fn chunk_hook(&self) -> Option<ChunkHook> {
+        if self.request.is_none() || !self.set.any(|s| s.chunks) || self.holds_streams() {
+            return None;
+        }
+        let plugins = (self.set.plugins.iter().zip(self.scratch.iter()))
+            .filter(|(p, _)| p.loaded.stages.chunks)
+            .map(|(p, s)| (p.clone(), s.clone()))
+            .collect();
+        Some(ChunkHook {
+            plugins,
+            metrics: self.metrics.clone(),
+            gateway_metrics: self.gateway_metrics.clone(),
+        })
     }
 
     /// Stage `validate` on a complete answer: the first plugin that rejects or replaces
@@ -731,9 +761,9 @@ impl Pass {
             return Ok(ValidateOutcome::Accept);
         }
         let resp = convert::response(body, backend, model);
-        for p in self.validators() {
+        for (p, scratch) in self.validators() {
             let call = || {
-                p.loaded.validate(req, &resp).and_then(|v| match v {
+                p.loaded.validate(scratch, req, &resp).and_then(|v| match v {
                 types::Verdict::Accept => Ok(ValidateOutcome::Accept),
                 types::Verdict::Reject(reason) => Ok(ValidateOutcome::Reject {
                     plugin: p.name.clone(),
@@ -764,6 +794,48 @@ impl Pass {
             }
         }
         Ok(ValidateOutcome::Accept)
+    }
+}
+
+/// The `chunks` stage of one streamed answer: its plugins, with their state for the
+/// request, run in order on each piece of text (each sees what the one before returned).
+#[derive(Clone)]
+pub struct ChunkHook {
+    plugins: Vec<(Arc<Plugin>, Scratch)>,
+    metrics: Arc<PluginMetrics>,
+    /// Timed per call; no span per piece, a stream has hundreds.
+    gateway_metrics: Option<Arc<Metrics>>,
+}
+
+impl ChunkHook {
+    /// The text the client gets for `text`, the next piece of choice `choice`. A failed call
+    /// is counted and logged; the text then goes on as the plugin got it (`on_error =
+    /// "continue"`) or the stream ends with a `plugin_failed` error (`"reject"`).
+    pub fn on_chunk(&self, choice: u32, text: &str, last: bool) -> Result<String, GatewayError> {
+        let mut text = text.to_string();
+        for (p, scratch) in &self.plugins {
+            self.metrics.call(&p.name, "chunks");
+            let started = Instant::now();
+            let result = p.loaded.on_chunk(scratch, choice, &text, last);
+            if let Some(m) = &self.gateway_metrics {
+                m.plugin_call(&p.name, "chunks", started.elapsed());
+            }
+            match result {
+                Ok(new) => text = new,
+                Err(e) => {
+                    self.metrics.error(&p.name, "chunks", e.kind.label());
+                    tracing::warn!(plugin = &*p.name, version = %p.version, stage = "chunks", kind = e.kind.label(), error = %e.detail, "plugin call failed");
+                    if p.loaded.options.on_error == OnError::Reject {
+                        return Err(GatewayError::PluginFailed {
+                            plugin: p.name.to_string(),
+                            stage: "chunks",
+                            detail: e.kind.label().to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(text)
     }
 }
 
