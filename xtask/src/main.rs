@@ -9,9 +9,11 @@
 //! - `cuda-tools`, `cuda-check`, `cuda-test [--sanitize]`: the worker's CUDA kernels compiled,
 //!   checked and run on their CPU twin without a GPU (see `cuda`).
 //! - `fuzz [--seconds N] [TARGET...]`: the fuzz targets of `fuzz/` for a bounded time each.
+//! - `docs`: build the book (`docs/`, mdBook) and check every link in it (see `docs`).
 
 mod c_example;
 mod cuda;
+mod docs;
 mod models;
 mod prereqs;
 
@@ -34,9 +36,10 @@ fn main() -> ExitCode {
         "cuda-check" => cuda::check(),
         "cuda-test" => cuda::test(rest),
         "fuzz" => fuzz(rest),
+        "docs" => docs::build_and_check(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, build everything with clippy's lints, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)\n  plugins          build plugins/*.wasm, test fixtures and example policies\n  cuda-tools       venv with the pinned NVRTC/ptxas wheels (target/cuda-tools)\n  cuda-check       compile the CUDA kernels for sm_80/sm_90, fail on spills or over budget\n  cuda-test [--sanitize]  the CUDA kernels on the CPU twin (ASan/UBSan with --sanitize), linted\n  fuzz [--seconds N] [TARGET...]  mutate each fuzz target's corpus for N seconds (default 30; see fuzz/)"
+                "usage: cargo xtask <command>\n\ncommands:\n  test [ARGS...]   prepare prerequisites, build everything with clippy's lints, then cargo test --workspace ARGS...\n  fetch-models     download the worker test models (SmolLM2, llama.cpp vocab files)\n  plugins          build plugins/*.wasm, test fixtures and example policies\n  cuda-tools       venv with the pinned NVRTC/ptxas wheels (target/cuda-tools)\n  cuda-check       compile the CUDA kernels for sm_80/sm_90, fail on spills or over budget\n  cuda-test [--sanitize]  the CUDA kernels on the CPU twin (ASan/UBSan with --sanitize), linted\n  fuzz [--seconds N] [TARGET...]  mutate each fuzz target's corpus for N seconds (default 30; see fuzz/)\n  docs             mdbook build docs, then check every link of the book"
             );
             Ok(())
         }

@@ -12,6 +12,8 @@ mod default;
 pub mod governance;
 pub mod local_worker;
 pub mod plugins;
+#[cfg(test)]
+mod reference_doc;
 pub mod rollout;
 pub mod route;
 pub mod runtime;
