@@ -166,6 +166,60 @@ async fn shoot(b: &Browser, name: &str) {
         .await;
 }
 
+/// A day of earlier traffic written straight into the store, so that the screenshots'
+/// day-long spend and shadow charts have a shape (the migration moving traffic to the
+/// cheaper backend as agreement rises). Every assertion is on live traffic, made before.
+fn backfill_a_day(db: &str) {
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let tx = conn.transaction().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for h in 1..24i64 {
+        let t = now - h * 3_600_000;
+        // 10 % on the candidate a day ago, 70 % now.
+        let local_share = 0.1 + 0.6 * (24 - h) as f64 / 23.0;
+        for (team, n) in [("search", 24), ("support", 14)] {
+            for i in 0..n {
+                let local = (i as f64) < local_share * n as f64;
+                let (backend, model, pin, pout) = if local {
+                    ("local", "llama-3.1-8b", 0.2, 0.4)
+                } else {
+                    ("openai", "gpt-4o", 2.5, 10.0)
+                };
+                let (tin, tout) = (600 + 40 * (i % 7), 180 + 25 * (i % 5));
+                let cost = (tin as f64 * pin + tout as f64 * pout) / 1e6;
+                let base = (tin as f64 * 2.5 + tout as f64 * 10.0) / 1e6;
+                tx.execute(
+                    "INSERT INTO ledger (ts_ms, team, route, backend, model, tokens_in, tokens_out, cost_usd, baseline_usd, status)
+                     VALUES (?1, ?2, 'gpt-4o', ?3, ?4, ?5, ?6, ?7, ?8, 200)",
+                    rusqlite::params![t + i * 60_000, team, backend, model, tin, tout, cost, base],
+                )
+                .unwrap();
+            }
+        }
+        let agree_share = 0.62 + 0.3 * (24 - h) as f64 / 23.0;
+        for i in 0..12 {
+            let agree = (i as f64) < agree_share * 12.0;
+            tx.execute(
+                "INSERT INTO shadow_pairs (ts_ms, route, endpoint, stream, primary_backend, primary_model,
+                   shadow_backend, shadow_model, primary_latency_ms, agree, similarity, judge_score)
+                 VALUES (?1, 'gpt-4o', 'chat', 0, 'openai', 'gpt-4o', 'local', 'qwen-2.5-7b', 420.0, ?2, ?3, ?4)",
+                rusqlite::params![
+                    t + i * 120_000,
+                    agree as i64,
+                    if agree { 0.93 } else { 0.41 },
+                    if agree { 8.5 } else { 5.0 }
+                ],
+            )
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_headless_chromium() {
     let Some(b) = Browser::start().await else {
@@ -400,6 +454,7 @@ async fn console_in_headless_chromium() {
     }
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
+    backfill_a_day(&db);
     for page in [
         "routes", "backends", "shadow", "spend", "keys", "config", "evals",
     ] {

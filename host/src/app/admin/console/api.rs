@@ -409,7 +409,7 @@ async fn shadow(gw: &Gateway, q: &[(&str, &str)]) -> Response<GatewayBody> {
                         shadow_answer, shadow_error
                  FROM shadow_pairs
                  WHERE ts_ms >= ?1 AND (agree = 0 OR {score} IS NOT NULL OR shadow_error IS NOT NULL)
-                 ORDER BY COALESCE({score} / 10.0, similarity, 0) ASC, ts_ms DESC LIMIT 10"
+                 ORDER BY COALESCE({score} / 10.0, similarity, 0) ASC, ts_ms DESC LIMIT 6"
             ))
             .map_err(|e| e.to_string())?;
         let worst = stmt

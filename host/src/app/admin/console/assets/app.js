@@ -7,9 +7,13 @@ const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
 const esc = (s) => String(s == null ? '' : s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 const fmtNum = (v, d) => (v == null || !isFinite(v) ? '–' : Number(v).toLocaleString('en-US', { maximumFractionDigits: d == null ? 2 : d }));
 const fmtPct = (v) => (v == null || !isFinite(v) ? '–' : (v * 100).toFixed(v > 0 && v < 0.1 ? 1 : 0) + '%');
-const fmtUsd = (v) => (v == null || !isFinite(v) ? '–' : '$' + (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(4)));
-const fmtMs = (v) => (v == null || !isFinite(v) ? '–' : v >= 1000 ? (v / 1000).toFixed(1) + ' s' : v.toFixed(0) + ' ms');
-const fmtTime = (ms) => { const d = new Date(ms); return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }); };
+const fmtUsd = (v) => (v == null || !isFinite(v) ? '–' : (v < 0 ? '−$' : '$') + (Math.abs(v) >= 100 ? Math.abs(v).toFixed(0) : Math.abs(v) >= 1 ? Math.abs(v).toFixed(2) : String(+Math.abs(v).toFixed(4))));
+const fmtMs = (v) => (v == null || !isFinite(v) ? '–' : v >= 1000 ? (v / 1000).toFixed(1) + ' s' : v >= 10 || v === 0 ? v.toFixed(0) + ' ms' : v.toFixed(1) + ' ms');
+const fmtTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
+const fmtClock = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+const fmtDay = (ms) => new Date(ms).toLocaleDateString([], { month: 'short', day: 'numeric' });
+// Axis labels for a time span: seconds under ten minutes, dates past two days.
+const timeFmt = (span) => (span < 600e3 ? fmtClock : span > 2 * 86400e3 ? fmtDay : fmtTime);
 const fmtDate = (ms) => (ms ? new Date(ms).toLocaleString([], { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' }) : '–');
 
 // ---- API ----------------------------------------------------------------------------
@@ -63,11 +67,13 @@ function chart(opts) {
   return '<div class="chartbox" data-chart="' + id + '"></div>';
 }
 
-function niceMax(v) {
-  if (!(v > 0)) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
-  return 10 * p;
+// A round step for about four grid intervals up to `v` (whole numbers when `integer`).
+function niceStep(v, integer) {
+  const raw = v > 0 ? v / 4 : 0.25;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  let step = 10 * p;
+  for (const m of [1, 2, 2.5, 5]) if (m * p >= raw) { step = m * p; break; }
+  return integer ? Math.max(1, Math.round(step)) : step;
 }
 
 function drawCharts(root) {
@@ -88,15 +94,21 @@ function svgChart(o, W) {
   }
   let lo = o.min != null ? o.min : Infinity, hi = o.max != null ? o.max : -Infinity;
   for (const s of series) for (const v of s.values) if (v != null) { if (o.min == null) lo = Math.min(lo, v); if (o.max == null) hi = Math.max(hi, v); }
-  if (o.max == null) hi = niceMax(hi);
-  if (!(hi > lo)) hi = lo + 1;
-  const t0 = t[0], t1 = t[t.length - 1] > t0 ? t[t.length - 1] : t0 + 1;
+  if (o.min == null) lo = Math.min(0, lo);
+  let step = o.step || (o.max != null ? (hi - lo) / 4 : niceStep(hi - lo, o.integer));
+  if (o.max == null) hi = lo + step * Math.max(1, Math.ceil((hi - lo) / step - 1e-9));
+  if (!(hi > lo)) { hi = lo + 1; step = 0.25; }
+  const lines = Math.round((hi - lo) / step);
+  const t0 = o.from != null ? Math.min(o.from, t[0]) : t[0];
+  const tEnd = o.to != null ? Math.max(o.to, t[t.length - 1]) : t[t.length - 1];
+  const t1 = tEnd > t0 ? tEnd : t0 + 1;
+  const tfmt = o.tfmt || timeFmt(t1 - t0);
   const x = (ms) => L + ((ms - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
   const fmt = o.fmt || fmtNum;
   let g = '';
-  for (let i = 0; i <= 3; i++) {
-    const v = lo + ((hi - lo) * i) / 3, yy = y(v).toFixed(1);
+  for (let i = 0; i <= lines; i++) {
+    const v = lo + step * i, yy = y(v).toFixed(1);
     g += '<line class="grid" x1="' + L + '" x2="' + (W - R) + '" y1="' + yy + '" y2="' + yy + '"/>';
     g += '<text x="' + (L - 6) + '" y="' + (+yy + 3) + '" text-anchor="end">' + esc(fmt(v)) + '</text>';
   }
@@ -104,10 +116,11 @@ function svgChart(o, W) {
   for (let i = 0; i < ticks; i++) {
     const ms = t0 + ((t1 - t0) * i) / (ticks - 1);
     const anchor = i === 0 ? 'start' : i === ticks - 1 ? 'end' : 'middle';
-    g += '<text x="' + x(ms).toFixed(1) + '" y="' + (H - 5) + '" text-anchor="' + anchor + '">' + esc(o.tfmt ? o.tfmt(ms) : fmtTime(ms)) + '</text>';
+    g += '<text x="' + x(ms).toFixed(1) + '" y="' + (H - 5) + '" text-anchor="' + anchor + '">' + esc(tfmt(ms)) + '</text>';
   }
   for (const b of o.bands || []) {
-    g += '<rect class="band" x="' + x(b.from).toFixed(1) + '" y="' + T + '" width="' + Math.max(2, x(b.to) - x(b.from)).toFixed(1) + '" height="' + (H - T - B) + '"><title>' + esc(b.title || '') + '</title></rect>';
+    const bx = x(Math.max(b.from, t0)), bw = Math.max(2, x(Math.min(b.to, t1)) - bx);
+    g += '<rect class="band" x="' + bx.toFixed(1) + '" y="' + T + '" width="' + bw.toFixed(1) + '" height="' + (H - T - B) + '"><title>' + esc(b.title || '') + '</title></rect>';
   }
   series.forEach((s, i) => {
     const cls = 's' + ((s.color || i) % 6 + 1);
@@ -164,7 +177,7 @@ function routeCard(r) {
   const targets = r.targets.map((t) => {
     const n = r.live.requests[t.backend] || 0;
     const liveShare = liveTotal ? n / liveTotal : 0;
-    return '<tr><td><b>' + esc(t.backend) + '</b>' + (t.model ? ' <span class="muted mono">' + esc(t.model) + '</span>' : '') + '</td>'
+    return '<tr><td><b>' + esc(t.backend) + '</b>' + (t.model ? '<div class="muted mono small">' + esc(t.model) + '</div>' : '') + '</td>'
       + '<td class="num">' + t.weight + '</td>'
       + '<td><div class="row"><span class="num" title="configured share">' + fmtPct(t.share) + '</span>' + bar(t.share) + '</div></td>'
       + '<td><div class="row"><span class="num" title="share of the last minute">' + (liveTotal ? fmtPct(liveShare) : '–') + '</span>' + bar(liveShare, true) + '</div></td>'
@@ -181,7 +194,7 @@ function routeCard(r) {
     + '<div class="scroll"><table><thead><tr><th>Target</th><th class="num">Weight</th><th>Configured</th><th>Live share</th><th class="num hide-sm">Requests</th></tr></thead><tbody>' + targets + otherRows + '</tbody></table></div>'
     + extra
     + (r.rollout ? rolloutBlock(r.rollout) : '')
-    + '<h3>Requests per 10 s, by backend</h3>' + chart({ t: r.series.t, series, min: 0, label: 'requests by backend', fmt: (v) => fmtNum(v, 0) })
+    + '<h3>Requests per 10 s, by backend</h3>' + chart({ t: r.series.t, series, min: 0, integer: true, label: 'requests by backend', fmt: (v) => fmtNum(v, 0) })
     + '</section>';
 }
 
@@ -212,10 +225,10 @@ pages.backends = {
     const cards = hist.urls.map((u) => {
       const bands = [];
       u.state.forEach((s, i) => { if (s === 'open' && hist.t[i]) bands.push({ from: hist.t[i] - hist.step_secs * 1000, to: hist.t[i], title: 'breaker open' }); });
-      return '<section class="card"><div class="row spread"><h2>' + esc(u.backend) + '</h2><span class="muted small mono">' + esc(u.url) + '</span></div><div class="grid">'
+      return '<section class="card"><div class="row spread"><h2>' + esc(u.backend) + '</h2><span class="muted small mono">' + esc(u.url) + '</span></div><div class="grid4">'
         + '<div><h3>Error rate (breaker window)</h3>' + chart({ t: hist.t, series: [{ name: 'error rate', values: u.error_rate, color: 4 }], min: 0, max: 1, fmt: fmtPct, bands, label: 'error rate' }) + '</div>'
         + '<div><h3>Latency (EWMA)</h3>' + chart({ t: hist.t, series: [{ name: 'latency', values: u.latency_ms }], min: 0, fmt: fmtMs, area: true, label: 'latency' }) + '</div>'
-        + '<div><h3>In flight</h3>' + chart({ t: hist.t, series: [{ name: 'in flight', values: u.in_flight, color: 2 }], min: 0, fmt: (v) => fmtNum(v, 0), label: 'in flight' }) + '</div>'
+        + '<div><h3>In flight</h3>' + chart({ t: hist.t, series: [{ name: 'in flight', values: u.in_flight, color: 2 }], min: 0, integer: true, fmt: (v) => fmtNum(v, 0), label: 'in flight' }) + '</div>'
         + '<div><h3>Health</h3>' + chart({ t: hist.t, series: [{ name: 'healthy', values: u.healthy.map((h) => (h == null ? null : h ? 1 : 0)), color: 2 }], min: 0, max: 1, height: 80, fmt: (v) => (v >= 1 ? 'up' : v <= 0 ? 'down' : ''), label: 'health' }) + '</div>'
         + '</div></section>';
     }).join('');
@@ -261,8 +274,8 @@ pages.shadow = {
       + (w.judge_reason ? '<div class="small muted">' + esc(w.judge_reason) + '</div>' : '')
       + '<div class="pair"><div><label>Served: ' + esc(w.primary) + '</label><pre>' + esc(w.primary_answer || '') + '</pre></div><div><label>Shadow: ' + esc(w.shadow) + '</label><pre>' + esc(w.shadow_error ? 'error: ' + w.shadow_error : w.shadow_answer || '') + '</pre></div></div></section>').join('');
     return '<div class="row spread"><h1>Shadow</h1>' + rangePicker('shadowSince', 'shadow') + '</div>'
-      + '<div class="grid"><section class="card"><h2>Agreement</h2><div class="stat">' + fmtNum(pairs, 0) + ' <small>pairs compared</small></div>' + chart({ t: agree.t, series: agree.series, min: 0, max: 1, fmt: fmtPct, tfmt: since === '1h' || since === '24h' ? fmtTime : (ms) => new Date(ms).toLocaleDateString([], { month: 'short', day: 'numeric' }), label: 'agreement', legend: true, empty: 'No shadow pairs in this range.' }) + '</section>'
-      + '<section class="card"><h2>Judge score</h2><div class="stat">' + fmtNum(d.points.reduce((a, p) => a + p.judged, 0), 0) + ' <small>pairs judged</small></div>' + chart({ t: judge.t, series: judge.series, min: 0, max: 10, fmt: (v) => fmtNum(v, 0), label: 'judge score', legend: true, empty: 'No judged pairs in this range (routes[].shadow.judge).' }) + '</section></div>'
+      + '<div class="grid"><section class="card"><h2>Agreement</h2><div class="stat">' + fmtNum(pairs, 0) + ' <small>pairs compared</small></div>' + chart({ t: agree.t, series: agree.series, min: 0, max: 1, fmt: fmtPct, from: d.since_ms, to: Date.now(), label: 'agreement', legend: true, empty: 'No shadow pairs in this range.' }) + '</section>'
+      + '<section class="card"><h2>Judge score</h2><div class="stat">' + fmtNum(d.points.reduce((a, p) => a + p.judged, 0), 0) + ' <small>pairs judged</small></div>' + chart({ t: judge.t, series: judge.series, from: d.since_ms, to: Date.now(), min: 0, max: 10, step: 2, fmt: (v) => fmtNum(v, 0), label: 'judge score', legend: true, empty: 'No judged pairs in this range (routes[].shadow.judge).' }) + '</section></div>'
       + '<h2>Worst disagreeing pairs</h2>' + (worst || '<div class="card empty">No disagreeing pairs in this range.</div>');
   },
 };
@@ -278,14 +291,14 @@ pages.spend = {
     const savedPts = new Map();
     for (const p of series.points) savedPts.set(p.t, (savedPts.get(p.t) || 0) + (p.baseline_usd - p.cost_usd));
     const st = Array.from(savedPts.keys()).sort((a, b) => a - b);
-    const tfmt = since === '1h' || since === '24h' ? fmtTime : (ms) => new Date(ms).toLocaleDateString([], { month: 'short', day: 'numeric' });
+    const span = { from: series.since_ms, to: Date.now() };
     const tot = report.total;
     const rows = report.lines.map((l) => '<tr><td>' + esc(l.group == null ? (by === 'route' ? '' : '(none)') : l.group) + '</td><td class="mono">' + esc(l.route) + '</td><td class="num">' + fmtNum(l.requests, 0) + '</td><td class="num hide-sm">' + fmtNum(l.tokens_in, 0) + ' / ' + fmtNum(l.tokens_out, 0) + '</td><td class="num">' + fmtUsd(l.cost_usd) + '</td><td class="num">' + fmtUsd(l.baseline_usd) + '</td><td class="num">' + fmtUsd(l.savings_usd) + '</td></tr>').join('');
     const sel = '<select id="spend-by" aria-label="Group by">' + ['team', 'model', 'route', 'key'].map((b) => '<option' + (b === by ? ' selected' : '') + '>' + b + '</option>').join('') + '</select>';
     return '<div class="row spread"><h1>Spend</h1><div class="row">' + sel + rangePicker('spendSince', 'spend') + '<a id="spend-csv" class="button ghost" href="/admin/spend?format=csv&' + q + '" download="switchyard-spend.csv">Download CSV</a></div></div>'
       + '<div class="grid3"><div class="card"><div class="muted small">Cost</div><div class="stat">' + fmtUsd(tot.cost_usd) + '</div></div><div class="card"><div class="muted small">Baseline</div><div class="stat">' + fmtUsd(tot.baseline_usd) + '</div></div><div class="card"><div class="muted small">Saved</div><div class="stat">' + fmtUsd(tot.savings_usd) + ' <small>' + (tot.baseline_usd > 0 ? fmtPct(tot.savings_usd / tot.baseline_usd) : '') + '</small></div></div><div class="card"><div class="muted small">Requests</div><div class="stat">' + fmtNum(tot.requests, 0) + ' <small>' + fmtNum(tot.errors, 0) + ' errors</small></div></div></div>'
-      + '<div class="grid"><section class="card"><h2>Cost by ' + esc(by) + '</h2>' + chart({ t: cost.t, series: cost.series, min: 0, fmt: fmtUsd, tfmt, legend: true, label: 'cost', empty: 'No requests in this range.' }) + '</section>'
-      + '<section class="card"><h2>Savings against the baseline</h2>' + chart({ t: st, series: [{ name: 'saved', values: st.map((t) => savedPts.get(t)), color: 2 }], fmt: fmtUsd, tfmt, area: true, label: 'savings', empty: 'No requests in this range.' }) + '</section></div>'
+      + '<div class="grid"><section class="card"><h2>Cost by ' + esc(by) + '</h2>' + chart({ t: cost.t, series: cost.series.map((x) => ({ name: x.name, values: x.values.map((v) => v || 0) })), ...span, min: 0, fmt: fmtUsd, legend: true, label: 'cost', empty: 'No requests in this range.' }) + '</section>'
+      + '<section class="card"><h2>Savings against the baseline</h2>' + chart({ t: st, series: [{ name: 'saved', values: st.map((t) => savedPts.get(t)), color: 2 }], ...span, fmt: fmtUsd, area: true, label: 'savings', empty: 'No requests in this range.' }) + '</section></div>'
       + '<section class="card"><div class="scroll"><table><thead><tr><th>' + esc(by) + '</th><th>Route</th><th class="num">Requests</th><th class="num hide-sm">Tokens in / out</th><th class="num">Cost</th><th class="num">Baseline</th><th class="num">Saved</th></tr></thead><tbody>' + (rows || '<tr><td colspan="7" class="empty">No requests in this range.</td></tr>') + '</tbody></table></div></section>';
   },
 };
