@@ -74,7 +74,7 @@ shadow = {{ backend = "local", model = "qwen-2.5-7b", sample = 0.5, judge = {{ b
 /// The shadow's answers: most agree with the served one, every fifth does not.
 fn chat(i: u64) -> Value {
     let served = format!("The capital of France is Paris. ({i})");
-    let shadow = if i % 5 == 0 {
+    let shadow = if i.is_multiple_of(5) {
         format!("I am not sure; it may be Lyon. ({i})")
     } else {
         served.clone()

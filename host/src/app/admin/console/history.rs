@@ -38,8 +38,11 @@ struct Sample {
     t_ms: i64,
     urls: Vec<UrlPoint>,
     /// Finished requests so far, by (route, backend).
-    requests: BTreeMap<(String, String), u64>,
+    requests: Counts,
 }
+
+/// Finished requests by (route, backend).
+pub type Counts = BTreeMap<(String, String), u64>;
 
 /// The ring of samples.
 #[derive(Debug, Default)]
@@ -62,7 +65,7 @@ fn read_urls(breakers: &Value) -> Vec<UrlPoint> {
         .collect()
 }
 
-fn request_totals(gw: &Gateway) -> BTreeMap<(String, String), u64> {
+fn request_totals(gw: &Gateway) -> Counts {
     gw.services
         .metrics
         .request_totals()
@@ -153,12 +156,12 @@ impl History {
             .iter()
             .find(|s| s.t_ms >= cutoff)
             .or(samples.first());
-        let mut live: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut live = Counts::new();
         for (k, n) in &now {
             let before = base.and_then(|b| b.requests.get(k)).copied().unwrap_or(0);
             live.insert(k.clone(), n.saturating_sub(before));
         }
-        let mut steps: Vec<(i64, BTreeMap<(String, String), u64>)> = Vec::new();
+        let mut steps: Vec<(i64, Counts)> = Vec::new();
         for w in samples.windows(2) {
             let mut d = BTreeMap::new();
             for (k, n) in &w[1].requests {
@@ -179,8 +182,8 @@ impl History {
 pub struct RouteTraffic {
     /// How long `live` covers, in seconds (0 before the first sample).
     pub window_secs: u64,
-    pub live: BTreeMap<(String, String), u64>,
-    pub steps: Vec<(i64, BTreeMap<(String, String), u64>)>,
+    pub live: Counts,
+    pub steps: Vec<(i64, Counts)>,
 }
 
 /// Sample every [`STEP`] for the life of the process.
