@@ -35,6 +35,7 @@ fn which(names: &[&str]) -> Option<PathBuf> {
 pub fn find() -> Option<(PathBuf, PathBuf)> {
     let chromium = std::env::var_os("SWITCHYARD_CHROMIUM")
         .map(PathBuf::from)
+        .filter(|p| p.is_file())
         .or_else(|| which(&["chromium", "chromium-browser", "google-chrome"]))?;
     let driver = which(&["chromedriver"])?;
     Some((chromium, driver))

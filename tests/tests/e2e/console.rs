@@ -25,7 +25,8 @@ fn screenshots() -> PathBuf {
 }
 
 /// Two backends on two mocks (`openai` can be made to fail), a route split 80/20 between
-/// them with a judged shadow, prices and a baseline so spend shows savings.
+/// them with a judged shadow, prices and a baseline so spend shows savings, and a route
+/// with a staged rollout.
 fn config(primary: &str, other: &str, db: &str, rubric: &str, weights: (u32, u32)) -> String {
     format!(
         r#"[server]
@@ -65,13 +66,19 @@ targets = [{{ backend = "openai", weight = {a} }}, {{ backend = "local", model =
 fallback = [{{ backend = "local", model = "llama-3.1-8b" }}]
 baseline = {{ input_per_1m = 2.5, output_per_1m = 10.0 }}
 shadow = {{ backend = "local", model = "qwen-2.5-7b", sample = 0.5, judge = {{ backend = "local", model = "judge", sample = 1.0, rubric = "{rubric}" }} }}
+
+[[routes]]
+model = "gpt-4o-mini"
+targets = [{{ backend = "openai" }}]
+rollout = {{ candidate = {{ backend = "local", model = "llama-3.1-8b" }}, steps = [5, 25, 50, 100], step_secs = 3600, min_requests = 20, guard = {{ max_error_rate = 0.05 }} }}
 "#,
         a = weights.0,
         b = weights.1
     )
 }
 
-/// The shadow's answers: most agree with the served one, every fifth does not.
+/// The shadow's answers: most agree with the served one, every fifth does not. Every third
+/// request goes to the route with the rollout.
 fn chat(i: u64) -> Value {
     let served = format!("The capital of France is Paris. ({i})");
     let shadow = if i.is_multiple_of(5) {
@@ -79,9 +86,10 @@ fn chat(i: u64) -> Value {
     } else {
         served.clone()
     };
-    json!({"model": "gpt-4o", "max_tokens": 20,
+    let model = if i % 3 == 2 { "gpt-4o-mini" } else { "gpt-4o" };
+    json!({"model": model, "max_tokens": 20,
            "messages": [{"role": "user", "content": format!("What is the capital of France? ({i})")}],
-           "mock_answers": {"gpt-4o": served, "llama-3.1-8b": served, "qwen-2.5-7b": shadow}})
+           "mock_answers": {"gpt-4o": served, "gpt-4o-mini": served, "llama-3.1-8b": served, "qwen-2.5-7b": shadow}})
 }
 
 /// Requests in the background until `stop`, alternating two teams' keys.
@@ -313,6 +321,24 @@ async fn console_in_headless_chromium() {
     for want in ["openai", "local", "llama-3.1-8b", "80", "20", "80%", "20%"] {
         assert!(route.contains(want), "routes page lacks {want}: {route}");
     }
+
+    // The rollout's block, and its Pause button acting through the admin API.
+    b.wait_for(
+        "the rollout running",
+        "const r = document.querySelector('[data-route=\"gpt-4o-mini\"]'); return r && r.innerText.includes('running')",
+        WAIT,
+    )
+    .await;
+    b.click("button[data-rollout=\"pause\"][data-route=\"gpt-4o-mini\"]")
+        .await;
+    b.wait_for(
+        "the rollout shown paused",
+        "const r = document.querySelector('section[data-route=\"gpt-4o-mini\"]'); return r && r.innerText.includes('paused')",
+        WAIT,
+    )
+    .await;
+    let v = admin(&c, &gw, Method::GET, "/admin/rollouts", None).await;
+    assert_eq!(v["rollouts"][0]["state"], "paused", "{v}");
 
     // Keys: create one (its secret shown once, and it works), then revoke it.
     open(&b, "keys").await;

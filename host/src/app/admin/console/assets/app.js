@@ -154,7 +154,7 @@ function bar(share, live) {
 }
 
 function badge(state) {
-  const cls = { closed: 'ok', healthy: 'ok', running: 'ok', completed: 'ok', half_open: 'warn', paused: 'warn', open: 'bad', unhealthy: 'bad', rolled_back: 'bad', aborted: 'bad' }[state] || '';
+  const cls = { closed: 'ok', healthy: 'ok', running: 'ok', complete: 'ok', half_open: 'warn', paused: 'warn', open: 'bad', unhealthy: 'bad', rolled_back: 'bad', aborted: 'bad' }[state] || '';
   return '<span class="badge ' + cls + '">' + esc(String(state).replace('_', ' ')) + '</span>';
 }
 
@@ -184,7 +184,8 @@ function routeCard(r) {
       + '<td class="num hide-sm">' + fmtNum(n, 0) + '</td></tr>';
   }).join('');
   const others = Object.keys(r.live.requests).filter((b) => !r.targets.some((t) => t.backend === b));
-  const otherRows = others.map((b) => '<tr><td>' + esc(b) + ' <span class="muted small">(fallback)</span></td><td></td><td></td><td><div class="row"><span class="num">' + fmtPct(r.live.requests[b] / liveTotal) + '</span>' + bar(r.live.requests[b] / liveTotal, true) + '</div></td><td class="num hide-sm">' + fmtNum(r.live.requests[b], 0) + '</td></tr>').join('');
+  const candidate = r.rollout ? String(r.rollout.candidate).split('/')[0] : null;
+  const otherRows = others.map((b) => '<tr><td>' + esc(b) + ' <span class="muted small">(' + (b === candidate ? 'rollout candidate' : 'fallback') + ')</span></td><td></td><td></td><td><div class="row"><span class="num">' + fmtPct(r.live.requests[b] / liveTotal) + '</span>' + bar(r.live.requests[b] / liveTotal, true) + '</div></td><td class="num hide-sm">' + fmtNum(r.live.requests[b], 0) + '</td></tr>').join('');
   const series = Object.entries(r.series.requests).map(([name, values]) => ({ name, values }));
   let extra = '';
   if (r.fallback.length) extra += '<div class="small"><span class="muted">Fallback:</span> ' + r.fallback.map((t) => esc(t.backend) + (t.model ? '/' + esc(t.model) : '')).join(' → ') + '</div>';
@@ -203,7 +204,9 @@ function rolloutBlock(ro) {
   const guards = ro.guards.length
     ? '<table><thead><tr><th>Guard</th><th class="num">Value</th><th class="num">Limit</th><th></th></tr></thead><tbody>' + ro.guards.map((g) => '<tr><td>' + esc(g.name) + (g.detail ? ' <span class="muted small">' + esc(g.detail) + '</span>' : '') + '</td><td class="num">' + fmtNum(g.value, 3) + '</td><td class="num">' + fmtNum(g.limit, 3) + '</td><td>' + (g.ok === false ? badge('open').replace('open', 'failing') : g.ok ? '<span class="badge ok">ok</span>' : '<span class="badge">waiting</span>') + '</td></tr>').join('') + '</tbody></table>'
     : '<div class="muted small">No guard results yet.</div>';
-  const acts = ['pause', 'resume', 'promote', 'abort'].map((a) => '<button class="' + (a === 'abort' ? 'danger' : 'ghost') + '" data-rollout="' + a + '" data-route="' + esc(ro.route) + '">' + a[0].toUpperCase() + a.slice(1) + '</button>').join('');
+  // The actions that apply in this state (the API refuses the others with 409).
+  const allowed = { running: ['pause', 'promote', 'abort'], paused: ['resume', 'promote', 'abort'] }[ro.state] || [];
+  const acts = allowed.map((a) => '<button class="' + (a === 'abort' ? 'danger' : 'ghost') + '" data-rollout="' + a + '" data-route="' + esc(ro.route) + '">' + a[0].toUpperCase() + a.slice(1) + '</button>').join('');
   return '<h3>Rollout</h3><div class="row spread"><div class="row">' + badge(ro.state) + ' <span>candidate <b>' + esc(ro.candidate) + '</b> at ' + fmtNum(ro.weight) + '% · step ' + ro.step + ' of ' + ro.steps.length + '</span></div><div class="row">' + acts + '</div></div>'
     + '<div class="row small">' + steps + '</div>'
     + '<div class="grid3 small"><div>Candidate: ' + fmtNum(ro.window.candidate.requests, 0) + ' req, ' + fmtNum(ro.window.candidate.errors, 0) + ' err</div><div>Incumbent: ' + fmtNum(ro.window.incumbent.requests, 0) + ' req, ' + fmtNum(ro.window.incumbent.errors, 0) + ' err</div>' + (ro.reason ? '<div class="muted">' + esc(ro.reason) + '</div>' : '') + '</div>'
