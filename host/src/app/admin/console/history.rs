@@ -101,45 +101,43 @@ impl History {
     /// `GET /admin/series/backends`: per URL, one value per sample (null where the URL did
     /// not exist yet).
     pub fn backends_json(&self) -> Value {
-        let samples = self.copy();
-        let mut keys: Vec<(String, String)> = Vec::new();
-        for s in &samples {
+        let q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let n = q.len();
+        // One column per URL, filled in one pass over the samples.
+        let mut index: std::collections::HashMap<(&str, &str), usize> = Default::default();
+        let mut cols: Vec<Vec<Option<&UrlPoint>>> = Vec::new();
+        for (i, s) in q.iter().enumerate() {
             for u in &s.urls {
-                let k = (u.backend.clone(), u.url.clone());
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
+                let k = *index
+                    .entry((u.backend.as_str(), u.url.as_str()))
+                    .or_insert_with(|| {
+                        cols.push(vec![None; n]);
+                        cols.len() - 1
+                    });
+                cols[k][i] = Some(u);
             }
         }
-        let urls: Vec<Value> = keys
+        let urls: Vec<Value> = cols
             .iter()
-            .map(|(b, url)| {
-                let find = |s: &Sample| {
-                    s.urls
-                        .iter()
-                        .find(|u| &u.backend == b && &u.url == url)
-                        .cloned()
+            .filter_map(|col| {
+                let first = col.iter().flatten().next()?;
+                let values = |f: &dyn Fn(&UrlPoint) -> Value| -> Vec<Value> {
+                    col.iter().map(|u| u.map_or(Value::Null, f)).collect()
                 };
-                let col = |f: &dyn Fn(&UrlPoint) -> Value| -> Vec<Value> {
-                    samples
-                        .iter()
-                        .map(|s| find(s).map_or(Value::Null, |u| f(&u)))
-                        .collect()
-                };
-                json!({
-                    "backend": b,
-                    "url": url,
-                    "state": col(&|u| json!(u.state)),
-                    "error_rate": col(&|u| json!(u.error_rate)),
-                    "latency_ms": col(&|u| json!(u.latency_ms)),
-                    "in_flight": col(&|u| json!(u.in_flight)),
-                    "healthy": col(&|u| json!(u.healthy)),
-                })
+                Some(json!({
+                    "backend": first.backend,
+                    "url": first.url,
+                    "state": values(&|u| json!(u.state)),
+                    "error_rate": values(&|u| json!(u.error_rate)),
+                    "latency_ms": values(&|u| json!(u.latency_ms)),
+                    "in_flight": values(&|u| json!(u.in_flight)),
+                    "healthy": values(&|u| json!(u.healthy)),
+                }))
             })
             .collect();
         json!({
             "step_secs": STEP.as_secs(),
-            "t": samples.iter().map(|s| s.t_ms).collect::<Vec<_>>(),
+            "t": q.iter().map(|s| s.t_ms).collect::<Vec<_>>(),
             "urls": urls,
         })
     }
@@ -197,4 +195,49 @@ pub fn spawn(gw: &Arc<Gateway>) {
             gw.console.sample(&gw);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(backend: &str, url: &str, state: &str, error_rate: f64) -> UrlPoint {
+        UrlPoint {
+            backend: backend.into(),
+            url: url.into(),
+            state: state.into(),
+            error_rate,
+            latency_ms: 1.0,
+            in_flight: 0.0,
+            healthy: true,
+        }
+    }
+
+    #[test]
+    fn a_url_added_later_has_nulls_before_it_existed() {
+        let h = History::default();
+        {
+            let mut q = h.samples.lock().unwrap();
+            q.push_back(Sample {
+                t_ms: 1000,
+                urls: vec![point("a", "http://a", "closed", 0.0)],
+                requests: Counts::new(),
+            });
+            q.push_back(Sample {
+                t_ms: 11_000,
+                urls: vec![
+                    point("a", "http://a", "open", 0.6),
+                    point("b", "http://b", "closed", 0.1),
+                ],
+                requests: Counts::new(),
+            });
+        }
+        let v = h.backends_json();
+        assert_eq!(v["t"], json!([1000, 11_000]));
+        assert_eq!(v["urls"][0]["backend"], "a");
+        assert_eq!(v["urls"][0]["state"], json!(["closed", "open"]));
+        assert_eq!(v["urls"][0]["error_rate"], json!([0.0, 0.6]));
+        assert_eq!(v["urls"][1]["url"], "http://b");
+        assert_eq!(v["urls"][1]["error_rate"], json!([null, 0.1]));
+    }
 }
