@@ -675,3 +675,31 @@ async fn console_login_cookie_and_bearer_rules() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("[admin]"), "{}", r.text());
 }
+
+/// On a TLS listener the login's cookie is also marked Secure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_cookie_is_secure_over_tls() {
+    let mock = MockUpstream::start().await;
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\n[admin]\ntoken_env = \"SY_ADMIN\"\n\n[[backends]]\nname = \"mock\"\nurl = \"{}\"\n\n[[routes]]\nmodel = \"*\"\ntargets = [{{ backend = \"mock\" }}]\n",
+        cert.display(),
+        key.display(),
+        mock.url()
+    );
+    let gw = Gateway::start_with_env(&text, &[("SY_ADMIN", TOKEN)]);
+    assert_eq!(gw.scheme, "https");
+    let c = Client::with_roots(std::slice::from_ref(ck.cert.der()));
+    let r = c
+        .post_json(&gw.url("/ui/login"), &json!({"token": TOKEN}), &[])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let set = r.header("set-cookie").unwrap();
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(set.contains(flag), "{set}");
+    }
+}

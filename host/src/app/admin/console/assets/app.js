@@ -208,7 +208,7 @@ function rolloutBlock(ro) {
   const allowed = { running: ['pause', 'promote', 'abort'], paused: ['resume', 'promote', 'abort'] }[ro.state] || [];
   const acts = allowed.map((a) => '<button class="' + (a === 'abort' ? 'danger' : 'ghost') + '" data-rollout="' + a + '" data-route="' + esc(ro.route) + '">' + a[0].toUpperCase() + a.slice(1) + '</button>').join('');
   return '<h3>Rollout</h3><div class="row spread"><div class="row">' + badge(ro.state) + ' <span>candidate <b>' + esc(ro.candidate) + '</b> at ' + fmtNum(ro.weight) + '% · step ' + ro.step + ' of ' + ro.steps.length + '</span></div><div class="row">' + acts + '</div></div>'
-    + '<div class="row small">' + steps + '</div>'
+    + '<div class="row small steps">' + steps + '</div>'
     + '<div class="grid3 small"><div>Candidate: ' + fmtNum(ro.window.candidate.requests, 0) + ' req, ' + fmtNum(ro.window.candidate.errors, 0) + ' err</div><div>Incumbent: ' + fmtNum(ro.window.incumbent.requests, 0) + ' req, ' + fmtNum(ro.window.incumbent.errors, 0) + ' err</div>' + (ro.reason ? '<div class="muted">' + esc(ro.reason) + '</div>' : '') + '</div>'
     + '<div class="scroll">' + guards + '</div>';
 }
@@ -460,6 +460,7 @@ function showLogin() {
   $('#page').hidden = true;
   $('#logout').hidden = true;
   $('#nav').hidden = true;
+  $('#live').hidden = true;
   $('#token').focus();
 }
 
@@ -468,6 +469,7 @@ function showApp() {
   $('#page').hidden = false;
   $('#logout').hidden = false;
   $('#nav').hidden = false;
+  $('#live').hidden = false;
   navigate();
 }
 
