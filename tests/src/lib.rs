@@ -4,6 +4,7 @@
 //! Tests start the same binary users run, with a config written to a temp dir, listening on
 //! `127.0.0.1:0`; the harness reads the address from the ready line the gateway prints.
 
+pub mod browser;
 pub mod client;
 pub mod mock;
 pub mod otlp;

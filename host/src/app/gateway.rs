@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::admin::console::history::History;
 use super::admin::throttle::AdminThrottle;
 use super::reload::Control;
 use crate::config::Runtime;
@@ -15,6 +16,8 @@ pub struct Gateway {
     pub control: Control,
     /// Wrong admin tokens, per client address.
     pub admin_throttle: AdminThrottle,
+    /// The last hour of backend and route figures, for the console (`/ui`).
+    pub console: History,
     /// The admin API has a listener of its own (`[admin] listen` at start), so the public
     /// port does not serve it.
     admin_listener: AtomicBool,
@@ -27,6 +30,7 @@ impl Gateway {
             services,
             control: Control::default(),
             admin_throttle: AdminThrottle::default(),
+            console: History::default(),
             admin_listener: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         })

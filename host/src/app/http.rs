@@ -2,7 +2,7 @@
 //!
 //! The OpenAI endpoints the gateway proxies go to the request path (`request::handle`); the
 //! gateway's own endpoints (`/v1/models`, `/v1/feedback`, `/healthz`, `/readyz`, `/metrics`) are answered
-//! here, and `/admin/*` goes to the admin API behind its token check: on `[admin] listen`
+//! here, and `/admin/*` (and the console, `/ui`) goes to the admin API behind its token check: on `[admin] listen`
 //! when it has a listener of its own (which serves nothing else), else on the public port to
 //! loopback clients only.
 
@@ -46,7 +46,8 @@ pub struct Conn {
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Response<GatewayBody> {
     let method = req.method().clone();
     let path = req.uri().path();
-    let is_admin = path.starts_with(endpoint::ADMIN_PREFIX);
+    let is_admin =
+        path.starts_with(endpoint::ADMIN_PREFIX) || admin::console::is_console_path(path);
     if conn.surface == Surface::Admin {
         if is_admin {
             return admin_request(gw, req, conn).await;
@@ -171,6 +172,11 @@ async fn admin_request(
     req: Request<Incoming>,
     conn: Conn,
 ) -> Response<GatewayBody> {
+    if admin::console::is_console_path(req.uri().path()) {
+        // The admin listener is plain HTTP; the public one may be TLS.
+        let secure = conn.surface == Surface::Public && gw.runtime().server.tls.is_some();
+        return admin::console::serve(gw, req, conn.peer.ip(), secure).await;
+    }
     admin::entry(gw, req, conn.peer.ip()).await
 }
 

@@ -33,6 +33,8 @@ pub struct Version {
     pub loaded_at: SystemTime,
     /// What made it current: `start`, `file change`, `SIGHUP`, `admin`, `rollback`.
     pub origin: &'static str,
+    /// The file's text (`None` for the embedded default), for the console's diff.
+    pub text: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -102,10 +104,11 @@ fn keep(rt: &Runtime) -> usize {
 impl Control {
     /// Record the version the gateway started with.
     pub fn init(&self, snapshot: Arc<Snapshot>) {
-        let hash = match &snapshot.config.source {
-            ConfigSource::File(p) => std::fs::read_to_string(p).ok().map(|t| hash_text(&t)),
+        let text = match &snapshot.config.source {
+            ConfigSource::File(p) => std::fs::read_to_string(p).ok(),
             ConfigSource::Embedded => None,
         };
+        let hash = text.as_deref().map(hash_text);
         let mut h = lock(self);
         h.next_id = 2;
         h.seen_hash = hash;
@@ -115,6 +118,7 @@ impl Control {
             hash: hash.unwrap_or(0),
             loaded_at: SystemTime::now(),
             origin: "start",
+            text: text.map(Arc::from),
         }];
         h.current = 0;
     }
@@ -188,6 +192,7 @@ impl Control {
             hash,
             loaded_at: SystemTime::now(),
             origin,
+            text: Some(Arc::from(text)),
         });
         let keep = keep(&snapshot.config).max(2);
         while h.versions.len() > keep {

@@ -132,6 +132,8 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     crate::services::rollout::controller::spawn(&services);
     // Live reload and health checks.
     reload::spawn_background(&gw);
+    // The console's hour of history: a sample of existing counters every few seconds.
+    crate::app::admin::console::history::spawn(&gw);
     // `/readyz` turns ready only once the plugins are loaded.
     let plugins_services = services.clone();
     let _ = tokio::task::spawn_blocking(move || {

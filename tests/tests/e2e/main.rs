@@ -11,6 +11,7 @@ mod cache;
 mod capture;
 mod cli;
 mod concurrency;
+mod console;
 mod context_window;
 mod errors;
 mod eval;

@@ -9,6 +9,9 @@
 //! POST /admin/rollouts/{pause,resume,promote,abort}   {"route": R}: act on R's rollout
 //! ```
 //!
+//! The console (`/ui`, [`console`]) reads and acts through these same endpoints, plus the
+//! read-only ones in [`console::api`]; it may send the token as a cookie instead.
+//!
 //! The token is read from the environment variable named by `[admin] token_env`; without
 //! `[admin]` the API is off and answers 403 saying how to turn it on. Only the token's
 //! SHA-256 is kept, and [`refusal`], the one gate in front of every `/admin/*` endpoint
@@ -19,6 +22,7 @@
 //! to loopback clients only.
 //! `switchyard rollback` and `switchyard reload` are thin clients of this API (`cli::admin`).
 
+pub mod console;
 pub mod keys;
 pub mod throttle;
 
@@ -34,7 +38,6 @@ use crate::base::GatewayError;
 use crate::base::body::GatewayBody;
 use crate::base::respond;
 use crate::config::Runtime;
-use crate::services::governance::keys::authenticate_admin;
 use crate::services::rollout::controller::{ActError, Action};
 use crate::services::rollout::status;
 use crate::services::upstream::health;
@@ -73,6 +76,15 @@ pub async fn entry(
         return refused;
     }
     let p = req.uri().path();
+    let (method, path, query) = (
+        req.method().clone(),
+        p.to_string(),
+        req.uri().query().unwrap_or("").to_string(),
+    );
+    if let Some(resp) = console::api::handle(&gw, &method, &path, &query).await {
+        return resp;
+    }
+    let p = req.uri().path();
     if p.starts_with("/admin/keys") || p.starts_with("/admin/spend") {
         keys::handle(gw, req).await
     } else {
@@ -93,7 +105,7 @@ fn refusal(
         Err(retry_after_secs) => GatewayError::AdminThrottled { retry_after_secs },
         Ok(()) => {
             let token = rt.admin.as_ref().and_then(|a| a.token_sha256());
-            match authenticate_admin(req.headers(), token) {
+            match console::authenticate(req.method(), req.headers(), token) {
                 Ok(()) => {
                     gw.admin_throttle.succeeded(peer);
                     return None;

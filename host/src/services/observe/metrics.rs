@@ -228,6 +228,18 @@ impl Metrics {
         }
     }
 
+    /// Finished requests so far by (route, backend), every status together: read by the
+    /// console's sampler, never on the request path.
+    pub fn request_totals(&self) -> Vec<(Arc<str>, Arc<str>, u64)> {
+        let mut sums: std::collections::BTreeMap<RouteBackend, u64> = Default::default();
+        for e in self.requests.iter() {
+            let (route, backend, _) = e.key();
+            *sums.entry((route.clone(), backend.clone())).or_default() +=
+                e.value().load(Ordering::Relaxed);
+        }
+        sums.into_iter().map(|((r, b), n)| (r, b, n)).collect()
+    }
+
     /// Time the gateway itself added to a request (everything but waiting on upstream).
     pub fn overhead(&self, d: Duration) {
         self.overhead.observe(d);
