@@ -74,7 +74,10 @@ pub async fn lookup(
     };
     let (no_cache, no_store) = cache_control(headers);
     let body = request.bytes();
-    if (rc.deterministic_only && !deterministic(body, ctx.endpoint == Endpoint::Embeddings))
+    // A request passed through is answered in its own protocol, which the cache does not
+    // keep (entries are chat answers, replayed or translated from there).
+    if super::protocol::passes_through(ctx, chosen)
+        || (rc.deterministic_only && !deterministic(body, ctx.endpoint == Endpoint::Embeddings))
         || no_store
     {
         services.cache.count(&route.name, Outcome::Bypass);

@@ -14,6 +14,7 @@ use super::attempt::{Answer as LoopAnswer, Candidate};
 use super::respond::{self, Reply, complete, held, stream};
 use crate::base::body::GatewayBody;
 use crate::base::openai::{RequestBody, Usage};
+use crate::base::protocols::{Protocol, native};
 use crate::base::{Endpoint, GatewayError};
 use crate::config::{Runtime, Target};
 use crate::services::Services;
@@ -29,6 +30,9 @@ pub struct Exchange<'a> {
     /// The config the request runs under.
     pub config: &'a Runtime,
     pub endpoint: Endpoint,
+    /// The path the client called (the access line names it: `/v1/responses` for a
+    /// translated stream, not the chat path it was sent upstream as).
+    pub client_path: &'static str,
     pub started: Instant,
     pub route: Arc<str>,
     /// The client's request, as parsed (each attempt adapts this original).
@@ -43,6 +47,9 @@ pub struct Exchange<'a> {
     /// or event of a stream, `max_answer_bytes` for an answer read whole.
     pub max_event: usize,
     pub max_answer: usize,
+    /// The client's own body and protocol (Responses, Messages): what a target whose backend
+    /// speaks that protocol gets instead of the translated request.
+    pub native: Option<(Protocol, &'a Bytes)>,
 }
 
 /// What a relayed stream does when it ends, put in place once the attempt loop knows which
@@ -93,11 +100,14 @@ pub struct Exchanged {
     pub events: Option<Bytes>,
     /// The usage that body reported (read once, with the rest of the probe).
     pub usage: Option<Usage>,
+    /// The answer is in the client's own protocol (the request was passed through).
+    pub native: bool,
 }
 
 impl LoopAnswer for Exchanged {
     fn complete_body(&self) -> Option<&Bytes> {
-        self.body.as_ref()
+        // `validate` plugins judge chat answers; one passed through is not one.
+        self.body.as_ref().filter(|_| !self.native)
     }
 }
 
@@ -114,14 +124,29 @@ pub async fn exchange(
     let model: Arc<str> = Arc::from(target.upstream_model(&x.request.model));
     let url = &upstream.backend.urls[url];
     let adapted = adapted?;
+    let passthrough = x
+        .native
+        .filter(|(p, _)| upstream.backend.api.passes_through(*p));
     let request = adapted.as_ref().unwrap_or(x.request);
-    let body = request.upstream_body(&model, true);
-    let mut upstream_req = client::build_request(
-        &upstream.backend,
-        url.uri(x.endpoint),
-        body,
-        x.client_headers,
-    )?;
+    let mut upstream_req = match passthrough {
+        Some((protocol, original)) => native_request(
+            &upstream.backend,
+            url,
+            protocol,
+            original,
+            &model,
+            x.client_headers,
+        )?,
+        None => {
+            let body = request.upstream_body(&model, true);
+            client::build_request(
+                &upstream.backend,
+                url.uri(x.endpoint),
+                body,
+                x.client_headers,
+            )?
+        }
+    };
     // One CLIENT span per attempt; its context travels upstream in `traceparent`.
     let span = AttemptSpan::start(
         x.telemetry,
@@ -157,6 +182,7 @@ pub async fn exchange(
         metrics.upstream(&target.backend.name, sent.elapsed());
         return Err(failed(span, e));
     }
+    let native = passthrough.map(|(p, _)| p);
     let reply = Reply {
         target: target.clone(),
         model,
@@ -164,8 +190,11 @@ pub async fn exchange(
         sent,
         slot,
         span,
+        native,
     };
-    if request.stream && !x.hold_stream {
+    // A stream passed through is relayed as it comes: a `validate` plugin holding streams
+    // judges chat answers, which it is not.
+    if request.stream && (!x.hold_stream || native.is_some()) {
         let (answer, upstream_time) = stream::stream_answer(x, reply).await?;
         return Ok(Exchanged {
             answer: Answer::Streaming(answer),
@@ -174,6 +203,7 @@ pub async fn exchange(
             body: None,
             events: None,
             usage: None,
+            native: native.is_some(),
         });
     }
     let Reply {
@@ -200,10 +230,15 @@ pub async fn exchange(
     } else {
         complete::complete_answer(x.telemetry, &target, &model, resp, sent, x.max_answer).await
     };
-    let whole = match answer {
+    let mut whole = match answer {
         Ok(w) => w,
         Err(e) => return Err(failed(span, e)),
     };
+    if let Some(p) = native {
+        let read = native::read_complete(p, &whole.body);
+        whole.facts.usage = read.as_ref().and_then(|c| c.usage);
+        whole.facts.finish_reasons = read.and_then(|c| c.finish).into_iter().collect();
+    }
     let usage = whole.facts.usage;
     span.succeeded(metrics, whole.facts);
     metrics.upstream(&target.backend.name, whole.upstream_time);
@@ -215,5 +250,43 @@ pub async fn exchange(
         body: Some(whole.body),
         events: whole.events,
         usage,
+        native: native.is_some(),
     })
+}
+
+/// The client's own body for a backend that speaks its protocol: the path of that API
+/// under the backend's base, the model the target names, and for Anthropic's API its key
+/// header and version (the client's `anthropic-version` and `anthropic-beta` when sent).
+fn native_request(
+    backend: &crate::config::Backend,
+    url: &crate::config::BackendUrl,
+    protocol: Protocol,
+    original: &Bytes,
+    model: &str,
+    client_headers: &HeaderMap,
+) -> Result<http::Request<http_body_util::Full<Bytes>>, GatewayError> {
+    let (Some(uri), Some(body)) = (
+        url.native_uri(protocol),
+        native::with_model(original, model),
+    ) else {
+        return Err(GatewayError::Internal(
+            "a passed-through request without its body".into(),
+        ));
+    };
+    let mut req = client::build_request(backend, uri, body, client_headers)?;
+    if protocol == Protocol::Messages {
+        let h = req.headers_mut();
+        h.remove(http::header::AUTHORIZATION);
+        if let Some(k) = &backend.x_api_key {
+            h.insert("x-api-key", k.clone());
+        }
+        let version = client_headers.get("anthropic-version").cloned().unwrap_or(
+            http::HeaderValue::from_static(crate::config::api::ANTHROPIC_VERSION),
+        );
+        h.insert("anthropic-version", version);
+        if let Some(beta) = client_headers.get("anthropic-beta") {
+            h.insert("anthropic-beta", beta.clone());
+        }
+    }
+    Ok(req)
 }

@@ -55,6 +55,7 @@ pub async fn stream_answer(
         sent,
         slot,
         span: attempt,
+        native,
     } = reply;
     let started = x.started;
     let (parts, mut body) = resp.into_parts();
@@ -108,7 +109,7 @@ pub async fn stream_answer(
     let backend_label = target.backend.name.clone();
     let end = x.stream_end.clone();
     let capturing = end.capture.is_some() || end.cache_capture.is_some();
-    let tel_endpoint = x.endpoint;
+    let client_path = x.client_path;
     let on_end = Box::new(move |s: StreamSummary| {
         // The URL's in-flight slot is held until the stream ends.
         drop(slot);
@@ -177,7 +178,7 @@ pub async fn stream_answer(
                 &tel,
                 &telemetry::AccessRecord {
                     method: "POST",
-                    path: tel_endpoint.path(),
+                    path: client_path,
                     route: &route,
                     backend: &backend_label,
                     upstream_model: &upstream_model,
@@ -192,7 +193,9 @@ pub async fn stream_answer(
     let mut stream = StreamBody::new(StreamRelay {
         upstream: body,
         first,
-        strip_usage: x.request.strip_usage_chunk(true),
+        // A stream passed through carries its protocol's own usage, asked for by nobody.
+        strip_usage: native.is_none() && x.request.strip_usage_chunk(true),
+        native,
         max_event: x.max_event,
         max_capture: x.max_answer,
         idle_timeout: backend.timeout,
@@ -270,6 +273,9 @@ pub struct StreamRelay {
     pub first: Bytes,
     /// Remove the usage-only event (the gateway asked for it, the client did not).
     pub strip_usage: bool,
+    /// The stream is in this client protocol's own format (passed through): its usage and
+    /// its end are read from that format's events.
+    pub native: Option<crate::base::protocols::Protocol>,
     /// `[server] max_event_bytes`: the longest line or held event.
     pub max_event: usize,
     /// `[server] max_answer_bytes`: the most bytes captured for the shadow comparison.
@@ -292,7 +298,10 @@ impl StreamBody {
         StreamBody {
             upstream: r.upstream,
             first: Some(r.first),
-            scanner: SseScanner::new(r.max_event),
+            scanner: match r.native {
+                Some(p) => SseScanner::native(r.max_event, p),
+                None => SseScanner::new(r.max_event),
+            },
             strip_usage: r.strip_usage,
             held: BytesMut::new(),
             max_event: r.max_event,
@@ -380,7 +389,7 @@ impl StreamBody {
     /// and a finish reason; otherwise the upstream cut the answer short.
     fn ending(&self) -> Result<(), GatewayError> {
         let missing = if !self.scanner.saw_done {
-            "data: [DONE]"
+            self.scanner.last_event_name()
         } else if self.scanner.finish_reasons.is_empty() {
             "a finish_reason"
         } else {
