@@ -80,6 +80,8 @@ pub struct Behaviour {
     /// `GET /v1/models` reports this `max_model_len`, and `POST /tokenize` counts a chat
     /// request's words as its tokens (as the worker serves both).
     pub context_window: Option<u64>,
+    /// Complete answers carry no `usage` (a server that does not report it).
+    pub no_usage: bool,
 }
 
 impl Default for Behaviour {
@@ -103,6 +105,7 @@ impl Default for Behaviour {
             usage: None,
             fail_percent: None,
             context_window: None,
+            no_usage: false,
         }
     }
 }
@@ -131,6 +134,7 @@ impl Behaviour {
                 "retry_after" => b.retry_after = Some(n as u32),
                 "usage" => b.usage = Some(n),
                 "fail_percent" => b.fail_percent = Some(n as u32),
+                "no_usage" => b.no_usage = true,
                 _ => {}
             }
         }
@@ -525,6 +529,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         if let Some(n) = b.usage {
             answer["usage"] =
                 json!({"prompt_tokens": n, "completion_tokens": n, "total_tokens": n});
+        }
+        if b.no_usage
+            && let Some(o) = answer.as_object_mut()
+        {
+            o.remove("usage");
         }
         if let Some(w) = state.worker.lock().expect("lock").as_mut() {
             w.1 += answer["usage"]["prompt_tokens"].as_f64().unwrap_or(0.0);

@@ -279,6 +279,7 @@ async fn cache_hits_count_against_the_keys_request_and_token_limits() {
     // A request here reserves about 27 tokens and uses about 29 (the mock's count): two
     // fit in 70, a third does not, unless the hit's tokens went uncounted.
     let by_tokens = create_key(&cfg, dir.path(), &["--tpm", "70"]);
+    let by_estimate = create_key(&cfg, dir.path(), &["--tpm", "70"]);
     let gw = Gateway::start(&text);
     let url = gw.url("/v1/chat/completions");
     let c = Client::new();
@@ -307,4 +308,18 @@ async fn cache_hits_count_against_the_keys_request_and_token_limits() {
         // the first one left).
         assert!(mock.completions() <= before + 1);
     }
+
+    // An answer that reported no usage: its hits count the gateway's estimate.
+    let auth = format!("Bearer {by_estimate}");
+    let h = [("authorization", auth.as_str()), ("x-mock", "no_usage")];
+    let body = json!({"model": "gpt-4o", "temperature": 0, "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "no usage here"}]});
+    let first = c.post_json(&url, &body, &h).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-switchyard-cache"), Some("miss"));
+    assert!(first.json().get("usage").is_none());
+    let hit = c.post_json(&url, &body, &h).await;
+    assert_eq!(hit.header("x-switchyard-cache"), Some("hit"));
+    let third = c.post_json(&url, &body, &h).await;
+    assert_eq!(third.status, 429, "{}", third.text());
 }
