@@ -32,6 +32,7 @@ forward_headers = ["x-mock"]
 name = "openai"
 url = "{openai}"
 api = "responses"
+forward_headers = ["x-mock"]
 
 [[backends]]
 name = "claude"
@@ -185,6 +186,30 @@ async fn responses_requests_pass_through_to_a_responses_backend_with_their_state
     );
     assert!(!body.contains("[DONE]"), "{body}");
 
+    // A stream the backend cuts short ends with an error event in the Responses format.
+    let s = c
+        .post_stream(
+            &url,
+            &json!({"model": "gpt-4o", "input": "hi", "stream": true}),
+            &[("x-mock", "end_after=4")],
+        )
+        .await;
+    assert_eq!(s.status, 200);
+    let body = s.body();
+    let names = event_names(&body);
+    assert_eq!(names.last().map(String::as_str), Some("error"), "{body}");
+    assert!(!names.iter().any(|n| n == "response.completed"), "{body}");
+    let last: serde_json::Value =
+        serde_json::from_str(body.trim_end().rsplit("data: ").next().unwrap()).unwrap();
+    assert_eq!(last["type"], "error");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("response.completed"),
+        "{last}"
+    );
+
     // The same state for a target that needs translation: a 400 naming the member and the
     // backend, before any upstream call.
     let r = c
@@ -226,9 +251,10 @@ async fn responses_requests_pass_through_to_a_responses_backend_with_their_state
         .into_iter()
         .filter(|r| r.0 == "openai")
         .collect();
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(rows[0], ("openai".into(), complete_in, 5, "ok".into()));
     assert_eq!(rows[1], ("openai".into(), stream_in, 5, "ok".into()));
+    assert_eq!(rows[2].3, "stream_failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,6 +145,28 @@ pub fn read_event(protocol: Protocol, data: &[u8]) -> Event {
     e
 }
 
+/// The gateway's error (OpenAI-shaped) as the last event of a stream in `protocol`'s own
+/// format: an `error` event as OpenAI's Responses streams and Anthropic's send them.
+pub fn error_event(protocol: Protocol, status: http::StatusCode, openai: &[u8]) -> Bytes {
+    let data = match protocol {
+        Protocol::Messages => super::anthropic::error_body(status, openai),
+        _ => {
+            let v: Value = serde_json::from_slice(openai).unwrap_or(Value::Null);
+            let e = &v["error"];
+            Bytes::from(
+                serde_json::json!({"type": "error", "code": e["code"], "message": e["message"],
+                                   "param": e["param"]})
+                .to_string(),
+            )
+        }
+    };
+    let mut out = Vec::with_capacity(data.len() + 24);
+    out.extend_from_slice(b"event: error\ndata: ");
+    out.extend_from_slice(&data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
 /// The client's body with `model` set to the upstream model name, everything else as sent.
 pub fn with_model(body: &[u8], model: &str) -> Option<Bytes> {
     let mut v: Map<String, Value> = serde_json::from_slice(body).ok()?;

@@ -32,6 +32,7 @@ use memchr::memmem;
 use super::{Reply, copy_response_headers};
 use crate::base::body::GatewayBody;
 use crate::base::error::{GatewayError, error_chain, snippet};
+use crate::base::protocols::{Protocol, native};
 use crate::base::respond::stamp;
 use crate::base::sse::{
     LONG_LINE, SseScanner, StreamOutcome, StreamSummary, event_end, is_usage_only_event,
@@ -243,6 +244,8 @@ pub struct StreamBody {
     /// The first frame, already read before the response was committed.
     first: Option<Bytes>,
     scanner: SseScanner,
+    /// The stream is in this client protocol's own format: its error event is too.
+    native: Option<Protocol>,
     /// Remove the usage-only event (the gateway asked for it, the client did not).
     strip_usage: bool,
     /// Bytes of an event split across frames, held while stripping.
@@ -275,7 +278,7 @@ pub struct StreamRelay {
     pub strip_usage: bool,
     /// The stream is in this client protocol's own format (passed through): its usage and
     /// its end are read from that format's events.
-    pub native: Option<crate::base::protocols::Protocol>,
+    pub native: Option<Protocol>,
     /// `[server] max_event_bytes`: the longest line or held event.
     pub max_event: usize,
     /// `[server] max_answer_bytes`: the most bytes captured for the shadow comparison.
@@ -298,6 +301,7 @@ impl StreamBody {
         StreamBody {
             upstream: r.upstream,
             first: Some(r.first),
+            native: r.native,
             scanner: match r.native {
                 Some(p) => SseScanner::native(r.max_event, p),
                 None => SseScanner::new(r.max_event),
@@ -444,7 +448,10 @@ impl StreamBody {
             // The client holds the start of a line: end it, so the error is an event of its own.
             out.extend_from_slice(b"\n\n");
         }
-        out.extend_from_slice(&err.to_sse_event());
+        match self.native {
+            Some(p) => out.extend_from_slice(&native::error_event(p, err.status(), &err.to_body())),
+            None => out.extend_from_slice(&err.to_sse_event()),
+        }
         self.finish(outcome);
         Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
     }
