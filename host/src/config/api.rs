@@ -11,10 +11,10 @@
 //! Messages requests may be sent to it; the request path refuses anything else with a 400
 //! naming the route and backend, and skips such a backend among a route's fallbacks.
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, header};
 
 use super::Problem;
-use super::backend::BackendUrl;
+use super::backend::{Backend, BackendUrl};
 use crate::base::protocols::Protocol;
 
 /// The API a backend speaks natively.
@@ -51,6 +51,25 @@ impl Api {
     /// translated to chat/completions (which an Anthropic-only backend does not serve).
     pub fn serves(self, p: Protocol) -> bool {
         self != Api::Anthropic || p == Protocol::Messages
+    }
+}
+
+impl Backend {
+    /// Put the backend's key on an upstream request in the header its API reads: Anthropic's
+    /// `x-api-key` (with an `anthropic-version` unless one is there), else `Authorization`.
+    pub fn authorize(&self, headers: &mut HeaderMap) {
+        if let Some(key) = &self.x_api_key {
+            headers.remove(header::AUTHORIZATION);
+            headers.insert("x-api-key", key.clone());
+            if !headers.contains_key("anthropic-version") {
+                headers.insert(
+                    "anthropic-version",
+                    HeaderValue::from_static(ANTHROPIC_VERSION),
+                );
+            }
+        } else if let Some(auth) = &self.auth {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
     }
 }
 

@@ -276,17 +276,12 @@ fn native_request(
     let mut req = client::build_request(backend, uri, body, client_headers)?;
     if protocol == Protocol::Messages {
         let h = req.headers_mut();
-        h.remove(http::header::AUTHORIZATION);
-        if let Some(k) = &backend.x_api_key {
-            h.insert("x-api-key", k.clone());
+        for name in ["anthropic-version", "anthropic-beta"] {
+            if let Some(v) = client_headers.get(name) {
+                h.insert(name, v.clone());
+            }
         }
-        let version = client_headers.get("anthropic-version").cloned().unwrap_or(
-            http::HeaderValue::from_static(crate::config::api::ANTHROPIC_VERSION),
-        );
-        h.insert("anthropic-version", version);
-        if let Some(beta) = client_headers.get("anthropic-beta") {
-            h.insert("anthropic-beta", beta.clone());
-        }
+        backend.authorize(h);
     }
     Ok(req)
 }

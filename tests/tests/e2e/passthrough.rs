@@ -39,6 +39,7 @@ name = "claude"
 url = "{claude}"
 api = "anthropic"
 api_key_env = "H30_CLAUDE_KEY"
+pool = {{ health_checks = true, health_interval_secs = 0.2 }}
 
 [[routes]]
 model = "gpt-4o"
@@ -99,9 +100,18 @@ fn event_names(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The last completion request a mock received (health checks are GETs).
+fn last_post(mock: &MockUpstream) -> switchyard_tests::mock::Recorded {
+    mock.requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.method == http::Method::POST)
+        .unwrap()
+}
+
 /// The mock's prompt tokens for the last request it received (body bytes / 4).
 fn prompt_tokens(mock: &MockUpstream) -> i64 {
-    (mock.last_request().unwrap().body.len() / 4).max(1) as i64
+    (last_post(mock).body.len() / 4).max(1) as i64
 }
 
 fn posts(mock: &MockUpstream) -> usize {
@@ -147,7 +157,7 @@ async fn responses_requests_pass_through_to_a_responses_backend_with_their_state
                      "store": true, "include": ["reasoning.encrypted_content"]});
     let r = c.post_json(&url, &req, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let sent = openai.last_request().unwrap();
+    let sent = last_post(&openai);
     assert_eq!(sent.path, "/v1/responses");
     let mut expected = req.clone();
     expected["model"] = json!("gpt-4.1");
@@ -170,7 +180,7 @@ async fn responses_requests_pass_through_to_a_responses_backend_with_their_state
     assert_eq!(s.status, 200);
     let body = s.body();
     assert_eq!(
-        openai.last_request().unwrap().json()["previous_response_id"],
+        last_post(&openai).json()["previous_response_id"],
         "resp_prev"
     );
     let stream_in = prompt_tokens(&openai);
@@ -231,7 +241,7 @@ async fn responses_requests_pass_through_to_a_responses_backend_with_their_state
         .post_json(&url, &json!({"model": "local", "input": "hi"}), &[])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(chat.last_request().unwrap().path, "/v1/chat/completions");
+    assert_eq!(last_post(&chat).path, "/v1/chat/completions");
     assert_eq!(r.json()["object"], "response");
 
     // A chat request to the Responses backend stays chat (OpenAI serves both).
@@ -243,7 +253,7 @@ async fn responses_requests_pass_through_to_a_responses_backend_with_their_state
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(openai.last_request().unwrap().path, "/v1/chat/completions");
+    assert_eq!(last_post(&openai).path, "/v1/chat/completions");
 
     gw.terminate();
     assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
@@ -285,7 +295,7 @@ async fn anthropic_messages_pass_through_to_an_anthropic_backend() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let sent = claude.last_request().unwrap();
+    let sent = last_post(&claude);
     assert_eq!(sent.path, "/v1/messages");
     let mut expected = req.clone();
     expected["model"] = json!("claude-sonnet-4-5");
@@ -367,15 +377,23 @@ async fn anthropic_messages_pass_through_to_an_anthropic_backend() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(chat.last_request().unwrap().path, "/v1/chat/completions");
-    assert_eq!(
-        claude.last_request().unwrap().json()["model"],
-        "claude-haiku-4-5"
-    );
+    assert_eq!(last_post(&chat).path, "/v1/chat/completions");
+    assert_eq!(last_post(&claude).json()["model"], "claude-haiku-4-5");
     assert_eq!(r.json()["type"], "message");
     assert_eq!(r.header("x-switchyard-backend"), Some("claude"));
     let fallback_in = prompt_tokens(&claude);
     assert_eq!(posts(&openai), 0);
+    // Its health checks carry the key as Anthropic's API reads it.
+    let checks: Vec<_> = claude
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == http::Method::GET)
+        .collect();
+    assert!(!checks.is_empty());
+    for r in checks {
+        assert_eq!(r.headers["x-api-key"], "sk-ant-backend");
+        assert!(r.headers.get("authorization").is_none());
+    }
 
     gw.terminate();
     assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
