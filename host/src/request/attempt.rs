@@ -321,6 +321,7 @@ pub async fn attempt(a: AttemptPhase<'_>) -> Result<Exchanged, GatewayError> {
         max_event: snapshot.config.server.max_event_bytes,
         max_answer: snapshot.config.server.max_answer_bytes,
         native: ctx.original.as_ref().map(|b| (ctx.protocol, b)),
+        stateful: ctx.stateful.is_some(),
     };
     let last_tried = std::sync::Mutex::new(None);
     let loop_started = std::time::Instant::now();

@@ -50,6 +50,8 @@ pub struct Exchange<'a> {
     /// The client's own body and protocol (Responses, Messages): what a target whose backend
     /// speaks that protocol gets instead of the translated request.
     pub native: Option<(Protocol, &'a Bytes)>,
+    /// The request asks for stored Responses state: only a backend keeping it can take it.
+    pub stateful: bool,
 }
 
 /// What a relayed stream does when it ends, put in place once the attempt loop knows which
@@ -124,9 +126,26 @@ pub async fn exchange(
     let model: Arc<str> = Arc::from(target.upstream_model(&x.request.model));
     let url = &upstream.backend.urls[url];
     let adapted = adapted?;
-    let passthrough = x
-        .native
-        .filter(|(p, _)| upstream.backend.api.passes_through(*p));
+    let api = upstream.backend.api;
+    let passthrough = match x.native.filter(|(p, _)| api.passes_through(*p)) {
+        // An `adapt` plugin rewrote the request (masked it, say): the client's own body must
+        // not leave instead. Sent as the rewritten chat request where the backend takes one.
+        Some(_) if adapted.is_some() => {
+            if !api.serves(Protocol::OpenAi) || x.stateful {
+                return Err(GatewayError::Unsupported {
+                    param: "model".into(),
+                    reason: format!(
+                        "an adapt plugin rewrote this request for backend '{}' (api = \"{}\"), \
+                         which can only be sent the client's own body",
+                        target.backend.name,
+                        api.name()
+                    ),
+                });
+            }
+            None
+        }
+        other => other,
+    };
     let request = adapted.as_ref().unwrap_or(x.request);
     let mut upstream_req = match passthrough {
         Some((protocol, original)) => native_request(

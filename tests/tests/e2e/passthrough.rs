@@ -520,3 +520,94 @@ async fn official_sdks_work_through_passthrough() {
     );
     assert_eq!(posts(&s.chat), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapt_plugins_rewrite_is_never_bypassed_by_passing_the_clients_body_through() {
+    use switchyard_tests::{plugins, workspace_root};
+    let (openai, claude) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = dir.path().join("plugins");
+    plugins::install(&plugins::first_party("pii-mask"), &plugin_dir, "pii-mask");
+    let cfg = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[plugins]
+dir = "{plugins}"
+cache_dir = "{cache}"
+timeout_ms = 5000
+
+[plugins.config.pii-mask]
+external_backends = ["openai", "claude"]
+
+[plugins.overrides.pii-mask]
+on_error = "reject"
+
+[[backends]]
+name = "openai"
+url = "{openai}"
+api = "responses"
+
+[[backends]]
+name = "claude"
+url = "{claude}"
+api = "anthropic"
+
+[[routes]]
+model = "gpt-4o"
+targets = [{{ backend = "openai" }}]
+
+[[routes]]
+model = "claude-sonnet"
+targets = [{{ backend = "claude" }}]
+"#,
+        plugins = plugin_dir.display(),
+        cache = workspace_root().join("target/plugin-cache").display(),
+        openai = openai.url(),
+        claude = claude.url(),
+    );
+    let gw = Gateway::start(&cfg);
+    let c = Client::new();
+    let email = "jo.anna69@corp.example.net";
+    let text = format!("reach me at {email}");
+
+    // Masked for the Responses backend: sent as the rewritten chat request (OpenAI takes
+    // chat too), answered in the Responses format.
+    let r = c
+        .post_json(
+            &gw.url("/v1/responses"),
+            &json!({"model": "gpt-4o", "input": text}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["object"], "response");
+    let sent = last_post(&openai);
+    assert_eq!(sent.path, "/v1/chat/completions");
+    let body = String::from_utf8_lossy(&sent.body).into_owned();
+    assert!(!body.contains(email), "{body}");
+    // Nothing to mask: passed through as sent.
+    let r = c
+        .post_json(
+            &gw.url("/v1/responses"),
+            &json!({"model": "gpt-4o", "input": "nothing personal"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(last_post(&openai).path, "/v1/responses");
+
+    // An Anthropic-only backend can only be sent the client's body: refused, not leaked.
+    let r = c
+        .post_json(
+            &gw.url("/v1/messages"),
+            &json!({"model": "claude-sonnet", "max_tokens": 8,
+                    "messages": [{"role": "user", "content": text}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("adapt plugin"), "{msg}");
+    assert_eq!(posts(&claude), 0);
+}
