@@ -1,7 +1,8 @@
 //! A mock OpenAI upstream, in-process on `127.0.0.1:0`, with scriptable misbehaviour.
 //!
 //! It answers chat completions, completions, embeddings and models the way OpenAI does
-//! (including streamed tool-call deltas and the `include_usage` chunk), records every
+//! (including streamed tool-call deltas and the `include_usage` chunk), the Responses API
+//! and Anthropic's Messages API in their own formats (`native`), records every
 //! request it receives, and counts streams whose reader went away. A test picks a
 //! behaviour for all requests (`MockUpstream::set_behaviour`) or per request with the
 //! `x-mock` header (forwarded by the gateway like any client header), e.g.
@@ -30,6 +31,8 @@ use hyper_util::server::conn::auto::Builder;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+pub mod native;
 
 /// How the mock answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +80,8 @@ pub struct Behaviour {
     /// `GET /v1/models` reports this `max_model_len`, and `POST /tokenize` counts a chat
     /// request's words as its tokens (as the worker serves both).
     pub context_window: Option<u64>,
+    /// Complete answers carry no `usage` (a server that does not report it).
+    pub no_usage: bool,
 }
 
 impl Default for Behaviour {
@@ -100,6 +105,7 @@ impl Default for Behaviour {
             usage: None,
             fail_percent: None,
             context_window: None,
+            no_usage: false,
         }
     }
 }
@@ -128,6 +134,7 @@ impl Behaviour {
                 "retry_after" => b.retry_after = Some(n as u32),
                 "usage" => b.usage = Some(n),
                 "fail_percent" => b.fail_percent = Some(n as u32),
+                "no_usage" => b.no_usage = true,
                 _ => {}
             }
         }
@@ -498,6 +505,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         },
         None => b,
     };
+    let native_api = native::Api::of(path);
+    if let (false, Some(api)) = (stream, native_api) {
+        let text = pieces(b.content.as_deref(), &req, b.chunks);
+        return Ok(json_response(native::complete(
+            api,
+            &req,
+            &model,
+            prompt_tokens,
+            &text,
+        )));
+    }
     if !stream {
         let mut answer = complete(
             chat,
@@ -512,6 +530,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
             answer["usage"] =
                 json!({"prompt_tokens": n, "completion_tokens": n, "total_tokens": n});
         }
+        if b.no_usage
+            && let Some(o) = answer.as_object_mut()
+        {
+            o.remove("usage");
+        }
         if let Some(w) = state.worker.lock().expect("lock").as_mut() {
             w.1 += answer["usage"]["prompt_tokens"].as_f64().unwrap_or(0.0);
             w.2 += answer["usage"]["completion_tokens"].as_f64().unwrap_or(0.0);
@@ -519,15 +542,24 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         }
         return Ok(json_response(answer));
     }
-    let events = stream_events(
-        chat,
-        tools,
-        &req,
-        &model,
-        prompt_tokens,
-        &pieces(b.content.as_deref(), &req, b.chunks),
-        include_usage,
-    );
+    let events = match native_api {
+        Some(api) => native::events(
+            api,
+            &req,
+            &model,
+            prompt_tokens,
+            &pieces(b.content.as_deref(), &req, b.chunks),
+        ),
+        None => stream_events(
+            chat,
+            tools,
+            &req,
+            &model,
+            prompt_tokens,
+            &pieces(b.content.as_deref(), &req, b.chunks),
+            include_usage,
+        ),
+    };
     let (tx, rx) = mpsc::channel::<Result<Bytes, Reset>>(4);
     let st = state.clone();
     if let Some(mb) = b.huge_line_mb {

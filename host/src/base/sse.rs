@@ -11,6 +11,7 @@ use bytes::Bytes;
 use memchr::memmem;
 
 use super::openai::Usage;
+use super::protocols::{Protocol, native};
 
 /// What was learnt from a stream, reported when it ends.
 #[derive(Debug, Clone, Default)]
@@ -90,6 +91,8 @@ pub struct SseScanner {
     pub content_events: u64,
     pub model: Option<String>,
     pub finish_reasons: Vec<String>,
+    /// The stream is in this protocol's own format (passed through), not chat chunks.
+    native: Option<Protocol>,
 }
 
 /// The string value following `key` (which includes its quotes and colon, no spaces), if
@@ -123,6 +126,57 @@ impl SseScanner {
             content_events: 0,
             model: None,
             finish_reasons: Vec::new(),
+            native: None,
+        }
+    }
+
+    /// A scanner for a stream in `protocol`'s own event format (a request passed through):
+    /// its usage and its last event are read from that format's events.
+    pub fn native(max_line: usize, protocol: Protocol) -> Self {
+        SseScanner {
+            native: Some(protocol).filter(|p| *p != Protocol::OpenAi),
+            ..SseScanner::new(max_line)
+        }
+    }
+
+    /// What ends a complete stream of this format (for the error when it is missing).
+    pub fn last_event_name(&self) -> &'static str {
+        match self.native {
+            Some(Protocol::Responses) => "response.completed",
+            Some(Protocol::Messages) => "message_stop",
+            _ => "data: [DONE]",
+        }
+    }
+
+    /// One event of a native stream: its last event stands for `[DONE]`, its stop reason (or
+    /// final status) for a finish reason.
+    fn native_event(&mut self, protocol: Protocol, data: &[u8]) {
+        let e = native::read_event(protocol, data);
+        if e.content {
+            self.content_events += 1;
+        }
+        if e.prompt.is_some() || e.completion.is_some() {
+            let mut u = self.usage.unwrap_or_default();
+            if let Some(p) = e.prompt {
+                u.prompt_tokens = p;
+            }
+            if let Some(c) = e.completion {
+                u.completion_tokens = c;
+            }
+            u.total_tokens = u.prompt_tokens + u.completion_tokens;
+            self.usage = Some(u);
+        }
+        if self.model.is_none() {
+            self.model = e.model;
+        }
+        if let Some(f) = e.finish {
+            self.finish_reasons.push(f);
+        }
+        if e.last {
+            self.saw_done = true;
+            if self.finish_reasons.is_empty() {
+                self.finish_reasons.push("stop".into());
+            }
         }
     }
 
@@ -193,6 +247,10 @@ impl SseScanner {
         // cost to nothing while catching an HTML page or a bare text dump.
         if data.trim_ascii_start().first().is_some_and(|b| *b != b'{') {
             self.flag(ScanProblem::NotSse(crate::base::error::snippet(line, 80)));
+            return;
+        }
+        if let Some(p) = self.native {
+            self.native_event(p, data);
             return;
         }
         if let Some(u) = usage_of(data) {

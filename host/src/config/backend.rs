@@ -10,9 +10,11 @@ use http::{HeaderName, HeaderValue, Uri};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+use super::api::{self, Api};
 use super::schema::{self, BreakerSection, PoolSection};
 use super::{Problem, positive_secs};
 use crate::base::Endpoint;
+use crate::base::protocols::Protocol;
 
 pub(super) const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 5.0;
 pub(super) const DEFAULT_FIRST_BYTE_TIMEOUT_SECS: f64 = 60.0;
@@ -28,12 +30,23 @@ pub struct BackendUrl {
     /// The server as the attempt spans describe it.
     pub peer: Peer,
     uris: [Uri; 3],
+    /// `/responses` and `/messages` under the base, for requests passed through.
+    native_uris: [Uri; 2],
     pub models_uri: Uri,
 }
 
 impl BackendUrl {
     pub fn uri(&self, endpoint: Endpoint) -> &Uri {
         &self.uris[endpoint as usize]
+    }
+
+    /// Where a request in client protocol `p` goes when passed through (`None` for chat).
+    pub fn native_uri(&self, p: Protocol) -> Option<&Uri> {
+        match p {
+            Protocol::Responses => Some(&self.native_uris[0]),
+            Protocol::Messages => Some(&self.native_uris[1]),
+            Protocol::OpenAi => None,
+        }
     }
 }
 
@@ -58,6 +71,10 @@ pub struct Backend {
     pub forward_headers: ForwardHeaders,
     /// `gpu_hour_usd`: USD per hour per worker; tokens are priced by measured throughput.
     pub gpu_hour_usd: Option<f64>,
+    /// `api`: the request API it speaks natively.
+    pub api: Api,
+    /// For `api = "anthropic"`: the key as `x-api-key` (Anthropic's header), sensitive.
+    pub x_api_key: Option<HeaderValue>,
 }
 
 /// Default `forward_headers`: what SDKs send that an upstream may use (content negotiation,
@@ -549,11 +566,14 @@ pub(super) fn validate_backend(
         }
         v => v,
     };
+    let api = api::resolve(b.api.as_deref(), &urls, path, problems);
     if problems.len() > before {
         return None;
     }
     Some(Backend {
         gpu_hour_usd,
+        api,
+        x_api_key: api::x_api_key(api, auth.as_ref()),
         index,
         name: Arc::from(name),
         urls,
@@ -598,6 +618,7 @@ pub(super) fn backend_url(raw: &str) -> Result<BackendUrl, String> {
             mk(Endpoint::Completions.suffix())?,
             mk(Endpoint::Embeddings.suffix())?,
         ],
+        native_uris: [mk("/responses")?, mk("/messages")?],
         models_uri: mk("/models")?,
         authority,
         peer: Peer::of(&base),

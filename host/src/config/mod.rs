@@ -6,6 +6,7 @@
 //! live reload can validate a new file completely before it replaces the running one.
 
 pub mod admin;
+pub mod api;
 pub mod backend;
 pub mod cache;
 mod default;
@@ -28,6 +29,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use api::Api;
 pub use backend::{Backend, BackendUrl, BreakerSettings, Peer, PoolSettings};
 pub use default::{describe as describe_default, embedded_default_toml};
 pub use route::{Capture, Route, Shadow, ShadowJudge, Target};

@@ -170,6 +170,9 @@ pub struct BackendSection {
     /// What one worker (URL) of this backend costs an hour, in USD: its cost per token is
     /// derived from this and the throughput the worker reports on `/metrics`.
     pub gpu_hour_usd: Option<f64>,
+    /// The request API the backend speaks natively: "chat" (default), "responses" (default
+    /// for api.openai.com) or "anthropic"; requests in that API are passed through.
+    pub api: Option<String>,
 }
 
 /// One `[[routes]]` entry.

@@ -296,11 +296,20 @@ pub async fn attempt(a: AttemptPhase<'_>) -> Result<Exchanged, GatewayError> {
     };
     let mut candidates = Vec::with_capacity(1 + route.fallback.len());
     candidates.push(candidate(&chosen));
-    candidates.extend(route.fallback.iter().map(candidate));
+    // A fallback that cannot take this request (an Anthropic-only backend for a chat
+    // client, a translating one for stored Responses state) is no fallback for it.
+    candidates.extend(
+        route
+            .fallback
+            .iter()
+            .filter(|t| super::protocol::serves(ctx, t))
+            .map(candidate),
+    );
     let x = Exchange {
         services,
         config: &snapshot.config,
         endpoint: ctx.endpoint,
+        client_path: ctx.client_path(),
         started: ctx.started,
         route: route.name.clone(),
         request,
@@ -312,6 +321,8 @@ pub async fn attempt(a: AttemptPhase<'_>) -> Result<Exchanged, GatewayError> {
         chunks: request.stream.then(|| pass.chunk_hook()).flatten(),
         max_event: snapshot.config.server.max_event_bytes,
         max_answer: snapshot.config.server.max_answer_bytes,
+        native: ctx.original.as_ref().map(|b| (ctx.protocol, b)),
+        stateful: ctx.stateful.is_some(),
     };
     let last_tried = std::sync::Mutex::new(None);
     let loop_started = std::time::Instant::now();
@@ -354,6 +365,7 @@ pub async fn attempt(a: AttemptPhase<'_>) -> Result<Exchanged, GatewayError> {
     ctx.attempts = HeaderValue::from_str(&trail.header_value()).ok();
     let exchanged = result?;
     ctx.upstream_time = exchanged.upstream_time;
+    ctx.passed_through = exchanged.native;
     Ok(exchanged)
 }
 

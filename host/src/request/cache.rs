@@ -24,6 +24,7 @@ use crate::base::{Endpoint, GatewayError};
 use crate::config::Target;
 use crate::services::Services;
 use crate::services::cache::{Entry, Key, KeyParts, Outcome, deterministic};
+use crate::services::governance::estimate_completion;
 use crate::services::shadow::{CaptureSlot, StreamServed, capture_channel};
 
 /// How the cache met this request.
@@ -74,7 +75,10 @@ pub async fn lookup(
     };
     let (no_cache, no_store) = cache_control(headers);
     let body = request.bytes();
-    if (rc.deterministic_only && !deterministic(body, ctx.endpoint == Endpoint::Embeddings))
+    // A request passed through is answered in its own protocol, which the cache does not
+    // keep (entries are chat answers, replayed or translated from there).
+    if super::protocol::passes_through(ctx, chosen)
+        || (rc.deterministic_only && !deterministic(body, ctx.endpoint == Endpoint::Embeddings))
         || no_store
     {
         services.cache.count(&route.name, Outcome::Bypass);
@@ -114,6 +118,10 @@ pub async fn lookup(
 fn hit(ctx: &mut RequestCtx, request: &RequestBody, chosen: &Target, entry: &Entry) -> Answer {
     let usage = ResponseProbe::read(&entry.complete).and_then(|p| p.usage);
     ctx.account.usage = usage;
+    if usage.is_none() {
+        // Counted against the caller's token limits as the upstream's answer was.
+        ctx.account.completion_estimate = Some(estimate_completion(&entry.model, &entry.complete));
+    }
     ctx.telemetry.usage = usage;
     ctx.target = Some(chosen.clone());
     ctx.upstream_model = Some(Arc::from(entry.model.as_str()));

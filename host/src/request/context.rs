@@ -21,6 +21,13 @@ pub struct RequestCtx {
     pub protocol: Protocol,
     /// What the translated answer repeats of the client's request.
     pub echo: Echo,
+    /// The client's body as sent (Responses, Messages), for a target that takes the
+    /// protocol natively (`backends[].api`).
+    pub original: Option<bytes::Bytes>,
+    /// The 400 the request gets unless passed through (stored Responses state).
+    pub stateful: Option<crate::base::GatewayError>,
+    /// The answer came from a backend in the client's protocol: served untranslated.
+    pub passed_through: bool,
     pub started: Instant,
     /// The config version (with its live upstreams) this request runs under, start to finish.
     pub snapshot: Arc<Snapshot>,
@@ -53,6 +60,9 @@ impl RequestCtx {
             endpoint,
             protocol: Protocol::OpenAi,
             echo: Echo::default(),
+            original: None,
+            stateful: None,
+            passed_through: false,
             started: Instant::now(),
             snapshot,
             route: None,

@@ -14,6 +14,7 @@ use super::attempt::{Answer as LoopAnswer, Candidate};
 use super::respond::{self, Reply, complete, held, stream};
 use crate::base::body::GatewayBody;
 use crate::base::openai::{RequestBody, Usage};
+use crate::base::protocols::{Protocol, native};
 use crate::base::{Endpoint, GatewayError};
 use crate::config::{Runtime, Target};
 use crate::services::Services;
@@ -30,6 +31,9 @@ pub struct Exchange<'a> {
     /// The config the request runs under.
     pub config: &'a Runtime,
     pub endpoint: Endpoint,
+    /// The path the client called (the access line names it: `/v1/responses` for a
+    /// translated stream, not the chat path it was sent upstream as).
+    pub client_path: &'static str,
     pub started: Instant,
     pub route: Arc<str>,
     /// The client's request, as parsed (each attempt adapts this original).
@@ -46,6 +50,11 @@ pub struct Exchange<'a> {
     /// or event of a stream, `max_answer_bytes` for an answer read whole.
     pub max_event: usize,
     pub max_answer: usize,
+    /// The client's own body and protocol (Responses, Messages): what a target whose backend
+    /// speaks that protocol gets instead of the translated request.
+    pub native: Option<(Protocol, &'a Bytes)>,
+    /// The request asks for stored Responses state: only a backend keeping it can take it.
+    pub stateful: bool,
 }
 
 /// What a relayed stream does when it ends, put in place once the attempt loop knows which
@@ -96,11 +105,14 @@ pub struct Exchanged {
     pub events: Option<Bytes>,
     /// The usage that body reported (read once, with the rest of the probe).
     pub usage: Option<Usage>,
+    /// The answer is in the client's own protocol (the request was passed through).
+    pub native: bool,
 }
 
 impl LoopAnswer for Exchanged {
     fn complete_body(&self) -> Option<&Bytes> {
-        self.body.as_ref()
+        // `validate` plugins judge chat answers; one passed through is not one.
+        self.body.as_ref().filter(|_| !self.native)
     }
 }
 
@@ -117,14 +129,46 @@ pub async fn exchange(
     let model: Arc<str> = Arc::from(target.upstream_model(&x.request.model));
     let url = &upstream.backend.urls[url];
     let adapted = adapted?;
+    let api = upstream.backend.api;
+    let passthrough = match x.native.filter(|(p, _)| api.passes_through(*p)) {
+        // An `adapt` plugin rewrote the request (masked it, say): the client's own body must
+        // not leave instead. Sent as the rewritten chat request where the backend takes one.
+        Some(_) if adapted.is_some() => {
+            if !api.serves(Protocol::OpenAi) || x.stateful {
+                return Err(GatewayError::Unsupported {
+                    param: "model".into(),
+                    reason: format!(
+                        "an adapt plugin rewrote this request for backend '{}' (api = \"{}\"), \
+                         which can only be sent the client's own body",
+                        target.backend.name,
+                        api.name()
+                    ),
+                });
+            }
+            None
+        }
+        other => other,
+    };
     let request = adapted.as_ref().unwrap_or(x.request);
-    let body = request.upstream_body(&model, true);
-    let mut upstream_req = client::build_request(
-        &upstream.backend,
-        url.uri(x.endpoint),
-        body,
-        x.client_headers,
-    )?;
+    let mut upstream_req = match passthrough {
+        Some((protocol, original)) => native_request(
+            &upstream.backend,
+            url,
+            protocol,
+            original,
+            &model,
+            x.client_headers,
+        )?,
+        None => {
+            let body = request.upstream_body(&model, true);
+            client::build_request(
+                &upstream.backend,
+                url.uri(x.endpoint),
+                body,
+                x.client_headers,
+            )?
+        }
+    };
     // One CLIENT span per attempt; its context travels upstream in `traceparent`.
     let span = AttemptSpan::start(
         x.telemetry,
@@ -160,6 +204,7 @@ pub async fn exchange(
         metrics.upstream(&target.backend.name, sent.elapsed());
         return Err(failed(span, e));
     }
+    let native = passthrough.map(|(p, _)| p);
     let reply = Reply {
         target: target.clone(),
         model,
@@ -167,8 +212,11 @@ pub async fn exchange(
         sent,
         slot,
         span,
+        native,
     };
-    if request.stream && !x.hold_stream {
+    // A stream passed through is relayed as it comes: a `validate` plugin holding streams
+    // judges chat answers, which it is not.
+    if request.stream && (!x.hold_stream || native.is_some()) {
         let (answer, upstream_time) = stream::stream_answer(x, reply).await?;
         return Ok(Exchanged {
             answer: Answer::Streaming(answer),
@@ -177,6 +225,7 @@ pub async fn exchange(
             body: None,
             events: None,
             usage: None,
+            native: native.is_some(),
         });
     }
     let Reply {
@@ -203,10 +252,15 @@ pub async fn exchange(
     } else {
         complete::complete_answer(x.telemetry, &target, &model, resp, sent, x.max_answer).await
     };
-    let whole = match answer {
+    let mut whole = match answer {
         Ok(w) => w,
         Err(e) => return Err(failed(span, e)),
     };
+    if let Some(p) = native {
+        let read = native::read_complete(p, &whole.body);
+        whole.facts.usage = read.as_ref().and_then(|c| c.usage);
+        whole.facts.finish_reasons = read.and_then(|c| c.finish).into_iter().collect();
+    }
     let usage = whole.facts.usage;
     span.succeeded(metrics, whole.facts);
     metrics.upstream(&target.backend.name, whole.upstream_time);
@@ -218,5 +272,38 @@ pub async fn exchange(
         body: Some(whole.body),
         events: whole.events,
         usage,
+        native: native.is_some(),
     })
+}
+
+/// The client's own body for a backend that speaks its protocol: the path of that API
+/// under the backend's base, the model the target names, and for Anthropic's API its key
+/// header and version (the client's `anthropic-version` and `anthropic-beta` when sent).
+fn native_request(
+    backend: &crate::config::Backend,
+    url: &crate::config::BackendUrl,
+    protocol: Protocol,
+    original: &Bytes,
+    model: &str,
+    client_headers: &HeaderMap,
+) -> Result<http::Request<http_body_util::Full<Bytes>>, GatewayError> {
+    let (Some(uri), Some(body)) = (
+        url.native_uri(protocol),
+        native::with_model(original, model),
+    ) else {
+        return Err(GatewayError::Internal(
+            "a passed-through request without its body".into(),
+        ));
+    };
+    let mut req = client::build_request(backend, uri, body, client_headers)?;
+    if protocol == Protocol::Messages {
+        let h = req.headers_mut();
+        for name in ["anthropic-version", "anthropic-beta"] {
+            if let Some(v) = client_headers.get(name) {
+                h.insert(name, v.clone());
+            }
+        }
+        backend.authorize(h);
+    }
+    Ok(req)
 }

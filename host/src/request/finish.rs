@@ -86,7 +86,9 @@ fn settle(
     status: u16,
     error: Option<&GatewayError>,
 ) -> Option<f64> {
-    let reached = ctx.upstream_time > Duration::ZERO;
+    // A cache hit bills nothing, but counts against the caller's token limits as the
+    // upstream's answer did (an estimate when the cached answer reported no usage).
+    let reached = ctx.upstream_time > Duration::ZERO || ctx.cache_hit;
     let usage = ctx.account.usage;
     let completion_estimate = if error.is_none() {
         ctx.account.completion_estimate.or(Some(0))

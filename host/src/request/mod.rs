@@ -96,7 +96,13 @@ pub async fn handle_protocol(
     ctx.protocol = protocol;
     let result = process(services, &mut ctx, req).await;
     let resp = finish::finish(services, &mut ctx, result);
-    protocol::translate_answer(resp, protocol, std::mem::take(&mut ctx.echo)).await
+    protocol::translate_answer(
+        resp,
+        ctx.passed_through,
+        protocol,
+        std::mem::take(&mut ctx.echo),
+    )
+    .await
 }
 
 /// The phases, in order.
@@ -114,6 +120,7 @@ async fn process(
     let decision = classify::classify(services, ctx, &mut pass)?;
     let chosen = route::route(&services.rollouts, ctx, decision, &request, headers)?;
     let chosen = fit::fit(services, ctx, &request, chosen).await?;
+    protocol::check_target(ctx, &chosen)?;
     admit::admit(services, ctx, headers, &request, &chosen, routing_started).await?;
     // Tags a `classify` plugin added (`prompt_version:v2`, `router:local`) go on the
     // ledger row, so `spend --by tag` compares them.
@@ -161,7 +168,11 @@ async fn process(
         &mut exchanged,
         cache_served,
     );
-    if let Some(m) = mirroring {
+    // A shadow answers the translated chat request; an answer passed through in the
+    // client's protocol has nothing to be compared with.
+    if let Some(m) = mirroring
+        && !ctx.passed_through
+    {
         mirror::send(services, ctx, m, &request, headers, &exchanged);
     }
     Ok(exchanged.answer)

@@ -23,8 +23,9 @@ pub async fn parse(
     let mut bytes = read_body(body, headers, limit, deadline).await?;
     if ctx.protocol != Protocol::OpenAi {
         let translated = protocols::to_chat(ctx.protocol, &bytes)?;
-        bytes = translated.chat;
+        ctx.original = Some(std::mem::replace(&mut bytes, translated.chat));
         ctx.echo = translated.echo;
+        ctx.stateful = translated.stateful;
     }
     let request = RequestBody::parse(bytes, ctx.endpoint)?;
     ctx.telemetry.request_model = Some(request.model.clone());

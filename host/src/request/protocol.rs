@@ -5,6 +5,12 @@
 //! ledger, tracing and shadow see a chat request. The client's answer is translated back
 //! here, after `finish`: a complete answer as one JSON body, a stream event by event, and
 //! for Anthropic clients errors in Anthropic's shape.
+//!
+//! A target whose backend speaks the client's protocol itself (`backends[].api`) gets the
+//! client's own body instead (`exchange`), and its answer reaches the client untranslated.
+//! [`check_target`] decides, after `fit`, whether the chosen target can take the request at
+//! all: stored Responses state (`previous_response_id`, `store: true`) needs a backend that
+//! keeps it, and an Anthropic-only backend answers nothing but Messages requests.
 
 use std::sync::Arc;
 
@@ -18,6 +24,7 @@ use super::{authenticate, parse};
 use crate::base::body::GatewayBody;
 use crate::base::protocols::{self, Echo, Protocol, TranslatedStream, anthropic};
 use crate::base::{Endpoint, GatewayError};
+use crate::config::Target;
 use crate::services::Services;
 use crate::services::governance::{estimate_tokens, tokens};
 use crate::services::observe::telemetry::RequestTelemetry;
@@ -36,13 +43,63 @@ pub fn accept_x_api_key(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `target` gets this request in the client's own protocol (passed through).
+pub fn passes_through(ctx: &RequestCtx, target: &Target) -> bool {
+    ctx.original.is_some() && target.backend.api.passes_through(ctx.protocol)
+}
+
+/// Whether `target` can answer this request at all (a fallback that cannot is skipped).
+pub fn serves(ctx: &RequestCtx, target: &Target) -> bool {
+    target.backend.api.serves(ctx.protocol)
+        && (ctx.stateful.is_none() || passes_through(ctx, target))
+}
+
+/// After `fit`: refuse the request when the chosen target cannot take it, before anything
+/// is reserved or sent.
+pub fn check_target(ctx: &mut RequestCtx, chosen: &Target) -> Result<(), GatewayError> {
+    let api = chosen.backend.api;
+    if !api.serves(ctx.protocol) {
+        let route = ctx.route.as_ref().map_or("-", |r| &*r.name).to_owned();
+        return Err(GatewayError::Unsupported {
+            param: "model".into(),
+            reason: format!(
+                "route '{route}' sends this request to backend '{}', which speaks only {} \
+                 (api = \"{}\"); call POST {} instead",
+                chosen.backend.name,
+                "Anthropic's Messages API",
+                api.name(),
+                protocols::MESSAGES,
+            ),
+        });
+    }
+    if passes_through(ctx, chosen) {
+        return Ok(());
+    }
+    match ctx.stateful.take() {
+        Some(GatewayError::Unsupported { param, reason }) => Err(GatewayError::Unsupported {
+            reason: format!(
+                "{reason}; backend '{}' (api = \"{}\") would need the request translated",
+                chosen.backend.name,
+                api.name()
+            ),
+            param,
+        }),
+        Some(other) => Err(other),
+        None => Ok(()),
+    }
+}
+
 /// The gateway's answer (chat/completions shaped) in the client's protocol.
 pub async fn translate_answer(
     resp: Response<GatewayBody>,
+    passed_through: bool,
     protocol: Protocol,
     echo: Echo,
 ) -> Response<GatewayBody> {
     let (mut parts, body) = resp.into_parts();
+    if passed_through && parts.status.is_success() {
+        return Response::from_parts(parts, body);
+    }
     parts.headers.remove(header::CONTENT_LENGTH);
     let is_stream = parts
         .headers

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use switchyard_tests::client::Client;
 use switchyard_tests::mock::MockUpstream;
 use switchyard_tests::redis::Redis;
-use switchyard_tests::{Gateway, config_with};
+use switchyard_tests::{Gateway, config_with, run_switchyard};
 
 fn routes(state: &str) -> String {
     format!(
@@ -251,4 +251,75 @@ async fn two_replicas_on_one_redis_share_hits() {
     assert_eq!(r2.header("x-switchyard-cache"), Some("hit"));
     assert_eq!(r2.body, r1.body);
     assert_eq!(mock.completions(), 1);
+}
+
+/// A virtual key created with `keys create` and these limit flags.
+fn create_key(cfg: &std::path::Path, dir: &std::path::Path, limits: &[&str]) -> String {
+    let mut args = vec!["keys", "create", "--json", "--team", "t"];
+    args.extend_from_slice(limits);
+    args.extend_from_slice(&["--config", cfg.to_str().unwrap()]);
+    let (code, out, err) = run_switchyard(&args, dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    v["key"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_count_against_the_keys_request_and_token_limits() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gov.db");
+    let cfg = dir.path().join("switchyard.toml");
+    let text = config_with(
+        &mock.url(),
+        &routes(&format!("[state]\npath = \"{}\"", db.display())),
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let by_requests = create_key(&cfg, dir.path(), &["--rpm", "2"]);
+    // A request here reserves about 27 tokens and uses about 29 (the mock's count): two
+    // fit in 70, a third does not, unless the hit's tokens went uncounted.
+    let by_tokens = create_key(&cfg, dir.path(), &["--tpm", "70"]);
+    let by_estimate = create_key(&cfg, dir.path(), &["--tpm", "70"]);
+    let gw = Gateway::start(&text);
+    let url = gw.url("/v1/chat/completions");
+    let c = Client::new();
+    let body = json!({"model": "gpt-4o", "temperature": 0, "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "hello"}]});
+
+    for (key, what) in [(by_requests, "requests"), (by_tokens, "tokens")] {
+        let auth = format!("Bearer {key}");
+        let h = [("authorization", auth.as_str())];
+        let before = mock.completions();
+        let first = c.post_json(&url, &body, &h).await;
+        assert_eq!(first.status, 200, "{}", first.text());
+        let hit = c.post_json(&url, &body, &h).await;
+        assert_eq!(hit.status, 200, "{}", hit.text());
+        assert_eq!(hit.header("x-switchyard-cache"), Some("hit"));
+        // The cached answer is there, but this key has used its allowance.
+        let third = c.post_json(&url, &body, &h).await;
+        assert_eq!(third.status, 429, "{what}: {}", third.text());
+        let msg = third.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(msg.contains(what), "{msg}");
+        assert_ne!(third.header("x-switchyard-cache"), Some("hit"));
+        // At most the first request reached the upstream (the second key hits the entry
+        // the first one left).
+        assert!(mock.completions() <= before + 1);
+    }
+
+    // An answer that reported no usage: its hits count the gateway's estimate.
+    let auth = format!("Bearer {by_estimate}");
+    let h = [("authorization", auth.as_str()), ("x-mock", "no_usage")];
+    let body = json!({"model": "gpt-4o", "temperature": 0, "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "no usage here"}]});
+    let first = c.post_json(&url, &body, &h).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-switchyard-cache"), Some("miss"));
+    assert!(first.json().get("usage").is_none());
+    let hit = c.post_json(&url, &body, &h).await;
+    assert_eq!(hit.header("x-switchyard-cache"), Some("hit"));
+    let third = c.post_json(&url, &body, &h).await;
+    assert_eq!(third.status, 429, "{}", third.text());
 }

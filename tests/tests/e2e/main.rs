@@ -21,6 +21,7 @@ mod gpu_cost;
 mod lifecycle;
 mod local_worker;
 mod openai_sdk;
+mod passthrough;
 mod plugins;
 mod protocols;
 mod proxy;

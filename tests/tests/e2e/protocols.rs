@@ -436,3 +436,54 @@ async fn x_api_key_is_the_callers_key_and_the_ledger_has_the_upstreams_usage() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn translated_streams_get_an_access_line_like_chat_streams() {
+    let mock = MockUpstream::start().await;
+    let cfg = format!(
+        "{}\n[telemetry]\nlog_format = \"json\"\n",
+        config_with(&mock.url(), ROUTES)
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("SWITCHYARD_LOG_FORMAT", "")]);
+    let c = Client::new();
+    let s = c
+        .post_stream(
+            &gw.url("/v1/responses"),
+            &json!({"model": "gpt-4o", "input": "hi", "stream": true}),
+            &[],
+        )
+        .await;
+    assert_eq!(s.status, 200);
+    let responses_in = mock_prompt_tokens(&mock);
+    let s = c
+        .post_stream(
+            &gw.url("/v1/messages"),
+            &json!({"model": "gpt-4o", "max_tokens": 16, "stream": true,
+                    "messages": [{"role": "user", "content": "hello there"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(s.status, 200);
+    let messages_in = mock_prompt_tokens(&mock);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gw.access_lines().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let access = gw.access_lines();
+    assert_eq!(access.len(), 2, "{}", gw.log());
+    for (line, path, input) in [
+        (&access[0], "/v1/responses", responses_in),
+        (&access[1], "/v1/messages", messages_in),
+    ] {
+        assert_eq!(line["path"], path, "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["stream"], true, "{line}");
+        assert_eq!(line["route"], "gpt-4o", "{line}");
+        assert_eq!(line["backend"], "mock", "{line}");
+        assert_eq!(line["upstream_model"], "llama-3.1-8b", "{line}");
+        assert_eq!(line["input_tokens"], input, "{line}");
+        assert_eq!(line["output_tokens"], 5, "{line}");
+        assert!(line["latency_ms"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(line["ttft_ms"].as_f64().unwrap() > 0.0, "{line}");
+    }
+}

@@ -140,6 +140,7 @@ pub fn request_to_chat(mut req: Map<String, Value>) -> Result<Translated, Gatewa
     Ok(Translated {
         chat: Bytes::from(Value::Object(chat).to_string()),
         echo: Echo::default(),
+        stateful: None,
     })
 }
 

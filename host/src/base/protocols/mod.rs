@@ -9,6 +9,7 @@
 //! event sequence as they arrive ([`TranslatedStream`]).
 
 pub mod anthropic;
+pub mod native;
 pub mod responses;
 
 use std::convert::Infallible;
@@ -57,6 +58,10 @@ pub const COUNT_TOKENS: &str = "/v1/messages/count_tokens";
 pub struct Translated {
     pub chat: Bytes,
     pub echo: Echo,
+    /// Why the request cannot be translated after all (it asks for state the gateway does
+    /// not keep: `previous_response_id`, `store: true`): the 400 it gets unless the target
+    /// chosen for it takes the client's protocol natively.
+    pub stateful: Option<GatewayError>,
 }
 
 /// Request members the translated answer repeats (the Responses API echoes its parameters).

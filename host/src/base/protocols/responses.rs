@@ -42,20 +42,24 @@ const DROPPED: &[&str] = &[
 ];
 
 pub fn request_to_chat(mut req: Map<String, Value>) -> Result<Translated, GatewayError> {
+    // Stored state cannot be translated; a backend that speaks the Responses API itself
+    // keeps it, so the refusal waits until the request path knows where the request goes.
+    let mut stateful = None;
     for key in ["previous_response_id", "conversation"] {
-        if req.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(bad(
+        if stateful.is_none() && req.get(key).is_some_and(|v| !v.is_null()) {
+            stateful = Some(bad(
                 key,
                 "this gateway serves the Responses API without stored state; send the whole \
-                 conversation in `input` instead",
+                 conversation in `input` instead (or route to a backend with api = \"responses\")",
             ));
         }
     }
     for key in ["store", "background"] {
-        if req.get(key).and_then(Value::as_bool) == Some(true) {
-            return Err(bad(
+        if stateful.is_none() && req.get(key).and_then(Value::as_bool) == Some(true) {
+            stateful = Some(bad(
                 key,
-                "this gateway serves the Responses API without stored state; omit it or set it to false",
+                "this gateway serves the Responses API without stored state; omit it or set it \
+                 to false (or route to a backend with api = \"responses\")",
             ));
         }
     }
@@ -164,6 +168,7 @@ pub fn request_to_chat(mut req: Map<String, Value>) -> Result<Translated, Gatewa
     Ok(Translated {
         chat: Bytes::from(Value::Object(chat).to_string()),
         echo,
+        stateful,
     })
 }
 
@@ -709,7 +714,11 @@ mod tests {
 
     fn translate(v: Value) -> Result<Value, GatewayError> {
         let Value::Object(o) = v else { unreachable!() };
-        request_to_chat(o).map(|t| serde_json::from_slice(&t.chat).unwrap())
+        let t = request_to_chat(o)?;
+        match t.stateful {
+            Some(refusal) => Err(refusal),
+            None => Ok(serde_json::from_slice(&t.chat).unwrap()),
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Reply {
     /// The URL's in-flight slot: held until the answer is fully relayed.
     pub slot: Slot,
     pub span: AttemptSpan,
+    /// The answer is in this client protocol's own format (the request was passed through).
+    pub native: Option<crate::base::protocols::Protocol>,
 }
 
 /// An answer read whole before it is served.

@@ -32,6 +32,7 @@ use memchr::memmem;
 use super::{Reply, copy_response_headers};
 use crate::base::body::GatewayBody;
 use crate::base::error::{GatewayError, error_chain, snippet};
+use crate::base::protocols::{Protocol, native};
 use crate::base::respond::stamp;
 use crate::base::sse::{
     LONG_LINE, SseScanner, StreamOutcome, StreamSummary, event_end, is_usage_only_event,
@@ -56,6 +57,7 @@ pub async fn stream_answer(
         sent,
         slot,
         span: attempt,
+        native,
     } = reply;
     let started = x.started;
     let (parts, mut body) = resp.into_parts();
@@ -109,7 +111,7 @@ pub async fn stream_answer(
     let backend_label = target.backend.name.clone();
     let end = x.stream_end.clone();
     let capturing = end.capture.is_some() || end.cache_capture.is_some();
-    let tel_endpoint = x.endpoint;
+    let client_path = x.client_path;
     let on_end = Box::new(move |s: StreamSummary| {
         // The URL's in-flight slot is held until the stream ends.
         drop(slot);
@@ -178,7 +180,7 @@ pub async fn stream_answer(
                 &tel,
                 &telemetry::AccessRecord {
                     method: "POST",
-                    path: tel_endpoint.path(),
+                    path: client_path,
                     route: &route,
                     backend: &backend_label,
                     upstream_model: &upstream_model,
@@ -193,7 +195,9 @@ pub async fn stream_answer(
     let mut stream = StreamBody::new(StreamRelay {
         upstream: body,
         first,
-        strip_usage: x.request.strip_usage_chunk(true),
+        // A stream passed through carries its protocol's own usage, asked for by nobody.
+        strip_usage: native.is_none() && x.request.strip_usage_chunk(true),
+        native,
         max_event: x.max_event,
         max_capture: x.max_answer,
         idle_timeout: backend.timeout,
@@ -317,6 +321,8 @@ pub struct StreamBody {
     /// The first frame, already read before the response was committed.
     first: Option<Bytes>,
     scanner: SseScanner,
+    /// The stream is in this client protocol's own format: its error event is too.
+    native: Option<Protocol>,
     /// Remove the usage-only event (the gateway asked for it, the client did not).
     strip_usage: bool,
     /// Bytes of an event split across frames, held while stripping.
@@ -349,6 +355,9 @@ pub struct StreamRelay {
     pub first: Bytes,
     /// Remove the usage-only event (the gateway asked for it, the client did not).
     pub strip_usage: bool,
+    /// The stream is in this client protocol's own format (passed through): its usage and
+    /// its end are read from that format's events.
+    pub native: Option<Protocol>,
     /// `[server] max_event_bytes`: the longest line or held event.
     pub max_event: usize,
     /// `[server] max_answer_bytes`: the most bytes captured for the shadow comparison.
@@ -373,7 +382,11 @@ impl StreamBody {
         StreamBody {
             upstream: r.upstream,
             first: Some(r.first),
-            scanner: SseScanner::new(r.max_event),
+            native: r.native,
+            scanner: match r.native {
+                Some(p) => SseScanner::native(r.max_event, p),
+                None => SseScanner::new(r.max_event),
+            },
             strip_usage: r.strip_usage,
             held: BytesMut::new(),
             max_event: r.max_event,
@@ -470,7 +483,7 @@ impl StreamBody {
     /// and a finish reason; otherwise the upstream cut the answer short.
     fn ending(&self) -> Result<(), GatewayError> {
         let missing = if !self.scanner.saw_done {
-            "data: [DONE]"
+            self.scanner.last_event_name()
         } else if self.scanner.finish_reasons.is_empty() {
             "a finish_reason"
         } else {
@@ -525,7 +538,10 @@ impl StreamBody {
             // The client holds the start of a line: end it, so the error is an event of its own.
             out.extend_from_slice(b"\n\n");
         }
-        out.extend_from_slice(&err.to_sse_event());
+        match self.native {
+            Some(p) => out.extend_from_slice(&native::error_event(p, err.status(), &err.to_body())),
+            None => out.extend_from_slice(&err.to_sse_event()),
+        }
         self.finish(outcome);
         Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
     }

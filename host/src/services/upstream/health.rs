@@ -49,10 +49,7 @@ async fn check_one(up: Arc<Upstream>, url: Arc<UrlState>, uri: Uri) {
     let mut req = Request::new(Full::new(Bytes::new()));
     *req.method_mut() = Method::GET;
     *req.uri_mut() = uri;
-    if let Some(auth) = &up.backend.auth {
-        req.headers_mut()
-            .insert(http::header::AUTHORIZATION, auth.clone());
-    }
+    up.backend.authorize(req.headers_mut());
     let timeout = up.backend.pool.health_interval.min(Duration::from_secs(2));
     let ok = matches!(
         tokio::time::timeout(timeout, up.client().request(req)).await,
