@@ -21,6 +21,7 @@ mod lifecycle;
 mod local_worker;
 mod openai_sdk;
 mod plugins;
+mod postgres;
 mod protocols;
 mod proxy;
 mod rollout;
