@@ -9,6 +9,7 @@ pub mod client;
 pub mod mock;
 pub mod otlp;
 pub mod plugins;
+pub mod postgres;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};

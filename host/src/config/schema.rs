@@ -309,6 +309,10 @@ pub struct TelemetrySection {
 pub struct StateSection {
     pub path: Option<PathBuf>,
     pub redis: Option<String>,
+    /// `postgres://user@host:port/db`: every replica's state in one PostgreSQL database.
+    pub postgres: Option<String>,
+    /// The environment variable holding the PostgreSQL password.
+    pub postgres_password_env: Option<String>,
 }
 
 /// One override rule, as written.

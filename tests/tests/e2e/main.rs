@@ -23,6 +23,7 @@ mod local_worker;
 mod openai_sdk;
 mod passthrough;
 mod plugins;
+mod postgres;
 mod protocols;
 mod proxy;
 mod rollout;

@@ -7,8 +7,8 @@
 //! | `DELETE /admin/keys/{id}` | revoke a key |
 //! | `GET /admin/spend?by=team&since=24h` | the `switchyard spend` report as JSON |
 //!
-//! SQLite work runs on the blocking pool; a change to keys takes effect at once on this
-//! replica (the cache is refreshed) and within a second on others sharing the file.
+//! Store work runs on the blocking pool; a change to keys takes effect at once on this
+//! replica (the cache is refreshed) and within a second on others sharing the store.
 
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use crate::config::governance::Limits;
 use crate::services::governance::Governance;
 use crate::services::governance::keys::{self as auth, NewKey};
 use crate::services::governance::ledger;
+use crate::services::governance::store::Conn;
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<GatewayBody> {
     respond::json(status, v.to_string())
@@ -49,8 +50,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
     let method = req.method().clone();
     match (method, path.as_str()) {
         (Method::GET, "/admin/keys") => {
-            blocking(gov, |conn| {
-                let keys = auth::list_keys(conn).map_err(|e| e.to_string())?;
+            blocking(gov, false, |conn| {
+                let keys = auth::list(conn)?;
                 let data: Vec<_> = keys.iter().map(|k| k.to_json()).collect();
                 Ok((
                     StatusCode::OK,
@@ -71,20 +72,18 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
             if let Err(e) = new.check() {
                 return e.to_response();
             }
-            let resp = blocking(gov.clone(), move |conn| {
-                let (rec, secret) = auth::create_key(conn, &new)?;
+            blocking(gov, true, move |conn| {
+                let (rec, secret) = auth::create(conn, &new)?;
                 let mut v = rec.to_json();
                 v["key"] = serde_json::Value::String(secret);
                 Ok((StatusCode::CREATED, v))
             })
-            .await;
-            gov.keys.refresh();
-            resp
+            .await
         }
         (Method::DELETE, p) if p.starts_with("/admin/keys/") => {
             let id = p["/admin/keys/".len()..].to_string();
-            let resp = blocking(gov.clone(), move |conn| {
-                match auth::revoke_key(conn, &id).map_err(|e| e.to_string())? {
+            blocking(gov, true, move |conn| {
+                match auth::revoke(conn, &id)? {
                     Some(rec) => {
                         tracing::info!(key = %rec.id, team = %rec.team, "key revoked (admin API)");
                         Ok((StatusCode::OK, rec.to_json()))
@@ -95,9 +94,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
                     )),
                 }
             })
-            .await;
-            gov.keys.refresh();
-            resp
+            .await
         }
         (Method::GET, "/admin/spend") => {
             let mut by = None;
@@ -115,8 +112,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Gatewa
                     _ => {}
                 }
             }
-            blocking(gov, move |conn| {
-                let lines = ledger::spend(conn, by, since).map_err(|e| e.to_string())?;
+            blocking(gov, false, move |conn| {
+                let lines = ledger::spend_in(conn, by, since)?;
                 Ok((StatusCode::OK, report_json(by, since, &lines)))
             })
             .await
@@ -155,15 +152,19 @@ fn parse_new_key(body: &[u8]) -> Result<NewKey, String> {
     })
 }
 
-async fn blocking<F>(gov: Arc<Governance>, f: F) -> Response<GatewayBody>
+/// Run `f` on a store connection on the blocking pool (the PostgreSQL client blocks);
+/// `refresh`: the call changed keys, which take effect on this replica before it answers.
+async fn blocking<F>(gov: Arc<Governance>, refresh: bool, f: F) -> Response<GatewayBody>
 where
-    F: FnOnce(&rusqlite::Connection) -> Result<(StatusCode, serde_json::Value), String>
-        + Send
-        + 'static,
+    F: FnOnce(&mut Conn) -> Result<(StatusCode, serde_json::Value), String> + Send + 'static,
 {
     let res = tokio::task::spawn_blocking(move || {
-        let conn = gov.store.connect().map_err(|e| e.to_string())?;
-        f(&conn)
+        let mut conn = gov.store.conn().map_err(|e| e.to_string())?;
+        let out = f(&mut conn);
+        if refresh {
+            gov.keys.refresh();
+        }
+        out
     })
     .await;
     match res {

@@ -1,5 +1,6 @@
-//! `switchyard keys …` and `switchyard spend …`: work on the store file directly, so they
-//! run with or without a gateway up (WAL lets them share the file with one).
+//! `switchyard keys …` and `switchyard spend …`: work on the store directly (the file, or
+//! PostgreSQL with `[state] postgres`), so they run with or without a gateway up (WAL lets
+//! them share the file with one).
 //!
 //! The store file is `[state] path` of the config (`--config`, `$SWITCHYARD_CONFIG`,
 //! `./switchyard.toml`), else `switchyard.db` in the working folder. Only the file's shape
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use crate::config::governance::Limits;
-use crate::config::state::DEFAULT_STORE;
+use crate::config::state::{DEFAULT_STORE, PostgresSettings, StoreTarget, check_postgres_url};
 use crate::config::{self, ConfigSource};
 use crate::services::governance::keys::{self as auth, NewKey};
 use crate::services::governance::ledger::{self, GroupBy, SpendLine};
@@ -111,9 +112,36 @@ pub fn store_file(cfg: Option<&Path>) -> Result<PathBuf, String> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE)))
 }
 
-pub(super) fn open(cfg: &ConfigOpt) -> Result<rusqlite::Connection, String> {
-    let path = store_file(cfg.config.as_deref())?;
-    store::open_and_migrate(&path).map_err(|e| e.to_string())
+/// The store named by the config at `cfg`: `[state] postgres` (with the password from
+/// `postgres_password_env`) when set, else the file. Parsed only, like [`store_file`].
+pub fn store_target(cfg: Option<&Path>) -> Result<StoreTarget, String> {
+    let source = config::locate(cfg);
+    let state = match &source {
+        ConfigSource::Embedded => None,
+        ConfigSource::File(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("{}: cannot read the config file: {e}", p.display()))?;
+            config::parse(&text)
+                .map_err(|p| format!("{source}: {}: {}", p.path, p.message))?
+                .state
+        }
+    };
+    let Some(url) = state.as_ref().and_then(|s| s.postgres.clone()) else {
+        return Ok(StoreTarget::Sqlite(store_file(cfg)?));
+    };
+    check_postgres_url(&url).map_err(|e| format!("{source}: state.postgres: {e}"))?;
+    let password = match state.and_then(|s| s.postgres_password_env) {
+        None => None,
+        Some(var) => Some(std::env::var(&var).map_err(|_| {
+            format!("{source}: state.postgres_password_env: environment variable {var} is not set")
+        })?),
+    };
+    Ok(StoreTarget::Postgres(PostgresSettings { url, password }))
+}
+
+pub(super) fn open(cfg: &ConfigOpt) -> Result<store::Conn, String> {
+    let target = store_target(cfg.config.as_deref())?;
+    store::Conn::open(&target).map_err(|e| e.to_string())
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -135,7 +163,7 @@ pub fn keys(cmd: KeysCmd) -> ExitCode {
                     return fail(format!("{name} must be a non-negative number of USD"));
                 }
             }
-            let conn = match open(&a.cfg) {
+            let mut conn = match open(&a.cfg) {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
@@ -149,7 +177,7 @@ pub fn keys(cmd: KeysCmd) -> ExitCode {
                     budget_monthly: a.budget_monthly,
                 },
             };
-            match auth::create_key(&conn, &new) {
+            match auth::create(&mut conn, &new) {
                 Ok((rec, secret)) => {
                     if a.json {
                         let mut v = rec.to_json();
@@ -168,11 +196,11 @@ pub fn keys(cmd: KeysCmd) -> ExitCode {
             }
         }
         KeysCmd::List(a) => {
-            let conn = match open(&a.cfg) {
+            let mut conn = match open(&a.cfg) {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let keys = match auth::list_keys(&conn) {
+            let keys = match auth::list(&mut conn) {
                 Ok(k) => k,
                 Err(e) => return fail(e),
             };
@@ -208,11 +236,11 @@ pub fn keys(cmd: KeysCmd) -> ExitCode {
             ExitCode::SUCCESS
         }
         KeysCmd::Revoke(a) => {
-            let conn = match open(&a.cfg) {
+            let mut conn = match open(&a.cfg) {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            match auth::revoke_key(&conn, &a.id) {
+            match auth::revoke(&mut conn, &a.id) {
                 Ok(Some(rec)) => {
                     println!("revoked {} (team {})", rec.id, rec.team);
                     ExitCode::SUCCESS
@@ -322,11 +350,11 @@ pub fn spend(a: SpendArgs) -> ExitCode {
             Err(e) => return fail(format!("--since: {e}")),
         },
     };
-    let conn = match open(&a.cfg) {
+    let mut conn = match open(&a.cfg) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let lines = match ledger::spend(&conn, by, since) {
+    let lines = match ledger::spend_in(&mut conn, by, since) {
         Ok(l) => l,
         Err(e) => return fail(e),
     };

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::keys::{ConfigOpt, open};
-use crate::services::rollout::{state, status};
+use crate::services::governance::pg;
+use crate::services::governance::store::Conn;
+use crate::services::rollout::{shared, state, status};
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCmd {
@@ -76,17 +78,30 @@ pub fn rollout(cmd: RolloutCmd) -> ExitCode {
 }
 
 fn show(a: StatusArgs) -> ExitCode {
-    let listed = open(&a.cfg).and_then(|conn| {
-        let records = state::all(&conn).map_err(|e| e.to_string())?;
-        records
+    let want = |r: &state::Record| a.route.as_ref().is_none_or(|want| *want == r.route);
+    let listed = open(&a.cfg).and_then(|conn| match conn {
+        Conn::Sqlite(conn) => state::all(&conn)
+            .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|r| a.route.as_ref().is_none_or(|want| *want == r.route))
+            .filter(want)
             .map(|r| {
                 let h =
                     state::history(&conn, &r.route, &r.fingerprint).map_err(|e| e.to_string())?;
                 Ok((r, h))
             })
-            .collect::<Result<Vec<_>, String>>()
+            .collect::<Result<Vec<_>, String>>(),
+        Conn::Postgres(mut c) => {
+            let e = |e: postgres::Error| pg::describe(&e);
+            shared::all(&mut c)
+                .map_err(e)?
+                .into_iter()
+                .filter(want)
+                .map(|r| {
+                    let h = shared::history(&mut c, &r.route, &r.fingerprint).map_err(e)?;
+                    Ok((r, h))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        }
     });
     let list = match listed {
         Ok(l) => l,

@@ -28,9 +28,13 @@ use crate::base::GatewayError;
 use crate::base::clock::now_ms;
 use crate::base::digest::sha256;
 use crate::config::governance::Limits;
+use crate::config::state::{PostgresSettings, StoreTarget};
 
 /// How often the key cache checks the store for changes.
 pub const REFRESH: Duration = Duration::from_millis(500);
+/// The same on PostgreSQL, where other replicas make the changes: a key created or
+/// revoked anywhere is in force everywhere within a second (one indexed one-row read each).
+pub const REFRESH_SHARED: Duration = Duration::from_millis(250);
 /// Every virtual key starts with this.
 pub const KEY_PREFIX: &str = "sk-sy-";
 const KEY_HEX_LEN: usize = 48;
@@ -193,8 +197,8 @@ impl NewKey {
     }
 }
 
-/// Create a key; returns the record and the secret (shown once, never stored).
-pub fn create_key(conn: &Connection, new: &NewKey) -> Result<(KeyRecord, String), String> {
+/// A new key's record, secret and the secret's hash (what the store keeps), not yet stored.
+pub(crate) fn prepare_key(new: &NewKey) -> Result<(KeyRecord, String, String), String> {
     new.check().map_err(|e| e.to_string())?;
     let secret = format!("{KEY_PREFIX}{}", random_hex(KEY_HEX_LEN / 2)?);
     let id = format!("key_{}", random_hex(6)?);
@@ -207,12 +211,19 @@ pub fn create_key(conn: &Connection, new: &NewKey) -> Result<(KeyRecord, String)
         created_ms: now_ms(),
         revoked_ms: None,
     };
+    let hash = hex(&sha256(secret.as_bytes()));
+    Ok((rec, secret, hash))
+}
+
+/// Create a key; returns the record and the secret (shown once, never stored).
+pub fn create_key(conn: &Connection, new: &NewKey) -> Result<(KeyRecord, String), String> {
+    let (rec, secret, hash) = prepare_key(new)?;
     conn.execute(
         "INSERT INTO keys (id, hash, prefix, team, tags, rpm, tpm, budget_daily, budget_monthly, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             rec.id,
-            hex(&sha256(secret.as_bytes())),
+            hash,
             rec.prefix,
             rec.team,
             serde_json::to_string(&rec.tags).unwrap_or_else(|_| "[]".into()),
@@ -226,6 +237,32 @@ pub fn create_key(conn: &Connection, new: &NewKey) -> Result<(KeyRecord, String)
     )
     .map_err(|e| format!("cannot store the key: {e}"))?;
     Ok((rec, secret))
+}
+
+/// [`create_key`] on whichever store `conn` is.
+pub fn create(conn: &mut store::Conn, new: &NewKey) -> Result<(KeyRecord, String), String> {
+    match conn {
+        store::Conn::Sqlite(c) => create_key(c, new),
+        store::Conn::Postgres(c) => super::pg::create_key(c, new),
+    }
+}
+
+/// [`list_keys`] on whichever store `conn` is.
+pub fn list(conn: &mut store::Conn) -> Result<Vec<KeyRecord>, String> {
+    match conn {
+        store::Conn::Sqlite(c) => list_keys(c).map_err(|e| e.to_string()),
+        store::Conn::Postgres(c) => super::pg::list_keys(c).map_err(|e| super::pg::describe(&e)),
+    }
+}
+
+/// [`revoke_key`] on whichever store `conn` is.
+pub fn revoke(conn: &mut store::Conn, id: &str) -> Result<Option<KeyRecord>, String> {
+    match conn {
+        store::Conn::Sqlite(c) => revoke_key(c, id).map_err(|e| e.to_string()),
+        store::Conn::Postgres(c) => {
+            super::pg::revoke_key(c, id).map_err(|e| super::pg::describe(&e))
+        }
+    }
 }
 
 fn record_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, KeyRecord)> {
@@ -295,7 +332,27 @@ pub struct KeySnapshot {
     auth_recorded: bool,
 }
 
+/// What a snapshot is built from, as a backend reads it: `(hash hex, record)` per key.
+pub struct KeySnapshotParts {
+    pub version: i64,
+    pub auth_recorded: bool,
+    pub keys: Vec<(String, KeyRecord)>,
+}
+
 impl KeySnapshot {
+    fn from_parts(p: KeySnapshotParts) -> KeySnapshot {
+        let by_hash = p
+            .keys
+            .into_iter()
+            .filter_map(|(hash_hex, rec)| Some((unhex32(&hash_hex)?, Arc::new(rec))))
+            .collect();
+        KeySnapshot {
+            version: p.version,
+            by_hash,
+            auth_recorded: p.auth_recorded,
+        }
+    }
+
     fn load(conn: &Connection) -> rusqlite::Result<KeySnapshot> {
         let version = keys_version(conn)?;
         let auth_recorded = auth_recorded(conn)?;
@@ -349,30 +406,65 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Where a key cache reads from.
+enum Source {
+    Sqlite(std::sync::Mutex<Connection>),
+    /// The connection is dropped on an error and made again at the next refresh.
+    Postgres {
+        settings: PostgresSettings,
+        client: std::sync::Mutex<Option<postgres::Client>>,
+    },
+}
+
 /// The in-memory key table, kept fresh by a background thread.
 pub struct KeyCache {
     snapshot: ArcSwap<KeySnapshot>,
-    conn: std::sync::Mutex<Connection>,
+    source: Source,
+    /// Whether the last refresh reached the store (to log a change of state once).
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 impl KeyCache {
     /// Load every key from the store file and start the refresher.
     pub fn open(path: &Path) -> Result<Arc<KeyCache>, store::StoreError> {
-        let conn = store::connect(path)?;
-        let snap = KeySnapshot::load(&conn).map_err(|e| store::StoreError {
-            path: path.display().to_string(),
-            detail: format!("cannot read keys: {e}"),
-        })?;
+        KeyCache::open_target(&StoreTarget::Sqlite(path.to_path_buf()))
+    }
+
+    /// Load every key from the store a config names and start the refresher.
+    pub fn open_target(target: &StoreTarget) -> Result<Arc<KeyCache>, store::StoreError> {
+        let (snap, source, every) = match target {
+            StoreTarget::Sqlite(path) => {
+                let conn = store::connect(path)?;
+                let snap = KeySnapshot::load(&conn).map_err(|e| store::StoreError {
+                    path: path.display().to_string(),
+                    detail: format!("cannot read keys: {e}"),
+                })?;
+                (snap, Source::Sqlite(std::sync::Mutex::new(conn)), REFRESH)
+            }
+            StoreTarget::Postgres(pg) => {
+                let mut client = super::pg::connect(pg)?;
+                let parts = super::pg::load_keys(&mut client).map_err(|e| store::StoreError {
+                    path: pg.url.clone(),
+                    detail: format!("cannot read keys: {}", super::pg::describe(&e)),
+                })?;
+                let source = Source::Postgres {
+                    settings: pg.clone(),
+                    client: std::sync::Mutex::new(Some(client)),
+                };
+                (KeySnapshot::from_parts(parts), source, REFRESH_SHARED)
+            }
+        };
         let cache = Arc::new(KeyCache {
             snapshot: ArcSwap::from_pointee(snap),
-            conn: std::sync::Mutex::new(conn),
+            source,
+            reachable: std::sync::atomic::AtomicBool::new(true),
         });
         let weak: Weak<KeyCache> = Arc::downgrade(&cache);
         let _ = std::thread::Builder::new()
             .name("key-cache".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(REFRESH);
+                    std::thread::sleep(every);
                     let Some(c) = weak.upgrade() else { return };
                     c.refresh();
                 }
@@ -380,17 +472,58 @@ impl KeyCache {
         Ok(cache)
     }
 
-    /// Reload if the keys changed since the last load.
+    /// Reload if the keys changed since the last load. A store that cannot be read leaves
+    /// the cached keys in force: authentication never waits on the store.
     pub fn refresh(&self) {
-        let Ok(conn) = self.conn.lock() else { return };
         let current = self.snapshot.load().version;
-        match keys_version(&conn) {
-            Ok(v) if v == current => {}
-            Ok(_) => match KeySnapshot::load(&conn) {
-                Ok(s) => self.snapshot.store(Arc::new(s)),
-                Err(e) => tracing::warn!(error = %e, "cannot reload keys"),
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot check keys for changes"),
+        let result = match &self.source {
+            Source::Sqlite(conn) => {
+                let Ok(conn) = conn.lock() else { return };
+                match keys_version(&conn) {
+                    Ok(v) if v == current => Ok(None),
+                    Ok(_) => KeySnapshot::load(&conn)
+                        .map(Some)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Source::Postgres { settings, client } => {
+                let Ok(mut guard) = client.lock() else { return };
+                let result = (|| {
+                    if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                        *guard = Some(super::pg::connect(settings).map_err(|e| e.to_string())?);
+                    }
+                    let Some(c) = guard.as_mut() else {
+                        return Ok(None);
+                    };
+                    let describe = |e: postgres::Error| super::pg::describe(&e);
+                    if super::pg::keys_version(c).map_err(describe)? == current {
+                        return Ok(None);
+                    }
+                    let parts = super::pg::load_keys(c).map_err(describe)?;
+                    Ok(Some(KeySnapshot::from_parts(parts)))
+                })();
+                if result.is_err() {
+                    *guard = None;
+                }
+                result
+            }
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        match result {
+            Ok(fresh) => {
+                if !self.reachable.swap(true, Relaxed) {
+                    tracing::info!("key cache: the store is reachable again");
+                }
+                if let Some(s) = fresh {
+                    self.snapshot.store(Arc::new(s));
+                }
+            }
+            Err(e) => {
+                if self.reachable.swap(false, Relaxed) {
+                    tracing::warn!(error = %e, "key cache: cannot read the store; serving the cached keys");
+                }
+            }
         }
     }
 

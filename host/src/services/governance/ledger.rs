@@ -346,6 +346,35 @@ pub fn spend(
     Ok(lines)
 }
 
+/// [`spend`] on whichever store `conn` is.
+pub fn spend_in(
+    conn: &mut super::store::Conn,
+    by: Option<GroupBy>,
+    since_ms: i64,
+) -> Result<Vec<SpendLine>, String> {
+    match conn {
+        super::store::Conn::Sqlite(c) => spend(c, by, since_ms).map_err(|e| e.to_string()),
+        super::store::Conn::Postgres(c) => {
+            super::pg::spend(c, by, since_ms).map_err(|e| super::pg::describe(&e))
+        }
+    }
+}
+
+/// [`spend_by_key_and_team`] on whichever store `conn` is.
+pub fn spend_by_key_and_team_in(
+    conn: &mut super::store::Conn,
+    since_ms: i64,
+) -> Result<Vec<KeyTeamSpend>, String> {
+    match conn {
+        super::store::Conn::Sqlite(c) => {
+            spend_by_key_and_team(c, since_ms).map_err(|e| e.to_string())
+        }
+        super::store::Conn::Postgres(c) => {
+            super::pg::spend_by_key_and_team(c, since_ms).map_err(|e| super::pg::describe(&e))
+        }
+    }
+}
+
 /// The query behind [`spend_by_key_and_team`], a range scan of `ledger_ts` like [`spend_sql`].
 const SPEND_BY_KEY_AND_TEAM: &str =
     "SELECT key_id, team, TOTAL(cost_usd) FROM ledger WHERE ts_ms >= ?1 GROUP BY 1, 2";

@@ -22,6 +22,7 @@ pub mod feedback;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+pub mod pg;
 pub mod store;
 pub mod tokens;
 
@@ -159,12 +160,21 @@ impl UsageCap {
 impl Governance {
     /// Open the store, load keys, connect the limiter, seed budgets, refuse unsafe setups.
     pub async fn start(rt: &Runtime, metrics: Arc<Metrics>) -> Result<Arc<Governance>, String> {
-        let path = StateSettings::store_path(rt.state.as_ref());
-        let store = Store::open(&path, store::DEFAULT_QUEUE).map_err(|e| e.to_string())?;
-        let keys = KeyCache::open(&path).map_err(|e| e.to_string())?;
+        let target = StateSettings::store_target(rt.state.as_ref());
+        // On the blocking pool: the PostgreSQL client blocks (and may not run on an async
+        // worker at all).
+        let opening = target.clone();
+        let (store, keys) = tokio::task::spawn_blocking(move || {
+            let store = Store::open_target(&opening, store::DEFAULT_QUEUE)?;
+            let keys = KeyCache::open_target(&opening)?;
+            Ok::<_, store::StoreError>((store, keys))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         let gov_cfg = &rt.governance;
         let snap = keys.snapshot();
-        if let Some(why) = missing_keys(gov_cfg.auth_required, &snap, &path) {
+        if let Some(why) = missing_keys(gov_cfg.auth_required, &snap, &target.describe()) {
             return Err(why);
         }
         let auth_on = gov_cfg.auth_required || snap.any();
@@ -182,11 +192,12 @@ impl Governance {
             None => Limiter::memory(),
         };
         if !limiter.is_shared() {
-            seed_budgets(&store, &limiter);
+            let (st, lim) = (store.clone(), limiter.clone());
+            let _ = tokio::task::spawn_blocking(move || seed_budgets(&st, &lim)).await;
         }
         tokens::warm(rt);
         tracing::info!(
-            store = %path.display(),
+            store = %target.describe(),
             limits = if limiter.is_shared() { "redis" } else { "memory" },
             client_auth = auth_on,
             "governance ready"
@@ -234,15 +245,10 @@ impl Governance {
 /// recorded that a key was created in it) but the store holds none. Starting would either
 /// refuse every caller or, worse, serve everyone unauthenticated after a store was lost,
 /// emptied or replaced.
-fn missing_keys(
-    required: bool,
-    snap: &keys::KeySnapshot,
-    path: &std::path::Path,
-) -> Option<String> {
+fn missing_keys(required: bool, snap: &keys::KeySnapshot, store: &str) -> Option<String> {
     if !snap.is_empty() {
         return None;
     }
-    let store = path.display();
     if snap.auth_recorded() {
         return Some(format!(
             "refusing to start: the store {store} recorded that client auth is on (keys were \
@@ -264,9 +270,9 @@ fn missing_keys(
 fn seed_budgets(store: &Store, limiter: &Limiter) {
     let now = now_ms();
     let (day_start, month_start) = limits::period_starts(now);
-    let Ok(conn) = store.connect() else { return };
+    let Ok(mut conn) = store.conn() else { return };
     for (since, monthly) in [(day_start, false), (month_start, true)] {
-        let Ok(rows) = ledger::spend_by_key_and_team(&conn, since) else {
+        let Ok(rows) = ledger::spend_by_key_and_team_in(&mut conn, since) else {
             continue;
         };
         let mut teams: std::collections::HashMap<String, i64> = Default::default();

@@ -12,6 +12,13 @@
 //! gateway's own readers work while the writer commits. Each module owns its tables and
 //! registers its migrations in [`MIGRATIONS`] under a unique name; applied names are kept in
 //! `schema_migrations`, so migrations from different modules never collide on a number.
+//!
+//! With `[state] postgres` the same store runs on PostgreSQL ([`super::pg`]): the same
+//! queue, the same counters, a writer that inserts a batch's ledger rows with multi-row
+//! `INSERT`s. When the database is unreachable the writer holds its batch and reconnects
+//! with backoff; meanwhile the queue fills and further writes are dropped and counted, so
+//! requests never wait on the database. Whoever submits a write does not know which
+//! backend takes it, except for the rare non-ledger writes, which come in both dialects.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +28,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::Connection;
+
+use crate::config::state::{PostgresSettings, StoreTarget};
 
 /// Default capacity of the write queue (items, not bytes).
 pub const DEFAULT_QUEUE: usize = 65_536;
@@ -46,13 +55,18 @@ pub const MIGRATIONS: &[&[Migration]] = &[
 
 /// A write run inside the writer's current transaction.
 pub type WriteFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+/// The same for the PostgreSQL writer.
+pub type PgWriteFn =
+    Box<dyn FnOnce(&mut postgres::Transaction<'_>) -> Result<(), postgres::Error> + Send>;
 
 /// One write for the writer thread.
 pub enum Write {
     /// A ledger row (the common case, no boxing of a closure).
     Ledger(Box<super::ledger::Row>),
-    /// Any other write, run inside the current batch's transaction.
+    /// Any other write, run inside the current batch's transaction (SQLite).
     Other(WriteFn),
+    /// Any other write on PostgreSQL (see [`Store::is_postgres`]).
+    Pg(PgWriteFn),
     /// Reply once everything queued before this is committed.
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -72,11 +86,16 @@ pub struct StoreStats {
     pub dropped: AtomicU64,
     pub failed: AtomicU64,
     pub batches: AtomicU64,
+    /// 1 while the writer reaches its database, 0 while it is reconnecting.
+    pub up: AtomicU64,
 }
 
-/// The store: the file's path and the queue to its writer thread.
+/// The store: where it is and the queue to its writer thread.
 pub struct Store {
     path: PathBuf,
+    target: StoreTarget,
+    /// Set by `close`: a writer retrying an unreachable database gives up after a deadline.
+    closing: Arc<std::sync::atomic::AtomicBool>,
     /// Read-locked by every submit (uncontended); write-locked once, by `close`.
     tx: RwLock<Option<SyncSender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -85,7 +104,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("target", &self.target.describe())
+            .finish()
     }
 }
 
@@ -151,35 +172,111 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// A connection to either backend, for the CLI and the admin API's synchronous calls.
+pub enum Conn {
+    Sqlite(Connection),
+    Postgres(Box<postgres::Client>),
+}
+
+impl Conn {
+    /// Open the store a config names and bring its schema up to date.
+    pub fn open(target: &StoreTarget) -> Result<Conn, StoreError> {
+        Ok(match target {
+            StoreTarget::Sqlite(path) => Conn::Sqlite(open_and_migrate(path)?),
+            StoreTarget::Postgres(pg) => Conn::Postgres(Box::new(super::pg::open_and_migrate(pg)?)),
+        })
+    }
+}
+
 impl Store {
     /// Open the file, apply migrations, start the writer thread.
     pub fn open(path: &Path, queue: usize) -> Result<Arc<Store>, StoreError> {
-        let conn = open_and_migrate(path)?;
+        Store::open_target(&StoreTarget::Sqlite(path.to_path_buf()), queue)
+    }
+
+    /// Open the store a config names (reachable and migrated, else an error), start the
+    /// writer thread.
+    pub fn open_target(target: &StoreTarget, queue: usize) -> Result<Arc<Store>, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(queue.max(1));
         let stats = Arc::new(StoreStats::default());
+        stats.up.store(1, Ordering::Relaxed);
         let st = stats.clone();
-        let writer = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx, st))
-            .map_err(|e| StoreError {
-                path: path.display().to_string(),
-                detail: format!("cannot start the writer thread: {e}"),
-            })?;
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spawned = match target {
+            StoreTarget::Sqlite(path) => {
+                let conn = open_and_migrate(path)?;
+                std::thread::Builder::new()
+                    .name("store-writer".into())
+                    .spawn(move || writer_loop(conn, rx, st))
+            }
+            StoreTarget::Postgres(pg) => {
+                let client = super::pg::open_and_migrate(pg)?;
+                let (pg, closing) = (pg.clone(), closing.clone());
+                std::thread::Builder::new()
+                    .name("store-writer".into())
+                    .spawn(move || {
+                        pg_writer_loop(
+                            PgWriter {
+                                pg,
+                                client: Some(client),
+                                closing,
+                            },
+                            rx,
+                            st,
+                        )
+                    })
+            }
+        };
+        let writer = spawned.map_err(|e| StoreError {
+            path: target.describe(),
+            detail: format!("cannot start the writer thread: {e}"),
+        })?;
+        let path = match target {
+            StoreTarget::Sqlite(p) => p.clone(),
+            StoreTarget::Postgres(_) => PathBuf::new(),
+        };
         Ok(Arc::new(Store {
-            path: path.to_path_buf(),
+            path,
+            target: target.clone(),
+            closing,
             tx: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             stats,
         }))
     }
 
+    /// The SQLite file (empty with PostgreSQL).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// A new connection for reads (or rare synchronous writes such as admin key changes).
+    pub fn target(&self) -> &StoreTarget {
+        &self.target
+    }
+
+    /// Whether the store is PostgreSQL: writers of non-ledger rows submit [`Write::Pg`].
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.target, StoreTarget::Postgres(_))
+    }
+
+    /// A new SQLite connection for reads (or rare synchronous writes). On PostgreSQL an
+    /// error: callers that serve both use [`Store::conn`].
     pub fn connect(&self) -> Result<Connection, StoreError> {
-        connect(&self.path)
+        match &self.target {
+            StoreTarget::Sqlite(path) => connect(path),
+            StoreTarget::Postgres(pg) => Err(StoreError {
+                path: pg.url.clone(),
+                detail: "this feature reads the SQLite store only".into(),
+            }),
+        }
+    }
+
+    /// A new connection to whichever backend the store is (no migration: done at open).
+    pub fn conn(&self) -> Result<Conn, StoreError> {
+        Ok(match &self.target {
+            StoreTarget::Sqlite(path) => Conn::Sqlite(connect(path)?),
+            StoreTarget::Postgres(pg) => Conn::Postgres(Box::new(super::pg::connect(pg)?)),
+        })
     }
 
     /// Queue a write; never blocks. False (and counted) when the queue is full or closed.
@@ -212,6 +309,8 @@ impl Store {
 
     /// Stop accepting writes, commit everything queued, stop the writer. Idempotent.
     pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let tx = self.tx.write().ok().and_then(|mut g| g.take());
         drop(tx);
         let handle = self.writer.lock().ok().and_then(|mut g| g.take());
@@ -272,6 +371,10 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Write>, stats: &StoreStat
                     f(&tx)?;
                     written += 1;
                 }
+                Write::Pg(_) => {
+                    tracing::error!("state store: a PostgreSQL write reached the SQLite writer");
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
                 Write::Flush(ack) => acks.push(ack),
             }
         }
@@ -289,6 +392,131 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Write>, stats: &StoreStat
         }
     }
     batch.clear();
+    for a in acks {
+        let _ = a.send(());
+    }
+}
+
+/// The PostgreSQL writer's connection, reopened when lost.
+struct PgWriter {
+    pg: PostgresSettings,
+    client: Option<postgres::Client>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a closing store keeps trying to write its last batches to an unreachable
+/// database before it drops (and counts) them.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+fn pg_writer_loop(mut w: PgWriter, rx: Receiver<Write>, stats: Arc<StoreStats>) {
+    if !switchyard_otlp::pipeline::lower_thread_priority() {
+        tracing::debug!("store writer: could not lower its priority");
+    }
+    let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        // Group commit, as on SQLite: one round trip and one commit for many rows.
+        if !matches!(first, Write::Flush(_)) {
+            std::thread::sleep(LINGER);
+        }
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        pg_commit_batch(&mut w, &mut batch, &stats);
+    }
+}
+
+/// Commit one batch, holding it across reconnections while the database is unreachable
+/// (the queue behind it fills meanwhile, and `submit` drops and counts); a batch the
+/// database refuses (not a connection problem) is counted as failed.
+fn pg_commit_batch(w: &mut PgWriter, batch: &mut Vec<Write>, stats: &StoreStats) {
+    let mut acks = Vec::new();
+    let mut ledger: Vec<Box<super::ledger::Row>> = Vec::new();
+    let mut others: Vec<PgWriteFn> = Vec::new();
+    for item in batch.drain(..) {
+        match item {
+            Write::Ledger(r) => ledger.push(r),
+            Write::Pg(f) => others.push(f),
+            Write::Other(_) => {
+                tracing::error!("state store: a SQLite write reached the PostgreSQL writer");
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Write::Flush(ack) => acks.push(ack),
+        }
+    }
+    let n = (ledger.len() + others.len()) as u64;
+    let mut backoff = Duration::from_millis(100);
+    let mut closing_since: Option<std::time::Instant> = None;
+    while n > 0 {
+        if w.client.as_ref().is_none_or(|c| c.is_closed()) {
+            match super::pg::connect(&w.pg) {
+                Ok(c) => {
+                    tracing::info!(store = %w.pg.url, "state store: reconnected to PostgreSQL");
+                    w.client = Some(c);
+                }
+                Err(e) => {
+                    if stats.up.swap(0, Ordering::Relaxed) == 1 {
+                        tracing::error!(error = %e, "state store: PostgreSQL unreachable; holding writes");
+                    }
+                    w.client = None;
+                }
+            }
+        }
+        if let Some(client) = w.client.as_mut() {
+            // The closures run once: a batch with any is tried once, and is lost (counted)
+            // if the connection drops under it.
+            let once = !others.is_empty();
+            let result = (|| -> Result<(), postgres::Error> {
+                let mut tx = client.transaction()?;
+                let rows: Vec<&super::ledger::Row> = ledger.iter().map(|r| &**r).collect();
+                super::pg::insert_ledger(&mut tx, &rows)?;
+                for f in others.drain(..) {
+                    f(&mut tx)?;
+                }
+                tx.commit()
+            })();
+            match result {
+                Ok(()) => {
+                    stats.up.store(1, Ordering::Relaxed);
+                    stats.written.fetch_add(n, Ordering::Relaxed);
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) if client.is_closed() && !once => {
+                    if stats.up.swap(0, Ordering::Relaxed) == 1 {
+                        tracing::error!(error = %super::pg::describe(&e), "state store: lost PostgreSQL; holding writes");
+                    }
+                    w.client = None;
+                }
+                Err(e) => {
+                    stats.failed.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(error = %super::pg::describe(&e), items = n, "state store: a write batch failed and was rolled back");
+                    if client.is_closed() {
+                        w.client = None;
+                    }
+                    break;
+                }
+            }
+        }
+        if w.closing.load(Ordering::Relaxed) {
+            let since = *closing_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= CLOSE_DEADLINE {
+                stats.dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(
+                    items = n,
+                    "state store: PostgreSQL unreachable at shutdown; writes dropped"
+                );
+                break;
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
     for a in acks {
         let _ = a.send(());
     }
@@ -316,6 +544,13 @@ pub fn render_metrics(stats: &StoreStats, out: &mut String) {
     ] {
         single(out, name, "counter", help, v.load(Ordering::Relaxed));
     }
+    single(
+        out,
+        "switchyard_store_up",
+        "gauge",
+        "1 while the store's writer reaches its database, 0 while it retries.",
+        stats.up.load(Ordering::Relaxed),
+    );
 }
 
 #[cfg(test)]

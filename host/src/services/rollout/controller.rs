@@ -22,10 +22,12 @@ use rusqlite::Connection;
 use serde_json::json;
 
 use super::guard::{self, ArmStats, Quality, QualityQuery};
+use super::shared;
 use super::state::{self, HistoryEntry, Record, State, WindowRecord};
 use super::{ArmSnapshot, Counts, Live, Rollouts};
 use crate::base::clock::now_ms;
 use crate::config::rollout::Rollout;
+use crate::config::state::StoreTarget;
 use crate::config::{Route, Target};
 use crate::services::Services;
 use crate::services::governance::store::{Store, Write};
@@ -63,6 +65,11 @@ impl Action {
 pub enum ActError {
     #[error("route \"{0}\" has no rollout in the config in force")]
     NoRollout(String),
+    #[error(
+        "this replica follows the rollouts another replica decides (PostgreSQL store): send \
+         the action to the replica holding the rollout lease"
+    )]
+    NotDeciding,
     #[error("the rollout of route \"{route}\" is {state}: cannot {action}")]
     WrongState {
         route: String,
@@ -111,6 +118,27 @@ fn stats(window: &ArmSnapshot, carried: Counts) -> ArmStats {
         errors: c.errors,
         rejects: c.rejects,
         p99_ms: window.p99_ms(),
+    }
+}
+
+/// Queue a rollout's row (and a transition) for the store, in its backend's dialect.
+fn save(store: &Store, rec: Record, entry: Option<HistoryEntry>) {
+    if store.is_postgres() {
+        store.submit(Write::Pg(Box::new(move |tx| {
+            shared::save(tx, &rec)?;
+            match &entry {
+                Some(h) => shared::append(tx, &rec.route, &rec.fingerprint, h),
+                None => Ok(()),
+            }
+        })));
+    } else {
+        store.submit(Write::Other(Box::new(move |c| {
+            state::save(c, &rec)?;
+            match &entry {
+                Some(h) => state::append(c, &rec.route, &rec.fingerprint, h),
+                None => Ok(()),
+            }
+        })));
     }
 }
 
@@ -244,12 +272,7 @@ impl Run {
         }
         env.rollouts.count_transition(&self.live.route, to.as_str());
         if let Some(store) = env.store {
-            let rec = self.rec.clone();
-            let h = entry.clone();
-            store.submit(Write::Other(Box::new(move |c| {
-                state::save(c, &rec)?;
-                state::append(c, &rec.route, &rec.fingerprint, &h)
-            })));
+            save(store, self.rec.clone(), Some(entry.clone()));
             self.saved_at = Instant::now();
         }
         if let (Some(url), Some(hooks)) = (&self.rollout.webhook, env.rollouts.webhooks.get()) {
@@ -357,8 +380,7 @@ impl Run {
             && now.duration_since(self.saved_at) >= SAVE_EVERY
         {
             self.rec.updated_ms = now_ms();
-            let rec = self.rec.clone();
-            store.submit(Write::Other(Box::new(move |c| state::save(c, &rec))));
+            save(store, self.rec.clone(), None);
             self.saved_at = now;
         }
     }
@@ -431,8 +453,7 @@ impl Rollouts {
             }
             run.measure();
             run.rec.updated_ms = now_ms();
-            let rec = run.rec.clone();
-            store.submit(Write::Other(Box::new(move |c| state::save(c, &rec))));
+            save(store, run.rec.clone(), None);
         }
     }
 
@@ -443,6 +464,9 @@ impl Rollouts {
         action: Action,
         store: Option<&Store>,
     ) -> Result<(Record, Vec<HistoryEntry>), ActError> {
+        if self.following.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ActError::NotDeciding);
+        }
         let mut runs = self
             .runs
             .lock()
@@ -462,6 +486,23 @@ impl Rollouts {
 
     /// One pass of the controller over the config in force.
     fn control(&self, routes: &[Arc<Route>], store: Option<&Store>, conn: Option<&Connection>) {
+        let mut stored = |route: &str| {
+            let c = conn?;
+            let rec = state::load(c, route).ok().flatten()?;
+            let history = state::history(c, &rec.route, &rec.fingerprint).unwrap_or_default();
+            Some((rec, history))
+        };
+        self.control_with(routes, store, conn, &mut stored);
+    }
+
+    /// [`Rollouts::control`] with the stored state read by `stored` (either backend).
+    fn control_with(
+        &self,
+        routes: &[Arc<Route>],
+        store: Option<&Store>,
+        conn: Option<&Connection>,
+        stored: &mut dyn FnMut(&str) -> Option<(Record, Vec<HistoryEntry>)>,
+    ) {
         let env = Env {
             store,
             rollouts: self,
@@ -479,12 +520,7 @@ impl Rollouts {
                     run.rollout = ro.clone();
                 }
                 _ => {
-                    let stored = conn.and_then(|c| {
-                        let rec = state::load(c, &route.name).ok().flatten()?;
-                        let history =
-                            state::history(c, &rec.route, &rec.fingerprint).unwrap_or_default();
-                        Some((rec, history))
-                    });
+                    let stored = stored(&route.name);
                     let run = Run::start(&route.name, ro.clone(), stored, &env);
                     runs.insert(route.name.clone(), run);
                     changed = true;
@@ -510,6 +546,140 @@ impl Rollouts {
     }
 }
 
+impl Rollouts {
+    /// A replica that does not hold the lease: each rollout as stored by the one that does,
+    /// its weight applied here.
+    fn follow(&self, routes: &[Arc<Route>], client: &mut postgres::Client) {
+        let env = Env {
+            store: None,
+            rollouts: self,
+        };
+        let Ok(mut runs) = self.runs.lock() else {
+            return;
+        };
+        let mut changed = false;
+        for route in routes {
+            let Some(ro) = &route.rollout else { continue };
+            // Not stored yet (or a config version the decider does not run yet): 0 % here.
+            let Ok(Some(rec)) = shared::load(client, &route.name) else {
+                continue;
+            };
+            if *rec.fingerprint != *ro.fingerprint {
+                continue;
+            }
+            let history = shared::history(client, &rec.route, &rec.fingerprint).unwrap_or_default();
+            match runs.get_mut(&route.name) {
+                Some(run) if run.rollout.fingerprint == ro.fingerprint => {
+                    run.rollout = ro.clone();
+                    run.live.set_weight_bp(bp(rec.weight));
+                    run.rec = rec;
+                    run.history = history;
+                }
+                _ => {
+                    let run = Run::start(&route.name, ro.clone(), Some((rec, history)), &env);
+                    runs.insert(route.name.clone(), run);
+                    changed = true;
+                }
+            }
+        }
+        let before = runs.len();
+        runs.retain(|name, _| {
+            routes
+                .iter()
+                .any(|r| r.name == *name && r.rollout.is_some())
+        });
+        if changed || runs.len() != before {
+            self.publish(
+                runs.iter()
+                    .map(|(k, r)| (k.clone(), r.live.clone()))
+                    .collect::<HashMap<_, _>>(),
+            );
+        }
+    }
+}
+
+/// The controller's link to a PostgreSQL store: its connection and whether it decides.
+struct SharedControl {
+    client: Option<postgres::Client>,
+    holder: String,
+    leading: bool,
+}
+
+impl SharedControl {
+    /// One tick on a shared store: renew or take the lease, then decide (holder) or follow.
+    /// Without the database nobody here decides: the weights stay as they are.
+    fn tick(&mut self, rollouts: &Rollouts, routes: &[Arc<Route>], store: &Store) {
+        let StoreTarget::Postgres(pg) = store.target() else {
+            return;
+        };
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = crate::services::governance::pg::connect(pg).ok();
+        }
+        let lease = match self.client.as_mut() {
+            Some(c) => shared::acquire(c, shared::ROLLOUT_LEASE, &self.holder)
+                .map_err(|e| crate::services::governance::pg::describe(&e)),
+            None => Err("cannot connect".to_string()),
+        };
+        let leading = match lease {
+            Ok(l) => l,
+            Err(e) => {
+                self.client = None;
+                if self.leading {
+                    tracing::warn!(error = %e, "rollouts: the store is unreachable; decisions paused");
+                }
+                self.leading = false;
+                rollouts
+                    .following
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        };
+        if leading != self.leading {
+            tracing::info!(
+                holder = %self.holder,
+                "rollouts: {}",
+                if leading {
+                    "this replica holds the lease and decides"
+                } else {
+                    "another replica decides; following the stored state"
+                }
+            );
+            // A new decider resumes every rollout from the stored rows.
+            if leading && let Ok(mut runs) = rollouts.runs.lock() {
+                runs.clear();
+            }
+            self.leading = leading;
+        }
+        rollouts
+            .following
+            .store(!leading, std::sync::atomic::Ordering::Relaxed);
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        if leading {
+            let mut stored = |route: &str| {
+                let rec = shared::load(client, route).ok().flatten()?;
+                let history =
+                    shared::history(client, &rec.route, &rec.fingerprint).unwrap_or_default();
+                Some((rec, history))
+            };
+            rollouts.control_with(routes, Some(store), None, &mut stored);
+        } else {
+            rollouts.follow(routes, client);
+        }
+    }
+}
+
+impl Drop for SharedControl {
+    fn drop(&mut self) {
+        if self.leading
+            && let Some(c) = self.client.as_mut()
+        {
+            let _ = shared::release(c, shared::ROLLOUT_LEASE, &self.holder);
+        }
+    }
+}
+
 /// Start the controller thread; it stops when the services are gone.
 pub fn spawn(services: &Arc<Services>) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -520,6 +690,11 @@ pub fn spawn(services: &Arc<Services>) {
         .name("rollout-controller".into())
         .spawn(move || {
             let mut conn: Option<Connection> = None;
+            let mut shared_control = SharedControl {
+                client: None,
+                holder: format!("pid{}-{:016x}", std::process::id(), fastrand::u64(..)),
+                leading: false,
+            };
             loop {
                 std::thread::sleep(TICK);
                 let Some(s) = weak.upgrade() else { break };
@@ -530,6 +705,12 @@ pub fn spawn(services: &Arc<Services>) {
                     continue;
                 }
                 let store = s.governance.as_ref().map(|g| g.store.clone());
+                if let Some(st) = store.as_deref()
+                    && st.is_postgres()
+                {
+                    shared_control.tick(&s.rollouts, &snap.config.routes, st);
+                    continue;
+                }
                 if conn.is_none()
                     && let Some(st) = &store
                 {

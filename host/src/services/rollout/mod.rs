@@ -17,6 +17,7 @@
 
 pub mod controller;
 pub mod guard;
+pub mod shared;
 pub mod state;
 pub mod status;
 
@@ -262,6 +263,9 @@ pub struct Rollouts {
     transitions: Mutex<Vec<(Arc<str>, &'static str, u64)>>,
     /// Where transitions are POSTed (set when the controller starts inside a runtime).
     pub(crate) webhooks: std::sync::OnceLock<controller::Webhooks>,
+    /// On a shared store, another replica holds the rollout lease: this one applies the
+    /// stored weights and refuses operators' actions.
+    pub(crate) following: std::sync::atomic::AtomicBool,
 }
 
 impl Rollouts {
