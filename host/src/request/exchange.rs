@@ -1,6 +1,10 @@
 //! Phase `exchange`: one try of one target at one URL: adapt the request for the target
 //! (`adapt` plugins), send it, and read the answer (complete) or its first chunk (stream).
 //!
+//! A Responses or Messages request to a target whose backend speaks that protocol
+//! (`backends[].api`) is sent as the client's own body instead, to that API's path, unless an
+//! `adapt` plugin rewrote it; its answer is read in that format (`base::protocols::native`).
+//!
 //! The attempt loop calls [`exchange`] once per attempt; everything the attempts of one
 //! request share is an [`Exchange`].
 
