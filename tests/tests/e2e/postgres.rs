@@ -705,3 +705,110 @@ async fn postgres_stopped_under_load_fails_no_request_and_writing_resumes() {
         .unwrap();
     assert!(after > 0, "nothing written after PostgreSQL came back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_migrate_copies_a_sqlite_store_into_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_text = config_with(
+        &mock.url(),
+        &format!(
+            r#"
+[state]
+path = "{}"
+
+[[prices]]
+backend = "mock"
+model = "*"
+input_per_1m = 1.0
+output_per_1m = 2.0
+
+[[routes]]
+model = "*"
+targets = [{{ backend = "mock" }}]
+"#,
+            dir.path().join("one.db").display()
+        ),
+    );
+    let sqlite_cfg = dir.path().join("sqlite.toml");
+    std::fs::write(&sqlite_cfg, &sqlite_text).unwrap();
+    let sq = sqlite_cfg.to_str().unwrap();
+    let (code, out, err) = run_switchyard(
+        &["keys", "create", "--team", "t", "--json", "--config", sq],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let key = serde_json::from_str::<Value>(&out).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gw = Gateway::start(&sqlite_text);
+    let c = Client::new();
+    for _ in 0..20 {
+        assert_eq!(chat_status(&c, &gw, &key).await, 200);
+    }
+    stop(gw);
+    let (code, before, err) = run_switchyard(&["spend", "--json", "--config", sq], dir.path(), &[]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = run_switchyard(
+        &[
+            "state",
+            "migrate",
+            "--config",
+            sq,
+            "--to",
+            &pg.url(),
+            "--password-env",
+            PW_ENV,
+        ],
+        dir.path(),
+        &env(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ledger: 20 rows") && out.contains("keys: 1 rows"),
+        "{out}"
+    );
+    // Twice would double the spend: refused.
+    let (code, _, err) = run_switchyard(
+        &[
+            "state",
+            "migrate",
+            "--config",
+            sq,
+            "--to",
+            &pg.url(),
+            "--password-env",
+            PW_ENV,
+        ],
+        dir.path(),
+        &env(),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already holds"), "{err}");
+
+    // A gateway on PostgreSQL knows the key and reports the same spend.
+    let gw = Gateway::start_with_env(&config(&mock, &pg, ""), &env());
+    assert_eq!(chat_status(&c, &gw, "sk-sy-not-a-key").await, 401);
+    let (pg_dir, pg_cfg) = (gw.dir.path().to_path_buf(), gw.config_path.clone());
+    let (code, after, err) = run_switchyard(
+        &["spend", "--json", "--config", pg_cfg.to_str().unwrap()],
+        &pg_dir,
+        &env(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (b, a): (Value, Value) = (
+        serde_json::from_str(&before).unwrap(),
+        serde_json::from_str(&after).unwrap(),
+    );
+    for k in ["requests", "tokens_in", "tokens_out"] {
+        assert_eq!(a["total"][k], b["total"][k], "{k}");
+    }
+    let cost = |v: &Value| v["total"]["cost_usd"].as_f64().unwrap();
+    assert!(cost(&a) > 0.0 && (cost(&a) - cost(&b)).abs() < 1e-12);
+    assert_eq!(chat_status(&c, &gw, &key).await, 200);
+    stop(gw);
+}

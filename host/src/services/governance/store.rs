@@ -487,7 +487,7 @@ fn pg_commit_batch(w: &mut PgWriter, batch: &mut Vec<Write>, stats: &StoreStats)
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Err(e) if client.is_closed() && !once => {
+                Err(e) if super::pg::connection_lost(client, &e) && !once => {
                     if stats.up.swap(0, Ordering::Relaxed) == 1 {
                         tracing::error!(error = %super::pg::describe(&e), "state store: lost PostgreSQL; holding writes");
                     }
@@ -496,7 +496,7 @@ fn pg_commit_batch(w: &mut PgWriter, batch: &mut Vec<Write>, stats: &StoreStats)
                 Err(e) => {
                     stats.failed.fetch_add(n, Ordering::Relaxed);
                     tracing::error!(error = %super::pg::describe(&e), items = n, "state store: a write batch failed and was rolled back");
-                    if client.is_closed() {
+                    if super::pg::connection_lost(client, &e) {
                         w.client = None;
                     }
                     break;
