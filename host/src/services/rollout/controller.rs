@@ -121,6 +121,9 @@ fn stats(window: &ArmSnapshot, carried: Counts) -> ArmStats {
     }
 }
 
+/// Reads a route's stored rollout and its history (from either backend).
+type StoredLoader<'a> = dyn FnMut(&str) -> Option<(Record, Vec<HistoryEntry>)> + 'a;
+
 /// Queue a rollout's row (and a transition) for the store, in its backend's dialect.
 fn save(store: &Store, rec: Record, entry: Option<HistoryEntry>) {
     if store.is_postgres() {
@@ -501,7 +504,7 @@ impl Rollouts {
         routes: &[Arc<Route>],
         store: Option<&Store>,
         conn: Option<&Connection>,
-        stored: &mut dyn FnMut(&str) -> Option<(Record, Vec<HistoryEntry>)>,
+        stored: &mut StoredLoader<'_>,
     ) {
         let env = Env {
             store,
