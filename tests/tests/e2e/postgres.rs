@@ -171,6 +171,38 @@ async fn a_key_made_or_revoked_on_one_replica_holds_on_the_other() {
     let took = wait_status(&c, &b, &key, 200).await;
     eprintln!("key created on A answered on B after {took:?}");
 
+    // Feedback given on B for a request A served: the ledger row is shared.
+    let r = c
+        .post_json(
+            &a.url("/v1/chat/completions"),
+            &json!({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"rate me"}]}),
+            &[("authorization", &bearer(&key))],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let request_id = r.header("x-switchyard-request-id").unwrap().to_string();
+    let start = Instant::now();
+    loop {
+        let r = c
+            .post_json(
+                &b.url("/v1/feedback"),
+                &json!({"request_id": request_id, "thumbs": "up"}),
+                &[("authorization", &bearer(&key))],
+            )
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        // A's writer may not have written the row yet.
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Revoked through B's admin API: A refuses it.
     let r = c
         .send(
@@ -187,6 +219,10 @@ async fn a_key_made_or_revoked_on_one_replica_holds_on_the_other() {
 
     // The CLI, from either replica's folder, sees the same keys.
     let listed: Value = serde_json::from_str(&cli(&b, &["keys", "list", "--json"])).unwrap();
+    assert_eq!(
+        pg.psql("SELECT COUNT(*) FROM feedback WHERE score = 1"),
+        "1"
+    );
     assert_eq!(listed.as_array().unwrap().len(), 2);
     assert!(listed[1]["revoked_ms"].is_i64(), "{listed}");
     assert!(listed[0]["revoked_ms"].is_null(), "{listed}");
