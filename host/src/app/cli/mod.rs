@@ -349,9 +349,12 @@ fn print_summary(rt: &Runtime) {
         }
     );
     if let Some(s) = &rt.state {
+        let store = match &s.postgres {
+            Some(pg) => pg.url.clone(),
+            None => s.path.display().to_string(),
+        };
         println!(
-            "state: {}{}",
-            s.path.display(),
+            "state: {store}{}",
             s.redis.as_ref().map(|_| " + redis").unwrap_or("")
         );
     }
