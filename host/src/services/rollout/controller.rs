@@ -447,6 +447,10 @@ impl Rollouts {
     /// Save every running rollout's window now (at shutdown: the store closes after this,
     /// writing what is queued), so a restart resumes the step with all of its counts.
     pub fn save_all(&self, store: &Store) {
+        // A follower's rows are the decider's: it writes nothing.
+        if self.following.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let Ok(mut runs) = self.runs.lock() else {
             return;
         };

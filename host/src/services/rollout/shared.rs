@@ -40,7 +40,8 @@ pub fn acquire(client: &mut Client, name: &str, holder: &str) -> Result<bool, po
         .is_some())
 }
 
-/// Give `name` up (at shutdown) so another replica takes it at once.
+/// Give `name` up so another replica takes it at once (when the controller thread ends
+/// before the process does).
 pub fn release(client: &mut Client, name: &str, holder: &str) -> Result<(), postgres::Error> {
     client.execute(
         "DELETE FROM leases WHERE name = $1 AND holder = $2",
