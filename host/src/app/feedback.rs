@@ -161,16 +161,16 @@ async fn accept(services: &Arc<Services>, req: Request<Incoming>) -> Result<Valu
     let caller = key.as_ref().map(|k| k.id.clone());
     let store = gov.store.clone();
     let id = p.request_id.clone();
-    // SQLite reads block: off the async workers.
+    // Store reads block: off the async workers.
     let rated: Option<Rated> = tokio::task::spawn_blocking(move || {
-        let conn = store.connect().ok()?;
-        let found = feedback::find(&conn, &id).ok().flatten();
+        let mut conn = store.conn().ok()?;
+        let found = feedback::find_in(&mut conn, &id).ok().flatten();
         if found.is_some() || feedback::request_time(&id).is_none() {
             return found;
         }
         // The row may still be queued for the writer.
         store.flush(ROW_WAIT);
-        feedback::find(&conn, &id).ok().flatten()
+        feedback::find_in(&mut conn, &id).ok().flatten()
     })
     .await
     .map_err(|e| GatewayError::Internal(format!("feedback lookup failed: {e}")))?;
@@ -192,10 +192,12 @@ async fn accept(services: &Arc<Services>, req: Request<Incoming>) -> Result<Valu
         score: p.score,
         comment: p.comment,
     };
-    if !gov
-        .store
-        .submit(Write::Other(Box::new(move |c| feedback::insert(c, &row))))
-    {
+    let write = if gov.store.is_postgres() {
+        Write::Pg(Box::new(move |tx| feedback::insert_pg(tx, &row)))
+    } else {
+        Write::Other(Box::new(move |c| feedback::insert(c, &row)))
+    };
+    if !gov.store.submit(write) {
         return Err(GatewayError::Internal(
             "the state store's queue is full: feedback not recorded, try again".into(),
         ));

@@ -90,6 +90,40 @@ async fn wait_status(c: &Client, gw: &Gateway, key: &str, want: u16) -> Duration
     }
 }
 
+/// Create a key with the CLI from a folder of its own (no replica's); its secret.
+fn create_key(text: &str, team: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = run_switchyard(
+        &[
+            "keys",
+            "create",
+            "--team",
+            team,
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        dir.path(),
+        &env(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["key"].as_str().unwrap().to_string()
+}
+
+/// SIGTERM and wait for a clean exit (everything queued written), keeping its folder.
+fn shut_down(gw: &mut Gateway) {
+    gw.terminate();
+    assert!(
+        gw.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success()),
+        "gateway did not exit cleanly: {}",
+        gw.log()
+    );
+}
+
 fn stop(mut gw: Gateway) {
     gw.terminate();
     assert!(
@@ -105,10 +139,17 @@ async fn a_key_made_or_revoked_on_one_replica_holds_on_the_other() {
     let Some(pg) = Postgres::start() else { return };
     let mock = MockUpstream::start().await;
     let text = config(&mock, &pg, "");
+    // Client auth on from the start (a key exists), so B refuses a key it does not know.
+    let first = create_key(&text, "first");
     let a = Gateway::start_with_env(&text, &env());
     let b = Gateway::start_with_env(&text, &env());
     assert_ne!(a.dir.path(), b.dir.path());
     let c = Client::new();
+    assert_eq!(chat_status(&c, &b, &first).await, 200);
+    assert_eq!(
+        chat_status(&c, &b, &format!("sk-sy-{}", "0".repeat(48))).await,
+        401
+    );
     let admin = bearer(ADMIN_TOKEN);
 
     // A key created through A's admin API.
@@ -129,8 +170,38 @@ async fn a_key_made_or_revoked_on_one_replica_holds_on_the_other() {
     assert_eq!(chat_status(&c, &a, &key).await, 200);
     let took = wait_status(&c, &b, &key, 200).await;
     eprintln!("key created on A answered on B after {took:?}");
-    // Auth is on everywhere now: a caller without a key is refused on B too.
-    assert_eq!(chat_status(&c, &b, "sk-sy-none").await, 401);
+
+    // Feedback given on B for a request A served: the ledger row is shared.
+    let r = c
+        .post_json(
+            &a.url("/v1/chat/completions"),
+            &json!({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"rate me"}]}),
+            &[("authorization", &bearer(&key))],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let request_id = r.header("x-switchyard-request-id").unwrap().to_string();
+    let start = Instant::now();
+    loop {
+        let r = c
+            .post_json(
+                &b.url("/v1/feedback"),
+                &json!({"request_id": request_id, "thumbs": "up"}),
+                &[("authorization", &bearer(&key))],
+            )
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        // A's writer may not have written the row yet.
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Revoked through B's admin API: A refuses it.
     let r = c
@@ -148,8 +219,13 @@ async fn a_key_made_or_revoked_on_one_replica_holds_on_the_other() {
 
     // The CLI, from either replica's folder, sees the same keys.
     let listed: Value = serde_json::from_str(&cli(&b, &["keys", "list", "--json"])).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 1);
-    assert!(listed[0]["revoked_ms"].is_i64(), "{listed}");
+    assert_eq!(
+        pg.psql("SELECT COUNT(*) FROM feedback WHERE score = 1"),
+        "1"
+    );
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(listed[1]["revoked_ms"].is_i64(), "{listed}");
+    assert!(listed[0]["revoked_ms"].is_null(), "{listed}");
     stop(a);
     stop(b);
 }
@@ -240,11 +316,12 @@ async fn spend_on_either_replica_sums_the_upstream_usage_of_both() {
         tin += i;
         tout += o;
     }
+    let (mut a, mut b) = (a, b);
     let (a_dir, a_cfg) = (a.dir.path().to_path_buf(), a.config_path.clone());
     let (b_dir, b_cfg) = (b.dir.path().to_path_buf(), b.config_path.clone());
     // A clean shutdown writes everything still queued.
-    stop(a);
-    stop(b);
+    shut_down(&mut a);
+    shut_down(&mut b);
     let expect_cost = (tin as f64 * 1.0 + tout as f64 * 2.0) / 1e6;
     for (dir, cfg) in [(a_dir, a_cfg), (b_dir, b_cfg)] {
         let (code, out, err) = run_switchyard(
@@ -704,4 +781,111 @@ async fn postgres_stopped_under_load_fails_no_request_and_writing_resumes() {
         .parse()
         .unwrap();
     assert!(after > 0, "nothing written after PostgreSQL came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_migrate_copies_a_sqlite_store_into_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_text = config_with(
+        &mock.url(),
+        &format!(
+            r#"
+[state]
+path = "{}"
+
+[[prices]]
+backend = "mock"
+model = "*"
+input_per_1m = 1.0
+output_per_1m = 2.0
+
+[[routes]]
+model = "*"
+targets = [{{ backend = "mock" }}]
+"#,
+            dir.path().join("one.db").display()
+        ),
+    );
+    let sqlite_cfg = dir.path().join("sqlite.toml");
+    std::fs::write(&sqlite_cfg, &sqlite_text).unwrap();
+    let sq = sqlite_cfg.to_str().unwrap();
+    let (code, out, err) = run_switchyard(
+        &["keys", "create", "--team", "t", "--json", "--config", sq],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let key = serde_json::from_str::<Value>(&out).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gw = Gateway::start(&sqlite_text);
+    let c = Client::new();
+    for _ in 0..20 {
+        assert_eq!(chat_status(&c, &gw, &key).await, 200);
+    }
+    stop(gw);
+    let (code, before, err) = run_switchyard(&["spend", "--json", "--config", sq], dir.path(), &[]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = run_switchyard(
+        &[
+            "state",
+            "migrate",
+            "--config",
+            sq,
+            "--to",
+            &pg.url(),
+            "--password-env",
+            PW_ENV,
+        ],
+        dir.path(),
+        &env(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ledger: 20 rows") && out.contains("keys: 1 rows"),
+        "{out}"
+    );
+    // Twice would double the spend: refused.
+    let (code, _, err) = run_switchyard(
+        &[
+            "state",
+            "migrate",
+            "--config",
+            sq,
+            "--to",
+            &pg.url(),
+            "--password-env",
+            PW_ENV,
+        ],
+        dir.path(),
+        &env(),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already holds"), "{err}");
+
+    // A gateway on PostgreSQL knows the key and reports the same spend.
+    let gw = Gateway::start_with_env(&config(&mock, &pg, ""), &env());
+    assert_eq!(chat_status(&c, &gw, "sk-sy-not-a-key").await, 401);
+    let (pg_dir, pg_cfg) = (gw.dir.path().to_path_buf(), gw.config_path.clone());
+    let (code, after, err) = run_switchyard(
+        &["spend", "--json", "--config", pg_cfg.to_str().unwrap()],
+        &pg_dir,
+        &env(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (b, a): (Value, Value) = (
+        serde_json::from_str(&before).unwrap(),
+        serde_json::from_str(&after).unwrap(),
+    );
+    for k in ["requests", "tokens_in", "tokens_out"] {
+        assert_eq!(a["total"][k], b["total"][k], "{k}");
+    }
+    let cost = |v: &Value| v["total"]["cost_usd"].as_f64().unwrap();
+    assert!(cost(&a) > 0.0 && (cost(&a) - cost(&b)).abs() < 1e-12);
+    assert_eq!(chat_status(&c, &gw, &key).await, 200);
+    stop(gw);
 }

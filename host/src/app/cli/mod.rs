@@ -15,6 +15,7 @@ pub mod keys;
 pub mod rollout;
 pub mod router;
 pub mod shadow;
+pub mod state;
 
 use crate::config::{self, ConfigSource, LogFormat, Runtime};
 
@@ -58,6 +59,9 @@ enum Command {
     /// The learned router: `router train`.
     #[command(subcommand)]
     Router(router::RouterCmd),
+    /// The store: `state migrate --to postgres://...` copies a SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    State(state::StateCmd),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +146,7 @@ pub fn main() -> ExitCode {
         }) => capture::export(config.config, route, since, limit),
         Command::Rollout(r) => rollout::rollout(r),
         Command::Router(r) => router::router(r),
+        Command::State(s) => state::state(s),
     }
 }
 
@@ -344,9 +349,12 @@ fn print_summary(rt: &Runtime) {
         }
     );
     if let Some(s) = &rt.state {
+        let store = match &s.postgres {
+            Some(pg) => pg.url.clone(),
+            None => s.path.display().to_string(),
+        };
         println!(
-            "state: {}{}",
-            s.path.display(),
+            "state: {store}{}",
             s.redis.as_ref().map(|_| " + redis").unwrap_or("")
         );
     }

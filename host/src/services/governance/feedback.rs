@@ -88,6 +88,52 @@ pub fn find(conn: &Connection, id: &str) -> rusqlite::Result<Option<Rated>> {
     .optional()
 }
 
+/// [`find`] on whichever store `conn` is.
+pub fn find_in(conn: &mut super::store::Conn, id: &str) -> Result<Option<Rated>, String> {
+    let c = match conn {
+        super::store::Conn::Sqlite(c) => return find(c, id).map_err(|e| e.to_string()),
+        super::store::Conn::Postgres(c) => c,
+    };
+    let Some(ts) = request_time(id) else {
+        return Ok(None);
+    };
+    let row = c
+        .query_opt(
+            "SELECT ts_ms, key_id, route, backend, model FROM ledger
+             WHERE ts_ms BETWEEN $1 AND $2 AND request_id = $3 AND kind != 'shadow'
+             ORDER BY id DESC LIMIT 1",
+            &[&(ts - SLACK_MS), &(ts + SLACK_MS), &id],
+        )
+        .map_err(|e| super::pg::describe(&e))?;
+    Ok(row.map(|r| Rated {
+        ts_ms: r.get(0),
+        key_id: r.get(1),
+        route: r.get(2),
+        backend: r.get(3),
+        model: r.get(4),
+    }))
+}
+
+/// [`insert`] on PostgreSQL, inside the writer's transaction.
+pub fn insert_pg(tx: &mut postgres::Transaction<'_>, f: &Feedback) -> Result<(), postgres::Error> {
+    tx.execute(
+        "INSERT INTO feedback (ts_ms, request_id, request_ts_ms, key_id, route, backend, model,
+            score, comment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &crate::base::clock::now_ms(),
+            &f.request_id,
+            &f.rated.ts_ms,
+            &f.rated.key_id,
+            &f.rated.route,
+            &f.rated.backend,
+            &f.rated.model,
+            &f.score,
+            &f.comment,
+        ],
+    )?;
+    Ok(())
+}
+
 /// One feedback row.
 #[derive(Debug, Clone)]
 pub struct Feedback {

@@ -411,7 +411,7 @@ enum Source {
     Sqlite(std::sync::Mutex<Connection>),
     /// The connection is dropped on an error and made again at the next refresh.
     Postgres {
-        settings: PostgresSettings,
+        settings: Box<PostgresSettings>,
         client: std::sync::Mutex<Option<postgres::Client>>,
     },
 }
@@ -448,7 +448,7 @@ impl KeyCache {
                     detail: format!("cannot read keys: {}", super::pg::describe(&e)),
                 })?;
                 let source = Source::Postgres {
-                    settings: pg.clone(),
+                    settings: Box::new(pg.clone()),
                     client: std::sync::Mutex::new(Some(client)),
                 };
                 (KeySnapshot::from_parts(parts), source, REFRESH_SHARED)

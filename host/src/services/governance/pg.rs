@@ -165,7 +165,7 @@ pub const MIGRATIONS: &[PgMigration] = &[
             started_ms BIGINT NOT NULL,
             step_started_ms BIGINT NOT NULL,
             updated_ms BIGINT NOT NULL,
-            window TEXT NOT NULL DEFAULT '{}',
+            \"window\" TEXT NOT NULL DEFAULT '{}',
             guards TEXT NOT NULL DEFAULT '[]',
             reason TEXT
           );
@@ -204,6 +204,24 @@ pub fn describe(e: &postgres::Error) -> String {
     match e.source() {
         Some(src) => format!("{e}: {src}"),
         None => e.to_string(),
+    }
+}
+
+/// Whether `e` means the connection is gone (the server went away, shut down or cannot be
+/// reached) rather than a statement the server refused: the writer then reconnects and
+/// tries its batch again.
+pub fn connection_lost(client: &Client, e: &postgres::Error) -> bool {
+    if client.is_closed() || e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        // No server error: I/O, a dropped connection, a timeout.
+        None => true,
+        // Class 08 (connection exception), 57 (operator intervention: shutdown, restart).
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57")
+        }
     }
 }
 

@@ -452,7 +452,13 @@ fn pg_commit_batch(w: &mut PgWriter, batch: &mut Vec<Write>, stats: &StoreStats)
     let n = (ledger.len() + others.len()) as u64;
     let mut backoff = Duration::from_millis(100);
     let mut closing_since: Option<std::time::Instant> = None;
-    while n > 0 {
+    if n == 0 {
+        for a in acks {
+            let _ = a.send(());
+        }
+        return;
+    }
+    loop {
         if w.client.as_ref().is_none_or(|c| c.is_closed()) {
             match super::pg::connect(&w.pg) {
                 Ok(c) => {
@@ -487,7 +493,7 @@ fn pg_commit_batch(w: &mut PgWriter, batch: &mut Vec<Write>, stats: &StoreStats)
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Err(e) if client.is_closed() && !once => {
+                Err(e) if super::pg::connection_lost(client, &e) && !once => {
                     if stats.up.swap(0, Ordering::Relaxed) == 1 {
                         tracing::error!(error = %super::pg::describe(&e), "state store: lost PostgreSQL; holding writes");
                     }
@@ -496,7 +502,7 @@ fn pg_commit_batch(w: &mut PgWriter, batch: &mut Vec<Write>, stats: &StoreStats)
                 Err(e) => {
                     stats.failed.fetch_add(n, Ordering::Relaxed);
                     tracing::error!(error = %super::pg::describe(&e), items = n, "state store: a write batch failed and was rolled back");
-                    if client.is_closed() {
+                    if super::pg::connection_lost(client, &e) {
                         w.client = None;
                     }
                     break;

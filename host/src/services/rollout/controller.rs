@@ -121,6 +121,9 @@ fn stats(window: &ArmSnapshot, carried: Counts) -> ArmStats {
     }
 }
 
+/// Reads a route's stored rollout and its history (from either backend).
+type StoredLoader<'a> = dyn FnMut(&str) -> Option<(Record, Vec<HistoryEntry>)> + 'a;
+
 /// Queue a rollout's row (and a transition) for the store, in its backend's dialect.
 fn save(store: &Store, rec: Record, entry: Option<HistoryEntry>) {
     if store.is_postgres() {
@@ -444,6 +447,10 @@ impl Rollouts {
     /// Save every running rollout's window now (at shutdown: the store closes after this,
     /// writing what is queued), so a restart resumes the step with all of its counts.
     pub fn save_all(&self, store: &Store) {
+        // A follower's rows are the decider's: it writes nothing.
+        if self.following.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let Ok(mut runs) = self.runs.lock() else {
             return;
         };
@@ -501,7 +508,7 @@ impl Rollouts {
         routes: &[Arc<Route>],
         store: Option<&Store>,
         conn: Option<&Connection>,
-        stored: &mut dyn FnMut(&str) -> Option<(Record, Vec<HistoryEntry>)>,
+        stored: &mut StoredLoader<'_>,
     ) {
         let env = Env {
             store,

@@ -40,7 +40,8 @@ pub fn acquire(client: &mut Client, name: &str, holder: &str) -> Result<bool, po
         .is_some())
 }
 
-/// Give `name` up (at shutdown) so another replica takes it at once.
+/// Give `name` up so another replica takes it at once (when the controller thread ends
+/// before the process does).
 pub fn release(client: &mut Client, name: &str, holder: &str) -> Result<(), postgres::Error> {
     client.execute(
         "DELETE FROM leases WHERE name = $1 AND holder = $2",
@@ -53,11 +54,11 @@ pub fn release(client: &mut Client, name: &str, holder: &str) -> Result<(), post
 pub fn save(c: &mut impl GenericClient, r: &Record) -> Result<(), postgres::Error> {
     c.execute(
         "INSERT INTO rollouts (route, fingerprint, candidate, steps, state, step, weight,
-            started_ms, step_started_ms, updated_ms, window, guards, reason)
+            started_ms, step_started_ms, updated_ms, \"window\", guards, reason)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (route) DO UPDATE SET fingerprint = $2, candidate = $3, steps = $4,
             state = $5, step = $6, weight = $7, started_ms = $8, step_started_ms = $9,
-            updated_ms = $10, window = $11, guards = $12, reason = $13",
+            updated_ms = $10, \"window\" = $11, guards = $12, reason = $13",
         &[
             &r.route,
             &r.fingerprint,
@@ -104,7 +105,7 @@ pub fn append(
 }
 
 const SELECT: &str = "SELECT route, fingerprint, candidate, steps, state, step, weight, started_ms,
-    step_started_ms, updated_ms, window, guards, reason FROM rollouts";
+    step_started_ms, updated_ms, \"window\", guards, reason FROM rollouts";
 
 fn row(r: &postgres::Row) -> Record {
     let steps: String = r.get(3);
