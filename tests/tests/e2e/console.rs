@@ -553,7 +553,7 @@ async fn console_in_headless_chromium() {
         .await;
     let bytes = bytes.as_u64().unwrap();
     eprintln!("console page weight over the wire: {bytes} bytes");
-    assert!(bytes > 10_000, "implausible page weight {bytes}");
+    assert!(bytes > 5_000, "implausible page weight {bytes}");
     assert!(
         bytes <= 200 * 1024,
         "the console weighs {bytes} bytes (200 KB at most)"
@@ -583,6 +583,18 @@ async fn console_login_cookie_and_bearer_rules() {
     );
     let r = c.get(&gw.url("/ui/session")).await;
     assert_eq!(r.json()["signed_in"], false);
+    let plain = c.get(&gw.url("/ui/app.js")).await;
+    assert_eq!(plain.header("content-encoding"), None);
+    let gz = c
+        .get_with(&gw.url("/ui/app.js"), &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert!(
+        gz.body.len() * 2 < plain.body.len(),
+        "{} vs {}",
+        gz.body.len(),
+        plain.body.len()
+    );
 
     let r = c
         .post_json(
