@@ -1,5 +1,6 @@
 //! The console: a page at `/ui` for the people running a migration, served from the
-//! binary (three files, no build step, no request leaving the gateway's origin).
+//! binary (three files, gzipped for clients that take it; no build step, no request
+//! leaving the gateway's origin).
 //!
 //! ```text
 //! GET  /ui, /ui/app.js, /ui/app.css   the page (no token needed: it holds no data)
@@ -19,10 +20,12 @@
 pub mod api;
 pub mod history;
 
+use std::io::Write;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -104,10 +107,71 @@ pub fn authenticate(
     }
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response<GatewayBody> {
-    let mut r = Response::new(GatewayBody::from(body));
+/// One of the page's files, and its gzip form, made at first request and kept.
+struct Asset {
+    content_type: &'static str,
+    text: &'static str,
+    gzip: OnceLock<Bytes>,
+}
+
+static INDEX: Asset = Asset::new("text/html; charset=utf-8", INDEX_HTML);
+static JS: Asset = Asset::new("text/javascript; charset=utf-8", APP_JS);
+static CSS: Asset = Asset::new("text/css; charset=utf-8", APP_CSS);
+
+impl Asset {
+    const fn new(content_type: &'static str, text: &'static str) -> Asset {
+        Asset {
+            content_type,
+            text,
+            gzip: OnceLock::new(),
+        }
+    }
+
+    fn gzipped(&self) -> Option<Bytes> {
+        let z = self.gzip.get_or_init(|| {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            // Writing to a Vec cannot fail; an empty result means "serve it plain".
+            match enc
+                .write_all(self.text.as_bytes())
+                .and_then(|()| enc.finish())
+            {
+                Ok(v) => Bytes::from(v),
+                Err(_) => Bytes::new(),
+            }
+        });
+        (!z.is_empty()).then(|| z.clone())
+    }
+}
+
+/// Whether the client takes gzip (`Accept-Encoding`, without `gzip;q=0`).
+fn takes_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            let mut parts = e.split(';').map(str::trim);
+            parts.next().is_some_and(|n| n.eq_ignore_ascii_case("gzip"))
+                && !parts.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains('.'))
+        })
+}
+
+fn asset(a: &Asset, headers: &HeaderMap) -> Response<GatewayBody> {
+    let gz = takes_gzip(headers).then(|| a.gzipped()).flatten();
+    let mut r = match &gz {
+        Some(z) => Response::new(GatewayBody::from(z.clone())),
+        None => Response::new(GatewayBody::from(a.text)),
+    };
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(a.content_type),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gz.is_some() {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -151,11 +215,9 @@ pub async fn serve(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     match (&method, path.as_str()) {
-        (&Method::GET, "/ui" | "/ui/" | "/ui/index.html") => {
-            asset("text/html; charset=utf-8", INDEX_HTML)
-        }
-        (&Method::GET, "/ui/app.js") => asset("text/javascript; charset=utf-8", APP_JS),
-        (&Method::GET, "/ui/app.css") => asset("text/css; charset=utf-8", APP_CSS),
+        (&Method::GET, "/ui" | "/ui/" | "/ui/index.html") => asset(&INDEX, req.headers()),
+        (&Method::GET, "/ui/app.js") => asset(&JS, req.headers()),
+        (&Method::GET, "/ui/app.css") => asset(&CSS, req.headers()),
         (&Method::GET, "/ui/session") => session(&gw, &req, peer, &expected),
         (&Method::POST, "/ui/login") => login(&gw, req, peer, secure, &expected).await,
         (&Method::POST, "/ui/logout") => no_content(format!(
@@ -246,6 +308,28 @@ mod tests {
             h.append(*k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn gzip_only_for_clients_that_take_it_and_it_round_trips() {
+        for (accept, gz) in [
+            ("gzip, deflate, br", true),
+            ("br;q=1.0, GZIP;q=0.5", true),
+            ("gzip;q=0", false),
+            ("deflate", false),
+            ("", false),
+        ] {
+            assert_eq!(
+                takes_gzip(&headers(&[("accept-encoding", accept)])),
+                gz,
+                "{accept}"
+            );
+        }
+        let z = JS.gzipped().unwrap();
+        assert!(z.len() < APP_JS.len() / 2);
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&z[..]), &mut out).unwrap();
+        assert_eq!(out, APP_JS);
     }
 
     #[test]

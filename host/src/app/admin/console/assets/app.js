@@ -8,7 +8,7 @@ const esc = (s) => String(s == null ? '' : s).replace(/[&<>"']/g, (c) => ({ '&':
 const fmtNum = (v, d) => (v == null || !isFinite(v) ? '–' : Number(v).toLocaleString('en-US', { maximumFractionDigits: d == null ? 2 : d }));
 const fmtPct = (v) => (v == null || !isFinite(v) ? '–' : (v * 100).toFixed(v > 0 && v < 0.1 ? 1 : 0) + '%');
 const fmtUsd = (v) => (v == null || !isFinite(v) ? '–' : (v < 0 ? '−$' : '$') + (Math.abs(v) >= 100 ? Math.abs(v).toFixed(0) : Math.abs(v) >= 1 ? Math.abs(v).toFixed(2) : String(+Math.abs(v).toFixed(4))));
-const fmtMs = (v) => (v == null || !isFinite(v) ? '–' : v >= 1000 ? (v / 1000).toFixed(1) + ' s' : v >= 10 || v === 0 ? v.toFixed(0) + ' ms' : v.toFixed(1) + ' ms');
+const fmtMs = (v) => (v == null || !isFinite(v) ? '–' : v >= 1000 ? (v / 1000).toFixed(1) + ' s' : v >= 10 || v === 0 ? v.toFixed(0) + ' ms' : String(+v.toFixed(2)) + ' ms');
 const fmtTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
 const fmtClock = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
 const fmtDay = (ms) => new Date(ms).toLocaleDateString([], { month: 'short', day: 'numeric' });
