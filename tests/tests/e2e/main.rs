@@ -12,6 +12,7 @@ mod capture;
 mod cli;
 mod concurrency;
 mod context_window;
+mod deploy;
 mod errors;
 mod eval;
 mod first_party;
