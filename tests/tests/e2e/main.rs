@@ -13,6 +13,7 @@ mod cli;
 mod concurrency;
 mod console;
 mod context_window;
+mod deploy;
 mod errors;
 mod eval;
 mod first_party;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod admin;
 pub mod capture;
+pub mod health;
 pub mod keys;
 pub mod rollout;
 pub mod router;
@@ -36,6 +37,8 @@ enum Command {
     Serve(ConfigArg),
     /// Validate the config (and everything it would load), print what was found.
     Check(ConfigArg),
+    /// Ask a running gateway for /healthz (or /readyz): exit 0 when it answers 200.
+    Health(health::HealthArgs),
     /// Restore the previous config version on the running gateway (admin API).
     Rollback(AdminArgs),
     /// Make the running gateway reload its config file now (admin API).
@@ -126,6 +129,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(a) => serve(a.config),
         Command::Check(a) => check(a.config),
+        Command::Health(a) => health::health(a),
         Command::Rollback(a) => admin::call("rollback", a.config.config, a.url),
         Command::Reload(a) => admin::call("reload", a.config.config, a.url),
         Command::Shadow(ShadowCommand::Report {
