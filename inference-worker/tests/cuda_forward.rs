@@ -2,7 +2,8 @@
 //! the kernels, against the CPU backend on tiny random-weight models in every weight format
 //! and both KV cache types: the same greedy tokens, and close logits, through prefill (the
 //! int8 GEMM path, > 8 tokens), short prompts (the fused GEMV path), batched decode padded
-//! to a bucket, and steps larger than the launch capacity (run in pieces).
+//! to a bucket, and steps larger than the launch capacity (run in pieces); and seeded sampling
+//! on the device, which returns only token ids and picks the host sampler's tokens.
 //!
 //! Run with `cargo test -p switchyard-worker --features cuda-twin --test cuda_forward`
 //! (`cargo xtask cuda-test` runs it too).

@@ -6,8 +6,12 @@
 //! ```text
 //!   embed ─► per layer: rmsnorm_quant ─► QKV+RoPE+KV write ─► attn ─► combine ─► Wo (+x)
 //!                       rmsnorm_quant ─► gate‖up+SwiGLU ─► down (+x)
-//!         ─► rmsnorm_quant (wanted rows) ─► output ─► argmax
+//!         ─► rmsnorm_quant (wanted rows) ─► output ─► sample
 //! ```
+//!
+//! `sample` picks each wanted row's token on the device (the argmax, or `sampling::sample`'s
+//! draw with the sequence's uniform), so a decode step returns token ids only; penalties need
+//! the history and go to the host with the logits.
 //!
 //! Up to 8 tokens run the fused GEMV kernels; more run the int8 GEMM (`mmq`) with the
 //! epilogues as kernels of their own (`rope_kv`, `swiglu_quant`); formats without a GEMM
