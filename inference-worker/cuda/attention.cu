@@ -15,11 +15,48 @@
 //
 // Scores are scaled by `scale` after the dot product; exp is `sy_expf` (common.cuh). A token at
 // position p attends to positions 0..=p of its sequence (causal), read through its block table.
+//
+// With the q8_0 pool, q is quantized per 32 dims as `Q8Act::quantize` does and q·k is an
+// integer dot product per 4 dims (dp4a) scaled and summed in the CPU's order (`q8_score`), as
+// the CPU backend's q8_0 attention computes it (llama.cpp's CPU and CUDA paths also quantize q
+// for a q8_0 K). An f32 q against dequantized K differs from those by q's rounding, enough to
+// flip near-tied greedy tokens.
 #include "common.cuh"
 
 #define ATTN_WARPS 4
 #define ATTN_THREADS (ATTN_WARPS * 32)
 #define NEG_INF (-bits_f(0x7f800000u))
+
+// q·k over a q8_0 K row in the CPU's order (`quant::vec_dot` for Q8_0, AVX2 and scalar alike):
+// eight accumulators, one per group of 4 dims of a block, each `fmaf(d_b, sum_b, acc)` over
+// the blocks b in order, then the 8 summed as (v0+v4 + v2+v6) + (v1+v5 + v3+v7). Lane `li`
+// of a position holds groups 2(li%4), 2(li%4)+1 of block li/4 (`kw`, `qw`: 8 bytes each, `d`:
+// the block's d_k·d_q); the running sums pass from block to block 4 lanes up. Every lane of
+// the position gets the score.
+template <u32 LPP>
+__device__ __forceinline__ float q8_score(const uint4& kw, const u32 (&qw)[2], float d, u32 li) {
+  constexpr u32 NB = LPP / 4;  // blocks of 32 per head
+  const float s0 = float(dp4a(i32(kw.x), i32(qw[0]), 0));
+  const float s1 = float(dp4a(i32(kw.y), i32(qw[1]), 0));
+  float c0 = fmaf(d, s0, 0.0f), c1 = fmaf(d, s1, 0.0f);
+  const u32 lane = lane_id();
+#pragma unroll
+  for (u32 b = 1; b < NB; b++) {
+    const u32 from = li >= 4 ? lane - 4 : lane;
+    const float p0 = __shfl_sync(FULL_MASK, c0, int(from));
+    const float p1 = __shfl_sync(FULL_MASK, c1, int(from));
+    if (li / 4 == b) {
+      c0 = fmaf(d, s0, p0);
+      c1 = fmaf(d, s1, p1);
+    }
+  }
+  // In the last block's lanes j = li % 4: c0 = v[2j], c1 = v[2j+1].
+  c0 += __shfl_xor_sync(FULL_MASK, c0, 2);  // j = 0: v0+v4, j = 1: v2+v6
+  c1 += __shfl_xor_sync(FULL_MASK, c1, 2);  // j = 0: v1+v5, j = 1: v3+v7
+  c0 += __shfl_xor_sync(FULL_MASK, c0, 1);
+  c1 += __shfl_xor_sync(FULL_MASK, c1, 1);
+  return __shfl_sync(FULL_MASK, c0 + c1, int(lane - li + 4 * (NB - 1)));
+}
 
 template <int HD, int G, bool KV8>
 __device__ __forceinline__ void attn(const AttnParams& p) {
@@ -54,6 +91,29 @@ __device__ __forceinline__ void attn(const AttnParams& p) {
     }
     m[g] = NEG_INF;
     l[g] = 0.0f;
+  }
+  // q8_0 pool: each lane's 8 dims of q as 8 signed bytes and the scale of their block of 32
+  // (lanes 4k..4k+3 of a position hold one block: the max is shared over lane ^ 1, ^ 2).
+  u32 qq[G][2];
+  float qd[G];
+#pragma unroll
+  for (int g = 0; g < G; g++) {
+    qq[g][0] = qq[g][1] = 0;
+    qd[g] = 0.0f;
+    if (KV8) {
+      float amax = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 8; e++) amax = fmaxf(amax, fabsf(q[g][e]));
+      amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, 1));
+      amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, 2));
+      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      qd[g] = h2f(f2h(amax / 127.0f));
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        const i32 v = i32((q[g][e] * id + 12582912.0f) - 12582912.0f);
+        qq[g][e / 4] |= (u32(v) & 0xFFu) << (8 * (e % 4));
+      }
+    }
   }
 
   // Per KV block a thread handles SLOTS positions; it issues all their K and V loads (2·SLOTS
@@ -90,10 +150,10 @@ __device__ __forceinline__ void attn(const AttnParams& p) {
       const bool valid = b * SY_KV_BLOCK + grp + j * GROUPS < len;
       float kf[8], vf[8];
       if (KV8) {
-        const float dk = h2f(u16(ks[j])), dv = h2f(u16(vs[j]));
+        const float dv = h2f(u16(vs[j]));
 #pragma unroll
         for (u32 e = 0; e < 8; e++) {
-          kf[e] = float(i8(byte_of(kw[j], e))) * dk;
+          kf[e] = 0.0f;
           vf[e] = float(i8(byte_of(vw[j], e))) * dv;
         }
       } else {
@@ -110,10 +170,14 @@ __device__ __forceinline__ void attn(const AttnParams& p) {
 #pragma unroll
       for (int g = 0; g < G; g++) {
         float s = 0.0f;
+        if (KV8) {
+          s = q8_score<LPP>(kw[j], qq[g], h2f(u16(ks[j])) * qd[g], li);
+        } else {
 #pragma unroll
-        for (int e = 0; e < 8; e++) s = fmaf(q[g][e], kf[e], s);
+          for (int e = 0; e < 8; e++) s = fmaf(q[g][e], kf[e], s);
 #pragma unroll
-        for (u32 o = LPP / 2; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+          for (u32 o = LPP / 2; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+        }
         s = valid ? s * p.scale : NEG_INF;
         const float mn = fmaxf(m[g], s);
         const float corr = mn == NEG_INF ? 1.0f : sy_expf(m[g] - mn);

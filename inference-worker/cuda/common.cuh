@@ -244,6 +244,27 @@ struct TopKParams {
 };
 #define SY_TOPK_MAX 256
 
+// One row's sampling parameters for `sample` (mirrors `sampling::sample`; penalties stay on
+// the host). `inv_t` is the host's `1.0 / temperature` (f32).
+struct SampleRow {
+  u32 greedy;         // 1: argmax
+  float inv_t;
+  float top_p;        // >= 1: off
+  float min_p;        // <= 0: off
+  u32 top_k;          // 0 or >= n: off
+  float uniform;      // the sequence's draw in [0, 1)
+  u32 pad[2];
+};
+
+// Per row of `x` ([rows][stride], n valid): the token `sampling::sample` picks with `rows[r]`.
+struct SampleParams {
+  const float* x;
+  const SampleRow* rows;
+  u32* out_idx;       // [rows]
+  u32 n;
+  u32 stride;
+};
+
 // The sizes `src/cuda/abi.rs` asserts too.
 static_assert(sizeof(Mat) == 64, "Mat");
 static_assert(sizeof(Act) == 48 && sizeof(ActOut) == 48, "Act");
@@ -259,6 +280,7 @@ static_assert(sizeof(AttnParams) == 80, "AttnParams");
 static_assert(sizeof(CombineParams) == 64, "CombineParams");
 static_assert(sizeof(EmbedParams) == 88, "EmbedParams");
 static_assert(sizeof(TopKParams) == 40, "TopKParams");
+static_assert(sizeof(SampleRow) == 32 && sizeof(SampleParams) == 32, "SampleParams");
 
 // ---------------------------------------------------------------------------------------------
 // Device primitives.

@@ -99,7 +99,7 @@ for t in $FORMATS; do
   done
 done
 
-say "GPU tests: kernels vs the CPU twin, model parity (SWITCHYARD_GPU=1 cuda_gpu)"
+say "GPU tests: kernels vs the CPU twin, model parity, device sampling vs the CPU sampler (SWITCHYARD_GPU=1 cuda_gpu)"
 if SWITCHYARD_GPU=1 "$BIN/cuda_gpu" --nocapture --test-threads 1 >"$WORK/cuda_gpu.log" 2>&1; then
   grep -E "bit-equal|test result" "$WORK/cuda_gpu.log"
   record "gpu tests" ok

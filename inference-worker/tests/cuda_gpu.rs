@@ -7,6 +7,8 @@
 //! - kernel parity (with `cuda-twin` too): the GPU and the CPU twin run the same kernels with
 //!   the same roundings (`cuda/README.md`), so their logits must agree to float noise; this is
 //!   what checks the tensor-core GEMM's fragment layout and the inline PTX;
+//! - sampling: the `sample` kernel on the GPU picks `sampling::sample`'s token for seeded draws
+//!   of every cut over a 32000-token vocabulary (bit-exact: fixed-point weights);
 //! - without a driver: `--device cuda:0` exits non-zero with a message naming the device and
 //!   the missing driver, and no panic (runs wherever libcuda is absent, e.g. CI).
 #![cfg(feature = "cuda")]
@@ -120,4 +122,27 @@ fn cuda_device_without_a_driver_is_a_clear_error() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn gpu_sampling_picks_what_the_cpu_sampler_picks() {
+    let Some(mut dev) = gpu_or_skip("gpu_sampling_picks_what_the_cpu_sampler_picks") else {
+        return;
+    };
+    // Logits of a 32000-token vocabulary (Llama's), a different spread per row.
+    let draws = support::seeded_draws(48, 11);
+    let rows: Vec<Vec<f32>> = (0..draws.len())
+        .map(|r| {
+            (0..32000u32)
+                .map(|i| {
+                    ((i.wrapping_mul(2654435761) >> 7) % 1000) as f32 * 0.01 * (1 + r % 4) as f32
+                })
+                .collect()
+        })
+        .collect();
+    let got = support::device_sample(&mut dev, &rows, &draws);
+    for (r, (p, u)) in draws.iter().enumerate() {
+        let want = switchyard_worker::sampling::sample(&rows[r], p, &[], *u);
+        assert_eq!(got[r], want, "row {r}: {p:?} uniform {u}");
+    }
 }

@@ -871,7 +871,16 @@ fn paged_flash_decode_equals_softmax_attention() {
                                 .collect()
                         };
                         let qh = &q[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
-                        want.extend(attention_reference(qh, &read(0), &read(1), scale));
+                        // A q8_0 K is read with q quantized as the CPU backend (and
+                        // llama.cpp) quantize it: the reference takes q's 8-bit values.
+                        let qh: Vec<f32> = match kvt {
+                            KvType::F16 => qh.to_vec(),
+                            KvType::Q8_0 => {
+                                let a = quantized(qh);
+                                (0..hd).map(|i| a.qs[i] as f32 * a.d[i / 32]).collect()
+                            }
+                        };
+                        want.extend(attention_reference(&qh, &read(0), &read(1), scale));
                     }
                     let what = format!(
                         "hd {hd} heads {n_head}/{n_head_kv} {kvt:?} splits {n_split} token {t}"
@@ -940,4 +949,117 @@ fn argmax_and_topk_equal_a_sort() {
             }
         }
     }
+}
+
+#[test]
+fn sample_picks_what_the_cpu_sampler_picks() {
+    use sampling::SamplingParams;
+    use switchyard_worker::cuda::forward::sample_row;
+    let mut rng = Rng(19);
+    let n = 300;
+    let base = SamplingParams {
+        temperature: 0.8,
+        ..Default::default()
+    };
+    // Every way `sampling::sample` cuts, alone and together, and greedy; temperatures that
+    // flatten and sharpen.
+    let params: Vec<SamplingParams> = vec![
+        base.clone(),
+        SamplingParams {
+            temperature: 0.0,
+            ..base.clone()
+        },
+        SamplingParams {
+            temperature: 3.0,
+            ..base.clone()
+        },
+        SamplingParams {
+            temperature: 0.05,
+            ..base.clone()
+        },
+        SamplingParams {
+            top_k: 1,
+            ..base.clone()
+        },
+        SamplingParams {
+            top_k: 40,
+            ..base.clone()
+        },
+        SamplingParams {
+            top_p: 0.9,
+            ..base.clone()
+        },
+        SamplingParams {
+            top_p: 0.3,
+            temperature: 1.5,
+            ..base.clone()
+        },
+        SamplingParams {
+            min_p: 0.05,
+            ..base.clone()
+        },
+        SamplingParams {
+            top_k: 50,
+            top_p: 0.8,
+            min_p: 0.02,
+            ..base.clone()
+        },
+        SamplingParams {
+            top_k: 500,
+            top_p: 0.95,
+            ..base.clone()
+        },
+    ];
+    // Rows: spread logits, a peaked one, and one with ties at the top and around the cuts.
+    let mut rows: Vec<Vec<f32>> = (0..2)
+        .map(|r| (0..n).map(|_| rng.f() * (4.0 + 6.0 * r as f32)).collect())
+        .collect();
+    let mut tied: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 * 0.5).collect();
+    tied[3] = 9.0;
+    tied[200] = 9.0;
+    rows.push(tied);
+    let stride = n + 5;
+    let mut checked = 0;
+    let mut distinct = std::collections::HashSet::new();
+    for row in &rows {
+        for p in &params {
+            // 6 draws of one configuration in one launch, one per row of the logits.
+            let draws = 6;
+            let uniforms: Vec<f32> = (0..draws)
+                .map(|i| {
+                    if i == 0 {
+                        0.0
+                    } else if i == 1 {
+                        1.0 - f32::EPSILON
+                    } else {
+                        ((rng.f() + 1.0) / 2.0).min(1.0 - f32::EPSILON)
+                    }
+                })
+                .collect();
+            let mut x = vec![0f32; draws * stride];
+            for d in 0..draws {
+                x[d * stride..d * stride + n].copy_from_slice(row);
+            }
+            let args: Vec<abi::SampleRow> = uniforms.iter().map(|&u| sample_row(p, u)).collect();
+            let (mut xb, mut ab) = (Buf::of(&x), Buf::of(&args));
+            let mut out = Buf::zeroed(4 * draws);
+            let sp = abi::SampleParams {
+                x: xb.addr(),
+                rows: ab.addr(),
+                out_idx: out.addr(),
+                n: n as u32,
+                stride: stride as u32,
+            };
+            run(&launch::sample(draws), &sp);
+            let got: Vec<u32> = out.get();
+            for (d, &u) in uniforms.iter().enumerate() {
+                let want = sampling::sample(row, p, &[], u);
+                assert_eq!(got[d], want, "{p:?} uniform {u}");
+                distinct.insert((checked / (draws * params.len()), want));
+            }
+            checked += draws;
+        }
+    }
+    // The draws did draw: many different tokens, not one per row.
+    assert!(distinct.len() > 20, "{} distinct tokens", distinct.len());
 }

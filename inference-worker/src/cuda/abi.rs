@@ -167,6 +167,33 @@ pub struct TopKParams {
     pub pad: u32,
 }
 
+/// One row's sampling parameters (`sampling::sample` without penalties).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SampleRow {
+    /// 1: argmax.
+    pub greedy: u32,
+    /// `1.0 / temperature` as the CPU sampler computes it.
+    pub inv_t: f32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub top_k: u32,
+    pub uniform: f32,
+    pub pad: [u32; 2],
+}
+
+/// The token `sampling::sample` picks, per row of logits.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SampleParams {
+    pub x: u64,
+    /// `SampleRow` per row.
+    pub rows: u64,
+    pub out_idx: u64,
+    pub n: u32,
+    pub stride: u32,
+}
+
 /// Element type of the paged KV pool (layouts in `cuda/common.cuh`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvType {
@@ -221,6 +248,8 @@ mod tests {
         assert_eq!(size_of::<CombineParams>(), 64);
         assert_eq!(size_of::<EmbedParams>(), 88);
         assert_eq!(size_of::<TopKParams>(), 40);
+        assert_eq!(size_of::<SampleRow>(), 32);
+        assert_eq!(size_of::<SampleParams>(), 32);
     }
 
     #[test]

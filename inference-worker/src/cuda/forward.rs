@@ -6,8 +6,12 @@
 //! ```text
 //!   embed ─► per layer: rmsnorm_quant ─► QKV+RoPE+KV write ─► attn ─► combine ─► Wo (+x)
 //!                       rmsnorm_quant ─► gate‖up+SwiGLU ─► down (+x)
-//!         ─► rmsnorm_quant (wanted rows) ─► output ─► argmax
+//!         ─► rmsnorm_quant (wanted rows) ─► output ─► sample
 //! ```
+//!
+//! `sample` picks each wanted row's token on the device (the argmax, or `sampling::sample`'s
+//! draw with the sequence's uniform), so a decode step returns token ids only; penalties need
+//! the history and go to the host with the logits.
 //!
 //! Up to 8 tokens run the fused GEMV kernels; more run the int8 GEMM (`mmq`) with the
 //! epilogues as kernels of their own (`rope_kv`, `swiglu_quant`); formats without a GEMM
@@ -137,7 +141,8 @@ struct Scratch {
     part: DevPtr,
     y: DevPtr,
     logits: DevPtr,
-    top_val: DevPtr,
+    /// `abi::SampleRow` per wanted row, uploaded with the step.
+    sample_rows: DevPtr,
     top_idx: DevPtr,
 }
 
@@ -167,6 +172,9 @@ struct Plan {
     wanted: Vec<usize>,
     /// The step is a decode step padded to its bucket: every row is wanted.
     bucket: Option<usize>,
+    /// How the device picks each wanted row's token (greedy where no token is wanted or the
+    /// host samples).
+    sample: Vec<abi::SampleRow>,
     max_len: usize,
 }
 
@@ -555,8 +563,11 @@ impl<G: Gpu> GpuModel<G> {
             tables: vec![sink; n_seq * stride],
             wanted: Vec::new(),
             bucket,
+            sample: Vec::new(),
             max_len: 1,
         };
+        // (row of the step, how to sample it) for sequences whose token the device draws.
+        let mut draws: Vec<(usize, abi::SampleRow)> = Vec::new();
         for (i, s) in batch.iter().enumerate() {
             p.tables[i * stride..i * stride + s.blocks.len().min(stride)]
                 .copy_from_slice(&s.blocks[..s.blocks.len().min(stride)]);
@@ -571,6 +582,10 @@ impl<G: Gpu> GpuModel<G> {
                 _ if s.tokens.is_empty() => {}
                 Want::Nothing => {}
                 Want::All | Want::Hidden => p.wanted.extend(t0..p.ids.len()),
+                Want::Token(a) if samples_on_device(a.params) => {
+                    p.wanted.push(p.ids.len() - 1);
+                    draws.push((p.ids.len() - 1, sample_row(a.params, a.uniform)));
+                }
                 Want::Last | Want::Token(_) => p.wanted.push(p.ids.len() - 1),
             }
         }
@@ -582,6 +597,17 @@ impl<G: Gpu> GpuModel<G> {
         }
         if bucket.is_some() {
             p.wanted = (0..rows).collect();
+        }
+        let greedy = abi::SampleRow {
+            greedy: 1,
+            ..Default::default()
+        };
+        p.sample = vec![greedy; p.wanted.len()];
+        for (row, r) in draws {
+            // `wanted` is increasing: a row's index in it is where it sorts.
+            if let Ok(j) = p.wanted.binary_search(&row) {
+                p.sample[j] = r;
+            }
         }
         p
     }
@@ -612,6 +638,11 @@ impl<G: Gpu> GpuModel<G> {
         }
         meta.extend_from_slice(&p.tables);
         self.gpu.upload_slice(self.s.meta, &meta).map_err(err)?;
+        if !p.sample.is_empty() {
+            self.gpu
+                .upload_slice(self.s.sample_rows, &p.sample)
+                .map_err(err)?;
+        }
         let split = self.split(p.max_len, n);
         let m = p.wanted.len();
         match p.bucket {
@@ -700,18 +731,16 @@ impl<G: Gpu> GpuModel<G> {
         let a = self.s.act;
         let (logits, vocab) = (self.s.logits, c.n_vocab);
         self.matmul(self.output, (a, d), (logits, vocab, 0), m)?;
-        // SAFETY: as above.
+        // SAFETY: as above; `sample_rows` holds a row per wanted row (uploaded with the step).
         unsafe {
             self.gpu.launch(
-                &launch::argmax(m),
-                &abi::TopKParams {
+                &launch::sample(m),
+                &abi::SampleParams {
                     x: logits,
-                    out_val: self.s.top_val,
+                    rows: self.s.sample_rows,
                     out_idx: self.s.top_idx,
                     n: vocab as u32,
                     stride: vocab as u32,
-                    k: 1,
-                    pad: 0,
                 },
             )
         }
@@ -911,17 +940,17 @@ impl<G: Gpu> GpuModel<G> {
         let needs = |f: &dyn Fn(&Want<'_>) -> bool| {
             batch.iter().any(|s| !s.tokens.is_empty() && f(&s.want))
         };
-        let greedy = |w: &Want<'_>| match w {
-            Want::Token(a) => is_greedy(a.params),
+        let on_device = |w: &Want<'_>| match w {
+            Want::Token(a) => samples_on_device(a.params),
             _ => false,
         };
-        let tokens: Vec<u32> = if needs(&greedy) {
+        let tokens: Vec<u32> = if needs(&on_device) {
             self.gpu.download_vec(self.s.top_idx, m)?
         } else {
             Vec::new()
         };
         let want_logits = needs(&|w| {
-            matches!(w, Want::Last | Want::All) || matches!(w, Want::Token(_)) && !greedy(w)
+            matches!(w, Want::Last | Want::All) || matches!(w, Want::Token(_)) && !on_device(w)
         });
         let logits: Vec<f32> = if want_logits {
             self.gpu.download_vec(self.s.logits, m * vocab)?
@@ -956,7 +985,7 @@ impl<G: Gpu> GpuModel<G> {
                 Want::Last | Want::All => {
                     Output::Logits(logits[j * vocab..(j + rows) * vocab].to_vec())
                 }
-                Want::Token(a) if is_greedy(a.params) => Output::Token(tokens[j]),
+                Want::Token(a) if samples_on_device(a.params) => Output::Token(tokens[j]),
                 Want::Token(a) => Output::Token(crate::sampling::sample(
                     &logits[j * vocab..(j + 1) * vocab],
                     a.params,
@@ -971,12 +1000,27 @@ impl<G: Gpu> GpuModel<G> {
     }
 }
 
-/// Greedy without penalties: the device's argmax is the answer.
-fn is_greedy(p: &crate::sampling::SamplingParams) -> bool {
-    p.temperature <= 0.0
-        && p.repetition_penalty == 1.0
-        && p.frequency_penalty == 0.0
-        && p.presence_penalty == 0.0
+/// Without penalties (which need the sequence's history) the `sample` kernel picks what
+/// `sampling::sample` would from the device's logits.
+fn samples_on_device(p: &crate::sampling::SamplingParams) -> bool {
+    p.repetition_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0
+}
+
+/// The kernel's parameters for `p` and the sequence's draw `uniform`.
+pub fn sample_row(p: &crate::sampling::SamplingParams, uniform: f32) -> abi::SampleRow {
+    abi::SampleRow {
+        greedy: u32::from(p.temperature <= 0.0),
+        inv_t: if p.temperature > 0.0 {
+            1.0 / p.temperature
+        } else {
+            0.0
+        },
+        top_p: p.top_p,
+        min_p: p.min_p,
+        top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+        uniform,
+        pad: [0; 2],
+    }
 }
 
 fn bad(e: launch::LaunchError) -> GpuError {
@@ -1052,7 +1096,7 @@ fn scratch<G: Gpu>(
         part: g.alloc(part, "attention partials")?,
         y: g.alloc(4 * cap * y_cols.max(1), "GEMM outputs")?,
         logits: g.alloc(4 * cap * c.n_vocab, "logits")?,
-        top_val: g.alloc(4 * cap, "sampled tokens")?,
+        sample_rows: g.alloc(size_of::<abi::SampleRow>() * cap, "sampling parameters")?,
         top_idx: g.alloc(4 * cap, "sampled tokens")?,
     })
 }

@@ -246,11 +246,23 @@ pub fn topk(rows: usize) -> Launch {
     launch("topk".into(), [rows, 1, 1], 256)
 }
 
+/// `sampling::sample` per row (greedy rows take the argmax).
+pub fn sample(rows: usize) -> Launch {
+    launch("sample".into(), [rows, 1, 1], 256)
+}
+
 /// Every kernel name the functions above can produce (the twin's registry must equal it).
 pub fn all_kernels() -> Vec<String> {
-    let mut v: Vec<String> = ["rmsnorm_quant", "argmax", "topk", "rope_kv", "swiglu_quant"]
-        .map(String::from)
-        .into();
+    let mut v: Vec<String> = [
+        "rmsnorm_quant",
+        "argmax",
+        "topk",
+        "sample",
+        "rope_kv",
+        "swiglu_quant",
+    ]
+    .map(String::from)
+    .into();
     for (ty, f) in FORMATS {
         v.push(format!("embed_{f}"));
         for c in GEMV_COLS {

@@ -82,6 +82,8 @@ pub struct TwinGpu {
     used: usize,
     /// The memory the twin pretends to have.
     capacity: usize,
+    /// Bytes copied back to the host so far (what would cross PCIe).
+    downloaded: usize,
 }
 
 impl TwinGpu {
@@ -91,6 +93,11 @@ impl TwinGpu {
             capacity,
             ..Default::default()
         }
+    }
+
+    /// Bytes downloaded so far.
+    pub fn downloaded_bytes(&self) -> usize {
+        self.downloaded
     }
 
     /// The allocation holding `[p, p + n)`, or an error naming the range.
@@ -151,6 +158,7 @@ impl Gpu for TwinGpu {
         let s = self.range(src, dst.len())?;
         // SAFETY: as in `upload`.
         unsafe { std::ptr::copy_nonoverlapping(s, dst.as_mut_ptr(), dst.len()) };
+        self.downloaded += dst.len();
         Ok(())
     }
 

@@ -60,6 +60,9 @@ pub fn logits(o: &Output) -> &[f32] {
     }
 }
 
+/// The logits' tolerance as a fraction of their spread.
+pub const LOGIT_TOLERANCE: f32 = 0.02;
+
 /// Logits agree to within 2 % of their spread (summation orders differ; 8-bit activation
 /// rounding can amplify a last-bit difference), and pick the same token.
 pub fn assert_close(cpu: &[f32], gpu: &[f32], what: &str) {
@@ -73,7 +76,7 @@ pub fn assert_close(cpu: &[f32], gpu: &[f32], what: &str) {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(
-        diff <= 0.02 * (hi - lo),
+        diff <= LOGIT_TOLERANCE * (hi - lo),
         "{what}: logits differ by {diff} (spread {})",
         hi - lo
     );
@@ -97,8 +100,29 @@ pub const GREEDY: SamplingParams = SamplingParams {
     seed: None,
 };
 
+/// The device's greedy token `got` for CPU logits `cpu`: the CPU's argmax, or a near tie of it
+/// (within the logits' tolerance, where the two backends' roundings may order them apart: one
+/// 8-bit activation rounded the other way moves a tiny random model's logits by ~0.5 % of their
+/// spread, and its top two can be closer than that).
+pub fn assert_greedy(cpu: &[f32], got: u32, what: &str) {
+    let want = argmax(cpu);
+    if got == want {
+        return;
+    }
+    let (lo, hi) = cpu
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let gap = cpu[want as usize] - cpu.get(got as usize).copied().unwrap_or(f32::MIN);
+    assert!(
+        gap <= LOGIT_TOLERANCE * (hi - lo),
+        "{what}: device token {got} is {gap} below the CPU's {want} (spread {})",
+        hi - lo
+    );
+}
+
 /// Two sequences (a 21-token and a 5-token prompt) decoded greedily together for `steps`
-/// steps; the CPU samples from its logits, the twin on the device.
+/// steps; the CPU samples from its logits, the twin on the device. Both go on with the CPU's
+/// tokens.
 pub fn greedy_run<G: Gpu + Send>(spec: &Spec, kv: KvCacheType, steps: usize, dev: G) {
     let what = format!("{:?} (attn_v {:?}) KV {kv}", spec.ty, spec.v_ty);
     let (mut cpu, mut gpu) = backends(spec, kv, 16, dev);
@@ -148,7 +172,13 @@ pub fn greedy_run<G: Gpu + Send>(spec: &Spec, kv: KvCacheType, steps: usize, dev
                 other => panic!("{what}: expected a token, got {other:?}"),
             })
             .collect();
-        assert_eq!(got, want, "{what}: step {step}");
+        for (i, o) in out.iter().enumerate() {
+            assert_greedy(
+                logits(o),
+                got[i],
+                &format!("{what}: step {step}, sequence {i}"),
+            );
+        }
         toks[0].push(want[0]);
         toks[1].push(want[1]);
     }
@@ -157,4 +187,61 @@ pub fn greedy_run<G: Gpu + Send>(spec: &Spec, kv: KvCacheType, steps: usize, dev
         toks[0] != toks[1] || prompt_logits[0] != prompt_logits[1],
         "{what}: both sequences got the same answers"
     );
+}
+
+/// Runs the `sample` kernel on `dev` for `rows` (one row of logits per draw) and the draws'
+/// parameters: the tokens it picks.
+pub fn device_sample<G: Gpu>(
+    dev: &mut G,
+    rows: &[Vec<f32>],
+    draws: &[(SamplingParams, f32)],
+) -> Vec<u32> {
+    use switchyard_worker::cuda::device::GpuExt;
+    use switchyard_worker::cuda::{abi, forward::sample_row, launch};
+    let n = rows[0].len();
+    let x: Vec<f32> = rows.iter().flatten().copied().collect();
+    let args: Vec<abi::SampleRow> = draws.iter().map(|(p, u)| sample_row(p, *u)).collect();
+    let xb = dev.alloc(4 * x.len(), "logits").unwrap();
+    dev.upload_slice(xb, &x).unwrap();
+    let ab = dev.alloc(size_of_val(&args[..]), "rows").unwrap();
+    dev.upload_slice(ab, &args).unwrap();
+    let out = dev.alloc(4 * rows.len(), "tokens").unwrap();
+    let p = abi::SampleParams {
+        x: xb,
+        rows: ab,
+        out_idx: out,
+        n: n as u32,
+        stride: n as u32,
+    };
+    // SAFETY: the buffers hold `rows.len()` rows of `n` logits, a `SampleRow` and a token each.
+    unsafe { dev.launch(&launch::sample(rows.len()), &p).unwrap() };
+    dev.download_vec(out, rows.len()).unwrap()
+}
+
+/// Seeded draws of every kind of cut for `device_sample` tests: (parameters, uniform).
+pub fn seeded_draws(count: usize, seed: u64) -> Vec<(SamplingParams, f32)> {
+    let kinds = [
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 40, 1.0, 0.0),
+        (0.9, 0, 0.9, 0.0),
+        (1.3, 0, 1.0, 0.05),
+        (0.8, 20, 0.8, 0.01),
+        (0.0, 0, 1.0, 0.0),
+    ];
+    let mut rng = switchyard_worker::sampling::Rng::new(Some(seed));
+    (0..count)
+        .map(|i| {
+            let (temperature, top_k, top_p, min_p) = kinds[i % kinds.len()];
+            let p = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                seed: Some(seed),
+                ..GREEDY
+            };
+            let u = rng.uniform_for(&p);
+            (p, u)
+        })
+        .collect()
 }
