@@ -27,6 +27,8 @@ use crate::base::clock::now_ms;
 use crate::base::respond;
 use crate::config::state::StateSettings;
 use crate::services::governance::ledger::{self, GroupBy, SpendLine};
+use crate::services::governance::pg;
+use crate::services::governance::store::Conn;
 use crate::services::rollout::status;
 
 fn ok(v: Value) -> Response<GatewayBody> {
@@ -200,17 +202,18 @@ fn config_version(gw: &Gateway, id: &str) -> Response<GatewayBody> {
     }
 }
 
-/// Run `f` on a connection to the governance store, on the blocking pool.
+/// Run `f` on a connection to the governance store (SQLite or PostgreSQL), on the blocking
+/// pool.
 async fn with_store<F>(gw: &Gateway, f: F) -> Response<GatewayBody>
 where
-    F: FnOnce(&rusqlite::Connection) -> Result<Response<GatewayBody>, String> + Send + 'static,
+    F: FnOnce(Conn) -> Result<Response<GatewayBody>, String> + Send + 'static,
 {
     let Some(gov) = gw.services.governance.clone() else {
         return GatewayError::AdminDisabled.to_response();
     };
     let res = tokio::task::spawn_blocking(move || {
-        let conn = gov.store.connect().map_err(|e| e.to_string())?;
-        f(&conn)
+        let conn = gov.store.conn().map_err(|e| e.to_string())?;
+        f(conn)
     })
     .await;
     match res {
@@ -242,24 +245,48 @@ async fn spend_series(gw: &Gateway, q: &[(&str, &str)]) -> Response<GatewayBody>
     };
     let by = by.to_string();
     with_store(gw, move |conn| {
-        let sql = format!(
-            "SELECT (ts_ms / ?2) * ?2, {group}, COUNT(*), TOTAL(cost_usd), TOTAL(baseline_usd)
-             FROM ledger WHERE ts_ms >= ?1 GROUP BY 1, 2 ORDER BY 1, 2"
-        );
-        let mut stmt = conn.prepare(&sql).map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map([since, step], |r| {
-                Ok(json!({
-                    "t": r.get::<_, i64>(0)?,
-                    "group": r.get::<_, Option<String>>(1)?,
-                    "requests": r.get::<_, i64>(2)?,
-                    "cost_usd": r.get::<_, f64>(3)?,
-                    "baseline_usd": r.get::<_, f64>(4)?,
-                }))
-            })
-            .map_err(|e| e.to_string())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| e.to_string())?;
+        let rows = match conn {
+            Conn::Sqlite(conn) => {
+                let sql = format!(
+                    "SELECT (ts_ms / ?2) * ?2, {group}, COUNT(*), TOTAL(cost_usd), TOTAL(baseline_usd)
+                     FROM ledger WHERE ts_ms >= ?1 GROUP BY 1, 2 ORDER BY 1, 2"
+                );
+                let mut stmt = conn.prepare(&sql).map_err(|e| e.to_string())?;
+                stmt.query_map([since, step], |r| {
+                    Ok(json!({
+                        "t": r.get::<_, i64>(0)?,
+                        "group": r.get::<_, Option<String>>(1)?,
+                        "requests": r.get::<_, i64>(2)?,
+                        "cost_usd": r.get::<_, f64>(3)?,
+                        "baseline_usd": r.get::<_, f64>(4)?,
+                    }))
+                })
+                .map_err(|e| e.to_string())?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| e.to_string())?
+            }
+            Conn::Postgres(mut client) => {
+                let sql = format!(
+                    "SELECT (ts_ms / $2) * $2, {group}, COUNT(*), COALESCE(SUM(cost_usd), 0),
+                            COALESCE(SUM(baseline_usd), 0)
+                     FROM ledger WHERE ts_ms >= $1 GROUP BY 1, 2 ORDER BY 1, 2"
+                );
+                client
+                    .query(sql.as_str(), &[&since, &step])
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "t": r.get::<_, i64>(0),
+                            "group": r.get::<_, Option<String>>(1),
+                            "requests": r.get::<_, i64>(2),
+                            "cost_usd": r.get::<_, f64>(3),
+                            "baseline_usd": r.get::<_, f64>(4),
+                        })
+                    })
+                    .collect()
+            }
+        };
         Ok(ok(
             json!({"by": by, "since_ms": since, "step_ms": step, "points": rows}),
         ))
@@ -319,7 +346,12 @@ async fn spend_csv(gw: &Gateway, q: &[(&str, &str)]) -> Response<GatewayBody> {
         }
     }
     with_store(gw, move |conn| {
-        let lines = ledger::spend(conn, by, since).map_err(|e| e.to_string())?;
+        let lines = match conn {
+            Conn::Sqlite(conn) => ledger::spend(&conn, by, since).map_err(|e| e.to_string())?,
+            Conn::Postgres(mut client) => {
+                pg::spend(&mut client, by, since).map_err(|e| e.to_string())?
+            }
+        };
         let mut r = Response::new(GatewayBody::from(spend_csv_text(by, &lines)));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
