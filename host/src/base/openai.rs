@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::base::Endpoint;
 use crate::base::error::GatewayError;
+use crate::base::loose::{LooseSeq, LooseStr, scalars_are};
 
 /// The longest `model` a client may send, in bytes. Model names are short (OpenAI's longest
 /// is under 64 bytes); the cap keeps one request from putting megabytes into every place
@@ -425,67 +426,12 @@ pub fn raw_choices(body: &[u8]) -> Option<&str> {
 #[derive(Debug, Default)]
 pub struct FinishReasons<'a>(pub Vec<Cow<'a, str>>);
 
-/// Read past the rest of an object.
-fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map
-        .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-        .is_some()
-    {}
-    Ok(())
-}
-
-/// Read past the rest of an array.
-fn skip_seq<'de, A: de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-    while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-/// Visitor methods that take a number, a boolean or null as `$none`: what the tolerant
-/// readers below make of a value that is not what they look for.
-macro_rules! scalars_are {
-    ($none:expr) => {
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-    };
-}
-
 impl<'de: 'a, 'a> Deserialize<'de> for FinishReasons<'a> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Choices<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for Choices<'a> {
-            type Value = FinishReasons<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an array of choices")
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some(Reason(r)) = seq.next_element()? {
-                    out.extend(r);
-                }
-                Ok(FinishReasons(out))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                skip_map(map).map(|()| FinishReasons::default())
-            }
-            scalars_are!(FinishReasons::default());
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(FinishReasons::default())
-            }
-        }
-        d.deserialize_any(Choices(std::marker::PhantomData))
+        let LooseSeq(choices) = LooseSeq::<Reason<'a>>::deserialize(d)?;
+        Ok(FinishReasons(
+            choices.into_iter().flatten().filter_map(|r| r.0).collect(),
+        ))
     }
 }
 
@@ -504,15 +450,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for Reason<'a> {
                 let mut reason = None;
                 while let Some(IsReason(is)) = map.next_key()? {
                     if is {
-                        reason = map.next_value::<Text<'a>>()?.0;
+                        reason = map.next_value::<LooseStr<'a>>()?.0;
                     } else {
                         map.next_value::<de::IgnoredAny>()?;
                     }
                 }
                 Ok(Reason(reason))
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                skip_seq(seq).map(|()| Reason(None))
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Reason(None))
             }
             scalars_are!(Reason(None));
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
@@ -539,35 +486,6 @@ impl<'de> Deserialize<'de> for IsReason {
             }
         }
         d.deserialize_str(K)
-    }
-}
-
-/// A JSON string, borrowed where it has no escapes; any other value is `None`.
-struct Text<'a>(Option<Cow<'a, str>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct T<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for T<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Some(Cow::Owned(v.to_owned()))))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                skip_map(map).map(|()| Text(None))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                skip_seq(seq).map(|()| Text(None))
-            }
-            scalars_are!(Text(None));
-        }
-        d.deserialize_any(T(std::marker::PhantomData))
     }
 }
 

@@ -58,7 +58,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     mock_threads: usize,
     /// Enable governance: a real virtual key with per-key and per-team rate limits and
-    /// budgets, prices, and the ledger (every request written to SQLite).
+    /// budgets, prices, and the ledger (every request written to the store). With
+    /// `--interleave`, B gets the same key (into its PostgreSQL store if `--b-extra` names one).
     #[arg(long)]
     governance: bool,
     /// Skip the direct (no gateway) runs.
@@ -640,6 +641,40 @@ fn start_gateway(bin: &std::path::Path, dir: &std::path::Path, cfg: &str, log: &
     spawn_ready(cmd, "switchyard listening on ")
 }
 
+/// Give gateway B the virtual key created in A's store, so that both gateways of
+/// `--interleave --governance` answer the same `Authorization`: a copy of A's SQLite store,
+/// or, when B's config names a PostgreSQL store (`[state] postgres`), A's store migrated
+/// into it (which must be empty).
+fn share_key(bin: &std::path::Path, a: &std::path::Path, b: &std::path::Path, cfg_b: &str) {
+    let store = a.join("switchyard.db");
+    let parsed: toml::Table = cfg_b.parse().expect("gateway B's config is TOML");
+    let state = parsed.get("state").and_then(toml::Value::as_table);
+    let url = state
+        .and_then(|s| s.get("postgres"))
+        .and_then(toml::Value::as_str);
+    let Some(url) = url else {
+        std::fs::copy(&store, b.join("switchyard.db")).expect("copy A's store for B");
+        return;
+    };
+    let mut cmd = Command::new(bin);
+    cmd.args(["state", "migrate", "--from"])
+        .arg(&store)
+        .args(["--to", url]);
+    if let Some(var) = state
+        .and_then(|s| s.get("postgres_password_env"))
+        .and_then(toml::Value::as_str)
+    {
+        cmd.args(["--password-env", var]);
+    }
+    let out = cmd.output().expect("switchyard state migrate");
+    assert!(
+        out.status.success(),
+        "switchyard state migrate into B's PostgreSQL failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("gateway B: A's key migrated into {url}");
+}
+
 /// Why the numbers given cannot be measured, if they cannot (clap checked their types).
 fn check_numbers(args: &Args) -> Result<(), String> {
     let seconds = |name: &str, v: f64| {
@@ -664,12 +699,6 @@ fn main() {
         std::process::exit(2);
     }
     args.rates.retain(|&r| r > 0);
-    if args.interleave && args.governance {
-        eprintln!(
-            "--interleave does not combine with --governance (each gateway would need a key of its own)"
-        );
-        std::process::exit(2);
-    }
     if (args.b_extra.is_some() || args.b_gateway.is_some() || args.b_cache) && !args.interleave {
         eprintln!("--b-extra, --b-gateway and --b-cache configure gateway B of --interleave");
         std::process::exit(2);
@@ -769,10 +798,13 @@ fn main() {
         let _ = AUTH.set(format!("Bearer {key}"));
         println!("governance: on (key + team limits, budgets, prices, ledger)");
     }
-    let gw = start_gateway(&gw_bin, dir.path(), &cfg, &args.gateway_log);
-    let gw_pid = gw.child.id();
     // Gateway B of `--interleave`, in a folder (and so with a ledger) of its own.
     let dir_b = tempfile::tempdir().expect("tempdir");
+    if args.interleave && args.governance {
+        share_key(&gw_bin, dir.path(), dir_b.path(), &cfg_b);
+    }
+    let gw = start_gateway(&gw_bin, dir.path(), &cfg, &args.gateway_log);
+    let gw_pid = gw.child.id();
     let gw_b = args.interleave.then(|| {
         let bin = args.b_gateway.as_ref().unwrap_or(&gw_bin);
         start_gateway(bin, dir_b.path(), &cfg_b, &args.gateway_log)

@@ -15,7 +15,10 @@
 //! [`AGREE_SIMILARITY`]. The report counts agreement from these stored columns only, so
 //! its figures can be recomputed from the table.
 
+use serde::Deserialize;
 use serde_json::Value;
+
+use crate::base::loose::{Loose, LooseSeq, LooseStr, LooseU64};
 
 /// Similarity at or above which two free-text answers count as agreeing.
 pub const AGREE_SIMILARITY: f64 = 0.9;
@@ -50,34 +53,111 @@ impl Extracted {
     }
 }
 
-/// Read what is compared out of an OpenAI answer body.
+/// The members of a complete answer that are compared; the rest is skipped, not copied.
+#[derive(Deserialize)]
+struct Answer<'a> {
+    #[serde(default)]
+    usage: Loose<Counts>,
+    #[serde(borrow, default)]
+    choices: LooseSeq<Loose<Choice<'a>>>,
+    #[serde(default)]
+    data: LooseSeq<Loose<Embedding>>,
+}
+
+#[derive(Deserialize)]
+struct Counts {
+    #[serde(default)]
+    prompt_tokens: LooseU64,
+    #[serde(default)]
+    completion_tokens: LooseU64,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    message: Loose<Message<'a>>,
+    /// Completions put the answer here.
+    #[serde(borrow, default)]
+    text: LooseStr<'a>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    content: LooseStr<'a>,
+    #[serde(borrow, default)]
+    tool_calls: LooseSeq<Loose<Call<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Call<'a> {
+    #[serde(borrow, default)]
+    function: Loose<Function<'a>>,
+}
+
+/// A called function; `name` and `arguments` are kept as they came (any JSON) because the
+/// comparison takes them as structure.
+#[derive(Deserialize)]
+struct Function<'a> {
+    #[serde(default)]
+    name: Value,
+    #[serde(borrow, default)]
+    arguments: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Embedding {
+    #[serde(default)]
+    embedding: Value,
+}
+
+/// Read what is compared out of an OpenAI answer body; `None` when it is not JSON. Members
+/// of an unexpected type read as absent, as indexing a `Value` would.
 pub fn extract(body: &[u8]) -> Option<Extracted> {
-    let v: Value = serde_json::from_slice(body).ok()?;
+    let Loose(answer) = serde_json::from_slice::<Loose<Answer<'_>>>(body).ok()?;
+    let Some(a) = answer else {
+        return Some(Extracted::default());
+    };
+    let counts = a.usage.0.as_ref();
     let mut out = Extracted {
-        prompt_tokens: v["usage"]["prompt_tokens"].as_u64(),
-        completion_tokens: v["usage"]["completion_tokens"].as_u64(),
+        prompt_tokens: counts.and_then(|u| u.prompt_tokens.0),
+        completion_tokens: counts.and_then(|u| u.completion_tokens.0),
         ..Extracted::default()
     };
-    if let Some(choices) = v["choices"].as_array() {
-        let mut parts = Vec::new();
-        for c in choices {
-            if let Some(t) = c["message"]["content"].as_str() {
-                parts.push(t.to_string());
-            } else if let Some(t) = c["text"].as_str() {
-                parts.push(t.to_string());
-            }
-            if let Some(calls) = c["message"]["tool_calls"].as_array() {
-                for call in calls {
-                    let f = &call["function"];
-                    out.tool_calls
-                        .push(structural_call(&f["name"], &f["arguments"]));
+    if let Some(choices) = &a.choices.0 {
+        let mut first = true;
+        for c in choices.iter().filter_map(|c| c.0.as_ref()) {
+            let message = c.message.0.as_ref();
+            let content = message.and_then(|m| m.content.as_deref());
+            if let Some(t) = content.or(c.text.as_deref()) {
+                if !first {
+                    out.text.push('\n');
                 }
+                out.text.push_str(t);
+                first = false;
+            }
+            for call in message.into_iter().flat_map(|m| m.tool_calls.iter()) {
+                let f = call.0.as_ref().and_then(|c| c.function.0.as_ref());
+                let name = f.map_or(&Value::Null, |f| &f.name);
+                let arguments = f.and_then(|f| f.arguments).map_or(Value::Null, |raw| {
+                    // A string holds JSON text (OpenAI's form); anything else is the value.
+                    match serde_json::from_str::<Value>(raw.get()) {
+                        Ok(Value::String(text)) => {
+                            serde_json::from_str(&text).unwrap_or(Value::String(text))
+                        }
+                        Ok(v) => v,
+                        Err(_) => Value::Null,
+                    }
+                });
+                out.tool_calls
+                    .push(serde_json::json!({"name": name, "arguments": arguments}));
             }
         }
-        out.text = parts.join("\n");
-    } else if let Some(data) = v["data"].as_array() {
+    } else if let Some(data) = &a.data.0 {
         out.json = Some(Value::Array(
-            data.iter().map(|d| d["embedding"].clone()).collect(),
+            data.iter()
+                .map(|d| d.0.as_ref().map_or(Value::Null, |d| d.embedding.clone()))
+                .collect(),
         ));
     }
     Some(out)
@@ -93,6 +173,47 @@ fn structural_call(name: &Value, arguments: &Value) -> Value {
     serde_json::json!({"name": name, "arguments": args})
 }
 
+/// One event of a streamed answer, as far as it is compared.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default)]
+    usage: Loose<Counts>,
+    #[serde(borrow, default)]
+    choices: LooseSeq<Loose<ChunkChoice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Loose<Delta<'a>>,
+    #[serde(borrow, default)]
+    text: LooseStr<'a>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: LooseStr<'a>,
+    #[serde(borrow, default)]
+    tool_calls: LooseSeq<Loose<CallPiece<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct CallPiece<'a> {
+    #[serde(default)]
+    index: LooseU64,
+    #[serde(borrow, default)]
+    function: Loose<FunctionPiece<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionPiece<'a> {
+    #[serde(borrow, default)]
+    name: LooseStr<'a>,
+    #[serde(borrow, default)]
+    arguments: LooseStr<'a>,
+}
+
 /// The text and tool calls of a streamed answer, from its SSE bytes (a call's `arguments`
 /// arrive in pieces under its `index`).
 pub fn extract_stream(sse: &[u8]) -> Extracted {
@@ -105,37 +226,47 @@ pub fn extract_stream(sse: &[u8]) -> Extracted {
             continue;
         };
         let data = data.strip_prefix(b" ").unwrap_or(data);
-        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        let Ok(Loose(Some(chunk))) = serde_json::from_slice::<Loose<Chunk<'_>>>(data) else {
             continue;
         };
-        if let Some(choices) = v["choices"].as_array() {
-            for c in choices {
-                if let Some(t) = c["delta"]["content"].as_str() {
-                    out.text.push_str(t);
-                } else if let Some(t) = c["text"].as_str() {
-                    out.text.push_str(t);
+        for c in chunk.choices.iter().filter_map(|c| c.0.as_ref()) {
+            let delta = c.delta.0.as_ref();
+            if let Some(t) = delta
+                .and_then(|d| d.content.as_deref())
+                .or(c.text.as_deref())
+            {
+                out.text.push_str(t);
+            }
+            for tc in delta.into_iter().flat_map(|d| d.tool_calls.iter()) {
+                let Some(tc) = &tc.0 else {
+                    // Indexing a non-object gives index 0 and no name or arguments.
+                    if !calls.iter().any(|(i, ..)| *i == 0) {
+                        calls.push((0, String::new(), String::new()));
+                    }
+                    continue;
+                };
+                let index = tc.index.0.unwrap_or(0);
+                let at = match calls.iter().position(|(i, ..)| *i == index) {
+                    Some(at) => at,
+                    None => {
+                        calls.push((index, String::new(), String::new()));
+                        calls.len() - 1
+                    }
+                };
+                let f = tc.function.0.as_ref();
+                if let Some(n) = f.and_then(|f| f.name.as_deref()) {
+                    calls[at].1.push_str(n);
                 }
-                for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
-                    let index = tc["index"].as_u64().unwrap_or(0);
-                    let at = match calls.iter().position(|(i, ..)| *i == index) {
-                        Some(at) => at,
-                        None => {
-                            calls.push((index, String::new(), String::new()));
-                            calls.len() - 1
-                        }
-                    };
-                    if let Some(n) = tc["function"]["name"].as_str() {
-                        calls[at].1.push_str(n);
-                    }
-                    if let Some(a) = tc["function"]["arguments"].as_str() {
-                        calls[at].2.push_str(a);
-                    }
+                if let Some(a) = f.and_then(|f| f.arguments.as_deref()) {
+                    calls[at].2.push_str(a);
                 }
             }
         }
-        if let Some(p) = v["usage"]["prompt_tokens"].as_u64() {
+        if let Some(u) = &chunk.usage.0
+            && let Some(p) = u.prompt_tokens.0
+        {
             out.prompt_tokens = Some(p);
-            out.completion_tokens = v["usage"]["completion_tokens"].as_u64();
+            out.completion_tokens = u.completion_tokens.0;
         }
     }
     out.tool_calls = calls
@@ -312,5 +443,123 @@ mod tests {
         assert_eq!(s.text, "Hi there");
         assert_eq!(s.prompt_tokens, Some(3));
         assert!(compare(&e, &s).exact);
+    }
+
+    /// What the readers must equal: the same questions asked of a `serde_json::Value`.
+    fn extract_by_value(body: &[u8]) -> Option<Extracted> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        let mut out = Extracted {
+            prompt_tokens: v["usage"]["prompt_tokens"].as_u64(),
+            completion_tokens: v["usage"]["completion_tokens"].as_u64(),
+            ..Extracted::default()
+        };
+        if let Some(choices) = v["choices"].as_array() {
+            let mut parts = Vec::new();
+            for c in choices {
+                if let Some(t) = c["message"]["content"].as_str() {
+                    parts.push(t.to_string());
+                } else if let Some(t) = c["text"].as_str() {
+                    parts.push(t.to_string());
+                }
+                for call in c["message"]["tool_calls"].as_array().into_iter().flatten() {
+                    let f = &call["function"];
+                    out.tool_calls
+                        .push(structural_call(&f["name"], &f["arguments"]));
+                }
+            }
+            out.text = parts.join("\n");
+        } else if let Some(data) = v["data"].as_array() {
+            out.json = Some(Value::Array(
+                data.iter().map(|d| d["embedding"].clone()).collect(),
+            ));
+        }
+        Some(out)
+    }
+
+    fn extract_stream_by_value(sse: &[u8]) -> Extracted {
+        let mut out = Extracted::default();
+        let mut calls: Vec<(u64, String, String)> = Vec::new();
+        for line in sse.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            let Ok(v) = serde_json::from_slice::<Value>(data) else {
+                continue;
+            };
+            for c in v["choices"].as_array().into_iter().flatten() {
+                if let Some(t) = c["delta"]["content"].as_str() {
+                    out.text.push_str(t);
+                } else if let Some(t) = c["text"].as_str() {
+                    out.text.push_str(t);
+                }
+                for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                    let index = tc["index"].as_u64().unwrap_or(0);
+                    let at = match calls.iter().position(|(i, ..)| *i == index) {
+                        Some(at) => at,
+                        None => {
+                            calls.push((index, String::new(), String::new()));
+                            calls.len() - 1
+                        }
+                    };
+                    if let Some(n) = tc["function"]["name"].as_str() {
+                        calls[at].1.push_str(n);
+                    }
+                    if let Some(a) = tc["function"]["arguments"].as_str() {
+                        calls[at].2.push_str(a);
+                    }
+                }
+            }
+            if let Some(p) = v["usage"]["prompt_tokens"].as_u64() {
+                out.prompt_tokens = Some(p);
+                out.completion_tokens = v["usage"]["completion_tokens"].as_u64();
+            }
+        }
+        out.tool_calls = calls
+            .into_iter()
+            .map(|(_, name, args)| structural_call(&Value::String(name), &Value::String(args)))
+            .collect();
+        out
+    }
+
+    #[test]
+    fn typed_readers_read_what_a_value_tree_reads_even_from_odd_answers() {
+        let bodies: &[&str] = &[
+            r#"{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"Paris"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}"#,
+            r#"{"choices":[{"message":{"content":"a\"b\\c\u00e9"}},{"text":"second"},7,{"message":null,"text":"third"}]}"#,
+            r#"{"choices":[{"message":{"content":null,"tool_calls":[{"function":{"name":"f","arguments":"{\"x\": [1, 2]}"}},{"function":{"name":"g","arguments":{"y":1}}},{"function":{"name":3,"arguments":"not json"}},"odd",{"function":[]}]}}]}"#,
+            r#"{"choices":{"message":{"content":"not an array"}},"data":[{"embedding":[0.1,0.2]},{"embedding":"b64"},1,{"other":1}]}"#,
+            r#"{"data":[{"embedding":[1,2,3]}],"usage":{"prompt_tokens":-1,"completion_tokens":2.5}}"#,
+            r#"{"usage":"none","choices":[{"message":{"content":["part"]},"text":{"no":1}}]}"#,
+            r#"[1,2,3]"#,
+            r#""a string""#,
+            r#"{"choices":[]}"#,
+        ];
+        for b in bodies {
+            assert_eq!(extract(b.as_bytes()), extract_by_value(b.as_bytes()), "{b}");
+        }
+        assert_eq!(extract(b"{not json"), None);
+
+        let events: &[&str] = &[
+            r#"{"choices":[{"delta":{"role":"assistant","content":"Hel"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"lo \"q\""},"text":"ignored"}]}"#,
+            r#"{"choices":[{"text":"legacy"},5,{"delta":null,"text":"t"}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"function":{"name":"f","arguments":"{\"a\""}},"junk",{"function":{"arguments":":1}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"function":{"arguments":":2}"}},{"index":-1,"function":{"name":7}}]}}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}"#,
+            r#"{"choices":"x","usage":{"prompt_tokens":"9"}}"#,
+            r#"[DONE]"#,
+            r#"42"#,
+        ];
+        let sse = events
+            .iter()
+            .map(|d| format!("data: {d}\r\n\n"))
+            .collect::<String>();
+        assert_eq!(
+            extract_stream(sse.as_bytes()),
+            extract_stream_by_value(sse.as_bytes())
+        );
+        assert_eq!(extract_stream(sse.as_bytes()).text, "Hello \"q\"legacyt");
     }
 }
