@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p switchyard-tests --bin bench -- [--duration 5] [--concurrency 1,8,64]
 //!     [--rates 2000,5000] [--stream-concurrency 8] [--config-extra FILE]
-//!     [--otlp-sink grpc|http] [--gateway-log warn] [--tail]
+//!     [--otlp-sink grpc|http] [--gateway-log warn] [--tail] [--governance]
 //!     [--interleave [--b-extra FILE] [--b-gateway PATH] [--b-cache] [--sink-for a|b|both]
 //!     [--slice 0.5]]
 //! ```
