@@ -88,6 +88,10 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     let plugins = Arc::new(Plugins::default());
     let capture = CaptureEngine::start(
         StateSettings::store_path(runtime.state.as_ref()),
+        governance
+            .store
+            .is_postgres()
+            .then(|| governance.store.clone()),
         plugins.clone(),
     );
     let upstreams = Upstreams::with_shards(settings.threads.unwrap_or(0));

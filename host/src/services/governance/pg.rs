@@ -188,6 +188,16 @@ pub const MIGRATIONS: &[PgMigration] = &[
         name: "lease-1",
         sql: crate::services::rollout::shared::LEASE_MIGRATION,
     },
+    // Kept in the store beside the others when the store is shared (on SQLite the shadow
+    // writer makes its table on the first pair).
+    PgMigration {
+        name: "shadow-1",
+        sql: crate::services::shadow::store::PG_SCHEMA,
+    },
+    PgMigration {
+        name: "config-history-1",
+        sql: crate::services::config_history::PG_MIGRATION,
+    },
 ];
 
 fn err(pg: &PostgresSettings, detail: impl std::fmt::Display) -> StoreError {

@@ -51,6 +51,7 @@ pub const MIGRATIONS: &[&[Migration]] = &[
     crate::services::capture::MIGRATIONS,
     super::feedback::MIGRATIONS,
     crate::services::rollout::state::MIGRATIONS,
+    crate::services::config_history::MIGRATIONS,
 ];
 
 /// A write run inside the writer's current transaction.
