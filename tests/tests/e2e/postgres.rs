@@ -1152,3 +1152,96 @@ async fn the_deciding_replica_guards_on_agreement_from_pairs_the_other_served() 
     stop(a);
     stop(b);
 }
+
+/// PostgreSQL connections of the gateways (application `switchyard`): (over TLS, plain).
+fn switchyard_connections(pg: &Postgres) -> (u64, u64) {
+    let count = |ssl: bool| -> u64 {
+        pg.psql(&format!(
+            "SELECT COUNT(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'switchyard' AND s.ssl = {ssl}"
+        ))
+        .parse()
+        .unwrap()
+    };
+    (count(true), count(false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_checks_the_server_against_the_named_ca() {
+    let server =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let Some(pg) =
+        Postgres::start_with_tls(&server.cert.pem(), &server.signing_key.serialize_pem())
+    else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = certs.path().join("ca.pem");
+    std::fs::write(&ca, server.cert.pem()).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let wrong_ca = certs.path().join("wrong-ca.pem");
+    std::fs::write(&wrong_ca, other.cert.pem()).unwrap();
+    let with_params =
+        |params: &str| config(&mock, &pg, "").replace(&pg.url(), &format!("{}?{params}", pg.url()));
+
+    // verify-full with the CA: the chain and the name (127.0.0.1) check out.
+    let text = with_params(&format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+    let gw = Gateway::start_with_env(&text, &env());
+    let key = create_key(&text, "tls");
+    let c = Client::new();
+    assert_eq!(chat_status(&c, &gw, &key).await, 200);
+    let (tls, plain) = switchyard_connections(&pg);
+    assert!(tls > 0 && plain == 0, "tls {tls}, plain {plain}");
+    stop(gw);
+
+    // require without a CA: encrypted, the certificate not checked (libpq's meaning).
+    let gw = Gateway::start_with_env(&with_params("sslmode=require"), &env());
+    assert_eq!(chat_status(&c, &gw, &key).await, 200);
+    let (tls, plain) = switchyard_connections(&pg);
+    assert!(tls > 0 && plain == 0, "tls {tls}, plain {plain}");
+    stop(gw);
+
+    // A CA that did not sign the server's certificate: refused at start, saying why.
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("switchyard.toml");
+        std::fs::write(
+            &cfg,
+            with_params(&format!(
+                "sslmode={mode}&sslrootcert={}",
+                wrong_ca.display()
+            )),
+        )
+        .unwrap();
+        let (code, _, err) = run_switchyard(
+            &["serve", "--config", cfg.to_str().unwrap()],
+            dir.path(),
+            &env(),
+        );
+        assert_ne!(code, 0, "{mode}");
+        assert!(
+            err.contains("cannot connect") && err.contains("certificate"),
+            "{mode}: {err}"
+        );
+    }
+    // A CA file that is not there: a config error naming the key and the file.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &cfg,
+        with_params("sslmode=verify-full&sslrootcert=/no/such/ca.pem"),
+    )
+    .unwrap();
+    let (code, _, err) = run_switchyard(
+        &["serve", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &env(),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("state.postgres") && err.contains("/no/such/ca.pem"),
+        "{err}"
+    );
+}
