@@ -57,6 +57,9 @@ pub struct Stats {
     /// Sampled, but nothing to store (a failed stream, an answer without text).
     pub skipped: AtomicU64,
     pub failed: AtomicU64,
+    /// Captures accepted and not yet handed to the store (or dropped): what a shutdown
+    /// waits for before the store closes.
+    pub pending: AtomicU64,
 }
 
 /// One sampled exchange, as the request path hands it over.
@@ -108,6 +111,7 @@ impl CaptureEngine {
 
     /// Hand a sampled exchange over. Never waits: a full queue drops it (and counts it).
     pub fn capture(&self, job: Job, served: Served) {
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
         match served {
             Served::Complete(answer) => self.send(Ready { job, answer }),
             Served::Stream(rx) => {
@@ -119,6 +123,7 @@ impl CaptureEngine {
                         _ => None,
                     };
                     if tx.try_send(Ready { job, answer }).is_err() {
+                        stats.pending.fetch_sub(1, Ordering::Relaxed);
                         stats.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 });
@@ -128,8 +133,14 @@ impl CaptureEngine {
 
     fn send(&self, r: Ready) {
         if self.tx.try_send(r).is_err() {
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Captures accepted that have not reached the store yet.
+    pub fn pending(&self) -> u64 {
+        self.stats.pending.load(Ordering::Relaxed)
     }
 
     /// Prometheus lines for the capture counters.
@@ -145,6 +156,15 @@ switchyard_capture_total{{result=\"stored\"}} {}\nswitchyard_capture_total{{resu
             s.skipped.load(Ordering::Relaxed),
             s.failed.load(Ordering::Relaxed),
         );
+    }
+}
+
+/// Takes a batch's captures off `pending` once the batch is handled, however that ends.
+struct DoneOnDrop<'a>(&'a AtomicU64, u64);
+
+impl Drop for DoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -244,6 +264,7 @@ fn writer(
             }
         }
         behind = taken == BATCH_MAX;
+        let _done = DoneOnDrop(&stats.pending, taken as u64);
         if batch.is_empty() {
             continue;
         }

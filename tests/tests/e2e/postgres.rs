@@ -992,19 +992,38 @@ async fn shadow_pairs_and_captures_from_both_replicas_are_read_on_either() {
     let b = Gateway::start_with_env(&text, &env());
     let c = Client::new();
     let body = |i: usize| json!({"model":"m","max_tokens":5,"messages":[{"role":"user","content":format!("question {i}")}]});
-    for i in 0..5 {
-        let gw = if i < 3 { &a } else { &b };
+    for i in 0..3 {
         let r = c
-            .post_json(&gw.url("/v1/chat/completions"), &body(i), &[])
+            .post_json(&a.url("/v1/chat/completions"), &body(i), &[])
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // A stops at once: what it mirrored and captured is written before it exits.
+    assert!(!a.dir.path().join("switchyard.db").exists());
+    stop(a);
+    assert_eq!(pg.psql("SELECT COUNT(*) FROM shadow_pairs"), "3");
+    assert_eq!(pg.psql("SELECT COUNT(*) FROM captures"), "3");
+    for i in 3..5 {
+        let r = c
+            .post_json(&b.url("/v1/chat/completions"), &body(i), &[])
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     wait_count(&pg, "SELECT COUNT(*) FROM shadow_pairs", 5).await;
     wait_count(&pg, "SELECT COUNT(*) FROM captures", 5).await;
 
-    // `shadow report` from either replica's folder counts the pairs of both.
-    for gw in [&a, &b] {
-        let v: Value = serde_json::from_str(&cli(gw, &["shadow", "report", "--json"])).unwrap();
+    // `shadow report` (from B's folder, or any other with the same config) counts the
+    // pairs of both.
+    let elsewhere = tempfile::tempdir().unwrap();
+    for dir in [b.dir.path(), elsewhere.path()] {
+        let cfg = b.config_path.to_str().unwrap();
+        let (code, out, err) = run_switchyard(
+            &["shadow", "report", "--json", "--config", cfg],
+            dir,
+            &env(),
+        );
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
         let routes = v["routes"].as_array().unwrap();
         assert_eq!(routes.len(), 1, "{v}");
         assert_eq!(routes[0]["pairs"], 5, "{v}");
@@ -1034,10 +1053,7 @@ async fn shadow_pairs_and_captures_from_both_replicas_are_read_on_either() {
         );
     }
     // Neither replica made a store file of its own.
-    for gw in [&a, &b] {
-        assert!(!gw.dir.path().join("switchyard.db").exists());
-    }
-    stop(a);
+    assert!(!b.dir.path().join("switchyard.db").exists());
     stop(b);
 }
 

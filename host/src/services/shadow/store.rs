@@ -168,8 +168,10 @@ fn writer(
                 Err(_) => break,
             }
         }
+        let taken = batch.len() as u64;
         if let Some(store) = &shared {
             submit_pg(store, std::mem::take(&mut batch), &stats);
+            stats.pending.fetch_sub(taken, Ordering::Relaxed);
             continue;
         }
         if conn.is_none() {
@@ -181,6 +183,7 @@ fn writer(
                         .store_errors
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     batch.clear();
+                    stats.pending.fetch_sub(taken, Ordering::Relaxed);
                     continue;
                 }
             }
@@ -196,6 +199,7 @@ fn writer(
             };
         }
         batch.clear();
+        stats.pending.fetch_sub(taken, Ordering::Relaxed);
     }
 }
 
