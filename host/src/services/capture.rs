@@ -271,15 +271,12 @@ fn writer(
         if let Some(store) = &shared {
             // Batched, bounded and flushed by the store's writer; dropped and counted there
             // while PostgreSQL is down.
+            // `stored` counts what the store's queue took; its own counters say the rest.
             let rows = std::mem::take(&mut batch);
             let n = rows.len() as u64;
-            let st = stats.clone();
-            let accepted = store.submit(Write::Pg(Box::new(move |tx| {
-                insert_pg(tx, &rows)?;
-                st.stored.fetch_add(n, Ordering::Relaxed);
-                Ok(())
-            })));
-            if !accepted {
+            if store.submit(Write::Pg(Box::new(move |tx| insert_pg(tx, &rows)))) {
+                stats.stored.fetch_add(n, Ordering::Relaxed);
+            } else {
                 stats.dropped.fetch_add(n, Ordering::Relaxed);
             }
             continue;

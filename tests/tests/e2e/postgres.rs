@@ -1261,3 +1261,45 @@ async fn tls_to_postgres_checks_the_server_against_the_named_ca() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_and_captures_made_while_postgres_is_down_are_written_when_it_is_back() {
+    let Some(mut pg) = Postgres::start() else {
+        return;
+    };
+    let (old, new) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start_with_env(&shadow_config(&pg, &old, &new, ""), &env());
+    let c = Client::new();
+    let ask = |i: usize| {
+        let (c, url) = (c.clone(), gw.url("/v1/chat/completions"));
+        async move {
+            let body = json!({"model":"m","max_tokens":5,"messages":[{"role":"user","content":format!("q{i}")}]});
+            c.post_json(&url, &body, &[]).await.status
+        }
+    };
+    assert_eq!(ask(0).await, 200);
+    wait_count(&pg, "SELECT COUNT(*) FROM shadow_pairs", 1).await;
+    pg.stop();
+    // Served while the database is down; their pairs wait in the store's queue.
+    for i in 1..5 {
+        assert_eq!(ask(i).await, 200);
+    }
+    let start = Instant::now();
+    loop {
+        let m = c.get(&gw.url("/metrics")).await.text();
+        if metric(&m, "switchyard_store_up") == 0.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "store never reported down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.resume();
+    wait_count(&pg, "SELECT COUNT(*) FROM shadow_pairs", 5).await;
+    wait_count(&pg, "SELECT COUNT(*) FROM captures", 5).await;
+    let m = c.get(&gw.url("/metrics")).await.text();
+    assert_eq!(metric(&m, "switchyard_store_failed_total"), 0.0, "{m}");
+    stop(gw);
+}

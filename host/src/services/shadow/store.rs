@@ -250,16 +250,14 @@ fn insert(conn: &mut Connection, pairs: &[Pair]) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-/// Hand a batch to the PostgreSQL store's writer; `recorded` counts it once committed.
-fn submit_pg(store: &Store, pairs: Vec<Pair>, stats: &Arc<Stats>) {
+/// Hand a batch to the PostgreSQL store's writer: `recorded` counts it once queued there
+/// (the store's own counters say what became of its queue), `store_errors` when the queue
+/// is full.
+fn submit_pg(store: &Store, pairs: Vec<Pair>, stats: &Stats) {
     let n = pairs.len() as u64;
-    let st = stats.clone();
-    let accepted = store.submit(Write::Pg(Box::new(move |tx| {
-        insert_pg(tx, &pairs)?;
-        st.recorded.fetch_add(n, Ordering::Relaxed);
-        Ok(())
-    })));
-    if !accepted {
+    if store.submit(Write::Pg(Box::new(move |tx| insert_pg(tx, &pairs)))) {
+        stats.recorded.fetch_add(n, Ordering::Relaxed);
+    } else {
         stats.store_errors.fetch_add(n, Ordering::Relaxed);
     }
 }
