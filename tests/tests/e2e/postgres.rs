@@ -1109,15 +1109,17 @@ async fn a_reload_on_one_replica_is_in_the_config_history_of_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_deciding_replica_guards_on_agreement_from_pairs_the_other_served() {
+async fn the_deciding_replica_guards_on_pairs_and_feedback_the_other_served() {
     let Some(pg) = Postgres::start() else { return };
     let (old, new) = (MockUpstream::start().await, MockUpstream::start().await);
     // The candidate is the shadow's backend and model: its mirrored pairs are its agreement.
+    // At 100 % from the first step every request is the candidate's, so each feedback
+    // counts; 1000 requests a step keeps it there while the test looks.
     let text = shadow_config(
         &pg,
         &old,
         &new,
-        r#"{ candidate = { backend = "new", model = "cand" }, steps = [10, 100], step_secs = 3600, min_requests = 1000, guard = { min_agreement = 0.5 } }"#,
+        r#"{ candidate = { backend = "new", model = "cand" }, steps = [100], step_secs = 3600, min_requests = 1000, guard = { min_agreement = 0.5, min_feedback = 0.5 } }"#,
     );
     let a = Gateway::start_with_env(&text, &env());
     assert!(
@@ -1127,8 +1129,9 @@ async fn the_deciding_replica_guards_on_agreement_from_pairs_the_other_served() 
     );
     let b = Gateway::start_with_env(&text, &env());
     let c = Client::new();
-    wait_rollout(&c, &b, Duration::from_secs(30), |s| s["weight"] == 10.0).await;
-    // Traffic only through B, the follower: A's guard sees it only through the database.
+    wait_rollout(&c, &b, Duration::from_secs(30), |s| s["weight"] == 100.0).await;
+    // Traffic and feedback only through B, the follower: A's guards see them only through
+    // the database.
     for i in 0..6 {
         let r = c
             .post_json(
@@ -1138,33 +1141,47 @@ async fn the_deciding_replica_guards_on_agreement_from_pairs_the_other_served() 
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.header("x-switchyard-request-id").unwrap().to_string();
+        let start = Instant::now();
+        loop {
+            let f = c
+                .post_json(
+                    &b.url("/v1/feedback"),
+                    &json!({"request_id": id, "thumbs": "up"}),
+                    &[],
+                )
+                .await;
+            if f.status == 200 {
+                break;
+            }
+            // The request's ledger row may not be written yet.
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} {}",
+                f.status,
+                f.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     wait_count(&pg, "SELECT COUNT(*) FROM shadow_pairs", 6).await;
+    wait_count(&pg, "SELECT COUNT(*) FROM feedback", 6).await;
+    let guard = |s: &Value, name: &str| -> Value {
+        s["guards"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     let s = wait_rollout(&c, &a, Duration::from_secs(30), |s| {
-        s["guards"].as_array().is_some_and(|g| {
-            g.iter()
-                .any(|g| g["name"] == "min_agreement" && g["value"].is_number())
-        })
+        guard(s, "min_agreement")["detail"] == "mean of 6 mirrored pairs"
+            && guard(s, "min_feedback")["detail"] == "mean of 6 feedback scores"
     })
     .await;
-    let g = s["guards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "min_agreement")
-        .unwrap()
-        .clone();
-    assert!(
-        g["detail"].as_str().unwrap().contains("mirrored pairs"),
-        "{g}"
-    );
-    let n: u64 = g["detail"]
-        .as_str()
-        .unwrap()
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .unwrap();
-    assert!(n >= 1, "{g}");
+    assert!(guard(&s, "min_agreement")["value"].is_number(), "{s:#}");
+    assert_eq!(guard(&s, "min_feedback")["value"], 1.0, "{s:#}");
+    assert_eq!(guard(&s, "min_feedback")["ok"], true, "{s:#}");
+    assert_eq!(s["state"], "running", "{s:#}");
     stop(a);
     stop(b);
 }
