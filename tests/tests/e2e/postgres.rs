@@ -1173,7 +1173,7 @@ async fn the_deciding_replica_guards_on_pairs_and_feedback_the_other_served() {
             .cloned()
             .unwrap_or(Value::Null)
     };
-    let s = wait_rollout(&c, &a, Duration::from_secs(30), |s| {
+    let s = wait_rollout(&c, &a, Duration::from_secs(60), |s| {
         guard(s, "min_agreement")["detail"] == "mean of 6 mirrored pairs"
             && guard(s, "min_feedback")["detail"] == "mean of 6 feedback scores"
     })
