@@ -23,6 +23,8 @@ pub struct Postgres {
     bin: PathBuf,
     data: PathBuf,
     run_as: Option<(u32, u32)>,
+    /// TLS on: the certificate and key files the server presents.
+    tls: Option<(PathBuf, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
@@ -53,6 +55,16 @@ impl Postgres {
     /// Start one, or `None` after saying the test is skipped (a failure under
     /// `SWITCHYARD_CI=1`) where PostgreSQL is not installed.
     pub fn start() -> Option<Postgres> {
+        Postgres::start_inner(None)
+    }
+
+    /// [`Postgres::start`] with TLS on (`ssl = on`), presenting `cert_pem` (its key
+    /// `key_pem`); clients may still connect without TLS.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Option<Postgres> {
+        Postgres::start_inner(Some((cert_pem, key_pem)))
+    }
+
+    fn start_inner(tls: Option<(&str, &str)>) -> Option<Postgres> {
         let bin = bin_dir();
         if skip_unless(
             bin.as_ref().is_some_and(|b| b.join("initdb").exists()),
@@ -82,6 +94,21 @@ impl Postgres {
         if let Some((u, g)) = run_as {
             std::os::unix::fs::chown(&pwfile, Some(u), Some(g)).expect("chown");
         }
+        let tls = tls.map(|(cert, key)| {
+            let files = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&files.0, cert).expect("cert file");
+            std::fs::write(&files.1, key).expect("key file");
+            // The server refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&files.1, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+            if let Some((u, g)) = run_as {
+                for f in [&files.0, &files.1] {
+                    std::os::unix::fs::chown(f, Some(u), Some(g)).expect("chown");
+                }
+            }
+            files
+        });
         let data = dir.path().join("data");
         let mut pg = Postgres {
             child: None,
@@ -89,6 +116,7 @@ impl Postgres {
             bin,
             data,
             run_as,
+            tls,
             _dir: dir,
         };
         let out = pg
@@ -146,6 +174,17 @@ impl Postgres {
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
         let sockets: &Path = self.data.parent().expect("folder");
+        let mut tls_args = Vec::new();
+        if let Some((cert, key)) = &self.tls {
+            tls_args.extend([
+                "-c".to_string(),
+                "ssl=on".to_string(),
+                "-c".to_string(),
+                format!("ssl_cert_file={}", cert.display()),
+                "-c".to_string(),
+                format!("ssl_key_file={}", key.display()),
+            ]);
+        }
         let child = self
             .command("postgres")
             .arg("-D")
@@ -162,6 +201,7 @@ impl Postgres {
                 "-c",
                 "full_page_writes=off",
             ])
+            .args(&tls_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -8,6 +8,10 @@
 //! last `[admin] keep_versions` validated versions are kept in memory, so a rollback does
 //! not read or validate anything: it is an `ArcSwap` store, well under a millisecond.
 //!
+//! Each change of the version in force is also added to the store's `config_history`
+//! (shared by replicas on PostgreSQL); each replica still reloads its own file and rolls
+//! back its own kept versions.
+//!
 //! The file is polled (its content hash, twice a second) rather than watched with inotify:
 //! it works the same on every filesystem, including the symlink swaps Kubernetes does for
 //! ConfigMaps, and reading a few kilobytes twice a second costs nothing.
@@ -21,8 +25,8 @@ use std::time::{Duration, SystemTime};
 use super::gateway::Gateway;
 use crate::config::admin::DEFAULT_KEEP_VERSIONS;
 use crate::config::{self, ConfigError, ConfigSource, Runtime};
-use crate::services::Snapshot;
 use crate::services::upstream::health;
+use crate::services::{Snapshot, config_history};
 
 /// One validated config version, with the live upstreams built for it.
 #[derive(Debug, Clone)]
@@ -200,7 +204,9 @@ impl Control {
         }
         h.current = h.versions.len() - 1;
         gw.services.install(snapshot);
+        let text = h.versions[h.current].text.clone();
         drop(h);
+        record(gw, id, origin, text.as_deref());
         tracing::info!(origin, version = id, previous, "config reloaded");
         Ok(Reloaded::Applied {
             version: id,
@@ -219,6 +225,7 @@ impl Control {
         let v = h.versions[h.current].clone();
         gw.services.install(v.snapshot.clone());
         drop(h);
+        record(gw, v.id, "rollback", v.text.as_deref());
         tracing::info!(version = v.id, from, "config rolled back");
         Ok((v.id, from))
     }
@@ -242,9 +249,22 @@ impl Control {
     }
 }
 
+/// Add a change of the version in force to the store's shared history
+/// ([`config_history`]): with `[state] postgres` every replica lists every replica's changes.
+fn record(gw: &Gateway, version: u64, origin: &str, text: Option<&str>) {
+    if let Some(g) = &gw.services.governance {
+        config_history::record(&g.store, version, origin, text);
+    }
+}
+
 /// Start the file watcher, the SIGHUP handler and the health checks.
 pub fn spawn_background(gw: &Arc<Gateway>) {
     gw.control.init(gw.snapshot());
+    {
+        let (versions, current) = gw.control.versions();
+        let text = versions.last().and_then(|v| v.text.clone());
+        record(gw, current, "start", text.as_deref());
+    }
     let services = gw.services.clone();
     health::spawn(move || services.snapshot().upstreams.clone());
 

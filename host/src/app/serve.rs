@@ -88,6 +88,10 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     let plugins = Arc::new(Plugins::default());
     let capture = CaptureEngine::start(
         StateSettings::store_path(runtime.state.as_ref()),
+        governance
+            .store
+            .is_postgres()
+            .then(|| governance.store.clone()),
         plugins.clone(),
     );
     let upstreams = Upstreams::with_shards(settings.threads.unwrap_or(0));
@@ -222,6 +226,15 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    // Mirrored pairs and captures already accepted reach the store's queue before it
+    // closes (bounded: a shadow call to a slow backend is not waited for past this).
+    let deadline = std::time::Instant::now() + PIPELINE_DRAIN;
+    let pending = |s: &Services| {
+        s.shadow.as_ref().map_or(0, |x| x.pending()) + s.capture.as_ref().map_or(0, |x| x.pending())
+    };
+    while pending(&services) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     // The rollouts' last counts, then everything queued for the store (ledger rows) is
     // written before the process exits.
     services.rollouts.save_all(&governance.store);
@@ -229,6 +242,9 @@ pub async fn run(runtime: Runtime) -> ExitCode {
     tracer.shutdown().await;
     ExitCode::SUCCESS
 }
+
+/// How long a shutdown waits for mirrored pairs and captures still on their way to the store.
+const PIPELINE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The public listener served by `[server] threads` shards: each a runtime with one worker
 /// thread, accepting on its own handle of the one listening socket (the kernel hands each

@@ -93,7 +93,121 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
                 .into(),
         );
     }
+    let (_, tls) = split_tls(url)?;
+    if let Some(ca) = &tls.root_cert
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        return Err(format!("sslrootcert {}: {e}", ca.display()));
+    }
     Ok(())
+}
+
+/// `sslmode` in a PostgreSQL URL, with libpq's names and meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP (also what a URL without `sslmode` gets).
+    Disable,
+    /// TLS when the server offers it, else plain; the certificate is not checked.
+    Prefer,
+    /// TLS or no connection; the certificate is checked against `sslrootcert` when one is
+    /// named (like libpq), else not at all (encryption only).
+    Require,
+    /// TLS, the certificate chain checked against `sslrootcert` (else the system's roots),
+    /// the host name not.
+    VerifyCa,
+    /// TLS, the chain and the host name checked.
+    VerifyFull,
+}
+
+/// The TLS parameters of a PostgreSQL URL, split off it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgTls {
+    pub mode: SslMode,
+    /// `sslrootcert`: a PEM file of the certificates to trust.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Split libpq's `sslmode` and `sslrootcert` off a PostgreSQL URL (the client library
+/// takes neither of those values or names): the rest of the URL and the TLS settings.
+pub fn split_tls(url: &str) -> Result<(String, PgTls), String> {
+    let mut tls = PgTls {
+        mode: SslMode::Disable,
+        root_cert: None,
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), tls));
+    };
+    let mut kept = Vec::new();
+    let mut mode = None;
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "sslmode" => {
+                mode = Some(match v {
+                    "disable" => SslMode::Disable,
+                    "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(format!(
+                            "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
+                        ));
+                    }
+                })
+            }
+            "sslrootcert" => {
+                let path = percent_decode(v);
+                if path.is_empty() {
+                    return Err("sslrootcert is empty: name a PEM file of CA certificates".into());
+                }
+                tls.root_cert = Some(PathBuf::from(path));
+            }
+            "sslcert" | "sslkey" | "sslcrl" | "sslpassword" => {
+                return Err(format!(
+                    "{k}: client certificates are not supported; use a password (postgres_password_env)"
+                ));
+            }
+            _ => kept.push(kv),
+        }
+    }
+    if let Some(m) = mode {
+        tls.mode = m;
+    } else if tls.root_cert.is_some() {
+        // libpq: a root certificate without a mode verifies the chain.
+        tls.mode = SslMode::VerifyCa;
+    }
+    if tls.root_cert.is_some() && matches!(tls.mode, SslMode::Disable | SslMode::Prefer) {
+        return Err("sslrootcert needs sslmode=require, verify-ca or verify-full".into());
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, tls))
+}
+
+/// `%XX` escapes in a URL parameter (a path with spaces, say).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub(super) fn validate_state(
@@ -176,6 +290,41 @@ mod tests {
             assert_eq!(check_postgres_url(url), Ok(()), "{url}");
         }
         assert!(check_postgres_url("mysql://db/sy").is_err());
+    }
+
+    #[test]
+    fn libpq_tls_parameters_are_split_off_and_checked() {
+        let (rest, tls) = split_tls(
+            "postgres://app@db/sy?connect_timeout=3&sslmode=verify-full&sslrootcert=/a%20b/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://app@db/sy?connect_timeout=3");
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.root_cert, Some(PathBuf::from("/a b/ca.pem")));
+        let (rest, tls) = split_tls("postgres://app@db/sy?sslmode=require").unwrap();
+        assert_eq!(
+            (rest.as_str(), tls.mode),
+            ("postgres://app@db/sy", SslMode::Require)
+        );
+        assert_eq!(
+            split_tls("postgres://db/sy").unwrap().1.mode,
+            SslMode::Disable
+        );
+        for (url, says) in [
+            ("postgres://db/sy?sslmode=allow-ish", "sslmode=allow-ish"),
+            (
+                "postgres://db/sy?sslmode=disable&sslrootcert=/ca.pem",
+                "sslrootcert needs",
+            ),
+            ("postgres://db/sy?sslcert=/c.pem", "client certificates"),
+        ] {
+            let err = split_tls(url).unwrap_err();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        let err =
+            check_postgres_url("postgres://db/sy?sslmode=require&sslrootcert=/no/such/ca.pem")
+                .unwrap_err();
+        assert!(err.contains("/no/such/ca.pem"), "{err}");
     }
 
     #[test]

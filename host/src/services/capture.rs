@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use rusqlite::{Connection, params};
 
-use super::governance::store::{self, Migration};
+use super::governance::store::{self, Migration, Store, Write};
 use super::plugins::{CallerInfo, Pass, Plugins};
 use super::shadow::{Served, compare};
 use crate::base::Endpoint;
@@ -57,6 +57,9 @@ pub struct Stats {
     /// Sampled, but nothing to store (a failed stream, an answer without text).
     pub skipped: AtomicU64,
     pub failed: AtomicU64,
+    /// Captures accepted and not yet handed to the store (or dropped): what a shutdown
+    /// waits for before the store closes.
+    pub pending: AtomicU64,
 }
 
 /// One sampled exchange, as the request path hands it over.
@@ -82,14 +85,19 @@ pub struct CaptureEngine {
 }
 
 impl CaptureEngine {
-    /// Start the writer; rows go to the store file at `path` (created on the first capture).
-    pub fn start(path: PathBuf, plugins: Arc<Plugins>) -> CaptureEngine {
+    /// Start the writer; rows go to the store file at `path` (created on the first
+    /// capture), or, with `shared` (a PostgreSQL store), through that store's writer.
+    pub fn start(
+        path: PathBuf,
+        shared: Option<Arc<Store>>,
+        plugins: Arc<Plugins>,
+    ) -> CaptureEngine {
         let stats = Arc::new(Stats::default());
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let st = stats.clone();
         let spawned = std::thread::Builder::new()
             .name("capture-store".into())
-            .spawn(move || writer(path, rx, st, plugins));
+            .spawn(move || writer(path, shared, rx, st, plugins));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the capture thread; nothing will be captured");
         }
@@ -103,6 +111,7 @@ impl CaptureEngine {
 
     /// Hand a sampled exchange over. Never waits: a full queue drops it (and counts it).
     pub fn capture(&self, job: Job, served: Served) {
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
         match served {
             Served::Complete(answer) => self.send(Ready { job, answer }),
             Served::Stream(rx) => {
@@ -114,6 +123,7 @@ impl CaptureEngine {
                         _ => None,
                     };
                     if tx.try_send(Ready { job, answer }).is_err() {
+                        stats.pending.fetch_sub(1, Ordering::Relaxed);
                         stats.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 });
@@ -123,8 +133,14 @@ impl CaptureEngine {
 
     fn send(&self, r: Ready) {
         if self.tx.try_send(r).is_err() {
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Captures accepted that have not reached the store yet.
+    pub fn pending(&self) -> u64 {
+        self.stats.pending.load(Ordering::Relaxed)
     }
 
     /// Prometheus lines for the capture counters.
@@ -140,6 +156,15 @@ switchyard_capture_total{{result=\"stored\"}} {}\nswitchyard_capture_total{{resu
             s.skipped.load(Ordering::Relaxed),
             s.failed.load(Ordering::Relaxed),
         );
+    }
+}
+
+/// Takes a batch's captures off `pending` once the batch is handled, however that ends.
+struct DoneOnDrop<'a>(&'a AtomicU64, u64);
+
+impl Drop for DoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -206,7 +231,13 @@ fn row(plugins: &Plugins, r: Ready, stats: &Stats) -> Option<Row> {
     })
 }
 
-fn writer(path: PathBuf, rx: Receiver<Ready>, stats: Arc<Stats>, plugins: Arc<Plugins>) {
+fn writer(
+    path: PathBuf,
+    shared: Option<Arc<Store>>,
+    rx: Receiver<Ready>,
+    stats: Arc<Stats>,
+    plugins: Arc<Plugins>,
+) {
     // Opened on the first capture: a gateway that captures nothing never touches the file.
     let mut conn: Option<Connection> = None;
     let mut batch = Vec::with_capacity(BATCH_MAX);
@@ -233,7 +264,21 @@ fn writer(path: PathBuf, rx: Receiver<Ready>, stats: Arc<Stats>, plugins: Arc<Pl
             }
         }
         behind = taken == BATCH_MAX;
+        let _done = DoneOnDrop(&stats.pending, taken as u64);
         if batch.is_empty() {
+            continue;
+        }
+        if let Some(store) = &shared {
+            // Batched, bounded and flushed by the store's writer; dropped and counted there
+            // while PostgreSQL is down.
+            // `stored` counts what the store's queue took; its own counters say the rest.
+            let rows = std::mem::take(&mut batch);
+            let n = rows.len() as u64;
+            if store.submit(Write::Pg(Box::new(move |tx| insert_pg(tx, &rows)))) {
+                stats.stored.fetch_add(n, Ordering::Relaxed);
+            } else {
+                stats.dropped.fetch_add(n, Ordering::Relaxed);
+            }
             continue;
         }
         if conn.is_none() {
@@ -278,6 +323,22 @@ fn insert(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// [`insert`] on PostgreSQL, inside the store writer's transaction.
+fn insert_pg(tx: &mut postgres::Transaction<'_>, rows: &[Row]) -> Result<(), postgres::Error> {
+    let st = tx.prepare(
+        "INSERT INTO captures (ts_ms, route, backend, model, request, answer) VALUES ($1, $2, $3, $4, $5, $6)",
+    )?;
+    for r in rows {
+        tx.execute(
+            &st,
+            &[
+                &r.ts_ms, &r.route, &r.backend, &r.model, &r.request, &r.answer,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// What `switchyard capture export` selects.
 #[derive(Debug, Default)]
 pub struct ExportFilter<'a> {
@@ -307,9 +368,34 @@ pub fn export(conn: &Connection, f: &ExportFilter<'_>) -> rusqlite::Result<Vec<S
             r.get::<_, String>(3)?,
         ))
     })?;
+    Ok(lines(rows.collect::<rusqlite::Result<Vec<_>>>()?))
+}
+
+/// [`export`] from a PostgreSQL store: what every replica captured.
+pub fn export_pg(
+    client: &mut postgres::Client,
+    f: &ExportFilter<'_>,
+) -> Result<Vec<String>, postgres::Error> {
+    let limit = f.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let rows = client.query(
+        "SELECT id, route, request, answer FROM (
+           SELECT id, route, request, answer, ts_ms FROM captures
+           WHERE ($1::TEXT IS NULL OR route = $1) AND ts_ms >= $2
+           ORDER BY ts_ms DESC, id DESC LIMIT $3) c
+         ORDER BY ts_ms, id",
+        &[&f.route, &f.since_ms, &limit],
+    )?;
+    Ok(lines(
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect(),
+    ))
+}
+
+/// Dataset lines from (id, route, request, answer) rows.
+fn lines(rows: Vec<(i64, String, String, String)>) -> Vec<String> {
     let mut out = Vec::new();
-    for row in rows {
-        let (id, route, request, answer) = row?;
+    for (id, route, request, answer) in rows {
         let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(&request) else {
             continue;
         };
@@ -322,5 +408,5 @@ pub fn export(conn: &Connection, f: &ExportFilter<'_>) -> rusqlite::Result<Vec<S
         line.insert("expected".into(), answer.into());
         out.push(serde_json::Value::Object(line).to_string());
     }
-    Ok(out)
+    out
 }

@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod capture;
+pub mod config_history;
 pub mod context;
 pub mod governance;
 pub mod judge;

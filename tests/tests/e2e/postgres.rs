@@ -804,6 +804,7 @@ output_per_1m = 2.0
 [[routes]]
 model = "*"
 targets = [{{ backend = "mock" }}]
+shadow = {{ backend = "mock", model = "cand", sample = 1.0 }}
 "#,
             dir.path().join("one.db").display()
         ),
@@ -826,6 +827,24 @@ targets = [{{ backend = "mock" }}]
     for _ in 0..20 {
         assert_eq!(chat_status(&c, &gw, &key).await, 200);
     }
+    let pairs = |cfg: &str, dir: &std::path::Path| {
+        // Fails until the first pair makes the table.
+        let (code, out, _) = run_switchyard(
+            &["shadow", "report", "--json", "--config", cfg],
+            dir,
+            &env(),
+        );
+        (code == 0)
+            .then(|| serde_json::from_str::<Value>(&out).unwrap()["routes"][0]["pairs"].clone())
+    };
+    let start = Instant::now();
+    while pairs(sq, dir.path()) != Some(json!(20)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pairs not written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop(gw);
     let (code, before, err) = run_switchyard(&["spend", "--json", "--config", sq], dir.path(), &[]);
     assert_eq!(code, 0, "{err}");
@@ -846,7 +865,13 @@ targets = [{{ backend = "mock" }}]
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("ledger: 20 rows") && out.contains("keys: 1 rows"),
+        // 20 served and 20 mirrored calls.
+        out.contains("ledger: 40 rows") && out.contains("keys: 1 rows"),
+        "{out}"
+    );
+    // The mirrored pairs and the gateway's start in the config history came along.
+    assert!(
+        out.contains("shadow_pairs: 20 rows") && out.contains("config_history: 1 rows"),
         "{out}"
     );
     // Twice would double the spend: refused.
@@ -887,5 +912,411 @@ targets = [{{ backend = "mock" }}]
     let cost = |v: &Value| v["total"]["cost_usd"].as_f64().unwrap();
     assert!(cost(&a) > 0.0 && (cost(&a) - cost(&b)).abs() < 1e-12);
     assert_eq!(chat_status(&c, &gw, &key).await, 200);
+    assert_eq!(pairs(pg_cfg.to_str().unwrap(), &pg_dir), Some(json!(20)));
+    stop(gw);
+}
+
+/// Two backends, route `m` served by `old` and mirrored to `new` (model `cand`), every
+/// request captured; `rollout` (a TOML inline table) or none.
+fn shadow_config(pg: &Postgres, old: &MockUpstream, new: &MockUpstream, rollout: &str) -> String {
+    let rollout = if rollout.is_empty() {
+        String::new()
+    } else {
+        format!("rollout = {rollout}\n")
+    };
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[admin]
+token_env = "SY_TEST_ADMIN"
+
+[telemetry]
+capture_content = true
+
+[state]
+postgres = "{}"
+postgres_password_env = "{PW_ENV}"
+
+[[backends]]
+name = "old"
+url = "{}"
+
+[[backends]]
+name = "new"
+url = "{}"
+
+[[routes]]
+model = "m"
+targets = [{{ backend = "old" }}]
+shadow = {{ backend = "new", model = "cand", sample = 1.0 }}
+capture = {{ sample = 1.0 }}
+{rollout}"#,
+        pg.url(),
+        old.url(),
+        new.url()
+    )
+}
+
+/// Poll `sql` (one number) until it reaches `want`.
+async fn wait_count(pg: &Postgres, sql: &str, want: u64) {
+    let start = Instant::now();
+    loop {
+        let n: u64 = pg.psql(sql).parse().unwrap();
+        if n >= want {
+            assert_eq!(n, want, "{sql}");
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{sql}: {n} of {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn admin_get(c: &Client, gw: &Gateway, path: &str) -> Value {
+    let r = c
+        .get_with(&gw.url(path), &[("authorization", &bearer(ADMIN_TOKEN))])
+        .await;
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_pairs_and_captures_from_both_replicas_are_read_on_either() {
+    let Some(pg) = Postgres::start() else { return };
+    let (old, new) = (MockUpstream::start().await, MockUpstream::start().await);
+    let text = shadow_config(&pg, &old, &new, "");
+    let a = Gateway::start_with_env(&text, &env());
+    let b = Gateway::start_with_env(&text, &env());
+    let c = Client::new();
+    let body = |i: usize| json!({"model":"m","max_tokens":5,"messages":[{"role":"user","content":format!("question {i}")}]});
+    for i in 0..3 {
+        let r = c
+            .post_json(&a.url("/v1/chat/completions"), &body(i), &[])
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // A stops at once: what it mirrored and captured is written before it exits.
+    assert!(!a.dir.path().join("switchyard.db").exists());
+    stop(a);
+    assert_eq!(pg.psql("SELECT COUNT(*) FROM shadow_pairs"), "3");
+    assert_eq!(pg.psql("SELECT COUNT(*) FROM captures"), "3");
+    for i in 3..5 {
+        let r = c
+            .post_json(&b.url("/v1/chat/completions"), &body(i), &[])
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    wait_count(&pg, "SELECT COUNT(*) FROM shadow_pairs", 5).await;
+    wait_count(&pg, "SELECT COUNT(*) FROM captures", 5).await;
+
+    // `shadow report` (from B's folder, or any other with the same config) counts the
+    // pairs of both.
+    let elsewhere = tempfile::tempdir().unwrap();
+    for dir in [b.dir.path(), elsewhere.path()] {
+        let cfg = b.config_path.to_str().unwrap();
+        let (code, out, err) = run_switchyard(
+            &["shadow", "report", "--json", "--config", cfg],
+            dir,
+            &env(),
+        );
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let routes = v["routes"].as_array().unwrap();
+        assert_eq!(routes.len(), 1, "{v}");
+        assert_eq!(routes[0]["pairs"], 5, "{v}");
+        assert_eq!(routes[0]["shadow"], "new/cand", "{v}");
+    }
+    // The console's shadow page on B: A's pairs too.
+    let v = admin_get(&c, &b, "/admin/shadow?since=1h").await;
+    let pairs: i64 = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pairs"].as_i64().unwrap())
+        .sum();
+    assert_eq!(pairs, 5, "{v}");
+    // Captures made on A export from B, one dataset line each, in order.
+    let out = cli(&b, &["capture", "export"]);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(
+            l["messages"][0]["content"],
+            format!("question {i}"),
+            "{out}"
+        );
+    }
+    // Neither replica made a store file of its own.
+    assert!(!b.dir.path().join("switchyard.db").exists());
+    stop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_on_one_replica_is_in_the_config_history_of_the_other() {
+    let Some(pg) = Postgres::start() else { return };
+    let mock = MockUpstream::start().await;
+    let text = config(&mock, &pg, "");
+    let a = Gateway::start_with_env(&text, &env());
+    let b = Gateway::start_with_env(&text, &env());
+    let c = Client::new();
+    wait_count(&pg, "SELECT COUNT(*) FROM config_history", 2).await;
+    // A's file changes and A reloads it; B keeps its own file and version.
+    std::fs::write(&a.config_path, format!("{text}\n# reloaded on A\n")).unwrap();
+    let r = c
+        .send(
+            Method::POST,
+            &a.url("/admin/reload"),
+            "",
+            &[("authorization", &bearer(ADMIN_TOKEN))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["reloaded"], true, "{}", r.text());
+    wait_count(&pg, "SELECT COUNT(*) FROM config_history", 3).await;
+
+    let va = admin_get(&c, &a, "/admin/config").await;
+    let vb = admin_get(&c, &b, "/admin/config").await;
+    assert_eq!(vb["current"], 1, "B's own version is untouched: {vb}");
+    assert_eq!(va["current"], 2, "{va}");
+    let history = vb["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3, "{vb}");
+    // Newest first: A's reload, named by A's replica, then both starts.
+    let newest = &history[0];
+    assert_eq!(newest["origin"], "admin", "{vb}");
+    assert_eq!(newest["replica"], va["replica"], "{vb}");
+    assert_ne!(newest["replica"], vb["replica"], "{vb}");
+    assert_eq!(newest["version"], 2);
+    let starts: Vec<&Value> = history[1..].iter().map(|h| &h["replica"]).collect();
+    assert!(starts.contains(&&va["replica"]) && starts.contains(&&vb["replica"]));
+    // The same file's text hashes alike on both replicas; the reloaded one differs.
+    assert_eq!(history[1]["hash"], history[2]["hash"]);
+    assert_ne!(newest["hash"], history[1]["hash"]);
+    // B serves the text A reloaded.
+    let id = newest["id"].as_i64().unwrap();
+    let one = admin_get(&c, &b, &format!("/admin/config/history/{id}")).await;
+    assert!(
+        one["text"].as_str().unwrap().contains("# reloaded on A"),
+        "{one}"
+    );
+    stop(a);
+    stop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_deciding_replica_guards_on_pairs_and_feedback_the_other_served() {
+    let Some(pg) = Postgres::start() else { return };
+    let (old, new) = (MockUpstream::start().await, MockUpstream::start().await);
+    // The candidate is the shadow's backend and model: its mirrored pairs are its agreement.
+    // At 100 % from the first step every request is the candidate's, so each feedback
+    // counts; 1000 requests a step keeps it there while the test looks.
+    let text = shadow_config(
+        &pg,
+        &old,
+        &new,
+        r#"{ candidate = { backend = "new", model = "cand" }, steps = [100], step_secs = 3600, min_requests = 1000, guard = { min_agreement = 0.5, min_feedback = 0.5 } }"#,
+    );
+    let a = Gateway::start_with_env(&text, &env());
+    assert!(
+        a.wait_for_log(DECIDES, Duration::from_secs(30)),
+        "{}",
+        a.log()
+    );
+    let b = Gateway::start_with_env(&text, &env());
+    let c = Client::new();
+    wait_rollout(&c, &b, Duration::from_secs(30), |s| s["weight"] == 100.0).await;
+    // Traffic and feedback only through B, the follower: A's guards see them only through
+    // the database.
+    for i in 0..6 {
+        let r = c
+            .post_json(
+                &b.url("/v1/chat/completions"),
+                &json!({"model":"m","max_tokens":5,"messages":[{"role":"user","content":format!("q{i}")}]}),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.header("x-switchyard-request-id").unwrap().to_string();
+        let start = Instant::now();
+        loop {
+            let f = c
+                .post_json(
+                    &b.url("/v1/feedback"),
+                    &json!({"request_id": id, "thumbs": "up"}),
+                    &[],
+                )
+                .await;
+            if f.status == 200 {
+                break;
+            }
+            // The request's ledger row may not be written yet.
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} {}",
+                f.status,
+                f.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    wait_count(&pg, "SELECT COUNT(*) FROM shadow_pairs", 6).await;
+    wait_count(&pg, "SELECT COUNT(*) FROM feedback", 6).await;
+    let guard = |s: &Value, name: &str| -> Value {
+        s["guards"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let s = wait_rollout(&c, &a, Duration::from_secs(60), |s| {
+        guard(s, "min_agreement")["detail"] == "mean of 6 mirrored pairs"
+            && guard(s, "min_feedback")["detail"] == "mean of 6 feedback scores"
+    })
+    .await;
+    assert!(guard(&s, "min_agreement")["value"].is_number(), "{s:#}");
+    assert_eq!(guard(&s, "min_feedback")["value"], 1.0, "{s:#}");
+    assert_eq!(guard(&s, "min_feedback")["ok"], true, "{s:#}");
+    assert_eq!(s["state"], "running", "{s:#}");
+    stop(a);
+    stop(b);
+}
+
+/// PostgreSQL connections of the gateways (application `switchyard`): (over TLS, plain).
+fn switchyard_connections(pg: &Postgres) -> (u64, u64) {
+    let count = |ssl: bool| -> u64 {
+        pg.psql(&format!(
+            "SELECT COUNT(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'switchyard' AND s.ssl = {ssl}"
+        ))
+        .parse()
+        .unwrap()
+    };
+    (count(true), count(false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_checks_the_server_against_the_named_ca() {
+    let server =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let Some(pg) =
+        Postgres::start_with_tls(&server.cert.pem(), &server.signing_key.serialize_pem())
+    else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = certs.path().join("ca.pem");
+    std::fs::write(&ca, server.cert.pem()).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let wrong_ca = certs.path().join("wrong-ca.pem");
+    std::fs::write(&wrong_ca, other.cert.pem()).unwrap();
+    let with_params =
+        |params: &str| config(&mock, &pg, "").replace(&pg.url(), &format!("{}?{params}", pg.url()));
+
+    // verify-full with the CA: the chain and the name (127.0.0.1) check out.
+    let text = with_params(&format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+    let gw = Gateway::start_with_env(&text, &env());
+    let key = create_key(&text, "tls");
+    let c = Client::new();
+    assert_eq!(chat_status(&c, &gw, &key).await, 200);
+    let (tls, plain) = switchyard_connections(&pg);
+    assert!(tls > 0 && plain == 0, "tls {tls}, plain {plain}");
+    stop(gw);
+
+    // require without a CA: encrypted, the certificate not checked (libpq's meaning).
+    let gw = Gateway::start_with_env(&with_params("sslmode=require"), &env());
+    assert_eq!(chat_status(&c, &gw, &key).await, 200);
+    let (tls, plain) = switchyard_connections(&pg);
+    assert!(tls > 0 && plain == 0, "tls {tls}, plain {plain}");
+    stop(gw);
+
+    // A CA that did not sign the server's certificate: refused at start, saying why.
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("switchyard.toml");
+        std::fs::write(
+            &cfg,
+            with_params(&format!(
+                "sslmode={mode}&sslrootcert={}",
+                wrong_ca.display()
+            )),
+        )
+        .unwrap();
+        let (code, _, err) = run_switchyard(
+            &["serve", "--config", cfg.to_str().unwrap()],
+            dir.path(),
+            &env(),
+        );
+        assert_ne!(code, 0, "{mode}");
+        assert!(
+            err.contains("cannot connect") && err.contains("certificate"),
+            "{mode}: {err}"
+        );
+    }
+    // A CA file that is not there: a config error naming the key and the file.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &cfg,
+        with_params("sslmode=verify-full&sslrootcert=/no/such/ca.pem"),
+    )
+    .unwrap();
+    let (code, _, err) = run_switchyard(
+        &["serve", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+        &env(),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("state.postgres") && err.contains("/no/such/ca.pem"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_and_captures_made_while_postgres_is_down_are_written_when_it_is_back() {
+    let Some(mut pg) = Postgres::start() else {
+        return;
+    };
+    let (old, new) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start_with_env(&shadow_config(&pg, &old, &new, ""), &env());
+    let c = Client::new();
+    let ask = |i: usize| {
+        let (c, url) = (c.clone(), gw.url("/v1/chat/completions"));
+        async move {
+            let body = json!({"model":"m","max_tokens":5,"messages":[{"role":"user","content":format!("q{i}")}]});
+            c.post_json(&url, &body, &[]).await.status
+        }
+    };
+    assert_eq!(ask(0).await, 200);
+    wait_count(&pg, "SELECT COUNT(*) FROM shadow_pairs", 1).await;
+    pg.stop();
+    // Served while the database is down; their pairs wait in the store's queue.
+    for i in 1..5 {
+        assert_eq!(ask(i).await, 200);
+    }
+    let start = Instant::now();
+    loop {
+        let m = c.get(&gw.url("/metrics")).await.text();
+        if metric(&m, "switchyard_store_up") == 0.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "store never reported down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.resume();
+    wait_count(&pg, "SELECT COUNT(*) FROM shadow_pairs", 5).await;
+    wait_count(&pg, "SELECT COUNT(*) FROM captures", 5).await;
+    let m = c.get(&gw.url("/metrics")).await.text();
+    assert_eq!(metric(&m, "switchyard_store_failed_total"), 0.0, "{m}");
     stop(gw);
 }

@@ -168,6 +168,9 @@ async fn rollout_action(
     }
 }
 
+/// How many of the shared config history's latest changes `GET /admin/config` lists.
+const CONFIG_HISTORY_SHOWN: i64 = 50;
+
 /// Answer one traffic `/admin/...` request (the token already checked: [`refusal`]).
 async fn handle(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Response<GatewayBody> {
     let path = req.uri().path().to_string();
@@ -189,9 +192,31 @@ async fn handle(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Respon
                     })
                 })
                 .collect();
+            // Every replica's changes, from the store they share (this one's alone on SQLite).
+            let history = match gw.services.governance.clone() {
+                Some(g) => tokio::task::spawn_blocking(move || {
+                    let mut conn = g.store.conn().map_err(|e| e.to_string())?;
+                    crate::services::config_history::recent(&mut conn, CONFIG_HISTORY_SHOWN)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r),
+                None => Ok(Vec::new()),
+            };
+            let history = match history {
+                Ok(h) => h,
+                Err(e) => {
+                    return GatewayError::Internal(format!("config history: {e}")).to_response();
+                }
+            };
             json(
                 StatusCode::OK,
-                serde_json::json!({"current": current, "versions": list}),
+                serde_json::json!({
+                    "current": current,
+                    "versions": list,
+                    "replica": crate::services::config_history::replica_name(),
+                    "history": history,
+                }),
             )
         }
         ("/admin/reload", &Method::POST) => {

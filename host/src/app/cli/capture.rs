@@ -7,7 +7,8 @@ use std::time::SystemTime;
 
 use crate::config;
 use crate::config::state::DEFAULT_STORE;
-use crate::services::capture::{ExportFilter, export as export_rows};
+use crate::config::state::StoreTarget;
+use crate::services::capture::{ExportFilter, export as export_rows, export_pg};
 use crate::services::shadow::report::parse_since;
 
 /// `switchyard capture export`.
@@ -48,21 +49,40 @@ pub fn export(
             return ExitCode::from(2);
         }
     };
-    let conn = match super::open_report_store(
-        &path,
-        "captures",
-        "nothing was captured",
-        "nothing was captured (routes[].capture)",
-    ) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
     let filter = ExportFilter {
         route: route.as_deref(),
         since_ms,
         limit,
     };
-    match export_rows(&conn, &filter) {
+    let target = match super::keys::store_target(config_path.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let exported = match &target {
+        // What every replica sharing the database captured.
+        StoreTarget::Postgres(pg) => crate::services::governance::pg::open_and_migrate(pg)
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                export_pg(&mut c, &filter)
+                    .map_err(|e| crate::services::governance::pg::describe(&e))
+            }),
+        StoreTarget::Sqlite(_) => {
+            let conn = match super::open_report_store(
+                &path,
+                "captures",
+                "nothing was captured",
+                "nothing was captured (routes[].capture)",
+            ) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            export_rows(&conn, &filter).map_err(|e| e.to_string())
+        }
+    };
+    match exported {
         Ok(lines) => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -75,7 +95,7 @@ pub fn export(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
+            eprintln!("error: {}: {e}", target.describe());
             ExitCode::FAILURE
         }
     }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use crate::config;
-use crate::config::state::DEFAULT_STORE;
-use crate::services::shadow::report::{Prices, compute, parse_since, print};
+use crate::config::state::{DEFAULT_STORE, StoreTarget};
+use crate::services::shadow::report::{Prices, compute, compute_pg, parse_since, print};
 
 /// `switchyard shadow report`.
 pub fn report(
@@ -74,18 +74,43 @@ pub fn report(
             }
         }
     }
-    let conn = match super::open_report_store(
-        &path,
-        "shadow_pairs",
-        "no shadow pairs were recorded",
-        "no shadow pairs were recorded",
-    ) {
-        Ok(c) => c,
-        Err(code) => return code,
+    let target = match super::keys::store_target(config_path.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    // `gpu_hour_usd` backends: the prices the ledger derived for them.
-    price_map.load_derived(&conn, since_ms);
-    match compute(&conn, route.as_deref(), since_ms, &price_map) {
+    let computed = match &target {
+        StoreTarget::Postgres(pg) => {
+            // The pairs of every replica that shares the database.
+            let mut client = match crate::services::governance::pg::open_and_migrate(pg) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            price_map.load_derived_pg(&mut client, since_ms);
+            compute_pg(&mut client, route.as_deref(), since_ms, &price_map)
+                .map_err(|e| crate::services::governance::pg::describe(&e))
+        }
+        StoreTarget::Sqlite(_) => {
+            let conn = match super::open_report_store(
+                &path,
+                "shadow_pairs",
+                "no shadow pairs were recorded",
+                "no shadow pairs were recorded",
+            ) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            // `gpu_hour_usd` backends: the prices the ledger derived for them.
+            price_map.load_derived(&conn, since_ms);
+            compute(&conn, route.as_deref(), since_ms, &price_map).map_err(|e| e.to_string())
+        }
+    };
+    match computed {
         Ok(reports) => {
             if json {
                 println!(
@@ -93,12 +118,12 @@ pub fn report(
                     serde_json::json!({ "routes": serde_json::to_value(&reports).unwrap_or_default() })
                 );
             } else {
-                print(&path, since.as_deref(), &reports);
+                print(&target.describe(), since.as_deref(), &reports);
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
+            eprintln!("error: {}: {e}", target.describe());
             ExitCode::FAILURE
         }
     }

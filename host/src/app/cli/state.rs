@@ -17,7 +17,8 @@ use crate::services::governance::{pg, store};
 
 #[derive(Debug, Subcommand)]
 pub enum StateCmd {
-    /// Copy the SQLite store into PostgreSQL (keys, ledger, feedback, rollouts, captures).
+    /// Copy the SQLite store into PostgreSQL (keys, ledger, feedback, rollouts, captures,
+    /// shadow pairs, config history).
     Migrate(MigrateArgs),
 }
 
@@ -64,6 +65,18 @@ const TABLES: &[(&str, &str)] = &[
          incumbent_requests",
     ),
     ("captures", "ts_ms, route, backend, model, request, answer"),
+    (
+        "shadow_pairs",
+        "ts_ms, route, endpoint, stream, primary_backend, primary_model, shadow_backend, \
+         shadow_model, primary_latency_ms, shadow_latency_ms, shadow_status, \
+         primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens, \
+         shadow_completion_tokens, primary_answer, shadow_answer, exact_match, json_equal, \
+         similarity, agree, validate_verdict, shadow_error, judge_score, judge_reason, judge_error",
+    ),
+    (
+        "config_history",
+        "at_ms, replica, version, origin, hash, text",
+    ),
 ];
 
 pub fn state(cmd: StateCmd) -> ExitCode {
@@ -123,6 +136,9 @@ fn migrate(a: &MigrateArgs) -> Result<Vec<(&'static str, u64)>, String> {
     }
     // Brought up to date first, so every column the copy names exists.
     let src = store::open_and_migrate(&from).map_err(|e| e.to_string())?;
+    // The shadow table is made by its writer on the first pair: made here if it never was.
+    crate::services::shadow::store::open(&from)
+        .map_err(|e| format!("{}: shadow_pairs: {e}", from.display()))?;
     let mut client = pg::open_and_migrate(&target).map_err(|e| e.to_string())?;
     let describe = |e: postgres::Error| pg::describe(&e);
     let mut tx = client.transaction().map_err(describe)?;

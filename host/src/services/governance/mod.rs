@@ -23,6 +23,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod pg;
+pub mod pg_tls;
 pub mod store;
 pub mod tokens;
 

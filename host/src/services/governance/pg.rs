@@ -18,7 +18,7 @@ use super::keys::{KeyRecord, KeySnapshotParts, NewKey};
 use super::ledger::{GroupBy, KeyTeamSpend, Row, SpendLine};
 use super::store::StoreError;
 use crate::base::clock::now_ms;
-use crate::config::state::PostgresSettings;
+use crate::config::state::{PostgresSettings, SslMode, split_tls};
 
 /// How long a connection attempt may take before the store reports the database down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -188,6 +188,16 @@ pub const MIGRATIONS: &[PgMigration] = &[
         name: "lease-1",
         sql: crate::services::rollout::shared::LEASE_MIGRATION,
     },
+    // Kept in the store beside the others when the store is shared (on SQLite the shadow
+    // writer makes its table on the first pair).
+    PgMigration {
+        name: "shadow-1",
+        sql: crate::services::shadow::store::PG_SCHEMA,
+    },
+    PgMigration {
+        name: "config-history-1",
+        sql: crate::services::config_history::PG_MIGRATION,
+    },
 ];
 
 fn err(pg: &PostgresSettings, detail: impl std::fmt::Display) -> StoreError {
@@ -225,10 +235,11 @@ pub fn connection_lost(client: &Client, e: &postgres::Error) -> bool {
     }
 }
 
-/// Connect (no migration).
+/// Connect (no migration), over TLS when the URL's `sslmode` asks for it
+/// ([`super::pg_tls`]).
 pub fn connect(pg: &PostgresSettings) -> Result<Client, StoreError> {
-    let mut cfg: postgres::Config = pg
-        .url
+    let (url, tls) = split_tls(&pg.url).map_err(|e| err(pg, format!("invalid URL: {e}")))?;
+    let mut cfg: postgres::Config = url
         .parse()
         .map_err(|e: postgres::Error| err(pg, format!("invalid URL: {}", describe(&e))))?;
     if let Some(p) = &pg.password {
@@ -240,8 +251,22 @@ pub fn connect(pg: &PostgresSettings) -> Result<Client, StoreError> {
     if cfg.get_application_name().is_none() {
         cfg.application_name("switchyard");
     }
-    cfg.connect(NoTls)
-        .map_err(|e| err(pg, format!("cannot connect: {}", describe(&e))))
+    let connected = match tls.mode {
+        SslMode::Disable => {
+            cfg.ssl_mode(postgres::config::SslMode::Disable);
+            cfg.connect(NoTls)
+        }
+        mode => {
+            let connector = super::pg_tls::connector(&tls).map_err(|e| err(pg, e))?;
+            cfg.ssl_mode(if mode == SslMode::Prefer {
+                postgres::config::SslMode::Prefer
+            } else {
+                postgres::config::SslMode::Require
+            });
+            cfg.connect(connector)
+        }
+    };
+    connected.map_err(|e| err(pg, format!("cannot connect: {}", describe(&e))))
 }
 
 /// Connect and apply every migration not yet applied.

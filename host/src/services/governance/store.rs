@@ -51,13 +51,16 @@ pub const MIGRATIONS: &[&[Migration]] = &[
     crate::services::capture::MIGRATIONS,
     super::feedback::MIGRATIONS,
     crate::services::rollout::state::MIGRATIONS,
+    crate::services::config_history::MIGRATIONS,
 ];
 
 /// A write run inside the writer's current transaction.
 pub type WriteFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
-/// The same for the PostgreSQL writer.
+/// The same for the PostgreSQL writer. `Fn`, not `FnOnce`: a batch whose connection drops
+/// under it is rolled back and run again on the next connection, so a write must not have
+/// effects outside its transaction.
 pub type PgWriteFn =
-    Box<dyn FnOnce(&mut postgres::Transaction<'_>) -> Result<(), postgres::Error> + Send>;
+    Box<dyn Fn(&mut postgres::Transaction<'_>) -> Result<(), postgres::Error> + Send>;
 
 /// One write for the writer thread.
 pub enum Write {
@@ -474,14 +477,11 @@ fn pg_commit_batch(w: &mut PgWriter, batch: &mut Vec<Write>, stats: &StoreStats)
             }
         }
         if let Some(client) = w.client.as_mut() {
-            // The closures run once: a batch with any is tried once, and is lost (counted)
-            // if the connection drops under it.
-            let once = !others.is_empty();
             let result = (|| -> Result<(), postgres::Error> {
                 let mut tx = client.transaction()?;
                 let rows: Vec<&super::ledger::Row> = ledger.iter().map(|r| &**r).collect();
                 super::pg::insert_ledger(&mut tx, &rows)?;
-                for f in others.drain(..) {
+                for f in &others {
                     f(&mut tx)?;
                 }
                 tx.commit()
@@ -493,7 +493,7 @@ fn pg_commit_batch(w: &mut PgWriter, batch: &mut Vec<Write>, stats: &StoreStats)
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Err(e) if super::pg::connection_lost(client, &e) && !once => {
+                Err(e) if super::pg::connection_lost(client, &e) => {
                     if stats.up.swap(0, Ordering::Relaxed) == 1 {
                         tracing::error!(error = %super::pg::describe(&e), "state store: lost PostgreSQL; holding writes");
                     }

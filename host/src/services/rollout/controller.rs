@@ -123,6 +123,9 @@ fn stats(window: &ArmSnapshot, carried: Counts) -> ArmStats {
 
 /// Reads a route's stored rollout and its history (from either backend).
 type StoredLoader<'a> = dyn FnMut(&str) -> Option<(Record, Vec<HistoryEntry>)> + 'a;
+/// Reads the candidate's quality signals from the store (either backend).
+type QualityReader<'a> =
+    dyn FnMut(&QualityQuery<'_>, &crate::config::rollout::Guards) -> Quality + 'a;
 
 /// Queue a rollout's row (and a transition) for the store, in its backend's dialect.
 fn save(store: &Store, rec: Record, entry: Option<HistoryEntry>) {
@@ -310,7 +313,7 @@ impl Run {
 
     /// One look at the counters: update the window and guards, then advance, roll back or
     /// wait.
-    fn tick(&mut self, env: &Env<'_>, conn: Option<&Connection>) {
+    fn tick(&mut self, env: &Env<'_>, quality: Option<&mut QualityReader<'_>>) {
         if self.rec.state.is_final() {
             return;
         }
@@ -322,14 +325,13 @@ impl Run {
             Some(r) if inc.requests == 0 => r,
             _ => inc,
         };
-        if let Some(conn) = conn
+        if let Some(read) = quality
             && self
                 .quality_at
                 .is_none_or(|t| now.duration_since(t) >= QUALITY_EVERY)
         {
             let c = &self.rollout.candidate;
-            self.quality = guard::read_quality(
-                conn,
+            self.quality = read(
                 &QualityQuery {
                     route: &self.rec.route,
                     backend: &c.backend.name,
@@ -499,7 +501,15 @@ impl Rollouts {
             let history = state::history(c, &rec.route, &rec.fingerprint).unwrap_or_default();
             Some((rec, history))
         };
-        self.control_with(routes, store, conn, &mut stored);
+        let mut read = |q: &QualityQuery<'_>, g: &crate::config::rollout::Guards| match conn {
+            Some(c) => guard::read_quality(c, q, g),
+            None => Quality::default(),
+        };
+        let quality: Option<&mut QualityReader<'_>> = match conn {
+            Some(_) => Some(&mut read),
+            None => None,
+        };
+        self.control_with(routes, store, quality, &mut stored);
     }
 
     /// [`Rollouts::control`] with the stored state read by `stored` (either backend).
@@ -507,7 +517,7 @@ impl Rollouts {
         &self,
         routes: &[Arc<Route>],
         store: Option<&Store>,
-        conn: Option<&Connection>,
+        mut quality: Option<&mut QualityReader<'_>>,
         stored: &mut StoredLoader<'_>,
     ) {
         let env = Env {
@@ -548,7 +558,7 @@ impl Rollouts {
             );
         }
         for run in runs.values_mut() {
-            run.tick(&env, conn);
+            run.tick(&env, quality.as_deref_mut());
         }
     }
 }
@@ -664,13 +674,20 @@ impl SharedControl {
             return;
         };
         if leading {
+            // One connection for the stored rows and the guards' figures, which every
+            // replica's shadow pairs and feedback reach.
+            let cell = std::cell::RefCell::new(client);
             let mut stored = |route: &str| {
-                let rec = shared::load(client, route).ok().flatten()?;
+                let mut c = cell.borrow_mut();
+                let rec = shared::load(&mut c, route).ok().flatten()?;
                 let history =
-                    shared::history(client, &rec.route, &rec.fingerprint).unwrap_or_default();
+                    shared::history(&mut c, &rec.route, &rec.fingerprint).unwrap_or_default();
                 Some((rec, history))
             };
-            rollouts.control_with(routes, Some(store), None, &mut stored);
+            let mut read = |q: &QualityQuery<'_>, g: &crate::config::rollout::Guards| {
+                guard::read_quality_pg(&mut cell.borrow_mut(), q, g)
+            };
+            rollouts.control_with(routes, Some(store), Some(&mut read), &mut stored);
         } else {
             rollouts.follow(routes, client);
         }

@@ -198,6 +198,41 @@ pub fn read_quality(conn: &Connection, q: &QualityQuery<'_>, guards: &Guards) ->
 /// has one; until then the judge guard reports no data.
 pub const JUDGE_COLUMN: &str = "judge_score";
 
+/// [`read_quality`] on a PostgreSQL store: the pairs and feedback of every replica.
+/// A failed query (the database is down) is no data: the guard waits.
+pub fn read_quality_pg(c: &mut postgres::Client, q: &QualityQuery<'_>, guards: &Guards) -> Quality {
+    let mut mean = |sql: &str| -> Option<Mean> {
+        let r = c
+            .query_one(sql, &[&q.route, &q.since_ms, &q.backend, &q.model])
+            .ok()?;
+        let m = Mean {
+            n: r.get::<_, i64>(0).max(0) as u64,
+            mean: r.get::<_, Option<f64>>(1).unwrap_or(0.0),
+        };
+        (m.n > 0).then_some(m)
+    };
+    let pairs = |column: &str| {
+        format!(
+            "SELECT COUNT({column}), AVG({column})::DOUBLE PRECISION FROM shadow_pairs
+             WHERE route = $1 AND ts_ms >= $2 AND shadow_backend = $3
+               AND ($4::TEXT IS NULL OR shadow_model = $4)"
+        )
+    };
+    Quality {
+        agreement: guards.min_agreement.and_then(|_| mean(&pairs("agree"))),
+        judge: guards
+            .min_judge_score
+            .and_then(|_| mean(&pairs(JUDGE_COLUMN))),
+        feedback: guards.min_feedback.and_then(|_| {
+            mean(
+                "SELECT COUNT(score), AVG(score) FROM feedback
+                 WHERE route = $1 AND request_ts_ms >= $2 AND backend = $3
+                   AND ($4::TEXT IS NULL OR model = $4)",
+            )
+        }),
+    }
+}
+
 fn has_column(conn: &Connection, table: &str, column: &str) -> bool {
     conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",

@@ -62,6 +62,9 @@ pub struct Stats {
     pub failed: AtomicU64,
     pub recorded: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Mirrors accepted and not yet handed to the store (or dropped): what a shutdown
+    /// waits for before the store closes.
+    pub pending: AtomicU64,
     /// Judge scores by (route, shadow backend).
     pub judge: std::sync::Mutex<std::collections::BTreeMap<(String, String), JudgeHistogram>>,
 }
@@ -235,16 +238,26 @@ impl ShadowEngine {
             span,
             judge: shadow.judge.clone().zip(m.judge_upstream),
         };
+        // Counted before the hand-over: the writer may finish the pair before `try_send`
+        // returns.
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(job) {
             Ok(()) => {
                 self.stats.mirrored.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
+                self.stats.pending.fetch_sub(1, Ordering::Relaxed);
                 self.stats
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Mirrors accepted whose pair has not reached the store yet (calls in flight, pairs
+    /// waiting for their batch).
+    pub fn pending(&self) -> u64 {
+        self.stats.pending.load(Ordering::Relaxed)
     }
 
     /// Prometheus lines for the shadow counters.
@@ -268,6 +281,7 @@ async fn dispatch(
         tokio::spawn(async move {
             let finished = run(job).await;
             if store.try_send(finished).is_err() {
+                stats.pending.fetch_sub(1, Ordering::Relaxed);
                 stats.dropped_store_full.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);

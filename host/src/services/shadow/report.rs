@@ -160,6 +160,27 @@ impl Prices {
         }
     }
 
+    /// [`Prices::load_derived`] from a PostgreSQL store.
+    pub fn load_derived_pg(&mut self, client: &mut postgres::Client, since_ms: i64) {
+        let Ok(rows) = client.query(
+            "SELECT backend, model, COALESCE(SUM(cost_usd), 0),
+                    COALESCE(SUM((tokens_in + tokens_out)::DOUBLE PRECISION), 0)
+             FROM ledger WHERE cost_derived = 1 AND ts_ms >= $1 GROUP BY 1, 2",
+            &[&since_ms],
+        ) else {
+            return;
+        };
+        for r in rows {
+            let (b, m): (Option<String>, Option<String>) = (r.get(0), r.get(1));
+            let (cost, tokens): (f64, f64) = (r.get(2), r.get(3));
+            if let (Some(b), Some(m)) = (b, m)
+                && tokens > 0.0
+            {
+                self.derived.insert((b, m), cost / tokens * 1e6);
+            }
+        }
+    }
+
     /// (input, output) per million tokens, and whether the price is derived.
     fn get(&self, backend: &str, model: &str) -> Option<(f64, f64, bool)> {
         if let Some((i, o)) = self.by_model.get(model) {
@@ -174,6 +195,147 @@ impl Prices {
     }
 }
 
+/// One pair's columns as the report reads them.
+#[derive(Debug, Default)]
+pub struct PairRow {
+    pub route: String,
+    pub primary: String,
+    pub shadow: String,
+    pub primary_backend: String,
+    pub primary_model: String,
+    pub shadow_backend: String,
+    pub shadow_model: String,
+    pub stream: bool,
+    pub agree: Option<bool>,
+    pub exact: Option<bool>,
+    pub json_equal: Option<bool>,
+    pub similarity: Option<f64>,
+    pub shadow_error: Option<String>,
+    pub validate_verdict: Option<String>,
+    pub primary_latency_ms: f64,
+    pub shadow_latency_ms: Option<f64>,
+    /// Prompt and completion tokens of the primary, then of the shadow.
+    pub tokens: [u64; 4],
+}
+
+/// The report, built one row at a time from either backend.
+#[derive(Default)]
+pub struct Folder {
+    by: Vec<RouteReport>,
+    lat: HashMap<String, (Vec<f64>, Vec<f64>)>,
+    sim: HashMap<String, (f64, u64)>,
+    judged: HashMap<String, Vec<f64>>,
+}
+
+impl Folder {
+    /// Add one pair.
+    pub fn add(&mut self, r: PairRow, prices: &Prices) {
+        let i = match self.by.iter().position(|x| x.route == r.route) {
+            Some(i) => i,
+            None => {
+                self.by.push(RouteReport {
+                    route: r.route.clone(),
+                    ..RouteReport::default()
+                });
+                self.by.len() - 1
+            }
+        };
+        let rep = &mut self.by[i];
+        rep.primary = r.primary;
+        rep.shadow = r.shadow;
+        rep.pairs += 1;
+        if r.shadow_error.is_some() {
+            rep.shadow_errors += 1;
+        }
+        if let Some(a) = r.agree {
+            rep.compared += 1;
+            rep.agreed += u64::from(a);
+            rep.exact += u64::from(r.exact == Some(true));
+            if let Some(j) = r.json_equal {
+                rep.json_pairs += 1;
+                rep.json_equal += u64::from(j);
+            }
+            if let Some(s) = r.similarity {
+                let e = self.sim.entry(r.route.clone()).or_default();
+                e.0 += s;
+                e.1 += 1;
+            }
+        } else if r.stream && r.shadow_error.is_none() {
+            rep.not_compared_streams += 1;
+        }
+        if r.validate_verdict
+            .as_deref()
+            .is_some_and(|v| v.starts_with("reject"))
+        {
+            rep.validate_rejected += 1;
+        }
+        let l = self.lat.entry(r.route).or_default();
+        l.0.push(r.primary_latency_ms);
+        if let Some(s) = r.shadow_latency_ms {
+            l.1.push(s);
+        }
+        let [pp, pc, sp, sc] = r.tokens;
+        rep.primary_prompt_tokens += pp;
+        rep.primary_completion_tokens += pc;
+        rep.shadow_prompt_tokens += sp;
+        rep.shadow_completion_tokens += sc;
+        if let Some((i, o, d)) = prices.get(&r.primary_backend, &r.primary_model) {
+            *rep.primary_cost_usd.get_or_insert(0.0) += (pp as f64 * i + pc as f64 * o) / 1e6;
+            rep.primary_cost_derived |= d;
+        }
+        if let Some((i, o, d)) = prices.get(&r.shadow_backend, &r.shadow_model) {
+            *rep.shadow_cost_usd.get_or_insert(0.0) += (sp as f64 * i + sc as f64 * o) / 1e6;
+            rep.shadow_cost_derived |= d;
+        }
+    }
+
+    /// Add a pair the judge was asked about: its score, or `None` for a judge error.
+    pub fn judge(&mut self, route: String, score: Option<f64>) {
+        match score {
+            Some(s) => self.judged.entry(route).or_default().push(s),
+            None => {
+                if let Some(rep) = self.by.iter_mut().find(|x| x.route == route) {
+                    rep.judge_errors += 1;
+                }
+            }
+        }
+    }
+
+    /// The per-route figures.
+    pub fn finish(mut self) -> Vec<RouteReport> {
+        for rep in &mut self.by {
+            if let Some(scores) = self.judged.get_mut(&rep.route) {
+                let n = scores.len();
+                rep.judged = n as u64;
+                rep.judge_mean = Some(scores.iter().sum::<f64>() / n as f64);
+                rep.judge_share_at_least_8 =
+                    Some(scores.iter().filter(|s| **s >= 8.0).count() as f64 / n as f64);
+                rep.judge_p10 = pct(scores, 0.10);
+            }
+            if let Some((p, s)) = self.lat.get_mut(&rep.route) {
+                rep.primary_latency_p50_ms = pct(p, 0.5);
+                rep.primary_latency_p99_ms = pct(p, 0.99);
+                rep.shadow_latency_p50_ms = pct(s, 0.5);
+                rep.shadow_latency_p99_ms = pct(s, 0.99);
+            }
+            if let Some((sum, n)) = self.sim.get(&rep.route) {
+                rep.mean_similarity = Some(sum / *n as f64);
+            }
+            if rep.compared > 0 {
+                rep.agreement_rate = Some(rep.agreed as f64 / rep.compared as f64);
+            }
+        }
+        self.by
+    }
+}
+
+const PAIRS_SQL: &str = "SELECT route, primary_backend || '/' || primary_model,
+        shadow_backend || '/' || shadow_model, primary_backend, primary_model, shadow_backend,
+        shadow_model, stream, agree, exact_match, json_equal, similarity, shadow_error,
+        validate_verdict, primary_latency_ms, shadow_latency_ms, primary_prompt_tokens,
+        primary_completion_tokens, shadow_prompt_tokens, shadow_completion_tokens
+     FROM shadow_pairs";
+
 /// Compute the report from a store file.
 pub fn compute(
     conn: &rusqlite::Connection,
@@ -181,132 +343,93 @@ pub fn compute(
     since_ms: i64,
     prices: &Prices,
 ) -> rusqlite::Result<Vec<RouteReport>> {
-    let mut st = conn.prepare(
-        "SELECT route, primary_backend || '/' || primary_model, shadow_backend || '/' || shadow_model,
-                primary_model, shadow_model, stream, agree, exact_match, json_equal, similarity,
-                shadow_error, validate_verdict, primary_latency_ms, shadow_latency_ms,
-                primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens,
-                shadow_completion_tokens, primary_backend, shadow_backend
-         FROM shadow_pairs WHERE ts_ms >= ?1 AND (?2 IS NULL OR route = ?2) ORDER BY id",
-    )?;
-    let mut by: Vec<RouteReport> = Vec::new();
-    let mut lat: HashMap<String, (Vec<f64>, Vec<f64>)> = HashMap::new();
-    let mut sim: HashMap<String, (f64, u64)> = HashMap::new();
+    let mut st = conn.prepare(&format!(
+        "{PAIRS_SQL} WHERE ts_ms >= ?1 AND (?2 IS NULL OR route = ?2) ORDER BY id"
+    ))?;
+    let mut folder = Folder::default();
     let mut rows = st.query(rusqlite::params![since_ms, route])?;
     while let Some(r) = rows.next()? {
-        let name: String = r.get(0)?;
-        let i = match by.iter().position(|x| x.route == name) {
-            Some(i) => i,
-            None => {
-                by.push(RouteReport {
-                    route: name.clone(),
-                    ..RouteReport::default()
-                });
-                by.len() - 1
-            }
-        };
-        let rep = &mut by[i];
-        rep.primary = r.get(1)?;
-        rep.shadow = r.get(2)?;
-        let pm: String = r.get(3)?;
-        let sm: String = r.get(4)?;
-        let stream: bool = r.get(5)?;
-        let agree: Option<bool> = r.get(6)?;
-        let exact: Option<bool> = r.get(7)?;
-        let json_eq: Option<bool> = r.get(8)?;
-        let similarity: Option<f64> = r.get(9)?;
-        let err: Option<String> = r.get(10)?;
-        let verdict: Option<String> = r.get(11)?;
-        rep.pairs += 1;
-        if err.is_some() {
-            rep.shadow_errors += 1;
-        }
-        if let Some(a) = agree {
-            rep.compared += 1;
-            rep.agreed += u64::from(a);
-            rep.exact += u64::from(exact == Some(true));
-            if let Some(j) = json_eq {
-                rep.json_pairs += 1;
-                rep.json_equal += u64::from(j);
-            }
-            if let Some(s) = similarity {
-                let e = sim.entry(name.clone()).or_default();
-                e.0 += s;
-                e.1 += 1;
-            }
-        } else if stream && err.is_none() {
-            rep.not_compared_streams += 1;
-        }
-        if verdict.as_deref().is_some_and(|v| v.starts_with("reject")) {
-            rep.validate_rejected += 1;
-        }
-        let l = lat.entry(name.clone()).or_default();
-        l.0.push(r.get(12)?);
-        if let Some(s) = r.get::<_, Option<f64>>(13)? {
-            l.1.push(s);
-        }
         let tok = |k: usize| -> rusqlite::Result<u64> {
             Ok(r.get::<_, Option<i64>>(k)?.unwrap_or(0).max(0) as u64)
         };
-        let (pp, pc, sp, sc) = (tok(14)?, tok(15)?, tok(16)?, tok(17)?);
-        rep.primary_prompt_tokens += pp;
-        rep.primary_completion_tokens += pc;
-        rep.shadow_prompt_tokens += sp;
-        rep.shadow_completion_tokens += sc;
-        let (pb, sb): (String, String) = (r.get(18)?, r.get(19)?);
-        if let Some((i, o, d)) = prices.get(&pb, &pm) {
-            *rep.primary_cost_usd.get_or_insert(0.0) += (pp as f64 * i + pc as f64 * o) / 1e6;
-            rep.primary_cost_derived |= d;
-        }
-        if let Some((i, o, d)) = prices.get(&sb, &sm) {
-            *rep.shadow_cost_usd.get_or_insert(0.0) += (sp as f64 * i + sc as f64 * o) / 1e6;
-            rep.shadow_cost_derived |= d;
-        }
+        let row = PairRow {
+            route: r.get(0)?,
+            primary: r.get(1)?,
+            shadow: r.get(2)?,
+            primary_backend: r.get(3)?,
+            primary_model: r.get(4)?,
+            shadow_backend: r.get(5)?,
+            shadow_model: r.get(6)?,
+            stream: r.get(7)?,
+            agree: r.get(8)?,
+            exact: r.get(9)?,
+            json_equal: r.get(10)?,
+            similarity: r.get(11)?,
+            shadow_error: r.get(12)?,
+            validate_verdict: r.get(13)?,
+            primary_latency_ms: r.get(14)?,
+            shadow_latency_ms: r.get(15)?,
+            tokens: [tok(16)?, tok(17)?, tok(18)?, tok(19)?],
+        };
+        folder.add(row, prices);
     }
-    let mut judged: HashMap<String, Vec<f64>> = HashMap::new();
     if super::store::has_judge_columns(conn) {
         let mut st = conn.prepare(
-            "SELECT route, judge_score, judge_error IS NOT NULL FROM shadow_pairs
+            "SELECT route, judge_score FROM shadow_pairs
              WHERE ts_ms >= ?1 AND (?2 IS NULL OR route = ?2)
                AND (judge_score IS NOT NULL OR judge_error IS NOT NULL)",
         )?;
         let mut rows = st.query(rusqlite::params![since_ms, route])?;
         while let Some(r) = rows.next()? {
-            let name: String = r.get(0)?;
-            let score: Option<f64> = r.get(1)?;
-            match score {
-                Some(s) => judged.entry(name).or_default().push(s),
-                None => {
-                    if let Some(rep) = by.iter_mut().find(|x| x.route == name) {
-                        rep.judge_errors += 1;
-                    }
-                }
-            }
+            folder.judge(r.get(0)?, r.get(1)?);
         }
     }
-    for rep in &mut by {
-        if let Some(scores) = judged.get_mut(&rep.route) {
-            let n = scores.len();
-            rep.judged = n as u64;
-            rep.judge_mean = Some(scores.iter().sum::<f64>() / n as f64);
-            rep.judge_share_at_least_8 =
-                Some(scores.iter().filter(|s| **s >= 8.0).count() as f64 / n as f64);
-            rep.judge_p10 = pct(scores, 0.10);
-        }
-        if let Some((p, s)) = lat.get_mut(&rep.route) {
-            rep.primary_latency_p50_ms = pct(p, 0.5);
-            rep.primary_latency_p99_ms = pct(p, 0.99);
-            rep.shadow_latency_p50_ms = pct(s, 0.5);
-            rep.shadow_latency_p99_ms = pct(s, 0.99);
-        }
-        if let Some((sum, n)) = sim.get(&rep.route) {
-            rep.mean_similarity = Some(sum / *n as f64);
-        }
-        if rep.compared > 0 {
-            rep.agreement_rate = Some(rep.agreed as f64 / rep.compared as f64);
-        }
+    Ok(folder.finish())
+}
+
+/// [`compute`] on a PostgreSQL store: the pairs every replica wrote.
+pub fn compute_pg(
+    client: &mut postgres::Client,
+    route: Option<&str>,
+    since_ms: i64,
+    prices: &Prices,
+) -> Result<Vec<RouteReport>, postgres::Error> {
+    let mut folder = Folder::default();
+    let flag = |v: Option<i64>| v.map(|v| v != 0);
+    let sql =
+        format!("{PAIRS_SQL} WHERE ts_ms >= $1 AND ($2::TEXT IS NULL OR route = $2) ORDER BY id");
+    for r in client.query(sql.as_str(), &[&since_ms, &route])? {
+        let tok = |k: usize| r.get::<_, Option<i64>>(k).unwrap_or(0).max(0) as u64;
+        let row = PairRow {
+            route: r.get(0),
+            primary: r.get(1),
+            shadow: r.get(2),
+            primary_backend: r.get(3),
+            primary_model: r.get(4),
+            shadow_backend: r.get(5),
+            shadow_model: r.get(6),
+            stream: r.get::<_, i64>(7) != 0,
+            agree: flag(r.get(8)),
+            exact: flag(r.get(9)),
+            json_equal: flag(r.get(10)),
+            similarity: r.get(11),
+            shadow_error: r.get(12),
+            validate_verdict: r.get(13),
+            primary_latency_ms: r.get(14),
+            shadow_latency_ms: r.get(15),
+            tokens: [tok(16), tok(17), tok(18), tok(19)],
+        };
+        folder.add(row, prices);
     }
-    Ok(by)
+    for r in client.query(
+        "SELECT route, judge_score FROM shadow_pairs
+         WHERE ts_ms >= $1 AND ($2::TEXT IS NULL OR route = $2)
+           AND (judge_score IS NOT NULL OR judge_error IS NOT NULL)",
+        &[&since_ms, &route],
+    )? {
+        folder.judge(r.get(0), r.get(1));
+    }
+    Ok(folder.finish())
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -320,11 +443,11 @@ fn delta(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-/// Print a report in the terminal format.
-pub fn print(path: &std::path::Path, since: Option<&str>, reports: &[RouteReport]) {
+/// Print a report in the terminal format (`store`: the file or URL it was read from).
+pub fn print(store: &str, since: Option<&str>, reports: &[RouteReport]) {
     println!(
         "shadow report: {}{}",
-        path.display(),
+        store,
         since.map(|s| format!(" (since {s})")).unwrap_or_default()
     );
     if reports.is_empty() {

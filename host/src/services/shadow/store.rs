@@ -17,6 +17,7 @@ use rusqlite::{Connection, params};
 use super::Stats;
 use super::compare::Comparison;
 use crate::services::governance::Governance;
+use crate::services::governance::store::{Store, Write};
 
 /// Pairs waiting for the writer; beyond this they are dropped and counted.
 const CHANNEL: usize = 8192;
@@ -147,6 +148,13 @@ fn writer(
 ) {
     // Background priority, as the ledger's writer: the serving threads come first.
     let _ = switchyard_otlp::pipeline::lower_thread_priority();
+    // A PostgreSQL store takes the pairs through its own writer (batched, bounded, dropped
+    // and counted while the database is down, flushed at shutdown), so every replica's
+    // pairs land in the one database the reports read.
+    let shared: Option<Arc<Store>> = governance
+        .as_ref()
+        .filter(|g| g.store.is_postgres())
+        .map(|g| g.store.clone());
     // Opened on the first pair: a gateway without shadow traffic never creates the file.
     let mut conn: Option<Connection> = None;
     let mut batch = Vec::with_capacity(BATCH_MAX);
@@ -160,6 +168,12 @@ fn writer(
                 Err(_) => break,
             }
         }
+        let taken = batch.len() as u64;
+        if let Some(store) = &shared {
+            submit_pg(store, std::mem::take(&mut batch), &stats);
+            stats.pending.fetch_sub(taken, Ordering::Relaxed);
+            continue;
+        }
         if conn.is_none() {
             match open(&path) {
                 Ok(c) => conn = Some(c),
@@ -169,6 +183,7 @@ fn writer(
                         .store_errors
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     batch.clear();
+                    stats.pending.fetch_sub(taken, Ordering::Relaxed);
                     continue;
                 }
             }
@@ -184,6 +199,7 @@ fn writer(
             };
         }
         batch.clear();
+        stats.pending.fetch_sub(taken, Ordering::Relaxed);
     }
 }
 
@@ -232,6 +248,107 @@ fn insert(conn: &mut Connection, pairs: &[Pair]) -> rusqlite::Result<()> {
         }
     }
     tx.commit()
+}
+
+/// Hand a batch to the PostgreSQL store's writer: `recorded` counts it once queued there
+/// (the store's own counters say what became of its queue), `store_errors` when the queue
+/// is full.
+fn submit_pg(store: &Store, pairs: Vec<Pair>, stats: &Stats) {
+    let n = pairs.len() as u64;
+    if store.submit(Write::Pg(Box::new(move |tx| insert_pg(tx, &pairs)))) {
+        stats.recorded.fetch_add(n, Ordering::Relaxed);
+    } else {
+        stats.store_errors.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The table on PostgreSQL (migration `shadow-1`): SQLite's columns with its booleans kept
+/// as 0/1 integers, so both answer the same aggregate queries.
+pub const PG_SCHEMA: &str = "CREATE TABLE shadow_pairs (
+    id BIGSERIAL PRIMARY KEY,
+    ts_ms BIGINT NOT NULL,
+    route TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    stream BIGINT NOT NULL,
+    primary_backend TEXT NOT NULL,
+    primary_model TEXT NOT NULL,
+    shadow_backend TEXT NOT NULL,
+    shadow_model TEXT NOT NULL,
+    primary_latency_ms DOUBLE PRECISION NOT NULL,
+    shadow_latency_ms DOUBLE PRECISION,
+    shadow_status BIGINT,
+    primary_prompt_tokens BIGINT,
+    primary_completion_tokens BIGINT,
+    shadow_prompt_tokens BIGINT,
+    shadow_completion_tokens BIGINT,
+    primary_answer TEXT,
+    shadow_answer TEXT,
+    exact_match BIGINT,
+    json_equal BIGINT,
+    similarity DOUBLE PRECISION,
+    agree BIGINT,
+    validate_verdict TEXT,
+    shadow_error TEXT,
+    judge_score DOUBLE PRECISION,
+    judge_reason TEXT,
+    judge_error TEXT
+  );
+  CREATE INDEX shadow_pairs_route_ts ON shadow_pairs (route, ts_ms);
+  CREATE INDEX shadow_pairs_judged ON shadow_pairs (route, shadow_backend, ts_ms)
+    WHERE judge_score IS NOT NULL;";
+
+/// [`insert`] on PostgreSQL, inside the store writer's transaction.
+pub fn insert_pg(
+    tx: &mut postgres::Transaction<'_>,
+    pairs: &[Pair],
+) -> Result<(), postgres::Error> {
+    let st = tx.prepare(
+        "INSERT INTO shadow_pairs (ts_ms, route, endpoint, stream, primary_backend, primary_model,
+         shadow_backend, shadow_model, primary_latency_ms, shadow_latency_ms, shadow_status,
+         primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens,
+         shadow_completion_tokens, primary_answer, shadow_answer, exact_match, json_equal,
+         similarity, agree, validate_verdict, shadow_error, judge_score, judge_reason,
+         judge_error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19, $20, $21, $22, $23, $24, $25, $26)",
+    )?;
+    let int = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    let flag = |v: Option<bool>| v.map(i64::from);
+    for p in pairs {
+        let c = p.comparison;
+        tx.execute(
+            &st,
+            &[
+                &p.ts_ms,
+                &p.route,
+                &p.endpoint,
+                &i64::from(p.stream),
+                &p.primary_backend,
+                &p.primary_model,
+                &p.shadow_backend,
+                &p.shadow_model,
+                &p.primary_latency_ms,
+                &p.shadow_latency_ms,
+                &p.shadow_status.map(i64::from),
+                &int(p.primary_prompt_tokens),
+                &int(p.primary_completion_tokens),
+                &int(p.shadow_prompt_tokens),
+                &int(p.shadow_completion_tokens),
+                &p.primary_answer,
+                &p.shadow_answer,
+                &flag(c.map(|c| c.exact)),
+                &flag(c.and_then(|c| c.json_equal)),
+                &c.map(|c| c.similarity),
+                &flag(c.map(|c| c.agree)),
+                &p.validate_verdict,
+                &p.shadow_error,
+                &p.judge_score,
+                &p.judge_reason,
+                &p.judge_error,
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! | `GET /admin/spend?format=csv&by=…&since=…` | the `switchyard spend` report as a CSV attachment |
 //! | `GET /admin/shadow?since=24h&step=1h` | agreement, similarity and judge score per bucket, route and shadow backend, and the worst disagreeing pairs with both answers |
 //! | `GET /admin/config/versions/{id}` | a kept config version's file text (for the diff) |
+//! | `GET /admin/config/history/{id}` | one change of the store's config history (every replica's with `[state] postgres`), with its file text |
 //!
 //! Each reads state the gateway keeps anyway (the console's sampled history, the ledger and
 //! shadow tables); none adds work to the request path.
@@ -111,6 +112,9 @@ pub async fn handle(
         p if p.starts_with("/admin/config/versions/") => {
             config_version(gw, &p["/admin/config/versions/".len()..])
         }
+        p if p.starts_with("/admin/config/history/") => {
+            config_history_entry(gw, &p["/admin/config/history/".len()..]).await
+        }
         _ => return None,
     })
 }
@@ -200,6 +204,25 @@ fn config_version(gw: &Gateway, id: &str) -> Response<GatewayBody> {
             json!({"error": {"message": format!("config version {id} is not kept"), "type": "invalid_request_error", "param": "version", "code": "version_not_found"}}).to_string(),
         ),
     }
+}
+
+/// One change of the shared config history, with its file text.
+async fn config_history_entry(gw: &Gateway, id: &str) -> Response<GatewayBody> {
+    let Ok(id) = id.parse::<i64>() else {
+        return bad(format!("config history entry \"{id}\" is not a number"));
+    };
+    with_store(gw, move |mut conn| {
+        Ok(
+            match crate::services::config_history::get(&mut conn, id)? {
+                Some(e) => ok(json!(e)),
+                None => respond::json(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": {"message": format!("config history entry {id} does not exist"), "type": "invalid_request_error", "param": "id", "code": "history_entry_not_found"}}).to_string(),
+                ),
+            },
+        )
+    })
+    .await
 }
 
 /// Run `f` on a connection to the governance store (SQLite or PostgreSQL), on the blocking
@@ -381,6 +404,18 @@ async fn shadow(gw: &Gateway, q: &[(&str, &str)]) -> Response<GatewayBody> {
         Ok(r) => r,
         Err(m) => return bad(m),
     };
+    if let Some(g) = gw.services.governance.clone()
+        && g.store.is_postgres()
+    {
+        // Every replica's pairs, from the database they share.
+        return with_store(gw, move |conn| match conn {
+            Conn::Postgres(mut c) => shadow_pg(&mut c, since, step)
+                .map(ok)
+                .map_err(|e| pg::describe(&e)),
+            Conn::Sqlite(_) => Err("the store is not PostgreSQL".into()),
+        })
+        .await;
+    }
     let path = StateSettings::store_path(gw.runtime().state.as_ref());
     let empty = json!({"since_ms": since, "step_ms": step, "points": [], "worst": []});
     let res = tokio::task::spawn_blocking(move || -> Result<Value, String> {
@@ -472,6 +507,61 @@ async fn shadow(gw: &Gateway, q: &[(&str, &str)]) -> Response<GatewayBody> {
         Ok(Err(e)) => GatewayError::Internal(e).to_response(),
         Err(e) => GatewayError::Internal(e.to_string()).to_response(),
     }
+}
+
+/// [`shadow`]'s figures from a PostgreSQL store.
+fn shadow_pg(c: &mut postgres::Client, since: i64, step: i64) -> Result<Value, postgres::Error> {
+    let points: Vec<Value> = c
+        .query(
+            "SELECT (ts_ms / $2) * $2, route, shadow_backend, COUNT(*),
+                    AVG(agree)::DOUBLE PRECISION, AVG(similarity), AVG(judge_score),
+                    COUNT(judge_score)
+             FROM shadow_pairs WHERE ts_ms >= $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            &[&since, &step],
+        )?
+        .iter()
+        .map(|r| {
+            json!({
+                "t": r.get::<_, i64>(0),
+                "route": r.get::<_, String>(1),
+                "shadow_backend": r.get::<_, String>(2),
+                "pairs": r.get::<_, i64>(3),
+                "agreement": r.get::<_, Option<f64>>(4),
+                "similarity": r.get::<_, Option<f64>>(5),
+                "judge_score": r.get::<_, Option<f64>>(6),
+                "judged": r.get::<_, i64>(7),
+            })
+        })
+        .collect();
+    let worst: Vec<Value> = c
+        .query(
+            "SELECT id, ts_ms, route, primary_backend, primary_model, shadow_backend,
+                    shadow_model, similarity, agree, judge_score, judge_reason, primary_answer,
+                    shadow_answer, shadow_error
+             FROM shadow_pairs
+             WHERE ts_ms >= $1 AND (agree = 0 OR judge_score IS NOT NULL OR shadow_error IS NOT NULL)
+             ORDER BY COALESCE(judge_score / 10.0, similarity, 0) ASC, ts_ms DESC LIMIT 6",
+            &[&since],
+        )?
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, i64>(0),
+                "t": r.get::<_, i64>(1),
+                "route": r.get::<_, String>(2),
+                "primary": format!("{}/{}", r.get::<_, String>(3), r.get::<_, String>(4)),
+                "shadow": format!("{}/{}", r.get::<_, String>(5), r.get::<_, String>(6)),
+                "similarity": r.get::<_, Option<f64>>(7),
+                "agree": r.get::<_, Option<i64>>(8).map(|a| a != 0),
+                "judge_score": r.get::<_, Option<f64>>(9),
+                "judge_reason": r.get::<_, Option<String>>(10),
+                "primary_answer": clip(r.get::<_, Option<String>>(11)),
+                "shadow_answer": clip(r.get::<_, Option<String>>(12)),
+                "shadow_error": r.get::<_, Option<String>>(13),
+            })
+        })
+        .collect();
+    Ok(json!({"since_ms": since, "step_ms": step, "points": points, "worst": worst}))
 }
 
 #[cfg(test)]

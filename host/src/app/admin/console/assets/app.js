@@ -340,10 +340,14 @@ pages.config = {
     const picked = kept(state.diffFrom) && kept(state.diffTo) && state.diffFrom !== state.diffTo;
     const from = picked ? state.diffFrom : others.length ? others[0].version : d.current;
     const to = picked ? state.diffTo : d.current;
+    // The store's record of every replica's changes (each replica runs its own file).
+    const hist = (d.history || []).map((h) => '<tr><td class="small">' + fmtDate(h.at_ms) + '</td><td class="mono small">' + esc(h.replica) + (h.replica === d.replica ? ' <span class="badge ok">this one</span>' : '') + '</td><td class="num">' + h.version + '</td><td>' + esc(h.origin) + '</td><td class="mono small hide-sm">' + esc(h.hash.slice(0, 12)) + '</td></tr>').join('');
+    const history = hist ? '<section class="card"><h2>Changes on every replica</h2><div class="scroll"><table><thead><tr><th>When</th><th>Replica</th><th class="num">Version</th><th>Origin</th><th class="hide-sm">File hash</th></tr></thead><tbody>' + hist + '</tbody></table></div></section>' : '';
     return '<div class="row spread"><h1>Config</h1><div class="row"><button id="reload" class="ghost">Reload from file</button><button id="rollback" class="danger"' + (d.versions.findIndex((v) => v.version === d.current) > 0 ? '' : ' disabled') + '>Roll back</button></div></div>'
       + '<div class="grid3"><div class="card"><div class="muted small">In force</div><div class="stat" id="current-version">version ' + d.current + '</div></div><div class="card"><div class="muted small">Kept versions</div><div class="stat">' + d.versions.length + '</div></div></div>'
       + '<div id="config-result"></div>'
       + '<section class="card"><div class="scroll"><table><thead><tr><th class="num">Version</th><th></th><th>Origin</th><th>Loaded</th><th class="hide-sm">Routes</th></tr></thead><tbody>' + rows + '</tbody></table></div></section>'
+      + history
       + '<section class="card"><div class="row spread"><h2>Diff</h2><div class="row"><select id="diff-from" aria-label="From version">' + opts(from) + '</select> → <select id="diff-to" aria-label="To version">' + opts(to) + '</select></div></div><div id="diff" data-from="' + from + '" data-to="' + to + '"><div class="muted small">Loading…</div></div></section>';
   },
   async after() { await showDiff(); },
