@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A PostgreSQL for the store bench (examples/bench/postgres.toml) on 127.0.0.1:15432, user
 # switchyard, password benchpw (export PGPW=benchpw for the gateway), default durability.
-# Port 15432 is below the ephemeral range, so no client can self-connect on it. Usage: postgres-start.sh [fresh]
+# Port 15432 is below the ephemeral range, so no client can self-connect on it.
+# Usage: postgres-start.sh [fresh]
 set -euo pipefail
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 D=/tmp/pgbench
