@@ -106,55 +106,118 @@ fn fnv(seed: u32, bytes: &[u8]) -> u32 {
     h
 }
 
+/// Largest `dim` whose buckets are counted in a bitmap (its words are scanned once per
+/// request; 1024 words at this size); above it the hashes are sorted instead.
+const BITMAP_DIM: u32 = 1 << 16;
+
+thread_local! {
+    /// The bitmap and counts of [`features`], reused across calls (a plugin instance runs
+    /// one request at a time): all zero between calls.
+    static BUCKETS: std::cell::RefCell<(Vec<u64>, Vec<u32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// Compute the features of `input` for a model with `dim` hashed buckets.
+///
+/// This runs in the plugin on every request, so it works in one pass over the text with
+/// no per-character allocation (ASCII takes a fast path) and counts the hashed n-grams in
+/// a bitmap instead of sorting them; `tests::features_reference` is the plain statement of
+/// what it computes, and the two must agree exactly (a model is trained on one and asked
+/// with the other).
 pub fn features(input: &Input<'_>, dim: u32) -> Features {
     let dim = dim.max(1);
-    // Lower-cased text with every run of non-alphanumeric characters folded to one space.
-    let mut text = String::with_capacity(MAX_TEXT_BYTES.min(1024));
+    // " " + the lower-cased text with every run of non-alphanumeric characters folded to one
+    // space: the character 3-grams are read with the leading space, the words without.
+    let budget = input.texts.iter().map(|t| t.len() + 1).sum::<usize>();
+    let mut padded = String::with_capacity(1 + budget.min(MAX_TEXT_BYTES + 4));
+    padded.push(' ');
+    // Whether the text (after the pad) ends with a space; the empty text does not.
+    let mut space = false;
     let mut code = false;
     let mut total = 0usize;
     'outer: for t in &input.texts {
         total += t.len();
         code |= t.contains("```");
         for c in t.chars() {
-            if text.len() + c.len_utf8() > MAX_TEXT_BYTES {
+            if padded.len() - 1 + c.len_utf8() > MAX_TEXT_BYTES {
                 break 'outer;
             }
-            if c.is_alphanumeric() {
-                text.extend(c.to_lowercase());
-            } else if !text.ends_with(' ') {
-                text.push(' ');
+            if c.is_ascii_alphanumeric() {
+                padded.push(c.to_ascii_lowercase());
+                space = false;
+            } else if !c.is_ascii() && c.is_alphanumeric() {
+                padded.extend(c.to_lowercase());
+                space = false;
+            } else if !space {
+                padded.push(' ');
+                space = true;
             }
         }
-        if !text.ends_with(' ') {
-            text.push(' ');
+        if !space {
+            padded.push(' ');
+            space = true;
         }
     }
-    let mut hashed: Vec<u32> = Vec::with_capacity(text.len() * 2);
+    let text = &padded[1..];
+    // A bucket is the hash modulo `dim`; for a power of two (the trainer's sizes) that is a
+    // mask, and a division per n-gram is the slowest step left in this loop.
+    let mask = dim.is_power_of_two().then(|| dim - 1);
+    let bucket = |h: u32| match mask {
+        Some(m) => h & m,
+        None => h % dim,
+    };
+    let mut hashed: Vec<u32> = Vec::with_capacity(padded.len() * 3);
     let mut previous: Option<&str> = None;
     for word in text.split(' ').filter(|w| !w.is_empty()) {
-        hashed.push(fnv(1, word.as_bytes()) % dim);
+        hashed.push(bucket(fnv(1, word.as_bytes())));
         if let Some(p) = previous {
             let h = fnv(fnv(2, p.as_bytes()), word.as_bytes());
-            hashed.push(h % dim);
+            hashed.push(bucket(h));
         }
         previous = Some(word);
     }
-    let padded = format!(" {text}");
     for w in padded.as_bytes().windows(3) {
-        hashed.push(fnv(3, w) % dim);
+        hashed.push(bucket(fnv(3, w)));
     }
-    hashed.sort_unstable();
-    let mut f = Features::default();
-    let mut i = 0;
-    while i < hashed.len() {
-        let mut j = i;
-        while j < hashed.len() && hashed[j] == hashed[i] {
-            j += 1;
+    let mut f = Features {
+        index: Vec::with_capacity(hashed.len() + EXTRA),
+        value: Vec::with_capacity(hashed.len() + EXTRA),
+    };
+    // Most n-grams occur once: skip the logarithm then (ln 1 is exactly 0).
+    let mut push = |index: u32, n: u32| {
+        f.index.push(index);
+        f.value
+            .push(if n == 1 { 1.0 } else { 1.0 + (n as f32).ln() });
+    };
+    if dim <= BITMAP_DIM {
+        BUCKETS.with(|b| {
+            let (bits, counts) = &mut *b.borrow_mut();
+            let words = (dim as usize).div_ceil(64);
+            if bits.len() < words {
+                bits.resize(words, 0);
+            }
+            if counts.len() < dim as usize {
+                counts.resize(dim as usize, 0);
+            }
+            for &h in &hashed {
+                bits[h as usize / 64] |= 1 << (h % 64);
+                counts[h as usize] += 1;
+            }
+            // Set bits in ascending order: the buckets sorted, each once, left zeroed.
+            for (w, word) in bits[..words].iter_mut().enumerate() {
+                let mut rest = std::mem::take(word);
+                while rest != 0 {
+                    let i = w * 64 + rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    push(i as u32, std::mem::take(&mut counts[i]));
+                }
+            }
+        });
+    } else {
+        hashed.sort_unstable();
+        for run in hashed.chunk_by(|a, b| a == b) {
+            push(run[0], run.len() as u32);
         }
-        f.index.push(hashed[i]);
-        f.value.push(1.0 + ((j - i) as f32).ln());
-        i = j;
     }
     let norm = f.value.iter().map(|v| v * v).sum::<f32>().sqrt();
     if norm > 0.0 {
@@ -260,7 +323,22 @@ impl Model {
     }
 
     /// Read a model file; the error says what is wrong with it.
+    ///
+    /// A plugin instance reads the model on its first call (and each warm instance is
+    /// replaced after a bounded number of calls), so this is on the request path: the file
+    /// is read straight into its typed shape, and only a file that does not fit it is read
+    /// again as a JSON tree to say what is wrong.
     pub fn from_json(text: &str) -> Result<Model, String> {
+        if let Ok(file) = serde_json::from_str::<ModelFile>(text)
+            && let Some(model) = file.checked()
+        {
+            return Ok(model);
+        }
+        Model::from_json_tree(text)
+    }
+
+    /// [`Model::from_json`] through a JSON tree: slower, and names what is wrong.
+    fn from_json_tree(text: &str) -> Result<Model, String> {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         if v.get("format").and_then(Value::as_u64) != Some(FORMAT) {
             return Err(format!(
@@ -310,6 +388,36 @@ impl Model {
             dim,
             weights,
             bias,
+        })
+    }
+}
+
+/// The model file's members the model is made of, as [`Model::to_json`] writes them.
+/// Numbers are read as `f64` and narrowed to `f32`, exactly as the JSON-tree reading does.
+#[derive(serde::Deserialize)]
+struct ModelFile {
+    format: u64,
+    labels: Vec<String>,
+    dim: u64,
+    bias: Vec<f32>,
+    weights: Vec<Vec<f32>>,
+}
+
+impl ModelFile {
+    /// The model, when the file passes every check of [`Model::from_json_tree`].
+    fn checked(self) -> Option<Model> {
+        let width = usize::try_from(self.dim).ok()? + EXTRA;
+        let fits = self.format == FORMAT
+            && self.labels.len() >= 2
+            && (1..=1 << 24).contains(&self.dim)
+            && self.bias.len() == self.labels.len()
+            && self.weights.len() == self.labels.len()
+            && self.weights.iter().all(|w| w.len() == width);
+        fits.then_some(Model {
+            labels: self.labels,
+            dim: self.dim as u32,
+            weights: self.weights,
+            bias: self.bias,
         })
     }
 }
@@ -441,6 +549,108 @@ mod tests {
         }
     }
 
+    /// What [`features`] computes, stated plainly (the way it was first written).
+    fn features_reference(input: &Input<'_>, dim: u32) -> Features {
+        let dim = dim.max(1);
+        // Lower-cased text with every run of non-alphanumeric characters folded to one space.
+        let mut text = String::with_capacity(MAX_TEXT_BYTES.min(1024));
+        let mut code = false;
+        let mut total = 0usize;
+        'outer: for t in &input.texts {
+            total += t.len();
+            code |= t.contains("```");
+            for c in t.chars() {
+                if text.len() + c.len_utf8() > MAX_TEXT_BYTES {
+                    break 'outer;
+                }
+                if c.is_alphanumeric() {
+                    text.extend(c.to_lowercase());
+                } else if !text.ends_with(' ') {
+                    text.push(' ');
+                }
+            }
+            if !text.ends_with(' ') {
+                text.push(' ');
+            }
+        }
+        let mut hashed: Vec<u32> = Vec::with_capacity(text.len() * 2);
+        let mut previous: Option<&str> = None;
+        for word in text.split(' ').filter(|w| !w.is_empty()) {
+            hashed.push(fnv(1, word.as_bytes()) % dim);
+            if let Some(p) = previous {
+                let h = fnv(fnv(2, p.as_bytes()), word.as_bytes());
+                hashed.push(h % dim);
+            }
+            previous = Some(word);
+        }
+        let padded = format!(" {text}");
+        for w in padded.as_bytes().windows(3) {
+            hashed.push(fnv(3, w) % dim);
+        }
+        hashed.sort_unstable();
+        let mut f = Features::default();
+        let mut i = 0;
+        while i < hashed.len() {
+            let mut j = i;
+            while j < hashed.len() && hashed[j] == hashed[i] {
+                j += 1;
+            }
+            f.index.push(hashed[i]);
+            f.value.push(1.0 + ((j - i) as f32).ln());
+            i = j;
+        }
+        let norm = f.value.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            f.value.iter_mut().for_each(|v| *v /= norm);
+        }
+        let extra = [
+            ((1 + total) as f32).ln() / 8.0,
+            ((1 + input.messages) as f32).ln() / 3.0,
+            f32::from(u8::from(input.has_tools)),
+            f32::from(u8::from(input.wants_json)),
+            f32::from(u8::from(code)),
+        ];
+        for (k, v) in extra.into_iter().enumerate() {
+            f.index.push(dim + k as u32);
+            f.value.push(v);
+        }
+        f
+    }
+
+    #[test]
+    fn features_match_the_reference_exactly() {
+        let long = "Word, WORD; wörd ".repeat(400);
+        let edge = format!("{}ÄÖÜ tail", "a".repeat(MAX_TEXT_BYTES - 3));
+        let cases: Vec<Vec<&str>> = vec![
+            vec![],
+            vec![""],
+            vec!["What is the capital of France? Answer in one word."],
+            vec!["  ...leading punctuation", "and a second message!"],
+            vec![
+                "Straße İstanbul ΣΊΣΥΦΟΣ 東京 x²",
+                "```rust\nfn main() {}\n```",
+            ],
+            vec![&long],
+            vec![&edge, "after the cut"],
+            vec!["the the the the a a b", "the"],
+        ];
+        for texts in cases {
+            for dim in [1, 2, 7, 64, 4096, BITMAP_DIM + 1, 1 << 20] {
+                let input = Input {
+                    texts: texts.clone(),
+                    messages: texts.len(),
+                    has_tools: dim % 2 == 0,
+                    wants_json: false,
+                };
+                assert_eq!(
+                    features(&input, dim),
+                    features_reference(&input, dim),
+                    "texts {texts:?}, dim {dim}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn features_are_bounded_sorted_and_unit_length() {
         let long = "word ".repeat(10_000);
@@ -489,6 +699,32 @@ mod tests {
         let f = ex("please reset my password", 0, dim).features;
         assert_eq!(back.predict(&f).label, 0);
         assert!(back.predict(&f).confidence > 0.5);
+    }
+
+    #[test]
+    fn the_typed_read_gives_the_model_the_tree_read_gives() {
+        let dim = 64;
+        let data: Vec<Example> = (0..20)
+            .map(|i| ex(&format!("text number {i} with {}", i % 3), i % 2, dim))
+            .collect();
+        let refs: Vec<&Example> = data.iter().collect();
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let o = TrainOptions {
+            dim,
+            ..TrainOptions::default()
+        };
+        let text = train(&refs, &labels, &o).to_json();
+        let typed = serde_json::from_str::<ModelFile>(&text)
+            .ok()
+            .and_then(ModelFile::checked)
+            .expect("a trained model's file fits the typed shape");
+        assert_eq!(Some(typed), Model::from_json_tree(&text).ok());
+        // Integers and a file that only the tree read explains.
+        let ints = r#"{"format":1,"labels":["a","b"],"dim":1,"bias":[0,1],"weights":[[1,-2,0,0,0,0],[0,0,0,0,0,3]]}"#;
+        assert_eq!(Model::from_json(ints), Model::from_json_tree(ints));
+        assert!(Model::from_json(ints).is_ok());
+        let short = r#"{"format":1,"labels":["a","b"],"dim":1,"bias":[0,1],"weights":[[1],[0]]}"#;
+        assert_eq!(Model::from_json(short), Model::from_json_tree(short));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 # prints the total. Run it twice (e.g. N=1200 and N=2200) and divide the difference by the
 # difference in N to drop the start-up cost:
 #   tests/scripts/callgrind-request.sh 1200; tests/scripts/callgrind-request.sh 2200
-# The callgrind file it names can be read with callgrind_annotate.
+# The callgrind file it names can be read with callgrind_annotate. With plugins in the extra
+# TOML, set SWITCHYARD_PLUGIN_POOL_SLOTS=8 (valgrind cannot map the default pool).
 set -euo pipefail
 N=${1:?usage: callgrind-request.sh N [EXTRA_TOML]}
 EXTRA=${2:-}
@@ -13,6 +14,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}
 MOCK=${MOCK_BIN:-$ROOT/target/release/mock-openai}
 D=$(mktemp -d)
+EXTRA=${EXTRA:+$(cd "$(dirname "$EXTRA")" && pwd)/$(basename "$EXTRA")}
 cd "$D"
 "$MOCK" --threads 1 > mock.log 2>&1 &
 MP=$!
@@ -21,7 +23,8 @@ for _ in $(seq 50); do grep -q "listening on" mock.log && break; sleep 0.1; done
 MADDR=$(grep -o "listening on http://[0-9.:]*" mock.log | sed "s#.*http://##")
 PORT=$((20000 + RANDOM % 20000))
 printf '[server]\nlisten = "127.0.0.1:%s"\n\n[[backends]]\nname = "mock"\nurl = "http://%s/v1"\n\n[[routes]]\nmodel = "bench"\ntargets = [{ backend = "mock", model = "bench-model" }]\n' "$PORT" "$MADDR" > gw.toml
-if [ -n "$EXTRA" ]; then cat "$EXTRA" >> gw.toml; fi
+# `{workspace}` in the extra TOML names this checkout, as for `bench --b-extra`.
+if [ -n "$EXTRA" ]; then sed "s#{workspace}#$ROOT#g" "$EXTRA" >> gw.toml; fi
 SWITCHYARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$D/cg.out" "$BIN" serve --config gw.toml > gw.log 2>&1 &
 GP=$!
 for _ in $(seq 600); do grep -q "listening on\|error" gw.log && break; sleep 0.2; done

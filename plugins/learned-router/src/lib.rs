@@ -49,6 +49,9 @@ struct Router {
     model: Model,
     threshold: f32,
     destinations: Vec<Destination>,
+    /// Per label: its counter (`predicted_<label>`) and tag (`router:<label>`), named once.
+    counters: Vec<String>,
+    tags: Vec<String>,
 }
 
 fn load() -> Result<Router, String> {
@@ -85,6 +88,12 @@ fn load() -> Result<Router, String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(Router {
+        counters: model
+            .labels
+            .iter()
+            .map(|l| format!("predicted_{l}"))
+            .collect(),
+        tags: model.labels.iter().map(|l| format!("router:{l}")).collect(),
         model,
         threshold,
         destinations,
@@ -152,7 +161,7 @@ impl Classify for LearnedRouter {
                 p.confidence, r.threshold
             ));
         }
-        counter_add(&format!("predicted_{label}"), 1);
+        counter_add(&r.counters[p.label], 1);
         let mut d = match &r.destinations[p.label] {
             Destination::Target { backend, model } => Decision::to(backend, model),
             Destination::Route(route) => Decision {
@@ -167,7 +176,7 @@ impl Classify for LearnedRouter {
                 ..Decision::none()
             },
         };
-        d.tags.push(format!("router:{label}"));
+        d.tags.push(r.tags[p.label].clone());
         d.because(&format!("learned-router: {label} at {:.2}", p.confidence))
     }
 }

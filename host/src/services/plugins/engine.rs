@@ -69,10 +69,11 @@ impl PluginEngine {
         pool.max_memory_size(settings.largest_memory());
         // Python and JavaScript components hold several core instances, memories and large
         // tables; these limits fit them with room to spare.
-        pool.total_component_instances(1000);
-        pool.total_core_instances(2000);
-        pool.total_memories(1000);
-        pool.total_tables(2000);
+        let slots = pool_slots_from_env()?;
+        pool.total_component_instances(slots);
+        pool.total_core_instances(2 * slots);
+        pool.total_memories(slots);
+        pool.total_tables(2 * slots);
         pool.max_memories_per_component(16);
         pool.max_tables_per_component(32);
         pool.max_core_instances_per_component(64);
@@ -306,6 +307,29 @@ fn owned_and_closed(_: &Path) -> Result<(), String> {
 /// The environment variable that turns on a profiler for plugin code.
 pub const PROFILER_ENV: &str = "SWITCHYARD_PLUGIN_PROFILER";
 
+/// `SWITCHYARD_PLUGIN_POOL_SLOTS=N`: room for N plugin instances instead of 1000. For
+/// running the gateway under valgrind (callgrind), which cannot map the default pool's
+/// ~4 TiB of address space; each memory keeps its 4 GiB reservation, so the compiled code
+/// (and an instruction count) is the same as in production.
+pub const POOL_SLOTS_ENV: &str = "SWITCHYARD_PLUGIN_POOL_SLOTS";
+
+fn pool_slots_from_env() -> wasmtime::Result<u32> {
+    parse_pool_slots(std::env::var(POOL_SLOTS_ENV).ok().as_deref())
+}
+
+fn parse_pool_slots(value: Option<&str>) -> wasmtime::Result<u32> {
+    match value {
+        None | Some("") => Ok(1000),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                wasmtime::format_err!("{POOL_SLOTS_ENV}={v:?}: expected a number from 1 to 1000")
+            }),
+    }
+}
+
 fn profiler_from_env() -> wasmtime::Result<Option<wasmtime::ProfilingStrategy>> {
     parse_profiler(std::env::var(PROFILER_ENV).ok().as_deref())
 }
@@ -349,6 +373,16 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_size_comes_from_the_environment_or_is_refused_with_the_range() {
+        assert_eq!(parse_pool_slots(None).unwrap(), 1000);
+        assert_eq!(parse_pool_slots(Some("8")).unwrap(), 8);
+        for bad in ["0", "1001", "eight"] {
+            let e = parse_pool_slots(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(POOL_SLOTS_ENV) && e.contains("1 to 1000"), "{e}");
+        }
+    }
 
     #[test]
     fn the_profiler_variable_is_perfmap_or_nothing() {
