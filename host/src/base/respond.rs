@@ -6,14 +6,15 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use super::body::GatewayBody;
 
 /// Response header naming the backend that served the answer.
-pub const HEADER_BACKEND: &str = "x-switchyard-backend";
+pub const HEADER_BACKEND: http::HeaderName = http::HeaderName::from_static("x-switchyard-backend");
 /// Response header naming the model sent upstream.
-pub const HEADER_MODEL: &str = "x-switchyard-model";
+pub const HEADER_MODEL: http::HeaderName = http::HeaderName::from_static("x-switchyard-model");
 /// Response header saying how the response cache answered: `hit`, `miss` or `bypass` (on
 /// routes with a cache only).
-pub const HEADER_CACHE: &str = "x-switchyard-cache";
+pub const HEADER_CACHE: http::HeaderName = http::HeaderName::from_static("x-switchyard-cache");
 /// Response header listing every upstream attempt: `backend@host:port outcome, ...`.
-pub const HEADER_ATTEMPTS: &str = "x-switchyard-attempts";
+pub const HEADER_ATTEMPTS: http::HeaderName =
+    http::HeaderName::from_static("x-switchyard-attempts");
 
 /// A JSON answer.
 pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<GatewayBody> {

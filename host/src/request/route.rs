@@ -80,10 +80,10 @@ pub fn find_route<'a>(rt: &'a Runtime, model: &str) -> Result<&'a Arc<Route>, Ga
 }
 
 /// Request header pinning a target: `backend` or `backend:model`.
-pub const HEADER_PIN: &str = "x-switchyard-target";
+pub const HEADER_PIN: http::HeaderName = http::HeaderName::from_static("x-switchyard-target");
 /// Caller identity headers, trusted only while client auth is off (no keys).
-pub const HEADER_TEAM: &str = "x-switchyard-team";
-pub const HEADER_KEY: &str = "x-switchyard-key";
+pub const HEADER_TEAM: http::HeaderName = http::HeaderName::from_static("x-switchyard-team");
+pub const HEADER_KEY: http::HeaderName = http::HeaderName::from_static("x-switchyard-key");
 
 /// Who is calling.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub struct Caller {
 impl Caller {
     /// The identity a gateway without keys trusts: `x-switchyard-team` / `x-switchyard-key`.
     pub fn from_headers(h: &HeaderMap) -> Caller {
-        let get = |n: &str| {
+        let get = |n: http::HeaderName| {
             h.get(n)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)

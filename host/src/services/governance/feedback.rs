@@ -30,7 +30,8 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// Response header naming the request (what `POST /v1/feedback` takes).
-pub const HEADER_REQUEST_ID: &str = "x-switchyard-request-id";
+pub const HEADER_REQUEST_ID: http::HeaderName =
+    http::HeaderName::from_static("x-switchyard-request-id");
 
 const PREFIX: &str = "req_";
 

@@ -48,7 +48,7 @@ use limits::{Check, Held, Limiter, What};
 use store::Store;
 
 /// Request header carrying comma-separated tags for the ledger.
-pub const HEADER_TAGS: &str = "x-switchyard-tags";
+pub const HEADER_TAGS: http::HeaderName = http::HeaderName::from_static("x-switchyard-tags");
 const MAX_TAGS: usize = 16;
 const MAX_TAG_LEN: usize = 64;
 

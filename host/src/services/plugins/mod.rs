@@ -54,7 +54,7 @@ use crate::config::{Route, Runtime, Target};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Request header whose comma-separated values become the caller's tags.
-pub const TAGS_HEADER: &str = "x-switchyard-tags";
+pub const TAGS_HEADER: http::HeaderName = http::HeaderName::from_static("x-switchyard-tags");
 
 /// Size, modification time: enough to notice a replaced file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
