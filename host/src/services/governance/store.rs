@@ -330,6 +330,13 @@ impl Drop for Store {
 }
 
 fn writer_loop(mut conn: Connection, rx: Receiver<Write>, stats: Arc<StoreStats>) {
+    each_batch(&rx, |batch| commit_batch(&mut conn, batch, &stats));
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+/// The writer thread's loop over either backend: take the queue in batches and hand each to
+/// `commit` (which empties it), until every sender is gone and the queue is empty.
+fn each_batch(rx: &Receiver<Write>, mut commit: impl FnMut(&mut Vec<Write>)) {
     // Background priority: ledger commits then use the CPU requests leave idle instead of
     // preempting them (on a 2-core machine a batch committed at normal priority showed up in
     // the gateway's p99).
@@ -353,9 +360,8 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, stats: Arc<StoreStats>
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &mut batch, &stats);
+        commit(&mut batch);
     }
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
 }
 
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<Write>, stats: &StoreStats) {
@@ -414,24 +420,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
 fn pg_writer_loop(mut w: PgWriter, rx: Receiver<Write>, stats: Arc<StoreStats>) {
-    if !switchyard_otlp::pipeline::lower_thread_priority() {
-        tracing::debug!("store writer: could not lower its priority");
-    }
-    let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        // Group commit, as on SQLite: one round trip and one commit for many rows.
-        if !matches!(first, Write::Flush(_)) {
-            std::thread::sleep(LINGER);
-        }
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
-        pg_commit_batch(&mut w, &mut batch, &stats);
-    }
+    each_batch(&rx, |batch| pg_commit_batch(&mut w, batch, &stats));
 }
 
 /// Commit one batch, holding it across reconnections while the database is unreachable

@@ -139,18 +139,11 @@ pub fn extract(body: &[u8]) -> Option<Extracted> {
             for call in message.into_iter().flat_map(|m| m.tool_calls.iter()) {
                 let f = call.0.as_ref().and_then(|c| c.function.0.as_ref());
                 let name = f.map_or(&Value::Null, |f| &f.name);
-                let arguments = f.and_then(|f| f.arguments).map_or(Value::Null, |raw| {
-                    // A string holds JSON text (OpenAI's form); anything else is the value.
-                    match serde_json::from_str::<Value>(raw.get()) {
-                        Ok(Value::String(text)) => {
-                            serde_json::from_str(&text).unwrap_or(Value::String(text))
-                        }
-                        Ok(v) => v,
-                        Err(_) => Value::Null,
-                    }
-                });
-                out.tool_calls
-                    .push(serde_json::json!({"name": name, "arguments": arguments}));
+                let arguments = f
+                    .and_then(|f| f.arguments)
+                    .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+                    .unwrap_or(Value::Null);
+                out.tool_calls.push(structural_call(name, &arguments));
             }
         }
     } else if let Some(data) = &a.data.0 {
